@@ -1,0 +1,1 @@
+//! Repository object storage.

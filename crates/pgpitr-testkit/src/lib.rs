@@ -1,0 +1,1 @@
+//! Test harness: real Postgres clusters and a real S3 server.

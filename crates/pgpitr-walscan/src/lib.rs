@@ -1,0 +1,1 @@
+//! WAL record scanner.

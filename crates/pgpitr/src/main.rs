@@ -1,0 +1,2 @@
+//! pgpitr command-line tool.
+fn main() {}
