@@ -1,0 +1,137 @@
+use crate::free_port;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A real S3-compatible server (s3s-fs) on 127.0.0.1, killed on drop.
+///
+/// s3s-fs checks SigV4 signatures, so wrong credentials really fail. It maps
+/// buckets to directories, which is how `create_bucket` works. A PUT to a
+/// missing bucket creates it, so "missing bucket" must be detected by a
+/// HEAD/list before writing.
+pub struct S3Server {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+    access_key: String,
+    secret_key: String,
+}
+
+/// Locates the s3s-fs binary: `$S3S_FS_BIN`, then `PATH`, then cargo's bin dir.
+fn s3s_fs_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("S3S_FS_BIN") {
+        return PathBuf::from(p);
+    }
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("s3s-fs")).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("CARGO_HOME") {
+        candidates.push(PathBuf::from(home).join("bin/s3s-fs"));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(PathBuf::from(home).join(".cargo/bin/s3s-fs"));
+    }
+    candidates.into_iter().find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!("s3s-fs not found (looked in $S3S_FS_BIN, PATH and cargo's bin dir): run scripts/setup")
+    })
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let bin = s3s_fs_binary();
+        let dir = tempfile::Builder::new().prefix("pgpitr-s3-").tempdir().expect("create temp dir for s3s-fs");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).expect("create s3s-fs data dir");
+        let access_key = format!("AKTEST{:016X}", fastrand::u64(..));
+        let secret_key = format!("secret-{:032x}", fastrand::u128(..));
+        for attempt in 0..5 {
+            let port = free_port();
+            let log = std::fs::File::create(dir.path().join("s3s-fs.log")).expect("create s3s-fs log");
+            let mut child = Command::new(&bin)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", &access_key, "--secret-key", &secret_key])
+                .arg(&data)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("dup log"))
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return S3Server { child, dir, port, access_key, secret_key };
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = std::fs::read_to_string(dir.path().join("s3s-fs.log")).unwrap_or_default();
+                    if attempt == 4 {
+                        panic!("s3s-fs exited with {status}: {log}");
+                    }
+                    break; // port taken in the meantime: try another
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("s3s-fs did not listen on 127.0.0.1:{port} within 10 s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        unreachable!("the loop above returns or panics")
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn access_key(&self) -> &str {
+        &self.access_key
+    }
+
+    pub fn secret_key(&self) -> &str {
+        &self.secret_key
+    }
+
+    pub fn region(&self) -> &str {
+        "us-east-1"
+    }
+
+    /// Buckets are directories to s3s-fs.
+    pub fn create_bucket(&self, name: &str) {
+        std::fs::create_dir_all(self.data_dir().join(name)).expect("create bucket dir");
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log_path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A repository URL for `pgpitr --repo`, pointing at this server.
+    pub fn repo_url(&self, bucket: &str, prefix: &str) -> String {
+        format!("s3://{bucket}/{prefix}?endpoint={}&region=us-east-1&path-style=true", self.endpoint())
+    }
+
+    /// Environment a child process needs to reach this server with the
+    /// standard AWS credential chain.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
