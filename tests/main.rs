@@ -1,1 +1,7 @@
-//! One test binary, one module per capability.
+//! The integration suite: one binary, one module per capability. Every test
+//! runs the real `pgpitr` binary or library against real PostgreSQL 15
+//! clusters and a real S3-compatible server (see crates/pgpitr-testkit).
+
+mod common;
+mod init;
+mod stream;

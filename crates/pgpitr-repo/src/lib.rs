@@ -1,1 +1,193 @@
-//! Repository layout.
+//! The repository: what pgpitr keeps in a [`Storage`] and how it is laid out.
+//!
+//! A repository belongs to exactly one PostgreSQL cluster. `pgpitr init`
+//! writes the binding object (`pgpitr.json`) with a create-if-absent put, so
+//! two concurrent inits cannot both win, and every later command opens the
+//! repository through [`Repository::open`] and checks the binding against the
+//! server it talks to with [`Repository::check_cluster`].
+
+pub mod layout;
+pub mod object;
+pub mod status;
+pub mod wal;
+
+use bytes::Bytes;
+use pgpitr_storage::{PutOutcome, Storage, StorageError};
+use pgpitr_types::WalSegSize;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Bumped when the object layout changes incompatibly.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RepoError {
+    #[error("repository {location} is not initialised: run `pgpitr init` first")]
+    NotInitialised { location: String },
+    #[error(
+        "repository {location} belongs to another cluster: it is bound to system identifier {bound}, \
+         but the server has {found}; use a separate repository per cluster"
+    )]
+    OtherCluster { location: String, bound: u64, found: u64 },
+    #[error("repository {location} {what} differs: repository has {bound}, server has {found}")]
+    Mismatch { location: String, what: &'static str, bound: String, found: String },
+    #[error("repository {location} has format version {found}; this pgpitr understands only {FORMAT_VERSION}")]
+    Format { location: String, found: u32 },
+    #[error("repository {location}: corrupt object {key}: {reason}")]
+    Corrupt { location: String, key: String, reason: String },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+pub type Result<T, E = RepoError> = std::result::Result<T, E>;
+
+/// What identifies the cluster a repository serves, as read from the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterIdentity {
+    pub system_identifier: u64,
+    /// `server_version_num`, e.g. 150018.
+    pub pg_version_num: u32,
+    pub wal_segment_size: WalSegSize,
+}
+
+impl ClusterIdentity {
+    pub fn pg_major(&self) -> u32 {
+        self.pg_version_num / 10_000
+    }
+}
+
+/// The binding object, `pgpitr.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub format_version: u32,
+    /// A string because JSON readers commonly lose precision above 2^53.
+    #[serde(with = "u64_string")]
+    pub system_identifier: u64,
+    pub pg_major: u32,
+    pub pg_version_num: u32,
+    pub wal_segment_size: WalSegSize,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    pub created_by: String,
+}
+
+mod u64_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Whether `init` created the binding or found it already in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitOutcome {
+    Created,
+    AlreadyBound,
+}
+
+/// An opened repository whose binding has been read and validated.
+#[derive(Clone)]
+pub struct Repository {
+    storage: Arc<dyn Storage>,
+    binding: Binding,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository").field("location", &self.storage.describe()).field("binding", &self.binding).finish()
+    }
+}
+
+impl Repository {
+    /// Binds an empty repository to `identity`, or confirms an existing
+    /// binding to the same cluster. Never overwrites a binding.
+    pub async fn init(storage: Arc<dyn Storage>, identity: &ClusterIdentity) -> Result<(Repository, InitOutcome)> {
+        let binding = Binding {
+            format_version: FORMAT_VERSION,
+            system_identifier: identity.system_identifier,
+            pg_major: identity.pg_major(),
+            pg_version_num: identity.pg_version_num,
+            wal_segment_size: identity.wal_segment_size,
+            created_at: jiff::Timestamp::now().to_string(),
+            created_by: format!("pgpitr {}", env!("CARGO_PKG_VERSION")),
+        };
+        let body = serde_json::to_vec_pretty(&binding).expect("binding serialises");
+        match storage.put_if_absent(layout::BINDING, Bytes::from(body)).await? {
+            PutOutcome::Created => Ok((Repository { storage, binding }, InitOutcome::Created)),
+            PutOutcome::AlreadyExists => {
+                let repo = Repository::open(storage).await?;
+                repo.check_cluster(identity)?;
+                Ok((repo, InitOutcome::AlreadyBound))
+            }
+        }
+    }
+
+    /// Opens a repository that `pgpitr init` has bound.
+    pub async fn open(storage: Arc<dyn Storage>) -> Result<Repository> {
+        let location = storage.describe();
+        let raw = match storage.get(layout::BINDING).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Err(RepoError::NotInitialised { location }),
+            Err(e) => return Err(e.into()),
+        };
+        let binding: Binding = serde_json::from_slice(&raw).map_err(|e| RepoError::Corrupt {
+            location: location.clone(),
+            key: layout::BINDING.to_string(),
+            reason: e.to_string(),
+        })?;
+        if binding.format_version != FORMAT_VERSION {
+            return Err(RepoError::Format { location, found: binding.format_version });
+        }
+        Ok(Repository { storage, binding })
+    }
+
+    /// Refuses a server that is not the cluster this repository is bound to.
+    pub fn check_cluster(&self, identity: &ClusterIdentity) -> Result<()> {
+        let location = self.storage.describe();
+        let b = &self.binding;
+        if b.system_identifier != identity.system_identifier {
+            return Err(RepoError::OtherCluster {
+                location,
+                bound: b.system_identifier,
+                found: identity.system_identifier,
+            });
+        }
+        if b.pg_major != identity.pg_major() {
+            return Err(RepoError::Mismatch {
+                location,
+                what: "PostgreSQL major version",
+                bound: b.pg_major.to_string(),
+                found: identity.pg_major().to_string(),
+            });
+        }
+        if b.wal_segment_size != identity.wal_segment_size {
+            return Err(RepoError::Mismatch {
+                location,
+                what: "WAL segment size",
+                bound: b.wal_segment_size.to_string(),
+                found: identity.wal_segment_size.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn binding(&self) -> &Binding {
+        &self.binding
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    pub fn seg_size(&self) -> WalSegSize {
+        self.binding.wal_segment_size
+    }
+
+    pub fn location(&self) -> String {
+        self.storage.describe()
+    }
+}

@@ -1,1 +1,241 @@
-//! Repository object storage.
+//! Repository object storage: one [`Storage`] trait, a local-directory and an
+//! S3 backend, a retry wrapper and a fault-injecting wrapper.
+//!
+//! ```text
+//!   RepoUrl::parse("s3://bucket/prefix?endpoint=..")      open(&url)
+//!                  |                                         |
+//!                  v                                         v
+//!   Arc<dyn Storage> = RetryingStorage< LocalStorage | S3Storage >
+//!                                   ^
+//!        tests: RetryingStorage<FaultyStorage<real backend>>
+//! ```
+//!
+//! Invariants every backend keeps (checked by [`conformance`]):
+//! - An object is never visible half-written: `put`, `put_if_absent` and
+//!   uploads become visible atomically, or not at all.
+//! - `put_if_absent` never replaces an existing object.
+//! - Listings never show temporary objects and are sorted by key.
+//! - A missing object is [`StorageError::NotFound`], never a generic failure;
+//!   every other error says whether retrying can help
+//!   ([`StorageError::is_permanent`]).
+//! - Keys follow one set of rules ([`validate_key`]) on every backend.
+//!
+//! Backends do not retry by themselves (the AWS SDK's retries are disabled);
+//! [`RetryingStorage`] is the single place where retrying happens.
+
+#![deny(unsafe_code)]
+
+pub mod conformance;
+mod error;
+mod faulty;
+mod key;
+mod local;
+mod retry;
+mod s3;
+mod repo_url;
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+
+pub use error::{Op, Result, StorageError};
+pub use faulty::{FaultMode, FaultyStorage};
+pub use key::{MAX_KEY_LEN, TEMP_PREFIX, validate_key, validate_prefix};
+pub use local::LocalStorage;
+pub use retry::{RetryPolicy, RetryingStorage, retry};
+pub use s3::{S3Options, S3Storage};
+pub use repo_url::{RepoUrl, S3Url, open, open_with_policy};
+
+/// A stream of an object's bytes, in chunks.
+pub type ObjectStream = BoxStream<'static, Result<Bytes>>;
+
+/// What [`Storage::put_if_absent`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The object did not exist and now holds the given data.
+    Created,
+    /// An object already existed under the key; it was left untouched.
+    AlreadyExists,
+}
+
+/// Metadata of one stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The object's key, relative to the repository root.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification time, when the backend reports one.
+    pub last_modified: Option<SystemTime>,
+}
+
+/// An object store holding the repository.
+///
+/// Keys are `/`-separated relative paths (see [`validate_key`]); every
+/// method rejects invalid keys with [`StorageError::InvalidKey`] before any
+/// I/O. Implementations are cheap to share as `Arc<dyn Storage>`.
+#[async_trait]
+pub trait Storage: Send + Sync {
+    /// Where the repository lives, for messages: `s3://bucket/prefix` or a
+    /// path. Never contains credentials.
+    fn describe(&self) -> String;
+
+    /// Stores `data` under `key`, atomically replacing any existing object.
+    ///
+    /// The whole object is sent in one request; for large objects use
+    /// [`Storage::start_upload`].
+    async fn put(&self, key: &str, data: Bytes) -> Result<()>;
+
+    /// Stores `data` under `key` only if no object exists there.
+    ///
+    /// Behind [`RetryingStorage`], `AlreadyExists` after a failed attempt
+    /// whose outcome is unknown is resolved by comparing the stored bytes: if
+    /// they equal `data` the result is `Created`.
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome>;
+
+    /// Reads a whole object.
+    async fn get(&self, key: &str) -> Result<Bytes>;
+
+    /// Reads bytes `range.start..range.end` of an object.
+    ///
+    /// An end beyond the object's size is clamped to the size; a start at or
+    /// beyond the size, or an empty range, gives empty bytes. A missing
+    /// object is `NotFound` in every case.
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes>;
+
+    /// Streams an object without buffering it whole.
+    ///
+    /// Only opening the stream is retried by [`RetryingStorage`]; an error
+    /// in the middle of the stream ends it and is the caller's to handle.
+    async fn get_stream(&self, key: &str) -> Result<ObjectStream>;
+
+    /// Metadata of one object.
+    async fn head(&self, key: &str) -> Result<ObjectMeta>;
+
+    /// All objects whose key starts with `prefix` (a plain string prefix;
+    /// `""` lists everything), sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+
+    /// The "directories" one level below `prefix`: for every object whose
+    /// key continues past `prefix` with a `/`, the key up to and including
+    /// that first `/` (S3 common prefixes with delimiter `/`). Results are
+    /// full prefixes such as `backups/2024-01-01/`, sorted, without
+    /// duplicates. Empty directories never appear.
+    async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>>;
+
+    /// Deletes an object. Deleting a missing object succeeds.
+    async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Deletes many objects (missing ones are fine). All keys are validated
+    /// before anything is deleted. If some deletions fail, the error names
+    /// how many and which keys.
+    async fn delete_many(&self, keys: &[String]) -> Result<()>;
+
+    /// Starts a streaming upload to `key`. Nothing is visible under `key`
+    /// until [`Upload::complete`] succeeds, and an upload that is aborted or
+    /// dropped leaves nothing visible.
+    async fn start_upload(&self, key: &str) -> Result<Box<dyn Upload>>;
+
+    /// Verifies the repository location is reachable and usable (S3: the
+    /// bucket exists and the credentials are accepted; local: the directory
+    /// exists or can be created, and is writable).
+    async fn check(&self) -> Result<()>;
+}
+
+/// A streaming upload started by [`Storage::start_upload`].
+///
+/// Retry contract: when `put_part` fails, the data of that call was not
+/// taken, and calling `put_part` again with the same data is safe (earlier
+/// accepted data is kept). When `try_complete` fails it may be called again.
+#[async_trait]
+pub trait Upload: Send {
+    /// Appends `data` to the object. Chunks may be any size.
+    async fn put_part(&mut self, data: Bytes) -> Result<()>;
+
+    /// Makes the object visible under its key and returns its total size.
+    /// May be called again after a failure; once it has succeeded, later
+    /// calls return the same size without doing anything.
+    async fn try_complete(&mut self) -> Result<u64>;
+
+    /// Discards the upload; nothing becomes visible under the key.
+    async fn abort(self: Box<Self>) -> Result<()>;
+
+    /// Makes the object visible and returns its total size in bytes.
+    async fn complete(mut self: Box<Self>) -> Result<u64> {
+        self.try_complete().await
+    }
+}
+
+// Lets wrappers hold an `Arc` to a backend (or to a `FaultyStorage` whose
+// counters a test reads) and still be a `Storage` themselves.
+#[async_trait]
+impl<T: Storage + ?Sized> Storage for Arc<T> {
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        (**self).put(key, data).await
+    }
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome> {
+        (**self).put_if_absent(key, data).await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes> {
+        (**self).get(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        (**self).get_range(key, range).await
+    }
+    async fn get_stream(&self, key: &str) -> Result<ObjectStream> {
+        (**self).get_stream(key).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta> {
+        (**self).head(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        (**self).list(prefix).await
+    }
+    async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
+        (**self).list_dirs(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        (**self).delete(key).await
+    }
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        (**self).delete_many(keys).await
+    }
+    async fn start_upload(&self, key: &str) -> Result<Box<dyn Upload>> {
+        (**self).start_upload(key).await
+    }
+    async fn check(&self) -> Result<()> {
+        (**self).check().await
+    }
+}
+
+/// Summarises per-key failures of `delete_many` in one line.
+pub(crate) fn summarize_failures(total: usize, failures: &[(String, String)]) -> String {
+    const SHOWN: usize = 5;
+    let mut msg = format!("{} of {} deletions failed: ", failures.len(), total);
+    let listed: Vec<String> = failures.iter().take(SHOWN).map(|(k, e)| format!("{k:?}: {e}")).collect();
+    msg.push_str(&listed.join("; "));
+    if failures.len() > SHOWN {
+        msg.push_str(&format!("; and {} more", failures.len() - SHOWN));
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_summary_is_bounded() {
+        let failures: Vec<(String, String)> = (0..7).map(|i| (format!("k{i}"), "AccessDenied".to_owned())).collect();
+        let s = summarize_failures(100, &failures);
+        assert!(s.starts_with("7 of 100 deletions failed: \"k0\": AccessDenied"), "{s}");
+        assert!(s.ends_with("and 2 more"), "{s}");
+    }
+}

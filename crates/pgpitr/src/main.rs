@@ -1,2 +1,43 @@
-//! pgpitr command-line tool.
-fn main() {}
+//! `pgpitr`: the command-line front end. Parses arguments, sets up logging
+//! and signals, and calls the library crates; no logic of its own lives here
+//! beyond wiring and turning errors into one line and an exit code.
+
+mod cli;
+mod cmd;
+mod conn;
+mod logging;
+mod signals;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+/// Exit codes, documented in README.md.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The command failed; stderr has one line saying why.
+    pub const FAILURE: u8 = 1;
+    /// Bad usage (unknown flag, missing argument): clap's convention.
+    pub const USAGE: u8 = 2;
+}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    logging::init(&cli.global);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pgpitr: error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(cmd::run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            // `{:#}` joins the context chain with ": " into the one line users read.
+            let line = format!("{e:#}").replace('\n', " ");
+            eprintln!("pgpitr: error: {line}");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The byte stream under a connection: TCP or a Unix-domain socket. An enum
+//! rather than a trait object so a TLS variant (tokio-rustls, after an
+//! SSLRequest) can slot in as one more arm.
+
+use crate::config::{ConnConfig, FALLBACK_SOCKET_DIR, Host, socket_path};
+use crate::error::{Error, ErrorKind, Op};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+pub(crate) enum Transport {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Transport::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Opens the socket. Returns it with the target as it should appear in
+/// messages (the socket path actually used, or `host:port`).
+pub(crate) async fn open(config: &ConnConfig) -> Result<(Transport, String), Error> {
+    let port = config.port();
+    match config.host() {
+        Host::Unix(dir) => {
+            let mut path = socket_path(dir, port);
+            // Debian servers listen in /var/run/postgresql, upstream builds in
+            // /tmp; with no host given, use whichever has a socket.
+            if config.host_is_default() && !path.exists() {
+                let fallback = socket_path(FALLBACK_SOCKET_DIR.as_ref(), port);
+                if fallback.exists() {
+                    path = fallback;
+                }
+            }
+            let target = path.display().to_string();
+            match UnixStream::connect(&path).await {
+                Ok(s) => Ok((Transport::Unix(s), target)),
+                Err(e) => Err(Error::new(Op::Connect, target, ErrorKind::Io(e))),
+            }
+        }
+        Host::Tcp(name) => {
+            if config.sslmode().requires_tls() {
+                let kind = ErrorKind::TlsUnsupported(config.sslmode());
+                return Err(Error::new(Op::Connect, config.display_target(), kind));
+            }
+            let target = config.display_target();
+            let addrs: Vec<SocketAddr> = if let Some(ip) = config.hostaddr() {
+                vec![SocketAddr::new(ip, port)]
+            } else if let Ok(ip) = name.parse() {
+                vec![SocketAddr::new(ip, port)]
+            } else {
+                let dns = |source| Error::new(Op::Connect, &target, ErrorKind::Dns { host: name.clone(), source });
+                let found: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), port)).await.map_err(dns)?.collect();
+                if found.is_empty() {
+                    return Err(dns(io::Error::new(io::ErrorKind::NotFound, "no addresses found")));
+                }
+                found
+            };
+            // Try every address, as libpq does; report the last failure.
+            let mut last = None;
+            for addr in &addrs {
+                match TcpStream::connect(addr).await {
+                    Ok(s) => {
+                        // Status replies are small and latency-sensitive.
+                        s.set_nodelay(true).map_err(|e| Error::new(Op::Connect, &target, ErrorKind::Io(e)))?;
+                        return Ok((Transport::Tcp(s), target));
+                    }
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, "connection attempt failed");
+                        last = Some(e);
+                    }
+                }
+            }
+            let e = last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no addresses to try"));
+            Err(Error::new(Op::Connect, target, ErrorKind::Io(e)))
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Replication commands other than streaming.
+
+use super::*;
+use pgpitr_pgwire::{ErrorKind, SlotInfo};
+use pgpitr_types::{Lsn, TimelineId};
+
+#[tokio::test]
+async fn identify_system_matches_the_control_file() {
+    let pg = PgCluster::start_default();
+    let mut conn = connect_repl(&pg).await;
+    let sys = conn.identify_system().await.unwrap();
+    let expected: u64 = pg.sql("SELECT system_identifier FROM pg_control_system()").parse().unwrap();
+    assert_eq!(sys.system_id, expected);
+    assert_eq!(sys.timeline, TimelineId(1));
+    let flushed: Lsn = pg.sql("SELECT pg_current_wal_flush_lsn()").parse().unwrap();
+    assert!(sys.xlogpos.is_valid() && sys.xlogpos <= flushed, "{} vs {}", sys.xlogpos, flushed);
+    assert_eq!(sys.dbname, None);
+}
+
+#[tokio::test]
+async fn settings_and_versions() {
+    let pg = PgCluster::builder().wal_segsize_mb(1).start();
+    let mut conn = connect_repl(&pg).await;
+    assert_eq!(conn.wal_segment_size().await.unwrap().bytes(), 1 << 20);
+    assert_eq!(conn.show("wal_level").await.unwrap(), "replica");
+    assert_eq!(conn.show("max_wal_senders").await.unwrap(), "10");
+    let num: u32 = pg.sql("SHOW server_version_num").parse().unwrap();
+    assert_eq!(conn.server_version_num().await.unwrap(), num);
+    assert!((150000..160000).contains(&num));
+    let err = conn.show("no_such_setting").await.unwrap_err();
+    assert_eq!(err.code(), Some("42704"), "{err}");
+    assert!(err.to_string().starts_with("SHOW on 127.0.0.1:"), "{err}");
+
+    let pg16 = PgCluster::start_default();
+    let mut conn = connect_repl(&pg16).await;
+    assert_eq!(conn.wal_segment_size().await.unwrap().bytes(), 16 << 20);
+}
+
+#[tokio::test]
+async fn simple_query_and_errors_keep_the_connection_usable() {
+    let pg = PgCluster::start_default();
+    let mut conn = connect_repl(&pg).await;
+    let rows = conn.simple_query("SHOW wal_level").await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].columns(), ["wal_level"]);
+    assert_eq!(rows[0].get(0), Some("replica"));
+    assert_eq!(rows[0].get_by_name("wal_level"), Some("replica"));
+    assert!(conn.simple_query("").await.unwrap().is_empty(), "EmptyQueryResponse");
+
+    let err = conn.simple_query("THIS IS NOT A COMMAND").await.unwrap_err();
+    assert_eq!(err.code(), Some("42601"), "{err}");
+    assert!(!err.is_transient());
+    assert!(conn.is_usable());
+    conn.identify_system().await.expect("usable after an error");
+
+    let err = conn.simple_query("SELECT\0").await.unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::InvalidArgument(_)), "{err}");
+    conn.identify_system().await.expect("nothing was sent");
+}
+
+#[tokio::test]
+async fn slot_lifecycle() {
+    let pg = PgCluster::start_default();
+    let mut conn = connect_repl(&pg).await;
+
+    let reserved = conn.create_physical_slot("pgpitr_a", true).await.unwrap().expect("RESERVE_WAL gives a position");
+    let restart: Lsn = pg.sql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'pgpitr_a'").parse().unwrap();
+    assert_eq!(reserved, restart);
+    let info = conn.read_replication_slot("pgpitr_a").await.unwrap().unwrap();
+    assert_eq!(
+        info,
+        SlotInfo { slot_type: "physical".into(), restart_lsn: Some(reserved), restart_tli: Some(TimelineId(1)) }
+    );
+
+    let err = conn.create_physical_slot("pgpitr_a", true).await.unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::SlotExists { slot, .. } if slot == "pgpitr_a"), "{err:?}");
+    assert!(!err.is_transient());
+    assert!(err.to_string().ends_with("replication slot \"pgpitr_a\" already exists"), "{err}");
+
+    assert_eq!(conn.create_physical_slot("pgpitr_b", false).await.unwrap(), None);
+    let info = conn.read_replication_slot("pgpitr_b").await.unwrap().unwrap();
+    assert_eq!(info.restart_lsn, None, "a slot without RESERVE_WAL holds nothing yet");
+
+    conn.drop_slot("pgpitr_a", false).await.unwrap();
+    conn.drop_slot("pgpitr_b", true).await.unwrap();
+    assert_eq!(conn.read_replication_slot("pgpitr_a").await.unwrap(), None);
+    assert_eq!(pg.sql("SELECT count(*) FROM pg_replication_slots"), "0");
+
+    let err = conn.drop_slot("pgpitr_a", false).await.unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::SlotMissing { slot, .. } if slot == "pgpitr_a"), "{err:?}");
+    assert!(!err.is_transient());
+
+    // Names are quoted, so odd input reaches the server's validation intact.
+    let err = conn.create_physical_slot("Bad \"Name\"; DROP", false).await.unwrap_err();
+    assert_eq!(err.code(), Some("42602"), "{err}");
+    assert!(err.to_string().contains("contains invalid character"), "{err}");
+    conn.identify_system().await.unwrap();
+}

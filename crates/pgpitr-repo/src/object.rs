@@ -1,0 +1,295 @@
+//! The container every WAL object is stored in: a fixed header, a JSON
+//! summary, then the (usually lz4-compressed) payload.
+//!
+//! ```text
+//! offset size  field
+//!      0    4  magic "PGPW"
+//!      4    1  format version (1)
+//!      5    1  codec: 0 = none, 1 = lz4 block
+//!      6    2  reserved, zero
+//!      8    4  timeline
+//!     12    8  start LSN of the payload
+//!     20    8  end LSN (exclusive); raw length = end - start
+//!     28    4  CRC-32 (ISO-HDLC, crc32fast) of the raw bytes
+//!     32    8  stored payload length
+//!     40    4  summary length
+//!     44    4  CRC-32 of bytes 0..44 and of the summary
+//!     48    …  summary (JSON), then the payload
+//! ```
+//!
+//! Decoding checks every length against the buffer and both checksums, so a
+//! truncated or corrupt object is an error, never a panic and never wrong
+//! bytes handed to Postgres.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use pgpitr_types::{Lsn, TimelineId};
+use serde::{Deserialize, Serialize};
+
+pub const MAGIC: &[u8; 4] = b"PGPW";
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 48;
+/// Upper bound on a summary; anything larger is treated as corruption.
+const MAX_SUMMARY: usize = 16 << 20;
+/// Upper bound on a payload: one WAL segment (at most 1 GiB).
+const MAX_RAW: u64 = 1 << 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    None = 0,
+    Lz4 = 1,
+}
+
+/// Timestamps are Unix microseconds (UTC); LSN and time of one WAL record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimedLsn {
+    pub lsn: Lsn,
+    /// End of the record: replaying up to here includes it.
+    pub end_lsn: Lsn,
+    pub time_us: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestorePoint {
+    pub name: String,
+    pub lsn: Lsn,
+    pub end_lsn: Lsn,
+    pub time_us: i64,
+}
+
+/// What the WAL in one object contains, found by the record scanner while
+/// streaming: enough to answer "what is the newest restorable time" and
+/// "which objects cover time T" without reading payloads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalSummary {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_commit: Option<TimedLsn>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_commit: Option<TimedLsn>,
+    #[serde(default)]
+    pub commits: u64,
+    #[serde(default)]
+    pub aborts: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restore_points: Vec<RestorePoint>,
+    /// Wall-clock time pgpitr received the last byte (Unix µs).
+    #[serde(default)]
+    pub received_us: i64,
+}
+
+impl WalSummary {
+    pub fn merge(&mut self, other: &WalSummary) {
+        if self.first_commit.is_none() {
+            self.first_commit = other.first_commit;
+        }
+        if other.last_commit.is_some() {
+            self.last_commit = other.last_commit;
+        }
+        self.commits += other.commits;
+        self.aborts += other.aborts;
+        self.restore_points.extend(other.restore_points.iter().cloned());
+        self.received_us = self.received_us.max(other.received_us);
+    }
+}
+
+/// A decoded header, available from the first bytes of an object alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectHeader {
+    pub codec: Codec,
+    pub tli: TimelineId,
+    pub start: Lsn,
+    pub end: Lsn,
+    pub raw_crc: u32,
+    pub stored_len: u64,
+    pub summary: WalSummary,
+    /// Where the payload begins.
+    pub payload_offset: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DecodeError(pub String);
+
+fn bad(msg: impl Into<String>) -> DecodeError {
+    DecodeError(msg.into())
+}
+
+/// Encodes `raw` (the WAL bytes from `start`) into a stored object.
+pub fn encode(tli: TimelineId, start: Lsn, raw: &[u8], codec: Codec, summary: &WalSummary) -> Bytes {
+    let payload: std::borrow::Cow<[u8]> = match codec {
+        Codec::None => raw.into(),
+        Codec::Lz4 => lz4_flex::block::compress(raw).into(),
+    };
+    let summary_json = serde_json::to_vec(summary).expect("summary serialises");
+    let mut out = BytesMut::with_capacity(HEADER_LEN + summary_json.len() + payload.len());
+    out.put_slice(MAGIC);
+    out.put_u8(VERSION);
+    out.put_u8(codec as u8);
+    out.put_u16(0);
+    out.put_u32(tli.0);
+    out.put_u64(start.0);
+    out.put_u64(start.0 + raw.len() as u64);
+    out.put_u32(crc32fast::hash(raw));
+    out.put_u64(payload.len() as u64);
+    out.put_u32(summary_json.len() as u32);
+    let mut h = crc32fast::Hasher::new();
+    h.update(&out[..44]);
+    h.update(&summary_json);
+    out.put_u32(h.finalize());
+    out.put_slice(&summary_json);
+    out.put_slice(&payload);
+    out.freeze()
+}
+
+fn be_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn be_u64(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Bytes needed to decode the header of an object whose first 48 bytes are
+/// `fixed` (so a reader can fetch just that range first).
+pub fn header_len(fixed: &[u8]) -> Result<usize, DecodeError> {
+    if fixed.len() < HEADER_LEN {
+        return Err(bad(format!("object is {} bytes, shorter than its {HEADER_LEN}-byte header", fixed.len())));
+    }
+    let summary_len = be_u32(fixed, 40) as usize;
+    if summary_len > MAX_SUMMARY {
+        return Err(bad(format!("summary length {summary_len} is implausible")));
+    }
+    Ok(HEADER_LEN + summary_len)
+}
+
+/// Decodes and verifies the header and summary.
+pub fn decode_header(buf: &[u8]) -> Result<ObjectHeader, DecodeError> {
+    let need = header_len(buf)?;
+    if buf.len() < need {
+        return Err(bad(format!("object truncated inside its header ({} of {need} bytes)", buf.len())));
+    }
+    if &buf[..4] != MAGIC {
+        return Err(bad("not a pgpitr WAL object (bad magic)"));
+    }
+    if buf[4] != VERSION {
+        return Err(bad(format!("unsupported object format version {}", buf[4])));
+    }
+    let codec = match buf[5] {
+        0 => Codec::None,
+        1 => Codec::Lz4,
+        c => return Err(bad(format!("unknown codec {c}"))),
+    };
+    let mut h = crc32fast::Hasher::new();
+    h.update(&buf[..44]);
+    h.update(&buf[HEADER_LEN..need]);
+    if h.finalize() != be_u32(buf, 44) {
+        return Err(bad("header checksum mismatch"));
+    }
+    let tli = TimelineId::new(be_u32(buf, 8)).map_err(|_| bad("timeline 0 in header"))?;
+    let (start, end) = (Lsn(be_u64(buf, 12)), Lsn(be_u64(buf, 20)));
+    if end < start || end.0 - start.0 > MAX_RAW {
+        return Err(bad(format!("implausible LSN range {start}..{end}")));
+    }
+    let summary: WalSummary =
+        serde_json::from_slice(&buf[HEADER_LEN..need]).map_err(|e| bad(format!("summary is not valid: {e}")))?;
+    Ok(ObjectHeader {
+        codec,
+        tli,
+        start,
+        end,
+        raw_crc: be_u32(buf, 28),
+        stored_len: be_u64(buf, 32),
+        summary,
+        payload_offset: need,
+    })
+}
+
+/// Decodes a whole object and returns its header and verified raw bytes.
+pub fn decode(buf: &[u8]) -> Result<(ObjectHeader, Bytes), DecodeError> {
+    let header = decode_header(buf)?;
+    let payload = &buf[header.payload_offset..];
+    if payload.len() as u64 != header.stored_len {
+        return Err(bad(format!("payload is {} bytes, header says {}", payload.len(), header.stored_len)));
+    }
+    let raw_len = (header.end.0 - header.start.0) as usize;
+    let raw: Bytes = match header.codec {
+        Codec::None => Bytes::copy_from_slice(payload),
+        Codec::Lz4 => lz4_flex::block::decompress(payload, raw_len)
+            .map_err(|e| bad(format!("lz4 payload does not decompress: {e}")))?
+            .into(),
+    };
+    if raw.len() != raw_len {
+        return Err(bad(format!("payload holds {} bytes, header says {raw_len}", raw.len())));
+    }
+    if crc32fast::hash(&raw) != header.raw_crc {
+        return Err(bad("payload checksum mismatch"));
+    }
+    Ok((header, raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (Vec<u8>, WalSummary) {
+        let raw: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let s = WalSummary {
+            first_commit: Some(TimedLsn { lsn: Lsn(0x100), end_lsn: Lsn(0x120), time_us: 1 }),
+            last_commit: Some(TimedLsn { lsn: Lsn(0x200), end_lsn: Lsn(0x220), time_us: 2 }),
+            commits: 2,
+            aborts: 0,
+            restore_points: vec![],
+            received_us: 3,
+        };
+        (raw, s)
+    }
+
+    #[test]
+    fn round_trip_both_codecs() {
+        let (raw, s) = sample();
+        for codec in [Codec::None, Codec::Lz4] {
+            let obj = encode(TimelineId(3), Lsn(0x1_0000_0000), &raw, codec, &s);
+            let (h, back) = decode(&obj).unwrap();
+            assert_eq!(&back[..], &raw[..]);
+            assert_eq!(h.tli, TimelineId(3));
+            assert_eq!(h.start, Lsn(0x1_0000_0000));
+            assert_eq!(h.end.0 - h.start.0, raw.len() as u64);
+            assert_eq!(h.summary, s);
+            assert_eq!(h.codec, codec);
+        }
+        let compressed = encode(TimelineId(1), Lsn(0), &raw, Codec::Lz4, &s);
+        assert!(compressed.len() < raw.len() / 2, "lz4 should shrink repetitive data");
+    }
+
+    #[test]
+    fn header_alone_is_enough_for_the_summary() {
+        let (raw, s) = sample();
+        let obj = encode(TimelineId(1), Lsn(0), &raw, Codec::Lz4, &s);
+        let n = header_len(&obj[..HEADER_LEN]).unwrap();
+        assert_eq!(decode_header(&obj[..n]).unwrap().summary, s);
+    }
+
+    #[test]
+    fn every_truncation_and_bit_flip_is_an_error() {
+        let (raw, s) = sample();
+        let obj = encode(TimelineId(1), Lsn(0), &raw[..3000], Codec::Lz4, &s);
+        for cut in 0..obj.len() {
+            assert!(decode(&obj[..cut]).is_err(), "truncated at {cut}");
+        }
+        for i in 0..obj.len() {
+            let mut c = obj.to_vec();
+            c[i] ^= 0x10;
+            assert!(decode(&c).is_err(), "flip at byte {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn summary_merge() {
+        let (_, s) = sample();
+        let mut a = WalSummary::default();
+        a.merge(&s);
+        a.merge(&WalSummary { commits: 1, ..Default::default() });
+        assert_eq!(a.first_commit, s.first_commit);
+        assert_eq!(a.last_commit, s.last_commit);
+        assert_eq!(a.commits, 3);
+    }
+}

@@ -1,0 +1,101 @@
+//! What a repository holds, as `pgpitr list` reports it.
+
+use crate::object::TimedLsn;
+use crate::wal::{self, TimelineWal};
+use crate::{Repository, Result};
+use futures_util::{StreamExt, TryStreamExt};
+use pgpitr_types::{Lsn, TimelineId};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Gap {
+    pub start_lsn: Lsn,
+    pub end_lsn: Lsn,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineStatus {
+    pub timeline: TimelineId,
+    pub start_lsn: Lsn,
+    pub end_lsn: Lsn,
+    pub gaps: Vec<Gap>,
+    pub objects: usize,
+    pub stored_bytes: u64,
+    /// The newest commit stored on this timeline, RFC 3339 UTC.
+    pub latest_commit_time: Option<String>,
+    pub latest_commit_lsn: Option<Lsn>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RepoStatus {
+    /// A string: JSON readers lose precision above 2^53.
+    pub system_identifier: String,
+    pub pg_major: u32,
+    pub wal_segment_size: u64,
+    pub timelines: Vec<TimelineStatus>,
+    /// The newest commit durably stored, RFC 3339 UTC.
+    pub latest_restorable_time: Option<String>,
+}
+
+/// Unix microseconds to RFC 3339 (UTC, microsecond precision).
+pub fn format_time_us(us: i64) -> String {
+    match jiff::Timestamp::from_microsecond(us) {
+        Ok(t) => format!("{t:.6}"),
+        Err(_) => format!("(invalid time {us} µs)"),
+    }
+}
+
+/// The newest commit stored on one timeline: reads object headers from the
+/// newest object backwards, a few at a time, until one names a commit.
+pub async fn latest_commit(repo: &Repository, tl: &TimelineWal) -> Result<Option<TimedLsn>> {
+    const BATCH: usize = 8;
+    let storage = repo.storage().as_ref();
+    let seg = repo.seg_size();
+    for chunk in tl.objects.iter().rev().collect::<Vec<_>>().chunks(BATCH) {
+        let headers: Vec<_> = futures_util::stream::iter(chunk.iter().map(|(id, _)| id.key(seg)))
+            .map(|key| async move { wal::read_header(storage, &key).await })
+            .buffered(BATCH)
+            .try_collect()
+            .await?;
+        if let Some(c) = headers.iter().find_map(|h| h.summary.last_commit) {
+            return Ok(Some(c));
+        }
+    }
+    Ok(None)
+}
+
+pub async fn status(repo: &Repository) -> Result<RepoStatus> {
+    let (timelines, _leftovers) = wal::scan(repo.storage().as_ref(), repo.seg_size()).await?;
+    status_from_scan(repo, &timelines).await
+}
+
+pub async fn status_from_scan(repo: &Repository, timelines: &BTreeMap<TimelineId, TimelineWal>) -> Result<RepoStatus> {
+    let mut out = Vec::new();
+    let mut latest: Option<i64> = None;
+    for (tli, tl) in timelines {
+        let (Some(start), Some(end)) = (tl.start(), tl.end()) else { continue };
+        let commit = latest_commit(repo, tl).await?;
+        if let Some(c) = commit {
+            latest = Some(latest.map_or(c.time_us, |l| l.max(c.time_us)));
+        }
+        out.push(TimelineStatus {
+            timeline: *tli,
+            start_lsn: start,
+            end_lsn: end,
+            gaps: tl.gaps().into_iter().map(|(s, e)| Gap { start_lsn: s, end_lsn: e }).collect(),
+            objects: tl.objects.len(),
+            stored_bytes: tl.objects.iter().map(|(_, m)| m.size).sum(),
+            latest_commit_time: commit.map(|c| format_time_us(c.time_us)),
+            latest_commit_lsn: commit.map(|c| c.end_lsn),
+        });
+    }
+    let b = repo.binding();
+    Ok(RepoStatus {
+        system_identifier: b.system_identifier.to_string(),
+        pg_major: b.pg_major,
+        wal_segment_size: b.wal_segment_size.bytes(),
+        timelines: out,
+        latest_restorable_time: latest.map(format_time_us),
+    })
+}

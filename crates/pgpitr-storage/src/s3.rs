@@ -1,0 +1,1095 @@
+//! S3 backend (AWS S3 and S3-compatible servers) on the AWS SDK.
+//!
+//! The SDK's own retries are disabled: [`crate::RetryingStorage`] decides,
+//! with one policy for every backend, and attempts do not multiply.
+//! Timeouts (connect 5 s, 60 s per attempt) turn a dead endpoint into a
+//! transient error instead of a hang.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{Credentials, Region};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use aws_smithy_http_client::tls;
+use bytes::{Bytes, BytesMut};
+use tokio::task::JoinSet;
+
+use crate::error::{Op, Result, StorageError, one_line};
+use crate::key::{validate_key, validate_prefix};
+use crate::repo_url::{validate_bucket, validate_endpoint};
+use crate::{ObjectMeta, ObjectStream, PutOutcome, Storage, Upload, summarize_failures};
+
+/// Smallest part S3 accepts for all but the last part of a multipart upload.
+pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
+/// Default multipart part size.
+pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
+const MAX_PART_SIZE: usize = 5 * 1024 * 1024 * 1024;
+const MAX_PARTS: i32 = 10_000;
+/// DeleteObjects takes at most 1000 keys per request.
+const DELETE_BATCH: usize = 1000;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How to reach a bucket. Credentials come from the standard AWS chain
+/// (environment, profile, web identity / IRSA, ECS, IMDS) unless
+/// `static_credentials` is set, which is meant for tests and embedding only.
+#[derive(Clone)]
+pub struct S3Options {
+    pub bucket: String,
+    /// Key prefix inside the bucket (no leading or trailing `/` needed).
+    pub prefix: Option<String>,
+    /// Endpoint override, e.g. `http://127.0.0.1:9000`. Without it the SDK
+    /// uses `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` or AWS itself.
+    pub endpoint: Option<String>,
+    /// Region; without it `AWS_REGION`, the profile, then `us-east-1`.
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most
+    /// S3-compatible servers need.
+    pub path_style: bool,
+    /// (access key id, secret key). Never set from the command line.
+    pub static_credentials: Option<(String, String)>,
+    /// Multipart part size; clamped to 5 MiB..=5 GiB.
+    pub part_size: usize,
+    /// Parts of one upload sent at the same time (at least 1).
+    pub upload_concurrency: usize,
+}
+
+impl S3Options {
+    /// Options for `bucket` with defaults: no prefix, no endpoint override,
+    /// virtual-hosted addressing, 8 MiB parts, 4 parts in flight.
+    pub fn new(bucket: impl Into<String>) -> Self {
+        S3Options {
+            bucket: bucket.into(),
+            prefix: None,
+            endpoint: None,
+            region: None,
+            path_style: false,
+            static_credentials: None,
+            part_size: DEFAULT_PART_SIZE,
+            upload_concurrency: 4,
+        }
+    }
+}
+
+impl fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Options")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("static_credentials", &self.static_credentials.as_ref().map(|_| "<redacted>"))
+            .field("part_size", &self.part_size)
+            .field("upload_concurrency", &self.upload_concurrency)
+            .finish()
+    }
+}
+
+/// A repository in an S3 bucket, under an optional key prefix.
+#[derive(Clone)]
+pub struct S3Storage {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: Client,
+    bucket: String,
+    /// `""` or `"some/prefix/"`.
+    prefix: String,
+    /// `s3://bucket/prefix`, plus the endpoint when overridden.
+    location: String,
+    /// Where the bucket is looked for, for "bucket does not exist" errors.
+    endpoint: String,
+    part_size: usize,
+    concurrency: usize,
+}
+
+impl fmt::Debug for S3Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Storage").field("location", &self.shared.location).finish_non_exhaustive()
+    }
+}
+
+impl S3Storage {
+    /// Builds the client. Does no network I/O apart from what the region
+    /// and credential providers need; call [`Storage::check`] to verify the
+    /// bucket is reachable.
+    pub async fn new(opts: S3Options) -> Result<Self> {
+        validate_bucket(&opts.bucket)?;
+        let prefix = opts.prefix.as_deref().unwrap_or("").trim_matches('/');
+        if !prefix.is_empty() {
+            validate_key(prefix).map_err(|e| StorageError::InvalidUrl { message: format!("bad key prefix: {e}") })?;
+        }
+        if let Some(ep) = &opts.endpoint {
+            validate_endpoint(ep)?;
+        }
+
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+            .build_https();
+        let explicit_region = opts.region.clone().map(Region::new);
+        // With an endpoint override there is no AWS region to discover from
+        // instance metadata; do not spend seconds probing IMDS for one.
+        let region = if opts.endpoint.is_some() {
+            RegionProviderChain::first_try(explicit_region)
+                .or_else(aws_config::environment::EnvironmentVariableRegionProvider::new())
+                .or_else(aws_config::profile::region::ProfileFileRegionProvider::new())
+                .or_else(Region::from_static("us-east-1"))
+        } else {
+            RegionProviderChain::first_try(explicit_region)
+                .or_default_provider()
+                .or_else(Region::from_static("us-east-1"))
+        };
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .region(region)
+            // Our RetryPolicy is the only retry loop (see module docs).
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .build(),
+            );
+        if let Some(ep) = &opts.endpoint {
+            loader = loader.endpoint_url(ep);
+        }
+        if let Some((access_key, secret_key)) = &opts.static_credentials {
+            loader = loader.credentials_provider(Credentials::new(
+                access_key,
+                secret_key,
+                None,
+                None,
+                "pgpitr-static",
+            ));
+        }
+        let sdk = loader.load().await;
+        let conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(opts.path_style).build();
+        let client = Client::from_conf(conf);
+
+        let region = sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".to_owned());
+        let env_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));
+        let endpoint = opts
+            .endpoint
+            .clone()
+            .or(env_endpoint)
+            .unwrap_or_else(|| format!("the AWS S3 endpoint of region {region}"));
+        let mut location =
+            if prefix.is_empty() { format!("s3://{}", opts.bucket) } else { format!("s3://{}/{prefix}", opts.bucket) };
+        if let Some(ep) = &opts.endpoint {
+            location.push_str(&format!(" at {ep}"));
+        }
+        Ok(S3Storage {
+            shared: Arc::new(Shared {
+                client,
+                bucket: opts.bucket,
+                prefix: if prefix.is_empty() { String::new() } else { format!("{prefix}/") },
+                location,
+                endpoint,
+                part_size: opts.part_size.clamp(MIN_PART_SIZE, MAX_PART_SIZE),
+                concurrency: opts.upload_concurrency.max(1),
+            }),
+        })
+    }
+
+    /// The bucket name.
+    pub fn bucket(&self) -> &str {
+        &self.shared.bucket
+    }
+}
+
+/// What an SDK error means for us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    NotFound,
+    BucketMissing,
+    NoSuchUpload,
+    PreconditionFailed,
+    InvalidRange,
+    AccessDenied,
+    Permanent,
+    Transient,
+}
+
+/// Classifies a service response by its error code, then its HTTP status.
+fn classify(status: Option<u16>, code: Option<&str>) -> Kind {
+    if let Some(code) = code {
+        let kind = match code {
+            "NoSuchKey" | "NotFound" => Some(Kind::NotFound),
+            "NoSuchBucket" => Some(Kind::BucketMissing),
+            "NoSuchUpload" => Some(Kind::NoSuchUpload),
+            "PreconditionFailed" => Some(Kind::PreconditionFailed),
+            "InvalidRange" => Some(Kind::InvalidRange),
+            "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccountProblem"
+            | "AllAccessDisabled" | "InvalidToken" | "InvalidSecurity" | "MissingSecurityHeader" => {
+                Some(Kind::AccessDenied)
+            }
+            // Expired session credentials are refreshed by the provider, so a
+            // later attempt can succeed.
+            "ExpiredToken" | "TokenRefreshRequired" | "RequestTimeout" | "SlowDown" | "InternalError"
+            | "ServiceUnavailable" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded"
+            | "TooManyRequests" | "BandwidthLimitExceeded" | "OperationAborted" | "ConditionalRequestConflict" => {
+                Some(Kind::Transient)
+            }
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            return kind;
+        }
+    }
+    match status {
+        Some(404) => Kind::NotFound,
+        Some(412) => Kind::PreconditionFailed,
+        Some(416) => Kind::InvalidRange,
+        Some(401 | 403) => Kind::AccessDenied,
+        // Timeout, conflict with a concurrent request, throttling.
+        Some(408 | 409 | 429) => Kind::Transient,
+        Some(400..=499) => Kind::Permanent,
+        Some(_) | None => Kind::Transient,
+    }
+}
+
+/// An SDK error reduced to a [`Kind`] and a one-line, secret-free message.
+#[derive(Debug)]
+struct Failure {
+    kind: Kind,
+    message: String,
+}
+
+fn failure<E>(err: &SdkError<E, HttpResponse>) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err {
+        SdkError::ServiceError(_) | SdkError::ResponseError(_) if err.raw_response().is_some() => {
+            let status = err.raw_response().map(|r| r.status().as_u16());
+            let code = err.code();
+            let kind = if matches!(err, SdkError::ResponseError(_)) {
+                // The response could not be parsed: a proxy page, a cut-off body.
+                if status.is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429) {
+                    classify(status, None)
+                } else {
+                    Kind::Transient
+                }
+            } else {
+                classify(status, code)
+            };
+            let mut message = String::new();
+            if let Some(s) = status {
+                message.push_str(&format!("HTTP {s}"));
+            }
+            if let Some(c) = code {
+                message.push_str(&format!(" {c}"));
+            }
+            match err.message() {
+                Some(m) if !m.is_empty() => message.push_str(&format!(": {m}")),
+                _ if matches!(err, SdkError::ResponseError(_)) => {
+                    message.push_str(&format!(": {}", DisplayErrorContext(err)))
+                }
+                _ => {}
+            }
+            Failure { kind, message: one_line(message.trim_start()) }
+        }
+        SdkError::ConstructionFailure(_) => Failure { kind: Kind::Permanent, message: one_line(DisplayErrorContext(err)) },
+        SdkError::DispatchFailure(d) if d.is_user() => {
+            Failure { kind: Kind::Permanent, message: one_line(DisplayErrorContext(err)) }
+        }
+        // Connection refused/reset, DNS, TLS handshake, timeouts.
+        _ => Failure { kind: Kind::Transient, message: one_line(DisplayErrorContext(err)) },
+    }
+}
+
+impl Shared {
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn error(&self, op: Op, key: &str, f: Failure) -> StorageError {
+        let loc = self.location.clone();
+        match f.kind {
+            Kind::NotFound => StorageError::not_found(op, key, loc),
+            Kind::BucketMissing => StorageError::permanent(
+                op,
+                key,
+                loc,
+                format!("bucket {:?} does not exist at {} ({})", self.bucket, self.endpoint, f.message),
+            ),
+            Kind::AccessDenied => StorageError::permanent(
+                op,
+                key,
+                loc,
+                format!("access denied ({}); check credentials and bucket permissions", f.message),
+            ),
+            Kind::Transient => StorageError::transient(op, key, loc, f.message),
+            Kind::NoSuchUpload | Kind::PreconditionFailed | Kind::InvalidRange | Kind::Permanent => {
+                StorageError::permanent(op, key, loc, f.message)
+            }
+        }
+    }
+
+    fn sdk_error<E>(&self, op: Op, key: &str, err: &SdkError<E, HttpResponse>) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        self.error(op, key, failure(err))
+    }
+
+    async fn collect(&self, op: Op, key: &str, body: ByteStream) -> Result<Bytes> {
+        body.collect().await.map(|d| d.into_bytes()).map_err(|e| {
+            StorageError::transient(op, key, self.location.clone(), format!("reading body: {}", DisplayErrorContext(e)))
+        })
+    }
+
+    /// Turns a listed full key back into a repository key; foreign objects
+    /// (outside the prefix, or not valid keys) are skipped.
+    fn strip<'a>(&self, full: &'a str) -> Option<&'a str> {
+        let key = full.strip_prefix(self.prefix.as_str())?;
+        validate_key(key).is_ok().then_some(key)
+    }
+}
+
+fn system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<SystemTime> {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+}
+
+fn size_of(op: Op, key: &str, location: &str, n: Option<i64>) -> Result<u64> {
+    u64::try_from(n.unwrap_or(0))
+        .map_err(|_| StorageError::permanent(op, key, location, format!("server reported a negative size {n:?}")))
+}
+
+#[async_trait]
+impl Storage for S3Storage {
+    fn describe(&self) -> String {
+        self.shared.location.clone()
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        validate_key(key)?;
+        let s = &self.shared;
+        s.client
+            .put_object()
+            .bucket(&s.bucket)
+            .key(s.full_key(key))
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| s.sdk_error(Op::Put, key, &e))?;
+        Ok(())
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome> {
+        validate_key(key)?;
+        let s = &self.shared;
+        let res = s
+            .client
+            .put_object()
+            .bucket(&s.bucket)
+            .key(s.full_key(key))
+            .if_none_match("*")
+            .body(ByteStream::from(data))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(e) => {
+                let f = failure(&e);
+                if f.kind == Kind::PreconditionFailed {
+                    Ok(PutOutcome::AlreadyExists)
+                } else {
+                    Err(s.error(Op::PutIfAbsent, key, f))
+                }
+            }
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes> {
+        validate_key(key)?;
+        let s = &self.shared;
+        let out = s
+            .client
+            .get_object()
+            .bucket(&s.bucket)
+            .key(s.full_key(key))
+            .send()
+            .await
+            .map_err(|e| s.sdk_error(Op::Get, key, &e))?;
+        s.collect(Op::Get, key, out.body).await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        validate_key(key)?;
+        if range.start >= range.end {
+            // Nothing to read, but a missing object must still be NotFound.
+            self.head(key).await.map_err(|e| match e {
+                StorageError::NotFound { key, location, .. } => {
+                    StorageError::NotFound { op: Op::GetRange, key, location }
+                }
+                other => other,
+            })?;
+            return Ok(Bytes::new());
+        }
+        let s = &self.shared;
+        let res = s
+            .client
+            .get_object()
+            .bucket(&s.bucket)
+            .key(s.full_key(key))
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .send()
+            .await;
+        let out = match res {
+            Ok(out) => out,
+            Err(e) => {
+                let f = failure(&e);
+                // 416: the object exists but starts before `range.start`.
+                return if f.kind == Kind::InvalidRange {
+                    Ok(Bytes::new())
+                } else {
+                    Err(s.error(Op::GetRange, key, f))
+                };
+            }
+        };
+        let ranged = out.content_range().is_some();
+        let body = s.collect(Op::GetRange, key, out.body).await?;
+        if ranged {
+            return Ok(body);
+        }
+        // The server ignored the Range header and sent the whole object.
+        let len = body.len() as u64;
+        let start = range.start.min(len);
+        let end = range.end.clamp(start, len);
+        Ok(body.slice(usize::try_from(start).unwrap_or(0)..usize::try_from(end).unwrap_or(0)))
+    }
+
+    async fn get_stream(&self, key: &str) -> Result<ObjectStream> {
+        validate_key(key)?;
+        let s = self.shared.clone();
+        let out = s
+            .client
+            .get_object()
+            .bucket(&s.bucket)
+            .key(s.full_key(key))
+            .send()
+            .await
+            .map_err(|e| s.sdk_error(Op::GetStream, key, &e))?;
+        let key = key.to_owned();
+        let stream = futures_util::stream::try_unfold((out.body, s, key), |(mut body, s, key)| async move {
+            match body.try_next().await {
+                Ok(Some(chunk)) => Ok(Some((chunk, (body, s, key)))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(StorageError::transient(
+                    Op::GetStream,
+                    key.clone(),
+                    s.location.clone(),
+                    format!("reading body: {}", DisplayErrorContext(e)),
+                )),
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta> {
+        validate_key(key)?;
+        let s = &self.shared;
+        let out = s
+            .client
+            .head_object()
+            .bucket(&s.bucket)
+            .key(s.full_key(key))
+            .send()
+            .await
+            .map_err(|e| s.sdk_error(Op::Head, key, &e))?;
+        Ok(ObjectMeta {
+            key: key.to_owned(),
+            size: size_of(Op::Head, key, &s.location, out.content_length())?,
+            last_modified: system_time(out.last_modified()),
+        })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        validate_prefix(prefix)?;
+        let s = &self.shared;
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = s
+                .client
+                .list_objects_v2()
+                .bucket(&s.bucket)
+                .prefix(s.full_key(prefix))
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| s.sdk_error(Op::List, prefix, &e))?;
+            for obj in page.contents() {
+                let Some(key) = obj.key().and_then(|k| s.strip(k)) else { continue };
+                out.push(ObjectMeta {
+                    key: key.to_owned(),
+                    size: size_of(Op::List, key, &s.location, obj.size())?,
+                    last_modified: system_time(obj.last_modified()),
+                });
+            }
+            match (page.is_truncated(), page.next_continuation_token()) {
+                (Some(true), Some(t)) => token = Some(t.to_owned()),
+                (Some(true), None) => {
+                    return Err(StorageError::permanent(
+                        Op::List,
+                        prefix,
+                        s.location.clone(),
+                        "server returned a truncated listing without a continuation token",
+                    ));
+                }
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
+        validate_prefix(prefix)?;
+        let s = &self.shared;
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = s
+                .client
+                .list_objects_v2()
+                .bucket(&s.bucket)
+                .prefix(s.full_key(prefix))
+                .delimiter("/")
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| s.sdk_error(Op::ListDirs, prefix, &e))?;
+            for cp in page.common_prefixes() {
+                let Some(dir) = cp.prefix().and_then(|p| p.strip_prefix(s.prefix.as_str())) else { continue };
+                if dir.strip_suffix('/').is_some_and(|d| validate_key(d).is_ok()) {
+                    out.push(dir.to_owned());
+                }
+            }
+            match (page.is_truncated(), page.next_continuation_token()) {
+                (Some(true), Some(t)) => token = Some(t.to_owned()),
+                (Some(true), None) => {
+                    return Err(StorageError::permanent(
+                        Op::ListDirs,
+                        prefix,
+                        s.location.clone(),
+                        "server returned a truncated listing without a continuation token",
+                    ));
+                }
+                _ => break,
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        validate_key(key)?;
+        let s = &self.shared;
+        match s.client.delete_object().bucket(&s.bucket).key(s.full_key(key)).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => match failure(&e) {
+                f if f.kind == Kind::NotFound => Ok(()),
+                f => Err(s.error(Op::Delete, key, f)),
+            },
+        }
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        for key in keys {
+            validate_key(key)?;
+        }
+        let s = &self.shared;
+        let mut failures = Vec::new();
+        let mut permanent = false;
+        for batch in keys.chunks(DELETE_BATCH) {
+            let ids = batch
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(s.full_key(k)).build())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .and_then(|ids| Delete::builder().set_objects(Some(ids)).quiet(true).build())
+                .map_err(|e| StorageError::permanent(Op::DeleteMany, "", s.location.clone(), e))?;
+            let out = s
+                .client
+                .delete_objects()
+                .bucket(&s.bucket)
+                .delete(ids)
+                .send()
+                .await
+                .map_err(|e| s.sdk_error(Op::DeleteMany, "", &e))?;
+            for err in out.errors() {
+                let kind = classify(None, err.code());
+                if kind == Kind::NotFound {
+                    continue;
+                }
+                permanent |= kind != Kind::Transient;
+                let key = err.key().map(|k| k.strip_prefix(s.prefix.as_str()).unwrap_or(k)).unwrap_or("?");
+                let what = match (err.code(), err.message()) {
+                    (Some(c), Some(m)) => format!("{c}: {m}"),
+                    (Some(c), None) => c.to_owned(),
+                    (None, Some(m)) => m.to_owned(),
+                    (None, None) => "unknown error".to_owned(),
+                };
+                failures.push((key.to_owned(), what));
+            }
+        }
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let msg = summarize_failures(keys.len(), &failures);
+        Err(if permanent {
+            StorageError::permanent(Op::DeleteMany, "", s.location.clone(), msg)
+        } else {
+            StorageError::transient(Op::DeleteMany, "", s.location.clone(), msg)
+        })
+    }
+
+    async fn start_upload(&self, key: &str) -> Result<Box<dyn Upload>> {
+        validate_key(key)?;
+        Ok(Box::new(S3Upload::new(self.shared.clone(), key)))
+    }
+
+    async fn check(&self) -> Result<()> {
+        let s = &self.shared;
+        match s.client.head_bucket().bucket(&s.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let mut f = failure(&e);
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                if f.kind == Kind::NotFound {
+                    f.kind = Kind::BucketMissing;
+                } else if status == Some(301) {
+                    f.kind = Kind::Permanent;
+                    f.message = format!("{}: the bucket is in another region; set the region", f.message);
+                }
+                Err(s.error(Op::Check, "", f))
+            }
+        }
+    }
+}
+
+/// Bytes waiting to become a part, kept as the caller's chunks so that
+/// snapshotting and restoring after a failure costs no copy.
+#[derive(Debug, Default, Clone)]
+struct Chunks {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Chunks {
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.len += b.len();
+            self.chunks.push_back(b);
+        }
+    }
+
+    /// Removes and returns the first `n` bytes (or all, if fewer).
+    fn take(&mut self, n: usize) -> Bytes {
+        let n = n.min(self.len);
+        self.len -= n;
+        if let Some(first) = self.chunks.front_mut()
+            && first.len() >= n
+        {
+            let out = first.split_to(n);
+            if first.is_empty() {
+                self.chunks.pop_front();
+            }
+            return out;
+        }
+        let mut out = BytesMut::with_capacity(n);
+        while out.len() < n {
+            let Some(mut c) = self.chunks.pop_front() else { break };
+            let want = n - out.len();
+            if c.len() > want {
+                out.extend_from_slice(&c.split_to(want));
+                self.chunks.push_front(c);
+            } else {
+                out.extend_from_slice(&c);
+            }
+        }
+        out.freeze()
+    }
+
+    /// All bytes, without consuming them.
+    fn concat(&self) -> Bytes {
+        if self.chunks.len() == 1 {
+            return self.chunks[0].clone();
+        }
+        let mut out = BytesMut::with_capacity(self.len);
+        for c in &self.chunks {
+            out.extend_from_slice(c);
+        }
+        out.freeze()
+    }
+}
+
+type PartResult = (i32, Bytes, Result<CompletedPart>);
+
+/// Buffers up to one part, sends full parts in the background (at most
+/// `concurrency` at once) and commits with CompleteMultipartUpload. An
+/// object smaller than one part is sent with a single PUT instead.
+///
+/// A part that fails keeps its number and bytes and is sent again on the
+/// next `put_part` / `try_complete` call, after its error has been
+/// returned once (so the retry wrapper's backoff applies).
+struct S3Upload {
+    s: Arc<Shared>,
+    key: String,
+    full_key: String,
+    buffer: Chunks,
+    total: u64,
+    upload_id: Option<String>,
+    next_part: i32,
+    done_parts: BTreeMap<i32, CompletedPart>,
+    in_flight: JoinSet<PartResult>,
+    failed_parts: Vec<(i32, Bytes)>,
+    /// A transient part failure not reported yet.
+    pending: Option<StorageError>,
+    /// A permanent failure: the upload cannot succeed any more.
+    fatal: Option<StorageError>,
+    complete_attempts: u32,
+    completed: Option<u64>,
+    aborted: bool,
+}
+
+impl S3Upload {
+    fn new(s: Arc<Shared>, key: &str) -> Self {
+        S3Upload {
+            full_key: s.full_key(key),
+            s,
+            key: key.to_owned(),
+            buffer: Chunks::default(),
+            total: 0,
+            upload_id: None,
+            next_part: 1,
+            done_parts: BTreeMap::new(),
+            in_flight: JoinSet::new(),
+            failed_parts: Vec::new(),
+            pending: None,
+            fatal: None,
+            complete_attempts: 0,
+            completed: None,
+            aborted: false,
+        }
+    }
+
+    fn err(&self, op: Op, message: &str) -> StorageError {
+        StorageError::permanent(op, self.key.clone(), self.s.location.clone(), message)
+    }
+
+    fn record(&mut self, res: std::result::Result<PartResult, tokio::task::JoinError>) {
+        match res {
+            Ok((n, _, Ok(part))) => {
+                self.done_parts.insert(n, part);
+            }
+            Ok((n, body, Err(e))) => {
+                self.failed_parts.push((n, body));
+                if e.is_transient() {
+                    self.pending = Some(e);
+                } else {
+                    self.fatal = Some(e);
+                }
+            }
+            Err(e) => self.fatal = Some(self.err(Op::PutPart, &format!("part upload task failed: {e}"))),
+        }
+    }
+
+    fn reap_finished(&mut self) {
+        while let Some(res) = self.in_flight.try_join_next() {
+            self.record(res);
+        }
+    }
+
+    /// Returns the first error to report before doing anything else.
+    fn take_error(&mut self) -> Option<StorageError> {
+        if let Some(e) = &self.fatal {
+            return Some(e.clone());
+        }
+        self.pending.take()
+    }
+
+    async fn spawn_part(&mut self, number: i32, body: Bytes) {
+        while self.in_flight.len() >= self.s.concurrency {
+            if let Some(res) = self.in_flight.join_next().await {
+                self.record(res);
+            }
+        }
+        let (s, key, full_key) = (self.s.clone(), self.key.clone(), self.full_key.clone());
+        let upload_id = self.upload_id.clone().unwrap_or_default();
+        self.in_flight.spawn(async move {
+            let res = s
+                .client
+                .upload_part()
+                .bucket(&s.bucket)
+                .key(&full_key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(ByteStream::from(body.clone()))
+                .send()
+                .await;
+            let part = match res {
+                Ok(out) => match out.e_tag() {
+                    Some(etag) => Ok(CompletedPart::builder().part_number(number).e_tag(etag).build()),
+                    None => Err(StorageError::permanent(
+                        Op::PutPart,
+                        key,
+                        s.location.clone(),
+                        format!("server returned no ETag for part {number}"),
+                    )),
+                },
+                Err(e) => Err(s.sdk_error(Op::PutPart, &key, &e)),
+            };
+            (number, body, part)
+        });
+    }
+
+    async fn resubmit_failed(&mut self) {
+        for (number, body) in std::mem::take(&mut self.failed_parts) {
+            self.spawn_part(number, body).await;
+        }
+    }
+
+    async fn create_multipart(&mut self) -> Result<()> {
+        let s = &self.s;
+        let out = s
+            .client
+            .create_multipart_upload()
+            .bucket(&s.bucket)
+            .key(&self.full_key)
+            .send()
+            .await
+            .map_err(|e| s.sdk_error(Op::PutPart, &self.key, &e))?;
+        match out.upload_id() {
+            Some(id) => {
+                self.upload_id = Some(id.to_owned());
+                Ok(())
+            }
+            None => Err(self.err(Op::PutPart, "server returned no upload id")),
+        }
+    }
+
+    async fn complete_multipart(&mut self) -> Result<()> {
+        let s = self.s.clone();
+        let parts: Vec<CompletedPart> = self.done_parts.values().cloned().collect();
+        self.complete_attempts += 1;
+        let res = s
+            .client
+            .complete_multipart_upload()
+            .bucket(&s.bucket)
+            .key(&self.full_key)
+            .upload_id(self.upload_id.clone().unwrap_or_default())
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await;
+        let Err(e) = res else { return Ok(()) };
+        let f = failure(&e);
+        // An earlier attempt may have completed the upload even though its
+        // response was lost; then the upload id is gone and the object has
+        // our size.
+        if f.kind == Kind::NoSuchUpload && self.complete_attempts > 1 {
+            let head = s.client.head_object().bucket(&s.bucket).key(&self.full_key).send().await;
+            if let Ok(h) = head
+                && h.content_length().and_then(|n| u64::try_from(n).ok()) == Some(self.total)
+            {
+                return Ok(());
+            }
+        }
+        Err(s.error(Op::CompleteUpload, &self.key, f))
+    }
+}
+
+#[async_trait]
+impl Upload for S3Upload {
+    async fn put_part(&mut self, data: Bytes) -> Result<()> {
+        if self.completed.is_some() || self.aborted {
+            return Err(self.err(Op::PutPart, "upload already finished"));
+        }
+        self.reap_finished();
+        if let Some(e) = self.take_error() {
+            return Err(e);
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.resubmit_failed().await;
+
+        let part_size = self.s.part_size;
+        let new_parts = (self.buffer.len + data.len()) / part_size;
+        if new_parts > 0 {
+            if i64::from(self.next_part) + new_parts as i64 - 1 > i64::from(MAX_PARTS) {
+                return Err(self.err(
+                    Op::PutPart,
+                    &format!("object exceeds {MAX_PARTS} parts of {part_size} bytes; use a larger part size"),
+                ));
+            }
+            if self.upload_id.is_none() {
+                self.create_multipart().await?;
+            }
+        }
+        // From here on `data` is accepted; failures of the parts cut from it
+        // are reported by a later call and those parts are sent again.
+        self.total += data.len() as u64;
+        self.buffer.push(data);
+        while self.buffer.len >= part_size {
+            let body = self.buffer.take(part_size);
+            let number = self.next_part;
+            self.next_part += 1;
+            self.spawn_part(number, body).await;
+        }
+        Ok(())
+    }
+
+    async fn try_complete(&mut self) -> Result<u64> {
+        if let Some(n) = self.completed {
+            return Ok(n);
+        }
+        if self.aborted {
+            return Err(self.err(Op::CompleteUpload, "upload was aborted"));
+        }
+        if let Some(e) = &self.fatal {
+            return Err(e.clone());
+        }
+        if self.upload_id.is_none() {
+            // Smaller than one part: a single PUT, which is atomic anyway.
+            let s = &self.s;
+            s.client
+                .put_object()
+                .bucket(&s.bucket)
+                .key(&self.full_key)
+                .body(ByteStream::from(self.buffer.concat()))
+                .send()
+                .await
+                .map_err(|e| s.sdk_error(Op::CompleteUpload, &self.key, &e))?;
+            self.buffer = Chunks::default();
+            self.completed = Some(self.total);
+            return Ok(self.total);
+        }
+        self.reap_finished();
+        if let Some(e) = self.take_error() {
+            return Err(e);
+        }
+        self.resubmit_failed().await;
+        if self.buffer.len > 0 {
+            let body = self.buffer.take(self.buffer.len);
+            let number = self.next_part;
+            self.next_part += 1;
+            self.spawn_part(number, body).await;
+        }
+        while let Some(res) = self.in_flight.join_next().await {
+            self.record(res);
+        }
+        if let Some(e) = self.take_error() {
+            return Err(e);
+        }
+        self.complete_multipart().await?;
+        self.completed = Some(self.total);
+        Ok(self.total)
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.aborted = true;
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
+        let Some(id) = self.upload_id.take() else { return Ok(()) };
+        if self.completed.is_some() {
+            return Err(self.err(Op::AbortUpload, "upload already completed"));
+        }
+        let s = &self.s;
+        match s.client.abort_multipart_upload().bucket(&s.bucket).key(&self.full_key).upload_id(id).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => match failure(&e) {
+                f if matches!(f.kind, Kind::NoSuchUpload | Kind::NotFound) => Ok(()),
+                f => Err(s.error(Op::AbortUpload, &self.key, f)),
+            },
+        }
+    }
+}
+
+impl Drop for S3Upload {
+    fn drop(&mut self) {
+        if self.completed.is_some() || self.aborted {
+            return;
+        }
+        let Some(id) = self.upload_id.take() else { return };
+        // Dropping the JoinSet cancels part uploads; the incomplete upload is
+        // invisible but billed, so abort it in the background. Parts still in
+        // transit can outlive an abort; a bucket lifecycle rule
+        // (AbortIncompleteMultipartUpload) is the backstop.
+        let (s, full_key) = (self.s.clone(), self.full_key.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    let res =
+                        s.client.abort_multipart_upload().bucket(&s.bucket).key(&full_key).upload_id(id).send().await;
+                    if let Err(e) = res {
+                        tracing::warn!(key = %full_key, error = %DisplayErrorContext(e), "cannot abort dropped upload");
+                    }
+                });
+            }
+            Err(_) => tracing::warn!(key = %full_key, "upload dropped outside a runtime; not aborted"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        assert_eq!(classify(Some(404), Some("NoSuchKey")), Kind::NotFound);
+        assert_eq!(classify(Some(404), None), Kind::NotFound);
+        assert_eq!(classify(Some(404), Some("NoSuchBucket")), Kind::BucketMissing);
+        assert_eq!(classify(Some(403), None), Kind::AccessDenied);
+        assert_eq!(classify(Some(403), Some("SignatureDoesNotMatch")), Kind::AccessDenied);
+        assert_eq!(classify(Some(403), Some("InvalidAccessKeyId")), Kind::AccessDenied);
+        assert_eq!(classify(Some(400), Some("ExpiredToken")), Kind::Transient);
+        assert_eq!(classify(Some(503), Some("SlowDown")), Kind::Transient);
+        assert_eq!(classify(Some(500), None), Kind::Transient);
+        assert_eq!(classify(Some(429), None), Kind::Transient);
+        assert_eq!(classify(Some(400), Some("InvalidArgument")), Kind::Permanent);
+        assert_eq!(classify(Some(412), None), Kind::PreconditionFailed);
+        assert_eq!(classify(Some(416), Some("InvalidRange")), Kind::InvalidRange);
+        assert_eq!(classify(Some(409), Some("ConditionalRequestConflict")), Kind::Transient);
+        assert_eq!(classify(None, Some("InternalError")), Kind::Transient);
+        assert_eq!(classify(None, Some("AccessDenied")), Kind::AccessDenied);
+    }
+
+    #[test]
+    fn chunks_take_splits_and_joins() {
+        let mut c = Chunks::default();
+        c.push(Bytes::from_static(b"hello"));
+        c.push(Bytes::new());
+        c.push(Bytes::from_static(b" world"));
+        assert_eq!(c.len, 11);
+        let snapshot = c.clone();
+        assert_eq!(&c.take(3)[..], b"hel");
+        assert_eq!(&c.take(4)[..], b"lo w");
+        assert_eq!(c.len, 4);
+        assert_eq!(&c.concat()[..], b"orld");
+        assert_eq!(&c.take(100)[..], b"orld");
+        assert_eq!(c.len, 0);
+        assert!(c.take(1).is_empty());
+        // Taking from a clone leaves the snapshot intact.
+        assert_eq!(&snapshot.concat()[..], b"hello world");
+    }
+}

@@ -1,0 +1,37 @@
+//! The shared conformance suite, run against every backend, and against
+//! every backend behind injected transient faults plus retries.
+
+macro_rules! suite {
+    ($fixture:ident) => {
+        suite!(@each $fixture;
+            check_succeeds, put_get_roundtrip, overwrite, put_if_absent, get_range, head, not_found,
+            list_nested, list_many, list_dirs, delete_idempotent, delete_many, multipart_upload,
+            small_upload, upload_abort, invalid_keys, no_temp_objects_listed, concurrent_writers);
+    };
+    (@each $fixture:ident; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let fx = crate::common::$fixture().await;
+                pgpitr_storage::conformance::$name(&fx.storage).await;
+                fx.after();
+            }
+        )*
+    };
+}
+
+mod local {
+    suite!(local);
+}
+
+mod s3 {
+    suite!(s3);
+}
+
+mod local_faulty {
+    suite!(local_faulty);
+}
+
+mod s3_faulty {
+    suite!(s3_faulty);
+}

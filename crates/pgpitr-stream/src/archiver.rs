@@ -1,0 +1,437 @@
+//! The streaming loop: one task owns all state and `select!`s over the
+//! replication stream, finished uploads, the flush deadline, the status
+//! timer and shutdown.
+//!
+//! ```text
+//!  Postgres ──XLogData──▶ OpenSegment ──part / segment──▶ upload tasks ──▶ Storage
+//!     ▲                      │ scanner (commit times)          │
+//!     └──── status (flush = durable) ◀── DurableTracker ◀──────┘
+//! ```
+
+use crate::durable::DurableTracker;
+use crate::resume::{self, ResumePlan};
+use crate::segment::OpenSegment;
+use crate::upload::{self, WalUpload};
+use crate::{StreamConfig, StreamError, StreamStats};
+use bytes::Bytes;
+use pgpitr_pgwire::{ConnConfig, ReplicationConnection, ReplicationStream, StreamMessage};
+use pgpitr_repo::object::{RestorePoint, TimedLsn, WalSummary};
+use pgpitr_repo::wal::{WalObjectId, WalObjectKind};
+use pgpitr_repo::{ClusterIdentity, Repository};
+use pgpitr_types::{Lsn, TimelineHistory, TimelineId, WalSegSize};
+use pgpitr_walscan::{WalEvent, WalScanner};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How a session ended without an error.
+enum SessionEnd {
+    Shutdown,
+}
+
+/// Result of one upload task.
+struct Done {
+    id: WalObjectId,
+    start: Lsn,
+    end: Lsn,
+    /// Parts made redundant once this (complete segment) is stored.
+    superseded: Vec<WalObjectId>,
+    result: Result<Duration, StreamError>,
+}
+
+pub struct Archiver {
+    repo: Repository,
+    conn_cfg: ConnConfig,
+    cfg: StreamConfig,
+    cancel: CancellationToken,
+    stats: Arc<StreamStats>,
+}
+
+impl Archiver {
+    pub fn new(
+        repo: Repository,
+        conn_cfg: ConnConfig,
+        cfg: StreamConfig,
+        cancel: CancellationToken,
+        stats: Arc<StreamStats>,
+    ) -> Self {
+        Archiver { repo, conn_cfg, cfg, cancel, stats }
+    }
+
+    /// Streams until cancelled (then flushes and returns Ok) or until an
+    /// error that reconnecting cannot fix.
+    pub async fn run(&mut self) -> Result<(), StreamError> {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let began = Instant::now();
+            match self.session().await {
+                Ok(SessionEnd::Shutdown) => return Ok(()),
+                Err(StreamError::Cancelled) => return Ok(()),
+                Err(e) if e.is_transient() && !self.cancel.is_cancelled() => {
+                    if began.elapsed() > Duration::from_secs(60) {
+                        backoff = Duration::from_secs(1);
+                    }
+                    self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(retry_in = ?backoff, "streaming interrupted, reconnecting: {e}");
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn session(&mut self) -> Result<SessionEnd, StreamError> {
+        let mut conn = ReplicationConnection::connect(&self.conn_cfg).await?;
+        let sys = conn.identify_system().await?;
+        let identity = ClusterIdentity {
+            system_identifier: sys.system_id,
+            pg_version_num: conn.server_version_num().await?,
+            wal_segment_size: conn.wal_segment_size().await?,
+        };
+        self.repo.check_cluster(&identity)?;
+        let plan = resume::plan(&self.repo, &mut conn, &self.cfg, &sys).await?;
+        let mut st = State::new(&self.repo, &self.cfg, plan, self.stats.clone(), self.cancel.child_token());
+        loop {
+            let stream = conn.start_physical(Some(&self.cfg.slot), st.received, st.tli).await?;
+            tracing::info!(tli = %st.tli, start = %st.received, slot = %self.cfg.slot, "streaming");
+            match st.stream(stream, &self.cancel).await? {
+                Flow::Shutdown => return Ok(SessionEnd::Shutdown),
+                Flow::NextTimeline { next_tli, next_start } => {
+                    st.switch_timeline(&mut conn, next_tli, next_start).await?;
+                }
+            }
+        }
+    }
+}
+
+enum Flow {
+    Shutdown,
+    /// The stream ended at a timeline switch; the connection is idle again.
+    NextTimeline { next_tli: TimelineId, next_start: Lsn },
+}
+
+/// Everything one streaming session owns.
+struct State {
+    repo: Repository,
+    seg: WalSegSize,
+    cfg: StreamConfig,
+    stats: Arc<StreamStats>,
+    tli: TimelineId,
+    /// Next LSN expected from the server.
+    received: Lsn,
+    cur: OpenSegment,
+    /// `None` after a scan error until the next segment starts.
+    scanner: Option<WalScanner>,
+    events: Vec<WalEvent>,
+    tracker: DurableTracker,
+    uploads: JoinSet<Done>,
+    segments_in_flight: usize,
+    parts_in_flight: usize,
+    /// Smoothed time one upload takes, to start parts early enough to be
+    /// durable by their deadline.
+    upload_latency: Duration,
+    /// Cancels uploads only when a shutdown runs out of time.
+    upload_cancel: CancellationToken,
+}
+
+impl State {
+    fn new(
+        repo: &Repository,
+        cfg: &StreamConfig,
+        plan: ResumePlan,
+        stats: Arc<StreamStats>,
+        upload_cancel: CancellationToken,
+    ) -> Self {
+        let seg = repo.seg_size();
+        let scanner = resync_scanner(plan.segment.start_lsn(), seg, &plan.scan_prefix);
+        stats.durable_lsn.store(plan.start.0, Ordering::Relaxed);
+        State {
+            repo: repo.clone(),
+            seg,
+            cfg: cfg.clone(),
+            stats,
+            tli: plan.tli,
+            received: plan.start,
+            cur: plan.segment,
+            scanner,
+            events: Vec::new(),
+            tracker: DurableTracker::new(plan.start),
+            uploads: JoinSet::new(),
+            segments_in_flight: 0,
+            parts_in_flight: 0,
+            upload_latency: Duration::from_millis(20),
+            upload_cancel,
+        }
+    }
+
+    fn durable(&self) -> Lsn {
+        self.tracker.durable()
+    }
+
+    /// Backpressure: stop reading while too many segments are in flight, so
+    /// memory stays bounded whatever the WAL rate or storage latency.
+    fn can_accept(&self) -> bool {
+        self.segments_in_flight < self.cfg.max_segments_in_flight
+    }
+
+    /// When the pending bytes must be handed to storage to be durable within
+    /// the flush interval of their arrival.
+    fn flush_deadline(&self) -> Option<Instant> {
+        let since = self.cur.pending_since()?;
+        if self.cfg.synchronous {
+            return (self.parts_in_flight == 0).then_some(since);
+        }
+        let lead = self.upload_latency.min(self.cfg.flush_interval / 2);
+        Some(since + self.cfg.flush_interval - lead)
+    }
+
+    async fn stream(&mut self, mut stream: ReplicationStream<'_>, cancel: &CancellationToken) -> Result<Flow, StreamError> {
+        let mut status_tick = tokio::time::interval(self.cfg.status_interval);
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reported = Lsn::INVALID;
+        loop {
+            let deadline = self.flush_deadline();
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    self.drain(Some(&mut stream)).await?;
+                    stream.finish().await.ok();
+                    return Ok(Flow::Shutdown);
+                }
+                Some(done) = self.uploads.join_next(), if !self.uploads.is_empty() => {
+                    let done = done.map_err(|e| StreamError::Internal(format!("upload task failed: {e}")))?;
+                    if self.finish_upload(done)? && self.durable() > reported {
+                        reported = self.durable();
+                        stream.send_status(reported, reported, reported, false).await?;
+                    }
+                }
+                _ = sleep_until_opt(deadline) => {
+                    self.submit_part();
+                }
+                msg = stream.next(), if self.can_accept() => {
+                    match msg? {
+                        StreamMessage::XLogData { start, data, .. } => self.on_wal(start, data)?,
+                        StreamMessage::Keepalive { reply_requested, end_of_wal, .. } => {
+                            self.stats.server_lsn.store(end_of_wal.0, Ordering::Relaxed);
+                            if reply_requested {
+                                reported = self.durable();
+                                stream.send_status(reported, reported, reported, false).await?;
+                            }
+                        }
+                        StreamMessage::EndOfTimeline { next_tli, next_tli_start } => {
+                            return Ok(Flow::NextTimeline { next_tli, next_start: next_tli_start });
+                        }
+                    }
+                }
+                _ = status_tick.tick() => {
+                    // Also keeps wal_sender_timeout from firing while storage is slow.
+                    reported = self.durable();
+                    stream.send_status(reported, reported, reported, false).await?;
+                }
+            }
+        }
+    }
+
+    fn on_wal(&mut self, start: Lsn, mut data: Bytes) -> Result<(), StreamError> {
+        if start != self.received {
+            return Err(StreamError::Protocol(format!(
+                "server sent WAL at {start}, expected {} on timeline {}",
+                self.received, self.tli
+            )));
+        }
+        let now = Instant::now();
+        while !data.is_empty() {
+            let take = data.len().min(self.cur.room());
+            let chunk = data.split_to(take);
+            self.cur.append(&chunk, now);
+            self.scan(&chunk);
+            self.received = Lsn(self.received.0 + take as u64);
+            if self.cur.is_full() {
+                self.submit_segment();
+            }
+        }
+        debug_assert_eq!(self.cur.end_lsn(), self.received);
+        self.stats.received_lsn.store(self.received.0, Ordering::Relaxed);
+        self.stats.received_bytes.fetch_add(start.distance_to(self.received), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Indexes commit records into the pending summary. A WAL format
+    /// surprise must not stop archiving: the bytes are stored regardless,
+    /// and the scanner resynchronises at the next segment.
+    fn scan(&mut self, chunk: &[u8]) {
+        self.events.clear();
+        let Some(scanner) = self.scanner.as_mut() else { return };
+        if let Err(e) = scanner.feed(chunk, &mut self.events) {
+            tracing::warn!("commit-time index: {e}; resynchronising at the next segment");
+            self.stats.scan_errors.fetch_add(1, Ordering::Relaxed);
+            self.scanner = None;
+        }
+        let received_us = jiff::Timestamp::now().as_microsecond();
+        let summary = self.cur.pending_summary_mut();
+        summary.received_us = received_us;
+        for ev in self.events.drain(..) {
+            add_event(summary, ev);
+        }
+    }
+
+    fn submit_segment(&mut self) {
+        let next = OpenSegment::new(self.tli, self.cur.segno.next(), self.seg, &[], true);
+        if self.scanner.is_none() {
+            self.scanner = Some(WalScanner::new(next.start_lsn(), self.seg));
+        }
+        let full = std::mem::replace(&mut self.cur, next);
+        let (id, start, raw, summary, superseded) = full.into_complete();
+        self.segments_in_flight += 1;
+        self.spawn_upload(WalUpload { id, start, raw, summary }, superseded);
+    }
+
+    fn submit_part(&mut self) {
+        if let Some((id, start, raw, summary)) = self.cur.cut_part() {
+            self.parts_in_flight += 1;
+            self.spawn_upload(WalUpload { id, start, raw, summary }, Vec::new());
+        }
+    }
+
+    fn spawn_upload(&mut self, up: WalUpload, superseded: Vec<WalObjectId>) {
+        let storage = self.repo.storage().clone();
+        let seg = self.seg;
+        let cancel = self.upload_cancel.clone();
+        self.uploads.spawn(async move {
+            let result = upload::store(&storage, seg, &up, &cancel).await;
+            Done { id: up.id, start: up.start, end: up.end(), superseded, result }
+        });
+    }
+
+    /// Returns true when the durable position moved.
+    fn finish_upload(&mut self, done: Done) -> Result<bool, StreamError> {
+        match done.id.kind {
+            WalObjectKind::Segment => self.segments_in_flight -= 1,
+            WalObjectKind::Part { .. } => self.parts_in_flight -= 1,
+        }
+        let took = done.result?;
+        self.upload_latency = (self.upload_latency * 7 + took) / 8;
+        self.stats.uploads.fetch_add(1, Ordering::Relaxed);
+        if !done.superseded.is_empty() {
+            let storage = self.repo.storage().clone();
+            let keys: Vec<String> = done.superseded.iter().map(|id| id.key(self.seg)).collect();
+            tokio::spawn(async move {
+                if let Err(e) = storage.delete_many(&keys).await {
+                    tracing::warn!("deleting {} parts of a stored segment failed (retried at next start): {e}", keys.len());
+                }
+            });
+        }
+        let moved = self.tracker.complete(done.start, done.end);
+        if moved {
+            self.stats.durable_lsn.store(self.durable().0, Ordering::Relaxed);
+            tracing::debug!(durable = %self.durable(), "durable position advanced");
+        }
+        Ok(moved)
+    }
+
+    /// Hands everything received to storage and waits until it is durable,
+    /// up to the shutdown timeout.
+    async fn drain(&mut self, stream: Option<&mut ReplicationStream<'_>>) -> Result<(), StreamError> {
+        self.submit_part();
+        let deadline = tokio::time::sleep(self.cfg.shutdown_timeout);
+        tokio::pin!(deadline);
+        while !self.uploads.is_empty() {
+            tokio::select! {
+                Some(done) = self.uploads.join_next() => {
+                    let done = done.map_err(|e| StreamError::Internal(format!("upload task failed: {e}")))?;
+                    self.finish_upload(done)?;
+                }
+                _ = &mut deadline => {
+                    self.upload_cancel.cancel();
+                    return Err(StreamError::Definite(format!(
+                        "storage did not accept the last {} bytes of WAL within {:?}; they stay on the server \
+                         (the slot keeps them) and are streamed again at the next start",
+                        self.durable().distance_to(self.received),
+                        self.cfg.shutdown_timeout
+                    )));
+                }
+            }
+        }
+        if let Some(stream) = stream {
+            let d = self.durable();
+            stream.send_status(d, d, d, false).await?;
+        }
+        Ok(())
+    }
+
+    async fn switch_timeline(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        next_tli: TimelineId,
+        next_start: Lsn,
+    ) -> Result<(), StreamError> {
+        if self.received != next_start {
+            return Err(StreamError::Protocol(format!(
+                "timeline {} ended at {next_start} but WAL was received up to {}",
+                self.tli, self.received
+            )));
+        }
+        // The old timeline's tail is stored as parts before anything else.
+        self.drain(None).await?;
+        let (name, content) = conn.timeline_history(next_tli).await?;
+        TimelineHistory::parse(next_tli, &String::from_utf8_lossy(&content))
+            .map_err(|e| StreamError::Definite(format!("server sent an unreadable {name}: {e}")))?;
+        resume::store_history(&self.repo, next_tli, &content).await?;
+        let offset = next_start.segment_offset(self.seg) as usize;
+        let prefix = Bytes::copy_from_slice(self.cur.prefix(offset));
+        self.cur = OpenSegment::new(next_tli, next_start.segment_number(self.seg), self.seg, &prefix, false);
+        self.scanner = resync_scanner(self.cur.start_lsn(), self.seg, &prefix);
+        tracing::info!(from = %self.tli, to = %next_tli, at = %next_start, "following timeline switch");
+        self.tli = next_tli;
+        self.stats.timeline.store(next_tli.0, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A scanner positioned at `seg_start` that has consumed `prefix`, whose
+/// events were recorded when those bytes were first stored.
+fn resync_scanner(seg_start: Lsn, seg: WalSegSize, prefix: &[u8]) -> Option<WalScanner> {
+    let mut scanner = WalScanner::new(seg_start, seg);
+    let mut discard = Vec::new();
+    if let Err(e) = scanner.feed(prefix, &mut discard) {
+        tracing::warn!("commit-time index: {e}; resynchronising at the next segment");
+        return None;
+    }
+    Some(scanner)
+}
+
+fn add_event(summary: &mut WalSummary, ev: WalEvent) {
+    match ev {
+        WalEvent::Commit { lsn, end_lsn, time, .. } => {
+            if let Some(us) = time.to_unix_micros() {
+                let t = TimedLsn { lsn, end_lsn, time_us: us };
+                summary.first_commit.get_or_insert(t);
+                summary.last_commit = Some(t);
+            }
+            summary.commits += 1;
+        }
+        WalEvent::Abort { .. } => summary.aborts += 1,
+        WalEvent::RestorePoint { lsn, end_lsn, name, time } => {
+            summary.restore_points.push(RestorePoint {
+                name,
+                lsn,
+                end_lsn,
+                time_us: time.to_unix_micros().unwrap_or_default(),
+            });
+        }
+        _ => {}
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,104 @@
+//! Continuous WAL streaming into the repository.
+//!
+//! The durability contract: the write and flush positions reported to
+//! Postgres never pass WAL that is durable in the repository (local
+//! directory: fsynced; S3: PUT acknowledged). The slot therefore keeps on the
+//! server every byte not yet stored, and `kill -9` at any moment loses
+//! nothing: the next start resumes exactly where the repository ends.
+
+mod archiver;
+mod durable;
+mod resume;
+mod segment;
+mod upload;
+
+pub use archiver::Archiver;
+pub use durable::DurableTracker;
+
+use pgpitr_types::Lsn;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    /// Physical replication slot name.
+    pub slot: String,
+    /// WAL is durable in the repository at most this long after it arrived.
+    pub flush_interval: Duration,
+    /// Standby status updates are sent at least this often.
+    pub status_interval: Duration,
+    /// Store WAL as soon as it arrives (batching while an upload is in
+    /// flight), for use as a synchronous standby.
+    pub synchronous: bool,
+    /// Complete segments being stored at once; reading from the server
+    /// pauses beyond this, which bounds memory.
+    pub max_segments_in_flight: usize,
+    /// How long a shutdown waits for storage to accept what is pending.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            slot: "pgpitr".into(),
+            flush_interval: Duration::from_secs(1),
+            status_interval: Duration::from_secs(10),
+            synchronous: false,
+            max_segments_in_flight: 2,
+            shutdown_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Live counters, for logs and metrics.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    pub timeline: AtomicU32,
+    pub received_lsn: AtomicU64,
+    pub durable_lsn: AtomicU64,
+    pub server_lsn: AtomicU64,
+    pub received_bytes: AtomicU64,
+    pub uploads: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub scan_errors: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    #[error(transparent)]
+    Pg(#[from] pgpitr_pgwire::Error),
+    #[error(transparent)]
+    Storage(#[from] pgpitr_storage::StorageError),
+    #[error(transparent)]
+    Repo(#[from] pgpitr_repo::RepoError),
+    #[error("refusing to overwrite {key} with different WAL: {detail}")]
+    Conflict { key: String, detail: String },
+    #[error(
+        "replication slot \"{slot}\" does not exist, but the repository holds WAL up to {durable}: the server may \
+         already have removed WAL after that point. Recreate the slot only after checking, e.g. \
+         SELECT pg_create_physical_replication_slot('{slot}', true), then start again"
+    )]
+    SlotMissing { slot: String, durable: Lsn },
+    #[error("replication protocol: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Definite(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl StreamError {
+    /// Whether reconnecting (after a pause) may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StreamError::Pg(e) => e.is_transient(),
+            StreamError::Storage(e) => e.is_transient(),
+            StreamError::Repo(pgpitr_repo::RepoError::Storage(e)) => e.is_transient(),
+            StreamError::Protocol(_) => true,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Where a streaming session starts: the repository is the source of truth.
+//!
+//! A new repository starts at the segment holding the slot's restart point
+//! (creating the slot with RESERVE_WAL first). An existing one continues
+//! exactly where its WAL ends, rebuilding the unfinished segment from its
+//! stored parts, or, when the server has since been promoted past that
+//! point, on the child timeline at the switch point.
+
+use crate::segment::OpenSegment;
+use crate::{StreamConfig, StreamError};
+use bytes::Bytes;
+use pgpitr_pgwire::{ReplicationConnection, SystemInfo};
+use pgpitr_repo::Repository;
+use pgpitr_repo::wal::{self, WalObjectKind};
+use pgpitr_storage::PutOutcome;
+use pgpitr_types::{Lsn, TimelineHistory, TimelineId};
+
+pub struct ResumePlan {
+    pub tli: TimelineId,
+    pub start: Lsn,
+    pub segment: OpenSegment,
+    /// Bytes from the start of the segment up to `start`, for the scanner to
+    /// resynchronise on (its events were recorded when they were stored).
+    pub scan_prefix: Bytes,
+}
+
+pub async fn plan(
+    repo: &Repository,
+    conn: &mut ReplicationConnection,
+    cfg: &StreamConfig,
+    sys: &SystemInfo,
+) -> Result<ResumePlan, StreamError> {
+    let storage = repo.storage().clone();
+    let seg = repo.seg_size();
+    let (timelines, leftovers) = wal::scan(storage.as_ref(), seg).await?;
+    if !leftovers.is_empty() {
+        // Parts made redundant by a complete segment before a crash.
+        let storage = storage.clone();
+        tokio::spawn(async move {
+            if let Err(e) = storage.delete_many(&leftovers).await {
+                tracing::warn!("cleaning up {} redundant WAL parts failed (will retry at next start): {e}", leftovers.len());
+            }
+        });
+    }
+    let slot = conn.read_replication_slot(&cfg.slot).await?;
+
+    let Some((&repo_tli, tl)) = timelines.iter().next_back() else {
+        // A new repository: begin at the slot's restart point.
+        let (restart, tli) = match slot.as_ref().and_then(|s| s.restart_lsn.map(|l| (l, s.restart_tli))) {
+            Some((lsn, tli)) => (lsn, tli.unwrap_or(sys.timeline)),
+            None => {
+                if slot.is_none() {
+                    tracing::info!(slot = %cfg.slot, "creating physical replication slot (RESERVE_WAL)");
+                    conn.create_physical_slot(&cfg.slot, true).await?;
+                }
+                let s = conn.read_replication_slot(&cfg.slot).await?;
+                let lsn = s.and_then(|s| s.restart_lsn).ok_or_else(|| {
+                    StreamError::Definite(format!("replication slot \"{}\" has no restart point", cfg.slot))
+                })?;
+                (lsn, sys.timeline)
+            }
+        };
+        let start = restart.segment_floor(seg);
+        tracing::info!(%start, %tli, "new repository: streaming from the slot's restart segment");
+        let segment = OpenSegment::new(tli, start.segment_number(seg), seg, &[], true);
+        return Ok(ResumePlan { tli, start, segment, scan_prefix: Bytes::new() });
+    };
+
+    let end = tl.end().expect("a scanned timeline has objects");
+    if slot.is_none() {
+        return Err(StreamError::SlotMissing { slot: cfg.slot.clone(), durable: end });
+    }
+    if sys.timeline < repo_tli {
+        return Err(StreamError::Definite(format!(
+            "the server is on timeline {} but the repository already holds timeline {repo_tli}: \
+             is this a server restored from an older backup? use a new repository",
+            sys.timeline
+        )));
+    }
+
+    let mut tli = repo_tli;
+    let mut start = end;
+    let mut inherited = false;
+    if sys.timeline > repo_tli {
+        let (name, content) = conn.timeline_history(sys.timeline).await?;
+        store_history(repo, sys.timeline, &content).await?;
+        let text = String::from_utf8_lossy(&content);
+        let hist = TimelineHistory::parse(sys.timeline, &text)
+            .map_err(|e| StreamError::Definite(format!("server sent an unreadable {name}: {e}")))?;
+        let Some(switch) = hist.end_of(repo_tli) else {
+            return Err(StreamError::Definite(format!(
+                "timeline {repo_tli} in the repository is not an ancestor of the server's timeline {}",
+                sys.timeline
+            )));
+        };
+        if end > switch {
+            // We hold WAL of the old timeline past the fork: keep it as that
+            // timeline's tail and follow the child from the switch point.
+            let pos = hist.entries.iter().position(|e| e.parent == repo_tli).expect("end_of found it");
+            tli = hist.entries.get(pos + 1).map(|e| e.parent).unwrap_or(hist.tli);
+            start = switch;
+            inherited = true;
+            tracing::info!(old = %repo_tli, new = %tli, %switch, "server was promoted: continuing on the new timeline");
+        }
+    }
+
+    let segno = start.segment_number(seg);
+    let offset = start.segment_offset(seg) as usize;
+    let prefix = if offset == 0 {
+        Bytes::new()
+    } else {
+        let assembled = wal::assemble_segment(storage.as_ref(), seg, tl, segno).await?.ok_or_else(|| {
+            StreamError::Definite(format!("segment {segno} of timeline {repo_tli} vanished from the repository"))
+        })?;
+        if (assembled.valid_len as usize) < offset {
+            return Err(StreamError::Definite(format!(
+                "repository coverage of timeline {repo_tli} ends at {end} but its segment holds only {} bytes",
+                assembled.valid_len
+            )));
+        }
+        assembled.data.slice(..offset)
+    };
+    let mut segment = OpenSegment::new(tli, segno, seg, &prefix, !inherited);
+    if !inherited {
+        for (id, _) in tl.objects.iter().filter(|(id, _)| id.segno == segno) {
+            if let WalObjectKind::Part { .. } = id.kind {
+                let header = wal::read_header(storage.as_ref(), &id.key(seg)).await?;
+                segment.adopt_stored_part(*id, &header.summary);
+            }
+        }
+    }
+    tracing::info!(%tli, %start, "resuming where the repository ends");
+    Ok(ResumePlan { tli, start, segment, scan_prefix: prefix })
+}
+
+/// Stores a `.history` file, accepting an identical copy already there.
+pub async fn store_history(repo: &Repository, tli: TimelineId, content: &Bytes) -> Result<(), StreamError> {
+    let key = wal::history_key(tli);
+    let storage = repo.storage();
+    if storage.put_if_absent(&key, content.clone()).await? == PutOutcome::AlreadyExists {
+        let existing = storage.get(&key).await?;
+        if existing != *content {
+            return Err(StreamError::Conflict {
+                key,
+                detail: "the server's timeline history differs from the stored one".into(),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! The segment being filled: its bytes so far, which of them have been
+//! handed to storage as parts, and what the scanner found in them.
+
+use bytes::{Bytes, BytesMut};
+use pgpitr_repo::object::WalSummary;
+use pgpitr_repo::wal::WalObjectId;
+use pgpitr_types::{Lsn, SegNo, TimelineId, WalSegSize};
+use std::time::Instant;
+
+#[derive(Debug)]
+pub struct OpenSegment {
+    pub tli: TimelineId,
+    pub segno: SegNo,
+    seg: WalSegSize,
+    /// Bytes `0..buf.len()` of the segment.
+    buf: BytesMut,
+    /// Offset up to which parts have been submitted.
+    cut: usize,
+    /// Parts already submitted (or found stored at resume), for clean-up
+    /// once the complete segment is stored.
+    pub parts: Vec<WalObjectId>,
+    /// What the submitted parts contain.
+    parts_summary: WalSummary,
+    /// What the bytes past `cut` contain.
+    pending_summary: WalSummary,
+    /// When the oldest byte past `cut` arrived.
+    pending_since: Option<Instant>,
+}
+
+impl OpenSegment {
+    /// A segment whose first `prefix.len()` bytes are known: `stored` when
+    /// they are this segment's stored parts; otherwise (a prefix inherited
+    /// from the parent timeline) they go into this segment's first part, so
+    /// that parts always start at offset 0.
+    pub fn new(tli: TimelineId, segno: SegNo, seg: WalSegSize, prefix: &[u8], stored: bool) -> Self {
+        let mut buf = BytesMut::with_capacity(seg.bytes() as usize);
+        buf.extend_from_slice(prefix);
+        OpenSegment {
+            tli,
+            segno,
+            seg,
+            buf,
+            cut: if stored { prefix.len() } else { 0 },
+            parts: Vec::new(),
+            parts_summary: WalSummary::default(),
+            pending_summary: WalSummary::default(),
+            pending_since: (!stored && !prefix.is_empty()).then(Instant::now),
+        }
+    }
+
+    pub fn start_lsn(&self) -> Lsn {
+        Lsn(self.segno.0 * self.seg.bytes())
+    }
+
+    /// The LSN just past the bytes held.
+    pub fn end_lsn(&self) -> Lsn {
+        Lsn(self.start_lsn().0 + self.buf.len() as u64)
+    }
+
+    pub fn room(&self) -> usize {
+        self.seg.bytes() as usize - self.buf.len()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.room() == 0
+    }
+
+    pub fn append(&mut self, data: &[u8], now: Instant) {
+        debug_assert!(data.len() <= self.room());
+        if !data.is_empty() && self.pending_since.is_none() {
+            self.pending_since = Some(now);
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    pub fn pending_summary_mut(&mut self) -> &mut WalSummary {
+        &mut self.pending_summary
+    }
+
+    /// Records what already-stored parts contain (at resume).
+    pub fn adopt_stored_part(&mut self, id: WalObjectId, summary: &WalSummary) {
+        self.parts.push(id);
+        self.parts_summary.merge(summary);
+    }
+
+    pub fn pending_bytes(&self) -> usize {
+        self.buf.len() - self.cut
+    }
+
+    pub fn pending_since(&self) -> Option<Instant> {
+        self.pending_since
+    }
+
+    /// Everything past the last cut, as a part to store.
+    pub fn cut_part(&mut self) -> Option<(WalObjectId, Lsn, Bytes, WalSummary)> {
+        if self.pending_bytes() == 0 {
+            return None;
+        }
+        let (from, to) = (self.cut, self.buf.len());
+        let id = WalObjectId::part(self.tli, self.segno, from as u32, to as u32);
+        let raw = Bytes::copy_from_slice(&self.buf[from..to]);
+        let summary = std::mem::take(&mut self.pending_summary);
+        self.parts_summary.merge(&summary);
+        self.parts.push(id);
+        self.cut = to;
+        self.pending_since = None;
+        Some((id, Lsn(self.start_lsn().0 + from as u64), raw, summary))
+    }
+
+    /// The whole segment, once full, as one object; consumes the buffer.
+    pub fn into_complete(mut self) -> (WalObjectId, Lsn, Bytes, WalSummary, Vec<WalObjectId>) {
+        debug_assert!(self.is_full());
+        let mut summary = std::mem::take(&mut self.parts_summary);
+        summary.merge(&self.pending_summary);
+        let start = self.start_lsn();
+        (WalObjectId::segment(self.tli, self.segno), start, self.buf.freeze(), summary, self.parts)
+    }
+
+    /// The bytes `0..offset` of this segment (the prefix a new timeline
+    /// inherits at a switch point inside it).
+    pub fn prefix(&self, offset: usize) -> &[u8] {
+        &self.buf[..offset.min(self.buf.len())]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_are_contiguous_and_complete_covers_all() {
+        let seg = WalSegSize::new(1 << 20).unwrap();
+        let now = Instant::now();
+        let mut s = OpenSegment::new(TimelineId(1), SegNo(5), seg, &[1u8; 100], true);
+        assert_eq!(s.end_lsn(), Lsn(5 * (1 << 20) + 100));
+        assert!(s.cut_part().is_none(), "the stored prefix is not cut again");
+        s.append(&[2u8; 50], now);
+        s.pending_summary_mut().commits = 1;
+        let (id, start, raw, sum) = s.cut_part().unwrap();
+        assert_eq!(id, WalObjectId::part(TimelineId(1), SegNo(5), 100, 150));
+        assert_eq!(start, Lsn(5 * (1 << 20) + 100));
+        assert_eq!(raw.len(), 50);
+        assert_eq!(sum.commits, 1);
+        let rest = vec![3u8; s.room()];
+        s.append(&rest, now);
+        assert!(s.is_full());
+        let (id, start, raw, sum, parts) = s.into_complete();
+        assert_eq!(id, WalObjectId::segment(TimelineId(1), SegNo(5)));
+        assert_eq!(start, Lsn(5 * (1 << 20)));
+        assert_eq!(raw.len(), 1 << 20);
+        assert_eq!(&raw[..100], &[1u8; 100][..]);
+        assert_eq!(sum.commits, 1);
+        assert_eq!(parts.len(), 1);
+    }
+
+    #[test]
+    fn inherited_prefix_goes_into_the_first_part() {
+        let seg = WalSegSize::new(1 << 20).unwrap();
+        let mut s = OpenSegment::new(TimelineId(2), SegNo(5), seg, &[7u8; 64], false);
+        assert!(s.pending_since().is_some());
+        let (id, _, raw, _) = s.cut_part().unwrap();
+        assert_eq!(id, WalObjectId::part(TimelineId(2), SegNo(5), 0, 64));
+        assert_eq!(&raw[..], &[7u8; 64][..]);
+    }
+}

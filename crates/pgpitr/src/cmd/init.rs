@@ -1,0 +1,34 @@
+use crate::cli::InitArgs;
+use crate::conn;
+use anyhow::Context;
+use pgpitr_repo::{InitOutcome, Repository};
+use pgpitr_storage::RepoUrl;
+
+pub async fn run(args: InitArgs) -> anyhow::Result<u8> {
+    // Validate everything local before touching the network.
+    let url = RepoUrl::parse(&args.repo.repo)?;
+    let cfg = conn::config(&args.conn, "pgpitr")?;
+    let (_conn, identity) = conn::connect(&cfg).await?;
+    let storage = pgpitr_storage::open(&url).await?;
+    let (repo, outcome) = Repository::init(storage, &identity).await.context("initialise repository")?;
+    let b = repo.binding();
+    if args.json {
+        let mut v = serde_json::to_value(b)?;
+        v["created"] = serde_json::Value::Bool(outcome == InitOutcome::Created);
+        v["repository"] = serde_json::Value::String(repo.location());
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let verb = match outcome {
+            InitOutcome::Created => "initialised",
+            InitOutcome::AlreadyBound => "already initialised (nothing changed):",
+        };
+        println!(
+            "repository {} {verb} cluster {} (PostgreSQL {}, WAL segment size {})",
+            repo.location(),
+            b.system_identifier,
+            b.pg_major,
+            b.wal_segment_size
+        );
+    }
+    Ok(crate::exit::OK)
+}

@@ -1,0 +1,46 @@
+use crate::cli::StreamArgs;
+use crate::conn;
+use pgpitr_repo::{InitOutcome, Repository};
+use pgpitr_storage::RepoUrl;
+use pgpitr_stream::{Archiver, StreamConfig, StreamStats};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
+    let url = RepoUrl::parse(&args.repo.repo)?;
+    let app_name = args.application_name.clone().unwrap_or_else(|| args.slot.clone());
+    let mut cfg = conn::config(&args.conn, &app_name)?;
+    if args.application_name.is_some() {
+        cfg.set_application_name(app_name.clone());
+    }
+    // Fail fast on bad settings, credentials or storage before daemonising.
+    let (_conn, identity) = conn::connect(&cfg).await?;
+    let storage = pgpitr_storage::open(&url).await?;
+    let (repo, outcome) = Repository::init(storage, &identity).await?;
+    if outcome == InitOutcome::Created {
+        tracing::info!(repo = %repo.location(), "initialised the repository for this cluster");
+    }
+    let stream_cfg = StreamConfig {
+        slot: args.slot.clone(),
+        flush_interval: args.flush_interval,
+        status_interval: args.status_interval,
+        synchronous: args.synchronous,
+        max_segments_in_flight: args.max_segments_in_flight as usize,
+        shutdown_timeout: args.shutdown_timeout,
+    };
+    let cancel = CancellationToken::new();
+    crate::signals::cancel_on_signal(cancel.clone())?;
+    let stats = Arc::new(StreamStats::default());
+    tracing::info!(
+        repo = %repo.location(),
+        server = %cfg.display_target(),
+        slot = %args.slot,
+        application_name = %app_name,
+        synchronous = args.synchronous,
+        "pgpitr stream starting"
+    );
+    let mut archiver = Archiver::new(repo, cfg, stream_cfg, cancel, stats);
+    archiver.run().await?;
+    tracing::info!("stopped; everything received is durable in the repository");
+    Ok(crate::exit::OK)
+}

@@ -1,1 +1,0 @@
-//! Integration tests live in main.rs; this library is empty on purpose.

@@ -1,0 +1,372 @@
+//! `pgpitr stream`: durability, RPO, resumption, timelines, synchronous mode.
+
+use crate::common::*;
+use pgpitr_testkit::*;
+use std::time::Duration;
+
+async fn idle_commit_becomes_durable(backend: Backend) {
+    let pg = PgCluster::start_default();
+    pg.sql("CREATE TABLE t (x int)");
+    let s = StreamProc::start(&pg, &backend, &[]);
+    wait_streaming(&pg, "pgpitr");
+    let storage = backend.storage().await;
+    // Let the stream catch up and go idle: nothing fills the segment now.
+    let now = lsn(&pg.sql("SELECT pg_current_wal_lsn()"));
+    wait_durable(storage.as_ref(), seg16(), 1, now, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let commit = lsn(&pg.sql("INSERT INTO t VALUES (1); SELECT pg_current_wal_lsn();"));
+    let took = wait_durable(storage.as_ref(), seg16(), 1, commit, Duration::from_secs(10)).await;
+    // flush-interval (1 s) + 1 s; the precise distribution is the benchmark's job.
+    assert!(took <= Duration::from_secs(2), "a single idle commit took {took:?} to become durable");
+    let (code, stderr) = s.terminate();
+    assert_eq!(code, Some(0), "SIGTERM must exit 0: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_commit_durable_within_seconds_local() {
+    idle_commit_becomes_durable(Backend::local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_commit_durable_within_seconds_s3() {
+    idle_commit_becomes_durable(Backend::s3()).await;
+}
+
+/// Every complete segment that pg_receivewal wrote, rebuilt from the
+/// repository, must be byte-identical.
+async fn byte_identical_with_pg_receivewal(backend: Backend) {
+    let pg = PgCluster::start_default();
+    pg.pgbench(&["-i", "-q", "-s", "2"]);
+    let recv_dir = tempfile::tempdir().unwrap();
+    pg.sql("SELECT pg_create_physical_replication_slot('recv', true)");
+    let mut recv = std::process::Command::new(pg.bin("pg_receivewal"))
+        .arg("-D")
+        .arg(recv_dir.path())
+        .args(["-S", "recv", "-U", SUPERUSER, "-h"])
+        .arg(pg.sockdir())
+        .args(["-p", &pg.port().to_string(), "--no-loop"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start pg_receivewal");
+    let s = StreamProc::start(&pg, &backend, &[]);
+    wait_streaming(&pg, "pgpitr");
+    pg.pgbench(&["-c", "4", "-T", "8", "-n"]);
+    pg.sql("SELECT pg_switch_wal()");
+    pg.pgbench(&["-c", "2", "-t", "200", "-n"]);
+    pg.sql("SELECT pg_switch_wal(); CHECKPOINT;");
+    let end = lsn(&pg.sql("SELECT pg_current_wal_lsn()"));
+    let storage = backend.storage().await;
+    wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(30)).await;
+    let ok = wait_for(Duration::from_secs(30), || {
+        let q = "SELECT flush_lsn >= pg_current_wal_lsn() FROM pg_stat_replication WHERE application_name = 'pg_receivewal'";
+        (pg.try_sql(q).ok()? == "t").then_some(())
+    });
+    assert!(ok.is_some(), "pg_receivewal did not catch up");
+    let _ = recv.kill();
+    let _ = recv.wait();
+    assert_eq!(s.terminate().0, Some(0));
+
+    let repo = backend.repo().await;
+    let (tls, _) = pgpitr_repo::wal::scan(storage.as_ref(), seg16()).await.unwrap();
+    let tl = &tls[&pgpitr_types::TimelineId(1)];
+    assert!(tl.gaps().is_empty(), "gaps: {:?}", tl.gaps());
+    let mut compared = 0;
+    for entry in std::fs::read_dir(recv_dir.path()).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.len() != 24 {
+            continue; // .partial and others
+        }
+        let Ok(pgpitr_types::WalFileName::Segment { tli, segno }) = pgpitr_types::WalFileName::parse(&name, seg16())
+        else {
+            continue;
+        };
+        let expected = std::fs::read(recv_dir.path().join(&name)).unwrap();
+        let (first, last) = (tl.start().unwrap(), tl.end().unwrap());
+        if segno.start_lsn(seg16()).unwrap() < first.segment_floor(seg16()) || segno.end_lsn(seg16()).unwrap() > last {
+            continue; // outside what pgpitr was asked to keep
+        }
+        assert_eq!(tli.0, 1);
+        let got = pgpitr_repo::wal::assemble_segment(storage.as_ref(), repo.seg_size(), tl, segno)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("segment {name} missing from the repository"));
+        assert!(got.complete || got.valid_len == seg16().bytes(), "{name} incomplete");
+        assert!(got.data[..] == expected[..], "segment {name} differs from pg_receivewal's");
+        compared += 1;
+    }
+    assert!(compared >= 3, "only {compared} complete segments compared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_byte_identical_to_pg_receivewal_local() {
+    byte_identical_with_pg_receivewal(Backend::local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_byte_identical_to_pg_receivewal_s3() {
+    byte_identical_with_pg_receivewal(Backend::s3()).await;
+}
+
+/// Reads every stored byte of timeline 1 in order and runs the WAL scanner
+/// over it: a gap, a duplicate that differs or a torn object breaks page
+/// addresses or record CRCs. Returns the commit xids found.
+async fn verify_wal_continuity(backend: &Backend) -> Vec<u32> {
+    let storage = backend.storage().await;
+    let (tls, _) = pgpitr_repo::wal::scan(storage.as_ref(), seg16()).await.unwrap();
+    let tl = &tls[&pgpitr_types::TimelineId(1)];
+    assert!(tl.gaps().is_empty(), "gaps: {:?}", tl.gaps());
+    let (start, end) = (tl.start().unwrap(), tl.end().unwrap());
+    let mut scanner = pgpitr_walscan::WalScanner::new(start, seg16());
+    let mut events = Vec::new();
+    let mut segno = start.segment_number(seg16());
+    while segno.start_lsn(seg16()).unwrap() < end {
+        let s = pgpitr_repo::wal::assemble_segment(storage.as_ref(), seg16(), tl, segno).await.unwrap().unwrap();
+        let from = start.max(segno.start_lsn(seg16()).unwrap()).segment_offset(seg16()) as usize;
+        let to = if s.complete { s.data.len() } else { s.valid_len as usize };
+        scanner.feed(&s.data[from..to], &mut events).unwrap_or_else(|e| panic!("WAL broken in segment {segno}: {e}"));
+        segno = segno.next();
+    }
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            pgpitr_walscan::WalEvent::Commit { xid, .. } => Some(xid),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn kill9_during_load_loses_nothing(backend: Backend) {
+    let pg = PgCluster::start_default();
+    pg.pgbench(&["-i", "-q", "-s", "1"]);
+    pg.sql("CREATE TABLE marks (id int, x xid8 DEFAULT pg_current_xact_id())");
+    let storage = backend.storage().await;
+    let mut s = StreamProc::start(&pg, &backend, &[]);
+    wait_streaming(&pg, "pgpitr");
+    let bench = {
+        let (sock, port) = (pg.sockdir(), pg.port());
+        let bin = pg.bin("pgbench");
+        std::thread::spawn(move || {
+            std::process::Command::new(bin)
+                .args(["-U", SUPERUSER, "-h"])
+                .arg(sock)
+                .args(["-p", &port.to_string(), "-c", "2", "-T", "12", "-n", "postgres"])
+                .output()
+                .expect("pgbench")
+        })
+    };
+    for (i, delay) in [700u64, 1900, 300].into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        pg.sql(&format!("INSERT INTO marks (id) VALUES ({i})"));
+        s.kill9();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s = StreamProc::start(&pg, &backend, &[]);
+        wait_streaming(&pg, "pgpitr");
+    }
+    assert!(bench.join().unwrap().status.success());
+    let end = lsn(&pg.sql("INSERT INTO marks (id) VALUES (99); SELECT pg_current_wal_lsn();"));
+    wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(30)).await;
+    assert_eq!(s.terminate().0, Some(0));
+    let commits = verify_wal_continuity(&backend).await;
+    let marks: Vec<u32> = pg
+        .sql("SELECT (x::text::bigint)::int FROM marks ORDER BY id")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(marks.len(), 4);
+    for xid in marks {
+        assert!(commits.contains(&xid), "commit of xid {xid} missing from the repository");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_at_several_points_loses_nothing_local() {
+    kill9_during_load_loses_nothing(Backend::local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_at_several_points_loses_nothing_s3() {
+    kill9_during_load_loses_nothing(Backend::s3()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_postgres_crash_restart() {
+    let backend = Backend::local();
+    let mut pg = PgCluster::start_default();
+    pg.sql("CREATE TABLE t (x int)");
+    let s = StreamProc::start(&pg, &backend, &[]);
+    wait_streaming(&pg, "pgpitr");
+    pg.sql("INSERT INTO t SELECT generate_series(1, 10000)");
+    pg.restart_immediate();
+    let end = lsn(&pg.sql("INSERT INTO t VALUES (-1); SELECT pg_current_wal_lsn();"));
+    let storage = backend.storage().await;
+    wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(60)).await;
+    let (code, stderr) = s.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("reconnecting"), "the interruption should be logged: {stderr}");
+    verify_wal_continuity(&backend).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_promotion_to_timeline_2() {
+    let backend = Backend::local();
+    let primary = PgCluster::start_default();
+    primary.sql("CREATE TABLE t (x int); INSERT INTO t VALUES (1);");
+    let standby = primary.start_standby();
+    // pgpitr archives from the standby, which is then promoted.
+    let s = StreamProc::start(&standby, &backend, &[]);
+    wait_streaming(&standby, "pgpitr");
+    primary.sql("INSERT INTO t SELECT generate_series(1, 1000)");
+    let before = lsn(&primary.sql("SELECT pg_current_wal_lsn()"));
+    let storage = backend.storage().await;
+    wait_durable(storage.as_ref(), seg16(), 1, before, Duration::from_secs(30)).await;
+
+    standby.promote();
+    let after = lsn(&standby.sql("INSERT INTO t VALUES (2); SELECT pg_current_wal_lsn();"));
+    let t0 = std::time::Instant::now();
+    loop {
+        let (tls, _) = pgpitr_repo::wal::scan(storage.as_ref(), seg16()).await.unwrap();
+        if tls.get(&pgpitr_types::TimelineId(2)).and_then(|t| t.end()).is_some_and(|e| e >= after) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "timeline 2 WAL not durable");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let history = storage.get("wal/00000002.history").await.expect("history file stored");
+    assert!(String::from_utf8_lossy(&history).starts_with("1\t"), "{:?}", history);
+    // The old timeline's tail stays: timeline 1 still ends at its switch point or later.
+    let (tls, _) = pgpitr_repo::wal::scan(storage.as_ref(), seg16()).await.unwrap();
+    assert!(tls[&pgpitr_types::TimelineId(1)].end().unwrap() >= before);
+    assert!(tls[&pgpitr_types::TimelineId(2)].gaps().is_empty());
+    let (code, stderr) = s.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_mode_commit_waits_for_repository() {
+    let backend = Backend::local();
+    let pg = PgCluster::start_default();
+    pg.sql("CREATE TABLE t (x int)");
+    // Create the repository and slot, then stop: commits must now wait.
+    let s = StreamProc::start(&pg, &backend, &["--synchronous", "--application-name", "pitr_sync"]);
+    wait_streaming(&pg, "pgpitr");
+    assert_eq!(s.terminate().0, Some(0));
+    pg.set_and_reload("synchronous_standby_names", "pitr_sync");
+
+    let committer = {
+        let (bin, sock, port) = (pg.bin("psql"), pg.sockdir(), pg.port());
+        std::thread::spawn(move || {
+            let out = std::process::Command::new(bin)
+                .args(["-XAtq", "-U", SUPERUSER, "-d", "postgres", "-h"])
+                .arg(sock)
+                .args(["-p", &port.to_string(), "-c", "BEGIN; INSERT INTO t VALUES (42); SELECT txid_current(); COMMIT;"])
+                .output()
+                .expect("psql");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!committer.is_finished(), "the commit returned without a synchronous standby");
+    assert_eq!(pg.sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"), "1");
+
+    let s = StreamProc::start(&pg, &backend, &["--synchronous", "--application-name", "pitr_sync"]);
+    let xid: u32 = committer.join().unwrap().parse().expect("xid");
+    // The commit returned, so it must already be in the repository.
+    let commits = verify_wal_continuity(&backend).await;
+    assert!(commits.contains(&xid), "commit {xid} returned but is not in the repository");
+    assert_eq!(pg.sql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'pitr_sync'"), "sync");
+    assert_eq!(s.terminate().0, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stores_pending_wal_then_exits_0() {
+    let backend = Backend::local();
+    let pg = PgCluster::start_default();
+    pg.sql("CREATE TABLE t (x int)");
+    let s = StreamProc::start(&pg, &backend, &["--flush-interval", "1h"]);
+    wait_streaming(&pg, "pgpitr");
+    let commit = lsn(&pg.sql("INSERT INTO t VALUES (1); SELECT pg_current_wal_lsn();"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (code, stderr) = s.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    let storage = backend.storage().await;
+    let end = durable_end(storage.as_ref(), seg16(), 1).await.expect("WAL stored");
+    assert!(end >= commit, "SIGTERM must store what was received: durable {end} < commit {commit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_slot_and_busy_slot_and_other_cluster_are_refused() {
+    let backend = Backend::local();
+    let pg = PgCluster::start_default();
+    let s = StreamProc::start(&pg, &backend, &[]);
+    wait_streaming(&pg, "pgpitr");
+    // A second stream on the same slot.
+    let second = StreamProc::start(&pg, &backend, &[]);
+    let (code, stderr) = second.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("pgpitr: error:") && stderr.contains("active"), "{stderr}");
+    assert_eq!(s.terminate().0, Some(0));
+
+    // The slot is dropped while pgpitr is down: never silently skip ahead.
+    pg.sql("SELECT pg_drop_replication_slot('pgpitr')");
+    let again = StreamProc::start(&pg, &backend, &[]);
+    let (code, stderr) = again.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("replication slot \"pgpitr\" does not exist"), "{stderr}");
+
+    // Another cluster pointed at this repository.
+    let other = PgCluster::start_default();
+    let wrong = StreamProc::start(&other, &backend, &[]);
+    let (code, stderr) = wrong.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("belongs to another cluster"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_reports_ranges_gaps_and_latest_restorable_time() {
+    let backend = Backend::local();
+    let pg = PgCluster::builder().setting("track_commit_timestamp", "on").start();
+    pg.sql("CREATE TABLE t (x int)");
+    let s = StreamProc::start(&pg, &backend, &[]);
+    wait_streaming(&pg, "pgpitr");
+    for _ in 0..3 {
+        pg.sql("INSERT INTO t SELECT generate_series(1, 50000); SELECT pg_switch_wal();");
+    }
+    let commit_time = pg.sql(
+        "INSERT INTO t VALUES (7) RETURNING 1; \
+         SELECT to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+         FROM t WHERE x = 7",
+    );
+    let commit_time = commit_time.lines().last().unwrap().to_string();
+    let end = lsn(&pg.sql("SELECT pg_current_wal_lsn()"));
+    let storage = backend.storage().await;
+    wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(30)).await;
+    assert_eq!(s.terminate().0, Some(0));
+
+    let out = run(pgpitr().args(["list", "--json", "--repo", &backend.url()])).ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["system_identifier"], pg.sql("SELECT system_identifier FROM pg_control_system()"));
+    assert_eq!(v["latest_restorable_time"], commit_time.as_str());
+    let tl = &v["timelines"][0];
+    assert_eq!(tl["timeline"], 1);
+    assert!(lsn(tl["end_lsn"].as_str().unwrap()) >= end);
+    assert!(lsn(tl["start_lsn"].as_str().unwrap()) < end);
+    assert_eq!(tl["gaps"].as_array().unwrap().len(), 0);
+
+    // Remove a complete segment from the middle: list must show the hole.
+    let (tls, _) = pgpitr_repo::wal::scan(storage.as_ref(), seg16()).await.unwrap();
+    let objs = &tls[&pgpitr_types::TimelineId(1)].objects;
+    let (victim, _) = objs
+        .iter()
+        .skip(1)
+        .find(|(id, _)| id.kind == pgpitr_repo::wal::WalObjectKind::Segment)
+        .expect("a complete segment past the first object");
+    storage.delete(&victim.key(seg16())).await.unwrap();
+    let out = run(pgpitr().args(["list", "--json", "--repo", &backend.url()])).ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let gaps = v["timelines"][0]["gaps"].as_array().unwrap();
+    assert_eq!(gaps.len(), 1, "{v}");
+    let (gs, ge) = victim.range(seg16());
+    assert_eq!(gaps[0]["start_lsn"], gs.to_string());
+    assert_eq!(gaps[0]["end_lsn"], ge.to_string());
+}
