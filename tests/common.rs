@@ -162,7 +162,11 @@ impl Drop for StreamProc {
 }
 
 /// The end of stored WAL on `tli` (contiguous from the first object), if any.
-pub async fn durable_end(storage: &dyn pgpitr_storage::Storage, seg: pgpitr_types::WalSegSize, tli: u32) -> Option<pgpitr_types::Lsn> {
+pub async fn durable_end(
+    storage: &dyn pgpitr_storage::Storage,
+    seg: pgpitr_types::WalSegSize,
+    tli: u32,
+) -> Option<pgpitr_types::Lsn> {
     let (tls, _) = pgpitr_repo::wal::scan(storage, seg).await.ok()?;
     let tl = tls.get(&pgpitr_types::TimelineId(tli))?;
     tl.ranges.first().map(|r| r.1)

@@ -164,8 +164,9 @@ fn s3_repository_init_and_refusals() {
 
     let mut again = pgpitr();
     with_s3(&mut again);
-    let out = run(again.args(["init", "--repo", &url, "-d", &conninfo(&pg, REPL_USER)]).env("PGPASSWORD", REPL_PASSWORD))
-        .ok();
+    let out =
+        run(again.args(["init", "--repo", &url, "-d", &conninfo(&pg, REPL_USER)]).env("PGPASSWORD", REPL_PASSWORD))
+            .ok();
     assert!(out.stdout.contains("already initialised"));
 
     // Missing bucket: refused, and not created behind our back.

@@ -45,7 +45,7 @@ async fn byte_identical_with_pg_receivewal(backend: Backend) {
         .arg(recv_dir.path())
         .args(["-S", "recv", "-U", SUPERUSER, "-h"])
         .arg(pg.sockdir())
-        .args(["-p", &pg.port().to_string(), "--no-loop"])
+        .args(["-p", &pg.port().to_string(), "--no-loop", "--status-interval=1"])
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start pg_receivewal");
@@ -59,7 +59,7 @@ async fn byte_identical_with_pg_receivewal(backend: Backend) {
     let storage = backend.storage().await;
     wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(30)).await;
     let ok = wait_for(Duration::from_secs(30), || {
-        let q = "SELECT flush_lsn >= pg_current_wal_lsn() FROM pg_stat_replication WHERE application_name = 'pg_receivewal'";
+        let q = "SELECT write_lsn >= pg_current_wal_lsn() FROM pg_stat_replication WHERE application_name = 'pg_receivewal'";
         (pg.try_sql(q).ok()? == "t").then_some(())
     });
     assert!(ok.is_some(), "pg_receivewal did not catch up");
@@ -168,11 +168,8 @@ async fn kill9_during_load_loses_nothing(backend: Backend) {
     wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(30)).await;
     assert_eq!(s.terminate().0, Some(0));
     let commits = verify_wal_continuity(&backend).await;
-    let marks: Vec<u32> = pg
-        .sql("SELECT (x::text::bigint)::int FROM marks ORDER BY id")
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
+    let marks: Vec<u32> =
+        pg.sql("SELECT (x::text::bigint)::int FROM marks ORDER BY id").lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(marks.len(), 4);
     for xid in marks {
         assert!(commits.contains(&xid), "commit of xid {xid} missing from the repository");
@@ -259,7 +256,12 @@ async fn synchronous_mode_commit_waits_for_repository() {
             let out = std::process::Command::new(bin)
                 .args(["-XAtq", "-U", SUPERUSER, "-d", "postgres", "-h"])
                 .arg(sock)
-                .args(["-p", &port.to_string(), "-c", "BEGIN; INSERT INTO t VALUES (42); SELECT txid_current(); COMMIT;"])
+                .args([
+                    "-p",
+                    &port.to_string(),
+                    "-c",
+                    "BEGIN; INSERT INTO t VALUES (42); SELECT txid_current(); COMMIT;",
+                ])
                 .output()
                 .expect("psql");
             String::from_utf8_lossy(&out.stdout).trim().to_string()

@@ -92,7 +92,7 @@ impl ReplicationConnection {
     /// Starts `BASE_BACKUP <options>`, where `options` is the PostgreSQL 15
     /// parenthesised option list, for example
     /// `(LABEL 'pgpitr', PROGRESS, CHECKPOINT 'fast', MANIFEST 'yes', WAIT false)`.
-    /// Quote string values yourself (e.g. with `postgres_protocol::escape::escape_literal`).
+    /// Quote string values with [`crate::quote_literal`].
     /// Only the client target (the default) is supported.
     pub async fn base_backup(&mut self, options: &str) -> Result<BaseBackupStream<'_>, Error> {
         self.send_query(Op::BaseBackup, &format!("BASE_BACKUP {options}")).await?;
@@ -236,19 +236,23 @@ impl BaseBackupStream<'_> {
                     ErrorKind::Unsupported("BASE_BACKUP sent no data; only the client target is supported".into()),
                 ));
             }
-            (Phase::Copy, Backend::CopyData(payload)) => decode_copy_data(payload).map(Some).map_err(ErrorKind::Protocol),
+            (Phase::Copy, Backend::CopyData(payload)) => {
+                decode_copy_data(payload).map(Some).map_err(ErrorKind::Protocol)
+            }
             (Phase::Copy, Backend::Other(Message::CopyDone)) => {
                 self.phase = Phase::Trailer(Vec::new());
                 Ok(None)
             }
-            (Phase::Trailer(sets), Backend::Other(Message::ReadyForQuery(_))) => match position(sets.first(), "end position") {
-                Ok((end_lsn, tli)) => {
-                    self.phase = Phase::Done;
-                    self.conn.state = State::Idle;
-                    Ok(Some(BaseBackupMessage::Finished { end_lsn, tli }))
+            (Phase::Trailer(sets), Backend::Other(Message::ReadyForQuery(_))) => {
+                match position(sets.first(), "end position") {
+                    Ok((end_lsn, tli)) => {
+                        self.phase = Phase::Done;
+                        self.conn.state = State::Idle;
+                        Ok(Some(BaseBackupMessage::Finished { end_lsn, tli }))
+                    }
+                    Err(k) => Err(k),
                 }
-                Err(k) => Err(k),
-            },
+            }
             (Phase::Draining(_), Backend::Other(Message::ReadyForQuery(_))) => {
                 self.conn.state = State::Idle;
                 return match std::mem::replace(&mut self.phase, Phase::Done) {
@@ -281,8 +285,14 @@ mod tests {
         let m = decode_copy_data(Bytes::from_static(b"nbase.tar\0\0")).unwrap();
         assert_eq!(m, BaseBackupMessage::Archive { name: "base.tar".into(), tablespace_location: None });
         let m = decode_copy_data(Bytes::from_static(b"n16385.tar\0/srv/ts\0")).unwrap();
-        assert_eq!(m, BaseBackupMessage::Archive { name: "16385.tar".into(), tablespace_location: Some("/srv/ts".into()) });
-        assert_eq!(decode_copy_data(Bytes::from_static(b"dabc")).unwrap(), BaseBackupMessage::Data(Bytes::from_static(b"abc")));
+        assert_eq!(
+            m,
+            BaseBackupMessage::Archive { name: "16385.tar".into(), tablespace_location: Some("/srv/ts".into()) }
+        );
+        assert_eq!(
+            decode_copy_data(Bytes::from_static(b"dabc")).unwrap(),
+            BaseBackupMessage::Data(Bytes::from_static(b"abc"))
+        );
         let mut p = vec![b'p'];
         p.extend_from_slice(&4096i64.to_be_bytes());
         assert_eq!(decode_copy_data(Bytes::from(p)).unwrap(), BaseBackupMessage::Progress(4096));

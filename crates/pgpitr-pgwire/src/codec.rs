@@ -113,7 +113,11 @@ fn parse_copy_both_response(body: &[u8]) -> Result<(), String> {
     }
     let ncols = u16::from_be_bytes([body[1], body[2]]) as usize;
     if body.len() != 3 + 2 * ncols {
-        return Err(format!("CopyBothResponse is {} bytes, expected {} for {ncols} columns", body.len(), 3 + 2 * ncols));
+        return Err(format!(
+            "CopyBothResponse is {} bytes, expected {} for {ncols} columns",
+            body.len(),
+            3 + 2 * ncols
+        ));
     }
     Ok(())
 }

@@ -301,8 +301,10 @@ impl ConnConfig {
         };
         let port = match raw.non_empty(Key::Port) {
             None => DEFAULT_PORT,
-            Some(p) => p.trim().parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| {
-                ConfigError::InvalidValue { key: "port", value: p.to_string(), reason: "expected a number from 1 to 65535" }
+            Some(p) => p.trim().parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| ConfigError::InvalidValue {
+                key: "port",
+                value: p.to_string(),
+                reason: "expected a number from 1 to 65535",
             })?,
         };
         let user = raw
@@ -478,7 +480,8 @@ pub(crate) fn host_port(host: &str, port: u16) -> String {
 fn unknown_option(key: &str) -> ConfigError {
     // Echo the name only when it looks like one, so a stray password typed
     // where a key belongs is not repeated back.
-    let looks_like_key = !key.is_empty() && key.len() <= 64 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let looks_like_key =
+        !key.is_empty() && key.len() <= 64 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if looks_like_key {
         ConfigError::UnknownOption(key.to_string())
     } else {

@@ -193,13 +193,25 @@ pub fn parse_server_version(s: &str) -> Option<u32> {
     }
 }
 
-/// Quotes a slot or setting name for the replication grammar, which
-/// accepts double-quoted identifiers like SQL.
+/// Double-quotes a slot or setting name for the replication grammar, so it
+/// reaches the server exactly as given (unquoted names are lower-cased).
+/// That grammar has no escape for `"` inside a quoted name (PostgreSQL 15
+/// answers `""` with a syntax error), so such names are refused here; no
+/// valid slot or setting name contains one.
 pub(crate) fn quote_ident(name: &str, what: &str) -> Result<String, ErrorKind> {
-    if name.is_empty() || name.contains('\0') {
-        return Err(ErrorKind::InvalidArgument(format!("{what} {name:?} is empty or contains a NUL byte")));
+    if name.is_empty() || name.contains(['\0', '"']) {
+        return Err(ErrorKind::InvalidArgument(format!(
+            "{what} {name:?} is empty or contains a double quote or NUL byte"
+        )));
     }
-    Ok(postgres_protocol::escape::escape_identifier(name))
+    Ok(format!("\"{name}\""))
+}
+
+/// Single-quotes a string for a replication command option, such as
+/// BASE_BACKUP's `LABEL`. The replication grammar knows `''` but not the
+/// `E'...'` form, so this doubles quotes and leaves backslashes alone.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 fn io_kind(e: io::Error) -> ErrorKind {
@@ -337,7 +349,9 @@ impl ReplicationConnection {
                 Message::AuthenticationSasl(body) => {
                     let mut offered = Vec::new();
                     let mut it = body.mechanisms();
-                    while let Some(m) = it.next().map_err(|e| ErrorKind::Protocol(format!("malformed SASL list: {e}")))? {
+                    while let Some(m) =
+                        it.next().map_err(|e| ErrorKind::Protocol(format!("malformed SASL list: {e}")))?
+                    {
                         offered.push(m.to_string());
                     }
                     // SCRAM-SHA-256-PLUS needs TLS channel binding, which we lack.
@@ -370,7 +384,9 @@ impl ReplicationConnection {
                     });
                 }
                 Message::AuthenticationKerberosV5 => return Err(ErrorKind::UnsupportedAuth("Kerberos V5".into())),
-                Message::AuthenticationScmCredential => return Err(ErrorKind::UnsupportedAuth("SCM credentials".into())),
+                Message::AuthenticationScmCredential => {
+                    return Err(ErrorKind::UnsupportedAuth("SCM credentials".into()));
+                }
                 Message::AuthenticationGss | Message::AuthenticationGssContinue(_) => {
                     return Err(ErrorKind::UnsupportedAuth("GSSAPI".into()));
                 }
@@ -544,7 +560,8 @@ impl ReplicationConnection {
             match msg {
                 Backend::Other(Message::RowDescription(body)) => columns = Some(decode_columns(&body)?),
                 Backend::Other(Message::DataRow(body)) => {
-                    let cols = columns.clone().ok_or_else(|| ErrorKind::Protocol("DataRow before RowDescription".into()))?;
+                    let cols =
+                        columns.clone().ok_or_else(|| ErrorKind::Protocol("DataRow before RowDescription".into()))?;
                     rows.push(SimpleRow::decode(cols, &body)?);
                 }
                 Backend::Other(Message::CommandComplete(_) | Message::EmptyQueryResponse) => {}
@@ -559,7 +576,10 @@ impl ReplicationConnection {
                 other => {
                     // COPY and friends cannot be handled here; the session is lost.
                     self.state = State::Broken;
-                    return Err(unexpected(&other, "in reply to a command (use start_physical or base_backup for COPY)"));
+                    return Err(unexpected(
+                        &other,
+                        "in reply to a command (use start_physical or base_backup for COPY)",
+                    ));
                 }
             }
         }
@@ -594,7 +614,10 @@ impl ReplicationConnection {
     pub async fn wal_segment_size(&mut self) -> Result<WalSegSize, Error> {
         let text = self.show("wal_segment_size").await?;
         WalSegSize::from_show(&text).map_err(|e| {
-            self.err(Op::Command("SHOW"), ErrorKind::Protocol(format!("server reported wal_segment_size {text:?}: {e}")))
+            self.err(
+                Op::Command("SHOW"),
+                ErrorKind::Protocol(format!("server reported wal_segment_size {text:?}: {e}")),
+            )
         })
     }
 
@@ -618,9 +641,10 @@ impl ReplicationConnection {
         let parse = || -> Result<(String, Bytes), ErrorKind> {
             let row = single_row(&rows, CMD)?;
             let name = row.required(0, CMD)?.to_string();
-            let content = row.get_bytes(1).cloned().ok_or_else(|| {
-                ErrorKind::Protocol(format!("{CMD} returned no content for {name}"))
-            })?;
+            let content = row
+                .get_bytes(1)
+                .cloned()
+                .ok_or_else(|| ErrorKind::Protocol(format!("{CMD} returned no content for {name}")))?;
             Ok((name, content))
         };
         parse().map_err(|k| self.err(Op::Command(CMD), k))
@@ -647,9 +671,7 @@ impl ReplicationConnection {
         match reported {
             Some(lsn) if lsn.is_valid() => Ok(Some(lsn)),
             // Physical slots report no consistent point; ask the slot itself.
-            _ if version >= 150000 => {
-                Ok(self.read_replication_slot(name).await?.and_then(|s| s.restart_lsn))
-            }
+            _ if version >= 150000 => Ok(self.read_replication_slot(name).await?.and_then(|s| s.restart_lsn)),
             _ => Ok(None),
         }
     }
@@ -719,9 +741,16 @@ mod tests {
     }
 
     #[test]
+    fn literals_are_quoted() {
+        assert_eq!(quote_literal("pgpitr's backup"), "'pgpitr''s backup'");
+        assert_eq!(quote_literal(r"a\b"), r"'a\b'");
+    }
+
+    #[test]
     fn identifiers_are_quoted() {
         assert_eq!(quote_ident("slot_1", "slot").unwrap(), "\"slot_1\"");
-        assert_eq!(quote_ident("we\"ird", "slot").unwrap(), "\"we\"\"ird\"");
+        assert_eq!(quote_ident("Odd name;", "slot").unwrap(), "\"Odd name;\"");
+        assert!(quote_ident("we\"ird", "slot").is_err());
         assert!(quote_ident("", "slot").is_err());
         assert!(quote_ident("a\0b", "slot").is_err());
     }

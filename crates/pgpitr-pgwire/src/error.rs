@@ -109,7 +109,9 @@ pub enum ErrorKind {
     TlsUnsupported(SslMode),
     #[error("{pg}{}", passfile_note(.passfile))]
     Auth { pg: PgError, passfile: Option<PathBuf> },
-    #[error("the server asked for a password for user {user:?} but none was given (use password=, PGPASSWORD or a .pgpass entry)")]
+    #[error(
+        "the server asked for a password for user {user:?} but none was given (use password=, PGPASSWORD or a .pgpass entry)"
+    )]
     NoPassword { user: String },
     #[error("the server asked for an unsupported authentication method: {0}")]
     UnsupportedAuth(String),
@@ -323,13 +325,7 @@ mod tests {
     use super::*;
 
     fn pg(severity: &str, code: &str, message: &str) -> PgError {
-        PgError {
-            severity: severity.into(),
-            code: code.into(),
-            message: message.into(),
-            detail: None,
-            hint: None,
-        }
+        PgError { severity: severity.into(), code: code.into(), message: message.into(), detail: None, hint: None }
     }
 
     fn render(op: Op, kind: ErrorKind) -> String {
@@ -355,10 +351,7 @@ mod tests {
             Op::Connect,
             "x",
         );
-        assert_eq!(
-            k.to_string(),
-            "role \"x\" is not allowed to start replication (needs the REPLICATION attribute)"
-        );
+        assert_eq!(k.to_string(), "role \"x\" is not allowed to start replication (needs the REPLICATION attribute)");
         assert!(!k.is_transient());
         let k = ErrorKind::from_pg(
             pg("FATAL", "53300", "number of requested standby connections exceeds max_wal_senders (currently 0)"),
@@ -449,7 +442,10 @@ mod tests {
             pg: pg("FATAL", "28P01", "password authentication failed for user \"a\""),
             passfile: Some(PathBuf::from("/home/a/.pgpass")),
         };
-        assert_eq!(k.to_string(), "password authentication failed for user \"a\" (password taken from /home/a/.pgpass)");
+        assert_eq!(
+            k.to_string(),
+            "password authentication failed for user \"a\" (password taken from /home/a/.pgpass)"
+        );
         assert_eq!(
             render(Op::Connect, ErrorKind::Timeout(Duration::from_secs(10))),
             "cannot connect to 127.0.0.1:5432: timed out after 10 s"

@@ -45,6 +45,6 @@ pub use config::{
     ConfigError, ConnConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT, DEFAULT_SOCKET_DIR, FALLBACK_SOCKET_DIR, Host,
     REPLICATION_DATABASE, Secret, SslMode,
 };
-pub use conn::{ReplicationConnection, SimpleRow, SlotInfo, SystemInfo, parse_server_version};
+pub use conn::{ReplicationConnection, SimpleRow, SlotInfo, SystemInfo, parse_server_version, quote_literal};
 pub use error::{Error, ErrorKind, Op, PgError};
 pub use stream::ReplicationStream;

@@ -30,7 +30,10 @@ enum Phase {
     Copy,
     /// The server left COPY mode and our CopyDone is queued; reading the
     /// result set that names the next timeline.
-    AfterCopy { columns: Option<Arc<[String]>>, next: Option<(TimelineId, Lsn)> },
+    AfterCopy {
+        columns: Option<Arc<[String]>>,
+        next: Option<(TimelineId, Lsn)>,
+    },
     /// START_REPLICATION answered with the next timeline straight away (the
     /// start point was the very end of an old timeline); not yet returned.
     Pending(StreamMessage),
@@ -109,7 +112,9 @@ impl ReplicationConnection {
                 Backend::Other(Message::RowDescription(body)) => columns = Some(decode_columns(&body)?),
                 Backend::Other(Message::DataRow(body)) => next = Some(next_timeline(columns.clone(), &body)?),
                 Backend::Other(Message::CommandComplete(_)) => {}
-                Backend::Other(Message::ErrorResponse(body)) => error = Some(self.server_error(&body, Op::Command(CMD))),
+                Backend::Other(Message::ErrorResponse(body)) => {
+                    error = Some(self.server_error(&body, Op::Command(CMD)))
+                }
                 Backend::Other(Message::ReadyForQuery(_)) => {
                     self.state = State::Idle;
                     return match (error, next) {
@@ -272,7 +277,13 @@ impl ReplicationStream<'_> {
     /// anything is sent; if interrupted, the rest goes out with the next
     /// `next()`, `send_status()` or `finish()`. A no-op once the server has
     /// left COPY mode.
-    pub async fn send_status(&mut self, write: Lsn, flush: Lsn, apply: Lsn, reply_requested: bool) -> Result<(), Error> {
+    pub async fn send_status(
+        &mut self,
+        write: Lsn,
+        flush: Lsn,
+        apply: Lsn,
+        reply_requested: bool,
+    ) -> Result<(), Error> {
         match self.phase {
             Phase::Copy => {}
             Phase::Ended => return Err(self.conn.err(Op::Stream, ErrorKind::Unusable("the stream has ended"))),

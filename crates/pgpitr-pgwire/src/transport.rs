@@ -81,7 +81,8 @@ pub(crate) async fn open(config: &ConnConfig) -> Result<(Transport, String), Err
                 vec![SocketAddr::new(ip, port)]
             } else {
                 let dns = |source| Error::new(Op::Connect, &target, ErrorKind::Dns { host: name.clone(), source });
-                let found: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), port)).await.map_err(dns)?.collect();
+                let found: Vec<SocketAddr> =
+                    tokio::net::lookup_host((name.as_str(), port)).await.map_err(dns)?.collect();
                 if found.is_empty() {
                     return Err(dns(io::Error::new(io::ErrorKind::NotFound, "no addresses found")));
                 }

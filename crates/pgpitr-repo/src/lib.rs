@@ -98,7 +98,10 @@ pub struct Repository {
 
 impl std::fmt::Debug for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Repository").field("location", &self.storage.describe()).field("binding", &self.binding).finish()
+        f.debug_struct("Repository")
+            .field("location", &self.storage.describe())
+            .field("binding", &self.binding)
+            .finish()
     }
 }
 

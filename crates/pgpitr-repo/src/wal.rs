@@ -25,7 +25,10 @@ pub const PREFIX: &str = "wal/";
 pub enum WalObjectKind {
     Segment,
     /// Offsets within the segment: `from..to`.
-    Part { from: u32, to: u32 },
+    Part {
+        from: u32,
+        to: u32,
+    },
 }
 
 /// One stored WAL object, identified by its key alone.

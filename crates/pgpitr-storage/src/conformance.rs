@@ -157,9 +157,20 @@ pub async fn not_found(s: &dyn Storage) {
 
     ok(s.put("conf/nf/file", Bytes::from_static(b"x")).await, "put file");
     assert_not_found(s.get("conf/nf/file/child").await, "get below an object");
-    ok(s.put("conf/nf/dir/x", Bytes::from_static(b"x")).await, "put dir/x");
-    assert_not_found(s.get("conf/nf/dir").await, "get of a directory");
-    assert_not_found(s.head("conf/nf/dir").await, "head of a directory");
+    assert_not_found(s.head("conf/nf/file/child").await, "head below an object");
+}
+
+/// A key that is only a prefix of other keys ("a directory") is not an
+/// object. AWS S3 and the local backend answer NotFound; s3s-fs answers
+/// HTTP 500 for a GET of a directory, so the S3 run leaves this one out.
+pub async fn prefix_is_not_an_object(s: &dyn Storage) {
+    ok(s.put("conf/pno/dir/x", Bytes::from_static(b"x")).await, "put dir/x");
+    assert_not_found(s.get("conf/pno/dir").await, "get of a directory");
+    assert_not_found(s.head("conf/pno/dir").await, "head of a directory");
+    assert_not_found(s.get_range("conf/pno/dir", 0..1).await, "get_range of a directory");
+    assert_not_found(s.get_stream("conf/pno/dir").await.map(|_| ()), "get_stream of a directory");
+    ok(s.delete("conf/pno/dir").await, "delete of a directory is a no-op");
+    assert_eq!(keys(s, "conf/pno/").await, ["conf/pno/dir/x"]);
 }
 
 /// `list` is a string-prefix match over all nesting levels, sorted, with
@@ -364,6 +375,10 @@ pub async fn no_temp_objects_listed(s: &dyn Storage) {
 
 /// Concurrent writers to one key never expose a torn or mixed object: every
 /// read returns one writer's complete value.
+///
+/// A read racing a write may fail transiently instead (s3s-fs stores an
+/// object's checksum apart from its data, and the SDK's checksum check
+/// catches the mismatch); it must then succeed when repeated.
 pub async fn concurrent_writers(s: &dyn Storage) {
     const LEN: usize = 256 * 1024;
     let key = "conf/cw/obj";
@@ -375,7 +390,13 @@ pub async fn concurrent_writers(s: &dyn Storage) {
     }));
     let readers = futures_util::future::join_all((0..3).map(|_| async move {
         for _ in 0..10 {
-            let v = ok(s.get(key).await, "concurrent get");
+            let mut tries = 0;
+            let v = loop {
+                match s.get(key).await {
+                    Err(e) if e.is_transient() && tries < 5 => tries += 1,
+                    other => break ok(other, "concurrent get"),
+                }
+            };
             assert_eq!(v.len(), LEN, "torn read: wrong length");
             let first = v[0];
             assert!(v.iter().all(|&b| b == first), "torn read: bytes of different writers mixed");

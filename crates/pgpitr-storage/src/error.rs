@@ -120,7 +120,13 @@ impl StorageError {
 
     /// A transient error that has not been retried yet.
     pub fn transient(op: Op, key: impl Into<String>, location: impl Into<String>, message: impl fmt::Display) -> Self {
-        StorageError::Transient { op, key: key.into(), location: location.into(), message: one_line(message), retries: 0 }
+        StorageError::Transient {
+            op,
+            key: key.into(),
+            location: location.into(),
+            message: one_line(message),
+            retries: 0,
+        }
     }
 
     /// A not-found error.

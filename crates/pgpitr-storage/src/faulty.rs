@@ -214,8 +214,7 @@ impl Upload for FaultyUpload {
     async fn try_complete(&mut self) -> Result<u64> {
         self.shared.run(Op::CompleteUpload, &self.key, self.inner.try_complete()).await
     }
-    async fn abort(self: Box<Self>) -> Result<()> {
-        let FaultyUpload { inner, shared, key, .. } = *self;
-        shared.run(Op::AbortUpload, &key, inner.abort()).await
+    async fn try_abort(&mut self) -> Result<()> {
+        self.shared.run(Op::AbortUpload, &self.key, self.inner.try_abort()).await
     }
 }

@@ -30,9 +30,9 @@ mod error;
 mod faulty;
 mod key;
 mod local;
+mod repo_url;
 mod retry;
 mod s3;
-mod repo_url;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -46,9 +46,9 @@ pub use error::{Op, Result, StorageError};
 pub use faulty::{FaultMode, FaultyStorage};
 pub use key::{MAX_KEY_LEN, TEMP_PREFIX, validate_key, validate_prefix};
 pub use local::LocalStorage;
+pub use repo_url::{RepoUrl, S3Url, open, open_with_policy};
 pub use retry::{RetryPolicy, RetryingStorage, retry};
 pub use s3::{S3Options, S3Storage};
-pub use repo_url::{RepoUrl, S3Url, open, open_with_policy};
 
 /// A stream of an object's bytes, in chunks.
 pub type ObjectStream = BoxStream<'static, Result<Bytes>>;
@@ -150,7 +150,8 @@ pub trait Storage: Send + Sync {
 ///
 /// Retry contract: when `put_part` fails, the data of that call was not
 /// taken, and calling `put_part` again with the same data is safe (earlier
-/// accepted data is kept). When `try_complete` fails it may be called again.
+/// accepted data is kept). When `try_complete` or `try_abort` fails it may be
+/// called again. Dropping an upload that was not completed discards it.
 #[async_trait]
 pub trait Upload: Send {
     /// Appends `data` to the object. Chunks may be any size.
@@ -161,12 +162,19 @@ pub trait Upload: Send {
     /// calls return the same size without doing anything.
     async fn try_complete(&mut self) -> Result<u64>;
 
-    /// Discards the upload; nothing becomes visible under the key.
-    async fn abort(self: Box<Self>) -> Result<()>;
+    /// Discards the upload; nothing becomes visible under the key. May be
+    /// called again after a failure. Fails if the upload was completed.
+    async fn try_abort(&mut self) -> Result<()>;
 
     /// Makes the object visible and returns its total size in bytes.
     async fn complete(mut self: Box<Self>) -> Result<u64> {
         self.try_complete().await
+    }
+
+    /// Discards the upload; nothing becomes visible under the key. Even if
+    /// this fails, nothing is visible: dropping the upload cleans up too.
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.try_abort().await
     }
 }
 

@@ -74,7 +74,9 @@ where
     let fallback = ctx.clone();
     match tokio::task::spawn_blocking(move || f(&ctx)).await {
         Ok(r) => r,
-        Err(e) => Err(StorageError::permanent(fallback.op, fallback.key, fallback.location, format!("I/O task failed: {e}"))),
+        Err(e) => {
+            Err(StorageError::permanent(fallback.op, fallback.key, fallback.location, format!("I/O task failed: {e}")))
+        }
     }
 }
 
@@ -539,7 +541,15 @@ impl Storage for LocalStorage {
                 }
             })
             .await?;
-        Ok(Box::new(LocalUpload { ctx, path, tmp: Some(tmp), file: Arc::new(file), len: 0, renamed: false, done: None }))
+        Ok(Box::new(LocalUpload {
+            ctx,
+            path,
+            tmp: Some(tmp),
+            file: Arc::new(file),
+            len: 0,
+            renamed: false,
+            done: None,
+        }))
     }
 
     async fn check(&self) -> Result<()> {
@@ -637,23 +647,15 @@ impl Upload for LocalUpload {
         Ok(self.len)
     }
 
-    async fn abort(mut self: Box<Self>) -> Result<()> {
+    async fn try_abort(&mut self) -> Result<()> {
+        let ctx = self.ctx(Op::AbortUpload);
         if self.renamed {
-            return Err(StorageError::permanent(
-                Op::AbortUpload,
-                self.ctx.key.clone(),
-                self.ctx.location.clone(),
-                "upload already completed",
-            ));
+            return Err(StorageError::permanent(ctx.op, ctx.key, ctx.location, "upload already completed"));
         }
+        let Some(tmp_path) = self.tmp.as_ref().map(|t| t.path.clone()) else { return Ok(()) };
+        run_blocking(ctx, move |ctx| remove_object(&tmp_path).map(|_| ()).map_err(|f| ctx.err(f))).await?;
         if let Some(tmp) = self.tmp.take() {
-            let ctx = self.ctx(Op::AbortUpload);
-            run_blocking(ctx, move |ctx| {
-                let res = remove_object(&tmp.path).map(|_| ()).map_err(|f| ctx.err(f));
-                tmp.keep();
-                res
-            })
-            .await?;
+            tmp.keep();
         }
         Ok(())
     }

@@ -110,7 +110,7 @@ where
 }
 
 /// Applies a [`RetryPolicy`] to every operation of the wrapped storage,
-/// including each `put_part` and `try_complete` of uploads.
+/// including each `put_part`, `try_complete` and `try_abort` of uploads.
 #[derive(Debug, Clone)]
 pub struct RetryingStorage<S> {
     inner: S,
@@ -233,10 +233,14 @@ impl Upload for RetryingUpload {
         }
     }
 
-    async fn abort(self: Box<Self>) -> Result<()> {
-        // Not retried: abort consumes the upload. A failed abort leaves at
-        // most an invisible incomplete upload (see the backends).
-        self.inner.abort().await
+    async fn try_abort(&mut self) -> Result<()> {
+        let mut attempts = Attempts::new(&self.policy, Op::AbortUpload.name());
+        loop {
+            match self.inner.try_abort().await {
+                Ok(()) => return Ok(()),
+                Err(e) => attempts.failed(e).await?,
+            }
+        }
     }
 }
 

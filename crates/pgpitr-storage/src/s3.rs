@@ -168,13 +168,7 @@ impl S3Storage {
             loader = loader.endpoint_url(ep);
         }
         if let Some((access_key, secret_key)) = &opts.static_credentials {
-            loader = loader.credentials_provider(Credentials::new(
-                access_key,
-                secret_key,
-                None,
-                None,
-                "pgpitr-static",
-            ));
+            loader = loader.credentials_provider(Credentials::new(access_key, secret_key, None, None, "pgpitr-static"));
         }
         let sdk = loader.load().await;
         let conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(opts.path_style).build();
@@ -184,11 +178,8 @@ impl S3Storage {
         let env_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
             .iter()
             .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));
-        let endpoint = opts
-            .endpoint
-            .clone()
-            .or(env_endpoint)
-            .unwrap_or_else(|| format!("the AWS S3 endpoint of region {region}"));
+        let endpoint =
+            opts.endpoint.clone().or(env_endpoint).unwrap_or_else(|| format!("the AWS S3 endpoint of region {region}"));
         let mut location =
             if prefix.is_empty() { format!("s3://{}", opts.bucket) } else { format!("s3://{}/{prefix}", opts.bucket) };
         if let Some(ep) = &opts.endpoint {
@@ -235,17 +226,29 @@ fn classify(status: Option<u16>, code: Option<&str>) -> Kind {
             "NoSuchUpload" => Some(Kind::NoSuchUpload),
             "PreconditionFailed" => Some(Kind::PreconditionFailed),
             "InvalidRange" => Some(Kind::InvalidRange),
-            "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccountProblem"
-            | "AllAccessDisabled" | "InvalidToken" | "InvalidSecurity" | "MissingSecurityHeader" => {
-                Some(Kind::AccessDenied)
-            }
+            "AccessDenied"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "AccountProblem"
+            | "AllAccessDisabled"
+            | "InvalidToken"
+            | "InvalidSecurity"
+            | "MissingSecurityHeader" => Some(Kind::AccessDenied),
             // Expired session credentials are refreshed by the provider, so a
             // later attempt can succeed.
-            "ExpiredToken" | "TokenRefreshRequired" | "RequestTimeout" | "SlowDown" | "InternalError"
-            | "ServiceUnavailable" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded"
-            | "TooManyRequests" | "BandwidthLimitExceeded" | "OperationAborted" | "ConditionalRequestConflict" => {
-                Some(Kind::Transient)
-            }
+            "ExpiredToken"
+            | "TokenRefreshRequired"
+            | "RequestTimeout"
+            | "SlowDown"
+            | "InternalError"
+            | "ServiceUnavailable"
+            | "Throttling"
+            | "ThrottlingException"
+            | "RequestLimitExceeded"
+            | "TooManyRequests"
+            | "BandwidthLimitExceeded"
+            | "OperationAborted"
+            | "ConditionalRequestConflict" => Some(Kind::Transient),
             _ => None,
         };
         if let Some(kind) = kind {
@@ -305,7 +308,9 @@ where
             }
             Failure { kind, message: one_line(message.trim_start()) }
         }
-        SdkError::ConstructionFailure(_) => Failure { kind: Kind::Permanent, message: one_line(DisplayErrorContext(err)) },
+        SdkError::ConstructionFailure(_) => {
+            Failure { kind: Kind::Permanent, message: one_line(DisplayErrorContext(err)) }
+        }
         SdkError::DispatchFailure(d) if d.is_user() => {
             Failure { kind: Kind::Permanent, message: one_line(DisplayErrorContext(err)) }
         }
@@ -444,14 +449,14 @@ impl Storage for S3Storage {
             return Ok(Bytes::new());
         }
         let s = &self.shared;
-        let res = s
-            .client
-            .get_object()
-            .bucket(&s.bucket)
-            .key(s.full_key(key))
-            .range(format!("bytes={}-{}", range.start, range.end - 1))
-            .send()
-            .await;
+        // Some servers parse range bounds as signed 64-bit numbers; an end
+        // beyond that means "to the end of the object" anyway.
+        let header = if range.end > i64::MAX as u64 {
+            format!("bytes={}-", range.start)
+        } else {
+            format!("bytes={}-{}", range.start, range.end - 1)
+        };
+        let res = s.client.get_object().bucket(&s.bucket).key(s.full_key(key)).range(header).send().await;
         let out = match res {
             Ok(out) => out,
             Err(e) => {
@@ -802,6 +807,7 @@ impl S3Upload {
                 self.done_parts.insert(n, part);
             }
             Ok((n, body, Err(e))) => {
+                eprintln!("DEBUG part {n} failed: {e}");
                 self.failed_parts.push((n, body));
                 if e.is_transient() {
                     self.pending = Some(e);
@@ -1005,30 +1011,36 @@ impl Upload for S3Upload {
         Ok(self.total)
     }
 
-    async fn abort(mut self: Box<Self>) -> Result<()> {
-        self.aborted = true;
-        self.in_flight.abort_all();
-        while self.in_flight.join_next().await.is_some() {}
-        let Some(id) = self.upload_id.take() else { return Ok(()) };
+    async fn try_abort(&mut self) -> Result<()> {
         if self.completed.is_some() {
             return Err(self.err(Op::AbortUpload, "upload already completed"));
         }
+        self.aborted = true;
+        self.buffer = Chunks::default();
+        self.failed_parts.clear();
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
+        let Some(id) = self.upload_id.clone() else { return Ok(()) };
         let s = &self.s;
         match s.client.abort_multipart_upload().bucket(&s.bucket).key(&self.full_key).upload_id(id).send().await {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             Err(e) => match failure(&e) {
-                f if matches!(f.kind, Kind::NoSuchUpload | Kind::NotFound) => Ok(()),
-                f => Err(s.error(Op::AbortUpload, &self.key, f)),
+                f if matches!(f.kind, Kind::NoSuchUpload | Kind::NotFound) => {}
+                f => return Err(s.error(Op::AbortUpload, &self.key, f)),
             },
         }
+        // Only now is there nothing left for Drop to clean up.
+        self.upload_id = None;
+        Ok(())
     }
 }
 
 impl Drop for S3Upload {
     fn drop(&mut self) {
-        if self.completed.is_some() || self.aborted {
+        if self.completed.is_some() {
             return;
         }
+        // Set until AbortMultipartUpload succeeded (also after a failed abort).
         let Some(id) = self.upload_id.take() else { return };
         // Dropping the JoinSet cancels part uploads; the incomplete upload is
         // invisible but billed, so abort it in the background. Parts still in

@@ -64,9 +64,20 @@ impl Archiver {
     /// error that reconnecting cannot fix.
     pub async fn run(&mut self) -> Result<(), StreamError> {
         let mut backoff = Duration::from_secs(1);
+        let mut first = true;
         loop {
             let began = Instant::now();
-            match self.session().await {
+            let result = self.session().await;
+            // At start-up a busy slot means another pgpitr is streaming; after
+            // a disconnect it is usually our own old walsender, not yet gone.
+            if first
+                && let Err(e) = &result
+                && e.is_slot_active()
+            {
+                return result.map(|_| ());
+            }
+            first = false;
+            match result {
                 Ok(SessionEnd::Shutdown) => return Ok(()),
                 Err(StreamError::Cancelled) => return Ok(()),
                 Err(e) if e.is_transient() && !self.cancel.is_cancelled() => {
@@ -113,7 +124,10 @@ impl Archiver {
 enum Flow {
     Shutdown,
     /// The stream ended at a timeline switch; the connection is idle again.
-    NextTimeline { next_tli: TimelineId, next_start: Lsn },
+    NextTimeline {
+        next_tli: TimelineId,
+        next_start: Lsn,
+    },
 }
 
 /// Everything one streaming session owns.
@@ -191,7 +205,11 @@ impl State {
         Some(since + self.cfg.flush_interval - lead)
     }
 
-    async fn stream(&mut self, mut stream: ReplicationStream<'_>, cancel: &CancellationToken) -> Result<Flow, StreamError> {
+    async fn stream(
+        &mut self,
+        mut stream: ReplicationStream<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<Flow, StreamError> {
         let mut status_tick = tokio::time::interval(self.cfg.status_interval);
         status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reported = Lsn::INVALID;
@@ -323,7 +341,10 @@ impl State {
             let keys: Vec<String> = done.superseded.iter().map(|id| id.key(self.seg)).collect();
             tokio::spawn(async move {
                 if let Err(e) = storage.delete_many(&keys).await {
-                    tracing::warn!("deleting {} parts of a stored segment failed (retried at next start): {e}", keys.len());
+                    tracing::warn!(
+                        "deleting {} parts of a stored segment failed (retried at next start): {e}",
+                        keys.len()
+                    );
                 }
             });
         }

@@ -91,6 +91,10 @@ pub enum StreamError {
 }
 
 impl StreamError {
+    pub fn is_slot_active(&self) -> bool {
+        matches!(self, StreamError::Pg(e) if matches!(e.kind(), pgpitr_pgwire::ErrorKind::SlotActive { .. }))
+    }
+
     /// Whether reconnecting (after a pause) may succeed.
     pub fn is_transient(&self) -> bool {
         match self {

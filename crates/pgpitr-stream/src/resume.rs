@@ -38,7 +38,10 @@ pub async fn plan(
         let storage = storage.clone();
         tokio::spawn(async move {
             if let Err(e) = storage.delete_many(&leftovers).await {
-                tracing::warn!("cleaning up {} redundant WAL parts failed (will retry at next start): {e}", leftovers.len());
+                tracing::warn!(
+                    "cleaning up {} redundant WAL parts failed (will retry at next start): {e}",
+                    leftovers.len()
+                );
             }
         });
     }

@@ -268,11 +268,11 @@ mod tests {
     #[test]
     fn main_data_rejects_malformed_headers() {
         for bad in [
-            vec![40u8],                                  // block id 40 is not a thing
+            vec![40u8],                                   // block id 40 is not a thing
             vec![0, BKPBLOCK_SAME_REL, 0, 0, 0, 0, 0, 0], // same rel without a rel
-            vec![0, BKPBLOCK_HAS_DATA, 0, 0],            // has data, length 0
-            vec![0, 0, 1, 0],                            // data length without the flag
-            vec![XLR_BLOCK_ID_ORIGIN],                   // truncated
+            vec![0, BKPBLOCK_HAS_DATA, 0, 0],             // has data, length 0
+            vec![0, 0, 1, 0],                             // data length without the flag
+            vec![XLR_BLOCK_ID_ORIGIN],                    // truncated
             vec![XLR_BLOCK_ID_DATA_LONG, 255, 255, 255, 255],
         ] {
             assert!(main_data(&bad).is_err(), "{bad:?}");

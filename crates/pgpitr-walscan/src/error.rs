@@ -40,7 +40,9 @@ pub enum ScanError {
     BadContinuationLength { lsn: Lsn, rem_len: u32, expected: u32 },
     #[error("unexpected contrecord flag at {lsn}: the scan did not start at a record boundary")]
     UnexpectedContinuation { lsn: Lsn },
-    #[error("incorrect resource manager data checksum in record at {lsn} (stored {stored:08X}, computed {computed:08X})")]
+    #[error(
+        "incorrect resource manager data checksum in record at {lsn} (stored {stored:08X}, computed {computed:08X})"
+    )]
     Crc { lsn: Lsn, stored: u32, computed: u32 },
     #[error("cannot decode {what} record at {lsn}: {reason}")]
     Decode { lsn: Lsn, what: &'static str, reason: &'static str },

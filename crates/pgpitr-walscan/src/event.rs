@@ -22,7 +22,15 @@ pub enum WalEvent {
     /// `pg_create_restore_point(name)`.
     RestorePoint { lsn: Lsn, end_lsn: Lsn, name: String, time: PgTimestamp },
     /// A checkpoint record. Its time has whole-second precision only.
-    Checkpoint { lsn: Lsn, end_lsn: Lsn, redo: Lsn, tli: TimelineId, prev_tli: TimelineId, time: PgTimestamp, shutdown: bool },
+    Checkpoint {
+        lsn: Lsn,
+        end_lsn: Lsn,
+        redo: Lsn,
+        tli: TimelineId,
+        prev_tli: TimelineId,
+        time: PgTimestamp,
+        shutdown: bool,
+    },
     /// A promotion without an end-of-recovery checkpoint: `tli` starts here.
     EndOfRecovery { lsn: Lsn, end_lsn: Lsn, tli: TimelineId, prev_tli: TimelineId, time: PgTimestamp },
     /// `pg_switch_wal()` or `archive_timeout`: the rest of the segment is padding.

@@ -62,7 +62,14 @@ pub struct WalScanner {
     rec_buf: Vec<u8>,
 
     prev_start: Option<u64>,
+    /// `end_lsn` of the last complete record; may lie ahead of `pos` while
+    /// its padding (or a switched segment's tail) is still to come.
+    next_end: Option<u64>,
+    /// The `end_lsn` before `next_end`, which `pos` has certainly passed.
     last_end: Option<u64>,
+    /// The event of the record ending at `next_end`, held back until `pos`
+    /// reaches `next_end`, so that events and `last_record_end` agree.
+    pending: Option<WalEvent>,
     tli: Option<u32>,
     sysid: Option<u64>,
     ended_at: Option<u64>,
@@ -86,7 +93,7 @@ impl WalScanner {
     /// [`WalScanner::last_record_end`] or a timeline switch point.
     pub fn at_record(start: Lsn, seg_size: WalSegSize) -> Result<Self, ScanError> {
         let off = start.0 % XLOG_BLCKSZ;
-        if start.0 % 8 != 0 {
+        if !start.0.is_multiple_of(8) {
             return Err(ScanError::InvalidStart { lsn: start, reason: "records start at multiples of 8" });
         }
         if off != 0 && off < page_header_len(start.0 - off, seg_size.bytes()) as u64 {
@@ -114,7 +121,9 @@ impl WalScanner {
             rec_collect: false,
             rec_buf: Vec::new(),
             prev_start: None,
+            next_end: None,
             last_end: None,
+            pending: None,
             tli: None,
             sysid: None,
             ended_at: None,
@@ -136,10 +145,15 @@ impl WalScanner {
         Lsn(self.pos)
     }
 
-    /// Where the last complete record ended (its `end_lsn`): everything from
-    /// the first record up to here is whole records. `None` before the first.
+    /// The `end_lsn` of the last complete record that has been fed up to
+    /// its end, padding included: everything from the first record up to
+    /// here is whole records, it is never past [`WalScanner::position`], and
+    /// [`WalScanner::at_record`] can resume from it. `None` before the first.
     pub fn last_record_end(&self) -> Option<Lsn> {
-        self.last_end.map(Lsn)
+        match self.next_end {
+            Some(e) if e <= self.pos => Some(Lsn(e)),
+            _ => self.last_end.map(Lsn),
+        }
     }
 
     /// Start of the last complete record.
@@ -170,8 +184,11 @@ impl WalScanner {
     }
 
     /// Scans `data`, the bytes at [`WalScanner::position`] onward, appending
-    /// what it finds to `out`. A record split across calls is reported by the
-    /// call that completes it.
+    /// what it finds to `out`. An event is reported by the call that feeds
+    /// the last byte before its `end_lsn` (the record, its alignment padding,
+    /// and for a WAL switch the rest of the segment), so after each call the
+    /// events reported so far are exactly those with
+    /// `end_lsn <= last_record_end()`.
     ///
     /// On error nothing more is scanned: this and every later call returns
     /// the same error. Events found before the error in the same call are
@@ -197,6 +214,9 @@ impl WalScanner {
             let n = self.step(data, out)?;
             self.pos += n as u64;
             data = &data[n..];
+            if self.pending.is_some() && self.next_end.is_some_and(|e| e <= self.pos) {
+                out.extend(self.pending.take());
+            }
         }
         Ok(())
     }
@@ -244,7 +264,7 @@ impl WalScanner {
         if h.info & !XLP_ALL_FLAGS != 0 {
             return Err(ScanError::BadPageInfo { lsn, info: h.info, reason: "unknown flag bits" });
         }
-        let seg_start = page_start % self.seg_size == 0;
+        let seg_start = page_start.is_multiple_of(self.seg_size);
         if (h.info & XLP_LONG_HEADER != 0) != seg_start {
             let reason = if seg_start {
                 "the first page of a segment lacks the long header"
@@ -305,7 +325,8 @@ impl WalScanner {
                     self.state = State::Start;
                 } else if !cont {
                     return Err(ScanError::MissingContinuation { lsn, record: Lsn(self.rec_start) });
-                } else if h.rem_len == 0 || u64::from(self.rec_tot_len) != u64::from(h.rem_len) + u64::from(self.rec_got)
+                } else if h.rem_len == 0
+                    || u64::from(self.rec_tot_len) != u64::from(h.rem_len) + u64::from(self.rec_got)
                 {
                     return Err(ScanError::BadContinuationLength {
                         lsn,
@@ -471,16 +492,21 @@ impl WalScanner {
         } else {
             maxalign(end)
         };
-        if hdr.is_switch() {
-            out.push(WalEvent::Switch { lsn: Lsn(lsn), end_lsn: Lsn(next) });
-        } else if hdr.is_interesting()
-            && let Some(ev) = decode::decode(hdr, body, Lsn(lsn), Lsn(next))?
-        {
-            out.push(ev);
-        }
+        let event = if hdr.is_switch() {
+            Some(WalEvent::Switch { lsn: Lsn(lsn), end_lsn: Lsn(next) })
+        } else if hdr.is_interesting() {
+            decode::decode(hdr, body, Lsn(lsn), Lsn(next))?
+        } else {
+            None
+        };
+        // The previous record's padding ended before this record began.
+        out.extend(self.pending.take());
+        self.pending = event;
         self.records += 1;
         self.prev_start = Some(lsn);
-        self.last_end = Some(next);
+        // The previous record's end lies at or before this record's start.
+        self.last_end = self.next_end;
+        self.next_end = Some(next);
         self.skip_to = next;
         self.state = State::Start;
         Ok(())

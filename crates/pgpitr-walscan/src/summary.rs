@@ -117,11 +117,22 @@ mod tests {
     use super::*;
 
     fn commit(lsn: u64, us: i64) -> WalEvent {
-        WalEvent::Commit { lsn: Lsn(lsn), end_lsn: Lsn(lsn + 40), xid: lsn as u32, time: PgTimestamp(us), two_phase: false }
+        WalEvent::Commit {
+            lsn: Lsn(lsn),
+            end_lsn: Lsn(lsn + 40),
+            xid: lsn as u32,
+            time: PgTimestamp(us),
+            two_phase: false,
+        }
     }
 
     fn rp(lsn: u64, name: &str) -> WalEvent {
-        WalEvent::RestorePoint { lsn: Lsn(lsn), end_lsn: Lsn(lsn + 96), name: name.into(), time: PgTimestamp(lsn as i64) }
+        WalEvent::RestorePoint {
+            lsn: Lsn(lsn),
+            end_lsn: Lsn(lsn + 96),
+            name: name.into(),
+            time: PgTimestamp(lsn as i64),
+        }
     }
 
     #[test]

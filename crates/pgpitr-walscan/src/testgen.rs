@@ -21,7 +21,14 @@ impl WalWriter {
     /// `start` must be a page boundary.
     pub fn new(start: Lsn, seg_size: WalSegSize) -> Self {
         assert_eq!(start.0 % XLOG_BLCKSZ, 0, "WalWriter starts at a page boundary");
-        WalWriter { seg_size: seg_size.bytes(), tli: 1, sysid: 7_000_000_000_000_000_001, start: start.0, buf: vec![], prev: 0 }
+        WalWriter {
+            seg_size: seg_size.bytes(),
+            tli: 1,
+            sysid: 7_000_000_000_000_000_001,
+            start: start.0,
+            buf: vec![],
+            prev: 0,
+        }
     }
 
     pub fn timeline(mut self, tli: u32) -> Self {
@@ -81,13 +88,13 @@ impl WalWriter {
     /// splitting them over pages. For corrupt-record tests.
     pub fn raw_record(&mut self, rec: &[u8]) -> (Lsn, Lsn) {
         self.align();
-        if self.pos().0 % XLOG_BLCKSZ == 0 {
+        if self.pos().0.is_multiple_of(XLOG_BLCKSZ) {
             self.page_header(0);
         }
         let start = self.pos().0;
         let mut off = 0;
         while off < rec.len() {
-            if self.pos().0 % XLOG_BLCKSZ == 0 {
+            if self.pos().0.is_multiple_of(XLOG_BLCKSZ) {
                 self.page_header((rec.len() - off) as u32);
             }
             let space = (XLOG_BLCKSZ - self.pos().0 % XLOG_BLCKSZ) as usize;
@@ -96,7 +103,9 @@ impl WalWriter {
             off += n;
         }
         self.prev = start;
-        (Lsn(start), Lsn(maxalign(self.pos().0)))
+        // Postgres reserves MAXALIGN'd space, so the padding is always there.
+        self.align();
+        (Lsn(start), self.pos())
     }
 
     fn align(&mut self) {
@@ -106,7 +115,7 @@ impl WalWriter {
 
     fn page_header(&mut self, rem_len: u32) {
         let addr = self.pos().0;
-        let long = addr % self.seg_size == 0;
+        let long = addr.is_multiple_of(self.seg_size);
         let mut info = 0u16;
         if long {
             info |= XLP_LONG_HEADER;
@@ -212,7 +221,7 @@ impl WalWriter {
         let (start, _) = self.record(RM_XLOG_ID, XLOG_SWITCH, 0, &[]);
         let seg_end = self.pos().0.div_ceil(self.seg_size) * self.seg_size;
         while self.pos().0 < seg_end {
-            if self.pos().0 % XLOG_BLCKSZ == 0 {
+            if self.pos().0.is_multiple_of(XLOG_BLCKSZ) {
                 self.page_header(0);
             }
             let n = XLOG_BLCKSZ - self.pos().0 % XLOG_BLCKSZ;

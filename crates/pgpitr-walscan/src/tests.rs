@@ -31,7 +31,11 @@ impl Rng {
 
 /// Scans `bytes` (starting at `scanner.position()`) in chunks of the given
 /// sizes, cycling through them.
-fn scan_chunked(mut s: WalScanner, bytes: &[u8], sizes: &[usize]) -> (Vec<WalEvent>, Result<(), ScanError>, WalScanner) {
+fn scan_chunked(
+    mut s: WalScanner,
+    bytes: &[u8],
+    sizes: &[usize],
+) -> (Vec<WalEvent>, Result<(), ScanError>, WalScanner) {
     let mut out = vec![];
     let mut off = 0;
     let mut i = 0;
@@ -53,10 +57,10 @@ fn scan_all(start: Lsn, bytes: &[u8]) -> (Vec<WalEvent>, Result<(), ScanError>, 
 /// Writes fillers so that the next record starts at `off` within a page
 /// (the current page if there is room, else a later one).
 fn place_next_at(w: &mut WalWriter, off: u64) {
-    assert!(off % 8 == 0 && off >= SIZE_OF_LONG_PHD as u64);
+    assert!(off.is_multiple_of(8) && off >= SIZE_OF_LONG_PHD as u64);
     let mut a = maxalign(w.pos().0);
     let hdr = |p: u64| if p % MIB < XLOG_BLCKSZ { SIZE_OF_LONG_PHD as u64 } else { SIZE_OF_SHORT_PHD as u64 };
-    if a % XLOG_BLCKSZ == 0 {
+    if a.is_multiple_of(XLOG_BLCKSZ) {
         a += hdr(a);
     }
     let mut target = a - a % XLOG_BLCKSZ + off;
@@ -207,7 +211,8 @@ fn resumes_at_a_record_boundary() {
     let (w, expected) = mixed_stream();
     let bytes = w.bytes();
     // Stop somewhere, then resume from last_record_end with a new scanner.
-    for cut in [100usize, 8_000, 8_192, 20_000, 1_048_000, 2_000_000, bytes.len() - 1] {
+    let in_switch_padding = bytes.len() - 20_000;
+    for cut in [100usize, 8_000, 8_192, 20_000, 1_048_000, 2_000_000, in_switch_padding, bytes.len() - 1] {
         let (mut ev, res, s) = scan_chunked(WalScanner::new(w.start(), seg1()), &bytes[..cut], &[cut]);
         res.unwrap();
         let Some(resume) = s.last_record_end() else { continue };
@@ -222,6 +227,49 @@ fn resumes_at_a_record_boundary() {
     assert!(matches!(WalScanner::at_record(Lsn(MIB + XLOG_BLCKSZ + 16), seg1()), Err(ScanError::InvalidStart { .. })));
     assert!(WalScanner::at_record(Lsn(MIB + XLOG_BLCKSZ + 24), seg1()).is_ok());
     assert!(WalScanner::at_record(Lsn(MIB + 40), seg1()).is_ok());
+}
+
+#[test]
+fn last_record_end_is_never_past_the_fed_bytes() {
+    let mut w = WalWriter::new(Lsn(MIB), seg1());
+    let (_, e1) = w.commit(1, t(1));
+    let (c2, _) = w.raw_record(&{
+        // A 36-byte record (4 bytes of padding after it), CRC disabled below.
+        let mut r = vec![0u8; 36];
+        r[0] = 36;
+        r[8..16].copy_from_slice(&(MIB + 40).to_le_bytes());
+        r[17] = 10;
+        r
+    });
+    let e2 = Lsn(c2.0 + 40);
+    let (sw, _) = w.switch();
+    let c3 = w.commit(3, t(3));
+    let bytes = w.bytes();
+    let mut s = WalScanner::new(w.start(), seg1()).verify_crc(false);
+    let mut out = vec![];
+    let mut fed = 0;
+    let mut feed_to = |s: &mut WalScanner, lsn: Lsn| {
+        let upto = w.offset_of(lsn);
+        s.feed(&bytes[fed..upto], &mut out).unwrap();
+        fed = upto;
+    };
+    feed_to(&mut s, Lsn(c2.0 + 36)); // record 2 complete, its padding not fed
+    assert_eq!(s.last_record_end(), Some(e1));
+    assert_eq!(s.last_record_start(), Some(c2));
+    feed_to(&mut s, e2);
+    assert_eq!(s.last_record_end(), Some(e2));
+    feed_to(&mut s, Lsn(sw.0 + 5000)); // inside the switched segment's padding
+    assert_eq!(s.last_record_end(), Some(Lsn(sw.0)));
+    feed_to(&mut s, Lsn(2 * MIB));
+    assert_eq!(s.last_record_end(), Some(Lsn(2 * MIB)));
+    feed_to(&mut s, Lsn(c3.1.0 - 6)); // commit 3 without its padding
+    assert_eq!(s.last_record_end(), Some(Lsn(2 * MIB)));
+    let events = out.clone();
+    s.feed(&[0; 6], &mut out).unwrap();
+    assert_eq!(s.last_record_end(), Some(c3.1));
+    // Each event arrived once the scan passed its end_lsn.
+    assert_eq!(events.len(), 2, "commit 1 and the switch; commit 3 still pending: {events:?}");
+    assert_eq!(out.len(), 3);
 }
 
 #[test]

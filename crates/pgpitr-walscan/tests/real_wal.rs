@@ -125,7 +125,8 @@ fn matches_pg_waldump_on_real_wal() {
             assert_eq!(as_dumped(&events), expected, "{what}, chunks {:?}..", &sizes[..sizes.len().min(3)]);
             assert_eq!(s.position(), end);
             let lre = s.last_record_end().unwrap();
-            assert!(lre <= end && lre.0 > end.0 - 200, "{what}: last record end {lre}, end {end}, last start {:?}", s.last_record_start());
+            // The flush position may be mid-record (the WAL writer flushes whole pages).
+            assert!(lre <= end, "{what}: last record end {lre}, end {end}");
             assert_eq!(s.end_of_wal(), None);
             assert_eq!(s.timeline(), Some(TimelineId(1)));
         }

@@ -45,9 +45,11 @@ async fn simple_query_and_errors_keep_the_connection_usable() {
     assert_eq!(rows[0].columns(), ["wal_level"]);
     assert_eq!(rows[0].get(0), Some("replica"));
     assert_eq!(rows[0].get_by_name("wal_level"), Some("replica"));
-    assert!(conn.simple_query("").await.unwrap().is_empty(), "EmptyQueryResponse");
+    // A physical walsender takes no SQL; the refusal leaves the session usable.
+    let err = conn.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(err.code(), Some("0A000"), "{err}");
 
-    let err = conn.simple_query("THIS IS NOT A COMMAND").await.unwrap_err();
+    let err = conn.simple_query("CREATE_REPLICATION_SLOT PHYSICAL PHYSICAL").await.unwrap_err();
     assert_eq!(err.code(), Some("42601"), "{err}");
     assert!(!err.is_transient());
     assert!(conn.is_usable());
@@ -64,7 +66,8 @@ async fn slot_lifecycle() {
     let mut conn = connect_repl(&pg).await;
 
     let reserved = conn.create_physical_slot("pgpitr_a", true).await.unwrap().expect("RESERVE_WAL gives a position");
-    let restart: Lsn = pg.sql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'pgpitr_a'").parse().unwrap();
+    let restart: Lsn =
+        pg.sql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'pgpitr_a'").parse().unwrap();
     assert_eq!(reserved, restart);
     let info = conn.read_replication_slot("pgpitr_a").await.unwrap().unwrap();
     assert_eq!(
@@ -90,9 +93,14 @@ async fn slot_lifecycle() {
     assert!(matches!(err.kind(), ErrorKind::SlotMissing { slot, .. } if slot == "pgpitr_a"), "{err:?}");
     assert!(!err.is_transient());
 
-    // Names are quoted, so odd input reaches the server's validation intact.
-    let err = conn.create_physical_slot("Bad \"Name\"; DROP", false).await.unwrap_err();
-    assert_eq!(err.code(), Some("42602"), "{err}");
-    assert!(err.to_string().contains("contains invalid character"), "{err}");
+    // Names are quoted, so odd input reaches the server's validation intact
+    // instead of being lower-cased or parsed as more syntax.
+    for name in ["Upper", "semi;colon DROP"] {
+        let err = conn.create_physical_slot(name, false).await.unwrap_err();
+        assert_eq!(err.code(), Some("42602"), "{err}");
+        assert!(err.to_string().contains(&format!("replication slot name \"{name}\" contains invalid character")));
+    }
+    let err = conn.create_physical_slot("quote\"d", false).await.unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::InvalidArgument(_)), "{err}");
     conn.identify_system().await.unwrap();
 }

@@ -9,7 +9,8 @@ use std::io::{Read, Write};
 async fn every_auth_method_connects() {
     let pg = PgCluster::start_default();
     // pg_hba: scram-sha-256, md5, password (cleartext) and trust.
-    for (user, password) in [(REPL_USER, REPL_PASSWORD), (MD5_USER, MD5_PASSWORD), (PLAIN_USER, PLAIN_PASSWORD), (TRUST_USER, "")]
+    for (user, password) in
+        [(REPL_USER, REPL_PASSWORD), (MD5_USER, MD5_PASSWORD), (PLAIN_USER, PLAIN_PASSWORD), (TRUST_USER, "")]
     {
         let mut conn = ReplicationConnection::connect(&config(&pg, user, password))
             .await
@@ -49,8 +50,13 @@ async fn unix_socket() {
     assert_eq!(conf.display_target(), conn.target());
     conn.identify_system().await.unwrap();
     // Percent-encoded socket directory in a URI.
-    let dir: String =
-        pg.sockdir().display().to_string().bytes().map(|b| if b == b'/' { "%2F".to_string() } else { (b as char).to_string() }).collect();
+    let dir: String = pg
+        .sockdir()
+        .display()
+        .to_string()
+        .bytes()
+        .map(|b| if b == b'/' { "%2F".to_string() } else { (b as char).to_string() })
+        .collect();
     let url = format!("postgresql://{SUPERUSER}@{dir}:{}/postgres", pg.port());
     let conf = ConnConfig::parse_with_env(&url, |_| None).unwrap();
     ReplicationConnection::connect(&conf).await.unwrap();

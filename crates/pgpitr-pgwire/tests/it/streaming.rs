@@ -95,6 +95,7 @@ async fn next_is_cancel_safe_inside_select() {
                     .args(["-X", "-q", "-U", pgpitr_testkit::SUPERUSER, "-d", "postgres", "-h"])
                     .arg(&sock)
                     .args(["-p", &port.to_string(), "-c", &sql])
+                    .stdout(std::process::Stdio::null())
                     .status()
                     .unwrap();
                 assert!(st.success());
@@ -103,6 +104,7 @@ async fn next_is_cancel_safe_inside_select() {
                 .args(["-X", "-q", "-U", pgpitr_testkit::SUPERUSER, "-d", "postgres", "-h"])
                 .arg(&sock)
                 .args(["-p", &port.to_string(), "-c", "SELECT pg_switch_wal()"])
+                .stdout(std::process::Stdio::null())
                 .status()
                 .unwrap();
             assert!(st.success());
@@ -231,7 +233,8 @@ async fn terminated_walsender_is_transient() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_wal_is_definite_and_leaves_the_connection_usable() {
-    let pg = PgCluster::builder().wal_segsize_mb(1).setting("min_wal_size", "2MB").setting("max_wal_size", "4MB").start();
+    let pg =
+        PgCluster::builder().wal_segsize_mb(1).setting("min_wal_size", "2MB").setting("max_wal_size", "4MB").start();
     let mut conn = connect_repl(&pg).await;
     let seg = conn.wal_segment_size().await.unwrap();
     let sys = conn.identify_system().await.unwrap();

@@ -22,6 +22,7 @@ macro_rules! suite {
 
 mod local {
     suite!(local);
+    suite!(@each local; prefix_is_not_an_object);
 }
 
 mod s3 {
@@ -30,6 +31,7 @@ mod s3 {
 
 mod local_faulty {
     suite!(local_faulty);
+    suite!(@each local_faulty; prefix_is_not_an_object);
 }
 
 mod s3_faulty {

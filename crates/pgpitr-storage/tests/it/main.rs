@@ -6,4 +6,6 @@ mod common;
 mod conformance;
 mod errors;
 mod faults;
+mod proxy;
 mod repo_url;
+mod s3_upload;

@@ -43,10 +43,7 @@ fn local_forms() {
 #[test]
 fn s3_forms() {
     let u = s3("s3://my-bucket");
-    assert_eq!(
-        u,
-        S3Url { bucket: "my-bucket".into(), prefix: None, endpoint: None, region: None, path_style: None }
-    );
+    assert_eq!(u, S3Url { bucket: "my-bucket".into(), prefix: None, endpoint: None, region: None, path_style: None });
     assert_eq!(s3("s3://my-bucket/").prefix, None);
     assert_eq!(s3("s3://my-bucket/a/b/").prefix.as_deref(), Some("a/b"));
 

@@ -50,7 +50,9 @@ pub fn parse_waldump(out: &str) -> Vec<Dumped> {
                 let (gid, t) = args.strip_prefix("gid ").unwrap().split_once(": ").unwrap();
                 Dumped { lsn, kind: kind.into(), xid: Some(tx), time: Some(ts(t)), name: Some(gid.into()) }
             }
-            ("XLOG", "RESTORE_POINT") => Dumped { lsn, kind: kind.into(), xid: None, time: None, name: Some(args.into()) },
+            ("XLOG", "RESTORE_POINT") => {
+                Dumped { lsn, kind: kind.into(), xid: None, time: None, name: Some(args.into()) }
+            }
             ("XLOG", "SWITCH" | "CHECKPOINT_ONLINE" | "CHECKPOINT_SHUTDOWN" | "END_OF_RECOVERY") => {
                 Dumped { lsn, kind: kind.into(), xid: None, time: None, name: None }
             }
@@ -81,9 +83,13 @@ pub fn as_dumped(events: &[WalEvent]) -> Vec<Dumped> {
                 time: Some(*time),
                 name: None,
             },
-            WalEvent::Prepare { lsn, xid, gid, time, .. } => {
-                Dumped { lsn: *lsn, kind: "PREPARE".into(), xid: Some(*xid), time: Some(*time), name: Some(gid.clone()) }
-            }
+            WalEvent::Prepare { lsn, xid, gid, time, .. } => Dumped {
+                lsn: *lsn,
+                kind: "PREPARE".into(),
+                xid: Some(*xid),
+                time: Some(*time),
+                name: Some(gid.clone()),
+            },
             WalEvent::RestorePoint { lsn, name, .. } => {
                 Dumped { lsn: *lsn, kind: "RESTORE_POINT".into(), xid: None, time: None, name: Some(name.clone()) }
             }
@@ -97,7 +103,9 @@ pub fn as_dumped(events: &[WalEvent]) -> Vec<Dumped> {
             WalEvent::EndOfRecovery { lsn, .. } => {
                 Dumped { lsn: *lsn, kind: "END_OF_RECOVERY".into(), xid: None, time: None, name: None }
             }
-            WalEvent::Switch { lsn, .. } => Dumped { lsn: *lsn, kind: "SWITCH".into(), xid: None, time: None, name: None },
+            WalEvent::Switch { lsn, .. } => {
+                Dumped { lsn: *lsn, kind: "SWITCH".into(), xid: None, time: None, name: None }
+            }
             other => panic!("unexpected event {other:?}"),
         })
         .collect()

@@ -8,7 +8,8 @@ pub async fn run(args: InitArgs) -> anyhow::Result<u8> {
     // Validate everything local before touching the network.
     let url = RepoUrl::parse(&args.repo.repo)?;
     let cfg = conn::config(&args.conn, "pgpitr")?;
-    let (_conn, identity) = conn::connect(&cfg).await?;
+    let (probe, identity) = conn::connect(&cfg).await?;
+    probe.close().await;
     let storage = pgpitr_storage::open(&url).await?;
     let (repo, outcome) = Repository::init(storage, &identity).await.context("initialise repository")?;
     let b = repo.binding();
@@ -19,8 +20,8 @@ pub async fn run(args: InitArgs) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let verb = match outcome {
-            InitOutcome::Created => "initialised",
-            InitOutcome::AlreadyBound => "already initialised (nothing changed):",
+            InitOutcome::Created => "initialised for",
+            InitOutcome::AlreadyBound => "already initialised (nothing changed) for",
         };
         println!(
             "repository {} {verb} cluster {} (PostgreSQL {}, WAL segment size {})",

@@ -10,7 +10,10 @@ pub async fn run(args: ListArgs) -> anyhow::Result<u8> {
     }
     println!("repository:     {}", repo.location());
     println!("cluster:        {} (PostgreSQL {})", st.system_identifier, st.pg_major);
-    println!("latest restorable time: {}", st.latest_restorable_time.as_deref().unwrap_or("none (no commit stored yet)"));
+    println!(
+        "latest restorable time: {}",
+        st.latest_restorable_time.as_deref().unwrap_or("none (no commit stored yet)")
+    );
     if st.timelines.is_empty() {
         println!("WAL: none stored yet");
     }

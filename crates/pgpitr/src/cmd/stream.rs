@@ -14,7 +14,9 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
         cfg.set_application_name(app_name.clone());
     }
     // Fail fast on bad settings, credentials or storage before daemonising.
-    let (_conn, identity) = conn::connect(&cfg).await?;
+    let (probe, identity) = conn::connect(&cfg).await?;
+    // An idle walsender would show up in pg_stat_replication under our name.
+    probe.close().await;
     let storage = pgpitr_storage::open(&url).await?;
     let (repo, outcome) = Repository::init(storage, &identity).await?;
     if outcome == InitOutcome::Created {
