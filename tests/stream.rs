@@ -372,3 +372,99 @@ async fn list_reports_ranges_gaps_and_latest_restorable_time() {
     assert_eq!(gaps[0]["start_lsn"], gs.to_string());
     assert_eq!(gaps[0]["end_lsn"], ge.to_string());
 }
+
+/// The durability contract under storage faults: while uploads fail or
+/// their acknowledgements are lost, the flush position the server sees never
+/// passes what the repository really holds, and nothing is lost.
+async fn flush_never_ahead_of_repository(backend: Backend, mode: pgpitr_storage::FaultMode) {
+    use pgpitr_storage::{FaultyStorage, LocalStorage, S3Storage, Storage};
+    use std::sync::Arc;
+    let pg = PgCluster::start_default();
+    pg.pgbench(&["-i", "-q", "-s", "1"]);
+    let clean = backend.storage().await;
+    let identity = pgpitr_repo::ClusterIdentity {
+        system_identifier: pg.sql("SELECT system_identifier FROM pg_control_system()").parse().unwrap(),
+        pg_version_num: pg.sql("SHOW server_version_num").parse().unwrap(),
+        wal_segment_size: seg16(),
+    };
+    pgpitr_repo::Repository::init(clean.clone(), &identity).await.unwrap();
+    let (faulty, injected): (Arc<dyn Storage>, Box<dyn Fn() -> u64>) = match &backend {
+        Backend::Local(d) => {
+            let f = Arc::new(FaultyStorage::new(LocalStorage::new(d.path().join("repo")), mode));
+            (f.clone(), Box::new(move || f.injected()))
+        }
+        Backend::S3(_) => {
+            let Backend::S3(s3) = &backend else { unreachable!() };
+            let mut o = pgpitr_storage::S3Options::new("pitr");
+            o.prefix = Some("db".into());
+            o.endpoint = Some(s3.endpoint());
+            o.region = Some("us-east-1".into());
+            o.path_style = true;
+            o.static_credentials = Some((s3.access_key().into(), s3.secret_key().into()));
+            let f = Arc::new(FaultyStorage::new(S3Storage::new(o).await.unwrap(), mode));
+            (f.clone(), Box::new(move || f.injected()))
+        }
+    };
+    // As in production, RetryingStorage sits above the (here faulty) backend.
+    let retrying: Arc<dyn Storage> =
+        Arc::new(pgpitr_storage::RetryingStorage::new(faulty, pgpitr_storage::RetryPolicy::default()));
+    let repo = pgpitr_repo::Repository::open(retrying).await.unwrap();
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user={REPL_USER} dbname=postgres password={REPL_PASSWORD} application_name=pgpitr",
+        pg.port()
+    );
+    let conn_cfg = pgpitr_pgwire::ConnConfig::parse_with_env(&conninfo, |_| None).unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let cfg = pgpitr_stream::StreamConfig { status_interval: Duration::from_millis(300), ..Default::default() };
+    let stats = Arc::new(pgpitr_stream::StreamStats::default());
+    let mut archiver = pgpitr_stream::Archiver::new(repo, conn_cfg, cfg, cancel.clone(), stats);
+    let task = tokio::spawn(async move { archiver.run().await });
+    wait_streaming(&pg, "pgpitr");
+
+    let bench = {
+        let (bin, sock, port) = (pg.bin("pgbench"), pg.sockdir(), pg.port());
+        std::thread::spawn(move || {
+            std::process::Command::new(bin)
+                .args(["-U", SUPERUSER, "-h"])
+                .arg(sock)
+                .args(["-p", &port.to_string(), "-c", "2", "-T", "6", "-n", "postgres"])
+                .output()
+                .expect("pgbench")
+        })
+    };
+    let mut checked = 0;
+    while !bench.is_finished() {
+        // Read the server's view first: the repository only grows after it.
+        let flushed =
+            pg.sql("SELECT coalesce(flush_lsn, '0/0') FROM pg_stat_replication WHERE application_name = 'pgpitr'");
+        if flushed.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let flushed = lsn(&flushed);
+        let stored = durable_end(clean.as_ref(), seg16(), 1).await.unwrap_or_default();
+        assert!(flushed <= stored, "server was told {flushed} is flushed but the repository ends at {stored}");
+        if flushed.is_valid() {
+            checked += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(bench.join().unwrap().status.success());
+    let end = lsn(&pg.sql("SELECT pg_current_wal_lsn()"));
+    wait_durable(clean.as_ref(), seg16(), 1, end, Duration::from_secs(60)).await;
+    cancel.cancel();
+    task.await.unwrap().expect("archiver stops cleanly");
+    assert!(checked > 10, "only {checked} samples with a flush position");
+    assert!(injected() > 0, "no faults were injected");
+    verify_wal_continuity(&backend).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_never_ahead_of_repository_lost_acks_local() {
+    flush_never_ahead_of_repository(Backend::local(), pgpitr_storage::FaultMode::LoseFirst(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_never_ahead_of_repository_random_failures_s3() {
+    flush_never_ahead_of_repository(Backend::s3(), pgpitr_storage::FaultMode::FailFraction(0.3)).await;
+}

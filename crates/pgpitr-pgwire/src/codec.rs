@@ -209,13 +209,15 @@ pub fn pg_epoch_micros(t: SystemTime) -> i64 {
     unix_micros - PG_EPOCH_OFFSET_SECS * 1_000_000
 }
 
-/// Converts a server timestamp (µs since 2000-01-01) to a `SystemTime`.
-pub fn pg_time_to_system(micros: i64) -> SystemTime {
-    let unix = micros.saturating_add(PG_EPOCH_OFFSET_SECS * 1_000_000);
+/// Converts a server timestamp (µs since 2000-01-01) to a `SystemTime`;
+/// `None` if the platform cannot represent it (the value comes from the
+/// network, so it is never trusted to be sane).
+pub fn pg_time_to_system(micros: i64) -> Option<SystemTime> {
+    let unix = micros.checked_add(PG_EPOCH_OFFSET_SECS * 1_000_000)?;
     if unix >= 0 {
-        UNIX_EPOCH + std::time::Duration::from_micros(unix as u64)
+        UNIX_EPOCH.checked_add(std::time::Duration::from_micros(unix as u64))
     } else {
-        UNIX_EPOCH - std::time::Duration::from_micros(unix.unsigned_abs())
+        UNIX_EPOCH.checked_sub(std::time::Duration::from_micros(unix.unsigned_abs()))
     }
 }
 
@@ -368,7 +370,11 @@ mod tests {
         let t = UNIX_EPOCH + std::time::Duration::from_secs(946_684_800);
         assert_eq!(pg_epoch_micros(t), 0);
         assert_eq!(pg_epoch_micros(t + std::time::Duration::from_micros(5)), 5);
-        assert_eq!(pg_time_to_system(5), t + std::time::Duration::from_micros(5));
-        assert_eq!(pg_time_to_system(-1_000_000), t - std::time::Duration::from_secs(1));
+        assert_eq!(pg_time_to_system(5), Some(t + std::time::Duration::from_micros(5)));
+        assert_eq!(pg_time_to_system(-1_000_000), Some(t - std::time::Duration::from_secs(1)));
+        // Garbage from the network never panics.
+        for v in [i64::MAX, i64::MIN, i64::MAX - 1] {
+            let _ = pg_time_to_system(v);
+        }
     }
 }

@@ -292,6 +292,13 @@ impl ConnConfig {
                     reason: "multiple hosts are not supported",
                 });
             }
+            Some(h) if h.starts_with('/') && hostaddr.is_some() => {
+                return Err(ConfigError::InvalidValue {
+                    key: "host",
+                    value: h.to_string(),
+                    reason: "a socket directory cannot be combined with hostaddr",
+                });
+            }
             Some(h) if h.starts_with('/') => (Host::Unix(PathBuf::from(h)), false),
             Some(h) => (Host::Tcp(h.to_string()), false),
             None => match hostaddr {
@@ -774,6 +781,7 @@ mod tests {
         assert!(matches!(parse_err("connect_timeout=soon"), ConfigError::InvalidValue { .. }));
         assert!(matches!(parse_err("hostaddr=db.local"), ConfigError::InvalidValue { key: "hostaddr", .. }));
         assert!(matches!(parse_err("host=a,b"), ConfigError::InvalidValue { key: "host", .. }));
+        assert!(matches!(parse_err("host=/tmp hostaddr=127.0.0.1"), ConfigError::InvalidValue { key: "host", .. }));
         for bad in ["password=hunter2 nonsense", "password=hunter2 x=", "password='hunter2"] {
             let e = parse_err(bad);
             assert!(!e.to_string().contains("hunter2"), "{e}");

@@ -91,54 +91,82 @@ pub enum Op {
     BaseBackup,
 }
 
-/// The cause of an [`Error`].
+/// The cause of an [`Error`]. Each variant's text is the part after the
+/// colon; see [`ErrorKind::is_transient`] for which ones are worth retrying.
+/// Causes are part of the message, never chained as `source()`, so nothing
+/// prints twice.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    #[error("could not translate host name {host:?} to an address: {source}")]
-    Dns { host: String, source: io::Error },
+    /// The host name did not resolve (transient: DNS may recover).
+    #[error("could not translate host name {host:?} to an address: {cause}")]
+    Dns { host: String, cause: io::Error },
+    /// A socket error such as "connection refused" (transient).
     #[error("{}", describe_io(.0))]
     Io(io::Error),
+    /// `connect_timeout` passed before the session was ready (transient).
     #[error("timed out after {} s", .0.as_secs())]
     Timeout(Duration),
+    /// The server hung up without an error message (transient).
     #[error("server closed the connection unexpectedly")]
     Closed,
+    /// The peer broke the protocol; says what was wrong (definite).
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// `sslmode` requires TLS, which is not implemented yet (definite).
     #[error("TLS is not supported yet (sslmode={0}); use sslmode=disable or sslmode=prefer")]
     TlsUnsupported(SslMode),
+    /// Authentication failed (SQLSTATE class 28); names the password file
+    /// when the password came from one (definite).
     #[error("{pg}{}", passfile_note(.passfile))]
-    Auth { pg: PgError, passfile: Option<PathBuf> },
+    Auth { pg: Box<PgError>, passfile: Option<PathBuf> },
+    /// The server wants a password and none is configured (definite).
     #[error(
         "the server asked for a password for user {user:?} but none was given (use password=, PGPASSWORD or a .pgpass entry)"
     )]
     NoPassword { user: String },
+    /// Kerberos, GSSAPI, SSPI, or SASL without SCRAM-SHA-256 (definite).
     #[error("the server asked for an unsupported authentication method: {0}")]
     UnsupportedAuth(String),
+    /// SCRAM failed on our side, e.g. the server's signature did not verify (definite).
     #[error("SCRAM authentication failed: {0}")]
     Scram(String),
-    #[error("no pg_hba.conf entry allows this connection: {0}")]
-    NoHbaEntry(PgError),
+    /// pg_hba.conf has no line for this connection; the server's own text
+    /// names the host, user and encryption (definite).
+    #[error("{0}")]
+    NoHbaEntry(Box<PgError>),
+    /// The role lacks the REPLICATION attribute (definite).
     #[error("role {user:?} is not allowed to start replication (needs the REPLICATION attribute)")]
-    NoReplicationPrivilege { user: String, pg: PgError },
+    NoReplicationPrivilege { user: String, pg: Box<PgError> },
+    /// `max_wal_senders = 0` on the server (definite).
     #[error(
         "replication is disabled on the server (max_wal_senders = 0; set wal_level=replica and max_wal_senders > 0)"
     )]
-    ReplicationDisabled(PgError),
+    ReplicationDisabled(Box<PgError>),
+    /// CREATE_REPLICATION_SLOT for a name in use (definite).
     #[error("replication slot {slot:?} already exists")]
-    SlotExists { slot: String, pg: PgError },
+    SlotExists { slot: String, pg: Box<PgError> },
+    /// No slot of that name (definite).
     #[error("replication slot {slot:?} does not exist")]
-    SlotMissing { slot: String, pg: PgError },
+    SlotMissing { slot: String, pg: Box<PgError> },
+    /// Another walsender holds the slot (transient: often our own previous
+    /// session, not yet timed out).
     #[error("{pg}")]
-    SlotActive { slot: String, pid: Option<u32>, pg: PgError },
+    SlotActive { slot: String, pid: Option<u32>, pg: Box<PgError> },
+    /// The requested WAL is gone from the server (definite: there is a gap).
     #[error("{0}")]
-    WalRemoved(PgError),
+    WalRemoved(Box<PgError>),
+    /// Any other server error; transient or not by SQLSTATE.
     #[error("{0}")]
-    Server(PgError),
+    Server(Box<PgError>),
+    /// The server is too old for the command (definite).
     #[error("{0}")]
     Unsupported(String),
+    /// A caller-supplied value cannot be sent, e.g. a NUL byte (definite).
     #[error("{0}")]
     InvalidArgument(String),
+    /// An earlier interruption or error left the connection out of step
+    /// with the server; reconnect (definite for this connection).
     #[error("connection is not usable: {0}")]
     Unusable(&'static str),
 }
@@ -175,25 +203,26 @@ impl ErrorKind {
     /// connecting means "no REPLICATION attribute", later it is generic.
     pub(crate) fn from_pg(pg: PgError, op: Op, user: &str) -> ErrorKind {
         let msg = pg.message.as_str();
-        match pg.code.as_str() {
-            "28000" if msg.starts_with("no pg_hba.conf entry") => ErrorKind::NoHbaEntry(pg),
-            c if c.starts_with("28") => ErrorKind::Auth { pg, passfile: None },
-            "42501" if op == Op::Connect => ErrorKind::NoReplicationPrivilege { user: user.to_string(), pg },
-            "53300" if msg.contains("max_wal_senders") && msg.contains("(currently 0)") => {
-                ErrorKind::ReplicationDisabled(pg)
-            }
-            "42710" if msg.starts_with("replication slot") => {
-                ErrorKind::SlotExists { slot: pg.quoted_name().unwrap_or_default(), pg }
-            }
-            "42704" if msg.starts_with("replication slot") => {
-                ErrorKind::SlotMissing { slot: pg.quoted_name().unwrap_or_default(), pg }
-            }
-            "55006" if msg.starts_with("replication slot") => {
-                let pid = msg.rsplit_once("PID ").and_then(|(_, p)| p.trim().parse().ok());
-                ErrorKind::SlotActive { slot: pg.quoted_name().unwrap_or_default(), pid, pg }
-            }
-            "58P01" if msg.starts_with("requested WAL segment") => ErrorKind::WalRemoved(pg),
-            _ => ErrorKind::Server(pg),
+        let code = pg.code.as_str();
+        if code == "28000" && msg.starts_with("no pg_hba.conf entry") {
+            ErrorKind::NoHbaEntry(Box::new(pg))
+        } else if code.starts_with("28") {
+            ErrorKind::Auth { pg: Box::new(pg), passfile: None }
+        } else if code == "42501" && op == Op::Connect {
+            ErrorKind::NoReplicationPrivilege { user: user.to_string(), pg: Box::new(pg) }
+        } else if code == "53300" && msg.contains("max_wal_senders") && msg.contains("(currently 0)") {
+            ErrorKind::ReplicationDisabled(Box::new(pg))
+        } else if code == "42710" && msg.starts_with("replication slot") {
+            ErrorKind::SlotExists { slot: pg.quoted_name().unwrap_or_default(), pg: Box::new(pg) }
+        } else if code == "42704" && msg.starts_with("replication slot") {
+            ErrorKind::SlotMissing { slot: pg.quoted_name().unwrap_or_default(), pg: Box::new(pg) }
+        } else if code == "55006" && msg.starts_with("replication slot") {
+            let pid = msg.rsplit_once("PID ").and_then(|(_, p)| p.trim().parse().ok());
+            ErrorKind::SlotActive { slot: pg.quoted_name().unwrap_or_default(), pid, pg: Box::new(pg) }
+        } else if code == "58P01" && msg.starts_with("requested WAL segment") {
+            ErrorKind::WalRemoved(Box::new(pg))
+        } else {
+            ErrorKind::Server(Box::new(pg))
         }
     }
 
@@ -243,7 +272,7 @@ impl ErrorKind {
             | ErrorKind::SlotMissing { pg, .. }
             | ErrorKind::SlotActive { pg, .. }
             | ErrorKind::WalRemoved(pg)
-            | ErrorKind::Server(pg) => Some(pg),
+            | ErrorKind::Server(pg) => Some(&**pg),
             _ => None,
         }
     }
@@ -417,10 +446,10 @@ mod tests {
     #[test]
     fn transient_split() {
         for code in ["57P01", "57P03", "08006", "53300", "40001"] {
-            assert!(ErrorKind::Server(pg("FATAL", code, "x")).is_transient(), "{code}");
+            assert!(ErrorKind::Server(Box::new(pg("FATAL", code, "x"))).is_transient(), "{code}");
         }
         for code in ["XX000", "42601", "58P01", "0A000"] {
-            assert!(!ErrorKind::Server(pg("ERROR", code, "x")).is_transient(), "{code}");
+            assert!(!ErrorKind::Server(Box::new(pg("ERROR", code, "x"))).is_transient(), "{code}");
         }
         assert!(ErrorKind::Closed.is_transient());
         assert!(ErrorKind::Timeout(Duration::from_secs(10)).is_transient());
@@ -439,7 +468,7 @@ mod tests {
     #[test]
     fn auth_note_names_passfile() {
         let k = ErrorKind::Auth {
-            pg: pg("FATAL", "28P01", "password authentication failed for user \"a\""),
+            pg: Box::new(pg("FATAL", "28P01", "password authentication failed for user \"a\"")),
             passfile: Some(PathBuf::from("/home/a/.pgpass")),
         };
         assert_eq!(

@@ -53,6 +53,7 @@ impl AsyncWrite for Transport {
 pub(crate) async fn open(config: &ConnConfig) -> Result<(Transport, String), Error> {
     let port = config.port();
     match config.host() {
+        // Like libpq, TLS never applies to Unix sockets, whatever sslmode says.
         Host::Unix(dir) => {
             let mut path = socket_path(dir, port);
             // Debian servers listen in /var/run/postgresql, upstream builds in
@@ -80,7 +81,7 @@ pub(crate) async fn open(config: &ConnConfig) -> Result<(Transport, String), Err
             } else if let Ok(ip) = name.parse() {
                 vec![SocketAddr::new(ip, port)]
             } else {
-                let dns = |source| Error::new(Op::Connect, &target, ErrorKind::Dns { host: name.clone(), source });
+                let dns = |cause| Error::new(Op::Connect, &target, ErrorKind::Dns { host: name.clone(), cause });
                 let found: Vec<SocketAddr> =
                     tokio::net::lookup_host((name.as_str(), port)).await.map_err(dns)?.collect();
                 if found.is_empty() {

@@ -91,13 +91,21 @@ pub async fn overwrite(s: &dyn Storage) {
     assert_eq!(keys(s, "conf/ow/").await, vec![key.to_owned()]);
 }
 
-/// `put_if_absent` creates once and never replaces, also when racing.
+/// `put_if_absent` creates once and never replaces.
 pub async fn put_if_absent(s: &dyn Storage) {
     let key = "conf/pia/obj";
     assert_eq!(ok(s.put_if_absent(key, Bytes::from_static(b"first")).await, "create"), PutOutcome::Created);
     assert_eq!(ok(s.put_if_absent(key, Bytes::from_static(b"second")).await, "again"), PutOutcome::AlreadyExists);
     assert_eq!(&ok(s.get(key).await, "get")[..], b"first");
+    ok(s.put(key, Bytes::from_static(b"replaced")).await, "put over it");
+    assert_eq!(ok(s.put_if_absent(key, Bytes::from_static(b"third")).await, "again"), PutOutcome::AlreadyExists);
+    assert_eq!(&ok(s.get(key).await, "get")[..], b"replaced");
+}
 
+/// Of many racing `put_if_absent` calls exactly one creates the object.
+/// AWS S3 and the local backend guarantee this; s3s-fs checks for the
+/// object and then writes it without a lock, so the S3 run leaves this out.
+pub async fn put_if_absent_race(s: &dyn Storage) {
     let race = "conf/pia/race";
     let outcomes = futures_util::future::join_all((0..8u8).map(|i| async move {
         (i, ok(s.put_if_absent(race, Bytes::from(vec![i; 4096])).await, "racing put_if_absent"))

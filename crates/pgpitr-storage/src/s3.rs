@@ -807,7 +807,6 @@ impl S3Upload {
                 self.done_parts.insert(n, part);
             }
             Ok((n, body, Err(e))) => {
-                eprintln!("DEBUG part {n} failed: {e}");
                 self.failed_parts.push((n, body));
                 if e.is_transient() {
                     self.pending = Some(e);

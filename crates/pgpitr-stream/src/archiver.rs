@@ -144,6 +144,8 @@ struct State {
     scanner: Option<WalScanner>,
     events: Vec<WalEvent>,
     tracker: DurableTracker,
+    /// Until something is stored, a new repository has nothing to report.
+    report_floor: Lsn,
     uploads: JoinSet<Done>,
     segments_in_flight: usize,
     parts_in_flight: usize,
@@ -176,6 +178,7 @@ impl State {
             scanner,
             events: Vec::new(),
             tracker: DurableTracker::new(plan.start),
+            report_floor: if plan.start_is_stored { Lsn::INVALID } else { plan.start },
             uploads: JoinSet::new(),
             segments_in_flight: 0,
             parts_in_flight: 0,
@@ -186,6 +189,13 @@ impl State {
 
     fn durable(&self) -> Lsn {
         self.tracker.durable()
+    }
+
+    /// The position to report as written and flushed: the durable one, or
+    /// "invalid" while nothing at all is stored yet.
+    fn reportable(&self) -> Lsn {
+        let d = self.tracker.durable();
+        if d > self.report_floor { d } else { Lsn::INVALID }
     }
 
     /// Backpressure: stop reading while too many segments are in flight, so
@@ -224,8 +234,8 @@ impl State {
                 }
                 Some(done) = self.uploads.join_next(), if !self.uploads.is_empty() => {
                     let done = done.map_err(|e| StreamError::Internal(format!("upload task failed: {e}")))?;
-                    if self.finish_upload(done)? && self.durable() > reported {
-                        reported = self.durable();
+                    if self.finish_upload(done)? && self.reportable() > reported {
+                        reported = self.reportable();
                         stream.send_status(reported, reported, reported, false).await?;
                     }
                 }
@@ -238,7 +248,7 @@ impl State {
                         StreamMessage::Keepalive { reply_requested, end_of_wal, .. } => {
                             self.stats.server_lsn.store(end_of_wal.0, Ordering::Relaxed);
                             if reply_requested {
-                                reported = self.durable();
+                                reported = self.reportable();
                                 stream.send_status(reported, reported, reported, false).await?;
                             }
                         }
@@ -249,7 +259,7 @@ impl State {
                 }
                 _ = status_tick.tick() => {
                     // Also keeps wal_sender_timeout from firing while storage is slow.
-                    reported = self.durable();
+                    reported = self.reportable();
                     stream.send_status(reported, reported, reported, false).await?;
                 }
             }
@@ -380,7 +390,7 @@ impl State {
             }
         }
         if let Some(stream) = stream {
-            let d = self.durable();
+            let d = self.reportable();
             stream.send_status(d, d, d, false).await?;
         }
         Ok(())

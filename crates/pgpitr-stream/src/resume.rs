@@ -22,6 +22,9 @@ pub struct ResumePlan {
     /// Bytes from the start of the segment up to `start`, for the scanner to
     /// resynchronise on (its events were recorded when they were stored).
     pub scan_prefix: Bytes,
+    /// Whether WAL up to `start` is in the repository (false for a new one,
+    /// where `start` is merely where streaming begins).
+    pub start_is_stored: bool,
 }
 
 pub async fn plan(
@@ -66,7 +69,7 @@ pub async fn plan(
         let start = restart.segment_floor(seg);
         tracing::info!(%start, %tli, "new repository: streaming from the slot's restart segment");
         let segment = OpenSegment::new(tli, start.segment_number(seg), seg, &[], true);
-        return Ok(ResumePlan { tli, start, segment, scan_prefix: Bytes::new() });
+        return Ok(ResumePlan { tli, start, segment, scan_prefix: Bytes::new(), start_is_stored: false });
     };
 
     let end = tl.end().expect("a scanned timeline has objects");
@@ -133,7 +136,7 @@ pub async fn plan(
         }
     }
     tracing::info!(%tli, %start, "resuming where the repository ends");
-    Ok(ResumePlan { tli, start, segment, scan_prefix: prefix })
+    Ok(ResumePlan { tli, start, segment, scan_prefix: prefix, start_is_stored: true })
 }
 
 /// Stores a `.history` file, accepting an identical copy already there.

@@ -75,7 +75,7 @@ pub async fn store(
         };
         if let Err(msg) = result {
             attempt += 1;
-            let backoff = Duration::from_millis(500u64.saturating_mul(1 << attempt.min(6))).min(MAX_BACKOFF);
+            let backoff = Duration::from_millis(200u64.saturating_mul(1 << (attempt - 1).min(8))).min(MAX_BACKOFF);
             let jittered = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
             tracing::warn!(key = %key, attempt, retry_in = ?jittered, "storing WAL failed, will retry: {msg}");
             tokio::select! {

@@ -22,16 +22,19 @@ macro_rules! suite {
 
 mod local {
     suite!(local);
-    suite!(@each local; prefix_is_not_an_object);
+    suite!(@each local; prefix_is_not_an_object, put_if_absent_race);
 }
 
+// `prefix_is_not_an_object` and `put_if_absent_race` hold on AWS S3 but not
+// on s3s-fs (HTTP 500 for a GET of a directory; If-None-Match is checked
+// without a lock), so the S3 runs leave them out; see their docs.
 mod s3 {
     suite!(s3);
 }
 
 mod local_faulty {
     suite!(local_faulty);
-    suite!(@each local_faulty; prefix_is_not_an_object);
+    suite!(@each local_faulty; prefix_is_not_an_object, put_if_absent_race);
 }
 
 mod s3_faulty {

@@ -3,11 +3,12 @@
 //! broken network are retried until the object is complete and identical.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pgpitr_storage::conformance::data;
-use pgpitr_storage::{RetryPolicy, RetryingStorage, S3Options, S3Storage, Storage};
+use pgpitr_storage::{FaultMode, FaultyStorage, Op, RetryPolicy, RetryingStorage, S3Options, S3Storage, Storage};
 
 use crate::common::{BUCKET, s3, s3_options};
 use crate::proxy::Proxy;
@@ -77,18 +78,23 @@ async fn upload_survives_a_broken_network() {
     let opts = S3Options { endpoint: Some(proxy.endpoint()), ..s3_options(&fx.server, BUCKET) };
     let policy =
         RetryPolicy { max_attempts: 60, base_delay: Duration::from_millis(10), max_delay: Duration::from_millis(100) };
-    let storage = RetryingStorage::new(S3Storage::new(opts).await.expect("client"), policy);
+    // FailFirst(0) injects nothing; it counts attempts, so the test can see
+    // that the outage really made calls fail and get retried.
+    let counter = Arc::new(FaultyStorage::new(S3Storage::new(opts).await.expect("client"), FaultMode::FailFirst(0)));
+    let storage = RetryingStorage::new(counter.clone(), policy);
 
     let v = data(5, 17 * 1024 * 1024 + 1);
     let mut up = storage.start_upload("flaky").await.expect("start");
-    let mut chunks = v.chunks(512 * 1024).map(Bytes::copy_from_slice);
+    let chunks: Vec<Bytes> = v.chunks(512 * 1024).map(Bytes::copy_from_slice).collect();
+    let calls = chunks.len() as u64 + 1;
+    let mut chunks = chunks.into_iter();
     for chunk in chunks.by_ref().take(12) {
         up.put_part(chunk).await.expect("put_part before the outage");
     }
     // Parts are in flight now; cut them off, and heal the network later.
     proxy.set_broken(true);
     let healer = async {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         proxy.set_broken(false);
     };
     let writer = async {
@@ -100,5 +106,7 @@ async fn upload_survives_a_broken_network() {
     let (_, total) = tokio::join!(healer, writer);
     assert_eq!(total, v.len() as u64);
     assert!(proxy.cuts() > 0, "the outage cut no connection; the test proved nothing");
+    let attempts = counter.total_attempts(Op::PutPart) + counter.total_attempts(Op::CompleteUpload);
+    assert!(attempts > calls, "no put_part or complete was retried ({attempts} attempts for {calls} calls)");
     assert!(storage.get("flaky").await.expect("get") == v, "object differs after the outage");
 }
