@@ -229,9 +229,13 @@ pub async fn assemble_segment(
     let mut valid = 0u64;
     for (id, _) in objs {
         let WalObjectKind::Part { from, to } = id.kind else { continue };
-        if from as u64 != valid {
+        if from as u64 > valid {
             // A hole inside the segment: only the contiguous prefix is usable.
             break;
+        }
+        if to as u64 <= valid {
+            // Wholly inside what earlier parts gave (two writers cut differently).
+            continue;
         }
         let key = id.key(seg);
         let (_, raw) = read_object(storage, &key).await?;
@@ -242,7 +246,8 @@ pub async fn assemble_segment(
                 reason: format!("part holds {} bytes, its name says {}", raw.len(), to - from),
             });
         }
-        buf[from as usize..to as usize].copy_from_slice(&raw);
+        let skip = (valid - from as u64) as usize;
+        buf[valid as usize..to as usize].copy_from_slice(&raw[skip..]);
         valid = to as u64;
     }
     if valid == 0 {
@@ -291,8 +296,7 @@ mod tests {
 
     #[test]
     fn coverage_and_gaps() {
-        let mut tl = TimelineWal::default();
-        tl.ranges = vec![(Lsn(0), Lsn(100)), (Lsn(200), Lsn(300))];
+        let tl = TimelineWal { ranges: vec![(Lsn(0), Lsn(100)), (Lsn(200), Lsn(300))], ..Default::default() };
         assert_eq!(tl.gaps(), vec![(Lsn(100), Lsn(200))]);
         assert!(tl.covers(Lsn(10), Lsn(100)));
         assert!(!tl.covers(Lsn(10), Lsn(201)));

@@ -28,7 +28,7 @@ impl TimelineHistory {
                 continue;
             }
             let bad = || ParseError::History { line: i + 1, text: raw.to_string() };
-            let mut fields = line.splitn(3, |c: char| c == '\t' || c == ' ');
+            let mut fields = line.splitn(3, ['\t', ' ']);
             let parent: TimelineId = fields.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
             let switchpoint: Lsn = fields.next().ok_or_else(bad)?.trim().parse().map_err(|_| bad())?;
             let reason = fields.next().unwrap_or("").trim().to_string();
