@@ -676,6 +676,20 @@ impl ReplicationConnection {
         }
     }
 
+    /// CREATE_REPLICATION_SLOT name TEMPORARY PHYSICAL (RESERVE_WAL): a slot
+    /// that keeps WAL from now on for as long as this connection lives, and
+    /// vanishes with it. Returns the slot's restart point.
+    pub async fn create_temporary_physical_slot(&mut self, name: &str) -> Result<Lsn, Error> {
+        const CMD: &str = "CREATE_REPLICATION_SLOT";
+        let op = Op::Command(CMD);
+        let q = quote_ident(name, "slot name").map_err(|k| self.err(op, k))?;
+        self.run(op, &format!("{CMD} {q} TEMPORARY PHYSICAL (RESERVE_WAL)")).await?;
+        let slot = self.read_replication_slot(name).await?;
+        slot.and_then(|s| s.restart_lsn).ok_or_else(|| {
+            self.err(op, ErrorKind::Protocol(format!("temporary slot {name:?} reports no restart point")))
+        })
+    }
+
     /// READ_REPLICATION_SLOT (PostgreSQL 15+): `None` when the slot does
     /// not exist.
     pub async fn read_replication_slot(&mut self, name: &str) -> Result<Option<SlotInfo>, Error> {

@@ -386,7 +386,8 @@ pub async fn no_temp_objects_listed(s: &dyn Storage) {
 ///
 /// A read racing a write may fail transiently instead (s3s-fs stores an
 /// object's checksum apart from its data, and the SDK's checksum check
-/// catches the mismatch); it must then succeed when repeated.
+/// catches the mismatch); it must then succeed when repeated, at the latest
+/// once the writers are done.
 pub async fn concurrent_writers(s: &dyn Storage) {
     const LEN: usize = 256 * 1024;
     let key = "conf/cw/obj";
@@ -401,7 +402,10 @@ pub async fn concurrent_writers(s: &dyn Storage) {
             let mut tries = 0;
             let v = loop {
                 match s.get(key).await {
-                    Err(e) if e.is_transient() && tries < 5 => tries += 1,
+                    Err(e) if e.is_transient() && tries < 200 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
                     other => break ok(other, "concurrent get"),
                 }
             };

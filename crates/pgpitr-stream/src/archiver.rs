@@ -154,6 +154,8 @@ struct State {
     upload_latency: Duration,
     /// Cancels uploads only when a shutdown runs out of time.
     upload_cancel: CancellationToken,
+    /// For a bounded range: stop once WAL up to here is durable.
+    stop_at: Option<Lsn>,
 }
 
 impl State {
@@ -184,6 +186,7 @@ impl State {
             parts_in_flight: 0,
             upload_latency: Duration::from_millis(20),
             upload_cancel,
+            stop_at: None,
         }
     }
 
@@ -201,14 +204,18 @@ impl State {
     /// Backpressure: stop reading while too many segments are in flight, so
     /// memory stays bounded whatever the WAL rate or storage latency.
     fn can_accept(&self) -> bool {
-        self.segments_in_flight < self.cfg.max_segments_in_flight
+        self.segments_in_flight < self.cfg.max_segments_in_flight && !self.received_enough()
+    }
+
+    fn received_enough(&self) -> bool {
+        self.stop_at.is_some_and(|s| self.received >= s)
     }
 
     /// When the pending bytes must be handed to storage to be durable within
     /// the flush interval of their arrival.
     fn flush_deadline(&self) -> Option<Instant> {
         let since = self.cur.pending_since()?;
-        if self.cfg.synchronous {
+        if self.cfg.synchronous || self.received_enough() {
             return (self.parts_in_flight == 0).then_some(since);
         }
         let lead = self.upload_latency.min(self.cfg.flush_interval / 2);
@@ -223,6 +230,10 @@ impl State {
         let mut status_tick = tokio::time::interval(self.cfg.status_interval);
         status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reported = Lsn::INVALID;
+        // The server sends keepalives at least every wal_sender_timeout / 2;
+        // silence much longer than that is a dead connection TCP did not notice.
+        let silence_limit = (self.cfg.status_interval * 3).max(Duration::from_secs(90));
+        let mut last_heard = Instant::now();
         loop {
             let deadline = self.flush_deadline();
             tokio::select! {
@@ -238,11 +249,17 @@ impl State {
                         reported = self.reportable();
                         stream.send_status(reported, reported, reported, false).await?;
                     }
+                    if self.stop_at.is_some_and(|s| self.durable() >= s) {
+                        self.drain(Some(&mut stream)).await?;
+                        stream.finish().await.ok();
+                        return Ok(Flow::Shutdown);
+                    }
                 }
                 _ = sleep_until_opt(deadline) => {
                     self.submit_part();
                 }
                 msg = stream.next(), if self.can_accept() => {
+                    last_heard = Instant::now();
                     match msg? {
                         StreamMessage::XLogData { start, data, .. } => self.on_wal(start, data)?,
                         StreamMessage::Keepalive { reply_requested, end_of_wal, .. } => {
@@ -256,6 +273,13 @@ impl State {
                             return Ok(Flow::NextTimeline { next_tli, next_start: next_tli_start });
                         }
                     }
+                }
+                // After the message branch, so data already buffered wins.
+                _ = tokio::time::sleep_until((last_heard + silence_limit).into()), if self.can_accept() => {
+                    return Err(StreamError::Protocol(format!(
+                        "nothing heard from the server for {} s; assuming the connection is dead",
+                        silence_limit.as_secs()
+                    )));
                 }
                 _ = status_tick.tick() => {
                     // Also keeps wal_sender_timeout from firing while storage is slow.
@@ -422,6 +446,36 @@ impl State {
         self.tli = next_tli;
         self.stats.timeline.store(next_tli.0, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Stores WAL `from..to` of timeline `tli` in the repository, streaming
+/// only what is not there yet, on a connection the caller owns (for example
+/// one holding a temporary slot that keeps the range on the server).
+/// Returns once all of it is durable.
+pub async fn archive_range(
+    repo: &Repository,
+    conn: &mut ReplicationConnection,
+    slot: Option<&str>,
+    tli: TimelineId,
+    from: Lsn,
+    to: Lsn,
+    cancel: &CancellationToken,
+) -> Result<(), StreamError> {
+    let Some(plan) = resume::plan_range(repo, tli, from, to).await? else {
+        return Ok(());
+    };
+    let cfg = StreamConfig { flush_interval: Duration::from_millis(200), ..StreamConfig::default() };
+    tracing::info!(%tli, start = %plan.start, %to, "fetching WAL range into the repository");
+    let mut st = State::new(repo, &cfg, plan, Arc::new(StreamStats::default()), cancel.child_token());
+    st.stop_at = Some(to);
+    let stream = conn.start_physical(slot, st.received, tli).await?;
+    match st.stream(stream, cancel).await? {
+        Flow::Shutdown if st.durable() >= to => Ok(()),
+        Flow::Shutdown => Err(StreamError::Cancelled),
+        Flow::NextTimeline { next_start, .. } => Err(StreamError::Definite(format!(
+            "timeline {tli} ended at {next_start}, before {to}: the server was promoted during the operation"
+        ))),
     }
 }
 

@@ -12,7 +12,7 @@ mod resume;
 mod segment;
 mod upload;
 
-pub use archiver::Archiver;
+pub use archiver::{Archiver, archive_range};
 pub use durable::DurableTracker;
 
 use pgpitr_types::Lsn;

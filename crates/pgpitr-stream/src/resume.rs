@@ -110,17 +110,33 @@ pub async fn plan(
         }
     }
 
+    tracing::info!(%tli, %start, "resuming where the repository ends");
+    open_at(repo, tl, repo_tli, tli, start, inherited).await
+}
+
+/// The open segment for streaming `tli` from `start`, whose earlier bytes
+/// come from what `tl` (timeline `from_tli`) holds.
+async fn open_at(
+    repo: &Repository,
+    tl: &wal::TimelineWal,
+    from_tli: TimelineId,
+    tli: TimelineId,
+    start: Lsn,
+    inherited: bool,
+) -> Result<ResumePlan, StreamError> {
+    let storage = repo.storage();
+    let seg = repo.seg_size();
     let segno = start.segment_number(seg);
     let offset = start.segment_offset(seg) as usize;
     let prefix = if offset == 0 {
         Bytes::new()
     } else {
         let assembled = wal::assemble_segment(storage.as_ref(), seg, tl, segno).await?.ok_or_else(|| {
-            StreamError::Definite(format!("segment {segno} of timeline {repo_tli} vanished from the repository"))
+            StreamError::Definite(format!("segment {segno} of timeline {from_tli} vanished from the repository"))
         })?;
         if (assembled.valid_len as usize) < offset {
             return Err(StreamError::Definite(format!(
-                "repository coverage of timeline {repo_tli} ends at {end} but its segment holds only {} bytes",
+                "repository coverage of timeline {from_tli} reaches {start} but its segment holds only {} bytes",
                 assembled.valid_len
             )));
         }
@@ -135,8 +151,31 @@ pub async fn plan(
             }
         }
     }
-    tracing::info!(%tli, %start, "resuming where the repository ends");
     Ok(ResumePlan { tli, start, segment, scan_prefix: prefix, start_is_stored: true })
+}
+
+/// Where to stream so that `from..to` on `tli` ends up stored: `None` when
+/// it already is; otherwise from the end of what is stored around `from`'s
+/// segment, or from that segment's start.
+pub async fn plan_range(
+    repo: &Repository,
+    tli: TimelineId,
+    from: Lsn,
+    to: Lsn,
+) -> Result<Option<ResumePlan>, StreamError> {
+    let seg = repo.seg_size();
+    let (timelines, _) = wal::scan(repo.storage().as_ref(), seg).await?;
+    let floor = from.segment_floor(seg);
+    let empty = wal::TimelineWal::default();
+    let tl = timelines.get(&tli).unwrap_or(&empty);
+    match tl.ranges.iter().find(|&&(s, e)| s <= floor && floor <= e) {
+        Some(&(_, e)) if e >= to => Ok(None),
+        Some(&(_, e)) => open_at(repo, tl, tli, tli, e, false).await.map(Some),
+        None => {
+            let segment = OpenSegment::new(tli, floor.segment_number(seg), seg, &[], true);
+            Ok(Some(ResumePlan { tli, start: floor, segment, scan_prefix: Bytes::new(), start_is_stored: false }))
+        }
+    }
 }
 
 /// Stores a `.history` file, accepting an identical copy already there.

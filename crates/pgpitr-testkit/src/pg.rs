@@ -259,9 +259,17 @@ impl PgCluster {
     }
 
     pub fn start(&mut self) {
-        let mut cmd = self.command("pg_ctl");
-        cmd.arg("-D").arg(self.datadir()).arg("-l").arg(self.log_path()).args(["-w", "-t", "60", "start"]);
-        let out = cmd.output().expect("run pg_ctl start");
+        let mut out = self.try_start();
+        // free_port() races with other tests: on a lost race, take another port.
+        for _ in 0..3 {
+            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            if out.status.success() || !log.contains("could not bind") {
+                break;
+            }
+            self.port = free_port();
+            self.append_file("postgresql.conf", &format!("\nport = {}\n", self.port));
+            out = self.try_start();
+        }
         if !out.status.success() {
             panic!(
                 "pg_ctl start failed: {}\n--- server log:\n{}",
@@ -270,6 +278,14 @@ impl PgCluster {
             );
         }
         self.running = true;
+    }
+
+    fn try_start(&self) -> Output {
+        // A fresh log per attempt, so the bind check reads this attempt only.
+        let _ = std::fs::OpenOptions::new().write(true).truncate(true).open(self.log_path());
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("-D").arg(self.datadir()).arg("-l").arg(self.log_path()).args(["-w", "-t", "60", "start"]);
+        cmd.output().expect("run pg_ctl start")
     }
 
     /// Stops the server; `mode` is pg_ctl's `-m`: smart, fast or immediate.

@@ -104,3 +104,18 @@ async fn slot_lifecycle() {
     assert!(matches!(err.kind(), ErrorKind::InvalidArgument(_)), "{err}");
     conn.identify_system().await.unwrap();
 }
+
+#[tokio::test]
+async fn temporary_slot_lives_with_its_connection() {
+    let pg = PgCluster::start_default();
+    let mut conn = connect_repl(&pg).await;
+    let lsn = conn.create_temporary_physical_slot("pgpitr_tmp").await.unwrap();
+    assert!(lsn.is_valid());
+    let q = "SELECT temporary, restart_lsn FROM pg_replication_slots WHERE slot_name = 'pgpitr_tmp'";
+    assert_eq!(pg.sql(q), format!("t|{lsn}"));
+    conn.close().await;
+    let gone = pgpitr_testkit::wait_for(std::time::Duration::from_secs(10), || {
+        pg.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgpitr_tmp'").eq("0").then_some(())
+    });
+    assert!(gone.is_some(), "a temporary slot must disappear with its connection");
+}
