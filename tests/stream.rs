@@ -187,8 +187,16 @@ async fn kill9_at_several_points_loses_nothing_s3() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn survives_postgres_crash_restart() {
-    let backend = Backend::local();
+async fn survives_postgres_crash_restart_local() {
+    survives_postgres_crash_restart(Backend::local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_postgres_crash_restart_s3() {
+    survives_postgres_crash_restart(Backend::s3()).await;
+}
+
+async fn survives_postgres_crash_restart(backend: Backend) {
     let mut pg = PgCluster::start_default();
     pg.sql("CREATE TABLE t (x int)");
     let s = StreamProc::start(&pg, &backend, &[]);
@@ -205,8 +213,16 @@ async fn survives_postgres_crash_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follows_promotion_to_timeline_2() {
-    let backend = Backend::local();
+async fn follows_promotion_to_timeline_2_local() {
+    follows_promotion_to_timeline_2(Backend::local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_promotion_to_timeline_2_s3() {
+    follows_promotion_to_timeline_2(Backend::s3()).await;
+}
+
+async fn follows_promotion_to_timeline_2(backend: Backend) {
     let primary = PgCluster::start_default();
     primary.sql("CREATE TABLE t (x int); INSERT INTO t VALUES (1);");
     let standby = primary.start_standby();

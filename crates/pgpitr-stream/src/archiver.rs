@@ -356,8 +356,9 @@ impl State {
         let seg = self.seg;
         let cancel = self.upload_cancel.clone();
         self.uploads.spawn(async move {
-            let result = upload::store(&storage, seg, &up, &cancel).await;
-            Done { id: up.id, start: up.start, end: up.end(), superseded, result }
+            let (id, start, end) = (up.id, up.start, up.end());
+            let result = upload::store(&storage, seg, up, &cancel).await;
+            Done { id, start, end, superseded, result }
         });
     }
 

@@ -34,25 +34,30 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// until `cancel` fires. An existing object with the same key is accepted
 /// only if it holds the same bytes: the same WAL is never stored twice with
 /// different contents. Returns the time the successful attempt took.
+///
+/// Takes `up` by value so the raw bytes are freed as soon as they are
+/// encoded: an upload in flight holds only its compressed form.
 pub async fn store(
     storage: &Arc<dyn Storage>,
     seg: WalSegSize,
-    up: &WalUpload,
+    up: WalUpload,
     cancel: &CancellationToken,
 ) -> Result<Duration, StreamError> {
     let key = up.id.key(seg);
-    let (raw, start, tli, summary) = (up.raw.clone(), up.start, up.id.tli, up.summary.clone());
-    let encoded = tokio::task::spawn_blocking(move || object::encode(tli, start, &raw, Codec::Lz4, &summary))
-        .await
-        .map_err(|e| StreamError::Internal(format!("encoder task failed: {e}")))?;
-    let want_crc = crc32fast::hash(&up.raw);
+    let (start, end) = (up.start, up.end());
+    let WalUpload { id, raw, summary, .. } = up;
+    let (encoded, want_crc) = tokio::task::spawn_blocking(move || {
+        (object::encode(id.tli, start, &raw, Codec::Lz4, &summary), crc32fast::hash(&raw))
+    })
+    .await
+    .map_err(|e| StreamError::Internal(format!("encoder task failed: {e}")))?;
     let mut attempt = 0u32;
     loop {
         let began = Instant::now();
         let result: Result<(), String> = match storage.put_if_absent(&key, encoded.clone()).await {
             Ok(PutOutcome::Created) => return Ok(began.elapsed()),
             Ok(PutOutcome::AlreadyExists) => match read_object(storage.as_ref(), &key).await {
-                Ok((h, _)) if h.raw_crc == want_crc && h.start == up.start && h.end == up.end() => {
+                Ok((h, _)) if h.raw_crc == want_crc && h.start == start && h.end == end => {
                     return Ok(began.elapsed());
                 }
                 Ok((h, _)) => {
@@ -60,12 +65,7 @@ pub async fn store(
                         key,
                         detail: format!(
                             "stored object covers {}..{} with checksum {:08x}, received WAL covers {}..{} with {:08x}",
-                            h.start,
-                            h.end,
-                            h.raw_crc,
-                            up.start,
-                            up.end(),
-                            want_crc
+                            h.start, h.end, h.raw_crc, start, end, want_crc
                         ),
                     });
                 }
@@ -83,5 +83,37 @@ pub async fn store(
                 _ = tokio::time::sleep(jittered) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgpitr_repo::wal::WalObjectId;
+    use pgpitr_storage::LocalStorage;
+    use pgpitr_types::{SegNo, TimelineId};
+
+    fn up(fill: u8) -> WalUpload {
+        WalUpload {
+            id: WalObjectId::part(TimelineId(1), SegNo(2), 0, 4096),
+            start: Lsn(2 << 20),
+            raw: Bytes::from(vec![fill; 4096]),
+            summary: WalSummary::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn same_bytes_again_is_fine_different_bytes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path()));
+        let seg = WalSegSize::new(1 << 20).unwrap();
+        let cancel = CancellationToken::new();
+        store(&storage, seg, up(1), &cancel).await.unwrap();
+        store(&storage, seg, up(1), &cancel).await.expect("an identical copy is accepted");
+        let err = store(&storage, seg, up(2), &cancel).await.unwrap_err();
+        assert!(matches!(err, StreamError::Conflict { .. }), "{err}");
+        assert!(err.to_string().contains("refusing to overwrite"), "{err}");
+        let (_, raw) = read_object(storage.as_ref(), &up(1).id.key(seg)).await.unwrap();
+        assert_eq!(&raw[..], &[1u8; 4096][..], "the stored object is untouched");
     }
 }
