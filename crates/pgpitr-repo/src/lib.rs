@@ -6,6 +6,7 @@
 //! repository through [`Repository::open`] and checks the binding against the
 //! server it talks to with [`Repository::check_cluster`].
 
+pub mod backup;
 pub mod layout;
 pub mod object;
 pub mod status;

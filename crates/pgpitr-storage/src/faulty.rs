@@ -124,6 +124,7 @@ impl<S: Storage> FaultyStorage<S> {
         FaultyStorage { inner, shared: Arc::new(Shared { mode, location, state: Mutex::new(state) }) }
     }
 
+    /// The wrapped storage.
     pub fn inner(&self) -> &S {
         &self.inner
     }

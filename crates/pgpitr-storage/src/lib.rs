@@ -152,6 +152,10 @@ pub trait Storage: Send + Sync {
 /// taken, and calling `put_part` again with the same data is safe (earlier
 /// accepted data is kept). When `try_complete` or `try_abort` fails it may be
 /// called again. Dropping an upload that was not completed discards it.
+///
+/// Not cancel-safe: if a `put_part` or `try_complete` future is dropped
+/// before it finishes, the upload's state is unknown and it must be dropped
+/// or aborted, not continued.
 #[async_trait]
 pub trait Upload: Send {
     /// Appends `data` to the object. Chunks may be any size.

@@ -118,14 +118,17 @@ pub struct RetryingStorage<S> {
 }
 
 impl<S: Storage> RetryingStorage<S> {
+    /// Wraps `inner`, retrying its transient errors under `policy`.
     pub fn new(inner: S, policy: RetryPolicy) -> Self {
         RetryingStorage { inner, policy }
     }
 
+    /// The wrapped storage.
     pub fn inner(&self) -> &S {
         &self.inner
     }
 
+    /// The policy in force.
     pub fn policy(&self) -> &RetryPolicy {
         &self.policy
     }

@@ -736,8 +736,10 @@ impl Chunks {
 
     /// All bytes, without consuming them.
     fn concat(&self) -> Bytes {
-        if self.chunks.len() == 1 {
-            return self.chunks[0].clone();
+        if self.chunks.len() == 1
+            && let Some(only) = self.chunks.front()
+        {
+            return only.clone();
         }
         let mut out = BytesMut::with_capacity(self.len);
         for c in &self.chunks {
@@ -832,12 +834,18 @@ impl S3Upload {
         self.pending.take()
     }
 
-    async fn spawn_part(&mut self, number: i32, body: Bytes) {
+    /// Waits until fewer than `concurrency` parts are in flight, recording
+    /// the results of those that finish.
+    async fn wait_for_slot(&mut self) {
         while self.in_flight.len() >= self.s.concurrency {
             if let Some(res) = self.in_flight.join_next().await {
                 self.record(res);
             }
         }
+    }
+
+    /// Starts sending one part; call after [`S3Upload::wait_for_slot`].
+    fn spawn_part(&mut self, number: i32, body: Bytes) {
         let (s, key, full_key) = (self.s.clone(), self.key.clone(), self.full_key.clone());
         let upload_id = self.upload_id.clone().unwrap_or_default();
         self.in_flight.spawn(async move {
@@ -867,9 +875,27 @@ impl S3Upload {
         });
     }
 
+    /// Cuts a part of up to `len` bytes off the buffer and starts sending it.
+    async fn send_from_buffer(&mut self, len: usize) {
+        self.wait_for_slot().await;
+        // Nothing is taken before the wait, so no bytes are lost if the
+        // caller drops this future while it waits.
+        let body = self.buffer.take(len);
+        let number = self.next_part;
+        self.next_part += 1;
+        self.spawn_part(number, body);
+    }
+
+    /// Sends the parts that failed before, each once; parts failing during
+    /// this call wait for the next one (after its error has been reported).
     async fn resubmit_failed(&mut self) {
-        for (number, body) in std::mem::take(&mut self.failed_parts) {
-            self.spawn_part(number, body).await;
+        for _ in 0..self.failed_parts.len() {
+            self.wait_for_slot().await;
+            if self.failed_parts.is_empty() {
+                break;
+            }
+            let (number, body) = self.failed_parts.remove(0);
+            self.spawn_part(number, body);
         }
     }
 
@@ -905,7 +931,10 @@ impl S3Upload {
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
             .send()
             .await;
-        let Err(e) = res else { return Ok(()) };
+        let Err(e) = res else {
+            tracing::debug!(key = %self.full_key, parts = self.done_parts.len(), bytes = self.total, "multipart upload completed");
+            return Ok(());
+        };
         let f = failure(&e);
         // An earlier attempt may have completed the upload even though its
         // response was lost; then the upload id is gone and the object has
@@ -955,10 +984,7 @@ impl Upload for S3Upload {
         self.total += data.len() as u64;
         self.buffer.push(data);
         while self.buffer.len >= part_size {
-            let body = self.buffer.take(part_size);
-            let number = self.next_part;
-            self.next_part += 1;
-            self.spawn_part(number, body).await;
+            self.send_from_buffer(part_size).await;
         }
         Ok(())
     }
@@ -994,10 +1020,7 @@ impl Upload for S3Upload {
         }
         self.resubmit_failed().await;
         if self.buffer.len > 0 {
-            let body = self.buffer.take(self.buffer.len);
-            let number = self.next_part;
-            self.next_part += 1;
-            self.spawn_part(number, body).await;
+            self.send_from_buffer(self.buffer.len).await;
         }
         while let Some(res) = self.in_flight.join_next().await {
             self.record(res);
