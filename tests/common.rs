@@ -92,13 +92,7 @@ impl Backend {
         match self {
             Backend::Local(d) => std::sync::Arc::new(pgpitr_storage::LocalStorage::new(d.path().join("repo"))),
             Backend::S3(s3) => {
-                let mut o = pgpitr_storage::S3Options::new("pitr");
-                o.prefix = Some("db".into());
-                o.endpoint = Some(s3.endpoint());
-                o.region = Some("us-east-1".into());
-                o.path_style = true;
-                o.static_credentials = Some((s3.access_key().into(), s3.secret_key().into()));
-                std::sync::Arc::new(pgpitr_storage::S3Storage::new(o).await.expect("open S3 storage"))
+                std::sync::Arc::new(pgpitr_storage::S3Storage::new(s3_options(s3)).await.expect("open S3 storage"))
             }
         }
     }
@@ -106,6 +100,17 @@ impl Backend {
     pub async fn repo(&self) -> pgpitr_repo::Repository {
         pgpitr_repo::Repository::open(self.storage().await).await.expect("open repository")
     }
+}
+
+/// In-process S3 settings for the bucket/prefix `Backend::s3()` uses.
+pub fn s3_options(s3: &pgpitr_testkit::S3Server) -> pgpitr_storage::S3Options {
+    let mut o = pgpitr_storage::S3Options::new("pitr");
+    o.prefix = Some("db".into());
+    o.endpoint = Some(s3.endpoint());
+    o.region = Some("us-east-1".into());
+    o.path_style = true;
+    o.static_credentials = Some((s3.access_key().into(), s3.secret_key().into()));
+    o
 }
 
 /// A running `pgpitr stream`, killed (SIGKILL) on drop.

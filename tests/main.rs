@@ -3,5 +3,6 @@
 //! clusters and a real S3-compatible server (see crates/pgpitr-testkit).
 
 mod common;
+mod docker;
 mod init;
 mod stream;

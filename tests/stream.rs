@@ -409,15 +409,8 @@ async fn flush_never_ahead_of_repository(backend: Backend, mode: pgpitr_storage:
             let f = Arc::new(FaultyStorage::new(LocalStorage::new(d.path().join("repo")), mode));
             (f.clone(), Box::new(move || f.injected()))
         }
-        Backend::S3(_) => {
-            let Backend::S3(s3) = &backend else { unreachable!() };
-            let mut o = pgpitr_storage::S3Options::new("pitr");
-            o.prefix = Some("db".into());
-            o.endpoint = Some(s3.endpoint());
-            o.region = Some("us-east-1".into());
-            o.path_style = true;
-            o.static_credentials = Some((s3.access_key().into(), s3.secret_key().into()));
-            let f = Arc::new(FaultyStorage::new(S3Storage::new(o).await.unwrap(), mode));
+        Backend::S3(s3) => {
+            let f = Arc::new(FaultyStorage::new(S3Storage::new(s3_options(s3)).await.unwrap(), mode));
             (f.clone(), Box::new(move || f.injected()))
         }
     };

@@ -1,0 +1,42 @@
+//! The docker/ files cannot be run here (no container engine), so check what
+//! can be checked: the Kubernetes example's pgpitr arguments and environment
+//! are ones the real binary accepts, and the Dockerfile builds the package
+//! and ships the binary that exist.
+
+use crate::common::{pgpitr, run};
+
+fn repo_file(rel: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+}
+
+#[test]
+fn k8s_sidecar_arguments_are_accepted_by_the_binary() {
+    let yaml = repo_file("docker/k8s-sidecar.yaml");
+    let after = yaml.split("- name: pgpitr").nth(1).expect("a pgpitr container");
+    let args_line = after.lines().find(|l| l.trim_start().starts_with("args:")).expect("args line");
+    let args: Vec<String> = serde_json::from_str(args_line.trim_start().trim_start_matches("args:").trim())
+        .expect("args is a flow sequence of strings");
+    assert_eq!(args[0], "stream");
+    // clap validates every flag before it reaches --help.
+    let out = run(pgpitr().args(&args).arg("--help")).ok();
+    assert!(out.stdout.contains("Usage"), "{}", out.stdout);
+    for var in ["PGPITR_REPO", "PGPITR_DBNAME", "PGPITR_LOG_FORMAT", "PGPASSWORD"] {
+        assert!(after.contains(var), "example sets {var}");
+    }
+    let help = run(pgpitr().args(["stream", "--help"])).ok().stdout;
+    assert!(help.contains("PGPITR_REPO") && help.contains("PGPITR_DBNAME"), "{help}");
+    assert!(run(pgpitr().args(["--help"])).ok().stdout.contains("PGPITR_LOG_FORMAT"));
+}
+
+#[test]
+fn dockerfile_builds_this_package() {
+    let df = repo_file("docker/Dockerfile");
+    assert!(df.contains("cargo build --release --locked -p pgpitr"));
+    assert!(df.contains("target/release/pgpitr"));
+    assert!(df.contains("FROM rust:1.95-bookworm"), "builder matches the toolchain the project is tested with");
+    let manifest = repo_file("crates/pgpitr/Cargo.toml");
+    assert!(manifest.contains("name = \"pgpitr\""));
+    let ignore = repo_file(".dockerignore");
+    assert!(ignore.lines().any(|l| l.trim() == "target"), "the build context must not ship target/");
+}
