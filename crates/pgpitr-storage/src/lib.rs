@@ -48,7 +48,7 @@ pub use key::{MAX_KEY_LEN, TEMP_PREFIX, validate_key, validate_prefix};
 pub use local::LocalStorage;
 pub use repo_url::{RepoUrl, S3Url, open, open_with_policy};
 pub use retry::{RetryPolicy, RetryingStorage, retry};
-pub use s3::{S3Options, S3Storage};
+pub use s3::{DEFAULT_PART_SIZE, MIN_PART_SIZE, S3Options, S3Storage};
 
 /// A stream of an object's bytes, in chunks.
 pub type ObjectStream = BoxStream<'static, Result<Bytes>>;

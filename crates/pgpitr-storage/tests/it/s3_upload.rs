@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -76,8 +77,9 @@ async fn upload_survives_a_broken_network() {
     let fx = s3().await;
     let proxy = Proxy::start(fx.server.port()).await;
     let opts = S3Options { endpoint: Some(proxy.endpoint()), ..s3_options(&fx.server, BUCKET) };
+    // Generous: the network stays down until a retry has been seen.
     let policy =
-        RetryPolicy { max_attempts: 60, base_delay: Duration::from_millis(10), max_delay: Duration::from_millis(100) };
+        RetryPolicy { max_attempts: 100, base_delay: Duration::from_millis(10), max_delay: Duration::from_millis(100) };
     // FailFirst(0) injects nothing; it counts attempts, so the test can see
     // that the outage really made calls fail and get retried.
     let counter = Arc::new(FaultyStorage::new(S3Storage::new(opts).await.expect("client"), FaultMode::FailFirst(0)));
@@ -85,28 +87,36 @@ async fn upload_survives_a_broken_network() {
 
     let v = data(5, 17 * 1024 * 1024 + 1);
     let mut up = storage.start_upload("flaky").await.expect("start");
-    let chunks: Vec<Bytes> = v.chunks(512 * 1024).map(Bytes::copy_from_slice).collect();
-    let calls = chunks.len() as u64 + 1;
-    let mut chunks = chunks.into_iter();
+    let mut chunks = v.chunks(512 * 1024).map(Bytes::copy_from_slice);
+    let started = AtomicU64::new(0);
+    let upload_attempts = || counter.total_attempts(Op::PutPart) + counter.total_attempts(Op::CompleteUpload);
     for chunk in chunks.by_ref().take(12) {
+        started.fetch_add(1, Ordering::SeqCst);
         up.put_part(chunk).await.expect("put_part before the outage");
     }
-    // Parts are in flight now; cut them off, and heal the network later.
+    // A part is in flight now: cut it off, and keep the network down until
+    // the retry wrapper has retried a call (more attempts than calls), so
+    // the test does not depend on timing.
     proxy.set_broken(true);
     let healer = async {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while upload_attempts() <= started.load(Ordering::SeqCst) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         proxy.set_broken(false);
     };
     let writer = async {
         for chunk in chunks {
+            started.fetch_add(1, Ordering::SeqCst);
             up.put_part(chunk).await.expect("put_part is retried through the outage");
         }
+        started.fetch_add(1, Ordering::SeqCst);
         up.complete().await.expect("complete is retried through the outage")
     };
     let (_, total) = tokio::join!(healer, writer);
     assert_eq!(total, v.len() as u64);
     assert!(proxy.cuts() > 0, "the outage cut no connection; the test proved nothing");
-    let attempts = counter.total_attempts(Op::PutPart) + counter.total_attempts(Op::CompleteUpload);
+    let (attempts, calls) = (upload_attempts(), started.load(Ordering::SeqCst));
     assert!(attempts > calls, "no put_part or complete was retried ({attempts} attempts for {calls} calls)");
     assert!(storage.get("flaky").await.expect("get") == v, "object differs after the outage");
 }
