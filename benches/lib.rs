@@ -64,10 +64,8 @@ pub fn fixture() -> Fixture {
 fn load(dir: &Path) -> Option<Fixture> {
     let seg_bytes: u64 = std::fs::read_to_string(dir.join("wal_segment_size")).ok()?.trim().parse().ok()?;
     let seg_size = WalSegSize::new(seg_bytes).ok()?;
-    let mut names: Vec<String> = std::fs::read_dir(dir.join("wal"))
-        .ok()?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir.join("wal")).ok()?.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
     names.sort();
     if names.len() != SEGMENTS {
         return None;
@@ -94,7 +92,8 @@ fn generate(out: &Path) {
     eprintln!("pgpitr-benches: making real WAL with a throwaway cluster and pgbench (once; cached in {out:?})");
     let pg = PgCluster::builder().setting("max_wal_size", "2GB").setting("checkpoint_timeout", "30min").start();
     pg.pgbench(&["-i", "-q", "-s", "10"]);
-    let seg_bytes: u64 = pg.sql("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'").parse().expect("int");
+    let seg_bytes: u64 =
+        pg.sql("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'").parse().expect("int");
     let seg_size = WalSegSize::new(seg_bytes).expect("segment size");
     // A checkpoint first, so the WAL carries the full-page images real TPC-B WAL has.
     pg.sql("CHECKPOINT");

@@ -5,7 +5,13 @@ use std::process::{Command, Output};
 /// `pgpitr` with the host's Postgres and AWS settings removed, so that tests
 /// see only what they set.
 pub fn pgpitr() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgpitr"));
+    pgpitr_at(env!("CARGO_BIN_EXE_pgpitr").as_ref())
+}
+
+/// Like [`pgpitr`], for a copy of the binary elsewhere (one the `postgres`
+/// OS user can run as a restore_command).
+pub fn pgpitr_at(path: &std::path::Path) -> Command {
+    let mut cmd = Command::new(path);
     for (k, _) in std::env::vars() {
         if k.starts_with("PG") || k.starts_with("AWS_") {
             cmd.env_remove(&k);

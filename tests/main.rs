@@ -2,7 +2,9 @@
 //! runs the real `pgpitr` binary or library against real PostgreSQL 15
 //! clusters and a real S3-compatible server (see crates/pgpitr-testkit).
 
+mod backup;
 mod common;
 mod docker;
 mod init;
+mod restore;
 mod stream;

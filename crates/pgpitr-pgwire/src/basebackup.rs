@@ -29,7 +29,7 @@ pub struct TablespaceInfo {
     pub oid: Option<u32>,
     /// The tablespace directory on the server; `None` for the data directory.
     pub location: Option<String>,
-    /// Estimated size in bytes, sent when PROGRESS was requested.
+    /// Estimated size in kB (not bytes), sent when PROGRESS was requested.
     pub size: Option<u64>,
 }
 
@@ -181,6 +181,12 @@ fn decode_copy_data(payload: Bytes) -> Result<BaseBackupMessage, String> {
 }
 
 impl BaseBackupStream<'_> {
+    /// Notices the server sent so far (e.g. page checksum failures, which
+    /// PostgreSQL reports as WARNINGs naming the file and block).
+    pub fn take_notices(&mut self) -> Vec<crate::PgError> {
+        self.conn.take_notices()
+    }
+
     /// The next part of the backup; `Ok(None)` after `Finished`, when the
     /// connection is idle again. Cancel-safe, like `ReplicationStream::next`.
     pub async fn next(&mut self) -> Result<Option<BaseBackupMessage>, Error> {

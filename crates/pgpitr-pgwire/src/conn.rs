@@ -239,7 +239,13 @@ pub struct ReplicationConnection {
     params: HashMap<String, String>,
     backend_key: Option<(i32, i32)>,
     pub(crate) state: State,
+    /// Server notices not yet taken, newest last; capped so a chatty server
+    /// cannot grow it without bound.
+    notices: std::collections::VecDeque<PgError>,
 }
+
+/// How many unread notices a connection keeps.
+const MAX_NOTICES: usize = 1000;
 
 impl std::fmt::Debug for ReplicationConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -276,6 +282,7 @@ impl ReplicationConnection {
             target,
             user: config.user().to_string(),
             params: HashMap::new(),
+            notices: std::collections::VecDeque::new(),
             backend_key: None,
             state: State::Busy,
         };
@@ -493,6 +500,10 @@ impl ReplicationConnection {
                 Backend::Other(Message::NoticeResponse(body)) => {
                     let n = PgError::from_fields(body.fields()).map_err(ErrorKind::Protocol)?;
                     tracing::info!(server = %self.target, severity = %n.severity, code = %n.code, "server notice: {}", n.message);
+                    if self.notices.len() == MAX_NOTICES {
+                        self.notices.pop_front();
+                    }
+                    self.notices.push_back(n);
                 }
                 Backend::Other(Message::NotificationResponse(_)) => {}
                 other => return Ok(other),
@@ -688,6 +699,12 @@ impl ReplicationConnection {
         slot.and_then(|s| s.restart_lsn).ok_or_else(|| {
             self.err(op, ErrorKind::Protocol(format!("temporary slot {name:?} reports no restart point")))
         })
+    }
+
+    /// Takes the NoticeResponses (warnings, infos) received since the last
+    /// call, oldest first; at most the newest 1000 are kept.
+    pub fn take_notices(&mut self) -> Vec<PgError> {
+        self.notices.drain(..).collect()
     }
 
     /// READ_REPLICATION_SLOT (PostgreSQL 15+): `None` when the slot does

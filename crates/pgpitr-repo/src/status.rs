@@ -1,5 +1,6 @@
 //! What a repository holds, as `pgpitr list` reports it.
 
+use crate::backup::{self, BackupSummary};
 use crate::object::TimedLsn;
 use crate::wal::{self, TimelineWal};
 use crate::{Repository, Result};
@@ -36,6 +37,10 @@ pub struct RepoStatus {
     pub timelines: Vec<TimelineStatus>,
     /// The newest commit durably stored, RFC 3339 UTC.
     pub latest_restorable_time: Option<String>,
+    /// Base backups, oldest first, unfinished ones included (by status).
+    pub backups: Vec<BackupSummary>,
+    /// The stop time of the oldest complete backup, RFC 3339 UTC.
+    pub earliest_restorable_time: Option<String>,
 }
 
 /// Unix microseconds to RFC 3339 (UTC, microsecond precision).
@@ -90,8 +95,11 @@ pub async fn status_from_scan(repo: &Repository, timelines: &BTreeMap<TimelineId
             latest_commit_lsn: commit.map(|c| c.end_lsn),
         });
     }
+    let backups = backup::list_backups(repo.storage().as_ref()).await?;
     let b = repo.binding();
     Ok(RepoStatus {
+        earliest_restorable_time: backup::earliest_restorable_time(&backups),
+        backups,
         system_identifier: b.system_identifier.to_string(),
         pg_major: b.pg_major,
         wal_segment_size: b.wal_segment_size.bytes(),

@@ -170,6 +170,58 @@ impl PgCluster {
         s
     }
 
+    /// An empty data directory (0700, owned by the cluster's OS user) for a
+    /// restore to fill; nothing is initialised or started. Start what was
+    /// restored with [`PgCluster::start_restored`].
+    pub fn empty() -> PgCluster {
+        let (dir, as_postgres) = Self::new_dirs();
+        PgCluster { dir, port: free_port(), bindir: pg_bindir(), as_postgres, running: false }
+    }
+
+    /// Starts a data directory restored into [`PgCluster::datadir`]: hands
+    /// it to the cluster's OS user, points it at this cluster's port and
+    /// socket directory (it carries its source's), and starts it with `env`
+    /// added to the server's environment. Recovery then runs as configured;
+    /// see [`PgCluster::wait_promoted`].
+    pub fn start_restored(&mut self, env: &[(&str, String)]) {
+        if self.as_postgres {
+            let mut chown = Command::new("chown");
+            chown.args(["-R", "postgres:postgres"]).arg(self.datadir());
+            run(&mut chown, "chown restored data directory");
+        }
+        self.append_file(
+            "postgresql.auto.conf",
+            &format!(
+                "\n# pgpitr test harness\nport = {}\nunix_socket_directories = '{}'\nlisten_addresses = '127.0.0.1'\n",
+                self.port,
+                self.sockdir().display()
+            ),
+        );
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("-D").arg(self.datadir()).arg("-l").arg(self.log_path()).args(["-W", "start"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run(&mut cmd, "pg_ctl start (restored)");
+        self.running = true;
+    }
+
+    /// Waits until a restored server has finished recovery and accepts
+    /// writes; panics with the end of the server log otherwise.
+    pub fn wait_promoted(&self, timeout: Duration) {
+        let ok = wait_for(timeout, || (self.try_sql("SELECT pg_is_in_recovery()").ok()? == "f").then_some(()));
+        if ok.is_none() {
+            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
+            panic!("restored server did not finish recovery within {timeout:?}; log:\n{}", tail.join("\n"));
+        }
+    }
+
+    /// The server log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

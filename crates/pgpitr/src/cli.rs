@@ -50,9 +50,42 @@ pub enum Command {
     /// is durable, so the slot keeps everything not yet stored. Reconnects
     /// with backoff; SIGTERM/SIGINT store what is pending and exit 0.
     Stream(StreamArgs),
-    /// Show what the repository holds: WAL per timeline, gaps, and the
-    /// latest restorable time.
+    /// Show what the repository holds: WAL per timeline, gaps, base
+    /// backups, and the earliest and latest restorable times.
     List(ListArgs),
+    /// Take a base backup now, streamed into the repository.
+    ///
+    /// Runs BASE_BACKUP over the replication protocol (no access to the data
+    /// directory needed), cuts the archives into parts of --part-size, and
+    /// stores them lz4-compressed and checksummed, --parallel at a time: memory
+    /// stays bounded and nothing is staged on local disk. The backup is
+    /// complete, and listed as such, only once its data, its backup_manifest
+    /// and all WAL from its start to its stop position are durable in the
+    /// repository: a running `pgpitr stream` stores that WAL; otherwise the
+    /// backup fetches it itself over a temporary replication slot. Leftovers
+    /// of interrupted backups are deleted. Prints the backup's ID and summary.
+    Backup(BackupArgs),
+    /// Restore a new data directory to a point in time.
+    ///
+    /// Plans first, writing nothing: picks the newest backup that ends before
+    /// the target on the target timeline's history and checks, from the
+    /// repository's WAL coverage and commit-time index, that every byte of WAL
+    /// from the backup to the target is stored. A target outside the
+    /// restorable window or behind a WAL gap is refused, naming the window or
+    /// the gap. Then extracts the backup (checked against its checksums and
+    /// manifest) into the empty --pgdata and writes recovery.signal and the
+    /// recovery settings to postgresql.auto.conf, so that `pg_ctl start`
+    /// replays to the target; --wait does that and reports what was reached.
+    Restore(crate::cmd::restore::RestoreArgs),
+    /// Serve one WAL file to PostgreSQL (its restore_command).
+    ///
+    /// Serves complete segments, timeline history files and the unfinished
+    /// tail assembled from its stored parts (zero-filled past the durable
+    /// end), each verified, via a temporary file that is synced and renamed.
+    /// Exit 1 without output when the file is not stored (the end of WAL);
+    /// exit 200 with a message when the repository cannot be read or holds
+    /// something wrong, so that Postgres stops instead of ending recovery.
+    WalFetch(crate::cmd::wal_fetch::WalFetchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +164,78 @@ pub struct StreamArgs {
     /// On SIGTERM, how long to wait for storage to accept pending WAL.
     #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
     pub shutdown_timeout: std::time::Duration,
+    /// Take a base backup this often (e.g. 24h), from this process and over
+    /// separate connections, so WAL streaming never waits for it; plus one at
+    /// start when the repository has no complete backup. The next one is due
+    /// this long after the newest backup started.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub backup_every: Option<std::time::Duration>,
+    /// CHECKPOINT mode of scheduled backups (see `pgpitr backup --checkpoint`).
+    #[arg(long, value_enum, default_value_t = Checkpoint::Spread, requires = "backup_every")]
+    pub backup_checkpoint: Checkpoint,
+}
+
+/// How the server's backup checkpoint is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Checkpoint {
+    /// At once: an I/O burst on the server, and the backup starts right away.
+    Fast,
+    /// Spread over checkpoint_completion_target: gentle, but may take minutes.
+    Spread,
+}
+
+/// Parses sizes such as `16MiB`, `512KiB`, `1GiB` or plain bytes.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().map_err(|_| format!("invalid size {s:?} (examples: 16MiB, 512KiB)"))?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "k" | "K" | "KiB" | "kB" => 1 << 10,
+        "M" | "MiB" | "MB" => 1 << 20,
+        "G" | "GiB" | "GB" => 1 << 30,
+        u => return Err(format!("unknown size unit {u:?} in {s:?} (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub repo: RepoOpts,
+    #[command(flatten)]
+    pub conn: ConnOpts,
+    /// Backup label (shown by `pgpitr list`, stored in backup_label).
+    #[arg(long, value_name = "LABEL", default_value = "pgpitr")]
+    pub label: String,
+    /// How the server's backup checkpoint is done. `spread` (like
+    /// pg_basebackup) spares the server but may delay the start by minutes.
+    #[arg(long, value_enum, default_value_t = Checkpoint::Spread)]
+    pub checkpoint: Checkpoint,
+    /// Keep a backup in which PostgreSQL reported page checksum failures
+    /// (they are recorded in its metadata); by default such a backup is
+    /// discarded and the command fails (the server's warnings name the files).
+    #[arg(long)]
+    pub allow_checksum_failures: bool,
+    /// How long to wait for the WAL from the backup's start to its stop
+    /// position to become durable in the repository.
+    #[arg(long, value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
+    pub wal_timeout: std::time::Duration,
+    /// Raw bytes per stored part (64KiB to 1GiB).
+    #[arg(long, value_parser = parse_size, default_value = "16MiB", value_name = "SIZE")]
+    pub part_size: usize,
+    /// Parts compressed and uploaded at once; memory is about
+    /// part size x (2 x this + 1).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
+    /// Limit the server's transfer rate, in kB/s (32 to 1048576), to spare
+    /// its disks.
+    #[arg(long, value_name = "KBPS", value_parser = clap::value_parser!(u32).range(32..=1_048_576))]
+    pub max_rate: Option<u32>,
+    /// Print the backup's metadata as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

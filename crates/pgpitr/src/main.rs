@@ -6,6 +6,7 @@ mod cli;
 mod cmd;
 mod conn;
 mod logging;
+mod progress;
 mod signals;
 
 use clap::Parser;
@@ -19,6 +20,10 @@ pub mod exit {
     pub const FAILURE: u8 = 1;
     /// Bad usage (unknown flag, missing argument): clap's convention.
     pub const USAGE: u8 = 2;
+    /// `wal-fetch`: the repository could not be read, or held something
+    /// wrong. Postgres aborts recovery on codes above 125 instead of taking
+    /// the file as missing, so an outage never looks like the end of WAL.
+    pub const STORAGE: u8 = 200;
 }
 
 fn main() -> ExitCode {

@@ -1,11 +1,23 @@
 use crate::cli::ListArgs;
+use indicatif::HumanBytes;
 use pgpitr_repo::status;
 
 pub async fn run(args: ListArgs) -> anyhow::Result<u8> {
     let repo = super::open_repo(&args.repo.repo).await?;
     let st = status::status(&repo).await?;
+    let windows = pgpitr_restore::restore::restorable_windows(&repo).await?;
+    let window = |tli: pgpitr_types::TimelineId| windows.iter().find(|w| w.timeline == tli);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        let mut v = serde_json::to_value(&st)?;
+        if let Some(tls) = v.get_mut("timelines").and_then(|t| t.as_array_mut()) {
+            for (t, s) in tls.iter_mut().zip(&st.timelines) {
+                if let (Some(obj), Some(w)) = (t.as_object_mut(), window(s.timeline)) {
+                    obj.insert("earliest_restorable_time".into(), serde_json::to_value(&w.earliest_restorable_time)?);
+                    obj.insert("latest_restorable_time".into(), serde_json::to_value(&w.latest_restorable_time)?);
+                }
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(crate::exit::OK);
     }
     println!("repository:     {}", repo.location());
@@ -14,6 +26,28 @@ pub async fn run(args: ListArgs) -> anyhow::Result<u8> {
         "latest restorable time: {}",
         st.latest_restorable_time.as_deref().unwrap_or("none (no commit stored yet)")
     );
+    println!(
+        "earliest restorable time: {}",
+        st.earliest_restorable_time.as_deref().unwrap_or("none (no complete base backup yet)")
+    );
+    if st.backups.is_empty() {
+        println!("backups: none");
+    }
+    for b in &st.backups {
+        let dash = || "-".to_string();
+        println!(
+            "backup {} [{}] {:?}: timeline {}, WAL {} .. {}, stopped {}, {} ({} stored)",
+            b.id,
+            b.status.as_str(),
+            b.label.as_deref().unwrap_or(""),
+            b.timeline.map(|t| t.to_string()).unwrap_or_else(dash),
+            b.start_lsn.map(|l| l.to_string()).unwrap_or_else(dash),
+            b.stop_lsn.map(|l| l.to_string()).unwrap_or_else(dash),
+            b.stop_time.clone().unwrap_or_else(dash),
+            b.size_bytes.map(|n| HumanBytes(n).to_string()).unwrap_or_else(dash),
+            b.stored_bytes.map(|n| HumanBytes(n).to_string()).unwrap_or_else(dash),
+        );
+    }
     if st.timelines.is_empty() {
         println!("WAL: none stored yet");
     }
@@ -27,6 +61,11 @@ pub async fn run(args: ListArgs) -> anyhow::Result<u8> {
             t.stored_bytes,
             t.latest_commit_time.as_ref().map(|c| format!(", latest commit {c}")).unwrap_or_default()
         );
+        if let Some(w) = window(t.timeline)
+            && let (Some(e), Some(l)) = (&w.earliest_restorable_time, &w.latest_restorable_time)
+        {
+            println!("  restorable: {e} .. {l}");
+        }
         for g in &t.gaps {
             println!("  GAP: {} .. {} is missing", g.start_lsn, g.end_lsn);
         }

@@ -1,6 +1,9 @@
+mod backup;
 mod init;
 mod list;
+pub mod restore;
 mod stream;
+pub mod wal_fetch;
 
 use crate::cli::{Cli, Command};
 
@@ -10,6 +13,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Init(args) => init::run(args).await,
         Command::Stream(args) => stream::run(args).await,
         Command::List(args) => list::run(args).await,
+        Command::Backup(args) => backup::run(args, cli.global.log_format).await,
+        Command::Restore(args) => restore::run(args).await,
+        Command::WalFetch(args) => wal_fetch::run(args).await,
     }
 }
 

@@ -1,5 +1,7 @@
 use crate::cli::StreamArgs;
 use crate::conn;
+use crate::progress::ProgressDisplay;
+use pgpitr_backup::{BackupOptions, WalMode};
 use pgpitr_repo::{InitOutcome, Repository};
 use pgpitr_storage::RepoUrl;
 use pgpitr_stream::{Archiver, StreamConfig, StreamStats};
@@ -41,8 +43,30 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
         synchronous = args.synchronous,
         "pgpitr stream starting"
     );
-    let mut archiver = Archiver::new(repo, cfg, stream_cfg, cancel, stats);
-    archiver.run().await?;
+    let scheduler = args.backup_every.map(|every| {
+        // Its own application_name: the backup's walsenders are no standby.
+        let mut backup_cfg = cfg.clone();
+        backup_cfg.set_application_name(format!("{app_name}_backup"));
+        let opts = BackupOptions {
+            label: "pgpitr scheduled".to_string(),
+            checkpoint: super::backup::checkpoint_mode(args.backup_checkpoint),
+            wal_mode: WalMode::Stream,
+            ..BackupOptions::default()
+        };
+        tracing::info!(every = ?every, "scheduled base backups enabled");
+        let display = ProgressDisplay::start(opts.progress.clone(), false);
+        let task = tokio::spawn(pgpitr_backup::run_scheduled(repo.clone(), backup_cfg, every, opts, cancel.clone()));
+        (task, display)
+    });
+    let mut archiver = Archiver::new(repo, cfg, stream_cfg, cancel.clone(), stats);
+    let result = archiver.run().await;
+    if let Some((task, display)) = scheduler {
+        // The archiver stopped (signal or error): a backup in progress cannot complete without it.
+        cancel.cancel();
+        let _ = task.await;
+        display.stop().await;
+    }
+    result?;
     tracing::info!("stopped; everything received is durable in the repository");
     Ok(crate::exit::OK)
 }

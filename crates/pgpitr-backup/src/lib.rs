@@ -1,0 +1,189 @@
+//! Base backups: `BASE_BACKUP` over the replication protocol, streamed into
+//! the repository in bounded parts, and extracted back into a directory.
+//!
+//! ```text
+//!  Postgres ──BASE_BACKUP (tar)──▶ cut into parts ──lz4 + container (blocking pool)──▶ put ──▶ backups/<ID>/…
+//!     │                            (≤ part_size)     ≤ max_in_flight parts at once: the
+//!     │                                              connection is read only when a slot is free
+//!     └──temporary slot (2nd connection)──▶ WAL start..stop ──▶ wal/…   (unless a stream stores it)
+//!
+//!  backups/<ID>/…  ──get, decode (parallel, in order)──▶ tar reader ──▶ files (CRC32C vs manifest)
+//! ```
+//!
+//! Invariants:
+//! - `backup.json` is written only after every part, the manifest, and all
+//!   WAL from start to stop LSN are durable; a backup without it is never
+//!   listed as complete, whatever interrupted it.
+//! - Memory is bounded by `part_size × (max_in_flight × 2 + 1)` (plus the
+//!   manifest), whatever the size of the database; nothing is staged on disk.
+//! - Extraction verifies every part against `backup.json` and every file
+//!   against the manifest, and writes `global/pg_control` last, so a
+//!   half-extracted directory can never start.
+
+mod extract;
+mod manifest;
+mod notice;
+mod progress;
+mod schedule;
+mod take;
+mod tar;
+mod upload;
+mod walrange;
+
+pub use extract::{ExtractOptions, ExtractStats, extract};
+pub use manifest::{Manifest, ManifestFile, WalRange};
+pub use notice::parse_checksum_notice;
+pub use progress::{BackupPhase, BackupProgress};
+pub use schedule::run_scheduled;
+pub use take::take_backup;
+
+use pgpitr_types::{Lsn, TimelineId};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `CHECKPOINT` mode of `BASE_BACKUP`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointMode {
+    /// As fast as possible: an I/O burst on the server, the backup starts at once.
+    Fast,
+    /// Spread over `checkpoint_completion_target`: gentle, but may take minutes.
+    Spread,
+}
+
+impl CheckpointMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointMode::Fast => "fast",
+            CheckpointMode::Spread => "spread",
+        }
+    }
+}
+
+/// Where the WAL from start to stop LSN is expected to come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalMode {
+    /// Use what a running `pgpitr stream` stores; if none is (the stored WAL
+    /// stops advancing), fetch it over a temporary slot taken before the
+    /// backup starts.
+    Auto,
+    /// A `pgpitr stream` in the same process stores it: only wait.
+    Stream,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub label: String,
+    pub checkpoint: CheckpointMode,
+    /// Keep a backup in which Postgres found page checksum failures
+    /// (recorded in `backup.json`) instead of failing.
+    pub allow_checksum_failures: bool,
+    /// Overall limit for the WAL from start to stop LSN to become durable.
+    pub wal_timeout: Duration,
+    /// With [`WalMode::Auto`], how long the stored WAL may stand still
+    /// before the backup fetches the rest itself (a running stream stores
+    /// new WAL within its flush interval, 1 s by default).
+    pub stream_grace: Duration,
+    pub wal_mode: WalMode,
+    /// Raw bytes per stored part (at most 1 GiB).
+    pub part_size: usize,
+    /// Parts compressed and uploaded at once.
+    pub max_in_flight: usize,
+    /// Give up on storage after retrying transient errors this long.
+    pub upload_timeout: Duration,
+    /// `MAX_RATE` in kB/s (32..=1048576), to spare the server's disks.
+    pub max_rate_kbps: Option<u32>,
+    pub heartbeat_interval: Duration,
+    /// A marker older than this is a leftover, deleted by the next backup.
+    pub stale_after: Duration,
+    /// Live counters for a progress display.
+    pub progress: Arc<BackupProgress>,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            label: "pgpitr".to_string(),
+            checkpoint: CheckpointMode::Spread,
+            allow_checksum_failures: false,
+            wal_timeout: Duration::from_secs(600),
+            stream_grace: Duration::from_secs(2),
+            wal_mode: WalMode::Auto,
+            part_size: 16 << 20,
+            max_in_flight: 4,
+            upload_timeout: Duration::from_secs(600),
+            max_rate_kbps: None,
+            heartbeat_interval: pgpitr_repo::backup::HEARTBEAT_INTERVAL,
+            stale_after: pgpitr_repo::backup::STALE_AFTER,
+            progress: Arc::default(),
+        }
+    }
+}
+
+/// The largest part a container holds.
+pub const MAX_PART_SIZE: usize = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackupError {
+    #[error(transparent)]
+    Pg(#[from] pgpitr_pgwire::Error),
+    #[error(transparent)]
+    Storage(#[from] pgpitr_storage::StorageError),
+    #[error(transparent)]
+    Repo(#[from] pgpitr_repo::RepoError),
+    #[error("fetching WAL for the backup: {0}")]
+    Stream(#[from] pgpitr_stream::StreamError),
+    /// Postgres reported page checksum failures; the backup was not kept.
+    #[error(
+        "PostgreSQL reported page checksum failures during the backup{}; the backup was discarded \
+         (--allow-checksum-failures keeps such a backup)",
+        describe_failures(.0)
+    )]
+    ChecksumFailures(Vec<pgpitr_repo::backup::ChecksumFailure>),
+    #[error(
+        "WAL {start}..{stop} on timeline {tli} did not become durable in the repository within {} s{}",
+        .waited.as_secs(), .detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default()
+    )]
+    WalTimeout { tli: TimelineId, start: Lsn, stop: Lsn, waited: Duration, detail: Option<String> },
+    #[error("base backup protocol: {0}")]
+    Protocol(String),
+    #[error("backup {id}: corrupt {what}: {reason}")]
+    Corrupt { id: String, what: String, reason: String },
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+fn describe_failures(f: &[pgpitr_repo::backup::ChecksumFailure]) -> String {
+    let mut files: Vec<&str> = f.iter().filter_map(|c| c.file.as_deref()).collect();
+    files.dedup();
+    if files.is_empty() {
+        return String::new();
+    }
+    const SHOWN: usize = 5;
+    let more = files.len().saturating_sub(SHOWN);
+    let list = files.iter().take(SHOWN).copied().collect::<Vec<_>>().join(", ");
+    if more > 0 { format!(" in {list} and {more} more files") } else { format!(" in {list}") }
+}
+
+impl BackupError {
+    /// Whether trying again later may succeed (network, storage outage,
+    /// server restart), as opposed to what needs a person.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BackupError::Pg(e) => e.is_transient(),
+            BackupError::Storage(e) => e.is_transient(),
+            BackupError::Repo(pgpitr_repo::RepoError::Storage(e)) => e.is_transient(),
+            BackupError::Stream(e) => e.is_transient(),
+            BackupError::WalTimeout { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> BackupError {
+        BackupError::Io { path: path.as_ref().display().to_string(), source }
+    }
+}

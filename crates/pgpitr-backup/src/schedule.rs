@@ -1,0 +1,69 @@
+//! Scheduled backups inside `pgpitr stream`: one at start when the
+//! repository has no complete backup, then one every interval, measured
+//! from the newest backup's start. They run on their own connections and
+//! tasks, so WAL streaming never waits for them.
+
+use crate::{BackupError, BackupOptions, take_backup};
+use pgpitr_pgwire::ConnConfig;
+use pgpitr_repo::Repository;
+use pgpitr_repo::backup::{self, BackupStatus};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Longest wait before retrying a backup that failed for a passing reason.
+const RETRY_CAP: Duration = Duration::from_secs(300);
+
+/// When the newest complete backup started, if there is one.
+async fn newest_start(repo: &Repository) -> Result<Option<jiff::Timestamp>, BackupError> {
+    let now = jiff::Timestamp::now();
+    let entries = backup::scan(repo.storage().as_ref()).await?;
+    Ok(entries
+        .iter()
+        .rev()
+        .filter(|e| e.status(now, backup::STALE_AFTER) == BackupStatus::Complete)
+        .find_map(|e| e.info.as_ref()?.start_time.parse().ok()))
+}
+
+/// Takes backups every `every` until cancelled. Failures are logged and
+/// retried: passing ones (network, storage, WAL not yet stored) after
+/// `min(every, 5 min)`, others after a full interval.
+pub async fn run_scheduled(
+    repo: Repository,
+    conn_cfg: ConnConfig,
+    every: Duration,
+    opts: BackupOptions,
+    cancel: CancellationToken,
+) {
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    loop {
+        let due = match retry_at.take() {
+            Some(at) => at,
+            None => match newest_start(&repo).await {
+                Ok(None) => tokio::time::Instant::now(),
+                Ok(Some(t)) => {
+                    let age = jiff::Timestamp::now().duration_since(t);
+                    let age = Duration::try_from(age).unwrap_or_default();
+                    tokio::time::Instant::now() + every.saturating_sub(age)
+                }
+                Err(e) => {
+                    tracing::warn!("scheduled backups: cannot list backups, trying again in 1 min: {e}");
+                    tokio::time::Instant::now() + Duration::from_secs(60)
+                }
+            },
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(due) => {}
+        }
+        tracing::info!(every = ?every, "scheduled base backup starting");
+        match take_backup(&repo, &conn_cfg, &opts, &cancel).await {
+            Ok(info) => tracing::info!(backup = %info.id, stop = %info.stop_lsn, "scheduled base backup complete"),
+            Err(BackupError::Cancelled) => return,
+            Err(e) => {
+                let wait = if e.is_transient() { every.min(RETRY_CAP) } else { every };
+                tracing::error!(retry_in = ?wait, "scheduled base backup failed: {e}");
+                retry_at = Some(tokio::time::Instant::now() + wait);
+            }
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! Taking one base backup: claim an ID, stream the archives into parts,
+//! store the manifest, make the WAL durable, and only then `backup.json`.
+
+use crate::manifest::Manifest;
+use crate::notice::{DATA_CORRUPTED, parse_checksum_notice};
+use crate::progress::{BackupPhase, BackupProgress};
+use crate::upload::{PartJob, Uploader, encode_part, put_retrying};
+use crate::walrange::{WalFetcher, WalNeed, ensure_wal, stored_end};
+use crate::{BackupError, BackupOptions, MAX_PART_SIZE, WalMode};
+use bytes::{Bytes, BytesMut};
+use pgpitr_pgwire::{BaseBackupMessage, ConnConfig, ReplicationConnection, quote_literal};
+use pgpitr_repo::backup::{
+    self, ArchiveInfo, BackupId, BackupInfo, BackupStatus, ChecksumFailure, INFO_FORMAT_VERSION, ManifestInfo, Marker,
+};
+use pgpitr_repo::{ClusterIdentity, Repository};
+use pgpitr_storage::{PutOutcome, Storage};
+use pgpitr_types::{Lsn, TimelineId};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long cleaning up after a failed backup may take.
+const DISCARD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Takes one base backup of the server behind `conn_cfg` into `repo` and
+/// returns its metadata once `backup.json` is stored.
+///
+/// On any failure, including cancellation, what was stored is deleted (best
+/// effort); whatever remains is never listed as complete and is deleted by
+/// a later backup once its heartbeat is stale.
+#[tracing::instrument(skip_all, fields(label = %opts.label))]
+pub async fn take_backup(
+    repo: &Repository,
+    conn_cfg: &ConnConfig,
+    opts: &BackupOptions,
+    cancel: &CancellationToken,
+) -> Result<BackupInfo, BackupError> {
+    validate(opts)?;
+    let progress = opts.progress.clone();
+    progress.reset();
+    let mut conn = ReplicationConnection::connect(conn_cfg).await?;
+    let sys = conn.identify_system().await?;
+    let identity = ClusterIdentity {
+        system_identifier: sys.system_id,
+        pg_version_num: conn.server_version_num().await?,
+        wal_segment_size: conn.wal_segment_size().await?,
+    };
+    repo.check_cluster(&identity)?;
+    if identity.pg_version_num < 150000 {
+        return Err(BackupError::Invalid(format!(
+            "PostgreSQL {} is not supported; base backups need 15 or newer",
+            identity.pg_major()
+        )));
+    }
+    let storage = repo.storage().clone();
+    clean_leftovers(storage.as_ref(), opts).await;
+
+    let began = jiff::Timestamp::now();
+    let (id, marker) = claim_id(storage.as_ref(), began, &opts.label).await?;
+    tracing::info!(backup = %id, server = %conn_cfg.display_target(), "base backup started");
+    let heartbeat = Heartbeat::start(storage.clone(), id.clone(), marker, opts.heartbeat_interval);
+    let source = Source { identity, tli: sys.timeline, xlogpos: sys.xlogpos };
+    let result = run(repo, &mut conn, conn_cfg, &source, &id, opts, cancel).await;
+    heartbeat.stop().await;
+    conn.close().await;
+
+    let info = match result {
+        Ok(info) => info,
+        Err(e) => {
+            progress.set_phase(BackupPhase::Done);
+            discard(storage.as_ref(), &id).await;
+            return Err(e);
+        }
+    };
+    progress.set_phase(BackupPhase::Finishing);
+    let body = Bytes::from(serde_json::to_vec_pretty(&info).map_err(|e| BackupError::Invalid(e.to_string()))?);
+    if let Err(e) = put_retrying(storage.as_ref(), &id.info_key(), body, opts.upload_timeout).await {
+        discard(storage.as_ref(), &id).await;
+        return Err(e.into());
+    }
+    // From here the backup is complete; a marker left behind is harmless.
+    if let Err(e) = storage.delete(&id.marker_key()).await {
+        tracing::warn!(backup = %id, "backup complete, but its in-progress marker could not be deleted: {e}");
+    }
+    progress.set_phase(BackupPhase::Done);
+    tracing::info!(
+        backup = %id, start = %info.start_lsn, stop = %info.stop_lsn, tli = %info.timeline,
+        size = info.size_bytes, stored = info.stored_bytes, files = info.file_count,
+        "base backup complete"
+    );
+    Ok(info)
+}
+
+fn validate(opts: &BackupOptions) -> Result<(), BackupError> {
+    if !(64 << 10..=MAX_PART_SIZE).contains(&opts.part_size) {
+        return Err(BackupError::Invalid(format!("part size {} is out of range (64 KiB to 1 GiB)", opts.part_size)));
+    }
+    if opts.label.len() > 1023 || opts.label.contains('\0') {
+        return Err(BackupError::Invalid("backup label must be at most 1023 bytes without NUL".into()));
+    }
+    if let Some(r) = opts.max_rate_kbps
+        && !(32..=1_048_576).contains(&r)
+    {
+        return Err(BackupError::Invalid(format!("max rate {r} kB/s is out of range (32 to 1048576)")));
+    }
+    Ok(())
+}
+
+/// Deletes what interrupted backups left behind (no `backup.json`, nobody
+/// alive working on them). Failures are logged: they do not stop a backup.
+async fn clean_leftovers(storage: &dyn Storage, opts: &BackupOptions) {
+    let entries = match backup::scan(storage).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!("cannot look for leftovers of interrupted backups: {e}");
+            return;
+        }
+    };
+    let now = jiff::Timestamp::now();
+    for entry in entries.iter().filter(|e| e.status(now, opts.stale_after) == BackupStatus::Incomplete) {
+        let since = entry.marker.as_ref().map(|m| m.updated_at.as_str()).unwrap_or("unknown");
+        match backup::delete_backup(storage, &entry.id).await {
+            Ok(n) => tracing::info!(
+                backup = %entry.id, objects = n, last_heartbeat = since,
+                "deleted the leftovers of an interrupted backup"
+            ),
+            Err(e) => tracing::warn!(backup = %entry.id, "cannot delete the leftovers of an interrupted backup: {e}"),
+        }
+    }
+}
+
+/// Picks the first free ID for `now` and claims it with a create-if-absent
+/// marker, so that two backups starting in the same second both get one.
+async fn claim_id(storage: &dyn Storage, now: jiff::Timestamp, label: &str) -> Result<(BackupId, Marker), BackupError> {
+    let taken: std::collections::HashSet<BackupId> = backup::list_ids(storage).await?.into_iter().collect();
+    let mut id = BackupId::new(now, 0);
+    for _ in 0..1000 {
+        if !taken.contains(&id) {
+            let marker = Marker::new(&id, label, now);
+            let body = serde_json::to_vec_pretty(&marker).map_err(|e| BackupError::Invalid(e.to_string()))?;
+            if storage.put_if_absent(&id.marker_key(), Bytes::from(body)).await? == PutOutcome::Created {
+                return Ok((id, marker));
+            }
+        }
+        id = id.next();
+    }
+    Err(BackupError::Invalid(format!("no free backup ID for {}", BackupId::new(now, 0))))
+}
+
+/// Best-effort deletion of a failed backup's objects.
+async fn discard(storage: &dyn Storage, id: &BackupId) {
+    match tokio::time::timeout(DISCARD_TIMEOUT, backup::delete_backup(storage, id)).await {
+        Ok(Ok(n)) => tracing::info!(backup = %id, objects = n, "deleted what the failed backup had stored"),
+        Ok(Err(e)) => {
+            tracing::warn!(backup = %id, "cannot delete what the failed backup stored (the next backup will): {e}")
+        }
+        Err(_) => {
+            tracing::warn!(backup = %id, "deleting what the failed backup stored took too long (the next backup will)")
+        }
+    }
+}
+
+/// Refreshes the marker's `updated_at` until stopped.
+struct Heartbeat {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Heartbeat {
+    fn start(storage: Arc<dyn Storage>, id: BackupId, mut marker: Marker, every: Duration) -> Heartbeat {
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                marker.updated_at = jiff::Timestamp::now().to_string();
+                let Ok(body) = serde_json::to_vec_pretty(&marker) else { return };
+                let key = id.marker_key();
+                let put = storage.put(&key, Bytes::from(body));
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    r = put => if let Err(e) = r {
+                        tracing::warn!(backup = %id, "cannot refresh the backup's heartbeat: {e}");
+                    }
+                }
+            }
+        });
+        Heartbeat { stop, task }
+    }
+
+    /// Stops refreshing; no write happens after this returns.
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// The server, as seen before the backup.
+struct Source {
+    identity: ClusterIdentity,
+    tli: TimelineId,
+    xlogpos: Lsn,
+}
+
+/// The archive being received.
+struct OpenArchive {
+    idx: usize,
+    name: String,
+    offset: u64,
+    next_index: u32,
+    buf: BytesMut,
+}
+
+/// Everything received so far.
+struct Received {
+    archives: Vec<ArchiveInfo>,
+    open: Option<OpenArchive>,
+    manifest: Option<BytesMut>,
+    started: Option<(Lsn, TimelineId)>,
+    start_time: Option<jiff::Timestamp>,
+    started_at: Option<std::time::Instant>,
+    finished: Option<(Lsn, TimelineId)>,
+}
+
+impl Received {
+    /// Cuts the open archive's buffered tail into a last part.
+    fn close_archive(&mut self) -> Option<PartJob> {
+        let mut a = self.open.take()?;
+        if a.buf.is_empty() {
+            return None;
+        }
+        Some(cut(&mut a))
+    }
+}
+
+fn cut(a: &mut OpenArchive) -> PartJob {
+    let raw = a.buf.split().freeze();
+    let job = PartJob { archive: a.idx, archive_name: a.name.clone(), index: a.next_index, offset: a.offset, raw };
+    a.offset += job.raw.len() as u64;
+    a.next_index += 1;
+    job
+}
+
+async fn submit(uploader: &mut Uploader, job: PartJob, cancel: &CancellationToken) -> Result<(), BackupError> {
+    tokio::select! {
+        _ = cancel.cancelled() => Err(BackupError::Cancelled),
+        r = uploader.submit(job) => r,
+    }
+}
+
+fn options(opts: &BackupOptions) -> String {
+    // Server-side compression is not asked for: pgpitr compresses parts with
+    // lz4 on all its cores, off the database server, and keeps the tar
+    // stream visible so parts can be cut and verified independently.
+    let mut o = format!(
+        "(LABEL {}, PROGRESS, CHECKPOINT '{}', WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C', TABLESPACE_MAP",
+        quote_literal(&opts.label),
+        opts.checkpoint.as_str()
+    );
+    if let Some(r) = opts.max_rate_kbps {
+        o.push_str(&format!(", MAX_RATE {r}"));
+    }
+    o.push(')');
+    o
+}
+
+async fn run(
+    repo: &Repository,
+    conn: &mut ReplicationConnection,
+    conn_cfg: &ConnConfig,
+    source: &Source,
+    id: &BackupId,
+    opts: &BackupOptions,
+    cancel: &CancellationToken,
+) -> Result<BackupInfo, BackupError> {
+    let progress = opts.progress.clone();
+    // The slot must exist before the backup's checkpoint, so that the WAL
+    // from its redo point stays on the server until it is stored.
+    let mut fetcher = match opts.wal_mode {
+        WalMode::Auto => Some(WalFetcher::open(conn_cfg).await?),
+        WalMode::Stream => None,
+    };
+    let baseline = match opts.wal_mode {
+        WalMode::Auto => stored_end(repo, source.tli, source.xlogpos).await?,
+        WalMode::Stream => None,
+    };
+    progress.set_phase(BackupPhase::Checkpoint);
+    tracing::info!(checkpoint = opts.checkpoint.as_str(), "waiting for the server's backup checkpoint");
+    let storage = repo.storage().clone();
+    let mut rx = Received {
+        archives: Vec::new(),
+        open: None,
+        manifest: None,
+        started: None,
+        start_time: None,
+        started_at: None,
+        finished: None,
+    };
+    let mut failures: Vec<ChecksumFailure> = Vec::new();
+    let mut bb = conn.base_backup(&options(opts)).await?;
+    // The timeline is known only once the backup has started.
+    let mut uploader: Option<Uploader> = None;
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => return Err(BackupError::Cancelled),
+            m = bb.next() => m,
+        };
+        for notice in bb.take_notices() {
+            if let Some(f) = parse_checksum_notice(&notice.message) {
+                failures.push(f);
+            }
+        }
+        let msg = match msg {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) if e.pg_error().is_some_and(|p| p.code == DATA_CORRUPTED) && rx.manifest.is_some() => {
+                // Everything was sent; the server reports the failures instead of the end position.
+                let message = e.pg_error().map(|p| p.message.clone()).unwrap_or_default();
+                tracing::warn!("server: {message}");
+                if failures.is_empty() {
+                    failures.push(ChecksumFailure { file: None, block: None, message });
+                }
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match msg {
+            BaseBackupMessage::Started { start_lsn, tli, tablespaces } => {
+                let total_kb: u64 = tablespaces.iter().filter_map(|t| t.size).sum();
+                progress.total_estimate.store(total_kb.saturating_mul(1024), std::sync::atomic::Ordering::Relaxed);
+                progress.set_phase(BackupPhase::Streaming);
+                tracing::info!(%start_lsn, %tli, tablespaces = tablespaces.len(), "backup checkpoint done, receiving files");
+                rx.started = Some((start_lsn, tli));
+                rx.start_time = Some(jiff::Timestamp::now());
+                rx.started_at = Some(std::time::Instant::now());
+                uploader = Some(Uploader::new(
+                    storage.clone(),
+                    id.clone(),
+                    tli,
+                    opts.max_in_flight,
+                    opts.upload_timeout,
+                    progress.clone(),
+                ));
+            }
+            BaseBackupMessage::Archive { name, tablespace_location } => {
+                let up = uploader.as_mut().ok_or_else(|| proto("an archive began before the backup started"))?;
+                if let Some(job) = rx.close_archive() {
+                    submit(up, job, cancel).await?;
+                }
+                let stem = backup::archive_name(&name)
+                    .ok_or_else(|| proto(&format!("unexpected archive name {name:?}")))?
+                    .to_string();
+                if rx.archives.iter().any(|a| a.name == stem) {
+                    return Err(proto(&format!("archive {name:?} sent twice")));
+                }
+                let oid = (stem != backup::BASE_ARCHIVE).then(|| stem.parse::<u32>()).transpose().ok().flatten();
+                rx.archives.push(ArchiveInfo {
+                    name: stem.clone(),
+                    tablespace_oid: oid,
+                    tablespace_location,
+                    parts: Vec::new(),
+                    raw_bytes: 0,
+                    stored_bytes: 0,
+                });
+                rx.open = Some(OpenArchive {
+                    idx: rx.archives.len() - 1,
+                    name: stem,
+                    offset: 0,
+                    next_index: 0,
+                    buf: BytesMut::with_capacity(opts.part_size),
+                });
+            }
+            BaseBackupMessage::Data(mut d) => {
+                if let Some(m) = rx.manifest.as_mut() {
+                    m.extend_from_slice(&d);
+                    continue;
+                }
+                let up = uploader.as_mut().ok_or_else(|| proto("data before the backup started"))?;
+                let a = rx.open.as_mut().ok_or_else(|| proto("data before any archive"))?;
+                BackupProgress::add(&progress.received, d.len() as u64);
+                while !d.is_empty() {
+                    let take = (opts.part_size - a.buf.len()).min(d.len());
+                    a.buf.extend_from_slice(&d.split_to(take));
+                    if a.buf.len() == opts.part_size {
+                        let job = cut(a);
+                        a.buf.reserve(opts.part_size);
+                        submit(up, job, cancel).await?;
+                    }
+                }
+            }
+            BaseBackupMessage::Progress(_) => {}
+            BaseBackupMessage::ManifestStart => {
+                let up = uploader.as_mut().ok_or_else(|| proto("manifest before the backup started"))?;
+                if let Some(job) = rx.close_archive() {
+                    submit(up, job, cancel).await?;
+                }
+                rx.manifest = Some(BytesMut::new());
+            }
+            BaseBackupMessage::Finished { end_lsn, tli } => rx.finished = Some((end_lsn, tli)),
+        }
+    }
+    drop(bb);
+    tracing::debug!(
+        received = BackupProgress::get(&progress.received),
+        estimate = BackupProgress::get(&progress.total_estimate),
+        "all archives received"
+    );
+    let mut uploader = uploader.ok_or_else(|| proto("the server sent no backup"))?;
+    if let Some(job) = rx.close_archive() {
+        submit(&mut uploader, job, cancel).await?;
+    }
+    let parts = tokio::select! {
+        _ = cancel.cancelled() => return Err(BackupError::Cancelled),
+        r = uploader.finish() => r?,
+    };
+    for (idx, part) in parts {
+        let a = rx.archives.get_mut(idx).ok_or_else(|| proto("part of an unknown archive"))?;
+        a.raw_bytes += part.raw_len;
+        a.stored_bytes += part.stored_len;
+        a.parts.push(part);
+    }
+    for a in &mut rx.archives {
+        a.parts.sort_by_key(|p| p.index);
+        if a.parts.iter().enumerate().any(|(i, p)| p.index as usize != i) {
+            return Err(BackupError::Invalid(format!(
+                "internal error: parts of archive {} are not contiguous",
+                a.name
+            )));
+        }
+    }
+    if !rx.archives.iter().any(|a| a.name == backup::BASE_ARCHIVE) {
+        return Err(proto("the server sent no base archive"));
+    }
+
+    let (start_lsn, tli) = rx.started.ok_or_else(|| proto("the backup never started"))?;
+    let raw_manifest = rx.manifest.ok_or_else(|| proto("the server sent no backup manifest"))?.freeze();
+    let manifest = Manifest::parse(&raw_manifest).map_err(|e| proto(&format!("backup manifest: {e}")))?;
+    let (stop_lsn, stop_tli) = match (rx.finished, manifest.stop()) {
+        (Some(f), Some(m)) if f != m => {
+            return Err(proto(&format!("the server's stop position {} differs from its manifest's {}", f.0, m.0)));
+        }
+        (Some(f), _) => f,
+        (None, Some(m)) => m,
+        (None, None) => return Err(proto("the backup has no stop position")),
+    };
+    if stop_tli != tli {
+        return Err(BackupError::Invalid(format!(
+            "the server changed timeline during the backup ({tli} to {stop_tli}); take it again"
+        )));
+    }
+    let stop_time = jiff::Timestamp::now();
+    if !failures.is_empty() && !opts.allow_checksum_failures {
+        return Err(BackupError::ChecksumFailures(failures));
+    }
+
+    let manifest_obj = {
+        let raw = raw_manifest.clone();
+        tokio::task::spawn_blocking(move || encode_part(tli, 0, &raw))
+            .await
+            .map_err(|e| BackupError::Invalid(format!("internal error: {e}")))?
+    };
+    let manifest_stored = manifest_obj.len() as u64;
+    put_retrying(storage.as_ref(), &id.manifest_key(), manifest_obj, opts.upload_timeout).await?;
+
+    progress.set_phase(BackupPhase::Wal);
+    let started = rx.started_at.unwrap_or_else(std::time::Instant::now);
+    let need = WalNeed { tli, start: start_lsn, stop: stop_lsn, started, baseline };
+    let wal_source = ensure_wal(repo, need, fetcher.as_mut(), opts, cancel).await?;
+    if let Some(f) = fetcher {
+        f.conn.close().await;
+    }
+
+    let size_bytes = rx.archives.iter().map(|a| a.raw_bytes).sum();
+    let stored_bytes = rx.archives.iter().map(|a| a.stored_bytes).sum::<u64>() + manifest_stored;
+    Ok(BackupInfo {
+        format_version: INFO_FORMAT_VERSION,
+        id: id.to_string(),
+        label: opts.label.clone(),
+        status: BackupStatus::Complete,
+        timeline: tli,
+        start_lsn,
+        stop_lsn,
+        start_time: format!("{:.6}", rx.start_time.unwrap_or(stop_time)),
+        stop_time: format!("{stop_time:.6}"),
+        pg_version_num: source.identity.pg_version_num,
+        system_identifier: source.identity.system_identifier,
+        archives: rx.archives,
+        manifest: ManifestInfo { size: raw_manifest.len() as u64, crc: crc32fast::hash(&raw_manifest) },
+        size_bytes,
+        stored_bytes,
+        file_count: manifest.files.len() as u64,
+        checksum_failures: failures,
+        wal_source,
+        pgpitr_version: format!("pgpitr {}", env!("CARGO_PKG_VERSION")),
+    })
+}
+
+fn proto(msg: &str) -> BackupError {
+    BackupError::Protocol(msg.to_string())
+}

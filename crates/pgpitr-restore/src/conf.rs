@@ -1,0 +1,146 @@
+//! The recovery settings a restored data directory starts with:
+//! `recovery.signal` plus a block appended to `postgresql.auto.conf`, so
+//! that a plain `pg_ctl start` replays to the target.
+
+use crate::plan::RecoveryTarget;
+use crate::target::{TargetAction, format_time};
+use pgpitr_types::TimelineId;
+use std::io::Write;
+use std::path::Path;
+
+/// What goes into the configuration.
+#[derive(Debug, Clone)]
+pub struct RecoveryConf {
+    pub restore_command: String,
+    pub target: RecoveryTarget,
+    pub timeline: TimelineId,
+    pub action: TargetAction,
+    /// One line saying what was restored, as a comment.
+    pub comment: String,
+}
+
+/// Quotes one word for `/bin/sh`, which runs `restore_command`.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// `restore_command` calling `exe wal-fetch`. Only the repository location
+/// goes in, never a credential: S3 credentials come from the server's
+/// environment. `%` is doubled because Postgres expands `%f`/`%p`.
+pub fn restore_command(exe: &Path, repo: &str, spool: Option<&Path>) -> Result<String, String> {
+    let word = |s: &str| -> Result<String, String> {
+        if s.contains(['\n', '\r', '\0']) {
+            return Err(format!("{s:?} cannot be used in restore_command (it contains a line break or NUL)"));
+        }
+        Ok(shell_quote(s).replace('%', "%%"))
+    };
+    let exe = exe.to_str().ok_or_else(|| format!("{} is not valid UTF-8", exe.display()))?;
+    let mut cmd = format!("{} wal-fetch --repo {}", word(exe)?, word(repo)?);
+    if let Some(spool) = spool {
+        let spool = spool.to_str().ok_or_else(|| format!("{} is not valid UTF-8", spool.display()))?;
+        cmd.push_str(&format!(" --spool {}", word(spool)?));
+    }
+    cmd.push_str(" %f %p");
+    Ok(cmd)
+}
+
+/// A value as a single-quoted configuration-file string.
+pub fn conf_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\\', r"\\").replace('\'', "''"))
+}
+
+/// The lines to append to `postgresql.auto.conf`. Every recovery target
+/// setting is written, the chosen one last: Postgres rejects two non-empty
+/// targets, and one left in the source's configuration must not survive.
+pub fn render(c: &RecoveryConf) -> String {
+    let mut lines = vec![format!("# {}", c.comment.replace(['\n', '\r'], " "))];
+    let mut set = |k: &str, v: &str| lines.push(format!("{k} = {}", conf_quote(v)));
+    set("restore_command", &c.restore_command);
+    let (key, value, inclusive) = match &c.target {
+        RecoveryTarget::None => ("", String::new(), true),
+        RecoveryTarget::Immediate => ("recovery_target", "immediate".to_string(), true),
+        RecoveryTarget::Time { time_us, inclusive } => ("recovery_target_time", format_time(*time_us), *inclusive),
+        RecoveryTarget::Lsn { lsn, inclusive } => ("recovery_target_lsn", lsn.to_string(), *inclusive),
+        RecoveryTarget::Xid { xid, inclusive } => ("recovery_target_xid", xid.to_string(), *inclusive),
+        RecoveryTarget::Name { name } => ("recovery_target_name", name.clone(), true),
+    };
+    for k in [
+        "recovery_target",
+        "recovery_target_lsn",
+        "recovery_target_name",
+        "recovery_target_time",
+        "recovery_target_xid",
+    ] {
+        if k != key {
+            set(k, "");
+        }
+    }
+    if !key.is_empty() {
+        set(key, &value);
+    }
+    set("recovery_target_inclusive", if inclusive { "on" } else { "off" });
+    set("recovery_target_timeline", &c.timeline.to_string());
+    set("recovery_target_action", c.action.as_str());
+    lines.join("\n") + "\n"
+}
+
+/// Appends the settings to `postgresql.auto.conf` and creates
+/// `recovery.signal`, both 0600 and synced.
+pub fn write(pgdata: &Path, c: &RecoveryConf) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let auto = pgdata.join("postgresql.auto.conf");
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&auto)?;
+    let text = format!("\n{}", render(c));
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    let signal = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(pgdata.join("recovery.signal"))?;
+    signal.sync_all()?;
+    std::fs::File::open(pgdata)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgpitr_types::Lsn;
+
+    #[test]
+    fn restore_command_quotes_for_shell_percent_and_conf() {
+        let cmd = restore_command(Path::new("/opt/pg pitr/pgpitr"), "s3://b/p?endpoint=http://h:1&region=x%2B", None)
+            .unwrap();
+        assert_eq!(cmd, "'/opt/pg pitr/pgpitr' wal-fetch --repo 's3://b/p?endpoint=http://h:1&region=x%%2B' %f %p");
+        let cmd = restore_command(Path::new("/x/it's"), "/repo", Some(Path::new("/d/pg_wal/pgpitr_spool"))).unwrap();
+        assert_eq!(cmd, r"'/x/it'\''s' wal-fetch --repo '/repo' --spool '/d/pg_wal/pgpitr_spool' %f %p");
+        assert_eq!(
+            conf_quote(&cmd),
+            r"'''/x/it''\\''''s'' wal-fetch --repo ''/repo'' --spool ''/d/pg_wal/pgpitr_spool'' %f %p'"
+        );
+        assert!(restore_command(Path::new("/x"), "/re\npo", None).is_err());
+    }
+
+    #[test]
+    fn chosen_target_comes_last() {
+        let c = RecoveryConf {
+            restore_command: "x %f %p".into(),
+            target: RecoveryTarget::Time { time_us: 1_795_000_000_000_000, inclusive: false },
+            timeline: TimelineId(2),
+            action: TargetAction::Pause,
+            comment: "pgpitr restore".into(),
+        };
+        let text = render(&c);
+        let targets: Vec<&str> = text.lines().filter(|l| l.starts_with("recovery_target")).collect();
+        assert_eq!(targets[3], "recovery_target_xid = ''");
+        assert_eq!(targets[4], "recovery_target_time = '2026-11-18 21:46:40+00'");
+        assert!(text.contains("recovery_target_inclusive = 'off'\n"));
+        assert!(text.contains("recovery_target_timeline = '2'\n"));
+        assert!(text.contains("recovery_target_action = 'pause'\n"));
+        let c = RecoveryConf { target: RecoveryTarget::Lsn { lsn: Lsn(0x1_0000_0028), inclusive: true }, ..c };
+        assert!(render(&c).contains("recovery_target_lsn = '1/28'\n"));
+        let c = RecoveryConf { target: RecoveryTarget::None, ..c };
+        assert_eq!(render(&c).matches("= ''").count(), 5);
+    }
+}

@@ -1,0 +1,24 @@
+//! Restoring a cluster to a point in time, and serving WAL to its recovery.
+//!
+//! ```text
+//!  pgpitr restore ──plan (listing + commit index)──▶ extract backup ──▶ recovery.signal
+//!                                                                      + postgresql.auto.conf
+//!  postgres (recovery) ──restore_command──▶ pgpitr wal-fetch ──spool / repository
+//!                                                  └─▶ prefetcher (next segments, in parallel)
+//! ```
+//!
+//! Nothing is written until the plan holds: a target outside the restorable
+//! window, or behind a WAL gap, is refused with the window or the gap named.
+
+pub mod conf;
+pub mod plan;
+pub mod restore;
+pub mod server;
+pub mod target;
+pub mod walfetch;
+
+pub use plan::{BackupPoint, Plan, PlanError, PlanRequest, RecoveryTarget, RepoIndex, TimelinePath, Window};
+pub use restore::{RestoreError, RestoreOptions, Restored, restore};
+pub use server::{Reached, StartOptions};
+pub use target::{Target, TargetAction, TimelineTarget, format_time, parse_time, parse_xid};
+pub use walfetch::{FetchError, FetchRequest, Fetched};

@@ -1,0 +1,256 @@
+//! Planning over a real (local-directory) repository holding synthetic WAL
+//! objects: the keys and summaries are what planning reads.
+
+use super::*;
+use crate::target::Target;
+use bytes::Bytes;
+use pgpitr_repo::object::{self, Codec};
+use pgpitr_storage::LocalStorage;
+use std::sync::Arc;
+
+const T0: i64 = 1_795_000_000_000_000;
+const S: u64 = 1 << 20;
+
+fn seg() -> WalSegSize {
+    WalSegSize::new(S).unwrap()
+}
+
+fn at(segno: u64, off: u64) -> Lsn {
+    Lsn(segno * S + off)
+}
+
+fn secs(s: i64) -> i64 {
+    T0 + s * 1_000_000
+}
+
+struct Repo {
+    _dir: tempfile::TempDir,
+    storage: Arc<dyn Storage>,
+    backups: Vec<BackupPoint>,
+}
+
+impl Repo {
+    fn new() -> Repo {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path()));
+        Repo { _dir: dir, storage, backups: Vec::new() }
+    }
+
+    /// Stores an object; `commits` are (LSN, seconds after T0).
+    async fn put(&self, tli: u32, segno: u64, part: Option<(u32, u32)>, commits: &[(Lsn, i64)], rps: &[(&str, Lsn)]) {
+        let tli = TimelineId(tli);
+        let id = match part {
+            None => WalObjectId::segment(tli, pgpitr_types::SegNo(segno)),
+            Some((f, t)) => WalObjectId::part(tli, pgpitr_types::SegNo(segno), f, t),
+        };
+        let tl = |&(lsn, s): &(Lsn, i64)| TimedLsn { lsn, end_lsn: Lsn(lsn.0 + 0x40), time_us: secs(s) };
+        let summary = WalSummary {
+            first_commit: commits.first().map(tl),
+            last_commit: commits.last().map(tl),
+            commits: commits.len() as u64,
+            restore_points: rps
+                .iter()
+                .map(|(n, l)| RestorePoint { name: n.to_string(), lsn: *l, end_lsn: Lsn(l.0 + 0x40), time_us: T0 })
+                .collect(),
+            ..Default::default()
+        };
+        let (start, _) = id.range(seg());
+        let body = object::encode(tli, start, &[0u8; 8], Codec::None, &summary);
+        self.storage.put(&id.key(seg()), body).await.unwrap();
+    }
+
+    async fn history(&self, tli: u32, text: &str) {
+        self.storage.put(&wal::history_key(TimelineId(tli)), Bytes::from(text.to_string())).await.unwrap();
+    }
+
+    fn backup(&mut self, id: &str, tli: u32, start: Lsn, stop: Lsn, stop_s: i64) {
+        self.backups.push(BackupPoint {
+            id: id.into(),
+            timeline: TimelineId(tli),
+            start_lsn: start,
+            stop_lsn: stop,
+            stop_time_us: secs(stop_s),
+        });
+    }
+
+    async fn plan(&self, target: Target, inclusive: bool) -> Result<Plan> {
+        self.plan_with(target, inclusive, TimelineTarget::Latest, None).await
+    }
+
+    async fn plan_with(
+        &self,
+        target: Target,
+        inclusive: bool,
+        tl: TimelineTarget,
+        backup: Option<&str>,
+    ) -> Result<Plan> {
+        let repo = pgpitr_repo::Repository::init(
+            self.storage.clone(),
+            &pgpitr_repo::ClusterIdentity { system_identifier: 7, pg_version_num: 150000, wal_segment_size: seg() },
+        )
+        .await
+        .unwrap()
+        .0;
+        let index = RepoIndex::load(&repo, self.backups.clone()).await?;
+        let req = PlanRequest { target, inclusive, timeline: tl, backup: backup.map(String::from) };
+        plan(self.storage.as_ref(), &index, &req).await
+    }
+}
+
+/// Timeline 1: segments 1..=10 complete, 11 partial (0..0x1000); commits at
+/// +0x100 (k·10 s) and +0x800 (k·10 + 5 s) of every segment k; backups B1
+/// (segment 2, ends at 26 s) and B2 (segment 6, ends at 66 s).
+async fn linear() -> Repo {
+    let mut r = Repo::new();
+    for k in 1..=11u64 {
+        let part = (k == 11).then_some((0, 0x1000));
+        let rps: Vec<(&str, Lsn)> = if k == 5 { vec![("rp1", at(5, 0x900))] } else { vec![] };
+        r.put(1, k, part, &[(at(k, 0x100), k as i64 * 10), (at(k, 0x800), k as i64 * 10 + 5)], &rps).await;
+    }
+    r.backup("B1", 1, at(2, 0x28), at(2, 0x900), 26);
+    r.backup("B2", 1, at(6, 0x28), at(6, 0x900), 66);
+    r
+}
+
+#[tokio::test]
+async fn time_target_picks_newest_backup_and_stop_commit() {
+    let r = linear().await;
+    let p = r.plan(Target::Time(secs(75)), true).await.unwrap();
+    assert_eq!(p.backup.id, "B2");
+    assert_eq!(p.recovery, RecoveryTarget::Time { time_us: secs(75), inclusive: true });
+    assert_eq!(p.first_excluded.unwrap().lsn, at(8, 0x100));
+    assert_eq!(p.last_commit.unwrap().lsn, at(7, 0x800));
+    assert_eq!(p.wal_end, at(8, 0x140));
+    assert_eq!((p.earliest_us, p.latest_us), (secs(26), secs(115)));
+
+    let p = r.plan(Target::Time(secs(75)), false).await.unwrap();
+    assert_eq!(p.first_excluded.unwrap().lsn, at(7, 0x800));
+    assert_eq!(p.last_commit.unwrap().lsn, at(7, 0x100));
+
+    let p = r.plan(Target::Time(secs(40)), true).await.unwrap();
+    assert_eq!(p.backup.id, "B1");
+    assert_eq!(p.first_excluded.unwrap().lsn, at(4, 0x800));
+
+    let p = r.plan_with(Target::Time(secs(75)), true, TimelineTarget::Latest, Some("B1")).await.unwrap();
+    assert_eq!(p.backup.id, "B1");
+}
+
+#[tokio::test]
+async fn window_edges() {
+    let r = linear().await;
+    let e = r.plan(Target::Time(secs(10)), true).await.unwrap_err();
+    assert!(matches!(e, PlanError::BeforeEarliest { earliest, .. } if earliest == secs(26)), "{e}");
+    assert!(e.to_string().starts_with("target 2026-"), "{e}");
+    let e = r.plan(Target::Time(secs(116)), true).await.unwrap_err();
+    assert!(matches!(e, PlanError::AfterLatest { latest, .. } if latest == secs(115)), "{e}");
+
+    // At the newest commit no later commit exists: an LSN target at it.
+    let p = r.plan(Target::Time(secs(115)), true).await.unwrap();
+    assert_eq!(p.recovery, RecoveryTarget::Lsn { lsn: at(11, 0x800), inclusive: true });
+    assert!(p.note.is_some());
+    // Exclusive: that commit is the stop, so the time target works.
+    let p = r.plan(Target::Time(secs(115)), false).await.unwrap();
+    assert_eq!(p.recovery, RecoveryTarget::Time { time_us: secs(115), inclusive: false });
+
+    let e = r.plan_with(Target::Time(secs(40)), true, TimelineTarget::Latest, Some("B2")).await.unwrap_err();
+    assert!(matches!(e, PlanError::BeforeEarliest { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn gaps_are_refused_only_when_in_the_way() {
+    let r = linear().await;
+    let id = WalObjectId::segment(TimelineId(1), pgpitr_types::SegNo(9));
+    r.storage.delete(&id.key(seg())).await.unwrap();
+    let e = r.plan(Target::Time(secs(100)), true).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, PlanError::Gap(_)), "{msg}");
+    assert!(msg.contains("0/900000..0/A00000") && msg.contains("timeline 1"), "{msg}");
+    assert!(msg.contains(&format_time(secs(85))), "{msg}");
+    assert!(r.plan(Target::Time(secs(80)), true).await.is_ok());
+    assert!(matches!(r.plan(Target::Latest, true).await, Err(PlanError::Gap(_))));
+    assert!(r.plan(Target::Immediate, true).await.is_ok());
+}
+
+#[tokio::test]
+async fn latest_immediate_lsn_name_xid() {
+    let r = linear().await;
+    let p = r.plan(Target::Latest, true).await.unwrap();
+    assert_eq!((p.recovery.clone(), p.wal_end, p.backup.id.as_str()), (RecoveryTarget::None, at(11, 0x1000), "B2"));
+    let p = r.plan(Target::Immediate, true).await.unwrap();
+    assert_eq!((p.recovery, p.wal_end), (RecoveryTarget::Immediate, at(6, 0x900)));
+
+    let p = r.plan(Target::Lsn(at(7, 0x200)), true).await.unwrap();
+    assert_eq!(p.recovery, RecoveryTarget::Lsn { lsn: at(7, 0x200), inclusive: true });
+    assert_eq!((p.backup.id.as_str(), p.wal_end), ("B2", at(7, 0x840)));
+    let p = r.plan(Target::Lsn(at(11, 0xF00)), true).await.unwrap();
+    assert_eq!(p.recovery, RecoveryTarget::Lsn { lsn: at(11, 0x800), inclusive: true });
+    assert!(matches!(r.plan(Target::Lsn(at(11, 0x2000)), true).await, Err(PlanError::LsnAfterLatest { .. })));
+    assert!(matches!(r.plan(Target::Lsn(at(2, 0x200)), true).await, Err(PlanError::LsnBeforeEarliest { .. })));
+
+    let p = r.plan(Target::Name("rp1".into()), true).await.unwrap();
+    assert_eq!((p.backup.id.as_str(), p.wal_end), ("B1", at(5, 0x940)));
+    let e = r.plan(Target::Name("nope".into()), true).await.unwrap_err();
+    assert!(e.to_string().contains("\"nope\" is not in the stored WAL"), "{e}");
+
+    let p = r.plan(Target::Xid(1234), false).await.unwrap();
+    assert_eq!((p.recovery, p.wal_end), (RecoveryTarget::Xid { xid: 1234, inclusive: false }, at(11, 0x1000)));
+}
+
+/// Timeline 1 (segments 1..=6; it went on past the fork) and timeline 2,
+/// forked at 0/502000 (segments 5..=7, the last partial).
+async fn forked() -> Repo {
+    let mut r = Repo::new();
+    for k in 1..=4u64 {
+        r.put(1, k, None, &[(at(k, 0x100), k as i64 * 10)], &[]).await;
+    }
+    r.put(1, 5, None, &[(at(5, 0x100), 50), (at(5, 0x3000), 52)], &[]).await;
+    r.put(1, 6, None, &[(at(6, 0x100), 61)], &[]).await;
+    r.history(2, "1\t0/502000\tno recovery target specified\n").await;
+    r.put(2, 5, None, &[(at(5, 0x2100), 53)], &[]).await;
+    r.put(2, 6, None, &[(at(6, 0x100), 60)], &[]).await;
+    r.put(2, 7, Some((0, 0x800)), &[(at(7, 0x100), 70)], &[]).await;
+    r.backup("B1", 1, at(1, 0x28), at(1, 0x900), 12);
+    // Taken on the old primary after the fork: not on timeline 2's history.
+    r.backup("B-old", 1, at(5, 0x4000), at(5, 0x5000), 56);
+    r
+}
+
+#[tokio::test]
+async fn follows_the_history_of_the_target_timeline() {
+    let r = forked().await;
+    let p = r.plan(Target::Time(secs(65)), true).await.unwrap();
+    assert_eq!((p.timeline, p.backup.id.as_str()), (TimelineId(2), "B1"));
+    assert_eq!(p.first_excluded.unwrap().lsn, at(7, 0x100));
+    assert_eq!(p.last_commit.unwrap().lsn, at(6, 0x100));
+    // Timeline 1's commit at 52 s lies past the fork: not on this history.
+    let p = r.plan(Target::Time(secs(52)), true).await.unwrap();
+    assert_eq!(p.first_excluded.unwrap().lsn, at(5, 0x2100));
+
+    let p = r.plan_with(Target::Time(secs(57)), true, TimelineTarget::Id(TimelineId(1)), None).await.unwrap();
+    assert_eq!((p.timeline, p.backup.id.as_str()), (TimelineId(1), "B-old"));
+    assert_eq!(p.first_excluded.unwrap().lsn, at(6, 0x100));
+    let p = r.plan_with(Target::Immediate, true, TimelineTarget::Current, None).await.unwrap();
+    assert_eq!((p.timeline, p.backup.id.as_str()), (TimelineId(1), "B-old"));
+
+    let e = r.plan_with(Target::Latest, true, TimelineTarget::Latest, Some("B-old")).await.unwrap_err();
+    assert!(e.to_string().contains("not on the history of timeline 2"), "{e}");
+
+    // The switch segment is read from timeline 2 even though timeline 1 has it.
+    let id = WalObjectId::segment(TimelineId(2), pgpitr_types::SegNo(5));
+    r.storage.delete(&id.key(seg())).await.unwrap();
+    let e = r.plan(Target::Time(secs(65)), true).await.unwrap_err();
+    assert!(e.to_string().contains("0/500000..0/600000 of timeline 2"), "{e}");
+}
+
+#[test]
+fn segments_come_from_the_newest_timeline_that_began() {
+    let h = TimelineHistory::parse(TimelineId(3), "1\t0/502000\tx\n2\t0/700000\ty\n").unwrap();
+    let p = TimelinePath::from_history(&h);
+    let (t1, t2, t3) = (TimelineId(1), TimelineId(2), TimelineId(3));
+    assert_eq!(
+        p.needed(seg(), at(1, 0x28), at(9, 0x10)),
+        vec![(t1, at(1, 0), at(5, 0)), (t2, at(5, 0), at(7, 0)), (t3, at(7, 0), at(9, 0x10))]
+    );
+    assert_eq!(p.needed(seg(), at(5, 0x28), at(5, 0x900)), vec![(t2, at(5, 0), at(5, 0x900))]);
+    assert_eq!(p.needed(seg(), at(2, 0), at(3, 0)), vec![(t1, at(2, 0), at(3, 0))]);
+}

@@ -1,0 +1,232 @@
+//! `pgpitr restore`: plan, extract the backup, write the recovery settings.
+
+use crate::conf::{self, RecoveryConf};
+use crate::plan::{self, BackupPoint, Plan, PlanRequest, RepoIndex};
+use crate::target::{TargetAction, format_time};
+use pgpitr_backup::{ExtractOptions, ExtractStats};
+use pgpitr_repo::Repository;
+use pgpitr_repo::backup::BackupInfo;
+use pgpitr_storage::RepoUrl;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Where prefetched WAL waits, inside `pg_wal` so that a spooled segment
+/// reaches `%p` by a rename, and base backups of the restored cluster skip it.
+pub const SPOOL_DIR: &str = "pg_wal/pgpitr_spool";
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub repo_url: RepoUrl,
+    pub pgdata: PathBuf,
+    pub request: PlanRequest,
+    pub action: TargetAction,
+    pub tablespace_map: Vec<(PathBuf, PathBuf)>,
+    /// The binary `restore_command` calls (this one).
+    pub exe: PathBuf,
+    pub parallelism: usize,
+    /// Show a progress bar on stderr (when it is a terminal).
+    pub progress: bool,
+    /// Plan only.
+    pub dry_run: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    #[error(transparent)]
+    Backup(#[from] pgpitr_backup::BackupError),
+    #[error(transparent)]
+    Repo(#[from] pgpitr_repo::RepoError),
+    #[error(transparent)]
+    Storage(#[from] pgpitr_storage::StorageError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Restored {
+    pub plan: Plan,
+    pub pgdata: PathBuf,
+    pub restore_command: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub plan_secs: f64,
+    pub download_secs: f64,
+}
+
+/// Refuses a data directory that exists and is not an empty directory.
+pub fn check_target_dir(dir: &Path) -> Result<(), RestoreError> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => match entries.next() {
+            None => Ok(()),
+            Some(_) => Err(RestoreError::Invalid(format!(
+                "--pgdata {} is not empty; restore into an empty or new directory",
+                dir.display()
+            ))),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RestoreError::Io { path: dir.display().to_string(), source: e }),
+    }
+}
+
+/// The complete backups of a repository, with what planning needs.
+pub async fn complete_backups(repo: &Repository) -> Result<Vec<(BackupPoint, BackupInfo)>, RestoreError> {
+    let mut out = Vec::new();
+    for entry in pgpitr_repo::backup::scan(repo.storage().as_ref()).await? {
+        let Some(info) = entry.info else { continue };
+        let stop: jiff::Timestamp = info.stop_time.parse().map_err(|e| {
+            RestoreError::Invalid(format!("backup {}: stop_time {:?} is not RFC 3339: {e}", info.id, info.stop_time))
+        })?;
+        let point = BackupPoint {
+            id: info.id.clone(),
+            timeline: info.timeline,
+            start_lsn: info.start_lsn,
+            stop_lsn: info.stop_lsn,
+            stop_time_us: stop.as_microsecond(),
+        };
+        out.push((point, info));
+    }
+    Ok(out)
+}
+
+/// The restorable window of every timeline, for `pgpitr list`.
+pub async fn restorable_windows(repo: &Repository) -> Result<Vec<plan::Window>, RestoreError> {
+    let backups = complete_backups(repo).await?;
+    let index = RepoIndex::load(repo, backups.into_iter().map(|(p, _)| p).collect()).await?;
+    Ok(plan::windows(repo.storage().as_ref(), &index).await?)
+}
+
+/// Plans, then (unless a dry run) extracts and configures recovery.
+pub async fn restore(repo: &Repository, opts: &RestoreOptions) -> Result<Restored, RestoreError> {
+    let t0 = Instant::now();
+    check_target_dir(&opts.pgdata)?;
+    for (_, new) in &opts.tablespace_map {
+        check_target_dir(new)?;
+    }
+    let backups = complete_backups(repo).await?;
+    let index = RepoIndex::load(repo, backups.iter().map(|(p, _)| p.clone()).collect()).await?;
+    let plan = plan::plan(repo.storage().as_ref(), &index, &opts.request).await?;
+    let spool = opts.pgdata.join(SPOOL_DIR);
+    let restore_command =
+        conf::restore_command(&opts.exe, &opts.repo_url.to_string(), Some(&spool)).map_err(RestoreError::Invalid)?;
+    let plan_secs = t0.elapsed().as_secs_f64();
+    let mut out = Restored {
+        plan: plan.clone(),
+        pgdata: opts.pgdata.clone(),
+        restore_command: restore_command.clone(),
+        files: 0,
+        bytes: 0,
+        plan_secs,
+        download_secs: 0.0,
+    };
+    if opts.dry_run {
+        return Ok(out);
+    }
+    let info = backups
+        .iter()
+        .find(|(p, _)| p.id == plan.backup.id)
+        .map(|(_, i)| i.clone())
+        .ok_or_else(|| RestoreError::Invalid(format!("backup {} vanished while planning", plan.backup.id)))?;
+    tracing::info!(backup = %info.id, pgdata = %opts.pgdata.display(), "extracting the backup");
+    let t1 = Instant::now();
+    let stats = extract_with_progress(repo, &info, opts).await?;
+    out.download_secs = t1.elapsed().as_secs_f64();
+    out.files = stats.files;
+    out.bytes = stats.bytes;
+
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&spool)
+        .map_err(|e| RestoreError::Io { path: spool.display().to_string(), source: e })?;
+    let c = RecoveryConf {
+        restore_command,
+        target: plan.recovery.clone(),
+        timeline: plan.timeline,
+        action: opts.action,
+        comment: format!(
+            "pgpitr restore at {}: backup {}, target {}, timeline {}",
+            format_time(jiff::Timestamp::now().as_microsecond()),
+            plan.backup.id,
+            opts.request.target,
+            plan.timeline
+        ),
+    };
+    conf::write(&opts.pgdata, &c)
+        .map_err(|e| RestoreError::Io { path: opts.pgdata.display().to_string(), source: e })?;
+    Ok(out)
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+/// Runs the extraction; on a terminal, draws a progress bar from the bytes
+/// already on disk (the extractor keeps no counters to read).
+async fn extract_with_progress(
+    repo: &Repository,
+    info: &BackupInfo,
+    opts: &RestoreOptions,
+) -> Result<ExtractStats, RestoreError> {
+    let done = Arc::new(AtomicBool::new(false));
+    let bar = (opts.progress && std::io::stderr().is_terminal()).then(|| {
+        let pb =
+            indicatif::ProgressBar::with_draw_target(Some(info.size_bytes), indicatif::ProgressDrawTarget::stderr());
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "restoring {bar:30} {percent:>3}% {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
+            pb.set_style(style);
+        }
+        let done = done.clone();
+        let dirs: Vec<PathBuf> =
+            std::iter::once(opts.pgdata.clone()).chain(opts.tablespace_map.iter().map(|(_, n)| n.clone())).collect();
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(300));
+                pb.set_position(dirs.iter().map(|d| disk_bytes(d)).sum());
+            }
+            pb.finish_and_clear();
+        })
+    });
+    let eopts = ExtractOptions { parallelism: opts.parallelism.max(1), ..ExtractOptions::default() };
+    let result = pgpitr_backup::extract(repo, info, &opts.pgdata, &opts.tablespace_map, &eopts).await;
+    done.store(true, Ordering::Relaxed);
+    if let Some(h) = bar {
+        let _ = h.join();
+    }
+    Ok(result?)
+}
+
+/// Bytes of regular files under `dir` (symlinks not followed).
+fn disk_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => disk_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_dir_must_be_empty_or_missing() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(check_target_dir(&d.path().join("new")).is_ok());
+        assert!(check_target_dir(d.path()).is_ok());
+        std::fs::write(d.path().join("PG_VERSION"), "15").unwrap();
+        let e = check_target_dir(d.path()).unwrap_err().to_string();
+        assert!(e.contains("is not empty"), "{e}");
+        assert!(check_target_dir(&d.path().join("PG_VERSION")).is_err());
+    }
+}

@@ -1,0 +1,234 @@
+//! `restore --start/--wait`: start the restored cluster, follow its
+//! recovery, and report the point it actually reached.
+
+use crate::target::TargetAction;
+use pgpitr_types::Lsn;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    pub pgdata: PathBuf,
+    pub bindir: PathBuf,
+    pub port: Option<u16>,
+    pub action: TargetAction,
+    /// Wait for recovery to finish (otherwise return once the server runs).
+    pub wait: bool,
+    pub progress: bool,
+}
+
+/// Where recovery ended, as the server reports it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Reached {
+    /// `promoted`, `paused`, `shut down` or `running` (not waited for).
+    pub state: String,
+    /// `pg_last_xact_replay_timestamp()`: the last replayed commit or abort, RFC 3339 UTC.
+    pub last_replayed_commit_time: Option<String>,
+    /// `pg_last_wal_replay_lsn()`.
+    pub last_replayed_lsn: Option<Lsn>,
+    /// The timeline the server writes on after promotion.
+    pub timeline: Option<u32>,
+    pub port: Option<u16>,
+    pub replay_secs: f64,
+    pub log_file: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ServerError(pub String);
+
+/// `--pg-bindir`, else `pg_config --bindir`.
+pub fn pg_bindir(explicit: Option<&Path>) -> Result<PathBuf, ServerError> {
+    if let Some(d) = explicit {
+        return Ok(d.to_path_buf());
+    }
+    let out = std::process::Command::new("pg_config").arg("--bindir").output().map_err(|e| {
+        ServerError(format!("cannot run pg_config to find the PostgreSQL binaries ({e}); pass --pg-bindir"))
+    })?;
+    if !out.status.success() {
+        return Err(ServerError("pg_config --bindir failed; pass --pg-bindir".into()));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+/// `postmaster.pid`: port (line 4) and first socket directory (line 5).
+fn postmaster_pid(pgdata: &Path) -> Option<(u16, String)> {
+    let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    Some((lines.get(3)?.trim().parse().ok()?, lines.get(4).map(|s| s.trim().to_string()).unwrap_or_default()))
+}
+
+/// Starts the server on the restored directory and (with `wait`) follows
+/// recovery until the target action has happened.
+pub async fn start(opts: &StartOptions) -> Result<Reached, ServerError> {
+    if running_as_root() {
+        return Err(ServerError(
+            "PostgreSQL refuses to run as root: run pgpitr restore --start as the data directory's owner \
+             (e.g. runuser -u postgres -- pgpitr restore ...), or start it yourself with pg_ctl"
+                .into(),
+        ));
+    }
+    let log_dir = opts.pgdata.join("log");
+    std::fs::create_dir_all(&log_dir).map_err(|e| ServerError(format!("{}: {e}", log_dir.display())))?;
+    let log_file = log_dir.join("pgpitr-recovery.log");
+    let mut cmd = std::process::Command::new(opts.bindir.join("pg_ctl"));
+    cmd.arg("-D").arg(&opts.pgdata).arg("-l").arg(&log_file).arg("-W");
+    if let Some(p) = opts.port {
+        cmd.arg("-o").arg(format!("-p {p}"));
+    }
+    let out = cmd.arg("start").output().map_err(|e| ServerError(format!("cannot run pg_ctl: {e}")))?;
+    if !out.status.success() {
+        return Err(ServerError(format!(
+            "pg_ctl start failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim().replace('\n', " ")
+        )));
+    }
+    let t0 = Instant::now();
+    let mut reached =
+        Reached { state: "running".into(), port: opts.port, log_file: log_file.clone(), ..Default::default() };
+    let mut seen_pid = false;
+    let tty = opts.progress && std::io::stderr().is_terminal();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let pid = postmaster_pid(&opts.pgdata);
+        if pid.is_none() && (seen_pid || t0.elapsed() > Duration::from_secs(30)) {
+            // The server is gone: shut down at the target, or failed.
+            let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+            reached.replay_secs = t0.elapsed().as_secs_f64();
+            if opts.action == TargetAction::Shutdown && log.contains("shutdown at recovery target") {
+                reached.state = "shut down".into();
+                from_log(&log, &mut reached);
+                return Ok(reached);
+            }
+            let why = log
+                .lines()
+                .rev()
+                .find(|l| l.contains("FATAL:") || l.contains("PANIC:"))
+                .unwrap_or("no FATAL message in the log");
+            return Err(ServerError(format!(
+                "PostgreSQL stopped during recovery: {} (log: {})",
+                why.trim(),
+                log_file.display()
+            )));
+        }
+        let Some((port, sockdir)) = pid else { continue };
+        seen_pid = true;
+        reached.port = Some(port);
+        if !opts.wait {
+            reached.replay_secs = t0.elapsed().as_secs_f64();
+            return Ok(reached);
+        }
+        let Ok(row) = query_state(&sockdir, port).await else { continue };
+        reached.last_replayed_lsn = row.replay_lsn;
+        reached.last_replayed_commit_time = row.replay_time.clone();
+        if tty {
+            eprint!(
+                "\rreplaying: LSN {} last commit {}   ",
+                row.replay_lsn.map(|l| l.to_string()).unwrap_or_else(|| "?".into()),
+                row.replay_time.as_deref().unwrap_or("none yet")
+            );
+        }
+        let done = match opts.action {
+            TargetAction::Promote => !row.in_recovery,
+            TargetAction::Pause => row.paused || !row.in_recovery,
+            TargetAction::Shutdown => !row.in_recovery,
+        };
+        if done {
+            if tty {
+                eprintln!();
+            }
+            reached.replay_secs = t0.elapsed().as_secs_f64();
+            reached.timeline = row.timeline;
+            reached.state = if row.in_recovery { "paused" } else { "promoted" }.into();
+            if !row.in_recovery {
+                // Recovery is over: the prefetcher sees its spool go and exits.
+                let _ = std::fs::remove_dir_all(opts.pgdata.join(crate::restore::SPOOL_DIR));
+            }
+            return Ok(reached);
+        }
+    }
+}
+
+struct State {
+    in_recovery: bool,
+    paused: bool,
+    replay_lsn: Option<Lsn>,
+    replay_time: Option<String>,
+    timeline: Option<u32>,
+}
+
+/// Connects over the Unix socket as `PGUSER` (else the OS user, which peer
+/// and trust authentication accept) and reads the recovery state.
+async fn query_state(sockdir: &str, port: u16) -> Result<State, tokio_postgres::Error> {
+    let user = ["PGUSER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "postgres".into());
+    let mut cfg = tokio_postgres::Config::new();
+    if sockdir.is_empty() {
+        cfg.host("127.0.0.1");
+    } else {
+        cfg.host_path(sockdir);
+    }
+    cfg.port(port).user(&user).dbname(std::env::var("PGDATABASE").as_deref().unwrap_or("postgres"));
+    if let Ok(p) = std::env::var("PGPASSWORD") {
+        cfg.password(p);
+    }
+    cfg.application_name("pgpitr restore").connect_timeout(Duration::from_secs(5));
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    let task = tokio::spawn(conn);
+    let q = "SELECT pg_is_in_recovery()::text, \
+             CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END, \
+             pg_last_wal_replay_lsn()::text, \
+             to_char(pg_last_xact_replay_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+             CASE WHEN NOT pg_is_in_recovery() \
+                  THEN (('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int)::text END";
+    let rows = client.simple_query(q).await?;
+    drop(client);
+    task.abort();
+    let row = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+        _ => None,
+    });
+    let get = |i: usize| row.and_then(|r| r.get(i)).map(str::to_string);
+    Ok(State {
+        in_recovery: get(0).as_deref() == Some("true"),
+        paused: get(1).as_deref() == Some("paused"),
+        replay_lsn: get(2).and_then(|s| s.parse().ok()),
+        replay_time: get(3),
+        timeline: get(4).and_then(|s| s.parse().ok()),
+    })
+}
+
+/// What the log says when the server is no longer there to ask.
+fn from_log(log: &str, r: &mut Reached) {
+    for line in log.lines() {
+        if let Some((_, t)) = line.split_once("last completed transaction was at log time ") {
+            r.last_replayed_commit_time = Some(t.trim().to_string());
+        }
+        if let Some((_, rest)) = line.split_once("redo done at ") {
+            r.last_replayed_lsn = rest.split_whitespace().next().and_then(|l| l.parse().ok());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_log_of_a_shutdown_at_target() {
+        let log = "2026-11-21 10:00:00.000 UTC [1] LOG:  redo done at 0/3000148 system usage: CPU\n\
+                   2026-11-21 10:00:00.000 UTC [1] LOG:  last completed transaction was at log time 2026-11-21 09:59:59.123456+00\n";
+        let mut r = Reached::default();
+        from_log(log, &mut r);
+        assert_eq!(r.last_replayed_lsn, Some(Lsn(0x300_0148)));
+        assert_eq!(r.last_replayed_commit_time.as_deref(), Some("2026-11-21 09:59:59.123456+00"));
+    }
+}

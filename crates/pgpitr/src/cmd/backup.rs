@@ -1,0 +1,77 @@
+use crate::cli::{BackupArgs, Checkpoint, LogFormat};
+use crate::conn;
+use crate::progress::ProgressDisplay;
+use indicatif::HumanBytes;
+use pgpitr_backup::{BackupOptions, CheckpointMode};
+use pgpitr_repo::backup::BackupInfo;
+use pgpitr_repo::{InitOutcome, Repository};
+use pgpitr_storage::RepoUrl;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub fn checkpoint_mode(c: Checkpoint) -> CheckpointMode {
+    match c {
+        Checkpoint::Fast => CheckpointMode::Fast,
+        Checkpoint::Spread => CheckpointMode::Spread,
+    }
+}
+
+pub async fn run(args: BackupArgs, log_format: LogFormat) -> anyhow::Result<u8> {
+    let url = RepoUrl::parse(&args.repo.repo)?;
+    let cfg = conn::config(&args.conn, "pgpitr_backup")?;
+    let (probe, identity) = conn::connect(&cfg).await?;
+    probe.close().await;
+    let storage = pgpitr_storage::open(&url).await?;
+    let (repo, outcome) = Repository::init(storage, &identity).await?;
+    if outcome == InitOutcome::Created {
+        tracing::info!(repo = %repo.location(), "initialised the repository for this cluster");
+    }
+    let opts = BackupOptions {
+        label: args.label.clone(),
+        checkpoint: checkpoint_mode(args.checkpoint),
+        allow_checksum_failures: args.allow_checksum_failures,
+        wal_timeout: args.wal_timeout,
+        part_size: args.part_size,
+        max_in_flight: args.parallel as usize,
+        max_rate_kbps: args.max_rate,
+        ..BackupOptions::default()
+    };
+    let cancel = CancellationToken::new();
+    crate::signals::cancel_on_signal(cancel.clone())?;
+    let began = Instant::now();
+    let display = ProgressDisplay::start(opts.progress.clone(), matches!(log_format, LogFormat::Text));
+    let result = pgpitr_backup::take_backup(&repo, &cfg, &opts, &cancel).await;
+    display.stop().await;
+    let info = result?;
+    for f in &info.checksum_failures {
+        tracing::warn!(
+            file = f.file.as_deref().unwrap_or("unknown"),
+            "kept despite a page checksum failure: {}",
+            f.message
+        );
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        print_summary(&info, &repo, began.elapsed());
+    }
+    Ok(crate::exit::OK)
+}
+
+fn print_summary(info: &BackupInfo, repo: &Repository, took: std::time::Duration) {
+    println!("backup {} complete in {}", info.id, repo.location());
+    println!("  label:     {}", info.label);
+    println!("  timeline:  {}, WAL {} .. {}", info.timeline, info.start_lsn, info.stop_lsn);
+    println!("  time:      {} .. {}", info.start_time, info.stop_time);
+    println!(
+        "  size:      {} in {} files ({} stored), {} tablespace(s)",
+        HumanBytes(info.size_bytes),
+        info.file_count,
+        HumanBytes(info.stored_bytes),
+        info.archives.len().saturating_sub(1)
+    );
+    println!("  took:      {:.1} s", took.as_secs_f64());
+    if !info.checksum_failures.is_empty() {
+        println!("  WARNING:   {} page checksum failure(s) recorded", info.checksum_failures.len());
+    }
+}

@@ -1,0 +1,66 @@
+//! `pgpitr wal-fetch`, PostgreSQL's `restore_command`.
+
+use crate::cli::RepoOpts;
+use clap::Args;
+use pgpitr_restore::walfetch::{self, FetchError, FetchRequest, Fetched};
+use pgpitr_storage::RepoUrl;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct WalFetchArgs {
+    #[command(flatten)]
+    pub repo: RepoOpts,
+    /// A private directory where the next segments are prefetched in the
+    /// background (`pgpitr restore` uses <pgdata>/pg_wal/pgpitr_spool).
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// Segments to keep prefetched in --spool (0: none).
+    #[arg(long, default_value_t = walfetch::DEFAULT_PREFETCH, value_name = "N")]
+    pub prefetch: usize,
+    /// Run as the spool's prefetcher (started by wal-fetch itself).
+    #[arg(long, hide = true, requires = "spool")]
+    pub prefetch_daemon: bool,
+    /// The file PostgreSQL asks for (%f).
+    #[arg(required_unless_present = "prefetch_daemon")]
+    pub walfile: Option<String>,
+    /// Where to put it (%p).
+    #[arg(required_unless_present = "prefetch_daemon")]
+    pub dest: Option<PathBuf>,
+}
+
+pub async fn run(args: WalFetchArgs) -> anyhow::Result<u8> {
+    // Exit 1 tells Postgres "no such file", which may end recovery: every
+    // other failure must use a code Postgres aborts on.
+    let fail = |msg: String| {
+        eprintln!("pgpitr: error: {}", msg.replace('\n', " "));
+        Ok(crate::exit::STORAGE)
+    };
+    let repo = match RepoUrl::parse(&args.repo.repo) {
+        Ok(u) => u,
+        Err(e) => return fail(e.to_string()),
+    };
+    if args.prefetch_daemon {
+        if let Some(spool) = &args.spool
+            && let Err(e) = walfetch::prefetch_daemon(&repo, spool, args.prefetch).await
+        {
+            tracing::debug!("prefetcher stopped: {e}");
+        }
+        return Ok(crate::exit::OK);
+    }
+    let (Some(name), Some(dest)) = (args.walfile, args.dest) else {
+        return fail("wal-fetch needs the WAL file name and the destination (%f %p)".into());
+    };
+    let req = FetchRequest { repo, name: name.clone(), dest, spool: args.spool, prefetch: args.prefetch };
+    match walfetch::fetch(&req).await {
+        Ok(Fetched::NotFound) => {
+            tracing::debug!(file = %name, "not in the repository");
+            Ok(crate::exit::FAILURE)
+        }
+        Ok(how) => {
+            tracing::debug!(file = %name, from = ?how, "served");
+            Ok(crate::exit::OK)
+        }
+        Err(FetchError::Usage(m)) => fail(format!("wal-fetch {name}: {m}")),
+        Err(FetchError::Storage(m)) => fail(format!("wal-fetch {name}: {m}")),
+    }
+}

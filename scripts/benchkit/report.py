@@ -1,0 +1,436 @@
+"""Writes BENCHMARKS.md from the result files (<part>.json) of the last run
+of each part. A table is only ever filled from a result file; a part without
+one is listed as not run, with the reason when the run recorded one."""
+
+import json
+from pathlib import Path
+
+ORDER = ["micro", "stream", "rpo", "sync", "backup", "restore"]
+TITLES = {"micro": "Micro-benchmarks (criterion)", "stream": "stream: continuous archiving under load",
+          "rpo": "rpo: commit → durable on an idle server", "sync": "sync: primary throughput with a synchronous "
+          "archiver", "backup": "backup: base backup throughput", "restore": "restore: point-in-time restore"}
+HOW = {"micro": "scripts/bench micro", "stream": "scripts/bench stream", "rpo": "scripts/bench rpo",
+       "sync": "scripts/bench sync", "backup": "scripts/bench backup", "restore": "scripts/bench restore"}
+
+
+def load(results):
+    out = {}
+    for p in ORDER:
+        f = results / f"{p}.json"
+        if f.exists():
+            out[p] = json.loads(f.read_text())
+    return out
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def num(x, unit="", digits=None):
+    if x is None:
+        return "–"
+    if digits is None:
+        a = abs(x)
+        digits = 0 if a >= 100 else 1 if a >= 10 else 2 if a >= 1 else 3
+    return f"{x:,.{digits}f}{unit}"
+
+
+def secs(x):
+    return num(x, " s")
+
+
+def mib(x):
+    return "–" if x is None else num(x / 2**20, " MiB")
+
+
+def rng(s, f=num):
+    """median (min–max) of a summary."""
+    if not s:
+        return "–"
+    if s["n"] == 1 or s["min"] == s["max"]:
+        return f(s["median"])
+    return f"{f(s['median'])} ({f(s['min'])}–{f(s['max'])})"
+
+
+def med(s):
+    return s["median"] if s else None
+
+
+def ratio(a, b):
+    if a is None or b in (None, 0):
+        return None
+    return a / b
+
+
+def rtxt(r):
+    return "–" if r is None else f"{r:.2f}×"
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- goals
+
+
+def goals(res):
+    rows = []
+
+    def status(ok, part):
+        q = " (quick run)" if res.get(part, {}).get("mode") == "quick" else ""
+        if ok is None:
+            return "not measured"
+        return ("met" if ok else "**not met**") + q
+
+    def missing(part):
+        r = res.get(part)
+        if not r:
+            return f"{part} not run yet"
+        if r.get("failed"):
+            return f"{part} failed: {r['failed'][:120]}"
+        return None
+
+    # RPO idle
+    goal = "Async RPO p99 ≤ 1.0 s and max ≤ 2 s, idle server (issue 6)"
+    m = missing("rpo")
+    if m:
+        rows.append([goal, m, "not measured"])
+    else:
+        for c in ("pgpitr-local", "pgpitr-s3"):
+            s = res["rpo"]["summary"].get(c)
+            if not s or not s.get("p99"):
+                rows.append([f"{goal}: {c}", "no data", "not measured"])
+                continue
+            p99, mx = med(s["p99"]), s["max"]["max"]
+            rows.append([f"{goal}: {c}", f"p99 {secs(p99)} (median of runs), max {secs(mx)} (worst run)",
+                         status(p99 <= 1.0 and mx <= 2.0, "rpo")])
+    # RPO under TPC-B
+    goal = "Async RPO p99 ≤ 1.0 s and max ≤ 2 s under TPC-B (issues 3, 6)"
+    m = missing("stream")
+    if m:
+        rows.append([goal, m, "not measured"])
+    else:
+        for c in ("pgpitr-local", "pgpitr-s3"):
+            s = res["stream"]["summary"].get(f"tpcb/{c}")
+            if not s or not s.get("lag_p99"):
+                rows.append([f"{goal}: {c}", "no data", "not measured"])
+                continue
+            p99, mx = med(s["lag_p99"]), s["lag_max"]["max"]
+            rows.append([f"{goal}: {c}", f"durable lag p99 {secs(p99)}, max {secs(mx)} (worst run)",
+                         status(p99 <= 1.0 and mx <= 2.0, "stream")])
+        for c in ("pgpitr-local", "pgpitr-s3"):
+            s = res["stream"]["summary"].get(f"bulk/{c}")
+            if not s:
+                continue
+            cu = s.get("catchup_s")
+            worst = cu["max"] if cu else None
+            ok = None if worst is None else (worst <= 2.0 and not s.get("catchup_missing"))
+            rows.append([f"Peak WAL rate: durable lag back ≤ 1 s within 2 s after the bulk load: {c}",
+                         f"caught up {rng(cu, secs)} after the load ended (worst {secs(worst)})",
+                         status(ok, "stream")])
+        for wl in ("tpcb", "bulk"):
+            peer = res["stream"]["summary"].get(f"{wl}/pg_receivewal-lz4")
+            for c in ("pgpitr-local", "pgpitr-s3"):
+                s = res["stream"]["summary"].get(f"{wl}/{c}")
+                if not s or not peer:
+                    continue
+                r = ratio(med(s["cpu_s_per_gb"]), med(peer["cpu_s_per_gb"]))
+                rows.append([f"CPU per GB ≤ 1.0× pg_receivewal --compress=lz4 ({wl}): {c}",
+                             f"{num(med(s['cpu_s_per_gb']))} vs {num(med(peer['cpu_s_per_gb']))} CPU s/GB = {rtxt(r)}",
+                             status(None if r is None else r <= 1.0, "stream")])
+        for c in ("pgpitr-local", "pgpitr-s3"):
+            vals = [res["stream"]["summary"].get(f"{wl}/{c}") for wl in ("tpcb", "bulk")]
+            vals = [v for v in vals if v and v.get("median_rss_under_load")]
+            if not vals:
+                continue
+            steady = max(v["median_rss_under_load"]["max"] for v in vals)
+            peak = max(v["peak_rss"]["max"] for v in vals if v.get("peak_rss"))
+            rows.append([f"Steady RSS ≤ 64 MiB: {c}", f"median RSS under load ≤ {mib(steady)} in every run; "
+                         f"peak (VmHWM) {mib(peak)}", status(steady <= 64 * 2**20, "stream")])
+    # sync
+    goal = "Synchronous: primary tps ≥ 0.9× with pg_receivewal --synchronous"
+    m = missing("sync")
+    if m:
+        rows.append([goal, m, "not measured"])
+    else:
+        peer = res["sync"]["summary"].get("pg_receivewal", {}).get("tps")
+        for c in ("pgpitr-local", "pgpitr-s3"):
+            s = res["sync"]["summary"].get(c, {}).get("tps")
+            r = ratio(med(s), med(peer))
+            rows.append([f"{goal}: {c}", f"{num(med(s))} vs {num(med(peer))} tps = {rtxt(r)}",
+                         status(None if r is None else r >= 0.9, "sync")])
+    # backup
+    m = missing("backup")
+    if m or not any(k.startswith("pgpitr") for k in res["backup"]["summary"]):
+        why = m or "; ".join(f"{s['what']}: {s['why']}" for s in res["backup"].get("skipped", [])) or "no data"
+        rows.append(["Backup ≥ 1.0× pg_basebackup --compress=server-lz4 and ≥ pgBackRest; peak RSS ≤ 256 MiB",
+                     why, "not measured"])
+    else:
+        S = res["backup"]["summary"]
+        for c in ("pgpitr-local", "pgpitr-s3"):
+            s = S.get(c)
+            if not s or not s.get("mb_s"):
+                rows.append([f"Backup: {c}", "no successful run", "not measured"])
+                continue
+            for peer, lim in (("pg_basebackup-server-lz4", 1.0), ("pgbackrest", 1.0)):
+                p = S.get(peer)
+                r = ratio(med(s["mb_s"]), med(p["mb_s"]) if p else None)
+                rows.append([f"Backup throughput ≥ {lim}× {peer}: {c}",
+                             f"{num(med(s['mb_s']))} vs {num(med(p['mb_s']) if p else None)} MB/s = {rtxt(r)}",
+                             status(None if r is None else r >= lim, "backup")])
+            rows.append([f"Backup peak RSS ≤ 256 MiB: {c}", f"{mib(s['peak_rss']['max'])} (worst run)",
+                         status(s["peak_rss"]["max"] <= 256 * 2**20, "backup")])
+    # restore
+    m = missing("restore")
+    if m or not any(k.startswith("pgpitr") for k in res["restore"]["summary"]):
+        why = m or "; ".join(f"{s['what']}: {s['why']}" for s in res["restore"].get("skipped", [])) or "no data"
+        rows.append(["Restore ≤ 1.15× the floor, and faster than pgBackRest", why, "not measured"])
+    else:
+        S = res["restore"]["summary"]
+        for c in ("pgpitr-local", "pgpitr-s3"):
+            s = S.get(c)
+            if not s or not s.get("total_s"):
+                rows.append([f"Restore: {c}", "no successful run", "not measured"])
+                continue
+            for peer, lim, op in (("floor", 1.15, "≤"), ("pgbackrest", 1.0, "<")):
+                p = S.get(peer)
+                r = ratio(med(s["total_s"]), med(p["total_s"]) if p and p.get("total_s") else None)
+                ok = None if r is None else (r <= lim if op == "≤" else r < lim)
+                rows.append([f"Restore time {op} {lim}× {peer}: {c}",
+                             f"{secs(med(s['total_s']))} vs {secs(med(p['total_s']) if p and p.get('total_s') else None)} "
+                             f"= {rtxt(r)}", status(ok, "restore")])
+    return table(["goal", "measured (median of runs unless said)", "status"], rows)
+
+
+# ---------------------------------------------------------------- sections
+
+
+def sec_micro(r):
+    rows = [[k, num(v["median_mb_s"], digits=0), f"{num(v['ci_low_mb_s'], digits=0)}–{num(v['ci_high_mb_s'], digits=0)}",
+             f"{v['bytes'] / 2**20:.2f} MiB"] for k, v in sorted(r["summary"].items())]
+    out = [table(["benchmark", "MB/s per core (median)", "95% CI", "input per iteration"], rows)]
+    if r.get("criterion_notes"):
+        out.append("\nInputs: " + "; ".join(r["criterion_notes"]))
+    return "\n".join(out)
+
+
+STREAM_PEERS = ["pg_receivewal", "pg_receivewal-lz4"]
+
+
+def sec_stream(r):
+    out = []
+    S = r["summary"]
+    for wl, title in (("tpcb", "pgbench TPC-B, 8 clients"), ("bulk", "bulk INSERT")):
+        rows = []
+        for c in ("pgpitr-local", "pgpitr-s3", "pg_receivewal", "pg_receivewal-lz4"):
+            s = S.get(f"{wl}/{c}")
+            if not s:
+                continue
+            cpu = rng(s["cpu_s_per_gb"])
+            if s.get("s3_server_cpu_s_per_gb"):
+                cpu += f" (+{num(med(s['s3_server_cpu_s_per_gb']))} s3s-fs)"
+            cu = rng(s["catchup_s"], secs)
+            if s.get("catchup_missing"):
+                cu += f"; {s['catchup_missing']} run(s) not reported flushed"
+            cens = med(s.get("censored"))
+            lagmax = rng(s["lag_max"], secs) + (f" ({cens:.0%} censored)" if cens else "")
+            rows.append([c, rng(s["wal_mb_s"]), rng(s["tps"]) if s.get("tps") else "–", cpu, rng(s["peak_rss"], mib),
+                         rng(s["median_rss_under_load"], mib), rng(s["lag_p50"], secs), rng(s["lag_p99"], secs),
+                         lagmax, cu, s.get("errors") or 0])
+        checked = sum(S.get(f"{wl}/{c}", {}).get("repo_checked", 0) for c in ("pgpitr-local", "pgpitr-s3"))
+        behind = sum(S.get(f"{wl}/{c}", {}).get("repo_behind_reported", 0) for c in ("pgpitr-local", "pgpitr-s3"))
+        out.append(f"**{title}**\n")
+        if checked:
+            out.append(f"Durability cross-check (`pgpitr list --json` end_lsn ≥ the highest flush_lsn pgpitr reported): "
+                       f"{checked - behind} of {checked} pgpitr runs passed" + (" — **FAILED in some runs**" if behind
+                                                                                  else "") + ".\n")
+        out.append(table(["receiver", "WAL MB/s", "tps", "CPU s per GB of WAL", "peak RSS (VmHWM)",
+                          "median RSS under load", "durable lag p50", "p99", "max", "catch-up after load",
+                          "failed runs"], rows))
+        rrows = []
+        for c in ("pgpitr-local", "pgpitr-s3"):
+            s = S.get(f"{wl}/{c}")
+            if not s:
+                continue
+            for p in STREAM_PEERS:
+                ps = S.get(f"{wl}/{p}")
+                if not ps:
+                    continue
+                rrows.append([f"{c} / {p}"] + [rtxt(ratio(med(s.get(k)), med(ps.get(k)))) for k in
+                                               ("cpu_s_per_gb", "peak_rss", "median_rss_under_load", "lag_p50",
+                                                "lag_p99", "lag_max")])
+        if rrows:
+            out.append("\nRatios of medians (lower is better for pgpitr):\n")
+            out.append(table(["pgpitr / peer", "CPU per GB", "peak RSS", "median RSS", "lag p50", "lag p99",
+                              "lag max"], rrows))
+        out.append("")
+    return "\n".join(out)
+
+
+def sec_rpo(r):
+    rows = []
+    for c, s in r["summary"].items():
+        cens = med(s.get("censored"))
+        rows.append([c, s.get("commits"), rng(s["p50"], secs), rng(s["p99"], secs),
+                     rng(s["max"], secs) + (f" ({cens:.0%} never durable in the run)" if cens else "")])
+    out = [table(["contender", "commits", "commit → durable p50", "p99", "max"], rows)]
+    rr = []
+    for c in ("pgpitr-local", "pgpitr-s3"):
+        s = r["summary"].get(c)
+        for p in ("pg_receivewal", "pg_receivewal-sync", "barman-cloud"):
+            ps = r["summary"].get(p)
+            if s and ps and s.get("p50") and ps.get("p50"):
+                rr.append([f"{c} / {p}", rtxt(ratio(med(s["p50"]), med(ps["p50"]))),
+                           rtxt(ratio(med(s["p99"]), med(ps["p99"]))), rtxt(ratio(med(s["max"]), med(ps["max"])))])
+    if rr:
+        out.append("\nRatios of medians:\n")
+        out.append(table(["pgpitr / peer", "p50", "p99", "max"], rr))
+    return "\n".join(out)
+
+
+def sec_sync(r):
+    S = r["summary"]
+    base = med(S.get("none", {}).get("tps"))
+    peer = med(S.get("pg_receivewal", {}).get("tps"))
+    rows = []
+    for c in ("none", "pg_receivewal", "pgpitr-local", "pgpitr-s3"):
+        s = S.get(c)
+        if not s:
+            continue
+        t = med(s.get("tps"))
+        rows.append([{"none": "no standby"}.get(c, c), rng(s.get("tps")), rtxt(ratio(t, base)),
+                     rtxt(ratio(t, peer)) if c.startswith("pgpitr") else "", rng(s.get("receiver_cpu_s")),
+                     s.get("errors") or 0])
+    return table(["synchronous standby", "primary tps", "× no standby", "× pg_receivewal --synchronous",
+                  "receiver CPU s", "failed runs"], rows)
+
+
+def sec_backup(r):
+    S = r["summary"]
+    size = r.get("database_bytes")
+    rows = []
+    for c, s in S.items():
+        rows.append([c, rng(s.get("wall_s"), secs), rng(s.get("mb_s")), rng(s.get("client_cpu_s")),
+                     rng(s.get("server_cpu_s")), rng(s.get("peak_rss"), mib), rng(s.get("stored_bytes"), mib),
+                     s.get("errors") or 0])
+    out = [f"Database: {mib(size)} (pg_database_size of all databases).\n" if size else "",
+           table(["tool", "wall", "MB/s", "client CPU s", "server CPU s", "peak RSS", "stored", "failed runs"], rows)]
+    rr = []
+    for c in ("pgpitr-local", "pgpitr-s3"):
+        s = S.get(c)
+        if not s or not s.get("mb_s"):
+            continue
+        for p in ("pg_basebackup", "pg_basebackup-client-lz4", "pg_basebackup-server-lz4", "pgbackrest"):
+            ps = S.get(p)
+            if ps and ps.get("mb_s"):
+                rr.append([f"{c} / {p}", rtxt(ratio(med(s["mb_s"]), med(ps["mb_s"]))),
+                           rtxt(ratio(med(s["client_cpu_s"]), med(ps["client_cpu_s"]))),
+                           rtxt(ratio(med(s["peak_rss"]), med(ps["peak_rss"]))),
+                           rtxt(ratio(med(s["stored_bytes"]), med(ps["stored_bytes"])))])
+    if rr:
+        out.append("\nRatios of medians (MB/s: higher is better for pgpitr):\n")
+        out.append(table(["pgpitr / peer", "MB/s", "client CPU", "peak RSS", "stored"], rr))
+    return "\n".join(out)
+
+
+def sec_restore(r):
+    S = r["summary"]
+    allph = sorted({p for s in S.values() for p in s.get("phases", {})})
+    rows = []
+    for c, s in S.items():
+        rows.append([c, rng(s.get("total_s"), secs)] + [rng(s["phases"].get(p), secs) for p in allph] +
+                    [f"{s.get('reached_ok', 0)}/{s.get('runs', 0)}", s.get("errors") or 0])
+    head = [f"WAL replayed: about {mib(r.get('wal_bytes'))}; database {mib(r.get('database_bytes'))}; "
+            f"target time {r.get('target_time')}.\n"] if r.get("wal_bytes") else []
+    out = head + [table(["restore", "total"] + [f"phase: {p}" for p in allph] + ["reached the target exactly",
+                                                                                  "failed runs"], rows)]
+    rr = []
+    for c in ("pgpitr-local", "pgpitr-s3"):
+        s = S.get(c)
+        if not s or not s.get("total_s"):
+            continue
+        for p in ("floor", "pgbackrest"):
+            ps = S.get(p)
+            if ps and ps.get("total_s"):
+                rr.append([f"{c} / {p}", rtxt(ratio(med(s["total_s"]), med(ps["total_s"])))])
+    if rr:
+        out.append("\nRatios of median total time (lower is better for pgpitr):\n")
+        out.append(table(["pgpitr / peer", "total"], rr))
+    return "\n".join(out)
+
+
+SECTIONS = {"micro": sec_micro, "stream": sec_stream, "rpo": sec_rpo, "sync": sec_sync, "backup": sec_backup,
+            "restore": sec_restore}
+
+
+def machine_block(res):
+    latest = max(res.values(), key=lambda r: r.get("started", "")) if res else None
+    if not latest or "machine" not in latest:
+        return "No part has run yet."
+    m = latest["machine"]
+    keys = [("nproc", "CPUs (nproc)"), ("cpu", "CPU"), ("memory", "memory"), ("kernel", "kernel"), ("os", "OS"),
+            ("disk", "disk (work directory)"), ("postgres", "PostgreSQL"), ("pgbackrest", "pgBackRest"),
+            ("barman_cloud", "barman-cloud"), ("s3s_fs", "S3 server"), ("pgpitr", "pgpitr"),
+            ("pgpitr_commit", "pgpitr commit"), ("python", "python")]
+    rows = [[label, m.get(k) or "not installed / unknown"] for k, label in keys]
+    return table(["", f"as recorded by the latest part ({latest['part']}, {latest['started']})"], rows)
+
+
+def write(results, out):
+    res = load(results)
+    parts = []
+    parts.append("# Benchmarks\n")
+    parts.append("Written by `scripts/bench` from the result files in `benches/results/`; do not edit by hand. "
+                 "Run `scripts/bench all --full` on a quiet machine for the figures that count (about an hour), "
+                 "or `scripts/bench PART --quick|--full` to refresh one part. Every figure is the median over "
+                 "the repetitions with min–max in parentheses; contenders alternate order between repetitions, "
+                 "and all run on this one machine in the same run, against PostgreSQL 15 clusters and an s3s-fs "
+                 "S3 server on 127.0.0.1.\n")
+    quick = [p for p, r in res.items() if r.get("mode") == "quick"]
+    if quick:
+        parts.append(f"> **Quick-mode results** in: {', '.join(quick)}. Quick mode uses small sizes and short runs "
+                     "on a machine that may be busy; treat those figures as noisy indications, not as results.\n")
+    parts.append("## Machine\n")
+    parts.append(machine_block(res) + "\n")
+    parts.append("## Goals (issues 3–6)\n")
+    parts.append(goals(res) + "\n")
+    for p in ORDER:
+        parts.append(f"## {TITLES[p]}\n")
+        r = res.get(p)
+        if not r:
+            parts.append(f"Not run yet (`{HOW[p]} --quick|--full`).\n")
+            continue
+        parts.append(f"Mode **{r['mode']}**, {r['reps']} repetitions, started {r['started']}, took "
+                     f"{r.get('duration_s', '?')} s; pgpitr {r.get('machine', {}).get('pgpitr_commit') or '?'}.\n")
+        if r.get("sizes"):
+            parts.append("Sizes: " + ", ".join(f"{k} = {v}" for k, v in r["sizes"].items()) + ".\n")
+        if r.get("failed"):
+            parts.append(f"**This part failed and its table may be incomplete:** `{r['failed'][:600]}`\n")
+        for s in r.get("skipped", []):
+            parts.append(f"- Not run: **{s['what']}**: {s['why']}")
+        if r.get("skipped"):
+            parts.append("")
+        if r.get("summary"):
+            parts.append(SECTIONS[p](r) + "\n")
+        errs = [x for x in r.get("raw", []) if "error" in x]
+        if errs:
+            parts.append("Failed runs:\n")
+            for x in errs[:6]:
+                parts.append(f"- {x.get('contender')} rep {x.get('rep')}: `{x['error'][-300:].strip()}`")
+            parts.append("")
+        if r.get("commands"):
+            parts.append("Commands:\n")
+            for c in r["commands"]:
+                parts.append(f"- {c['label']}: `{c['command']}`")
+            parts.append("")
+        if r.get("notes"):
+            parts.append("Notes:\n")
+            for n in r["notes"]:
+                parts.append(f"- {n}")
+            parts.append("")
+    extra = results / "FINDINGS.md"
+    if extra.exists():
+        parts.append(extra.read_text())
+    out.write_text("\n".join(parts).rstrip() + "\n")
+    print(f"bench: wrote {out}")

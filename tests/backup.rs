@@ -1,0 +1,366 @@
+//! `pgpitr backup` and scheduled backups: streamed into the repository,
+//! complete only with their WAL, extracted by our own code and checked by
+//! PostgreSQL's `pg_verifybackup`.
+
+use crate::common::*;
+use pgpitr_backup::{ExtractOptions, ExtractStats};
+use pgpitr_repo::backup::{self as rb, BackupInfo, BackupStatus, WalSource};
+use pgpitr_testkit::*;
+use pgpitr_types::{SegNo, WalFileName};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn conninfo(pg: &PgCluster) -> String {
+    format!("host=127.0.0.1 port={} user={REPL_USER} dbname=postgres", pg.port())
+}
+
+/// `pgpitr backup` with a fast checkpoint and small parts, so small test
+/// databases still span several parts.
+fn backup_cmd(pg: &PgCluster, backend: &Backend, extra: &[&str]) -> Command {
+    let mut cmd = pgpitr();
+    backend.env(&mut cmd);
+    cmd.args(["backup", "--repo", &backend.url(), "-d", &conninfo(pg), "--checkpoint", "fast", "--part-size", "1MiB"])
+        .args(extra)
+        .env("PGPASSWORD", REPL_PASSWORD);
+    cmd
+}
+
+/// pgbench running in the background for `secs` seconds.
+fn background_load(pg: &PgCluster, secs: u32) -> Child {
+    Command::new(pg.bin("pgbench"))
+        .args(["-U", SUPERUSER, "-h"])
+        .arg(pg.sockdir())
+        .args(["-p", &pg.port().to_string(), "-n", "-c", "2", "-T", &secs.to_string(), "postgres"])
+        .env("LC_ALL", "C")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pgbench")
+}
+
+async fn complete_backups(backend: &Backend) -> Vec<BackupInfo> {
+    let storage = backend.storage().await;
+    rb::scan(storage.as_ref()).await.unwrap().into_iter().filter_map(|e| e.info).collect()
+}
+
+fn list_json(backend: &Backend) -> serde_json::Value {
+    let mut cmd = pgpitr();
+    backend.env(&mut cmd);
+    let out = run(cmd.args(["list", "--json", "--repo", &backend.url()])).ok();
+    serde_json::from_str(&out.stdout).expect("list --json prints JSON")
+}
+
+/// The WAL segments covering the backup, rebuilt from the repository alone.
+async fn wal_from_repo(backend: &Backend, info: &BackupInfo, dir: &Path) {
+    let storage = backend.storage().await;
+    let (tls, _) = pgpitr_repo::wal::scan(storage.as_ref(), seg16()).await.unwrap();
+    let tl = &tls[&info.timeline];
+    assert!(tl.covers(info.start_lsn, info.stop_lsn), "repository lacks WAL {}..{}", info.start_lsn, info.stop_lsn);
+    let (first, last) = (info.start_lsn.segment_number(seg16()).0, info.stop_lsn.segment_number(seg16()).0);
+    for n in first..=last {
+        let Some(s) = pgpitr_repo::wal::assemble_segment(storage.as_ref(), seg16(), tl, SegNo(n)).await.unwrap() else {
+            assert_eq!(n, last, "segment {n} missing");
+            continue;
+        };
+        let name = WalFileName::segment(info.timeline, SegNo(n)).to_name(seg16());
+        std::fs::write(dir.join(name), &s.data).unwrap();
+    }
+}
+
+/// Extracts with our own code, then lets pg_verifybackup check every file
+/// against the manifest and parse the WAL from start to stop, taken from
+/// the repository.
+async fn extract_and_verify(
+    pg: &PgCluster,
+    backend: &Backend,
+    info: &BackupInfo,
+    map: &[(PathBuf, PathBuf)],
+    ignore: &[&str],
+) -> (tempfile::TempDir, ExtractStats) {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("data");
+    let repo = backend.repo().await;
+    let stats = pgpitr_backup::extract(&repo, info, &target, map, &ExtractOptions::default()).await.expect("extract");
+    assert_eq!(stats.files, info.file_count + 1, "every manifest file and backup_manifest");
+    let wal = dir.path().join("wal");
+    std::fs::create_dir(&wal).unwrap();
+    wal_from_repo(backend, info, &wal).await;
+    // pg_verifybackup reads files only; root may run it on root-owned files.
+    let mut cmd = Command::new(pg.bin("pg_verifybackup"));
+    cmd.arg("--wal-directory").arg(&wal);
+    for i in ignore {
+        cmd.args(["--ignore", i]);
+    }
+    let out = cmd.arg(&target).output().unwrap();
+    assert!(
+        out.status.success(),
+        "pg_verifybackup: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (dir, stats)
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+async fn backup_under_load(backend: Backend) {
+    let pg = PgCluster::start_default();
+    pg.pgbench(&["-i", "-q", "-s", "2"]);
+    let mut load = background_load(&pg, 6);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = run(&mut backup_cmd(&pg, &backend, &["--label", "under load", "--json"])).ok();
+    assert!(load.wait().unwrap().success(), "pgbench failed");
+    let info: BackupInfo = serde_json::from_str(&out.stdout).expect("backup --json prints backup.json");
+    assert_eq!(info.status, BackupStatus::Complete);
+    assert_eq!(info.label, "under load");
+    assert_eq!(info.wal_source, WalSource::Fetched, "no stream ran: the backup must have fetched its WAL");
+    assert!(info.stop_lsn > info.start_lsn);
+    let base = &info.archives[0];
+    assert!(base.parts.len() > 10, "a ~30 MB database in 1 MiB parts: {}", base.parts.len());
+    assert_eq!(base.raw_bytes, base.parts.iter().map(|p| p.raw_len).sum::<u64>());
+    assert!(info.stored_bytes < info.size_bytes, "lz4 shrinks a pgbench database");
+    assert!(info.file_count > 900, "{}", info.file_count);
+    assert_eq!(complete_backups(&backend).await, vec![info.clone()]);
+
+    let list = list_json(&backend);
+    let backups = list["backups"].as_array().unwrap();
+    assert_eq!(backups.len(), 1);
+    assert_eq!(backups[0]["id"], info.id.as_str());
+    assert_eq!(backups[0]["status"], "complete");
+    assert_eq!(backups[0]["stop_lsn"], info.stop_lsn.to_string());
+    assert_eq!(backups[0]["size_bytes"], info.size_bytes);
+    assert_eq!(list["earliest_restorable_time"], info.stop_time.as_str());
+    assert!(list["timelines"].is_array(), "earlier fields stay");
+
+    let (dir, stats) = extract_and_verify(&pg, &backend, &info, &[], &[]).await;
+    let data = dir.path().join("data");
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("global/pg_control")), 0o600);
+    assert_eq!(mode(&data.join("base")), 0o700);
+    assert!(stats.rewritten.is_empty());
+    assert_eq!(stats.parts as usize, base.parts.len());
+
+    // A damaged part is found, named, and nothing past it is trusted.
+    let storage = backend.storage().await;
+    let key = info.backup_id().unwrap().part_key("base", 3);
+    let mut obj = storage.get(&key).await.unwrap().to_vec();
+    let last = obj.len() - 1;
+    obj[last] ^= 0x40;
+    storage.put(&key, obj.into()).await.unwrap();
+    let again = dir.path().join("again");
+    let err = pgpitr_backup::extract(&backend.repo().await, &info, &again, &[], &ExtractOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(&key) && err.to_string().contains("corrupt"), "{err}");
+    assert!(!again.join("global/pg_control").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_under_load_passes_pg_verifybackup_local() {
+    backup_under_load(Backend::local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_under_load_passes_pg_verifybackup_s3() {
+    backup_under_load(Backend::s3()).await;
+}
+
+/// With `pgpitr stream` running, the backup relies on it for WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_relies_on_a_running_stream() {
+    let backend = Backend::local();
+    let pg = PgCluster::start_default();
+    pg.pgbench(&["-i", "-q", "-s", "1"]);
+    let s = StreamProc::start(&pg, &backend, &[]);
+    wait_streaming(&pg, "pgpitr");
+    let mut load = background_load(&pg, 4);
+    let out = run(&mut backup_cmd(&pg, &backend, &["--json"])).ok();
+    assert!(load.wait().unwrap().success());
+    let info: BackupInfo = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(info.wal_source, WalSource::Repository, "the running stream stores the WAL");
+    let slots = pg.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgpitr_backup%'");
+    assert_eq!(slots, "0", "the temporary slot goes with the backup's connection");
+    extract_and_verify(&pg, &backend, &info, &[], &[]).await;
+    assert_eq!(s.terminate().0, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tablespaces_are_stored_and_relocated() {
+    use std::os::unix::fs::MetadataExt;
+    let backend = Backend::local();
+    let pg = PgCluster::start_default();
+    let ts = pg.scratch_dir().join("ts1");
+    std::fs::create_dir(&ts).unwrap();
+    let owner = std::fs::metadata(pg.scratch_dir()).unwrap();
+    std::os::unix::fs::chown(&ts, Some(owner.uid()), Some(owner.gid())).unwrap();
+    pg.sql(&format!(
+        "CREATE TABLESPACE ts1 LOCATION '{}';\n\
+         CREATE TABLE far (g int, h text) TABLESPACE ts1;\n\
+         INSERT INTO far SELECT g, md5(g::text) FROM generate_series(1, 50000) g;",
+        ts.display()
+    ));
+    let oid: u32 = pg.sql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'").parse().unwrap();
+    let out = run(&mut backup_cmd(&pg, &backend, &["--json"])).ok();
+    let info: BackupInfo = serde_json::from_str(&out.stdout).unwrap();
+    let names: Vec<&str> = info.archives.iter().map(|a| a.name.as_str()).collect();
+    assert!(names.contains(&"base") && names.contains(&oid.to_string().as_str()), "{names:?}");
+    let tsa = info.archives.iter().find(|a| a.tablespace_oid == Some(oid)).unwrap();
+    assert_eq!(tsa.tablespace_location.as_deref(), Some(ts.to_str().unwrap()));
+    assert!(tsa.raw_bytes > 2 << 20, "the table's data is in the tablespace archive");
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let new_ts = elsewhere.path().join("ts1-restored");
+    // The map file differs from the manifest by design once relocated.
+    let (dir, stats) =
+        extract_and_verify(&pg, &backend, &info, &[(ts.clone(), new_ts.clone())], &["tablespace_map"]).await;
+    let data = dir.path().join("data");
+    assert_eq!(std::fs::read_link(data.join(format!("pg_tblspc/{oid}"))).unwrap(), new_ts);
+    let map = std::fs::read_to_string(data.join("tablespace_map")).unwrap();
+    assert_eq!(map, format!("{oid} {}\n", new_ts.display()));
+    assert_eq!(stats.rewritten, ["tablespace_map"]);
+    assert_eq!(stats.tablespaces, [(oid, new_ts.clone())]);
+    let versioned: Vec<_> = std::fs::read_dir(&new_ts).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(versioned.iter().any(|n| n.to_string_lossy().starts_with("PG_15_")), "{versioned:?}");
+
+    // Refuses a non-empty target, and a relocation of a tablespace it lacks.
+    let repo = backend.repo().await;
+    let err = pgpitr_backup::extract(&repo, &info, &data, &[], &ExtractOptions::default()).await.unwrap_err();
+    assert!(err.to_string().contains("not empty"), "{err}");
+    let empty = elsewhere.path().join("other");
+    let bogus = [(PathBuf::from("/no/such/tablespace"), elsewhere.path().join("x"))];
+    let err = pgpitr_backup::extract(&repo, &info, &empty, &bogus, &ExtractOptions::default()).await.unwrap_err();
+    assert!(err.to_string().contains("no tablespace at /no/such/tablespace"), "{err}");
+}
+
+/// The pid of the walsender running BASE_BACKUP, once it streams files.
+fn basebackup_walsender(pg: &PgCluster) -> i32 {
+    let pid = wait_for(Duration::from_secs(30), || {
+        let q = "SELECT pid FROM pg_stat_progress_basebackup \
+                 WHERE phase = 'streaming database files' AND backup_streamed > 2 * 1024 * 1024";
+        pg.try_sql(q).ok().and_then(|s| s.parse::<i32>().ok())
+    });
+    pid.expect("BASE_BACKUP never reached the streaming phase")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_backups_are_never_complete_and_are_cleaned() {
+    let backend = Backend::local();
+    let pg = PgCluster::start_default();
+    pg.pgbench(&["-i", "-q", "-s", "2"]);
+    // ~1 MB/s: the backup is still streaming when it is interrupted.
+    let slow = ["--max-rate", "1024", "--parallel", "2"];
+
+    // 1. The server terminates the walsender mid-stream.
+    let child = backup_cmd(&pg, &backend, &slow).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = basebackup_walsender(&pg);
+    pg.sql(&format!("SELECT pg_terminate_backend({pid})"));
+    let out = child.wait_with_output().unwrap();
+    let r = Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    r.fails_with(&["base backup from 127.0.0.1", "terminating connection"]);
+    assert!(complete_backups(&backend).await.is_empty());
+    let list = list_json(&backend);
+    assert!(list["backups"].as_array().unwrap().iter().all(|b| b["status"] != "complete"), "{list}");
+    assert!(list["earliest_restorable_time"].is_null());
+
+    // 2. kill -9 of pgpitr after some parts are stored.
+    let mut child = backup_cmd(&pg, &backend, &slow).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    basebackup_walsender(&pg);
+    let storage = backend.storage().await;
+    let t0 = Instant::now();
+    while storage.list(rb::PREFIX).await.unwrap().iter().filter(|m| m.key.contains("/base/")).count() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no part stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let leftover = rb::list_ids(storage.as_ref()).await.unwrap();
+    assert_eq!(leftover.len(), 1, "{leftover:?}");
+    let list = list_json(&backend);
+    let b = &list["backups"][0];
+    assert_eq!(b["id"], leftover[0].to_string());
+    assert_eq!(b["status"], "incomplete", "a dead process's backup: {list}");
+    assert!(list["earliest_restorable_time"].is_null());
+
+    // 3. The next backup deletes the leftover and completes.
+    let out = run(backup_cmd(&pg, &backend, &["--json"]).env("PGPITR_LOG", "info")).ok();
+    assert!(out.stderr.contains("deleted the leftovers of an interrupted backup"), "{}", out.stderr);
+    assert!(out.stderr.contains(&leftover[0].to_string()), "{}", out.stderr);
+    let info: BackupInfo = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(rb::list_ids(storage.as_ref()).await.unwrap(), vec![info.backup_id().unwrap()]);
+    assert_eq!(complete_backups(&backend).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_takes_scheduled_backups() {
+    let backend = Backend::local();
+    let pg = PgCluster::start_default();
+    pg.pgbench(&["-i", "-q", "-s", "1"]);
+    let s = StreamProc::start(&pg, &backend, &["--backup-every", "4s", "--backup-checkpoint", "fast"]);
+    let t0 = Instant::now();
+    let backups = loop {
+        let b = complete_backups(&backend).await;
+        if b.len() >= 2 {
+            break b;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(90), "only {} scheduled backups after 90 s", b.len());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let (code, stderr) = s.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("scheduled base backup complete"), "{stderr}");
+    for b in &backups {
+        assert_eq!(b.wal_source, WalSource::Repository, "scheduled backups rely on the stream");
+        assert_eq!(b.label, "pgpitr scheduled");
+    }
+    let start = |b: &BackupInfo| b.start_time.parse::<jiff::Timestamp>().unwrap();
+    let gap = start(&backups[1]).duration_since(start(&backups[0]));
+    assert!(gap >= jiff::SignedDuration::from_millis(3500), "backups {gap:?} apart, interval 4 s");
+    extract_and_verify(&pg, &backend, &backups[1], &[], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_checksum_failures_fail_the_backup_unless_allowed() {
+    let backend = Backend::local();
+    let mut pg = PgCluster::start_default();
+    let rel = pg.sql(
+        "CREATE TABLE victim AS SELECT g, md5(g::text) AS h FROM generate_series(1, 10000) g;\n\
+         CHECKPOINT;\nSELECT pg_relation_filepath('victim');",
+    );
+    pg.stop();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(pg.datadir().join(&rel)).unwrap();
+        f.seek(SeekFrom::Start(8192 + 100)).unwrap();
+        f.write_all(b"not a page").unwrap();
+    }
+    pg.start();
+
+    // Default logging: the server's warnings, naming the file, reach stderr.
+    let r = run(backup_cmd(&pg, &backend, &[]).env_remove("PGPITR_LOG"));
+    let line = r.fails_with(&["page checksum failures", "--allow-checksum-failures"]);
+    assert!(line.contains(&rel), "the error line names the damaged file: {line}");
+    assert!(r.stderr.contains(&format!("checksum verification failed in file \"./{rel}\", block 1")), "{}", r.stderr);
+    assert!(complete_backups(&backend).await.is_empty());
+    assert!(rb::list_ids(backend.storage().await.as_ref()).await.unwrap().is_empty(), "the failed backup is deleted");
+
+    let out = run(&mut backup_cmd(&pg, &backend, &["--allow-checksum-failures", "--json"])).ok();
+    let info: BackupInfo = serde_json::from_str(&out.stdout).unwrap();
+    assert!(
+        info.checksum_failures
+            .iter()
+            .any(|f| f.file.as_deref().is_some_and(|p| p.ends_with(&rel)) && f.block == Some(1)),
+        "backup.json records file and block: {:?}",
+        info.checksum_failures
+    );
+    assert_eq!(complete_backups(&backend).await, vec![info.clone()]);
+    // Kept as Postgres sent it: the manifest matches the corrupt page.
+    extract_and_verify(&pg, &backend, &info, &[], &[]).await;
+}

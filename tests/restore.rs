@@ -1,0 +1,500 @@
+//! `pgpitr restore` and `pgpitr wal-fetch`: exact point-in-time recovery,
+//! timelines, every target kind, refusals that write nothing, and a
+//! restore_command that never mistakes an outage for the end of WAL.
+//!
+//! Restored clusters run as the `postgres` OS user, and their
+//! restore_command runs this build of pgpitr; a copy of the binary sits
+//! where that user can execute it, and local repositories are made readable.
+
+use crate::common::*;
+use pgpitr_repo::backup::BackupInfo;
+use pgpitr_testkit::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// This build of pgpitr, copied where the `postgres` OS user can run it.
+fn shared_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("pgpitr-it-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.join("pgpitr");
+        let tmp = dir.join("pgpitr.tmp");
+        std::fs::copy(env!("CARGO_BIN_EXE_pgpitr"), &tmp).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &bin).unwrap();
+        bin
+    })
+}
+
+/// The repository readable by the `postgres` OS user (restore_command).
+fn share(backend: &Backend) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Backend::Local(d) = backend {
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+fn pg_env(backend: &Backend) -> Vec<(&'static str, String)> {
+    match backend {
+        Backend::S3(s3) => s3.env(),
+        Backend::Local(_) => Vec::new(),
+    }
+}
+
+fn conninfo(pg: &PgCluster) -> String {
+    format!("host=127.0.0.1 port={} user={REPL_USER} dbname=postgres", pg.port())
+}
+
+fn take_backup(pg: &PgCluster, backend: &Backend) -> BackupInfo {
+    let mut cmd = pgpitr();
+    backend.env(&mut cmd);
+    cmd.args(["backup", "--repo", &backend.url(), "-d", &conninfo(pg), "--checkpoint", "fast", "--json"])
+        .env("PGPASSWORD", REPL_PASSWORD);
+    serde_json::from_str(&run(&mut cmd).ok().stdout).expect("backup --json")
+}
+
+fn restore_cmd(backend: &Backend, pgdata: &Path, args: &[&str]) -> Command {
+    let mut cmd = pgpitr_at(shared_binary());
+    backend.env(&mut cmd);
+    cmd.args(["restore", "--repo", &backend.url(), "--pgdata"]).arg(pgdata).args(args);
+    cmd
+}
+
+/// Restores into a fresh directory, starts it, waits for promotion.
+fn restore_and_start(backend: &Backend, args: &[&str]) -> (PgCluster, Run) {
+    let mut c = PgCluster::empty();
+    let out = run(&mut restore_cmd(backend, &c.datadir(), args)).ok();
+    c.start_restored(&pg_env(backend));
+    c.wait_promoted(Duration::from_secs(120));
+    (c, out)
+}
+
+fn us(rfc3339: &str) -> i64 {
+    rfc3339.trim().parse::<jiff::Timestamp>().unwrap_or_else(|e| panic!("{rfc3339:?}: {e}")).as_microsecond()
+}
+
+fn rfc3339(us: i64) -> String {
+    format!("{:.6}", jiff::Timestamp::from_microsecond(us).unwrap())
+}
+
+const COMMIT_TS: &str =
+    "to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+
+/// Marker ids with their commit times (Unix µs), in id order.
+fn markers(pg: &PgCluster) -> Vec<(i32, i64)> {
+    pg.sql(&format!("SELECT id, {COMMIT_TS} FROM marks ORDER BY id"))
+        .lines()
+        .map(|l| {
+            let (id, t) = l.split_once('|').unwrap();
+            (id.parse().unwrap(), us(t))
+        })
+        .collect()
+}
+
+fn ids(pg: &PgCluster) -> Vec<i32> {
+    pg.sql("SELECT id FROM marks ORDER BY id").lines().map(|l| l.parse().unwrap()).collect()
+}
+
+fn dumpall(pg: &PgCluster) -> String {
+    let out = Command::new(pg.bin("pg_dumpall"))
+        .args(["-U", SUPERUSER, "-h"])
+        .arg(pg.sockdir())
+        .args(["-p", &pg.port().to_string(), "--restrict-key=pgpitr"])
+        .env("LC_ALL", "C")
+        .output()
+        .expect("pg_dumpall");
+    assert!(out.status.success(), "pg_dumpall: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn insert_marker(pg: &PgCluster, id: i32) {
+    pg.sql(&format!("INSERT INTO marks (id) VALUES ({id})"));
+}
+
+/// PITR exactness: marker rows committed one per transaction while pgbench
+/// runs, then alone (the tail stays in unfinished segment parts). Every
+/// restore must hold exactly the markers committed at or before its target.
+async fn pitr_is_exact(backend: Backend, random_targets: usize) {
+    share(&backend);
+    let pg = PgCluster::builder().setting("track_commit_timestamp", "on").start();
+    pg.pgbench(&["-i", "-q", "-s", "1"]);
+    pg.sql("CREATE TABLE marks (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
+    let stream = StreamProc::start(&pg, &backend, &[]);
+    wait_streaming(&pg, "pgpitr");
+    let info = take_backup(&pg, &backend);
+
+    let bench = {
+        let (bin, sock, port) = (pg.bin("pgbench"), pg.sockdir(), pg.port());
+        std::thread::spawn(move || {
+            Command::new(bin)
+                .args(["-U", SUPERUSER, "-h"])
+                .arg(sock)
+                .args(["-p", &port.to_string(), "-n", "-c", "2", "-T", "8", "postgres"])
+                .stdout(Stdio::null())
+                .output()
+                .expect("pgbench")
+        })
+    };
+    let mut id = 0;
+    while !bench.is_finished() {
+        id += 1;
+        insert_marker(&pg, id);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+    assert!(bench.join().unwrap().status.success());
+    // A quiet point: one marker, then the whole database is dumped.
+    id += 1;
+    insert_marker(&pg, id);
+    let quiet_id = id;
+    let quiet_dump = dumpall(&pg);
+    // The tail: markers alone, a few per second, for about a second.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        id += 1;
+        insert_marker(&pg, id);
+    }
+    let end = lsn(&pg.sql("SELECT pg_current_wal_lsn()"));
+    let storage = backend.storage().await;
+    wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(30)).await;
+    assert_eq!(stream.terminate().0, Some(0));
+
+    // The tail really is unfinished: stored as parts, not a complete segment.
+    let (tls, _) = pgpitr_repo::wal::scan(storage.as_ref(), seg16()).await.unwrap();
+    let last = tls[&pgpitr_types::TimelineId(1)].objects.last().unwrap().0;
+    assert!(matches!(last.kind, pgpitr_repo::wal::WalObjectKind::Part { .. }), "{last:?}");
+
+    let all = markers(&pg);
+    let time_of = |id: i32| all.iter().find(|m| m.0 == id).unwrap().1;
+    let stop = us(&info.stop_time);
+    let busy: Vec<&(i32, i64)> = all.iter().filter(|m| m.1 > stop && m.0 < quiet_id).collect();
+    assert!(busy.len() > 10, "too few markers after the backup: {}", busy.len());
+    // (target, exclusive, a check of the dump)
+    let mut targets: Vec<(i64, bool, bool)> = Vec::new();
+    let newest = time_of(id);
+    for i in 0..random_targets {
+        // Half-way between two markers: far from any marker's commit, so
+        // concurrent pgbench commits cannot reorder the outcome.
+        let k = fastrand::usize(..busy.len() - 1);
+        targets.push(((busy[k].1 + busy[k + 1].1) / 2, i % 2 == 1, false));
+    }
+    targets.push((time_of(quiet_id), false, true));
+    targets.push((time_of(quiet_id + 3), true, false));
+    targets.push((time_of(id - 1), false, false)); // within the last second
+    targets.push((time_of(id), false, false)); // the newest commit: nothing follows it
+
+    for (t, exclusive, dump) in targets {
+        let when = rfc3339(t);
+        let mut args = vec!["--target-time", &when];
+        if exclusive {
+            args.push("--target-exclusive");
+        }
+        let (restored, out) = restore_and_start(&backend, &args);
+        let want: Vec<i32> = all.iter().filter(|m| if exclusive { m.1 < t } else { m.1 <= t }).map(|m| m.0).collect();
+        let got = ids(&restored);
+        // No commit follows the newest one, so recovery_target_time would never be reached.
+        let setting = if t == newest { "recovery_target_lsn" } else { "recovery_target_time" };
+        assert!(out.stdout.contains(setting), "{when}: {}", out.stdout);
+        assert_eq!(got, want, "target {when} exclusive={exclusive}\n{}", out.stdout);
+        if dump {
+            assert!(dumpall(&restored) == quiet_dump, "pg_dumpall differs after a restore to the quiet point {when}");
+        }
+        // Replay ended where the plan said: the restored cluster's newest commit.
+        if let Some(&last) = want.last() {
+            let at = us(&restored.sql(&format!("SELECT {COMMIT_TS} FROM marks WHERE id = {last}")));
+            assert_eq!(at, time_of(last));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pitr_is_exact_local() {
+    pitr_is_exact(Backend::local(), 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pitr_is_exact_s3() {
+    pitr_is_exact(Backend::s3(), 1).await;
+}
+
+fn wal_fetch(backend: &Backend, name: &str, dest: &Path, extra: &[&str]) -> Run {
+    let mut cmd = pgpitr();
+    backend.env(&mut cmd);
+    run(cmd.args(["wal-fetch", "--repo", &backend.url()]).args(extra).arg(name).arg(dest))
+}
+
+/// A cluster streamed into `backend`, with complete segments and an
+/// unfinished tail; returns the cluster and the tail segment's name.
+async fn streamed(backend: &Backend) -> (PgCluster, String) {
+    let pg = PgCluster::start_default();
+    pg.sql("CREATE TABLE t (x int)");
+    let s = StreamProc::start(&pg, backend, &[]);
+    wait_streaming(&pg, "pgpitr");
+    for _ in 0..3 {
+        pg.sql("INSERT INTO t SELECT generate_series(1, 1000); SELECT pg_switch_wal();");
+    }
+    let end = lsn(&pg.sql("INSERT INTO t VALUES (7); SELECT pg_current_wal_lsn();"));
+    let storage = backend.storage().await;
+    wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(30)).await;
+    assert_eq!(s.terminate().0, Some(0));
+    let tail = pg.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    (pg, tail)
+}
+
+async fn wal_fetch_serves_verified_files(backend: Backend) {
+    let (pg, tail) = streamed(&backend).await;
+    let storage = backend.storage().await;
+    let (tls, _) = pgpitr_repo::wal::scan(storage.as_ref(), seg16()).await.unwrap();
+    let tl = &tls[&pgpitr_types::TimelineId(1)];
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("RECOVERYXLOG");
+
+    // The unfinished tail, assembled and zero-filled to a whole segment.
+    let out = wal_fetch(&backend, &tail, &dest, &[]).ok();
+    assert!(!out.stderr.contains("error"), "{}", out.stderr);
+    let got = std::fs::read(&dest).unwrap();
+    let Ok(pgpitr_types::WalFileName::Segment { segno, .. }) = pgpitr_types::WalFileName::parse(&tail, seg16()) else {
+        panic!("{tail}")
+    };
+    let want = pgpitr_repo::wal::assemble_segment(storage.as_ref(), seg16(), tl, segno).await.unwrap().unwrap();
+    assert!(!want.complete && got.len() as u64 == seg16().bytes() && got[..] == want.data[..]);
+    assert!(got[want.valid_len as usize..].iter().all(|&b| b == 0));
+
+    // A complete segment, prefetching the next ones into a spool.
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let first = pgpitr_types::WalFileName::segment(pgpitr_types::TimelineId(1), tl.objects[0].0.segno).to_name(seg16());
+    let out = wal_fetch(&backend, &first, &dest, &["--spool", spool.to_str().unwrap()]).ok();
+    assert!(!out.stderr.contains("error"), "{}", out.stderr);
+    let next =
+        pgpitr_types::WalFileName::segment(pgpitr_types::TimelineId(1), tl.objects[0].0.segno.next()).to_name(seg16());
+    let spooled = wait_for(Duration::from_secs(20), || spool.join(&next).exists().then_some(()));
+    assert!(spooled.is_some(), "the prefetcher did not spool {next}");
+    let out = wal_fetch(&backend, &next, &dest, &["--spool", spool.to_str().unwrap()]).ok();
+    assert!(!out.stderr.contains("error"), "{}", out.stderr);
+    assert!(!spool.join(&next).exists(), "a spooled segment is moved, not copied");
+    let want = pgpitr_repo::wal::assemble_segment(storage.as_ref(), seg16(), tl, tl.objects[0].0.segno.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(std::fs::read(&dest).unwrap() == want.data[..], "spooled segment differs");
+
+    // Not stored: exit 1 without a word, nothing written.
+    std::fs::remove_file(&dest).unwrap();
+    for missing in ["00000002.history", "0000000100000000000000F0"] {
+        let out = wal_fetch(&backend, missing, &dest, &[]);
+        // Quiet: at most the AWS SDK's notes about the test's missing config files.
+        assert!(out.code == Some(1) && !out.stderr.contains("pgpitr"), "{missing}: {}", out.stderr);
+        assert!(!dest.exists());
+    }
+    drop(pg);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_fetch_serves_verified_files_local() {
+    wal_fetch_serves_verified_files(Backend::local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_fetch_serves_verified_files_s3() {
+    wal_fetch_serves_verified_files(Backend::s3()).await;
+}
+
+/// Corruption, holes and outages exit 200 with a message (Postgres then
+/// stops recovery) and never leave a file behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_fetch_refuses_corrupt_missing_and_unreachable() {
+    let backend = Backend::local();
+    let (_pg, _tail) = streamed(&backend).await;
+    let storage = backend.storage().await;
+    let (tls, _) = pgpitr_repo::wal::scan(storage.as_ref(), seg16()).await.unwrap();
+    let objs = &tls[&pgpitr_types::TimelineId(1)].objects;
+    let name =
+        |i: usize| pgpitr_types::WalFileName::segment(pgpitr_types::TimelineId(1), objs[i].0.segno).to_name(seg16());
+    let Backend::Local(root) = &backend else { unreachable!() };
+    let path = |i: usize| root.path().join("repo").join(objs[i].0.key(seg16()));
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("RECOVERYXLOG");
+
+    // A flipped byte in the payload.
+    let mut raw = std::fs::read(path(0)).unwrap();
+    let at = raw.len() - 100;
+    raw[at] ^= 0x40;
+    std::fs::write(path(0), &raw).unwrap();
+    let out = wal_fetch(&backend, &name(0), &dest, &[]);
+    assert_eq!(out.code, Some(200), "{}", out.stderr);
+    assert!(out.stderr.contains("pgpitr: error:") && out.stderr.contains("corrupt object"), "{}", out.stderr);
+    assert!(!dest.exists() && std::fs::read_dir(dir.path()).unwrap().next().is_none(), "a file was left behind");
+
+    // A hole: the segment is gone but later WAL of the timeline is stored.
+    std::fs::remove_file(path(1)).unwrap();
+    let out = wal_fetch(&backend, &name(1), &dest, &[]);
+    assert_eq!(out.code, Some(200), "{}", out.stderr);
+    assert!(out.stderr.contains("a gap"), "{}", out.stderr);
+
+    // S3 that does not answer: an outage, not the end of WAL.
+    let s3 = Backend::s3();
+    let url = s3.url();
+    let env = match &s3 {
+        Backend::S3(server) => server.env(),
+        Backend::Local(_) => unreachable!(),
+    };
+    drop(s3);
+    let mut cmd = pgpitr();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = run(cmd.args(["wal-fetch", "--repo", &url, &name(2)]).arg(&dest));
+    assert_eq!(out.code, Some(200), "{}", out.stderr);
+    assert!(out.stderr.contains("pgpitr: error: wal-fetch"), "{}", out.stderr);
+    assert!(!dest.exists());
+}
+
+/// Refused before anything is written: the data directory is not created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_targets_are_refused_and_nothing_is_written() {
+    let backend = Backend::local();
+    let pg = PgCluster::start_default();
+    pg.sql("CREATE TABLE t (x int)");
+    let s = StreamProc::start(&pg, &backend, &[]);
+    wait_streaming(&pg, "pgpitr");
+    let info = take_backup(&pg, &backend);
+    for i in 0..3 {
+        pg.sql(&format!(
+            "INSERT INTO t SELECT generate_series(1, 1000); INSERT INTO t VALUES ({i}); SELECT pg_switch_wal();"
+        ));
+    }
+    let end = lsn(&pg.sql("INSERT INTO t VALUES (9); SELECT pg_current_wal_lsn();"));
+    let storage = backend.storage().await;
+    wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(30)).await;
+    assert_eq!(s.terminate().0, Some(0));
+    let dir = tempfile::tempdir().unwrap();
+    let pgdata = dir.path().join("restore");
+    let refuse = |args: &[&str], fragments: &[&str]| {
+        let out = run(&mut restore_cmd(&backend, &pgdata, args));
+        let line = out.fails_with(fragments);
+        assert!(!pgdata.exists(), "{line}: the data directory was created");
+        line
+    };
+    let stop = us(&info.stop_time);
+    let hour = 3_600_000_000;
+    refuse(&["--target-time", &rfc3339(stop - hour)], &["is before the earliest restorable time"]);
+    refuse(&["--target-time", &rfc3339(stop + 24 * hour)], &["is after the latest restorable time"]);
+    let line = refuse(&["--target-time", "2026-11-21 10:42:16"], &["has no time zone", "--timezone"]);
+    assert!(line.contains("2026-11-21 10:42:16+00"), "the accepted forms are shown: {line}");
+    refuse(&["--target-lsn", "0/10"], &["before the earliest restorable LSN"]);
+    refuse(&["--target-name", "nowhere"], &["\"nowhere\" is not in the stored WAL"]);
+    // Planning alone writes nothing either.
+    let out = run(&mut restore_cmd(&backend, &pgdata, &["--target", "latest", "--dry-run"])).ok();
+    assert!(out.stdout.contains(&info.id) && !pgdata.exists(), "{}", out.stdout);
+
+    // A non-empty data directory is left as it was.
+    std::fs::create_dir(&pgdata).unwrap();
+    std::fs::write(pgdata.join("precious"), "keep").unwrap();
+    let out = run(&mut restore_cmd(&backend, &pgdata, &["--target", "latest"]));
+    out.fails_with(&["is not empty"]);
+    assert_eq!(std::fs::read_dir(&pgdata).unwrap().count(), 1);
+    std::fs::remove_dir_all(&pgdata).unwrap();
+
+    // A hole after the backup: targets beyond it are refused naming it.
+    let (tls, _) = pgpitr_repo::wal::scan(storage.as_ref(), seg16()).await.unwrap();
+    let victim = tls[&pgpitr_types::TimelineId(1)]
+        .objects
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| id.kind == pgpitr_repo::wal::WalObjectKind::Segment && id.range(seg16()).0 > info.stop_lsn)
+        .nth(1)
+        .expect("two complete segments after the backup");
+    storage.delete(&victim.key(seg16())).await.unwrap();
+    let (gs, ge) = victim.range(seg16());
+    let gap = format!("WAL {gs}..{ge} of timeline 1 is missing");
+    refuse(&["--target", "latest"], &[&gap]);
+    let out = run(pgpitr().args(["list", "--json", "--repo", &backend.url()])).ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let latest = v["timelines"][0]["latest_restorable_time"].as_str().expect("a window per timeline").to_string();
+    assert_eq!(v["timelines"][0]["earliest_restorable_time"].as_str(), Some(rfc3339(stop).as_str()));
+    refuse(&["--target-time", &latest], &[&gap, "the latest reachable time is"]);
+}
+
+fn rows(pg: &PgCluster) -> Vec<i32> {
+    pg.sql("SELECT x FROM t ORDER BY x").lines().map(|l| l.parse().unwrap()).collect()
+}
+
+/// A backup on timeline 1, a promotion to timeline 2, and every kind of
+/// target across it; `--wait` run as the data directory's owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_across_a_timeline_switch() {
+    let backend = Backend::local();
+    share(&backend);
+    let primary = PgCluster::start_default();
+    primary.sql("CREATE TABLE t (x int)");
+    let standby = primary.start_standby();
+    // pgpitr archives the standby, which is promoted later on.
+    let s = StreamProc::start(&standby, &backend, &[]);
+    wait_streaming(&standby, "pgpitr");
+    let info = take_backup(&primary, &backend);
+    primary.sql("INSERT INTO t VALUES (1), (2)");
+    let xid = primary.sql("BEGIN; INSERT INTO t VALUES (3); SELECT txid_current(); COMMIT;");
+    primary.sql("INSERT INTO t VALUES (4)");
+    let before = lsn(&primary.sql("SELECT pg_current_wal_lsn()"));
+    let storage = backend.storage().await;
+    wait_durable(storage.as_ref(), seg16(), 1, before, Duration::from_secs(30)).await;
+
+    standby.promote();
+    standby.sql("INSERT INTO t VALUES (5)");
+    standby.sql("SELECT pg_create_restore_point('before-six')");
+    standby.sql("INSERT INTO t VALUES (6)");
+    let at_seven = lsn(&standby.sql("INSERT INTO t VALUES (7); SELECT pg_current_wal_lsn();"));
+    let end = lsn(&standby.sql("INSERT INTO t VALUES (8); SELECT pg_current_wal_lsn();"));
+    wait_durable(storage.as_ref(), seg16(), 2, end, Duration::from_secs(30)).await;
+    assert_eq!(s.terminate().0, Some(0));
+
+    // latest, with --wait run as postgres: the reached point is reported.
+    let mut c = PgCluster::empty();
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", "postgres", "--"]).arg(shared_binary());
+    cmd.args(["restore", "--repo", &backend.url(), "--target", "latest", "--wait", "--json", "--port"])
+        .arg(c.port().to_string())
+        .arg("--pg-bindir")
+        .arg(pg_bindir())
+        .arg("--pgdata")
+        .arg(c.datadir())
+        .env("PGPITR_LOG", "warn")
+        .env_remove("PGPASSWORD");
+    let out = run(&mut cmd).ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("restore --json");
+    assert_eq!(v["plan"]["backup"]["id"], info.id.as_str());
+    assert_eq!(v["plan"]["timeline"], 2);
+    assert_eq!(v["reached"]["state"], "promoted", "{v}");
+    assert_eq!(v["reached"]["timeline"], 3, "{v}");
+    assert!(lsn(v["reached"]["last_replayed_lsn"].as_str().unwrap()) >= end.segment_floor(seg16()), "{v}");
+    assert!(v["timings"]["replay_secs"].as_f64().is_some() && v["timings"]["download_secs"].as_f64().is_some());
+    assert!(!c.datadir().join("pg_wal/pgpitr_spool").exists(), "spool removed after promotion");
+    let mut stop = c.command("pg_ctl");
+    run_ok(stop.arg("-D").arg(c.datadir()).args(["-w", "-m", "fast", "stop"]));
+    c.start_restored(&[]);
+    c.wait_promoted(Duration::from_secs(60));
+    assert_eq!(rows(&c), vec![1, 2, 3, 4, 5, 6, 7, 8]);
+    drop(c);
+
+    for (args, want) in [
+        (vec!["--target-xid", xid.as_str()], vec![1, 2, 3]),
+        (vec!["--target-xid", xid.as_str(), "--target-exclusive"], vec![1, 2]),
+        (vec!["--target-name", "before-six"], vec![1, 2, 3, 4, 5]),
+        (vec!["--target-lsn", &at_seven.to_string()], vec![1, 2, 3, 4, 5, 6, 7]),
+        (vec!["--target", "immediate"], vec![]),
+        (vec!["--target", "latest", "--target-timeline", "1"], vec![1, 2, 3, 4]),
+    ] {
+        let (restored, out) = restore_and_start(&backend, &args);
+        assert_eq!(rows(&restored), want, "{args:?}\n{}", out.stdout);
+    }
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
