@@ -4,7 +4,7 @@ use crate::progress::ProgressDisplay;
 use indicatif::HumanBytes;
 use pgpitr_backup::{BackupOptions, CheckpointMode};
 use pgpitr_repo::backup::BackupInfo;
-use pgpitr_repo::{InitOutcome, Repository};
+use pgpitr_repo::Repository;
 use pgpitr_storage::RepoUrl;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -19,13 +19,7 @@ pub fn checkpoint_mode(c: Checkpoint) -> CheckpointMode {
 pub async fn run(args: BackupArgs, log_format: LogFormat) -> anyhow::Result<u8> {
     let url = RepoUrl::parse(&args.repo.repo)?;
     let cfg = conn::config(&args.conn, "pgpitr_backup")?;
-    let (probe, identity) = conn::connect(&cfg).await?;
-    probe.close().await;
-    let storage = pgpitr_storage::open(&url).await?;
-    let (repo, outcome) = Repository::init(storage, &identity).await?;
-    if outcome == InitOutcome::Created {
-        tracing::info!(repo = %repo.location(), "initialised the repository for this cluster");
-    }
+    let (repo, _) = super::bind_repo(&url, &cfg).await?;
     let opts = BackupOptions {
         label: args.label.clone(),
         checkpoint: checkpoint_mode(args.checkpoint),

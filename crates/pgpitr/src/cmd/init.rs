@@ -1,17 +1,13 @@
 use crate::cli::InitArgs;
 use crate::conn;
-use anyhow::Context;
-use pgpitr_repo::{InitOutcome, Repository};
+use pgpitr_repo::InitOutcome;
 use pgpitr_storage::RepoUrl;
 
 pub async fn run(args: InitArgs) -> anyhow::Result<u8> {
     // Validate everything local before touching the network.
     let url = RepoUrl::parse(&args.repo.repo)?;
     let cfg = conn::config(&args.conn, "pgpitr")?;
-    let (probe, identity) = conn::connect(&cfg).await?;
-    probe.close().await;
-    let storage = pgpitr_storage::open(&url).await?;
-    let (repo, outcome) = Repository::init(storage, &identity).await.context("initialise repository")?;
+    let (repo, outcome) = super::bind_repo(&url, &cfg).await?;
     let b = repo.binding();
     if args.json {
         let mut v = serde_json::to_value(b)?;

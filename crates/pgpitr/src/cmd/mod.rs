@@ -25,3 +25,20 @@ pub async fn open_repo(url: &str) -> anyhow::Result<pgpitr_repo::Repository> {
     let storage = pgpitr_storage::open(&url).await?;
     Ok(pgpitr_repo::Repository::open(storage).await?)
 }
+
+/// Checks the server, opens the storage and binds the repository to the
+/// server's cluster (initialising an empty one), refusing another cluster's.
+pub async fn bind_repo(
+    url: &pgpitr_storage::RepoUrl,
+    cfg: &pgpitr_pgwire::ConnConfig,
+) -> anyhow::Result<(pgpitr_repo::Repository, pgpitr_repo::InitOutcome)> {
+    let (probe, identity) = crate::conn::connect(cfg).await?;
+    // An idle walsender would show up in pg_stat_replication under our name.
+    probe.close().await;
+    let storage = pgpitr_storage::open(url).await?;
+    let (repo, outcome) = pgpitr_repo::Repository::init(storage, &identity).await?;
+    if outcome == pgpitr_repo::InitOutcome::Created {
+        tracing::info!(repo = %repo.location(), "initialised the repository for this cluster");
+    }
+    Ok((repo, outcome))
+}

@@ -2,7 +2,6 @@ use crate::cli::StreamArgs;
 use crate::conn;
 use crate::progress::ProgressDisplay;
 use pgpitr_backup::{BackupOptions, WalMode};
-use pgpitr_repo::{InitOutcome, Repository};
 use pgpitr_storage::RepoUrl;
 use pgpitr_stream::{Archiver, StreamConfig, StreamStats};
 use std::sync::Arc;
@@ -16,14 +15,7 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
         cfg.set_application_name(app_name.clone());
     }
     // Fail fast on bad settings, credentials or storage before daemonising.
-    let (probe, identity) = conn::connect(&cfg).await?;
-    // An idle walsender would show up in pg_stat_replication under our name.
-    probe.close().await;
-    let storage = pgpitr_storage::open(&url).await?;
-    let (repo, outcome) = Repository::init(storage, &identity).await?;
-    if outcome == InitOutcome::Created {
-        tracing::info!(repo = %repo.location(), "initialised the repository for this cluster");
-    }
+    let (repo, _) = super::bind_repo(&url, &cfg).await?;
     let stream_cfg = StreamConfig {
         slot: args.slot.clone(),
         flush_interval: args.flush_interval,
