@@ -71,7 +71,7 @@ mod tests {
     use super::*;
 
     const SAMPLE: &str =
-        "1\t0/3000000\tno recovery target specified\n\n# comment\n2\t0/5000A0\tbefore 2026-11-21 10:42:16+00\n";
+        "1\t0/3000000\tno recovery target specified\n\n# comment\n2\t0/50000A0\tbefore 2026-11-21 10:42:16+00\n";
 
     #[test]
     fn parse_and_format() {
