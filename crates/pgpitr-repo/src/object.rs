@@ -5,7 +5,7 @@
 //! offset size  field
 //!      0    4  magic "PGPW"
 //!      4    1  format version (1)
-//!      5    1  codec: 0 = none, 1 = lz4 block
+//!      5    1  codec: 0 = none, 1 = lz4 block, 2 = lz4 chunks
 //!      6    2  reserved, zero
 //!      8    4  timeline
 //!     12    8  start LSN of the payload
@@ -16,6 +16,11 @@
 //!     44    4  CRC-32 of bytes 0..44 and of the summary
 //!     48    …  summary (JSON), then the payload
 //! ```
+//!
+//! With codec 2 the payload is a sequence of independently compressed lz4
+//! blocks, each behind `u32 raw length, u32 stored length` (big-endian). It
+//! lets a complete segment reuse the blocks its parts were already
+//! compressed into, so streaming compresses each byte once.
 //!
 //! Decoding checks every length against the buffer and both checksums, so a
 //! truncated or corrupt object is an error, never a panic and never wrong
@@ -37,6 +42,20 @@ const MAX_RAW: u64 = 1 << 30;
 pub enum Codec {
     None = 0,
     Lz4 = 1,
+    Lz4Chunks = 2,
+}
+
+/// One lz4 block and the length of the raw bytes it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub raw_len: u32,
+    pub compressed: Bytes,
+}
+
+impl Chunk {
+    pub fn compress(raw: &[u8]) -> Chunk {
+        Chunk { raw_len: raw.len() as u32, compressed: lz4_flex::block::compress(raw).into() }
+    }
 }
 
 /// Timestamps are Unix microseconds (UTC); LSN and time of one WAL record.
@@ -115,28 +134,63 @@ fn bad(msg: impl Into<String>) -> DecodeError {
 
 /// Encodes `raw` (the WAL bytes from `start`) into a stored object.
 pub fn encode(tli: TimelineId, start: Lsn, raw: &[u8], codec: Codec, summary: &WalSummary) -> Bytes {
-    let payload: std::borrow::Cow<[u8]> = match codec {
-        Codec::None => raw.into(),
-        Codec::Lz4 => lz4_flex::block::compress(raw).into(),
-    };
+    match codec {
+        Codec::None => assemble(tli, start, raw.len() as u64, crc32fast::hash(raw), Codec::None, &[raw], summary),
+        Codec::Lz4 => {
+            let block = lz4_flex::block::compress(raw);
+            assemble(tli, start, raw.len() as u64, crc32fast::hash(raw), Codec::Lz4, &[&block], summary)
+        }
+        Codec::Lz4Chunks => encode_chunks(tli, start, &[Chunk::compress(raw)], crc32fast::hash(raw), summary),
+    }
+}
+
+/// Encodes already-compressed chunks whose raw bytes, concatenated, have
+/// CRC-32 `raw_crc`.
+pub fn encode_chunks(tli: TimelineId, start: Lsn, chunks: &[Chunk], raw_crc: u32, summary: &WalSummary) -> Bytes {
+    let raw_len: u64 = chunks.iter().map(|c| c.raw_len as u64).sum();
+    let mut framing = Vec::with_capacity(chunks.len() * 8);
+    for c in chunks {
+        framing.extend_from_slice(&c.raw_len.to_be_bytes());
+        framing.extend_from_slice(&(c.compressed.len() as u32).to_be_bytes());
+    }
+    let mut pieces: Vec<&[u8]> = Vec::with_capacity(chunks.len() * 2);
+    for (i, c) in chunks.iter().enumerate() {
+        pieces.push(&framing[i * 8..i * 8 + 8]);
+        pieces.push(&c.compressed);
+    }
+    assemble(tli, start, raw_len, raw_crc, Codec::Lz4Chunks, &pieces, summary)
+}
+
+fn assemble(
+    tli: TimelineId,
+    start: Lsn,
+    raw_len: u64,
+    raw_crc: u32,
+    codec: Codec,
+    payload: &[&[u8]],
+    summary: &WalSummary,
+) -> Bytes {
+    let payload_len: usize = payload.iter().map(|p| p.len()).sum();
     let summary_json = serde_json::to_vec(summary).expect("summary serialises");
-    let mut out = BytesMut::with_capacity(HEADER_LEN + summary_json.len() + payload.len());
+    let mut out = BytesMut::with_capacity(HEADER_LEN + summary_json.len() + payload_len);
     out.put_slice(MAGIC);
     out.put_u8(VERSION);
     out.put_u8(codec as u8);
     out.put_u16(0);
     out.put_u32(tli.0);
     out.put_u64(start.0);
-    out.put_u64(start.0 + raw.len() as u64);
-    out.put_u32(crc32fast::hash(raw));
-    out.put_u64(payload.len() as u64);
+    out.put_u64(start.0 + raw_len);
+    out.put_u32(raw_crc);
+    out.put_u64(payload_len as u64);
     out.put_u32(summary_json.len() as u32);
     let mut h = crc32fast::Hasher::new();
     h.update(&out[..44]);
     h.update(&summary_json);
     out.put_u32(h.finalize());
     out.put_slice(&summary_json);
-    out.put_slice(&payload);
+    for p in payload {
+        out.put_slice(p);
+    }
     out.freeze()
 }
 
@@ -176,6 +230,7 @@ pub fn decode_header(buf: &[u8]) -> Result<ObjectHeader, DecodeError> {
     let codec = match buf[5] {
         0 => Codec::None,
         1 => Codec::Lz4,
+        2 => Codec::Lz4Chunks,
         c => return Err(bad(format!("unknown codec {c}"))),
     };
     let mut h = crc32fast::Hasher::new();
@@ -216,6 +271,7 @@ pub fn decode(buf: &[u8]) -> Result<(ObjectHeader, Bytes), DecodeError> {
         Codec::Lz4 => lz4_flex::block::decompress(payload, raw_len)
             .map_err(|e| bad(format!("lz4 payload does not decompress: {e}")))?
             .into(),
+        Codec::Lz4Chunks => decode_chunks(payload, raw_len)?,
     };
     if raw.len() != raw_len {
         return Err(bad(format!("payload holds {} bytes, header says {raw_len}", raw.len())));
@@ -224,6 +280,35 @@ pub fn decode(buf: &[u8]) -> Result<(ObjectHeader, Bytes), DecodeError> {
         return Err(bad("payload checksum mismatch"));
     }
     Ok((header, raw))
+}
+
+fn decode_chunks(mut payload: &[u8], raw_len: usize) -> Result<Bytes, DecodeError> {
+    let mut out = vec![0u8; raw_len];
+    let mut at = 0usize;
+    while !payload.is_empty() {
+        if payload.len() < 8 {
+            return Err(bad("lz4 chunk framing truncated"));
+        }
+        let n = be_u32(payload, 0) as usize;
+        let stored = be_u32(payload, 4) as usize;
+        let Some(block) = payload.get(8..8 + stored) else {
+            return Err(bad(format!("lz4 chunk of {stored} bytes runs past the payload")));
+        };
+        let Some(dest) = out.get_mut(at..at + n) else {
+            return Err(bad(format!("lz4 chunks hold more than the {raw_len} bytes the header says")));
+        };
+        let got = lz4_flex::block::decompress_into(block, dest)
+            .map_err(|e| bad(format!("lz4 chunk at raw offset {at} does not decompress: {e}")))?;
+        if got != n {
+            return Err(bad(format!("lz4 chunk at raw offset {at} holds {got} bytes, its framing says {n}")));
+        }
+        at += n;
+        payload = &payload[8 + stored..];
+    }
+    if at != raw_len {
+        return Err(bad(format!("lz4 chunks hold {at} bytes, the header says {raw_len}")));
+    }
+    Ok(out.into())
 }
 
 #[cfg(test)]
@@ -246,7 +331,7 @@ mod tests {
     #[test]
     fn round_trip_both_codecs() {
         let (raw, s) = sample();
-        for codec in [Codec::None, Codec::Lz4] {
+        for codec in [Codec::None, Codec::Lz4, Codec::Lz4Chunks] {
             let obj = encode(TimelineId(3), Lsn(0x1_0000_0000), &raw, codec, &s);
             let (h, back) = decode(&obj).unwrap();
             assert_eq!(&back[..], &raw[..]);
@@ -280,6 +365,48 @@ mod tests {
             c[i] ^= 0x10;
             assert!(decode(&c).is_err(), "flip at byte {i} went unnoticed");
         }
+    }
+
+    #[test]
+    fn chunks_from_parts_make_the_same_segment() {
+        let (raw, s) = sample();
+        let cuts = [0usize, 1000, 50_000, 50_001, raw.len()];
+        let chunks: Vec<Chunk> = cuts.windows(2).map(|w| Chunk::compress(&raw[w[0]..w[1]])).collect();
+        let obj = encode_chunks(TimelineId(2), Lsn(0x2000), &chunks, crc32fast::hash(&raw), &s);
+        let (h, back) = decode(&obj).unwrap();
+        assert_eq!(&back[..], &raw[..]);
+        assert_eq!(h.codec, Codec::Lz4Chunks);
+        assert_eq!(h.end, Lsn(0x2000 + raw.len() as u64));
+        // A wrong CRC for the concatenation is caught.
+        let bad_obj = encode_chunks(TimelineId(2), Lsn(0x2000), &chunks, 1, &s);
+        assert!(decode(&bad_obj).is_err());
+        // Chunks that do not add up to the header's length are caught.
+        let short = encode_chunks(TimelineId(2), Lsn(0x2000), &chunks[..2], crc32fast::hash(&raw), &s);
+        let mut tampered = short.to_vec();
+        tampered[20..28].copy_from_slice(&(0x2000u64 + raw.len() as u64).to_be_bytes());
+        assert!(decode(&tampered).is_err());
+    }
+
+    #[test]
+    fn chunked_truncations_and_bit_flips_are_errors() {
+        let (raw, s) = sample();
+        let chunks = vec![Chunk::compress(&raw[..700]), Chunk::compress(&raw[700..2500])];
+        let obj = encode_chunks(TimelineId(1), Lsn(0), &chunks, crc32fast::hash(&raw[..2500]), &s);
+        for cut in 0..obj.len() {
+            assert!(decode(&obj[..cut]).is_err(), "truncated at {cut}");
+        }
+        // A flip may leave an lz4 match pointing at equal bytes; what
+        // matters is that no flip ever yields different bytes.
+        let mut detected = 0;
+        for i in 0..obj.len() {
+            let mut c = obj.to_vec();
+            c[i] ^= 0x04;
+            match decode(&c) {
+                Err(_) => detected += 1,
+                Ok((_, back)) => assert_eq!(&back[..], &raw[..2500], "flip at byte {i} changed the data"),
+            }
+        }
+        assert!(detected > obj.len() * 9 / 10, "only {detected} of {} flips detected", obj.len());
     }
 
     #[test]

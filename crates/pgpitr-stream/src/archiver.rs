@@ -11,7 +11,7 @@
 use crate::durable::DurableTracker;
 use crate::resume::{self, ResumePlan};
 use crate::segment::OpenSegment;
-use crate::upload::{self, WalUpload};
+use crate::upload::{self, Blocks, WalUpload};
 use crate::{StreamConfig, StreamError, StreamStats};
 use bytes::Bytes;
 use pgpitr_pgwire::{ConnConfig, ReplicationConnection, ReplicationStream, StreamMessage};
@@ -218,7 +218,9 @@ impl State {
         if self.cfg.synchronous || self.received_enough() {
             return (self.parts_in_flight == 0).then_some(since);
         }
-        let lead = self.upload_latency.min(self.cfg.flush_interval / 2);
+        // Start early enough that the upload (twice its recent time, at least
+        // 100 ms for scheduling and status round trips) ends within the interval.
+        let lead = (self.upload_latency * 2).max(Duration::from_millis(100)).min(self.cfg.flush_interval / 2);
         Some(since + self.cfg.flush_interval - lead)
     }
 
@@ -339,15 +341,17 @@ impl State {
             self.scanner = Some(WalScanner::new(next.start_lsn(), self.seg));
         }
         let full = std::mem::replace(&mut self.cur, next);
-        let (id, start, raw, summary, superseded) = full.into_complete();
+        let c = full.into_complete();
         self.segments_in_flight += 1;
-        self.spawn_upload(WalUpload { id, start, raw, summary }, superseded);
+        let up =
+            WalUpload { id: c.id, start: c.start, raw: c.raw, summary: c.summary, blocks: Blocks::Segment(c.chunks) };
+        self.spawn_upload(up, c.superseded);
     }
 
     fn submit_part(&mut self) {
-        if let Some((id, start, raw, summary)) = self.cur.cut_part() {
+        if let Some((id, start, raw, summary, cell)) = self.cur.cut_part() {
             self.parts_in_flight += 1;
-            self.spawn_upload(WalUpload { id, start, raw, summary }, Vec::new());
+            self.spawn_upload(WalUpload { id, start, raw, summary, blocks: Blocks::Part(cell) }, Vec::new());
         }
     }
 

@@ -2,10 +2,23 @@
 //! handed to storage as parts, and what the scanner found in them.
 
 use bytes::{Bytes, BytesMut};
-use pgpitr_repo::object::WalSummary;
+use pgpitr_repo::object::{Chunk, WalSummary};
 use pgpitr_repo::wal::WalObjectId;
 use pgpitr_types::{Lsn, SegNo, TimelineId, WalSegSize};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+
+/// Where a part's compressed block appears once its upload task made it, so
+/// the complete segment can reuse it instead of compressing again.
+pub type ChunkCell = Arc<OnceLock<Chunk>>;
+
+/// A part of the segment: its offsets and (maybe) its compressed block.
+#[derive(Debug, Clone)]
+pub struct PartChunk {
+    pub from: u32,
+    pub to: u32,
+    pub cell: ChunkCell,
+}
 
 #[derive(Debug)]
 pub struct OpenSegment {
@@ -19,6 +32,8 @@ pub struct OpenSegment {
     /// Parts already submitted (or found stored at resume), for clean-up
     /// once the complete segment is stored.
     pub parts: Vec<WalObjectId>,
+    /// Their ranges and compressed blocks, in offset order.
+    chunks: Vec<PartChunk>,
     /// What the submitted parts contain.
     parts_summary: WalSummary,
     /// What the bytes past `cut` contain.
@@ -42,6 +57,7 @@ impl OpenSegment {
             buf,
             cut: if stored { prefix.len() } else { 0 },
             parts: Vec::new(),
+            chunks: Vec::new(),
             parts_summary: WalSummary::default(),
             pending_summary: WalSummary::default(),
             pending_since: (!stored && !prefix.is_empty()).then(Instant::now),
@@ -79,6 +95,9 @@ impl OpenSegment {
 
     /// Records what already-stored parts contain (at resume).
     pub fn adopt_stored_part(&mut self, id: WalObjectId, summary: &WalSummary) {
+        if let pgpitr_repo::wal::WalObjectKind::Part { from, to } = id.kind {
+            self.chunks.push(PartChunk { from, to, cell: ChunkCell::default() });
+        }
         self.parts.push(id);
         self.parts_summary.merge(summary);
     }
@@ -91,8 +110,9 @@ impl OpenSegment {
         self.pending_since
     }
 
-    /// Everything past the last cut, as a part to store.
-    pub fn cut_part(&mut self) -> Option<(WalObjectId, Lsn, Bytes, WalSummary)> {
+    /// Everything past the last cut, as a part to store, with the cell its
+    /// upload fills with the compressed block.
+    pub fn cut_part(&mut self) -> Option<(WalObjectId, Lsn, Bytes, WalSummary, ChunkCell)> {
         if self.pending_bytes() == 0 {
             return None;
         }
@@ -102,18 +122,26 @@ impl OpenSegment {
         let summary = std::mem::take(&mut self.pending_summary);
         self.parts_summary.merge(&summary);
         self.parts.push(id);
+        let cell = ChunkCell::default();
+        self.chunks.push(PartChunk { from: from as u32, to: to as u32, cell: cell.clone() });
         self.cut = to;
         self.pending_since = None;
-        Some((id, Lsn(self.start_lsn().0 + from as u64), raw, summary))
+        Some((id, Lsn(self.start_lsn().0 + from as u64), raw, summary, cell))
     }
 
     /// The whole segment, once full, as one object; consumes the buffer.
-    pub fn into_complete(mut self) -> (WalObjectId, Lsn, Bytes, WalSummary, Vec<WalObjectId>) {
+    pub fn into_complete(mut self) -> Complete {
         debug_assert!(self.is_full());
         let mut summary = std::mem::take(&mut self.parts_summary);
         summary.merge(&self.pending_summary);
-        let start = self.start_lsn();
-        (WalObjectId::segment(self.tli, self.segno), start, self.buf.freeze(), summary, self.parts)
+        Complete {
+            id: WalObjectId::segment(self.tli, self.segno),
+            start: self.start_lsn(),
+            raw: self.buf.freeze(),
+            summary,
+            superseded: self.parts,
+            chunks: self.chunks,
+        }
     }
 
     /// The bytes `0..offset` of this segment (the prefix a new timeline
@@ -121,6 +149,39 @@ impl OpenSegment {
     pub fn prefix(&self, offset: usize) -> &[u8] {
         &self.buf[..offset.min(self.buf.len())]
     }
+}
+
+/// A full segment ready to store.
+pub struct Complete {
+    pub id: WalObjectId,
+    pub start: Lsn,
+    pub raw: Bytes,
+    pub summary: WalSummary,
+    /// Parts made redundant once it is stored.
+    pub superseded: Vec<WalObjectId>,
+    pub chunks: Vec<PartChunk>,
+}
+
+/// The segment's compressed blocks: the parts' own where their uploads
+/// made them, fresh ones for the rest (resumed parts, races, the tail).
+pub fn segment_chunks(raw: &[u8], parts: &[PartChunk]) -> Vec<Chunk> {
+    let mut out = Vec::with_capacity(parts.len() + 1);
+    let mut at = 0usize;
+    for p in parts {
+        let (from, to) = (p.from as usize, p.to as usize);
+        if from != at || to > raw.len() {
+            continue; // not contiguous with what came before: recompress below
+        }
+        out.push(match p.cell.get() {
+            Some(c) if c.raw_len as usize == to - from => c.clone(),
+            _ => Chunk::compress(&raw[from..to]),
+        });
+        at = to;
+    }
+    if at < raw.len() {
+        out.push(Chunk::compress(&raw[at..]));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -136,7 +197,7 @@ mod tests {
         assert!(s.cut_part().is_none(), "the stored prefix is not cut again");
         s.append(&[2u8; 50], now);
         s.pending_summary_mut().commits = 1;
-        let (id, start, raw, sum) = s.cut_part().unwrap();
+        let (id, start, raw, sum, _) = s.cut_part().unwrap();
         assert_eq!(id, WalObjectId::part(TimelineId(1), SegNo(5), 100, 150));
         assert_eq!(start, Lsn(5 * (1 << 20) + 100));
         assert_eq!(raw.len(), 50);
@@ -144,13 +205,13 @@ mod tests {
         let rest = vec![3u8; s.room()];
         s.append(&rest, now);
         assert!(s.is_full());
-        let (id, start, raw, sum, parts) = s.into_complete();
-        assert_eq!(id, WalObjectId::segment(TimelineId(1), SegNo(5)));
-        assert_eq!(start, Lsn(5 * (1 << 20)));
-        assert_eq!(raw.len(), 1 << 20);
-        assert_eq!(&raw[..100], &[1u8; 100][..]);
-        assert_eq!(sum.commits, 1);
-        assert_eq!(parts.len(), 1);
+        let c = s.into_complete();
+        assert_eq!(c.id, WalObjectId::segment(TimelineId(1), SegNo(5)));
+        assert_eq!(c.start, Lsn(5 * (1 << 20)));
+        assert_eq!(c.raw.len(), 1 << 20);
+        assert_eq!(&c.raw[..100], &[1u8; 100][..]);
+        assert_eq!(c.summary.commits, 1);
+        assert_eq!(c.superseded.len(), 1);
     }
 
     #[test]
@@ -158,8 +219,37 @@ mod tests {
         let seg = WalSegSize::new(1 << 20).unwrap();
         let mut s = OpenSegment::new(TimelineId(2), SegNo(5), seg, &[7u8; 64], false);
         assert!(s.pending_since().is_some());
-        let (id, _, raw, _) = s.cut_part().unwrap();
+        let (id, _, raw, _, _) = s.cut_part().unwrap();
         assert_eq!(id, WalObjectId::part(TimelineId(2), SegNo(5), 0, 64));
         assert_eq!(&raw[..], &[7u8; 64][..]);
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+
+    #[test]
+    fn segment_reuses_part_blocks_and_compresses_the_rest() {
+        let raw: Vec<u8> = (0..10_000u32).map(|i| (i % 97) as u8).collect();
+        let made = Chunk::compress(&raw[0..3000]);
+        let filled = ChunkCell::default();
+        filled.set(made.clone()).unwrap();
+        let parts = vec![
+            PartChunk { from: 0, to: 3000, cell: filled },
+            PartChunk { from: 3000, to: 5000, cell: ChunkCell::default() },
+        ];
+        let chunks = segment_chunks(&raw, &parts);
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(chunks[0], made, "the part's own block is reused");
+        assert_eq!(chunks.iter().map(|c| c.raw_len).sum::<u32>(), 10_000);
+        let obj = pgpitr_repo::object::encode_chunks(
+            TimelineId(1),
+            Lsn(0),
+            &chunks,
+            crc32fast::hash(&raw),
+            &WalSummary::default(),
+        );
+        assert_eq!(&pgpitr_repo::object::decode(&obj).unwrap().1[..], &raw[..]);
     }
 }

@@ -2,8 +2,9 @@
 //! create-if-absent, and retry until it is stored or proven to conflict.
 
 use crate::StreamError;
+use crate::segment::{ChunkCell, PartChunk, segment_chunks};
 use bytes::Bytes;
-use pgpitr_repo::object::{self, Codec, WalSummary};
+use pgpitr_repo::object::{self, Chunk, WalSummary};
 use pgpitr_repo::wal::{WalObjectId, read_object};
 use pgpitr_storage::{PutOutcome, Storage};
 use pgpitr_types::{Lsn, WalSegSize};
@@ -18,6 +19,16 @@ pub struct WalUpload {
     pub start: Lsn,
     pub raw: Bytes,
     pub summary: WalSummary,
+    pub blocks: Blocks,
+}
+
+/// How the payload's lz4 blocks come about.
+#[derive(Debug, Clone)]
+pub enum Blocks {
+    /// A part: compress it, and publish the block for its segment.
+    Part(ChunkCell),
+    /// A complete segment: reuse its parts' blocks where they exist.
+    Segment(Vec<PartChunk>),
 }
 
 impl WalUpload {
@@ -45,9 +56,18 @@ pub async fn store(
 ) -> Result<Duration, StreamError> {
     let key = up.id.key(seg);
     let (start, end) = (up.start, up.end());
-    let WalUpload { id, raw, summary, .. } = up;
+    let WalUpload { id, raw, summary, blocks, .. } = up;
     let (encoded, want_crc) = tokio::task::spawn_blocking(move || {
-        (object::encode(id.tli, start, &raw, Codec::Lz4, &summary), crc32fast::hash(&raw))
+        let crc = crc32fast::hash(&raw);
+        let chunks = match blocks {
+            Blocks::Part(cell) => {
+                let chunk = Chunk::compress(&raw);
+                let _ = cell.set(chunk.clone());
+                vec![chunk]
+            }
+            Blocks::Segment(parts) => segment_chunks(&raw, &parts),
+        };
+        (object::encode_chunks(id.tli, start, &chunks, crc, &summary), crc)
     })
     .await
     .map_err(|e| StreamError::Internal(format!("encoder task failed: {e}")))?;
@@ -99,6 +119,7 @@ mod tests {
             start: Lsn(2 << 20),
             raw: Bytes::from(vec![fill; 4096]),
             summary: WalSummary::default(),
+            blocks: Blocks::Part(ChunkCell::default()),
         }
     }
 
