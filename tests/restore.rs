@@ -196,6 +196,11 @@ async fn pitr_is_exact(backend: Backend, random_targets: usize) {
         let (restored, out) = restore_and_start(&backend, &args);
         let want: Vec<i32> = all.iter().filter(|m| if exclusive { m.1 < t } else { m.1 <= t }).map(|m| m.0).collect();
         let got = ids(&restored);
+        let conf = std::fs::read_to_string(restored.datadir().join("postgresql.auto.conf")).unwrap();
+        assert!(conf.contains("wal-fetch --repo"), "{conf}");
+        if let Backend::S3(s3) = &backend {
+            assert!(!conf.contains(s3.secret_key()) && !conf.contains(s3.access_key()), "a secret in {conf}");
+        }
         // No commit follows the newest one, so recovery_target_time would never be reached.
         let setting = if t == newest { "recovery_target_lsn" } else { "recovery_target_time" };
         assert!(out.stdout.contains(setting), "{when}: {}", out.stdout);
@@ -454,19 +459,7 @@ async fn targets_across_a_timeline_switch() {
     assert_eq!(s.terminate().0, Some(0));
 
     // latest, with --wait run as postgres: the reached point is reported.
-    let mut c = PgCluster::empty();
-    let mut cmd = Command::new("runuser");
-    cmd.args(["-u", "postgres", "--"]).arg(shared_binary());
-    cmd.args(["restore", "--repo", &backend.url(), "--target", "latest", "--wait", "--json", "--port"])
-        .arg(c.port().to_string())
-        .arg("--pg-bindir")
-        .arg(pg_bindir())
-        .arg("--pgdata")
-        .arg(c.datadir())
-        .env("PGPITR_LOG", "warn")
-        .env_remove("PGPASSWORD");
-    let out = run(&mut cmd).ok();
-    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("restore --json");
+    let (mut c, v) = restore_wait_as_postgres(&backend, &["--target", "latest"]);
     assert_eq!(v["plan"]["backup"]["id"], info.id.as_str());
     assert_eq!(v["plan"]["timeline"], 2);
     assert_eq!(v["reached"]["state"], "promoted", "{v}");
@@ -474,12 +467,19 @@ async fn targets_across_a_timeline_switch() {
     assert!(lsn(v["reached"]["last_replayed_lsn"].as_str().unwrap()) >= end.segment_floor(seg16()), "{v}");
     assert!(v["timings"]["replay_secs"].as_f64().is_some() && v["timings"]["download_secs"].as_f64().is_some());
     assert!(!c.datadir().join("pg_wal/pgpitr_spool").exists(), "spool removed after promotion");
-    let mut stop = c.command("pg_ctl");
-    run_ok(stop.arg("-D").arg(c.datadir()).args(["-w", "-m", "fast", "stop"]));
+    c.stop();
     c.start_restored(&[]);
     c.wait_promoted(Duration::from_secs(60));
     assert_eq!(rows(&c), vec![1, 2, 3, 4, 5, 6, 7, 8]);
     drop(c);
+    // The other target actions, as --wait sees them.
+    let (_c, v) = restore_wait_as_postgres(&backend, &["--target-name", "before-six", "--target-action", "pause"]);
+    assert_eq!(v["reached"]["state"], "paused", "{v}");
+    let (_c, v) = restore_wait_as_postgres(&backend, &["--target-xid", &xid, "--target-action", "shutdown"]);
+    assert_eq!(v["reached"]["state"], "shut down", "{v}");
+    assert!(v["reached"]["last_replayed_commit_time"].is_string(), "{v}");
+    let stop = v["reached"]["stop_message"].as_str().unwrap_or_default().to_string();
+    assert!(stop.starts_with(&format!("recovery stopping after commit of transaction {xid}")), "{v}");
 
     for (args, want) in [
         (vec!["--target-xid", xid.as_str()], vec![1, 2, 3]),
@@ -494,7 +494,25 @@ async fn targets_across_a_timeline_switch() {
     }
 }
 
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+/// `pgpitr restore --wait --json` run as the `postgres` OS user (the
+/// server cannot run as root); returns the directory's cluster handle (not
+/// running as far as it knows) and the JSON report.
+fn restore_wait_as_postgres(backend: &Backend, args: &[&str]) -> (PgCluster, serde_json::Value) {
+    let mut c = PgCluster::empty();
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", "postgres", "--"]).arg(shared_binary());
+    cmd.args(["restore", "--repo", &backend.url(), "--wait", "--json", "--port"])
+        .arg(c.port().to_string())
+        .arg("--pg-bindir")
+        .arg(pg_bindir())
+        .arg("--pgdata")
+        .arg(c.datadir())
+        .args(args)
+        .env("PGPITR_LOG", "warn")
+        .env_remove("PGPASSWORD");
+    let out = run(&mut cmd);
+    c.adopt_running();
+    let out = out.ok();
+    let v = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("restore --json: {e}: {}", out.stdout));
+    (c, v)
 }

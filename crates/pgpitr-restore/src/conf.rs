@@ -134,7 +134,7 @@ mod tests {
         let text = render(&c);
         let targets: Vec<&str> = text.lines().filter(|l| l.starts_with("recovery_target")).collect();
         assert_eq!(targets[3], "recovery_target_xid = ''");
-        assert_eq!(targets[4], "recovery_target_time = '2026-11-18 21:46:40+00'");
+        assert_eq!(targets[4], "recovery_target_time = '2026-11-18 11:06:40+00'");
         assert!(text.contains("recovery_target_inclusive = 'off'\n"));
         assert!(text.contains("recovery_target_timeline = '2'\n"));
         assert!(text.contains("recovery_target_action = 'pause'\n"));

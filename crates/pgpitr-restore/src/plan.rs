@@ -566,10 +566,62 @@ async fn plan_on(sums: &mut Summaries<'_>, index: &RepoIndex, req: &PlanRequest,
             Ok(plan)
         }
         &Target::Xid(xid) => {
-            // The index has no xids: Postgres finds the transaction; the plan
-            // makes sure nothing stored is missing on the way.
+            // The index holds no transaction ids: read the WAL, newest backup
+            // first, for the record that ends the transaction.
             plan.recovery = RecoveryTarget::Xid { xid, inclusive: req.inclusive };
-            plan.last_commit = last.filter(|c| c.lsn >= newest.stop_lsn);
+            let mut scan_to = end;
+            let mut found = None;
+            let mut unknown = None;
+            for b in cands.iter().rev() {
+                if b.start_lsn >= scan_to {
+                    continue;
+                }
+                match find_xid_end(storage_of(sums), index, &path, b.start_lsn, scan_to, xid as u32).await? {
+                    XidSearch::Found(ev) => {
+                        found = Some(ev);
+                        break;
+                    }
+                    XidSearch::NotFound => scan_to = b.start_lsn,
+                    XidSearch::Unknown(why) => {
+                        unknown = Some(why);
+                        break;
+                    }
+                }
+            }
+            match (found, unknown) {
+                (Some(ev), _) => {
+                    let Some(b) = cands.iter().rev().find(|b| b.stop_lsn <= ev.lsn) else {
+                        return Err(PlanError::Unreachable(format!(
+                            "transaction {xid} ends at {}, before the end of the oldest backup on the history of \
+                             timeline {tli} ({})",
+                            ev.lsn, oldest.stop_lsn
+                        )));
+                    };
+                    plan.backup = (*b).clone();
+                    plan.wal_end = ev.end_lsn;
+                    if req.inclusive && ev.commit {
+                        plan.last_commit = Some(TimedLsn { lsn: ev.lsn, end_lsn: ev.end_lsn, time_us: ev.time_us });
+                    } else {
+                        plan.last_commit = sums.last_commit(&objs, ev.lsn).await?.filter(|c| c.lsn >= b.start_lsn);
+                        if ev.commit {
+                            plan.first_excluded =
+                                Some(TimedLsn { lsn: ev.lsn, end_lsn: ev.end_lsn, time_us: ev.time_us });
+                        }
+                    }
+                }
+                (None, Some(why)) => {
+                    // Postgres will look for it; every stored byte must be there.
+                    plan.last_commit = last.filter(|c| c.lsn >= newest.stop_lsn);
+                    plan.note = Some(format!("transaction {xid} could not be looked up in the WAL ({why})"));
+                }
+                (None, None) => {
+                    return Err(PlanError::Unreachable(format!(
+                        "transaction {xid} does not end (commit or abort) in the stored WAL on the history of \
+                         timeline {tli} after backup {}",
+                        oldest.id
+                    )));
+                }
+            }
             check_gaps(sums, index, &objs, &plan).await?;
             Ok(plan)
         }
@@ -600,6 +652,88 @@ async fn plan_on(sums: &mut Summaries<'_>, index: &RepoIndex, req: &PlanRequest,
             }))
         }
     }
+}
+
+fn storage_of<'a>(sums: &Summaries<'a>) -> &'a dyn Storage {
+    sums.storage
+}
+
+/// The record that ends a transaction.
+#[derive(Debug, Clone, Copy)]
+struct XidEnd {
+    lsn: Lsn,
+    end_lsn: Lsn,
+    time_us: i64,
+    commit: bool,
+}
+
+enum XidSearch {
+    Found(XidEnd),
+    NotFound,
+    /// The WAL could not be read as records (a scanner limitation, not
+    /// corruption: the objects' checksums held).
+    Unknown(String),
+}
+
+/// Reads the stored WAL along `path` from `from` to `to` and finds the
+/// commit or abort of `xid` (the low 32 bits, as Postgres compares them).
+/// Segments are fetched a few at a time; stops at the first match.
+async fn find_xid_end(
+    storage: &dyn Storage,
+    index: &RepoIndex,
+    path: &TimelinePath,
+    from: Lsn,
+    to: Lsn,
+    xid: u32,
+) -> Result<XidSearch> {
+    use pgpitr_walscan::{WalEvent, WalScanner};
+    let seg = index.seg;
+    let mut scanner = WalScanner::at_record(from, seg).unwrap_or_else(|_| WalScanner::new(from, seg));
+    let mut segments = Vec::new();
+    for (tli, lo, hi) in path.needed(seg, from, to) {
+        let mut segno = lo.segment_number(seg);
+        while segno.start_lsn(seg).is_some_and(|s| s < hi) {
+            segments.push((tli, segno, hi));
+            segno = segno.next();
+        }
+    }
+    let empty = TimelineWal::default();
+    let mut fetched = futures_util::stream::iter(segments)
+        .map(|(tli, segno, hi)| {
+            let tl = index.timelines.get(&tli).unwrap_or(&empty);
+            async move { Ok::<_, RepoError>((segno, hi, wal::assemble_segment(storage, seg, tl, segno).await?)) }
+        })
+        .buffered(4);
+    let mut events = Vec::new();
+    while let Some(next) = fetched.next().await {
+        let (segno, hi, got) = next?;
+        // A hole: the coverage check will name it.
+        let Some(s) = got else { return Ok(XidSearch::Unknown("WAL is missing (a gap)".into())) };
+        let start = segno.start_lsn(seg).unwrap_or(Lsn(0));
+        let a = from.max(start).0 - start.0;
+        let b = hi.min(Lsn(start.0 + s.valid_len)).0.saturating_sub(start.0);
+        if a >= b {
+            continue;
+        }
+        if let Err(e) = scanner.feed(&s.data[a as usize..b as usize], &mut events) {
+            return Ok(XidSearch::Unknown(e.to_string()));
+        }
+        for ev in events.drain(..) {
+            let (lsn, end_lsn, x, time, commit) = match ev {
+                WalEvent::Commit { lsn, end_lsn, xid, time, .. } => (lsn, end_lsn, xid, time, true),
+                WalEvent::Abort { lsn, end_lsn, xid, time, .. } => (lsn, end_lsn, xid, time, false),
+                _ => continue,
+            };
+            if x == xid {
+                let time_us = time.to_unix_micros().unwrap_or_default();
+                return Ok(XidSearch::Found(XidEnd { lsn, end_lsn, time_us, commit }));
+            }
+        }
+        if scanner.end_of_wal().is_some() {
+            break;
+        }
+    }
+    Ok(XidSearch::NotFound)
 }
 
 /// No stored commit follows the target, so a time or LSN target would never

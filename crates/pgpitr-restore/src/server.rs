@@ -30,6 +30,8 @@ pub struct Reached {
     /// The timeline the server writes on after promotion.
     pub timeline: Option<u32>,
     pub port: Option<u16>,
+    /// PostgreSQL's own words on where it stopped (`recovery stopping ...`).
+    pub stop_message: Option<String>,
     pub replay_secs: f64,
     pub log_file: PathBuf,
 }
@@ -146,6 +148,9 @@ pub async fn start(opts: &StartOptions) -> Result<Reached, ServerError> {
             reached.replay_secs = t0.elapsed().as_secs_f64();
             reached.timeline = row.timeline;
             reached.state = if row.in_recovery { "paused" } else { "promoted" }.into();
+            let mut logged = Reached::default();
+            from_log(&std::fs::read_to_string(&log_file).unwrap_or_default(), &mut logged);
+            reached.stop_message = logged.stop_message;
             if !row.in_recovery {
                 // Recovery is over: the prefetcher sees its spool go and exits.
                 let _ = std::fs::remove_dir_all(opts.pgdata.join(crate::restore::SPOOL_DIR));
@@ -206,9 +211,18 @@ async fn query_state(sockdir: &str, port: u16) -> Result<State, tokio_postgres::
     })
 }
 
-/// What the log says when the server is no longer there to ask.
+/// What the log says when the server is no longer there to ask. A server
+/// shut down at the target logs only where it stopped (before the usual
+/// "redo done" lines).
 fn from_log(log: &str, r: &mut Reached) {
     for line in log.lines() {
+        if let Some((_, msg)) = line.split_once("LOG:  recovery stopping ") {
+            r.stop_message = Some(format!("recovery stopping {}", msg.trim()));
+            // "after commit of transaction 733, time 2026-11-21 10:42:16.5+00"
+            if msg.starts_with("after commit") || msg.starts_with("after abort") {
+                r.last_replayed_commit_time = msg.split_once(", time ").map(|(_, t)| t.trim().to_string());
+            }
+        }
         if let Some((_, t)) = line.split_once("last completed transaction was at log time ") {
             r.last_replayed_commit_time = Some(t.trim().to_string());
         }
@@ -228,7 +242,14 @@ mod tests {
                    2026-11-21 10:00:00.000 UTC [1] LOG:  last completed transaction was at log time 2026-11-21 09:59:59.123456+00\n";
         let mut r = Reached::default();
         from_log(log, &mut r);
+        assert_eq!(r.stop_message, None);
         assert_eq!(r.last_replayed_lsn, Some(Lsn(0x300_0148)));
         assert_eq!(r.last_replayed_commit_time.as_deref(), Some("2026-11-21 09:59:59.123456+00"));
+        let log = "2026-11-21 10:00:00.000 UTC [1] LOG:  recovery stopping after commit of transaction 733, \
+                   time 2026-11-21 09:58:00.5+00\n2026-11-21 10:00:00.001 UTC [1] LOG:  shutdown at recovery target\n";
+        let mut r = Reached::default();
+        from_log(log, &mut r);
+        assert_eq!(r.last_replayed_commit_time.as_deref(), Some("2026-11-21 09:58:00.5+00"));
+        assert!(r.stop_message.unwrap().starts_with("recovery stopping after commit of transaction 733"));
     }
 }

@@ -206,6 +206,12 @@ impl PgCluster {
         self.running = true;
     }
 
+    /// Takes charge of a server that something else (`pgpitr restore
+    /// --start`) started on [`PgCluster::datadir`]: it is stopped on drop.
+    pub fn adopt_running(&mut self) {
+        self.running = true;
+    }
+
     /// Waits until a restored server has finished recovery and accepts
     /// writes; panics with the end of the server log otherwise.
     pub fn wait_promoted(&self, timeout: Duration) {

@@ -252,6 +252,9 @@ fn print_plan(r: &Restored, opts: &RestoreOptions) {
 }
 
 fn print_reached(r: &Reached) {
+    if let Some(m) = &r.stop_message {
+        println!("stopped: {m}");
+    }
     println!(
         "reached: {}; last replayed commit {} at LSN {}{}",
         r.state,
