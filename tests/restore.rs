@@ -14,19 +14,35 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// This build of pgpitr, copied where the `postgres` OS user can run it.
+/// This build of pgpitr where the `postgres` OS user can run it (the
+/// target directory may sit under root's home): one hard link (or copy) per
+/// build, in a shared directory, so runs do not pile up copies.
 fn shared_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("pgpitr-it-bin-{}", std::process::id()));
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let src = Path::new(env!("CARGO_BIN_EXE_pgpitr"));
+        let meta = std::fs::metadata(src).unwrap();
+        let dir = std::env::temp_dir().join("pgpitr-it-bin");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let bin = dir.join("pgpitr");
-        let tmp = dir.join("pgpitr.tmp");
-        std::fs::copy(env!("CARGO_BIN_EXE_pgpitr"), &tmp).unwrap();
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::rename(&tmp, &bin).unwrap();
+        let bin = dir.join(format!("pgpitr-{}-{}", meta.len(), meta.mtime_nsec() + meta.mtime() * 1_000_000_000));
+        if !bin.exists() {
+            let tmp = dir.join(format!(".pgpitr-{}", std::process::id()));
+            let _ = std::fs::remove_file(&tmp);
+            if std::fs::hard_link(src, &tmp).is_err() {
+                std::fs::copy(src, &tmp).unwrap();
+            }
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::rename(&tmp, &bin).unwrap();
+        }
+        // Builds older than a day are nobody's any more.
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let old = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+            if e.path() != bin && old.is_some_and(|age| age > Duration::from_secs(86_400)) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         bin
     })
 }
@@ -393,6 +409,7 @@ async fn unreachable_targets_are_refused_and_nothing_is_written() {
     assert!(line.contains("2026-11-21 10:42:16+00"), "the accepted forms are shown: {line}");
     refuse(&["--target-lsn", "0/10"], &["before the earliest restorable LSN"]);
     refuse(&["--target-name", "nowhere"], &["\"nowhere\" is not in the stored WAL"]);
+    refuse(&["--target-xid", "99999"], &["transaction 99999 does not end"]);
     // Planning alone writes nothing either.
     let out = run(&mut restore_cmd(&backend, &pgdata, &["--target", "latest", "--dry-run"])).ok();
     assert!(out.stdout.contains(&info.id) && !pgdata.exists(), "{}", out.stdout);
@@ -491,6 +508,7 @@ async fn targets_across_a_timeline_switch() {
     ] {
         let (restored, out) = restore_and_start(&backend, &args);
         assert_eq!(rows(&restored), want, "{args:?}\n{}", out.stdout);
+        assert!(!out.stdout.contains("could not be looked up"), "the WAL scan failed: {}", out.stdout);
     }
 }
 

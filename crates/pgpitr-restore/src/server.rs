@@ -54,7 +54,8 @@ pub fn pg_bindir(explicit: Option<&Path>) -> Result<PathBuf, ServerError> {
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
-fn running_as_root() -> bool {
+/// True when this process runs as root (uid 0), read without unsafe code.
+pub fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }

@@ -248,6 +248,12 @@ fn print_plan(r: &Restored, opts: &RestoreOptions) {
         r.bytes as f64 / 1e6,
         r.pgdata.display()
     );
+    if server::running_as_root() {
+        println!(
+            "owner:   the files belong to root; hand them to the server's user first: chown -R postgres: {}",
+            r.pgdata.display()
+        );
+    }
     println!("start:   pg_ctl -D {} start   (S3 credentials must be in the server's environment)", r.pgdata.display());
 }
 
