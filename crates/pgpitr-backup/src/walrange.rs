@@ -35,14 +35,13 @@ impl WalFetcher {
 /// What the repository holds of `start..stop` on `tli`.
 enum Coverage {
     Complete,
-    /// Not yet: the newest stored range began at or before `start` and ends
-    /// at `end` (< stop); a stream moving forward may still get there.
+    /// Not yet: the stored run that contains `start` ends at `end` (`None`
+    /// when `start` is not stored). Objects beyond a hole do not count: a
+    /// running stream uploads segments in parallel, so holes come and go,
+    /// and only this end moving shows that a stream is filling the range.
     Pending {
         end: Option<Lsn>,
     },
-    /// A hole in `start..stop` that a stream, which only moves forward,
-    /// will never fill.
-    Hole,
 }
 
 /// The stored ranges of `tli` near `start..stop`: only the keys of the
@@ -82,11 +81,8 @@ async fn coverage(repo: &Repository, tli: TimelineId, start: Lsn, stop: Lsn) -> 
     if ranges.iter().any(|&(s, e)| s <= start && stop <= e) {
         return Ok(Coverage::Complete);
     }
-    match ranges.last() {
-        None => Ok(Coverage::Pending { end: None }),
-        Some(&(s, e)) if s > start || e >= stop => Ok(Coverage::Hole),
-        Some(&(_, e)) => Ok(Coverage::Pending { end: Some(e) }),
-    }
+    let end = ranges.iter().find(|&&(s, e)| s <= start && start < e).map(|r| r.1);
+    Ok(Coverage::Pending { end })
 }
 
 /// The WAL a backup needs.
@@ -127,13 +123,12 @@ pub(crate) async fn ensure_wal(
     let mut moved_at = started;
     loop {
         let cov = coverage(repo, tli, start, stop).await?;
-        let (end, fetch_now) = match cov {
+        let end = match cov {
             Coverage::Complete => {
                 tracing::info!(%tli, %start, %stop, "the WAL the backup needs is durable in the repository");
                 return Ok(WalSource::Repository);
             }
-            Coverage::Pending { end } => (end, false),
-            Coverage::Hole => (last_end, true),
+            Coverage::Pending { end } => end,
         };
         if end != last_end {
             last_end = end;
@@ -141,11 +136,10 @@ pub(crate) async fn ensure_wal(
         }
         let stalled = moved_at.elapsed() >= opts.stream_grace;
         if opts.wal_mode == WalMode::Auto
-            && (fetch_now || stalled)
+            && stalled
             && let Some(f) = fetcher.take()
         {
-            let why = if fetch_now { "the repository has a hole in it" } else { "no stream is storing it" };
-            tracing::info!(%tli, %start, %stop, "fetching the backup's WAL over its temporary slot: {why}");
+            tracing::info!(%tli, %start, %stop, "fetching the backup's WAL over its temporary slot: no stream is storing it");
             let left = deadline.saturating_duration_since(Instant::now());
             store_history(repo, &mut f.conn, tli).await?;
             let fetch = pgpitr_stream::archive_range(repo, &mut f.conn, Some(&f.slot), tli, start, stop, cancel);
