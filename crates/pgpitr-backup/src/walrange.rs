@@ -32,6 +32,10 @@ impl WalFetcher {
     }
 }
 
+/// How long a stream that was seen storing WAL may pause before the backup
+/// fetches the rest itself.
+const STREAM_STALL: Duration = Duration::from_secs(30);
+
 /// What the repository holds of `start..stop` on `tli`.
 enum Coverage {
     Complete,
@@ -121,6 +125,7 @@ pub(crate) async fn ensure_wal(
         |detail: String| BackupError::WalTimeout { tli, start, stop, waited: began.elapsed(), detail: Some(detail) };
     let mut last_end = baseline;
     let mut moved_at = started;
+    let mut seen_moving = false;
     loop {
         let cov = coverage(repo, tli, start, stop).await?;
         let end = match cov {
@@ -130,11 +135,22 @@ pub(crate) async fn ensure_wal(
             }
             Coverage::Pending { end } => end,
         };
-        if end != last_end {
-            last_end = end;
+        // Only forward movement shows a stream: the baseline measures the
+        // newest stored range, which need not be the run holding `start`.
+        let forward = match (last_end, end) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(a), Some(b)) => b > a,
+        };
+        if forward {
             moved_at = Instant::now();
+            seen_moving = true;
         }
-        let stalled = moved_at.elapsed() >= opts.stream_grace;
+        last_end = end;
+        // Once a stream has shown itself, a slow upload (a loaded disk, an S3
+        // hiccup) is no reason to stream the same WAL a second time.
+        let grace = if seen_moving { opts.stream_grace.max(STREAM_STALL) } else { opts.stream_grace };
+        let stalled = moved_at.elapsed() >= grace;
         if opts.wal_mode == WalMode::Auto
             && stalled
             && let Some(f) = fetcher.take()
