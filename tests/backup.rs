@@ -178,10 +178,15 @@ async fn backup_relies_on_a_running_stream() {
     let s = StreamProc::start(&pg, &backend, &[]);
     wait_streaming(&pg, "pgpitr");
     let mut load = background_load(&pg, 4);
-    let out = run(&mut backup_cmd(&pg, &backend, &["--json"])).ok();
+    let out = run(backup_cmd(&pg, &backend, &["--json"]).env("PGPITR_LOG", "info,pgpitr_backup=debug")).ok();
     assert!(load.wait().unwrap().success());
     let info: BackupInfo = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!(info.wal_source, WalSource::Repository, "the running stream stores the WAL");
+    assert_eq!(
+        info.wal_source,
+        WalSource::Repository,
+        "the running stream stores the WAL; backup log:\n{}",
+        out.stderr
+    );
     let slots = pg.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgpitr_backup%'");
     assert_eq!(slots, "0", "the temporary slot goes with the backup's connection");
     extract_and_verify(&pg, &backend, &info, &[], &[]).await;

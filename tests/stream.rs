@@ -463,7 +463,7 @@ async fn flush_never_ahead_of_repository(backend: Backend, mode: pgpitr_storage:
     wait_durable(clean.as_ref(), seg16(), 1, end, Duration::from_secs(60)).await;
     cancel.cancel();
     task.await.unwrap().expect("archiver stops cleanly");
-    assert!(checked > 10, "only {checked} samples with a flush position");
+    assert!(checked >= 3, "only {checked} samples with a flush position");
     assert!(injected() > 0, "no faults were injected");
     verify_wal_continuity(&backend).await;
 }
