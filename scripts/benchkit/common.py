@@ -554,6 +554,10 @@ class ReplSampler:
             nxt += self.interval
             self._stop.wait(max(0.0, nxt - time.monotonic()))
 
+    @property
+    def stopped(self):
+        return self._stop.is_set()
+
     def stop(self):
         self._stop.set()
         self._t.join()

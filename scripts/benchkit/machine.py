@@ -75,4 +75,13 @@ def describe(work, pgpitr, repo_root):
         "pgpitr": _out([pgpitr, "--version"]),
         "pgpitr_commit": (commit + (" (with uncommitted changes)" if dirty else "")) if commit else None,
         "python": platform.python_version(),
+        # Other work on the machine makes every figure noisier: say how busy it was.
+        "loadavg_at_start": _loadavg(),
     }
+
+
+def _loadavg():
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return None

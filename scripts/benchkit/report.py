@@ -3,7 +3,6 @@ of each part. A table is only ever filled from a result file; a part without
 one is listed as not run, with the reason when the run recorded one."""
 
 import json
-from pathlib import Path
 
 ORDER = ["micro", "stream", "rpo", "sync", "backup", "restore"]
 TITLES = {"micro": "Micro-benchmarks (criterion)", "stream": "stream: continuous archiving under load",
@@ -386,7 +385,8 @@ def write(results, out):
                  "or `scripts/bench PART --quick|--full` to refresh one part. Every figure is the median over "
                  "the repetitions with min–max in parentheses; contenders alternate order between repetitions, "
                  "and all run on this one machine in the same run, against PostgreSQL 15 clusters and an s3s-fs "
-                 "S3 server on 127.0.0.1.\n")
+                 "S3 server on 127.0.0.1. Other work on the machine makes figures noisy: each part records the load "
+                 "average at its start.\n")
     quick = [p for p, r in res.items() if r.get("mode") == "quick"]
     if quick:
         parts.append(f"> **Quick-mode results** in: {', '.join(quick)}. Quick mode uses small sizes and short runs "
@@ -401,8 +401,11 @@ def write(results, out):
         if not r:
             parts.append(f"Not run yet (`{HOW[p]} --quick|--full`).\n")
             continue
+        loadavg = r.get("machine", {}).get("loadavg_at_start")
         parts.append(f"Mode **{r['mode']}**, {r['reps']} repetitions, started {r['started']}, took "
-                     f"{r.get('duration_s', '?')} s; pgpitr {r.get('machine', {}).get('pgpitr_commit') or '?'}.\n")
+                     f"{r.get('duration_s', '?')} s; pgpitr {r.get('machine', {}).get('pgpitr_commit') or '?'}"
+                     + (f"; load average at the start {loadavg} on {r['machine'].get('nproc')} CPUs" if loadavg else "")
+                     + ".\n")
         if r.get("sizes"):
             parts.append("Sizes: " + ", ".join(f"{k} = {v}" for k, v in r["sizes"].items()) + ".\n")
         if r.get("failed"):

@@ -23,7 +23,7 @@ BASE = ["pgpitr-local", "pgpitr-s3", "pg_receivewal", "pg_receivewal-sync"]
 def sizes(ctx):
     if ctx.quick:
         return {"duration_s": 30, "archive_timeout_s": 10}
-    return {"duration_s": 120, "archive_timeout_s": 60}
+    return {"duration_s": 90, "archive_timeout_s": 60}
 
 
 def barman_available():

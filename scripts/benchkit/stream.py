@@ -63,6 +63,7 @@ def one_run(ctx, pg, s3, contender, workload, rep, sz, bulk_rows):
         pg.sql("TRUNCATE pgbench_history")
     pg.sql("CHECKPOINT")
     rcv = make_receiver(ctx, pg, s3, contender, app).start(ctx.work / "logs")
+    sampler = None
     try:
         wait_streaming(pg, rcv)
         sampler = ReplSampler(pg, [app], 0.1, rss_pids=[rcv.pid]).start()
@@ -121,6 +122,8 @@ def one_run(ctx, pg, s3, contender, workload, rep, sz, bulk_rows):
             f"catch-up {catchup}")
         return rec
     finally:
+        if sampler and not sampler.stopped:
+            sampler.stop()
         rcv.stop()
         pg.drop_slot(app)
 

@@ -12,7 +12,7 @@ CONTENDERS = ["none", "pgpitr-local", "pgpitr-s3", "pg_receivewal"]
 
 
 def sizes(ctx):
-    return {"scale": 10, "duration_s": 15} if ctx.quick else {"scale": 50, "duration_s": 60}
+    return {"scale": 10, "duration_s": 15} if ctx.quick else {"scale": 50, "duration_s": 30}
 
 
 def main(ctx):
