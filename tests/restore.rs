@@ -293,16 +293,36 @@ async fn wal_fetch_serves_verified_files(backend: Backend) {
     assert!(!out.stderr.contains("error"), "{}", out.stderr);
     let next =
         pgpitr_types::WalFileName::segment(pgpitr_types::TimelineId(1), tl.objects[0].0.segno.next()).to_name(seg16());
-    let spooled = wait_for(Duration::from_secs(20), || spool.join(&next).exists().then_some(()));
+    // Spooled as `<segment>.<crc32>`: unsynced, so checked before use.
+    let spooled_as = |name: &str| -> Option<std::path::PathBuf> {
+        std::fs::read_dir(&spool).ok()?.flatten().map(|e| e.path()).find(|p| {
+            p.file_name().unwrap().to_string_lossy().strip_prefix(&format!("{name}.")).is_some_and(|c| c.len() == 8)
+        })
+    };
+    let spooled = wait_for(Duration::from_secs(20), || spooled_as(&next));
     assert!(spooled.is_some(), "the prefetcher did not spool {next}");
     let out = wal_fetch(&backend, &next, &dest, &["--spool", spool.to_str().unwrap()]).ok();
     assert!(!out.stderr.contains("error"), "{}", out.stderr);
-    assert!(!spool.join(&next).exists(), "a spooled segment is moved, not copied");
+    assert!(spooled_as(&next).is_none(), "a spooled segment is moved, not copied");
     let want = pgpitr_repo::wal::assemble_segment(storage.as_ref(), seg16(), tl, tl.objects[0].0.segno.next())
         .await
         .unwrap()
         .unwrap();
     assert!(std::fs::read(&dest).unwrap() == want.data[..], "spooled segment differs");
+
+    // A spooled file torn by a crash is never handed to Postgres.
+    let third = tl.objects[0].0.segno.next().next();
+    let third_name = pgpitr_types::WalFileName::segment(pgpitr_types::TimelineId(1), third).to_name(seg16());
+    if let Some(torn) = wait_for(Duration::from_secs(20), || spooled_as(&third_name)) {
+        let f = std::fs::OpenOptions::new().write(true).open(&torn).unwrap();
+        f.set_len(4096).unwrap();
+        let out = wal_fetch(&backend, &third_name, &dest, &["--spool", spool.to_str().unwrap()]).ok();
+        assert!(!out.stderr.contains("error"), "{}", out.stderr);
+        let want = pgpitr_repo::wal::assemble_segment(storage.as_ref(), seg16(), tl, third).await.unwrap().unwrap();
+        assert!(std::fs::read(&dest).unwrap() == want.data[..], "a torn spool file reached Postgres");
+    } else {
+        panic!("the prefetcher did not spool {third_name}");
+    }
 
     // Not stored: exit 1 without a word, nothing written.
     std::fs::remove_file(&dest).unwrap();

@@ -196,9 +196,10 @@ async fn fetch_segment(
     }
 }
 
-/// Writes `data` beside `dest` under a temporary name, syncs, renames. The
-/// directory is not synced: Postgres deletes `%p` before every call and
-/// never relies on it surviving a crash, and that sync costs replay time.
+/// Writes `data` beside `dest` under a temporary name and renames it, so
+/// Postgres never sees a partial file. Nothing is synced: Postgres deletes
+/// `%p` before every call and fetches it again after a crash, and syncing
+/// 16 MiB per segment would bound replay by the disk.
 async fn write_atomically(dest: &Path, data: bytes::Bytes) -> Result<(), FetchError> {
     let dest = dest.to_path_buf();
     tokio::task::spawn_blocking(move || {
@@ -206,7 +207,6 @@ async fn write_atomically(dest: &Path, data: bytes::Bytes) -> Result<(), FetchEr
         let result = (|| {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&data)?;
-            f.sync_all()?;
             std::fs::rename(&tmp, &dest)
         })();
         if result.is_err() {
@@ -223,18 +223,40 @@ fn temp_beside(dest: &Path) -> PathBuf {
     dest.with_file_name(format!(".{name}.pgpitr-{}.tmp", std::process::id()))
 }
 
-/// Moves a prefetched segment to `dest`. Waits for a download the
+/// The spooled file for segment `name`: `<name>.<crc32 hex>`. Spool files
+/// are not synced (that would bound replay by the disk); the checksum in
+/// the name catches one torn by a crash before Postgres could see it.
+fn spooled(spool: &Path, name: &str) -> Option<(PathBuf, u32)> {
+    let prefix = format!("{name}.");
+    std::fs::read_dir(spool).ok()?.flatten().find_map(|e| {
+        let f = e.file_name().to_string_lossy().into_owned();
+        let crc = u32::from_str_radix(f.strip_prefix(&prefix)?, 16).ok()?;
+        Some((e.path(), crc))
+    })
+}
+
+/// Moves a prefetched, verified segment to `dest`. Waits for a download the
 /// prefetcher is running for it, but not for a prefetcher that is gone.
 async fn from_spool(spool: &Path, name: &str, dest: &Path) -> Result<Option<Fetched>, FetchError> {
-    let ready = spool.join(name);
     let partial = spool.join(format!(".{name}.tmp"));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !ready.exists() && partial.exists() && prefetcher_running(spool) && Instant::now() < deadline {
+    while spooled(spool, name).is_none() && partial.exists() && prefetcher_running(spool) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let Some((ready, crc)) = spooled(spool, name) else { return Ok(None) };
+    let intact = tokio::task::spawn_blocking({
+        let ready = ready.clone();
+        move || std::fs::read(&ready).map(|d| crc32fast::hash(&d) == crc).unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false);
+    if !intact {
+        let _ = std::fs::remove_file(&ready);
+        return Ok(None); // torn or unreadable: fetch from the repository
     }
     match std::fs::rename(&ready, dest) {
         Ok(()) => Ok(Some(Fetched::Spool)),
-        // Not prefetched, or the spool is on another file system: fetch.
+        // The spool is on another file system: fetch.
         Err(_) => Ok(None),
     }
 }
@@ -344,7 +366,7 @@ pub async fn prefetch_daemon(repo_url: &RepoUrl, spool: &Path, prefetch: usize) 
                     break;
                 }
                 let name = WalFileName::segment(tli, s).to_name(seg);
-                if !set.contains(&s) || running.contains(&s) || spool.join(&name).exists() {
+                if !set.contains(&s) || running.contains(&s) || spooled(spool, &name).is_some() {
                     continue;
                 }
                 running.insert(s);
@@ -401,13 +423,12 @@ async fn download(
     if !s.complete {
         return Ok(());
     }
-    let (tmp, dest, shown) = (tmp.to_path_buf(), dest.to_path_buf(), dest.to_path_buf());
+    let crc = crc32fast::hash(&s.data);
+    let dest = dest.with_file_name(format!("{}.{crc:08x}", dest.file_name().unwrap_or_default().to_string_lossy()));
+    let (tmp, shown) = (tmp.to_path_buf(), dest.clone());
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&s.data)?;
-        // Synced so that a spooled name always means a whole file, even
-        // after a crash; a lost rename only means fetching it again.
-        f.sync_all()?;
         std::fs::rename(&tmp, &dest)
     })
     .await
@@ -421,7 +442,8 @@ fn clean_spool(spool: &Path, seg: WalSegSize, tli: TimelineId, at: SegNo, prefet
     let Ok(entries) = std::fs::read_dir(spool) else { return };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let keep = match WalFileName::parse(&name, seg) {
+        let base = name.split_once('.').map_or(name.as_str(), |(b, _)| b);
+        let keep = match WalFileName::parse(base, seg) {
             Ok(WalFileName::Segment { tli: t, segno }) => t == tli && segno > at && segno.0 <= at.0 + prefetch as u64,
             _ => true,
         };
