@@ -26,6 +26,9 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// Parts stored at once in synchronous mode.
+const SYNC_PARTS_IN_FLIGHT: usize = 4;
+
 /// How a session ended without an error.
 enum SessionEnd {
     Shutdown,
@@ -216,7 +219,10 @@ impl State {
     fn flush_deadline(&self) -> Option<Instant> {
         let since = self.cur.pending_since()?;
         if self.cfg.synchronous || self.received_enough() {
-            return (self.parts_in_flight == 0).then_some(since);
+            // Several parts in flight pipeline the storage round trips (and
+            // let the file system batch fsyncs); each batches what arrived
+            // while the others were being stored.
+            return (self.parts_in_flight < SYNC_PARTS_IN_FLIGHT).then_some(since);
         }
         // Start early enough that the upload (twice its recent time, at least
         // 100 ms for scheduling and status round trips) ends within the interval.

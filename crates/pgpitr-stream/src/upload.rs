@@ -37,6 +37,9 @@ impl WalUpload {
     }
 }
 
+/// Objects up to this size are encoded on the async task itself.
+const INLINE_ENCODE_MAX: u64 = 64 * 1024;
+
 /// The longest pause between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -57,7 +60,7 @@ pub async fn store(
     let key = up.id.key(seg);
     let (start, end) = (up.start, up.end());
     let WalUpload { id, raw, summary, blocks, .. } = up;
-    let (encoded, want_crc) = tokio::task::spawn_blocking(move || {
+    let encode = move || {
         let crc = crc32fast::hash(&raw);
         let chunks = match blocks {
             Blocks::Part(cell) => {
@@ -68,9 +71,16 @@ pub async fn store(
             Blocks::Segment(parts) => segment_chunks(&raw, &parts),
         };
         (object::encode_chunks(id.tli, start, &chunks, crc, &summary), crc)
-    })
-    .await
-    .map_err(|e| StreamError::Internal(format!("encoder task failed: {e}")))?;
+    };
+    // Small parts (synchronous mode, quiet servers) take microseconds to
+    // encode: a hop to the blocking pool would cost more than it saves.
+    let (encoded, want_crc) = if (end.0 - start.0) <= INLINE_ENCODE_MAX {
+        encode()
+    } else {
+        tokio::task::spawn_blocking(encode)
+            .await
+            .map_err(|e| StreamError::Internal(format!("encoder task failed: {e}")))?
+    };
     let mut attempt = 0u32;
     loop {
         let began = Instant::now();

@@ -51,7 +51,12 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
         (task, display)
     });
     let mut archiver = Archiver::new(repo, cfg, stream_cfg, cancel.clone(), stats);
-    let result = archiver.run().await;
+    // On a worker thread, where the socket's readiness is also handled: run
+    // from block_on, every message would cost a cross-thread wake-up.
+    let result = match tokio::spawn(async move { archiver.run().await }).await {
+        Ok(r) => r.map_err(anyhow::Error::from),
+        Err(e) => Err(anyhow::anyhow!("the streaming task failed: {e}")),
+    };
     if let Some((task, display)) = scheduler {
         // The archiver stopped (signal or error): a backup in progress cannot complete without it.
         cancel.cancel();
