@@ -8,6 +8,7 @@ exactly the marker row committed before the target time."""
 import json
 import os
 import shutil
+import threading
 import time
 
 import psycopg2
@@ -90,13 +91,37 @@ def main(ctx):
 
         log(f"restore: generating {sz['wal_bytes'] >> 20} MiB of WAL with pgbench")
         t0 = time.monotonic()
-        # synchronous_commit = off only makes the load finish sooner: the WAL
-        # (and what replay does with it) is that of ordinary TPC-B.
+        # TPC-B for the many small commits of a real workload, plus batched
+        # UPDATEs beside it so that the WAL volume is reached in minutes on a
+        # small machine; synchronous_commit = off only makes the load finish
+        # sooner, the WAL (and what replay does with it) is the same.
         load_env = dict(os.environ, PGOPTIONS="-c synchronous_commit=off")
-        while pg.lsn() - backup_lsn < sz["wal_bytes"]:
-            run(pg.pgbench_argv("-n", "-c", "8", "-j", "2", "-T", "5"), env=load_env)
-        ctx.command("load after the backups", f"PGOPTIONS='-c synchronous_commit=off' pgbench -n -c 8 -j 2 -T 5, "
-                                              f"repeated until {sz['wal_bytes'] >> 20} MiB of WAL (scale {sz['scale']})")
+        stop = threading.Event()
+        accounts = sz["scale"] * 100000
+
+        def batches():
+            c = pg.connect()
+            cur = c.cursor()
+            cur.execute("SET synchronous_commit = off")
+            k = 0
+            while not stop.is_set():
+                cur.execute("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid > %s AND aid <= %s",
+                            (k, k + 20000))
+                k = (k + 20000) % accounts
+            c.close()
+
+        th = threading.Thread(target=batches, daemon=True)
+        th.start()
+        try:
+            while pg.lsn() - backup_lsn < sz["wal_bytes"]:
+                run(pg.pgbench_argv("-n", "-c", "4", "-j", "2", "-T", "5"), env=load_env)
+        finally:
+            stop.set()
+            th.join()
+        ctx.command("load after the backups", f"PGOPTIONS='-c synchronous_commit=off' pgbench -n -c 4 -j 2 -T 5, "
+                                              f"repeated until {sz['wal_bytes'] >> 20} MiB of WAL (scale {sz['scale']}), "
+                                              f"beside one session running UPDATE pgbench_accounts SET abalance = "
+                                              f"abalance + 1 WHERE aid > k AND aid <= k + 20000 in a loop")
         pg.sql("INSERT INTO marker VALUES (1, clock_timestamp())")
         time.sleep(1)
         target = pg.one("SELECT (clock_timestamp() AT TIME ZONE 'UTC')::text || '+00'")

@@ -1,0 +1,128 @@
+"""Profiles `pgpitr stream` (or pg_receivewal, for comparison) under one
+load: prints receiver CPU seconds per GB of WAL, peak RSS and catch-up time,
+then where the CPU went (perf's top symbols, or strace's syscall counts).
+
+    python3 -m benchkit.profile WORKLOAD RECEIVER [--tool T] [-- EXTRA STREAM ARGS]
+
+WORKLOAD: tpcb (pgbench TPC-B, 8 clients, 15 s) | bulk (INSERT of ~350 MB
+of WAL) | sync (TPC-B with the receiver as the synchronous standby).
+RECEIVER: local | s3 (pgpitr stream) | receivewal | receivewal-lz4.
+--tool: perf (flat profile, default) | perf-g (with DWARF call graphs) |
+strace (syscall counts) | none (just the figures, no profiler overhead).
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from .common import (Cluster, S3Server, lsn_int, parse_tps, pgpitr_receiver, proc_status, receivewal_receiver, run,
+                     wait_streaming)
+
+
+class Ctx:
+    def __init__(self, pgpitr):
+        self.pgpitr = pgpitr
+
+
+def main():
+    ap = argparse.ArgumentParser(prog="benchkit.profile")
+    ap.add_argument("workload", choices=["tpcb", "bulk", "sync"])
+    ap.add_argument("receiver", choices=["local", "s3", "receivewal", "receivewal-lz4"])
+    ap.add_argument("--tool", choices=["perf", "perf-g", "strace", "none"], default="perf")
+    ap.add_argument("--pgpitr", required=True)
+    ap.add_argument("--out", default=".", help="where perf.data / strace.txt go")
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    a = ap.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    work = tempfile.mkdtemp(prefix="pgpitr-profile.", dir=os.environ.get("TMPDIR", "/var/tmp"))
+    os.chmod(work, 0o755)
+    os.makedirs(os.path.join(work, "logs"))
+    s3 = S3Server(work)
+    s3.bucket("bench")
+    pg = Cluster(work, "primary")
+    ctx = Ctx(a.pgpitr)
+    if a.workload == "sync":
+        extra.append("--synchronous")
+    try:
+        pg.pgbench("-i", "-q", "-s", "10")
+        pg.sql("CREATE TABLE bulk (id bigint, a text, b text)")
+        pg.sql("CHECKPOINT")
+        if a.receiver.startswith("receivewal"):
+            lz = ["--compress=lz4"] if a.receiver == "receivewal-lz4" else []
+            r = receivewal_receiver(ctx, pg, a.receiver, os.path.join(work, "rw"), "prof", lz + extra)
+        elif a.receiver == "local":
+            r = pgpitr_receiver(ctx, pg, "local", os.path.join(work, "repo"), None, "prof", extra)
+        else:
+            r = pgpitr_receiver(ctx, pg, "s3", s3.repo_url("bench", "prof"), s3.env(), "prof", extra)
+        r.start(os.path.join(work, "logs"))
+        wait_streaming(pg, r)
+        out = os.path.abspath(a.out)
+        if a.tool == "none":
+            prof = None
+        elif a.tool == "strace":
+            prof = subprocess.Popen(["strace", "-c", "-f", "-o", os.path.join(out, "strace.txt"), "-p", str(r.pid)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        else:
+            g = ["-g", "--call-graph", "dwarf,32768"] if a.tool == "perf-g" else []
+            prof = subprocess.Popen(["perf", "record", "-F", "1999", *g, "-o", os.path.join(out, "perf.data"), "-p",
+                                     str(r.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)
+        if a.workload == "sync":
+            pg.sql("ALTER SYSTEM SET synchronous_standby_names = 'prof'")
+            pg.sql("SELECT pg_reload_conf()")
+            time.sleep(1)
+        c0, l0, t0 = r.cpu(), pg.lsn(), time.monotonic()
+        tps = None
+        if a.workload == "bulk":
+            pg.sql("INSERT INTO bulk SELECT g, md5(g::text), repeat(md5(g::text), 4) "
+                   "FROM generate_series(1, 1500000) g")
+        else:
+            tps = parse_tps(run(pg.pgbench_argv("-n", "-c", "8", "-j", "2", "-T", "15")).stdout)
+        l1, t1 = pg.lsn(), time.monotonic()
+        col = "sent_lsn" if a.receiver.startswith("receivewal") and a.workload != "sync" else "flush_lsn"
+        while time.monotonic() - t1 < 120:
+            f = pg.one(f"SELECT {col}::text FROM pg_stat_replication WHERE application_name = 'prof'")
+            if f and lsn_int(f) >= l1:
+                break
+            time.sleep(0.05)
+        catchup = time.monotonic() - t1
+        c1 = r.cpu()
+        hwm = proc_status(r.pid, "VmHWM")
+        if a.workload == "sync":
+            pg.sql("ALTER SYSTEM RESET synchronous_standby_names")
+            pg.sql("SELECT pg_reload_conf()")
+        if prof:
+            prof.send_signal(signal.SIGINT)
+            prof.wait()
+        r.stop()
+        wal = l1 - l0
+        print(f"{a.workload} {a.receiver} {' '.join(extra)}: {wal / 1e6:.0f} MB of WAL in {t1 - t0:.1f} s"
+              + (f" ({tps:.0f} tps)" if tps else "")
+              + f"; receiver CPU {c1 - c0:.2f} s = {(c1 - c0) / (wal / 1e9):.2f} s/GB; VmHWM {hwm / 2**20:.1f} MiB; "
+                f"{col} caught up {catchup:.2f} s after the load")
+    finally:
+        pg.stop("immediate")
+        s3.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    if a.tool in ("perf", "perf-g"):
+        data = os.path.join(os.path.abspath(a.out), "perf.data")
+        for sort in ("dso", "symbol"):
+            rep = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", sort, "--stdio"],
+                                 capture_output=True, text=True)
+            lines = [ln.rstrip()[:120] for ln in rep.stdout.splitlines() if ln.strip() and ln.lstrip()[:1].isdigit()]
+            print(f"--- perf top by {sort}")
+            print("\n".join(lines[: 6 if sort == "dso" else 25]))
+    elif a.tool == "strace":
+        print("--- strace -c")
+        with open(os.path.join(os.path.abspath(a.out), "strace.txt")) as f:
+            print("".join(f.readlines()[:16]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
