@@ -13,7 +13,7 @@ use crate::resume::{self, ResumePlan};
 use crate::segment::OpenSegment;
 use crate::upload::{self, Blocks, WalUpload};
 use crate::{StreamConfig, StreamError, StreamStats};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pgpitr_pgwire::{ConnConfig, ReplicationConnection, ReplicationStream, StreamMessage};
 use pgpitr_repo::object::{RestorePoint, TimedLsn, WalSummary};
 use pgpitr_repo::wal::{WalObjectId, WalObjectKind};
@@ -41,8 +41,12 @@ struct Done {
     end: Lsn,
     /// Parts made redundant once this (complete segment) is stored.
     superseded: Vec<WalObjectId>,
-    result: Result<Duration, StreamError>,
+    /// The time the upload took, and a complete segment's buffer to reuse.
+    result: Result<(Duration, Option<BytesMut>), StreamError>,
 }
+
+/// Spare segment buffers kept for reuse.
+const SPARE_BUFFERS: usize = 1;
 
 pub struct Archiver {
     repo: Repository,
@@ -159,6 +163,8 @@ struct State {
     upload_cancel: CancellationToken,
     /// For a bounded range: stop once WAL up to here is durable.
     stop_at: Option<Lsn>,
+    /// Segment buffers handed back by finished uploads.
+    spare: Vec<BytesMut>,
 }
 
 impl State {
@@ -190,6 +196,7 @@ impl State {
             upload_latency: Duration::from_millis(20),
             upload_cancel,
             stop_at: None,
+            spare: Vec::new(),
         }
     }
 
@@ -342,7 +349,10 @@ impl State {
     }
 
     fn submit_segment(&mut self) {
-        let next = OpenSegment::new(self.tli, self.cur.segno.next(), self.seg, &[], true);
+        let next = match self.spare.pop() {
+            Some(buf) => OpenSegment::new_in(buf, self.tli, self.cur.segno.next(), self.seg, &[], true),
+            None => OpenSegment::new(self.tli, self.cur.segno.next(), self.seg, &[], true),
+        };
         if self.scanner.is_none() {
             self.scanner = Some(WalScanner::new(next.start_lsn(), self.seg));
         }
@@ -378,7 +388,13 @@ impl State {
             WalObjectKind::Segment => self.segments_in_flight -= 1,
             WalObjectKind::Part { .. } => self.parts_in_flight -= 1,
         }
-        let took = done.result?;
+        let (took, spare) = done.result?;
+        if let Some(buf) = spare
+            && self.spare.len() < SPARE_BUFFERS
+            && buf.capacity() >= self.seg.bytes() as usize
+        {
+            self.spare.push(buf);
+        }
         self.upload_latency = (self.upload_latency * 7 + took) / 8;
         self.stats.uploads.fetch_add(1, Ordering::Relaxed);
         if !done.superseded.is_empty() {

@@ -48,7 +48,21 @@ impl OpenSegment {
     /// from the parent timeline) they go into this segment's first part, so
     /// that parts always start at offset 0.
     pub fn new(tli: TimelineId, segno: SegNo, seg: WalSegSize, prefix: &[u8], stored: bool) -> Self {
-        let mut buf = BytesMut::with_capacity(seg.bytes() as usize);
+        Self::new_in(BytesMut::with_capacity(seg.bytes() as usize), tli, segno, seg, prefix, stored)
+    }
+
+    /// Like [`OpenSegment::new`], reusing `buf` (cleared) so that a busy
+    /// stream does not allocate and fault in a fresh segment buffer each time.
+    pub fn new_in(
+        mut buf: BytesMut,
+        tli: TimelineId,
+        segno: SegNo,
+        seg: WalSegSize,
+        prefix: &[u8],
+        stored: bool,
+    ) -> Self {
+        buf.clear();
+        buf.reserve(seg.bytes() as usize);
         buf.extend_from_slice(prefix);
         OpenSegment {
             tli,

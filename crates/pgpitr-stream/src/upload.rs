@@ -3,7 +3,7 @@
 
 use crate::StreamError;
 use crate::segment::{ChunkCell, PartChunk, segment_chunks};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pgpitr_repo::object::{self, Chunk, WalSummary};
 use pgpitr_repo::wal::{WalObjectId, read_object};
 use pgpitr_storage::{PutOutcome, Storage};
@@ -47,7 +47,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// it takes (the caller withholds feedback meanwhile, so nothing is lost), or
 /// until `cancel` fires. An existing object with the same key is accepted
 /// only if it holds the same bytes: the same WAL is never stored twice with
-/// different contents. Returns the time the successful attempt took.
+/// different contents. Returns the time the successful attempt took, and the
+/// raw buffer once encoded (when nothing else holds it) for reuse.
 ///
 /// Takes `up` by value so the raw bytes are freed as soon as they are
 /// encoded: an upload in flight holds only its compressed form.
@@ -56,7 +57,7 @@ pub async fn store(
     seg: WalSegSize,
     up: WalUpload,
     cancel: &CancellationToken,
-) -> Result<Duration, StreamError> {
+) -> Result<(Duration, Option<BytesMut>), StreamError> {
     let key = up.id.key(seg);
     let (start, end) = (up.start, up.end());
     let WalUpload { id, raw, summary, blocks, .. } = up;
@@ -70,11 +71,12 @@ pub async fn store(
             }
             Blocks::Segment(parts) => segment_chunks(&raw, &parts),
         };
-        (object::encode_chunks(id.tli, start, &chunks, crc, &summary), crc)
+        let encoded = object::encode_chunks(id.tli, start, &chunks, crc, &summary);
+        (encoded, crc, raw.try_into_mut().ok())
     };
     // Small parts (synchronous mode, quiet servers) take microseconds to
     // encode: a hop to the blocking pool would cost more than it saves.
-    let (encoded, want_crc) = if (end.0 - start.0) <= INLINE_ENCODE_MAX {
+    let (encoded, want_crc, spare) = if (end.0 - start.0) <= INLINE_ENCODE_MAX {
         encode()
     } else {
         tokio::task::spawn_blocking(encode)
@@ -85,10 +87,10 @@ pub async fn store(
     loop {
         let began = Instant::now();
         let result: Result<(), String> = match storage.put_if_absent(&key, encoded.clone()).await {
-            Ok(PutOutcome::Created) => return Ok(began.elapsed()),
+            Ok(PutOutcome::Created) => return Ok((began.elapsed(), spare)),
             Ok(PutOutcome::AlreadyExists) => match read_object(storage.as_ref(), &key).await {
                 Ok((h, _)) if h.raw_crc == want_crc && h.start == start && h.end == end => {
-                    return Ok(began.elapsed());
+                    return Ok((began.elapsed(), spare));
                 }
                 Ok((h, _)) => {
                     return Err(StreamError::Conflict {
