@@ -158,7 +158,7 @@ pub struct StreamArgs {
     #[arg(long, value_name = "NAME")]
     pub application_name: Option<String>,
     /// Complete segments stored concurrently; reading pauses beyond this,
-    /// which bounds WAL buffers to (2 + 2 x this) x wal_segment_size.
+    /// which bounds WAL buffers to (3 + 2 x this) x wal_segment_size.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub max_segments_in_flight: u16,
     /// On SIGTERM, how long to wait for storage to accept pending WAL.
