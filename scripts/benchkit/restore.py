@@ -194,6 +194,14 @@ def pg_ctl_start(dest, port, logf):
                      "-o", f"-p {port} -c archive_mode=off", "start"]))
 
 
+def start_and_replay(dest, port, logf):
+    """Starts the restored cluster and returns how long replay took until promotion."""
+    t1 = time.monotonic()
+    pg_ctl_start(dest, port, logf)
+    wait_promoted(port)
+    return time.monotonic() - t1
+
+
 def pg_ctl_stop(dest):
     run(as_postgres([pgbin("pg_ctl"), "-D", str(dest), "-w", "-t", "60", "-m", "immediate", "stop"]), check=False)
 
@@ -296,10 +304,7 @@ def one_run(ctx, c, rep, target, repos, brest, floor):
             run(brest.argv(f"--pg1-path={dest}", "--type=time", f"--target={target}", "--target-action=promote",
                            "restore"))
             phases["restore"] = time.monotonic() - t0
-            t1 = time.monotonic()
-            pg_ctl_start(dest, port, logf)
-            wait_promoted(port)
-            phases["replay"] = time.monotonic() - t1
+            phases["replay"] = start_and_replay(dest, port, logf)
             total = time.monotonic() - t0
             extra = {}
         else:
@@ -313,10 +318,7 @@ def one_run(ctx, c, rep, target, repos, brest, floor):
             (dest / "recovery.signal").touch()
             chown_postgres(dest / "recovery.signal")
             phases["extract"] = time.monotonic() - t0
-            t1 = time.monotonic()
-            pg_ctl_start(dest, port, logf)
-            wait_promoted(port)
-            phases["replay"] = time.monotonic() - t1
+            phases["replay"] = start_and_replay(dest, port, logf)
             total = time.monotonic() - t0
             extra = {}
         ids = reached(port)
