@@ -36,10 +36,10 @@ fn shared_binary() -> &'static Path {
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
             std::fs::rename(&tmp, &bin).unwrap();
         }
-        // Builds older than a day are nobody's any more.
+        // Builds older than an hour are nobody's any more (each may be a full copy).
         for e in std::fs::read_dir(&dir).unwrap().flatten() {
             let old = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
-            if e.path() != bin && old.is_some_and(|age| age > Duration::from_secs(86_400)) {
+            if e.path() != bin && old.is_some_and(|age| age > Duration::from_secs(3600)) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -303,7 +303,14 @@ async fn wal_fetch_serves_verified_files(backend: Backend) {
     assert!(spooled.is_some(), "the prefetcher did not spool {next}");
     let out = wal_fetch(&backend, &next, &dest, &["--spool", spool.to_str().unwrap()]).ok();
     assert!(!out.stderr.contains("error"), "{}", out.stderr);
-    assert!(spooled_as(&next).is_none(), "a spooled segment is moved, not copied");
+    // Handed over without a copy: linked (the spool keeps it while it is the
+    // last one taken, as Postgres asks for it again at the end of recovery)
+    // or moved.
+    if let Some(kept) = spooled_as(&next) {
+        use std::os::unix::fs::MetadataExt;
+        let (a, b) = (std::fs::metadata(&kept).unwrap(), std::fs::metadata(&dest).unwrap());
+        assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()), "a spooled segment is linked or moved, not copied");
+    }
     let want = pgpitr_repo::wal::assemble_segment(storage.as_ref(), seg16(), tl, tl.objects[0].0.segno.next())
         .await
         .unwrap()
@@ -343,6 +350,52 @@ async fn wal_fetch_serves_verified_files_local() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_fetch_serves_verified_files_s3() {
     wal_fetch_serves_verified_files(Backend::s3()).await;
+}
+
+/// CRC-32 (IEEE), as spool file names carry it.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+/// A spooled segment is served before the repository is even opened (here
+/// there is none), and only when its checksum holds: a torn one is dropped
+/// and the repository asked, whose failure stops recovery (exit 200).
+#[test]
+fn wal_fetch_serves_the_spool_without_the_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let (name, dest) = ("000000010000000000000003", dir.path().join("RECOVERYXLOG"));
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let ready = spool.join(format!("{name}.{:08x}", crc32(&data)));
+    let fetch = || {
+        let mut cmd = pgpitr();
+        cmd.args(["wal-fetch", "--repo"]).arg(dir.path().join("no-repo")).arg("--spool").arg(&spool);
+        run(cmd.args(["--prefetch", "0", name]).arg(&dest))
+    };
+
+    std::fs::write(&ready, &data).unwrap();
+    let out = fetch();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(std::fs::read(&dest).unwrap() == data, "served bytes differ");
+
+    // Torn by a crash: the right name, lost bytes.
+    std::fs::remove_file(&dest).unwrap();
+    let mut torn = data.clone();
+    torn[300_000..308_192].fill(0);
+    std::fs::write(&ready, &torn).unwrap();
+    let out = fetch();
+    assert_eq!(out.code, Some(200), "{}", out.stderr);
+    assert!(out.stderr.contains("pgpitr: error: wal-fetch"), "{}", out.stderr);
+    assert!(!dest.exists(), "a torn spool file reached Postgres");
+    assert!(!ready.exists(), "the torn file stays in the spool");
 }
 
 /// Corruption, holes and outages exit 200 with a message (Postgres then

@@ -24,8 +24,8 @@
 
 use crate::target::{Target, TimelineTarget, format_time};
 use futures_util::{StreamExt, TryStreamExt};
-use pgpitr_repo::object::{RestorePoint, TimedLsn, WalSummary};
-use pgpitr_repo::wal::{self, TimelineWal, WalObjectId};
+use pgpitr_repo::object::{self, RestorePoint, TimedLsn, WalSummary};
+use pgpitr_repo::wal::{self, TimelineWal, WalObjectId, WalObjectKind};
 use pgpitr_repo::{RepoError, Repository};
 use pgpitr_storage::Storage;
 use pgpitr_types::{Lsn, TimelineHistory, TimelineId, WalSegSize};
@@ -159,23 +159,47 @@ pub struct RepoIndex {
     pub histories: BTreeMap<TimelineId, TimelineHistory>,
     /// Complete backups, oldest first.
     pub backups: Vec<BackupPoint>,
+    /// Object summaries read ahead of planning ([`RepoIndex::read_ahead`]).
+    pub summaries: HashMap<WalObjectId, WalSummary>,
 }
 
 impl RepoIndex {
     /// Lists the WAL, reads the history files of every timeline that has
-    /// WAL, and takes the complete backups the caller found.
-    pub async fn load(repo: &Repository, mut backups: Vec<BackupPoint>) -> Result<RepoIndex> {
+    /// WAL (all at once), and takes the complete backups the caller found
+    /// (which it may look for at the same time, then hand over with
+    /// [`RepoIndex::with_backups`]).
+    pub async fn load(repo: &Repository, backups: Vec<BackupPoint>) -> Result<RepoIndex> {
         let storage = repo.storage().as_ref();
         let seg = repo.seg_size();
         let (timelines, _) = wal::scan(storage, seg).await?;
-        let mut histories = BTreeMap::new();
-        for &tli in timelines.keys().filter(|t| t.0 > 1) {
-            if let Some(h) = read_history(storage, tli).await? {
-                histories.insert(tli, h);
-            }
-        }
+        let reads = timelines
+            .keys()
+            .filter(|t| t.0 > 1)
+            .map(|&tli| async move { Ok::<_, PlanError>(read_history(storage, tli).await?.map(|h| (tli, h))) });
+        let histories = futures_util::future::try_join_all(reads).await?.into_iter().flatten().collect();
+        Ok(RepoIndex { seg, timelines, histories, backups: Vec::new(), summaries: HashMap::new() }
+            .with_backups(backups))
+    }
+
+    /// Reads the headers of the objects on the history of `tli` before
+    /// planning, all at once, when there are few enough (the caller can do
+    /// this while it looks for backups). Best effort: a header that cannot
+    /// be read is left to planning, which reads it (and reports it) only if
+    /// it needs it.
+    pub async fn read_ahead(&mut self, storage: &dyn Storage, tli: TimelineId) {
+        let Ok(path) = self.path(tli) else { return };
+        let objs = self.objects_on(&path);
+        let mut sums = Summaries::new(storage, self.seg);
+        sums.cache = std::mem::take(&mut self.summaries);
+        sums.read_ahead(&objs).await;
+        self.summaries = sums.cache;
+    }
+
+    /// The index with these complete backups.
+    pub fn with_backups(mut self, mut backups: Vec<BackupPoint>) -> RepoIndex {
         backups.sort_by(|a, b| (a.stop_lsn, &a.id).cmp(&(b.stop_lsn, &b.id)));
-        Ok(RepoIndex { seg, timelines, histories, backups })
+        self.backups = backups;
+        self
     }
 
     /// The history recovery to `tli` follows.
@@ -248,6 +272,29 @@ async fn read_history(storage: &dyn Storage, tli: TimelineId) -> Result<Option<T
         .map_err(|e| RepoError::Corrupt { location: storage.describe(), key, reason: e.to_string() }.into())
 }
 
+/// Bytes read from the start of an object for its header and summary.
+const SUMMARY_READ: u64 = 4096;
+
+/// An object's summary. One ranged read of its first [`SUMMARY_READ`] bytes
+/// holds the header and the summary (a few hundred bytes) of nearly every
+/// object, where [`wal::read_header`] reads the fixed header first and the
+/// summary then: half the requests, and half the waits. That is the
+/// fallback (a larger summary, a journal, or anything it should report).
+async fn read_summary(storage: &dyn Storage, seg: WalSegSize, id: WalObjectId) -> Result<WalSummary, RepoError> {
+    let key = id.key(seg);
+    if !matches!(id.kind, WalObjectKind::Journal { .. }) {
+        let buf = storage.get_range(&key, 0..SUMMARY_READ).await?;
+        if object::header_len(&buf).is_ok_and(|need| need <= buf.len()) {
+            return object::decode_header(&buf).map(|h| h.summary).map_err(|e| RepoError::Corrupt {
+                location: storage.describe(),
+                key,
+                reason: e.0,
+            });
+        }
+    }
+    Ok(wal::read_header(storage, &key).await?.summary)
+}
+
 /// Object summaries, read once each with ranged GETs, many at a time.
 struct Summaries<'a> {
     storage: &'a dyn Storage,
@@ -256,20 +303,38 @@ struct Summaries<'a> {
 }
 
 const PARALLEL_HEADERS: usize = 32;
+/// Paths with at most this many objects have all their headers read up
+/// front ([`Summaries::read_ahead`]).
+const PRELOAD_HEADERS: usize = 8 * PARALLEL_HEADERS;
 
 impl<'a> Summaries<'a> {
     fn new(storage: &'a dyn Storage, seg: WalSegSize) -> Self {
         Summaries { storage, seg, cache: HashMap::new() }
     }
 
+    /// Reads every header of `objs` in one burst when there are at most
+    /// [`PRELOAD_HEADERS`]: about as many requests as the searches make in
+    /// all, but one round of waits instead of one per search step. Errors
+    /// are left for the searches to meet.
+    async fn read_ahead(&mut self, objs: &[PathObject]) {
+        if objs.len() > PRELOAD_HEADERS {
+            return;
+        }
+        let missing: Vec<WalObjectId> = objs.iter().map(|o| o.id).filter(|id| !self.cache.contains_key(id)).collect();
+        let (storage, seg) = (self.storage, self.seg);
+        let got: Vec<Option<(WalObjectId, WalSummary)>> = futures_util::stream::iter(missing)
+            .map(|id| async move { read_summary(storage, seg, id).await.ok().map(|s| (id, s)) })
+            .buffer_unordered(PARALLEL_HEADERS)
+            .collect()
+            .await;
+        self.cache.extend(got.into_iter().flatten());
+    }
+
     async fn load(&mut self, objs: &[PathObject]) -> Result<()> {
         let missing: Vec<WalObjectId> = objs.iter().map(|o| o.id).filter(|id| !self.cache.contains_key(id)).collect();
         let (storage, seg) = (self.storage, self.seg);
         let got: Vec<(WalObjectId, WalSummary)> = futures_util::stream::iter(missing)
-            .map(|id| async move {
-                let h = wal::read_header(storage, &id.key(seg)).await?;
-                Ok::<_, RepoError>((id, h.summary))
-            })
+            .map(|id| async move { Ok::<_, RepoError>((id, read_summary(storage, seg, id).await?)) })
             .buffer_unordered(PARALLEL_HEADERS)
             .try_collect()
             .await?;
@@ -413,6 +478,7 @@ pub struct Plan {
 /// cannot be reached exactly.
 pub async fn plan(storage: &dyn Storage, index: &RepoIndex, req: &PlanRequest) -> Result<Plan> {
     let mut sums = Summaries::new(storage, index.seg);
+    sums.cache = index.summaries.clone();
     let tlis: Vec<Option<TimelineId>> = match req.timeline {
         TimelineTarget::Latest => vec![index.latest_timeline()],
         TimelineTarget::Id(t) => vec![Some(t)],
@@ -468,6 +534,7 @@ async fn plan_on(sums: &mut Summaries<'_>, index: &RepoIndex, req: &PlanRequest,
     };
     let newest = *cands.last().expect("non-empty");
     let objs = index.objects_on(&path);
+    sums.read_ahead(&objs).await;
     let end = index.path_end(&path).unwrap_or(newest.stop_lsn);
     let last = sums.last_commit(&objs, Lsn::MAX).await?;
     let earliest_us = oldest.stop_time_us;

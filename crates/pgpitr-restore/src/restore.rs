@@ -2,7 +2,8 @@
 
 use crate::conf::{self, RecoveryConf};
 use crate::plan::{self, BackupPoint, Plan, PlanRequest, RepoIndex};
-use crate::target::{TargetAction, format_time};
+use crate::target::{TargetAction, TimelineTarget, format_time};
+use crate::walfetch;
 use pgpitr_backup::{ExtractOptions, ExtractStats};
 use pgpitr_repo::Repository;
 use pgpitr_repo::backup::BackupInfo;
@@ -31,6 +32,10 @@ pub struct RestoreOptions {
     pub progress: bool,
     /// Plan only.
     pub dry_run: bool,
+    /// Start the WAL prefetcher before returning, so that the first
+    /// segments are spooled when recovery begins. Only for a server started
+    /// right away by this user (`--start`): spooled files are this user's.
+    pub prefetch_wal: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,10 +101,34 @@ pub async fn complete_backups(repo: &Repository) -> Result<Vec<(BackupPoint, Bac
     Ok(out)
 }
 
+/// The complete backups and the WAL index, read at the same time (each
+/// is a few dependent requests: on S3 the waits overlap), with the headers
+/// on the history of `timeline` read ahead if it is known before the
+/// backups are.
+async fn load_index(
+    repo: &Repository,
+    timeline: Option<&TimelineTarget>,
+) -> Result<(Vec<(BackupPoint, BackupInfo)>, RepoIndex), RestoreError> {
+    let wal = async {
+        let mut index = RepoIndex::load(repo, Vec::new()).await?;
+        let tli = match timeline {
+            Some(TimelineTarget::Latest) => index.latest_timeline(),
+            Some(&TimelineTarget::Id(t)) => Some(t),
+            Some(TimelineTarget::Current) | None => None,
+        };
+        if let Some(tli) = tli {
+            index.read_ahead(repo.storage().as_ref(), tli).await;
+        }
+        Ok::<_, RestoreError>(index)
+    };
+    let (backups, index) = futures_util::future::try_join(complete_backups(repo), wal).await?;
+    let index = index.with_backups(backups.iter().map(|(p, _)| p.clone()).collect());
+    Ok((backups, index))
+}
+
 /// The restorable window of every timeline, for `pgpitr list`.
 pub async fn restorable_windows(repo: &Repository) -> Result<Vec<plan::Window>, RestoreError> {
-    let backups = complete_backups(repo).await?;
-    let index = RepoIndex::load(repo, backups.into_iter().map(|(p, _)| p).collect()).await?;
+    let (_, index) = load_index(repo, None).await?;
     Ok(plan::windows(repo.storage().as_ref(), &index).await?)
 }
 
@@ -110,8 +139,7 @@ pub async fn restore(repo: &Repository, opts: &RestoreOptions) -> Result<Restore
     for (_, new) in &opts.tablespace_map {
         check_target_dir(new)?;
     }
-    let backups = complete_backups(repo).await?;
-    let index = RepoIndex::load(repo, backups.iter().map(|(p, _)| p.clone()).collect()).await?;
+    let (backups, index) = load_index(repo, Some(&opts.request.timeline)).await?;
     let plan = plan::plan(repo.storage().as_ref(), &index, &opts.request).await?;
     let spool = opts.pgdata.join(SPOOL_DIR);
     let restore_command =
@@ -146,6 +174,13 @@ pub async fn restore(repo: &Repository, opts: &RestoreOptions) -> Result<Restore
         .mode(0o700)
         .create(&spool)
         .map_err(|e| RestoreError::Io { path: spool.display().to_string(), source: e })?;
+    if opts.prefetch_wal {
+        // Recovery starts with the segment holding the backup's start.
+        let seg = repo.seg_size();
+        if let Some(&(tli, from, _)) = plan.path.needed(seg, plan.backup.start_lsn, plan.wal_end).first() {
+            walfetch::prefetch_ahead(&opts.exe, &opts.repo_url, &spool, seg, tli, from.segment_number(seg));
+        }
+    }
     let c = RecoveryConf {
         restore_command,
         target: plan.recovery.clone(),

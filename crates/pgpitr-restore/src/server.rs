@@ -97,8 +97,13 @@ pub async fn start(opts: &StartOptions) -> Result<Reached, ServerError> {
         Reached { state: "running".into(), port: opts.port, log_file: log_file.clone(), ..Default::default() };
     let mut seen_pid = false;
     let tty = opts.progress && std::io::stderr().is_terminal();
+    // One session, kept across polls (it survives promotion): polling often
+    // then costs a query, not a backend started per poll while the server
+    // replays.
+    let mut session: Option<tokio_postgres::Client> = None;
+    let mut tried: Option<Instant> = None;
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(POLL).await;
         let pid = postmaster_pid(&opts.pgdata);
         if pid.is_none() && (seen_pid || t0.elapsed() > Duration::from_secs(30)) {
             // The server is gone: shut down at the target, or failed.
@@ -127,7 +132,23 @@ pub async fn start(opts: &StartOptions) -> Result<Reached, ServerError> {
             reached.replay_secs = t0.elapsed().as_secs_f64();
             return Ok(reached);
         }
-        let Ok(row) = query_state(&sockdir, port).await else { continue };
+        if session.as_ref().is_none_or(|c| c.is_closed()) {
+            // Refused until the server is consistent; every attempt starts
+            // a backend, so not at every poll.
+            if tried.is_some_and(|t| t.elapsed() < CONNECT_EVERY) {
+                continue;
+            }
+            tried = Some(Instant::now());
+            session = connect(&sockdir, port).await.ok();
+        }
+        let Some(client) = &session else { continue };
+        let row = match query_state(client).await {
+            Ok(row) => row,
+            Err(_) => {
+                session = None;
+                continue;
+            }
+        };
         reached.last_replayed_lsn = row.replay_lsn;
         reached.last_replayed_commit_time = row.replay_time.clone();
         if tty {
@@ -169,9 +190,15 @@ struct State {
     timeline: Option<u32>,
 }
 
+/// How often `--wait` looks at the server: the report comes at most this
+/// late after the target action.
+const POLL: Duration = Duration::from_millis(20);
+/// How often it tries to connect while the server refuses connections.
+const CONNECT_EVERY: Duration = Duration::from_millis(100);
+
 /// Connects over the Unix socket as `PGUSER` (else the OS user, which peer
-/// and trust authentication accept) and reads the recovery state.
-async fn query_state(sockdir: &str, port: u16) -> Result<State, tokio_postgres::Error> {
+/// and trust authentication accept).
+async fn connect(sockdir: &str, port: u16) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let user = ["PGUSER", "USER", "LOGNAME"]
         .iter()
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
@@ -188,7 +215,13 @@ async fn query_state(sockdir: &str, port: u16) -> Result<State, tokio_postgres::
     }
     cfg.application_name("pgpitr restore").connect_timeout(Duration::from_secs(5));
     let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
-    let task = tokio::spawn(conn);
+    // Ends when the client is dropped or the server goes away.
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// Reads the recovery state.
+async fn query_state(client: &tokio_postgres::Client) -> Result<State, tokio_postgres::Error> {
     let q = "SELECT pg_is_in_recovery()::text, \
              CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END, \
              pg_last_wal_replay_lsn()::text, \
@@ -196,8 +229,6 @@ async fn query_state(sockdir: &str, port: u16) -> Result<State, tokio_postgres::
              CASE WHEN NOT pg_is_in_recovery() \
                   THEN (('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int)::text END";
     let rows = client.simple_query(q).await?;
-    drop(client);
-    task.abort();
     let row = rows.iter().find_map(|m| match m {
         tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
         _ => None,

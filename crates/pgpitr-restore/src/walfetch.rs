@@ -1,25 +1,32 @@
 //! `pgpitr wal-fetch`: what Postgres's `restore_command` runs, once per file.
 //!
 //! ```text
-//!  postgres ──%f %p──▶ wal-fetch ──hit──▶ rename spool/<name> ──▶ %p
-//!                         │ miss: list wal/<TLI>/<name>*, get, verify, assemble ──▶ %p
+//!  postgres ──%f %p──▶ wal-fetch ──hit: check, link spool/<name>.<crc32> ──▶ %p   (no runtime, no repository)
+//!                         │ miss: get wal/<TLI>/<name> (else list its parts), verify, assemble ──▶ %p
 //!                         └─ .want = <name>; start the prefetcher if none runs
-//!  prefetcher (one per spool, flock) ── next N complete segments, P at a time ──▶ spool/<name>
+//!  prefetcher (one per spool, flock; `restore --start` starts it before Postgres)
+//!      ── next N complete segments, P at a time ──▶ spool/.<name>.tmp ──rename──▶ spool/<name>.<crc32>
 //! ```
 //!
 //! A file is never handed over half-written or unverified: it is written to
-//! a temporary name beside its destination, synced and renamed. "Not
+//! a temporary name beside its destination and renamed, and a spooled one
+//! is checked against its checksum first. "Not
 //! stored" is [`Fetched::NotFound`] (exit 1, which Postgres takes as the end
 //! of WAL); anything else that goes wrong is an error, which the binary
 //! turns into an exit code above 125 so that Postgres stops recovery
 //! instead of ending it early at an outage or a hole.
+//!
+//! Postgres waits for every call, so a spool hit is served by
+//! [`serve_from_spool`] alone: synchronous, before the binary builds a
+//! runtime, opens the repository or reads credentials. It costs a process
+//! start and one read of the file for its checksum.
 
-use pgpitr_repo::wal::{self, TimelineWal, WalObjectId, WalObjectKind};
+use pgpitr_repo::wal::{self, AssembledSegment, TimelineWal, WalObjectId, WalObjectKind};
 use pgpitr_repo::{RepoError, Repository};
-use pgpitr_storage::{LocalStorage, RepoUrl, RetryPolicy, RetryingStorage, S3Storage, Storage};
+use pgpitr_storage::{LocalStorage, ObjectMeta, RepoUrl, RetryPolicy, RetryingStorage, S3Storage, Storage};
 use pgpitr_types::{SegNo, TimelineHistory, TimelineId, WalFileName, WalSegSize};
-use std::collections::{BTreeSet, HashSet};
-use std::io::Write;
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +37,13 @@ pub const DEFAULT_PREFETCH: usize = 8;
 const PREFETCH_PARALLEL: usize = 4;
 /// The prefetcher exits when Postgres has asked for nothing new this long.
 const PREFETCH_IDLE_EXIT: Duration = Duration::from_secs(60);
+/// How long a request waits for a download the prefetcher is running
+/// before fetching the file itself.
+const SPOOL_WAIT: Duration = Duration::from_secs(10);
+/// Spooled files are checked in chunks this large: small enough to be
+/// summed while still in the CPU's cache (measured: 64 KiB beats 1 MiB by a
+/// fifth), and no call faults in a whole segment's worth of fresh memory.
+const CHECK_CHUNK: usize = 64 << 10;
 const WANT: &str = ".want";
 const LOCK: &str = ".lock";
 
@@ -90,19 +104,27 @@ pub async fn open_repo(url: &RepoUrl) -> Result<Repository, FetchError> {
     Ok(Repository::open(storage).await?)
 }
 
-/// Serves one file to Postgres.
+/// A segment file name (`%f` of a segment is 24 hex digits); anything else
+/// (history files) never comes from the spool.
+fn is_segment_name(name: &str) -> bool {
+    name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Serves one file to Postgres: from the spool if it can, otherwise from
+/// the repository.
 pub async fn fetch(req: &FetchRequest) -> Result<Fetched, FetchError> {
+    match serve_from_spool(req) {
+        Some(how) => Ok(how),
+        None => fetch_from_repository(req).await,
+    }
+}
+
+/// Serves one file from the repository (after [`serve_from_spool`] could
+/// not), and keeps the spool's prefetcher going.
+pub async fn fetch_from_repository(req: &FetchRequest) -> Result<Fetched, FetchError> {
     let name = req.name.as_str();
     if name.is_empty() || name.contains('/') || !name.is_ascii() {
         return Err(FetchError::Usage(format!("{name:?} is not a WAL file name")));
-    }
-    let segment_like = name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit());
-    if segment_like
-        && let Some(spool) = &req.spool
-        && let Some(how) = from_spool(spool, name, &req.dest).await?
-    {
-        start_prefetch(req, spool);
-        return Ok(how);
     }
     let repo = open_repo(&req.repo).await?;
     let seg = repo.seg_size();
@@ -122,6 +144,22 @@ pub async fn fetch(req: &FetchRequest) -> Result<Fetched, FetchError> {
         WalFileName::Partial { .. } | WalFileName::Backup { .. } => Fetched::NotFound,
     };
     Ok(got)
+}
+
+/// The fast path: serves a segment from the spool when it holds a copy
+/// whose checksum holds (waiting for a download the prefetcher is running),
+/// then records what Postgres took and makes sure a prefetcher runs.
+/// `None` when the spool cannot serve it: the caller fetches it from the
+/// repository. Synchronous and light, so that the binary can try it before
+/// it builds anything else.
+pub fn serve_from_spool(req: &FetchRequest) -> Option<Fetched> {
+    let spool = req.spool.as_deref()?;
+    if !is_segment_name(&req.name) {
+        return None;
+    }
+    let how = take_spooled(spool, &req.name, &req.dest)?;
+    start_prefetch(req, spool);
+    Some(how)
 }
 
 async fn fetch_history(repo: &Repository, tli: TimelineId, dest: &Path) -> Result<Fetched, FetchError> {
@@ -160,6 +198,33 @@ async fn segment_objects(
     Ok(TimelineWal { objects, ranges: Vec::new() })
 }
 
+/// The complete object of a segment, as a one-object listing: its key says
+/// everything assembly needs.
+fn whole_segment(seg: WalSegSize, tli: TimelineId, segno: SegNo) -> TimelineWal {
+    let id = WalObjectId::segment(tli, segno);
+    let meta = ObjectMeta { key: id.key(seg), size: 0, last_modified: None };
+    TimelineWal { objects: vec![(id, meta)], ranges: Vec::new() }
+}
+
+/// Segment `segno`, rebuilt and verified: read whole in one request when it
+/// is stored complete (the common case), otherwise assembled from the parts
+/// a listing of its keys finds.
+async fn stored_segment(
+    repo: &Repository,
+    seg: WalSegSize,
+    tli: TimelineId,
+    segno: SegNo,
+) -> Result<Option<AssembledSegment>, FetchError> {
+    let storage = repo.storage().as_ref();
+    match wal::assemble_segment(storage, seg, &whole_segment(seg, tli, segno), segno).await {
+        Ok(got) => return Ok(got),
+        Err(RepoError::Storage(e)) if e.is_not_found() => {}
+        Err(e) => return Err(e.into()),
+    }
+    let tl = segment_objects(repo, seg, tli, segno).await?;
+    Ok(wal::assemble_segment(storage, seg, &tl, segno).await?)
+}
+
 async fn fetch_segment(
     repo: &Repository,
     seg: WalSegSize,
@@ -167,9 +232,8 @@ async fn fetch_segment(
     segno: SegNo,
     dest: &Path,
 ) -> Result<Fetched, FetchError> {
-    let tl = segment_objects(repo, seg, tli, segno).await?;
     let storage = repo.storage().as_ref();
-    match wal::assemble_segment(storage, seg, &tl, segno).await? {
+    match stored_segment(repo, seg, tli, segno).await? {
         Some(s) => {
             write_atomically(dest, s.data).await?;
             Ok(Fetched::Repository)
@@ -197,15 +261,15 @@ async fn fetch_segment(
 }
 
 /// Writes `data` beside `dest` under a temporary name and renames it, so
-/// Postgres never sees a partial file. Nothing is synced: Postgres deletes
-/// `%p` before every call and fetches it again after a crash, and syncing
-/// 16 MiB per segment would bound replay by the disk.
+/// Postgres never sees a partial file. Nothing is synced on this path,
+/// which replay waits for: Postgres deletes `%p` before every call, fetches
+/// it again after a crash, and syncs what it keeps itself.
 async fn write_atomically(dest: &Path, data: bytes::Bytes) -> Result<(), FetchError> {
     let dest = dest.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let tmp = temp_beside(&dest);
         let result = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut f = create_private(&tmp)?;
             f.write_all(&data)?;
             std::fs::rename(&tmp, &dest)
         })();
@@ -223,41 +287,86 @@ fn temp_beside(dest: &Path) -> PathBuf {
     dest.with_file_name(format!(".{name}.pgpitr-{}.tmp", std::process::id()))
 }
 
-/// The spooled file for segment `name`: `<name>.<crc32 hex>`. Spool files
-/// are not synced (that would bound replay by the disk); the checksum in
-/// the name catches one torn by a crash before Postgres could see it.
+/// The spooled file for segment `name`: `<name>.<crc32 hex>`. The
+/// prefetcher syncs it before giving it that name; the checksum still
+/// catches one damaged since (or torn by a crash where the file system
+/// lost the order of the sync and the rename) before Postgres could see it.
 fn spooled(spool: &Path, name: &str) -> Option<(PathBuf, u32)> {
     let prefix = format!("{name}.");
     std::fs::read_dir(spool).ok()?.flatten().find_map(|e| {
         let f = e.file_name().to_string_lossy().into_owned();
-        let crc = u32::from_str_radix(f.strip_prefix(&prefix)?, 16).ok()?;
+        let hex = f.strip_prefix(&prefix).filter(|h| h.len() == 8)?;
+        let crc = u32::from_str_radix(hex, 16).ok()?;
         Some((e.path(), crc))
     })
 }
 
-/// Moves a prefetched, verified segment to `dest`. Waits for a download the
+/// Where the prefetcher writes segment `name` while downloading it. It is
+/// created when the download starts, so that a request for the segment
+/// waits for it instead of fetching it a second time.
+fn partial_path(spool: &Path, name: &str) -> PathBuf {
+    spool.join(format!(".{name}.tmp"))
+}
+
+/// Creates (or truncates) a file only its owner can read: it holds WAL.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
+}
+
+/// CRC-32 of a file, read in chunks.
+fn file_crc(path: &Path) -> std::io::Result<u32> {
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; CHECK_CHUNK];
+    let mut crc = crc32fast::Hasher::new();
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return Ok(crc.finalize()),
+            Ok(n) => crc.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Hands a prefetched, verified segment to `dest`. Waits for a download the
 /// prefetcher is running for it, but not for a prefetcher that is gone.
-async fn from_spool(spool: &Path, name: &str, dest: &Path) -> Result<Option<Fetched>, FetchError> {
-    let partial = spool.join(format!(".{name}.tmp"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while spooled(spool, name).is_none() && partial.exists() && prefetcher_running(spool) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let Some((ready, crc)) = spooled(spool, name) else { return Ok(None) };
-    let intact = tokio::task::spawn_blocking({
-        let ready = ready.clone();
-        move || std::fs::read(&ready).map(|d| crc32fast::hash(&d) == crc).unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false);
-    if !intact {
+fn take_spooled(spool: &Path, name: &str, dest: &Path) -> Option<Fetched> {
+    let partial = partial_path(spool, name);
+    let deadline = Instant::now() + SPOOL_WAIT;
+    let (ready, crc) = loop {
+        // Looked at before the spool, so that a download finishing in
+        // between is found there.
+        let in_flight = partial.exists() && prefetcher_running(spool);
+        if let Some(found) = spooled(spool, name) {
+            break found;
+        }
+        if !in_flight || Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    if file_crc(&ready).ok() != Some(crc) {
         let _ = std::fs::remove_file(&ready);
-        return Ok(None); // torn or unreadable: fetch from the repository
+        return None; // torn or unreadable: fetch from the repository
     }
-    match std::fs::rename(&ready, dest) {
-        Ok(()) => Ok(Some(Fetched::Spool)),
-        // The spool is on another file system: fetch.
-        Err(_) => Ok(None),
+    // The spool is on another file system, or refuses links: fetch.
+    hand_over(&ready, dest).ok().map(|()| Fetched::Spool)
+}
+
+/// Gives Postgres the spooled file without copying it: a hard link, so
+/// that the spool keeps it until Postgres takes a later segment (at the end
+/// of recovery it asks for the last one again), or a rename where the file
+/// system has no links. Spooled files are never written again, only
+/// replaced by a rename, and every hand-over checks the checksum first.
+fn hand_over(ready: &Path, dest: &Path) -> std::io::Result<()> {
+    match std::fs::hard_link(ready, dest) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(dest)?;
+            std::fs::hard_link(ready, dest)
+        }
+        Err(_) => std::fs::rename(ready, dest),
     }
 }
 
@@ -275,29 +384,34 @@ fn prefetcher_running(spool: &Path) -> bool {
     }
 }
 
+/// Records the segment Postgres last took, which the prefetcher reads.
+fn write_want(spool: &Path, name: &str) -> std::io::Result<()> {
+    let tmp = spool.join(format!("{WANT}.{}", std::process::id()));
+    std::fs::write(&tmp, name).and_then(|_| std::fs::rename(&tmp, spool.join(WANT)))
+}
+
 /// Records what Postgres asked for and makes sure a prefetcher runs. Best
 /// effort: prefetching only saves time, so failures here are ignored.
 fn start_prefetch(req: &FetchRequest, spool: &Path) {
-    if req.prefetch == 0 || !spool.is_dir() {
-        return;
-    }
-    let want = spool.join(WANT);
-    let tmp = spool.join(format!("{WANT}.{}", std::process::id()));
-    if std::fs::write(&tmp, &req.name).and_then(|_| std::fs::rename(&tmp, &want)).is_err() {
+    if req.prefetch == 0 || !spool.is_dir() || write_want(spool, &req.name).is_err() {
         return;
     }
     if prefetcher_running(spool) {
         return;
     }
     let Ok(exe) = std::env::current_exe() else { return };
+    spawn_prefetcher(&exe, &req.repo, spool, req.prefetch);
+}
+
+fn spawn_prefetcher(exe: &Path, repo: &RepoUrl, spool: &Path, prefetch: usize) {
     let spawned = std::process::Command::new(exe)
         .arg("wal-fetch")
         .arg("--repo")
-        .arg(req.repo.to_string())
+        .arg(repo.to_string())
         .arg("--spool")
         .arg(spool)
         .arg("--prefetch")
-        .arg(req.prefetch.to_string())
+        .arg(prefetch.to_string())
         .arg("--prefetch-daemon")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -308,10 +422,23 @@ fn start_prefetch(req: &FetchRequest, spool: &Path) {
     }
 }
 
+/// Starts the spool's prefetcher before Postgres asks for anything, so that
+/// segment `first` of `tli` and the ones after it are ready when recovery
+/// begins (`restore --start` calls it after extraction). `exe` is the
+/// binary `restore_command` runs. Best effort, like all prefetching.
+pub fn prefetch_ahead(exe: &Path, repo: &RepoUrl, spool: &Path, seg: WalSegSize, tli: TimelineId, first: SegNo) {
+    // `.want` names the segment Postgres took last: the one before.
+    let Some(before) = first.0.checked_sub(1) else { return };
+    if write_want(spool, &WalFileName::segment(tli, SegNo(before)).to_name(seg)).is_ok() {
+        spawn_prefetcher(exe, repo, spool, DEFAULT_PREFETCH);
+    }
+}
+
 /// The prefetcher: keeps the `prefetch` complete segments after the one
 /// Postgres last asked for in the spool, until Postgres stops asking or the
-/// spool disappears. Only complete segments are prefetched: an unfinished
-/// one may still grow, so it is always fetched when asked for.
+/// spool disappears, then removes what it spooled. Only complete segments
+/// are prefetched: an unfinished one may still grow, so it is always
+/// fetched when asked for.
 pub async fn prefetch_daemon(repo_url: &RepoUrl, spool: &Path, prefetch: usize) -> Result<(), FetchError> {
     let lock = std::fs::OpenOptions::new()
         .read(true)
@@ -325,14 +452,14 @@ pub async fn prefetch_daemon(repo_url: &RepoUrl, spool: &Path, prefetch: usize) 
     }
     let repo = open_repo(repo_url).await?;
     let seg = repo.seg_size();
-    let mut listed: Option<(TimelineId, BTreeSet<SegNo>, Instant)> = None;
+    let mut listed: Option<(TimelineId, CompleteSegments, Instant)> = None;
     let mut last_want: Option<(TimelineId, SegNo)> = None;
     let mut changed_at = Instant::now();
     let mut tasks: tokio::task::JoinSet<SegNo> = tokio::task::JoinSet::new();
     let mut running: HashSet<SegNo> = HashSet::new();
-    loop {
+    let result = loop {
         if !spool.is_dir() || changed_at.elapsed() > PREFETCH_IDLE_EXIT {
-            break;
+            break Ok(());
         }
         let want = std::fs::read_to_string(spool.join(WANT)).ok().and_then(|n| {
             match WalFileName::parse(n.trim(), seg).ok()? {
@@ -352,13 +479,16 @@ pub async fn prefetch_daemon(repo_url: &RepoUrl, spool: &Path, prefetch: usize) 
             let stale = match &listed {
                 Some((t, set, when)) => {
                     *t != tli
-                        || (window.last().is_some_and(|w| set.last().is_none_or(|l| l < w))
+                        || (window.last().is_some_and(|w| set.keys().next_back().is_none_or(|l| l < w))
                             && when.elapsed() > Duration::from_secs(5))
                 }
                 None => true,
             };
             if stale {
-                listed = Some((tli, complete_segments(&repo, seg, tli).await?, Instant::now()));
+                match complete_segments(&repo, seg, tli).await {
+                    Ok(set) => listed = Some((tli, set, Instant::now())),
+                    Err(e) => break Err(e),
+                }
             }
             let set = listed.as_ref().map(|(_, s, _)| s).expect("listed above");
             for s in window {
@@ -366,17 +496,27 @@ pub async fn prefetch_daemon(repo_url: &RepoUrl, spool: &Path, prefetch: usize) 
                     break;
                 }
                 let name = WalFileName::segment(tli, s).to_name(seg);
-                if !set.contains(&s) || running.contains(&s) || spooled(spool, &name).is_some() {
+                let Some(object) = set.get(&s) else { continue };
+                if running.contains(&s) || spooled(spool, &name).is_some() {
+                    continue;
+                }
+                let tmp = partial_path(spool, &name);
+                if create_private(&tmp).is_err() {
                     continue;
                 }
                 running.insert(s);
-                let (repo, spool) = (repo.clone(), spool.to_path_buf());
+                let (repo, spool, object) = (repo.clone(), spool.to_path_buf(), object.clone());
                 tasks.spawn(async move {
                     let dest = spool.join(&name);
-                    let tmp = spool.join(format!(".{name}.tmp"));
-                    if let Err(e) = download(&repo, seg, tli, s, &tmp, &dest).await {
-                        tracing::debug!("prefetching {name} failed: {e}");
-                        let _ = std::fs::remove_file(&tmp);
+                    match download(&repo, seg, object, &tmp, &dest).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            let _ = std::fs::remove_file(&tmp);
+                        }
+                        Err(e) => {
+                            tracing::debug!("prefetching {name} failed: {e}");
+                            let _ = std::fs::remove_file(&tmp);
+                        }
                     }
                     s
                 });
@@ -390,65 +530,238 @@ pub async fn prefetch_daemon(repo_url: &RepoUrl, spool: &Path, prefetch: usize) 
             }
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
-    }
-    tasks.abort_all();
+    };
+    tasks.shutdown().await;
+    // Nothing asks any more: what is spooled would only take space.
+    clear_spool(spool);
     drop(lock);
-    Ok(())
+    result
 }
 
-async fn complete_segments(repo: &Repository, seg: WalSegSize, tli: TimelineId) -> Result<BTreeSet<SegNo>, FetchError> {
+/// The complete segments of a timeline, with their objects.
+type CompleteSegments = BTreeMap<SegNo, (WalObjectId, ObjectMeta)>;
+
+async fn complete_segments(
+    repo: &Repository,
+    seg: WalSegSize,
+    tli: TimelineId,
+) -> Result<CompleteSegments, FetchError> {
     Ok(repo
         .storage()
         .list(&format!("{}{:08X}/", wal::PREFIX, tli.0))
         .await?
-        .iter()
-        .filter_map(|m| WalObjectId::parse(&m.key, seg))
-        .filter(|id| id.kind == WalObjectKind::Segment)
-        .map(|id| id.segno)
+        .into_iter()
+        .filter_map(|m| WalObjectId::parse(&m.key, seg).map(|id| (id, m)))
+        .filter(|(id, _)| id.tli == tli && id.kind == WalObjectKind::Segment)
+        .map(|(id, m)| (id.segno, (id, m)))
         .collect())
 }
 
+/// Downloads one complete segment into the spool (through `tmp`, which
+/// already exists); false when it turned out not to be stored complete.
 async fn download(
     repo: &Repository,
     seg: WalSegSize,
-    tli: TimelineId,
-    segno: SegNo,
+    object: (WalObjectId, ObjectMeta),
     tmp: &Path,
     dest: &Path,
-) -> Result<(), FetchError> {
-    let tl = segment_objects(repo, seg, tli, segno).await?;
+) -> Result<bool, FetchError> {
+    let segno = object.0.segno;
+    // Listed already: no listing per segment.
+    let tl = TimelineWal { objects: vec![object], ranges: Vec::new() };
     let Some(s) = wal::assemble_segment(repo.storage().as_ref(), seg, &tl, segno).await? else {
-        return Ok(());
+        return Ok(false);
     };
     if !s.complete {
-        return Ok(());
+        return Ok(false);
     }
     let crc = crc32fast::hash(&s.data);
     let dest = dest.with_file_name(format!("{}.{crc:08x}", dest.file_name().unwrap_or_default().to_string_lossy()));
     let (tmp, shown) = (tmp.to_path_buf(), dest.clone());
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = create_private(&tmp)?;
         f.write_all(&s.data)?;
+        // Synced here, off Postgres's path: it syncs every file it restores
+        // (and its whole data directory at start-up), and then finds this
+        // one already on disk instead of waiting for it.
+        f.sync_data()?;
         std::fs::rename(&tmp, &dest)
     })
     .await
     .map_err(|e| FetchError::Storage(format!("internal error: {e}")))?
-    .map_err(|e| io_err("write", &shown, e))
+    .map_err(|e| io_err("write", &shown, e))?;
+    Ok(true)
 }
 
-/// Removes spooled segments Postgres will not ask for: at or before the one
-/// it just took, beyond the window, or of another timeline.
+/// Removes spooled segments Postgres will not ask for: before the one it
+/// just took (kept: it may ask for it again), beyond the window, or of
+/// another timeline.
 fn clean_spool(spool: &Path, seg: WalSegSize, tli: TimelineId, at: SegNo, prefetch: usize) {
     let Ok(entries) = std::fs::read_dir(spool) else { return };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue; // .want, .lock, and downloads in flight
+        }
         let base = name.split_once('.').map_or(name.as_str(), |(b, _)| b);
         let keep = match WalFileName::parse(base, seg) {
-            Ok(WalFileName::Segment { tli: t, segno }) => t == tli && segno > at && segno.0 <= at.0 + prefetch as u64,
+            Ok(WalFileName::Segment { tli: t, segno }) => t == tli && segno >= at && segno.0 <= at.0 + prefetch as u64,
             _ => true,
         };
         if !keep {
             let _ = std::fs::remove_file(e.path());
         }
+    }
+}
+
+/// Removes every spooled segment and download leftover.
+fn clear_spool(spool: &Path) {
+    let Ok(entries) = std::fs::read_dir(spool) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let base = name.trim_start_matches('.').split('.').next().unwrap_or_default();
+        if is_segment_name(base) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NAME: &str = "000000010000000000000005";
+
+    fn seg16() -> WalSegSize {
+        WalSegSize::new(16 << 20).unwrap()
+    }
+
+    fn segment_bytes(fill: u8) -> Vec<u8> {
+        (0..64 * 1024u32).map(|i| (i as u8) ^ fill).collect()
+    }
+
+    /// A spool holding `data` for NAME, named by its true checksum.
+    fn spool_with(data: &[u8]) -> (tempfile::TempDir, PathBuf, FetchRequest) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        let ready = spool.join(format!("{NAME}.{:08x}", crc32fast::hash(data)));
+        std::fs::write(&ready, data).unwrap();
+        let req = FetchRequest {
+            repo: RepoUrl::parse(dir.path().join("no-repo").to_str().unwrap()).unwrap(),
+            name: NAME.into(),
+            dest: dir.path().join("RECOVERYXLOG"),
+            spool: Some(spool),
+            // No prefetcher: the test binary is not pgpitr.
+            prefetch: 0,
+        };
+        (dir, ready, req)
+    }
+
+    #[test]
+    fn serves_a_spooled_segment_without_copying_and_keeps_it_for_a_second_ask() {
+        use std::os::unix::fs::MetadataExt;
+        let data = segment_bytes(7);
+        let (_dir, ready, req) = spool_with(&data);
+        assert_eq!(serve_from_spool(&req), Some(Fetched::Spool));
+        assert_eq!(std::fs::read(&req.dest).unwrap(), data);
+        let (a, b) = (std::fs::metadata(&ready).unwrap(), std::fs::metadata(&req.dest).unwrap());
+        assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()), "linked, not copied");
+        // Postgres removes %p before asking again (at the end of recovery).
+        std::fs::remove_file(&req.dest).unwrap();
+        assert_eq!(serve_from_spool(&req), Some(Fetched::Spool));
+        assert_eq!(std::fs::read(&req.dest).unwrap(), data);
+    }
+
+    #[test]
+    fn refuses_a_torn_spooled_segment() {
+        let data = segment_bytes(3);
+        let (_dir, ready, req) = spool_with(&data);
+        // Torn by a crash: shorter, or the right length with lost bytes.
+        std::fs::write(&ready, &data[..4096]).unwrap();
+        assert_eq!(serve_from_spool(&req), None);
+        assert!(!req.dest.exists(), "a torn file reached Postgres");
+        assert!(!ready.exists(), "the torn file is dropped, so it is fetched again");
+        let (_dir, ready, req) = spool_with(&data);
+        let mut zeroed = data.clone();
+        zeroed[40_000..48_192].fill(0);
+        std::fs::write(&ready, &zeroed).unwrap();
+        assert_eq!(serve_from_spool(&req), None);
+        assert!(!req.dest.exists() && !ready.exists());
+    }
+
+    #[test]
+    fn only_segments_come_from_the_spool() {
+        let (dir, _ready, mut req) = spool_with(&segment_bytes(1));
+        for name in ["00000002.history", "00000001000000000000000", "../00000001000000000000005"] {
+            req.name = name.into();
+            assert_eq!(serve_from_spool(&req), None, "{name}");
+        }
+        req.name = "000000010000000000000006".into();
+        assert_eq!(serve_from_spool(&req), None, "not spooled");
+        req.name = NAME.into();
+        req.spool = None;
+        assert_eq!(serve_from_spool(&req), None, "no spool");
+        assert!(std::fs::read_dir(dir.path()).unwrap().flatten().all(|e| e.file_name() != "RECOVERYXLOG"));
+    }
+
+    #[test]
+    fn waits_for_a_download_in_flight_but_not_for_a_gone_prefetcher() {
+        let data = segment_bytes(9);
+        let (_dir, ready, req) = spool_with(&data);
+        let spool = req.spool.clone().unwrap();
+        std::fs::remove_file(&ready).unwrap();
+        // A leftover partial file without a prefetcher: no waiting.
+        let partial = partial_path(&spool, NAME);
+        std::fs::write(&partial, b"").unwrap();
+        let t0 = Instant::now();
+        assert_eq!(serve_from_spool(&req), None);
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        // A prefetcher (holding the lock) finishing the download a little later.
+        let lock = std::fs::File::create(spool.join(LOCK)).unwrap();
+        lock.lock().unwrap();
+        let writer = std::thread::spawn({
+            let (partial, ready, data) = (partial.clone(), ready.clone(), data.clone());
+            move || {
+                std::thread::sleep(Duration::from_millis(100));
+                std::fs::write(&partial, &data).unwrap();
+                std::fs::rename(&partial, &ready).unwrap();
+            }
+        });
+        assert_eq!(serve_from_spool(&req), Some(Fetched::Spool));
+        writer.join().unwrap();
+        assert_eq!(std::fs::read(&req.dest).unwrap(), data);
+    }
+
+    #[test]
+    fn cleaning_keeps_the_last_taken_segment_and_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = |n: u64| WalFileName::segment(TimelineId(1), SegNo(n)).to_name(seg16());
+        for f in [
+            format!("{}.00000001", name(4)),
+            format!("{}.00000001", name(5)),
+            format!("{}.00000001", name(6)),
+            format!("{}.00000001", name(9)),
+            format!("{}.00000001", WalFileName::segment(TimelineId(2), SegNo(6)).to_name(seg16())),
+            format!(".{}.tmp", name(7)),
+            WANT.to_string(),
+        ] {
+            std::fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        clean_spool(dir.path(), seg16(), TimelineId(1), SegNo(5), 3);
+        let mut left: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
+        left.sort();
+        let want = vec![
+            format!(".{}.tmp", name(7)),
+            WANT.to_string(),
+            format!("{}.00000001", name(5)),
+            format!("{}.00000001", name(6)),
+        ];
+        assert_eq!(left, want);
+        clear_spool(dir.path());
+        let left: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
+        assert_eq!(left, vec![WANT.to_string()]);
     }
 }

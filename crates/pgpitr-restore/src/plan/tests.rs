@@ -257,3 +257,61 @@ fn segments_come_from_the_newest_timeline_that_began() {
     assert_eq!(p.needed(seg(), at(5, 0x28), at(5, 0x900)), vec![(t2, at(5, 0), at(5, 0x900))]);
     assert_eq!(p.needed(seg(), at(2, 0), at(3, 0)), vec![(t1, at(2, 0), at(3, 0))]);
 }
+
+/// A summary too large for the first ranged read (many restore points) is
+/// read whole, and planning finds what it holds.
+#[tokio::test]
+async fn large_summaries_are_read_whole() {
+    let mut r = Repo::new();
+    let names: Vec<String> = (0..120).map(|i| format!("restore-point-{i:03}-{}", "x".repeat(40))).collect();
+    for k in 1..=4u64 {
+        let rps: Vec<(&str, Lsn)> = if k == 3 {
+            names.iter().enumerate().map(|(i, n)| (n.as_str(), at(3, 0x100 + i as u64 * 8))).collect()
+        } else {
+            vec![]
+        };
+        r.put(1, k, None, &[(at(k, 0x80), k as i64 * 10)], &rps).await;
+    }
+    r.backup("B", 1, at(1, 0x28), at(1, 0x900), 15);
+    let id = WalObjectId::segment(TimelineId(1), pgpitr_types::SegNo(3));
+    let fixed = r.storage.get_range(&id.key(seg()), 0..object::HEADER_LEN as u64).await.unwrap();
+    assert!(object::header_len(&fixed).unwrap() as u64 > SUMMARY_READ, "the summary must not fit the first read");
+    let p = r.plan(Target::Name(names[77].clone()), true).await.unwrap();
+    assert_eq!(p.recovery, RecoveryTarget::Name { name: names[77].clone() });
+    assert_eq!(p.wal_end, Lsn(at(3, 0x100 + 77 * 8).0 + 0x40));
+}
+
+/// Reading ahead fills the index with every header on the path, skips (and
+/// leaves to planning) one it cannot read, and changes no plan.
+#[tokio::test]
+async fn reading_ahead_is_best_effort_and_changes_no_plan() {
+    let r = linear().await;
+    let repo = pgpitr_repo::Repository::init(
+        r.storage.clone(),
+        &pgpitr_repo::ClusterIdentity { system_identifier: 7, pg_version_num: 150000, wal_segment_size: seg() },
+    )
+    .await
+    .unwrap()
+    .0;
+    let broken = WalObjectId::segment(TimelineId(1), pgpitr_types::SegNo(3));
+    let good = r.storage.get(&broken.key(seg())).await.unwrap();
+    r.storage.put(&broken.key(seg()), Bytes::from_static(b"not a WAL object")).await.unwrap();
+    let mut index = RepoIndex::load(&repo, r.backups.clone()).await.unwrap();
+    index.read_ahead(r.storage.as_ref(), TimelineId(1)).await;
+    assert_eq!(index.summaries.len(), 10, "every object but the unreadable one");
+    assert!(!index.summaries.contains_key(&broken));
+
+    r.storage.put(&broken.key(seg()), good).await.unwrap();
+    let cold = RepoIndex::load(&repo, r.backups.clone()).await.unwrap();
+    let mut warm = RepoIndex::load(&repo, r.backups.clone()).await.unwrap();
+    warm.read_ahead(r.storage.as_ref(), TimelineId(1)).await;
+    assert_eq!(warm.summaries.len(), 11);
+    for target in [Target::Time(secs(75)), Target::Time(secs(40)), Target::Latest, Target::Name("rp1".into())] {
+        let req = PlanRequest { target, inclusive: true, timeline: TimelineTarget::Latest, backup: None };
+        let (a, b) = (
+            plan(r.storage.as_ref(), &cold, &req).await.unwrap(),
+            plan(r.storage.as_ref(), &warm, &req).await.unwrap(),
+        );
+        assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
+    }
+}

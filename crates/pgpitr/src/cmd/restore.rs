@@ -166,6 +166,8 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<u8> {
         parallelism: args.parallel as usize,
         progress: !args.json,
         dry_run: args.dry_run,
+        // Spooled files must be the server's: --start refuses root.
+        prefetch_wal: (args.start || args.wait) && !server::running_as_root(),
     };
     let restored = pgpitr_restore::restore(&repo, &opts).await?;
     if !args.json {

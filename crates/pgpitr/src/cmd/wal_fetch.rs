@@ -28,6 +28,28 @@ pub struct WalFetchArgs {
     pub dest: Option<PathBuf>,
 }
 
+/// Serves a spooled segment before anything else is built (runtime,
+/// repository, S3 client): Postgres waits for every call. `None` when the
+/// spool cannot serve it; [`run`] then fetches it from the repository.
+pub fn fast_path(args: &WalFetchArgs) -> Option<u8> {
+    if args.prefetch_daemon {
+        return None;
+    }
+    let (Some(name), Some(dest), Some(spool)) = (&args.walfile, &args.dest, &args.spool) else {
+        return None;
+    };
+    let req = FetchRequest {
+        repo: RepoUrl::parse(&args.repo.repo).ok()?,
+        name: name.clone(),
+        dest: dest.clone(),
+        spool: Some(spool.clone()),
+        prefetch: args.prefetch,
+    };
+    let how = walfetch::serve_from_spool(&req)?;
+    tracing::debug!(file = %name, from = ?how, "served");
+    Some(crate::exit::OK)
+}
+
 pub async fn run(args: WalFetchArgs) -> anyhow::Result<u8> {
     // Exit 1 tells Postgres "no such file", which may end recovery: every
     // other failure must use a code Postgres aborts on.
@@ -51,7 +73,8 @@ pub async fn run(args: WalFetchArgs) -> anyhow::Result<u8> {
         return fail("wal-fetch needs the WAL file name and the destination (%f %p)".into());
     };
     let req = FetchRequest { repo, name: name.clone(), dest, spool: args.spool, prefetch: args.prefetch };
-    match walfetch::fetch(&req).await {
+    // The spool was tried first, by `fast_path`.
+    match walfetch::fetch_from_repository(&req).await {
         Ok(Fetched::NotFound) => {
             tracing::debug!(file = %name, "not in the repository");
             Ok(crate::exit::FAILURE)
