@@ -4,7 +4,8 @@
 
 use crate::common::*;
 use pgpitr_backup::{ExtractOptions, ExtractStats};
-use pgpitr_repo::backup::{self as rb, BackupInfo, BackupStatus, WalSource};
+use pgpitr_repo::backup::{self as rb, ArchiveCompression, BackupInfo, BackupStatus, WalSource};
+use pgpitr_repo::lease;
 use pgpitr_testkit::*;
 use pgpitr_types::{SegNo, WalFileName};
 use std::path::{Path, PathBuf};
@@ -119,10 +120,17 @@ async fn backup_under_load(backend: Backend) {
     assert_eq!(info.label, "under load");
     assert_eq!(info.wal_source, WalSource::Fetched, "no stream ran: the backup must have fetched its WAL");
     assert!(info.stop_lsn > info.start_lsn);
+    // Compressed by the server by default; the frames are stored untouched.
+    assert_eq!(info.compression.as_deref(), Some("server-lz4"));
+    assert_eq!(info.format_version, rb::INFO_FORMAT_VERSION);
     let base = &info.archives[0];
-    assert!(base.parts.len() > 10, "a ~30 MB database in 1 MiB parts: {}", base.parts.len());
+    assert_eq!(base.compression, ArchiveCompression::Lz4);
+    assert!(base.parts.len() >= 3, "a ~30 MB database in 1 MiB parts of lz4: {}", base.parts.len());
     assert_eq!(base.raw_bytes, base.parts.iter().map(|p| p.raw_len).sum::<u64>());
-    assert!(info.stored_bytes < info.size_bytes, "lz4 shrinks a pgbench database");
+    let tar = server_tar(&backend, &info, base).await;
+    assert_eq!(base.tar_bytes, Some(tar.len() as u64), "the server's progress count is the tar's size");
+    assert_eq!(info.size_bytes, info.archives.iter().map(|a| a.tar_size()).sum::<u64>());
+    assert!(info.stored_bytes < info.size_bytes / 2, "lz4 shrinks a pgbench database");
     assert!(info.file_count > 900, "{}", info.file_count);
     assert_eq!(complete_backups(&backend).await, vec![info.clone()]);
 
@@ -146,7 +154,7 @@ async fn backup_under_load(backend: Backend) {
 
     // A damaged part is found, named, and nothing past it is trusted.
     let storage = backend.storage().await;
-    let key = info.backup_id().unwrap().part_key("base", 3);
+    let key = info.backup_id().unwrap().part_key("base", 1);
     let mut obj = storage.get(&key).await.unwrap().to_vec();
     let last = obj.len() - 1;
     obj[last] ^= 0x40;
@@ -157,6 +165,30 @@ async fn backup_under_load(backend: Backend) {
         .unwrap_err();
     assert!(err.to_string().contains(&key) && err.to_string().contains("corrupt"), "{err}");
     assert!(!again.join("global/pg_control").exists());
+    // The command says so in one line.
+    let mut restore = pgpitr();
+    backend.env(&mut restore);
+    restore
+        .args(["restore", "--repo", &backend.url(), "--target", "immediate", "--pgdata"])
+        .arg(dir.path().join("cli"));
+    run(&mut restore).fails_with(&[&key, "corrupt"]);
+}
+
+/// The tar inside a server-compressed archive, decompressed here
+/// independently of pgpitr's extraction.
+async fn server_tar(backend: &Backend, info: &BackupInfo, archive: &rb::ArchiveInfo) -> Vec<u8> {
+    use std::io::Read;
+    let storage = backend.storage().await;
+    let mut stream = Vec::new();
+    for p in &archive.parts {
+        let obj = storage.get(&info.backup_id().unwrap().part_key(&archive.name, p.index)).await.unwrap();
+        let (h, raw) = pgpitr_repo::object::decode(&obj).unwrap();
+        assert_eq!(h.codec, pgpitr_repo::object::Codec::None, "lz4 frames are stored as they arrive");
+        stream.extend_from_slice(&raw);
+    }
+    let mut tar = Vec::new();
+    lz4_flex::frame::FrameDecoder::new(&stream[..]).read_to_end(&mut tar).unwrap();
+    tar
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,7 +201,15 @@ async fn backup_under_load_passes_pg_verifybackup_s3() {
     backup_under_load(Backend::s3()).await;
 }
 
-/// With `pgpitr stream` running, the backup relies on it for WAL.
+/// The live stream leases in the repository.
+async fn live_leases(backend: &Backend) -> Vec<lease::StreamLease> {
+    let storage = backend.storage().await;
+    let now = jiff::Timestamp::now();
+    lease::read_all(storage.as_ref()).await.unwrap().into_iter().filter(|l| l.is_live(now)).collect()
+}
+
+/// With `pgpitr stream` running, its lease says so, and the backup relies
+/// on it for WAL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_relies_on_a_running_stream() {
     let backend = Backend::local();
@@ -177,6 +217,19 @@ async fn backup_relies_on_a_running_stream() {
     pg.pgbench(&["-i", "-q", "-s", "1"]);
     let s = StreamProc::start(&pg, &backend, &[]);
     wait_streaming(&pg, "pgpitr");
+    let t0 = Instant::now();
+    let leases = loop {
+        let l = live_leases(&backend).await;
+        if !l.is_empty() {
+            break l;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the stream published no lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((leases[0].slot.as_str(), leases[0].timeline.0), ("pgpitr", 1), "{leases:?}");
+    let streams = list_json(&backend)["streams"].clone();
+    assert_eq!((streams[0]["slot"].as_str(), streams[0]["live"].as_bool()), (Some("pgpitr"), Some(true)), "{streams}");
+
     let mut load = background_load(&pg, 4);
     let out = run(backup_cmd(&pg, &backend, &["--json"]).env("PGPITR_LOG", "info,pgpitr_backup=debug")).ok();
     assert!(load.wait().unwrap().success());
@@ -187,10 +240,90 @@ async fn backup_relies_on_a_running_stream() {
         "the running stream stores the WAL; backup log:\n{}",
         out.stderr
     );
+    assert!(out.stderr.contains("waiting for the running stream"), "{}", out.stderr);
     let slots = pg.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgpitr_backup%'");
     assert_eq!(slots, "0", "the temporary slot goes with the backup's connection");
     extract_and_verify(&pg, &backend, &info, &[], &[]).await;
     assert_eq!(s.terminate().0, Some(0));
+    let storage = backend.storage().await;
+    assert!(lease::read_all(storage.as_ref()).await.unwrap().is_empty(), "a stopped stream deletes its lease");
+    assert_eq!(list_json(&backend)["streams"], serde_json::json!([]));
+}
+
+/// No live lease: the backup fetches its WAL at once, even while WAL is
+/// being stored (here by a stream that cannot write its lease, which must
+/// not stop it), instead of waiting to see whether a stream shows up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_live_lease_the_backup_fetches_at_once() {
+    let backend = Backend::local();
+    let pg = PgCluster::start_default();
+    pg.pgbench(&["-i", "-q", "-s", "1"]);
+    // A directory where the lease should go: every lease write fails.
+    let blocker = Path::new(&backend.url()).join(lease::StreamLease::key_for("pgpitr")).join("x");
+    std::fs::create_dir_all(&blocker).unwrap();
+    let s = StreamProc::start(&pg, &backend, &[]);
+    wait_streaming(&pg, "pgpitr");
+    let storage = backend.storage().await;
+    pg.sql("CREATE TABLE t AS SELECT 1 AS x");
+    let now = lsn(&pg.sql("SELECT pg_current_wal_lsn()"));
+    wait_durable(storage.as_ref(), seg16(), 1, now, Duration::from_secs(30)).await;
+    assert!(live_leases(&backend).await.is_empty());
+
+    let out = run(backup_cmd(&pg, &backend, &["--json"]).env("PGPITR_LOG", "info")).ok();
+    let info: BackupInfo = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(info.wal_source, WalSource::Fetched, "no lease: no waiting for a stream; log:\n{}", out.stderr);
+    assert!(out.stderr.contains("no pgpitr stream runs on timeline 1"), "{}", out.stderr);
+    extract_and_verify(&pg, &backend, &info, &[], &[]).await;
+
+    // The stream went on storing WAL, and stops cleanly.
+    pg.sql("INSERT INTO t VALUES (2)");
+    let now = lsn(&pg.sql("SELECT pg_current_wal_lsn()"));
+    wait_durable(storage.as_ref(), seg16(), 1, now, Duration::from_secs(30)).await;
+    let (code, stderr) = s.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("cannot write the stream lease"), "{stderr}");
+}
+
+/// `--compress client-lz4` and `none` store the plain tar; such backups,
+/// and those of format 1 (before server compression), still extract.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_compressed_and_format_1_backups_extract() {
+    let backend = Backend::local();
+    let pg = PgCluster::start_default();
+    pg.pgbench(&["-i", "-q", "-s", "1"]);
+    let storage = backend.storage().await;
+    for (how, codec) in [("client-lz4", pgpitr_repo::object::Codec::Lz4), ("none", pgpitr_repo::object::Codec::None)] {
+        let out = run(&mut backup_cmd(&pg, &backend, &["--json", "--compress", how])).ok();
+        let info: BackupInfo = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(info.compression.as_deref(), Some(how));
+        let base = &info.archives[0];
+        assert_eq!((base.compression, base.tar_bytes), (ArchiveCompression::None, None));
+        assert_eq!(info.size_bytes, base.raw_bytes);
+        let part = storage.get(&info.backup_id().unwrap().part_key("base", 0)).await.unwrap();
+        assert_eq!(pgpitr_repo::object::decode_header(&part).unwrap().codec, codec);
+        extract_and_verify(&pg, &backend, &info, &[], &[]).await;
+    }
+    let client = complete_backups(&backend).await.into_iter().find(|b| b.compression.as_deref() == Some("client-lz4"));
+    let client = client.unwrap();
+
+    // backup.json as pgpitr wrote it before server compression.
+    let key = client.backup_id().unwrap().info_key();
+    let mut v: serde_json::Value = serde_json::to_value(&client).unwrap();
+    v["format_version"] = 1.into();
+    v.as_object_mut().unwrap().remove("compression");
+    storage.put(&key, serde_json::to_vec_pretty(&v).unwrap().into()).await.unwrap();
+    let old = rb::read_info(storage.as_ref(), &client.backup_id().unwrap()).await.unwrap().unwrap();
+    assert_eq!((old.format_version, old.compression.as_deref()), (1, None));
+    extract_and_verify(&pg, &backend, &old, &[], &[]).await;
+
+    // A newer format is refused rather than misread.
+    let future = BackupInfo { format_version: rb::INFO_FORMAT_VERSION + 1, ..old };
+    let dir = tempfile::tempdir().unwrap();
+    let err = pgpitr_backup::extract(&backend.repo().await, &future, dir.path(), &[], &ExtractOptions::default())
+        .await
+        .unwrap_err();
+    let want = format!("format version {}", rb::INFO_FORMAT_VERSION + 1);
+    assert!(err.to_string().contains(&want), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -293,7 +293,26 @@ async fn synchronous_mode_commit_waits_for_repository() {
     let commits = verify_wal_continuity(&backend).await;
     assert!(commits.contains(&xid), "commit {xid} returned but is not in the repository");
     assert_eq!(pg.sql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'pitr_sync'"), "sync");
+    // On a local repository commits go into a journal per segment, which
+    // the complete segment replaces.
+    let storage = backend.storage().await;
+    let journals = |keys: Vec<pgpitr_storage::ObjectMeta>| -> Vec<String> {
+        keys.into_iter().map(|m| m.key).filter(|k| k.ends_with(".journal")).collect()
+    };
+    let before = journals(storage.list("wal/").await.unwrap());
+    assert!(!before.is_empty(), "no journal in synchronous mode on a local repository");
+    pg.sql("SELECT pg_switch_wal(); INSERT INTO t VALUES (43)");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = journals(storage.list("wal/").await.unwrap());
+        if before.iter().all(|k| !now.contains(k)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "journals {before:?} not replaced by their segment: {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(s.terminate().0, Some(0));
+    verify_wal_continuity(&backend).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,8 +411,11 @@ async fn list_reports_ranges_gaps_and_latest_restorable_time() {
 /// The durability contract under storage faults: while uploads fail or
 /// their acknowledgements are lost, the flush position the server sees never
 /// passes what the repository really holds, and nothing is lost.
-async fn flush_never_ahead_of_repository(backend: Backend, mode: pgpitr_storage::FaultMode) {
-    use pgpitr_storage::{FaultyStorage, LocalStorage, S3Storage, Storage};
+/// With `synchronous` on local storage, the WAL goes through journals whose
+/// failed appends fall back to parts (lost acknowledgements leave the same
+/// bytes in both).
+async fn flush_never_ahead_of_repository(backend: Backend, mode: pgpitr_storage::FaultMode, synchronous: bool) {
+    use pgpitr_storage::{FaultyStorage, LocalStorage, Op, S3Storage, Storage};
     use std::sync::Arc;
     let pg = PgCluster::start_default();
     pg.pgbench(&["-i", "-q", "-s", "1"]);
@@ -404,14 +426,17 @@ async fn flush_never_ahead_of_repository(backend: Backend, mode: pgpitr_storage:
         wal_segment_size: seg16(),
     };
     pgpitr_repo::Repository::init(clean.clone(), &identity).await.unwrap();
-    let (faulty, injected): (Arc<dyn Storage>, Box<dyn Fn() -> u64>) = match &backend {
+    type Count = Box<dyn Fn() -> u64>;
+    let (faulty, injected, appends): (Arc<dyn Storage>, Count, Count) = match &backend {
         Backend::Local(d) => {
             let f = Arc::new(FaultyStorage::new(LocalStorage::new(d.path().join("repo")), mode));
-            (f.clone(), Box::new(move || f.injected()))
+            let g = f.clone();
+            (f.clone(), Box::new(move || f.injected()), Box::new(move || g.total_attempts(Op::Append)))
         }
         Backend::S3(s3) => {
             let f = Arc::new(FaultyStorage::new(S3Storage::new(s3_options(s3)).await.unwrap(), mode));
-            (f.clone(), Box::new(move || f.injected()))
+            let g = f.clone();
+            (f.clone(), Box::new(move || f.injected()), Box::new(move || g.total_attempts(Op::Append)))
         }
     };
     // As in production, RetryingStorage sits above the (here faulty) backend.
@@ -424,7 +449,8 @@ async fn flush_never_ahead_of_repository(backend: Backend, mode: pgpitr_storage:
     );
     let conn_cfg = pgpitr_pgwire::ConnConfig::parse_with_env(&conninfo, |_| None).unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
-    let cfg = pgpitr_stream::StreamConfig { status_interval: Duration::from_millis(300), ..Default::default() };
+    let cfg =
+        pgpitr_stream::StreamConfig { status_interval: Duration::from_millis(300), synchronous, ..Default::default() };
     let stats = Arc::new(pgpitr_stream::StreamStats::default());
     let mut archiver = pgpitr_stream::Archiver::new(repo, conn_cfg, cfg, cancel.clone(), stats);
     let task = tokio::spawn(async move { archiver.run().await });
@@ -465,15 +491,27 @@ async fn flush_never_ahead_of_repository(backend: Backend, mode: pgpitr_storage:
     task.await.unwrap().expect("archiver stops cleanly");
     assert!(checked >= 3, "only {checked} samples with a flush position");
     assert!(injected() > 0, "no faults were injected");
+    let journaled = synchronous && matches!(backend, Backend::Local(_));
+    assert_eq!(appends() > 0, journaled, "journal appends: {}", appends());
     verify_wal_continuity(&backend).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_never_ahead_of_repository_lost_acks_local() {
-    flush_never_ahead_of_repository(Backend::local(), pgpitr_storage::FaultMode::LoseFirst(1)).await;
+    flush_never_ahead_of_repository(Backend::local(), pgpitr_storage::FaultMode::LoseFirst(1), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_never_ahead_of_repository_synchronous_journal_lost_acks_local() {
+    flush_never_ahead_of_repository(Backend::local(), pgpitr_storage::FaultMode::LoseFirst(1), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_never_ahead_of_repository_synchronous_journal_random_failures_local() {
+    flush_never_ahead_of_repository(Backend::local(), pgpitr_storage::FaultMode::FailFraction(0.3), true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_never_ahead_of_repository_random_failures_s3() {
-    flush_never_ahead_of_repository(Backend::s3(), pgpitr_storage::FaultMode::FailFraction(0.3)).await;
+    flush_never_ahead_of_repository(Backend::s3(), pgpitr_storage::FaultMode::FailFraction(0.3), false).await;
 }

@@ -1,13 +1,14 @@
 //! Extracting a stored backup into a directory.
 //!
 //! ```text
-//!  parts ──get + decode + verify (≤ parallelism at once, in order)──▶ channel ──▶ tar reader (blocking thread)
-//!                                                                                  └─▶ files, CRC32C vs manifest
+//!  parts ──get + decode + verify (≤ parallelism at once, in order)──▶ channel ──┬──────────────────────────▶ tar reader (blocking thread)
+//!                                             lz4 archives (server-compressed): └─▶ lz4 frame decoder ─▶ channel ─┘  └─▶ files, CRC32C vs manifest
 //! ```
 //!
 //! Every part is checked against `backup.json` (offset, length, CRC) and
 //! every file against the manifest (size, CRC-32C); any mismatch stops the
-//! extraction. Files are 0600 and directories 0700, owned by the running
+//! extraction. An lz4 stream that does not decode is an error naming the
+//! part being read. Files are 0600 and directories 0700, owned by the running
 //! user. `global/pg_control` is written last, after everything else is
 //! synced, so a half-extracted directory never looks like a data directory
 //! that could start.
@@ -18,7 +19,7 @@ use crate::tar::{self, BLOCK, Kind};
 use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
 use pgpitr_repo::Repository;
-use pgpitr_repo::backup::{ArchiveInfo, BackupId, BackupInfo, PartInfo};
+use pgpitr_repo::backup::{ArchiveCompression, ArchiveInfo, BackupId, BackupInfo, INFO_FORMAT_VERSION, PartInfo};
 use pgpitr_repo::object;
 use pgpitr_storage::Storage;
 use std::collections::{HashMap, HashSet};
@@ -32,6 +33,8 @@ const PG_CONTROL: &[u8] = b"global/pg_control";
 const TABLESPACE_MAP: &[u8] = b"tablespace_map";
 /// Files kept in memory to be written at the end; anything larger is suspect.
 const SMALL_FILE_LIMIT: u64 = 1 << 20;
+/// Decompressed bytes handed from the lz4 decoder to the tar reader at once.
+const DECODED_CHUNK: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct ExtractOptions {
@@ -88,6 +91,12 @@ pub async fn extract(
     opts: &ExtractOptions,
 ) -> Result<ExtractStats, BackupError> {
     let id = info.backup_id().ok_or_else(|| invalid(format!("backup ID {:?} is not valid", info.id)))?;
+    if info.format_version > INFO_FORMAT_VERSION {
+        return Err(invalid(format!(
+            "backup {} has format version {}; this pgpitr reads up to {INFO_FORMAT_VERSION}: use a newer pgpitr",
+            info.id, info.format_version
+        )));
+    }
     let spaces = plan_tablespaces(info, tablespace_map)?;
     let storage = repo.storage().clone();
 
@@ -218,7 +227,7 @@ async fn extract_archive(
     mut ex: Extractor,
     parallelism: usize,
 ) -> Result<Extractor, BackupError> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+    let (tx, rx) = tokio::sync::mpsc::channel::<(usize, Bytes)>(2);
     let mut offset = 0u64;
     let jobs: Vec<_> = archive
         .parts
@@ -233,27 +242,50 @@ async fn extract_archive(
     let stored: u64 = archive.parts.iter().map(|p| p.stored_len).sum();
     let producer = async move {
         let mut parts = futures_util::stream::iter(jobs).buffered(parallelism.max(1));
+        let mut i = 0;
         while let Some(r) = parts.next().await {
             let raw = r.map_err(|e| match e {
                 BackupError::Corrupt { what, reason, .. } => corrupt(id, what, reason),
                 e => e,
             })?;
-            if tx.send(raw).await.is_err() {
+            if tx.send((i, raw)).await.is_err() {
                 break; // the reader stopped; its error says why
             }
+            i += 1;
         }
         Ok::<(), BackupError>(())
+    };
+    // Server-compressed archives pass through an lz4 frame decoder on a
+    // thread of its own, so decoding overlaps with writing files.
+    let (rx, decoder) = match archive.compression {
+        ArchiveCompression::None => (rx, None),
+        ArchiveCompression::Lz4 => {
+            let (dtx, drx) = tokio::sync::mpsc::channel::<(usize, Bytes)>(4);
+            let keys: Vec<String> = archive.parts.iter().map(|p| id.part_key(&archive.name, p.index)).collect();
+            let reader = ChannelReader { rx, cur: Bytes::new(), part: None };
+            let backup_id = id.to_string();
+            let task = tokio::task::spawn_blocking(move || decode_lz4(reader, &dtx, &keys, &backup_id));
+            (drx, Some(task))
+        }
     };
     let name = archive.name.clone();
     let backup_id = info.id.clone();
     let consumer = tokio::task::spawn_blocking(move || {
-        let mut reader = ChannelReader { rx, cur: Bytes::new() };
+        let mut reader = ChannelReader { rx, cur: Bytes::new(), part: None };
         let r = ex.archive(&mut reader, &root, &prefix);
         (ex, r)
     });
-    let (produced, consumed) = tokio::join!(producer, consumer);
+    let decoded = async move {
+        match decoder {
+            Some(task) => task.await.map_err(|e| invalid(format!("internal error: {e}")))?,
+            None => Ok(()),
+        }
+    };
+    let (produced, decoded, consumed) = tokio::join!(producer, decoded, consumer);
     let (mut ex, r) = consumed.map_err(|e| invalid(format!("internal error: {e}")))?;
     produced?;
+    // A stream that does not decode explains what the tar reader then saw.
+    decoded?;
     r.map_err(|e| match e {
         BackupError::Corrupt { what, reason, .. } => {
             BackupError::Corrupt { id: backup_id.clone(), what: format!("archive {name}: {what}"), reason }
@@ -265,10 +297,54 @@ async fn extract_archive(
     Ok(ex)
 }
 
-/// The decoded parts of one archive as a byte stream, for the blocking side.
+/// Decodes the concatenated lz4 frames of an archive's parts into chunks of
+/// the tar. Stops quietly when the tar reader has what it needs; an error
+/// names the part the failing bytes came from.
+fn decode_lz4(
+    reader: ChannelReader,
+    tx: &tokio::sync::mpsc::Sender<(usize, Bytes)>,
+    keys: &[String],
+    backup_id: &str,
+) -> Result<(), BackupError> {
+    let mut dec = lz4_flex::frame::FrameDecoder::new(reader);
+    loop {
+        let mut buf = vec![0u8; DECODED_CHUNK];
+        let mut n = 0;
+        while n < buf.len() {
+            match dec.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let part = dec.get_ref().part;
+                    let what = part
+                        .and_then(|i| keys.get(i))
+                        .cloned()
+                        .unwrap_or_else(|| keys.first().cloned().unwrap_or_else(|| "an archive".into()));
+                    let reason = match e.kind() {
+                        io::ErrorKind::UnexpectedEof => "the lz4 stream ends inside a frame".to_string(),
+                        _ => format!("the lz4 stream does not decode: {e}"),
+                    };
+                    return Err(BackupError::Corrupt { id: backup_id.to_string(), what, reason });
+                }
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        buf.truncate(n);
+        if tx.blocking_send((0, Bytes::from(buf))).is_err() {
+            return Ok(()); // the tar reader stopped; its result says why
+        }
+    }
+}
+
+/// Chunks of an archive stream as a byte stream, for the blocking side.
 struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    rx: tokio::sync::mpsc::Receiver<(usize, Bytes)>,
     cur: Bytes,
+    /// The part `cur` came from.
+    part: Option<usize>,
 }
 
 impl Read for ChannelReader {
@@ -285,7 +361,10 @@ impl BufRead for ChannelReader {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.cur.is_empty() {
             match self.rx.blocking_recv() {
-                Some(b) => self.cur = b,
+                Some((i, b)) => {
+                    self.cur = b;
+                    self.part = Some(i);
+                }
                 None => break,
             }
         }
@@ -638,6 +717,72 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// lz4 frames as PostgreSQL's server-side compression writes them
+    /// (linked blocks, no checksums), several frames concatenated.
+    fn lz4_frames(data: &[u8], frames: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in data.chunks(data.len().div_ceil(frames)) {
+            let mut info = lz4_flex::frame::FrameInfo::new();
+            info.block_mode = lz4_flex::frame::BlockMode::Linked;
+            let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new());
+            enc.write_all(chunk).unwrap();
+            out.extend_from_slice(&enc.finish().unwrap());
+        }
+        out
+    }
+
+    /// Runs `decode_lz4` over `parts` as they would arrive from storage.
+    fn decode_parts(parts: Vec<Vec<u8>>) -> (Vec<u8>, Result<(), BackupError>) {
+        let keys: Vec<String> = (0..parts.len()).map(|i| format!("backups/X/base/{i:06}")).collect();
+        let (tx, rx) = tokio::sync::mpsc::channel(parts.len().max(1));
+        for (i, p) in parts.into_iter().enumerate() {
+            tx.try_send((i, Bytes::from(p))).unwrap();
+        }
+        drop(tx);
+        let (dtx, mut drx) = tokio::sync::mpsc::channel(4);
+        let t = std::thread::spawn(move || {
+            decode_lz4(ChannelReader { rx, cur: Bytes::new(), part: None }, &dtx, &keys, "X")
+        });
+        let mut out = Vec::new();
+        while let Some((_, b)) = drx.blocking_recv() {
+            out.extend_from_slice(&b);
+        }
+        (out, t.join().unwrap())
+    }
+
+    #[test]
+    fn lz4_frames_split_into_parts_decode_to_the_tar() {
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8 ^ (i >> 13) as u8).collect();
+        let tar = tar_of(&[("base/1/2", b'0', &big), ("global/pg_control", b'0', b"ctl")]);
+        let z = lz4_frames(&tar, 2);
+        assert!(z.len() < tar.len());
+        // Cut anywhere, even inside a frame header.
+        let cuts = [0, 3, 1000, z.len() / 2, z.len()];
+        let parts: Vec<Vec<u8>> = cuts.windows(2).map(|w| z[w[0]..w[1]].to_vec()).collect();
+        let (out, r) = decode_parts(parts.clone());
+        r.unwrap();
+        assert_eq!(out, tar);
+        let dir = tempfile::tempdir().unwrap();
+        let mut ex = extractor(&[("base/1/2", &big), ("global/pg_control", b"ctl")]);
+        ex.archive(&mut &out[..], dir.path(), b"").unwrap();
+        assert_eq!(fs::read(dir.path().join("base/1/2")).unwrap(), big);
+
+        // A part of garbage: an error naming that part. (Garbage lz4 can
+        // also decode to wrong bytes: there are no lz4 checksums, and the
+        // manifest's CRCs catch those.)
+        let mut bad = parts.clone();
+        let last = bad.len() - 1;
+        bad[last].iter_mut().for_each(|b| *b = 0xff);
+        let err = decode_parts(bad).1.unwrap_err().to_string();
+        assert!(err.starts_with(&format!("backup X: corrupt backups/X/base/{last:06}: the lz4 stream")), "{err}");
+        // A stream cut inside a frame is an error too, not a short tar.
+        let mut cut = parts;
+        let half = cut[last].len() / 2;
+        cut[last].truncate(half);
+        let err = decode_parts(cut).1.unwrap_err().to_string();
+        assert!(err.contains(&format!("base/{last:06}: the lz4 stream ends inside a frame")), "{err}");
     }
 
     #[test]

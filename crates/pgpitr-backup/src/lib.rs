@@ -2,12 +2,14 @@
 //! the repository in bounded parts, and extracted back into a directory.
 //!
 //! ```text
-//!  Postgres ──BASE_BACKUP (tar)──▶ cut into parts ──lz4 + container (blocking pool)──▶ put ──▶ backups/<ID>/…
-//!     │                            (≤ part_size)     ≤ max_in_flight parts at once: the
-//!     │                                              connection is read only when a slot is free
-//!     └──temporary slot (2nd connection)──▶ WAL start..stop ──▶ wal/…   (unless a stream stores it)
+//!  Postgres ──BASE_BACKUP (lz4 frames of the tar)──▶ cut into parts ──container──▶ put ──▶ backups/<ID>/…
+//!     │         (server-lz4; or the plain tar,        (≤ part_size)   (client-lz4: lz4 on the blocking pool)
+//!     │          client-lz4 / none)                    ≤ max_in_flight parts at once: the
+//!     │                                                connection is read only when a slot is free
+//!     └──temporary slot (2nd connection)──▶ WAL start..stop ──▶ wal/…
+//!                         (unless a live stream lease, streams/<slot>.json, says a stream stores it)
 //!
-//!  backups/<ID>/…  ──get, decode (parallel, in order)──▶ tar reader ──▶ files (CRC32C vs manifest)
+//!  backups/<ID>/…  ──get, check (parallel, in order)──▶ [lz4 frame decoder] ──▶ tar reader ──▶ files (CRC32C vs manifest)
 //! ```
 //!
 //! Invariants:
@@ -62,12 +64,40 @@ impl CheckpointMode {
 /// Where the WAL from start to stop LSN is expected to come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WalMode {
-    /// Use what a running `pgpitr stream` stores; if none is (the stored WAL
-    /// stops advancing), fetch it over a temporary slot taken before the
-    /// backup starts.
+    /// Use what a running `pgpitr stream` stores, when its lease in the
+    /// repository says one runs on the backup's timeline; otherwise (or when
+    /// the stream cannot or does not store it) fetch it over a temporary
+    /// slot taken before the backup starts.
     Auto,
     /// A `pgpitr stream` in the same process stores it: only wait.
     Stream,
+}
+
+/// How the archives are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// `server-lz4` when the server supports it, else `client-lz4` (with a warning).
+    Auto,
+    /// The server compresses (`COMPRESSION 'lz4'`); pgpitr stores the lz4
+    /// frames as they arrive, without touching them. Fails when the server
+    /// was built without lz4.
+    ServerLz4,
+    /// The server sends the plain tar; pgpitr compresses each part with lz4
+    /// on its own cores, sparing the server's CPU.
+    ClientLz4,
+    /// The plain tar, uncompressed.
+    None,
+}
+
+impl Compression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Auto => "auto",
+            Compression::ServerLz4 => "server-lz4",
+            Compression::ClientLz4 => "client-lz4",
+            Compression::None => "none",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -79,11 +109,8 @@ pub struct BackupOptions {
     pub allow_checksum_failures: bool,
     /// Overall limit for the WAL from start to stop LSN to become durable.
     pub wal_timeout: Duration,
-    /// With [`WalMode::Auto`], how long the stored WAL may stand still
-    /// before the backup fetches the rest itself (a running stream stores
-    /// new WAL within its flush interval, 1 s by default).
-    pub stream_grace: Duration,
     pub wal_mode: WalMode,
+    pub compression: Compression,
     /// Raw bytes per stored part (at most 1 GiB).
     pub part_size: usize,
     /// Parts compressed and uploaded at once.
@@ -106,8 +133,8 @@ impl Default for BackupOptions {
             checkpoint: CheckpointMode::Spread,
             allow_checksum_failures: false,
             wal_timeout: Duration::from_secs(600),
-            stream_grace: Duration::from_secs(2),
             wal_mode: WalMode::Auto,
+            compression: Compression::Auto,
             part_size: 16 << 20,
             max_in_flight: 4,
             upload_timeout: Duration::from_secs(600),

@@ -46,9 +46,11 @@ pub struct BackupProgress {
     phase: AtomicU8,
     /// The server's size estimate (sum over tablespaces), bytes; 0 = unknown.
     pub total_estimate: AtomicU64,
-    /// Archive bytes received from the server.
+    /// Tar bytes received from the server (with server compression, as
+    /// the server's progress reports count them).
     pub received: AtomicU64,
-    /// Archive bytes durable in the repository.
+    /// Tar bytes durable in the repository (with server compression, up to
+    /// the server's progress count when the newest stored part was cut).
     pub stored_raw: AtomicU64,
     /// Bytes written to the repository (compressed).
     pub stored: AtomicU64,
@@ -73,6 +75,10 @@ impl BackupProgress {
 
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn raise(counter: &AtomicU64, to: u64) {
+        counter.fetch_max(to, Ordering::Relaxed);
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {

@@ -6,12 +6,14 @@ use crate::notice::{DATA_CORRUPTED, parse_checksum_notice};
 use crate::progress::{BackupPhase, BackupProgress};
 use crate::upload::{PartJob, Uploader, encode_part, put_retrying};
 use crate::walrange::{WalFetcher, WalNeed, ensure_wal, stored_end};
-use crate::{BackupError, BackupOptions, MAX_PART_SIZE, WalMode};
+use crate::{BackupError, BackupOptions, Compression, MAX_PART_SIZE, WalMode};
 use bytes::{Bytes, BytesMut};
 use pgpitr_pgwire::{BaseBackupMessage, ConnConfig, ReplicationConnection, quote_literal};
 use pgpitr_repo::backup::{
-    self, ArchiveInfo, BackupId, BackupInfo, BackupStatus, ChecksumFailure, INFO_FORMAT_VERSION, ManifestInfo, Marker,
+    self, ArchiveCompression, ArchiveInfo, BackupId, BackupInfo, BackupStatus, ChecksumFailure, INFO_FORMAT_VERSION,
+    ManifestInfo, Marker,
 };
+use pgpitr_repo::object::Codec;
 use pgpitr_repo::{ClusterIdentity, Repository};
 use pgpitr_storage::{PutOutcome, Storage};
 use pgpitr_types::{Lsn, TimelineId};
@@ -205,6 +207,47 @@ struct Source {
     xlogpos: Lsn,
 }
 
+/// How the archives arrive, and how their parts are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// lz4 frames from the server, stored as they are (container codec none).
+    ServerLz4,
+    /// The plain tar, each part stored with this container codec.
+    Plain(Codec),
+}
+
+impl Mode {
+    fn first(c: Compression) -> Mode {
+        match c {
+            Compression::Auto | Compression::ServerLz4 => Mode::ServerLz4,
+            Compression::ClientLz4 => Mode::Plain(Codec::Lz4),
+            Compression::None => Mode::Plain(Codec::None),
+        }
+    }
+
+    fn codec(self) -> Codec {
+        match self {
+            Mode::ServerLz4 => Codec::None,
+            Mode::Plain(c) => c,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::ServerLz4 => Compression::ServerLz4.as_str(),
+            Mode::Plain(Codec::None) => Compression::None.as_str(),
+            Mode::Plain(_) => Compression::ClientLz4.as_str(),
+        }
+    }
+
+    fn archive_compression(self) -> ArchiveCompression {
+        match self {
+            Mode::ServerLz4 => ArchiveCompression::Lz4,
+            Mode::Plain(_) => ArchiveCompression::None,
+        }
+    }
+}
+
 /// The archive being received.
 struct OpenArchive {
     idx: usize,
@@ -212,10 +255,13 @@ struct OpenArchive {
     offset: u64,
     next_index: u32,
     buf: BytesMut,
+    /// The server's progress count when the archive began.
+    tar_start: u64,
 }
 
 /// Everything received so far.
 struct Received {
+    mode: Mode,
     archives: Vec<ArchiveInfo>,
     open: Option<OpenArchive>,
     manifest: Option<BytesMut>,
@@ -223,25 +269,57 @@ struct Received {
     start_time: Option<jiff::Timestamp>,
     started_at: Option<std::time::Instant>,
     finished: Option<(Lsn, TimelineId)>,
+    /// The server's latest progress report: tar bytes sent so far.
+    tar_progress: u64,
+    failures: Vec<ChecksumFailure>,
 }
 
 impl Received {
-    /// Cuts the open archive's buffered tail into a last part.
+    fn new(mode: Mode) -> Received {
+        Received {
+            mode,
+            archives: Vec::new(),
+            open: None,
+            manifest: None,
+            started: None,
+            start_time: None,
+            started_at: None,
+            finished: None,
+            tar_progress: 0,
+            failures: Vec::new(),
+        }
+    }
+
+    /// Cuts the open archive's buffered tail into a last part, and notes the
+    /// tar size of a compressed archive.
     fn close_archive(&mut self) -> Option<PartJob> {
         let mut a = self.open.take()?;
+        if self.mode == Mode::ServerLz4
+            && let Some(info) = self.archives.get_mut(a.idx)
+        {
+            info.tar_bytes = self.tar_progress.checked_sub(a.tar_start).filter(|&n| n > 0);
+        }
         if a.buf.is_empty() {
             return None;
         }
-        Some(cut(&mut a))
+        Some(self.cut(&mut a))
     }
-}
 
-fn cut(a: &mut OpenArchive) -> PartJob {
-    let raw = a.buf.split().freeze();
-    let job = PartJob { archive: a.idx, archive_name: a.name.clone(), index: a.next_index, offset: a.offset, raw };
-    a.offset += job.raw.len() as u64;
-    a.next_index += 1;
-    job
+    fn cut(&self, a: &mut OpenArchive) -> PartJob {
+        let raw = a.buf.split().freeze();
+        let job = PartJob {
+            archive: a.idx,
+            archive_name: a.name.clone(),
+            index: a.next_index,
+            offset: a.offset,
+            raw,
+            codec: self.mode.codec(),
+            tar_mark: (self.mode == Mode::ServerLz4).then_some(self.tar_progress),
+        };
+        a.offset += job.raw.len() as u64;
+        a.next_index += 1;
+        job
+    }
 }
 
 async fn submit(uploader: &mut Uploader, job: PartJob, cancel: &CancellationToken) -> Result<(), BackupError> {
@@ -251,20 +329,31 @@ async fn submit(uploader: &mut Uploader, job: PartJob, cancel: &CancellationToke
     }
 }
 
-fn options(opts: &BackupOptions) -> String {
-    // Server-side compression is not asked for: pgpitr compresses parts with
-    // lz4 on all its cores, off the database server, and keeps the tar
-    // stream visible so parts can be cut and verified independently.
+fn options(opts: &BackupOptions, mode: Mode) -> String {
     let mut o = format!(
         "(LABEL {}, PROGRESS, CHECKPOINT '{}', WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C', TABLESPACE_MAP",
         quote_literal(&opts.label),
         opts.checkpoint.as_str()
     );
+    // With server-side lz4 the server's CPU compresses (faster than the
+    // network and storage in practice, and it frees ours); the frames are
+    // stored untouched. The manifest still arrives uncompressed.
+    if mode == Mode::ServerLz4 {
+        o.push_str(", COMPRESSION 'lz4'");
+    }
     if let Some(r) = opts.max_rate_kbps {
         o.push_str(&format!(", MAX_RATE {r}"));
     }
     o.push(')');
     o
+}
+
+/// Whether the server refused lz4 compression (PostgreSQL built without
+/// it: "lz4 compression is not supported by this build", 0A000).
+fn lz4_unsupported(e: &BackupError) -> Option<String> {
+    let BackupError::Pg(e) = e else { return None };
+    let p = e.pg_error()?;
+    (p.code == "0A000" && p.message.contains("lz4")).then(|| p.message.clone())
 }
 
 async fn run(
@@ -289,18 +378,112 @@ async fn run(
     };
     progress.set_phase(BackupPhase::Checkpoint);
     tracing::info!(checkpoint = opts.checkpoint.as_str(), "waiting for the server's backup checkpoint");
-    let storage = repo.storage().clone();
-    let mut rx = Received {
-        archives: Vec::new(),
-        open: None,
-        manifest: None,
-        started: None,
-        start_time: None,
-        started_at: None,
-        finished: None,
+    let mut mode = Mode::first(opts.compression);
+    let rx = loop {
+        match receive(repo, conn, id, opts, mode, cancel).await {
+            Ok(rx) => break rx,
+            Err(e) => match lz4_unsupported(&e) {
+                Some(msg) if opts.compression == Compression::Auto && mode == Mode::ServerLz4 => {
+                    tracing::warn!("the server cannot compress ({msg}); compressing with lz4 here instead");
+                    mode = Mode::Plain(Codec::Lz4);
+                }
+                Some(msg) => {
+                    return Err(BackupError::Invalid(format!(
+                        "the server cannot compress the backup: {msg}; use --compress client-lz4"
+                    )));
+                }
+                None => return Err(e),
+            },
+        }
     };
-    let mut failures: Vec<ChecksumFailure> = Vec::new();
-    let mut bb = conn.base_backup(&options(opts)).await?;
+    let storage = repo.storage().clone();
+    let failures = rx.failures;
+    let (start_lsn, tli) = rx.started.ok_or_else(|| proto("the backup never started"))?;
+    let raw_manifest = rx.manifest.ok_or_else(|| proto("the server sent no backup manifest"))?.freeze();
+    let manifest = Manifest::parse(&raw_manifest).map_err(|e| proto(&format!("backup manifest: {e}")))?;
+    let (stop_lsn, stop_tli) = match (rx.finished, manifest.stop()) {
+        (Some(f), Some(m)) if f != m => {
+            return Err(proto(&format!("the server's stop position {} differs from its manifest's {}", f.0, m.0)));
+        }
+        (Some(f), _) => f,
+        (None, Some(m)) => m,
+        (None, None) => return Err(proto("the backup has no stop position")),
+    };
+    if stop_tli != tli {
+        return Err(BackupError::Invalid(format!(
+            "the server changed timeline during the backup ({tli} to {stop_tli}); take it again"
+        )));
+    }
+    let stop_time = jiff::Timestamp::now();
+    if !failures.is_empty() && !opts.allow_checksum_failures {
+        return Err(BackupError::ChecksumFailures(failures));
+    }
+
+    let manifest_obj = {
+        let raw = raw_manifest.clone();
+        tokio::task::spawn_blocking(move || encode_part(tli, 0, &raw, Codec::Lz4))
+            .await
+            .map_err(|e| BackupError::Invalid(format!("internal error: {e}")))?
+    };
+    let manifest_stored = manifest_obj.len() as u64;
+    put_retrying(storage.as_ref(), &id.manifest_key(), manifest_obj, opts.upload_timeout).await?;
+
+    progress.set_phase(BackupPhase::Wal);
+    let started = rx.started_at.unwrap_or_else(std::time::Instant::now);
+    let need = WalNeed {
+        tli,
+        start: start_lsn,
+        stop: stop_lsn,
+        started,
+        baseline,
+        system_identifier: source.identity.system_identifier,
+    };
+    let wal_source = ensure_wal(repo, need, fetcher.as_mut(), opts, cancel).await?;
+    if let Some(f) = fetcher {
+        f.conn.close().await;
+    }
+
+    let size_bytes = rx.archives.iter().map(ArchiveInfo::tar_size).sum();
+    let stored_bytes = rx.archives.iter().map(|a| a.stored_bytes).sum::<u64>() + manifest_stored;
+    Ok(BackupInfo {
+        format_version: INFO_FORMAT_VERSION,
+        id: id.to_string(),
+        label: opts.label.clone(),
+        status: BackupStatus::Complete,
+        timeline: tli,
+        start_lsn,
+        stop_lsn,
+        start_time: format!("{:.6}", rx.start_time.unwrap_or(stop_time)),
+        stop_time: format!("{stop_time:.6}"),
+        pg_version_num: source.identity.pg_version_num,
+        system_identifier: source.identity.system_identifier,
+        archives: rx.archives,
+        manifest: ManifestInfo { size: raw_manifest.len() as u64, crc: crc32fast::hash(&raw_manifest) },
+        size_bytes,
+        stored_bytes,
+        file_count: manifest.files.len() as u64,
+        checksum_failures: failures,
+        wal_source,
+        compression: Some(mode.name().to_string()),
+        pgpitr_version: format!("pgpitr {}", env!("CARGO_PKG_VERSION")),
+    })
+}
+
+/// Runs BASE_BACKUP and stores every archive part; returns once all parts
+/// are durable. Nothing is stored before the server has started the backup,
+/// so a refusal of the options can be retried with others.
+async fn receive(
+    repo: &Repository,
+    conn: &mut ReplicationConnection,
+    id: &BackupId,
+    opts: &BackupOptions,
+    mode: Mode,
+    cancel: &CancellationToken,
+) -> Result<Received, BackupError> {
+    let progress = opts.progress.clone();
+    let storage = repo.storage().clone();
+    let mut rx = Received::new(mode);
+    let mut bb = conn.base_backup(&options(opts, mode)).await?;
     // The timeline is known only once the backup has started.
     let mut uploader: Option<Uploader> = None;
     loop {
@@ -310,7 +493,7 @@ async fn run(
         };
         for notice in bb.take_notices() {
             if let Some(f) = parse_checksum_notice(&notice.message) {
-                failures.push(f);
+                rx.failures.push(f);
             }
         }
         let msg = match msg {
@@ -320,8 +503,8 @@ async fn run(
                 // Everything was sent; the server reports the failures instead of the end position.
                 let message = e.pg_error().map(|p| p.message.clone()).unwrap_or_default();
                 tracing::warn!("server: {message}");
-                if failures.is_empty() {
-                    failures.push(ChecksumFailure { file: None, block: None, message });
+                if rx.failures.is_empty() {
+                    rx.failures.push(ChecksumFailure { file: None, block: None, message });
                 }
                 break;
             }
@@ -332,7 +515,10 @@ async fn run(
                 let total_kb: u64 = tablespaces.iter().filter_map(|t| t.size).sum();
                 progress.total_estimate.store(total_kb.saturating_mul(1024), std::sync::atomic::Ordering::Relaxed);
                 progress.set_phase(BackupPhase::Streaming);
-                tracing::info!(%start_lsn, %tli, tablespaces = tablespaces.len(), "backup checkpoint done, receiving files");
+                tracing::info!(
+                    %start_lsn, %tli, tablespaces = tablespaces.len(), compression = ?mode,
+                    "backup checkpoint done, receiving files"
+                );
                 rx.started = Some((start_lsn, tli));
                 rx.start_time = Some(jiff::Timestamp::now());
                 rx.started_at = Some(std::time::Instant::now());
@@ -350,9 +536,12 @@ async fn run(
                 if let Some(job) = rx.close_archive() {
                     submit(up, job, cancel).await?;
                 }
-                let stem = backup::archive_name(&name)
-                    .ok_or_else(|| proto(&format!("unexpected archive name {name:?}")))?
-                    .to_string();
+                let (stem, compression) =
+                    backup::archive_name(&name).ok_or_else(|| proto(&format!("unexpected archive name {name:?}")))?;
+                if compression != mode.archive_compression() {
+                    return Err(proto(&format!("archive {name:?} is not compressed as requested ({mode:?})")));
+                }
+                let stem = stem.to_string();
                 if rx.archives.iter().any(|a| a.name == stem) {
                     return Err(proto(&format!("archive {name:?} sent twice")));
                 }
@@ -364,6 +553,8 @@ async fn run(
                     parts: Vec::new(),
                     raw_bytes: 0,
                     stored_bytes: 0,
+                    compression,
+                    tar_bytes: None,
                 });
                 rx.open = Some(OpenArchive {
                     idx: rx.archives.len() - 1,
@@ -371,6 +562,7 @@ async fn run(
                     offset: 0,
                     next_index: 0,
                     buf: BytesMut::with_capacity(opts.part_size),
+                    tar_start: rx.tar_progress,
                 });
             }
             BaseBackupMessage::Data(mut d) => {
@@ -379,19 +571,27 @@ async fn run(
                     continue;
                 }
                 let up = uploader.as_mut().ok_or_else(|| proto("data before the backup started"))?;
-                let a = rx.open.as_mut().ok_or_else(|| proto("data before any archive"))?;
-                BackupProgress::add(&progress.received, d.len() as u64);
+                let mut a = rx.open.take().ok_or_else(|| proto("data before any archive"))?;
+                if mode != Mode::ServerLz4 {
+                    BackupProgress::add(&progress.received, d.len() as u64);
+                }
                 while !d.is_empty() {
                     let take = (opts.part_size - a.buf.len()).min(d.len());
                     a.buf.extend_from_slice(&d.split_to(take));
                     if a.buf.len() == opts.part_size {
-                        let job = cut(a);
+                        let job = rx.cut(&mut a);
                         a.buf.reserve(opts.part_size);
                         submit(up, job, cancel).await?;
                     }
                 }
+                rx.open = Some(a);
             }
-            BaseBackupMessage::Progress(_) => {}
+            BaseBackupMessage::Progress(n) => {
+                rx.tar_progress = n;
+                if mode == Mode::ServerLz4 {
+                    BackupProgress::raise(&progress.received, n);
+                }
+            }
             BaseBackupMessage::ManifestStart => {
                 let up = uploader.as_mut().ok_or_else(|| proto("manifest before the backup started"))?;
                 if let Some(job) = rx.close_archive() {
@@ -434,68 +634,7 @@ async fn run(
     if !rx.archives.iter().any(|a| a.name == backup::BASE_ARCHIVE) {
         return Err(proto("the server sent no base archive"));
     }
-
-    let (start_lsn, tli) = rx.started.ok_or_else(|| proto("the backup never started"))?;
-    let raw_manifest = rx.manifest.ok_or_else(|| proto("the server sent no backup manifest"))?.freeze();
-    let manifest = Manifest::parse(&raw_manifest).map_err(|e| proto(&format!("backup manifest: {e}")))?;
-    let (stop_lsn, stop_tli) = match (rx.finished, manifest.stop()) {
-        (Some(f), Some(m)) if f != m => {
-            return Err(proto(&format!("the server's stop position {} differs from its manifest's {}", f.0, m.0)));
-        }
-        (Some(f), _) => f,
-        (None, Some(m)) => m,
-        (None, None) => return Err(proto("the backup has no stop position")),
-    };
-    if stop_tli != tli {
-        return Err(BackupError::Invalid(format!(
-            "the server changed timeline during the backup ({tli} to {stop_tli}); take it again"
-        )));
-    }
-    let stop_time = jiff::Timestamp::now();
-    if !failures.is_empty() && !opts.allow_checksum_failures {
-        return Err(BackupError::ChecksumFailures(failures));
-    }
-
-    let manifest_obj = {
-        let raw = raw_manifest.clone();
-        tokio::task::spawn_blocking(move || encode_part(tli, 0, &raw))
-            .await
-            .map_err(|e| BackupError::Invalid(format!("internal error: {e}")))?
-    };
-    let manifest_stored = manifest_obj.len() as u64;
-    put_retrying(storage.as_ref(), &id.manifest_key(), manifest_obj, opts.upload_timeout).await?;
-
-    progress.set_phase(BackupPhase::Wal);
-    let started = rx.started_at.unwrap_or_else(std::time::Instant::now);
-    let need = WalNeed { tli, start: start_lsn, stop: stop_lsn, started, baseline };
-    let wal_source = ensure_wal(repo, need, fetcher.as_mut(), opts, cancel).await?;
-    if let Some(f) = fetcher {
-        f.conn.close().await;
-    }
-
-    let size_bytes = rx.archives.iter().map(|a| a.raw_bytes).sum();
-    let stored_bytes = rx.archives.iter().map(|a| a.stored_bytes).sum::<u64>() + manifest_stored;
-    Ok(BackupInfo {
-        format_version: INFO_FORMAT_VERSION,
-        id: id.to_string(),
-        label: opts.label.clone(),
-        status: BackupStatus::Complete,
-        timeline: tli,
-        start_lsn,
-        stop_lsn,
-        start_time: format!("{:.6}", rx.start_time.unwrap_or(stop_time)),
-        stop_time: format!("{stop_time:.6}"),
-        pg_version_num: source.identity.pg_version_num,
-        system_identifier: source.identity.system_identifier,
-        archives: rx.archives,
-        manifest: ManifestInfo { size: raw_manifest.len() as u64, crc: crc32fast::hash(&raw_manifest) },
-        size_bytes,
-        stored_bytes,
-        file_count: manifest.files.len() as u64,
-        checksum_failures: failures,
-        wal_source,
-        pgpitr_version: format!("pgpitr {}", env!("CARGO_PKG_VERSION")),
-    })
+    Ok(rx)
 }
 
 fn proto(msg: &str) -> BackupError {

@@ -1,5 +1,6 @@
-//! Parts of a tar archive: compressed on the blocking pool, wrapped in the
-//! repository container, stored with bounded parallelism.
+//! Parts of an archive: wrapped in the repository container (compressed
+//! first with client-side lz4) on the blocking pool, stored with bounded
+//! parallelism.
 
 use crate::BackupError;
 use crate::progress::BackupProgress;
@@ -36,10 +37,11 @@ pub(crate) async fn put_retrying(
     }
 }
 
-/// Encodes raw bytes as a stored backup object: lz4 in the container, its
-/// "LSN range" being the byte range within the archive.
-pub(crate) fn encode_part(tli: TimelineId, offset: u64, raw: &[u8]) -> Bytes {
-    object::encode(tli, Lsn(offset), raw, Codec::Lz4, &WalSummary::default())
+/// Encodes raw bytes as a stored backup object: a container with `codec`
+/// (lz4, or none for bytes the server already compressed), its "LSN range"
+/// being the byte range within the archive stream.
+pub(crate) fn encode_part(tli: TimelineId, offset: u64, raw: &[u8], codec: Codec) -> Bytes {
+    object::encode(tli, Lsn(offset), raw, codec, &WalSummary::default())
 }
 
 fn internal(e: tokio::task::JoinError) -> BackupError {
@@ -53,6 +55,10 @@ pub(crate) struct PartJob {
     pub index: u32,
     pub offset: u64,
     pub raw: Bytes,
+    pub codec: Codec,
+    /// For a compressed stream: the tar bytes the server had sent when
+    /// this part was cut (its progress count), for the progress display.
+    pub tar_mark: Option<u64>,
 }
 
 /// Runs part uploads, at most `max` at once. [`Self::submit`] waits for a
@@ -106,14 +112,18 @@ impl Uploader {
         let (tli, limit, progress) = (self.tli, self.limit, self.progress.clone());
         self.set.spawn(async move {
             let raw_len = job.raw.len() as u64;
-            let raw = job.raw;
-            let offset = job.offset;
-            let obj = tokio::task::spawn_blocking(move || encode_part(tli, offset, &raw)).await.map_err(internal)?;
+            let (raw, offset, codec) = (job.raw, job.offset, job.codec);
+            let obj =
+                tokio::task::spawn_blocking(move || encode_part(tli, offset, &raw, codec)).await.map_err(internal)?;
             let header = object::decode_header(&obj)
                 .map_err(|e| BackupError::Invalid(format!("internal error: encoded part does not decode: {e}")))?;
             let stored_len = obj.len() as u64;
             put_retrying(storage.as_ref(), &key, obj, limit).await?;
-            BackupProgress::add(&progress.stored_raw, raw_len);
+            match job.tar_mark {
+                // Parts finish in any order; the display only moves forward.
+                Some(mark) => BackupProgress::raise(&progress.stored_raw, mark),
+                None => BackupProgress::add(&progress.stored_raw, raw_len),
+            }
             BackupProgress::add(&progress.stored, stored_len);
             Ok((job.archive, PartInfo { index: job.index, raw_len, stored_len, crc: header.raw_crc }))
         });

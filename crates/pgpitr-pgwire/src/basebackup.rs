@@ -93,7 +93,9 @@ impl ReplicationConnection {
     /// parenthesised option list, for example
     /// `(LABEL 'pgpitr', PROGRESS, CHECKPOINT 'fast', MANIFEST 'yes', WAIT false)`.
     /// Quote string values with [`crate::quote_literal`].
-    /// Only the client target (the default) is supported.
+    /// Only the client target (the default) is supported. With
+    /// `COMPRESSION 'lz4'` the archives are named `*.tar.lz4` and their
+    /// `Data` is lz4 frames; the manifest still arrives uncompressed.
     pub async fn base_backup(&mut self, options: &str) -> Result<BaseBackupStream<'_>, Error> {
         self.send_query(Op::BaseBackup, &format!("BASE_BACKUP {options}")).await?;
         Ok(BaseBackupStream { conn: self, phase: Phase::Header(Vec::new()) })

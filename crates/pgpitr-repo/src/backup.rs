@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! backups/<ID>/in-progress.json      marker + heartbeat, written first, deleted last
-//! backups/<ID>/<ARCHIVE>/<NNNNNN>    part NNNNNN of tar archive ARCHIVE ("base" or a
-//!                                    tablespace OID); a container (lz4), empty summary,
+//! backups/<ID>/<ARCHIVE>/<NNNNNN>    part NNNNNN of archive ARCHIVE ("base" or a
+//!                                    tablespace OID); a container, empty summary,
 //!                                    "LSN range" = byte range of the part in its archive
+//!                                    stream: the tar (codec lz4 or none), or the server's
+//!                                    lz4 frames of it (codec none; `compression: lz4`)
 //! backups/<ID>/backup_manifest       the server's backup_manifest, in a container
 //! backups/<ID>/backup.json           BackupInfo, written last: its presence = complete
 //! ```
@@ -31,8 +33,10 @@ pub const BASE_ARCHIVE: &str = "base";
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 /// A marker not refreshed for this long belongs to an interrupted backup.
 pub const STALE_AFTER: Duration = Duration::from_secs(300);
-/// Bumped when `backup.json` changes incompatibly.
-pub const INFO_FORMAT_VERSION: u32 = 1;
+/// The `backup.json` format written. 2 added `compression` and `tar_bytes`
+/// to archives (absent in 1: a plain tar); readers take every version up to
+/// this one and refuse newer ones.
+pub const INFO_FORMAT_VERSION: u32 = 2;
 
 /// A backup's ID: its start time `YYYYMMDDTHHMMSSZ` (UTC), with `-N`
 /// appended when that second is taken. Orders by time, then by N.
@@ -116,19 +120,42 @@ impl PartialOrd for BackupId {
     }
 }
 
-/// The archive name for a server archive file name: `base.tar` → `base`,
-/// `16385.tar` → `16385`. `None` for anything else (e.g. compressed names).
-pub fn archive_name(server_name: &str) -> Option<&str> {
-    let stem = server_name.strip_suffix(".tar")?;
+/// The archive name and stream compression for a server archive file name:
+/// `base.tar` → `base`, `16385.tar.lz4` → `16385` (lz4). `None` for
+/// anything else.
+pub fn archive_name(server_name: &str) -> Option<(&str, ArchiveCompression)> {
+    let (tar, compression) = match server_name.strip_suffix(".lz4") {
+        Some(t) => (t, ArchiveCompression::Lz4),
+        None => (server_name, ArchiveCompression::None),
+    };
+    let stem = tar.strip_suffix(".tar")?;
     let valid = stem == BASE_ARCHIVE || (!stem.is_empty() && stem.parse::<u32>().is_ok_and(|o| o.to_string() == stem));
-    valid.then_some(stem)
+    valid.then_some((stem, compression))
 }
 
-/// One stored part of a tar archive.
+/// How an archive's stream (its parts' raw bytes, concatenated) encodes the
+/// tar. Independent of the containers' codec, which each part's header names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArchiveCompression {
+    /// The tar itself (format 1 backups have no field: this).
+    #[default]
+    None,
+    /// LZ4 frames of the tar, compressed by the server (`COMPRESSION 'lz4'`).
+    Lz4,
+}
+
+impl ArchiveCompression {
+    pub fn is_none(&self) -> bool {
+        *self == ArchiveCompression::None
+    }
+}
+
+/// One stored part of an archive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartInfo {
     pub index: u32,
-    /// Bytes of the archive this part holds; parts follow each other.
+    /// Bytes of the archive stream this part holds; parts follow each other.
     pub raw_len: u64,
     /// Size of the stored object (container).
     pub stored_len: u64,
@@ -145,8 +172,26 @@ pub struct ArchiveInfo {
     /// The tablespace directory on the server.
     pub tablespace_location: Option<String>,
     pub parts: Vec<PartInfo>,
+    /// Bytes of the archive stream: the parts' `raw_len`, summed.
     pub raw_bytes: u64,
     pub stored_bytes: u64,
+    /// What the stream is: the tar, or lz4 frames of it.
+    #[serde(default, skip_serializing_if = "ArchiveCompression::is_none")]
+    pub compression: ArchiveCompression,
+    /// Size of the tar when the stream is compressed, as counted by the
+    /// server's progress reports; `None` when not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tar_bytes: Option<u64>,
+}
+
+impl ArchiveInfo {
+    /// Size of the tar archive (uncompressed), as far as known.
+    pub fn tar_size(&self) -> u64 {
+        match self.compression {
+            ArchiveCompression::None => self.raw_bytes,
+            ArchiveCompression::Lz4 => self.tar_bytes.unwrap_or(self.raw_bytes),
+        }
+    }
 }
 
 /// The stored `backup_manifest`.
@@ -201,7 +246,7 @@ pub struct BackupInfo {
     pub system_identifier: u64,
     pub archives: Vec<ArchiveInfo>,
     pub manifest: ManifestInfo,
-    /// Raw bytes of all archives.
+    /// Bytes of all tar archives, uncompressed ([`ArchiveInfo::tar_size`]).
     pub size_bytes: u64,
     /// Bytes stored: archive parts and manifest.
     pub stored_bytes: u64,
@@ -209,6 +254,10 @@ pub struct BackupInfo {
     pub file_count: u64,
     pub checksum_failures: Vec<ChecksumFailure>,
     pub wal_source: WalSource,
+    /// How it was compressed: `server-lz4`, `client-lz4` or `none` (absent
+    /// in format 1, where it was always `client-lz4`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
     /// `pgpitr <version>` that took it.
     pub pgpitr_version: String,
 }
@@ -494,11 +543,29 @@ mod tests {
 
     #[test]
     fn archive_names() {
-        assert_eq!(archive_name("base.tar"), Some("base"));
-        assert_eq!(archive_name("16385.tar"), Some("16385"));
-        for bad in ["base.tar.lz4", "x.tar", ".tar", "016385.tar", "base", "../base.tar"] {
+        assert_eq!(archive_name("base.tar"), Some(("base", ArchiveCompression::None)));
+        assert_eq!(archive_name("16385.tar"), Some(("16385", ArchiveCompression::None)));
+        assert_eq!(archive_name("base.tar.lz4"), Some(("base", ArchiveCompression::Lz4)));
+        assert_eq!(archive_name("16385.tar.lz4"), Some(("16385", ArchiveCompression::Lz4)));
+        for bad in ["base.tar.gz", "base.lz4", "x.tar", ".tar", "016385.tar", "base", "../base.tar", "base.tar.lz4.lz4"]
+        {
             assert_eq!(archive_name(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn format_1_archives_read_as_plain_tars() {
+        let v1 = r#"{"name":"base","tablespace_oid":null,"tablespace_location":null,
+            "parts":[{"index":0,"raw_len":10,"stored_len":8,"crc":1}],"raw_bytes":10,"stored_bytes":8}"#;
+        let a: ArchiveInfo = serde_json::from_str(v1).unwrap();
+        assert_eq!((a.compression, a.tar_bytes, a.tar_size()), (ArchiveCompression::None, None, 10));
+        // Plain archives are written as format 1 wrote them.
+        let back = serde_json::to_value(&a).unwrap();
+        assert!(back.get("compression").is_none() && back.get("tar_bytes").is_none(), "{back}");
+        let lz4 = ArchiveInfo { compression: ArchiveCompression::Lz4, tar_bytes: Some(40), ..a };
+        let v = serde_json::to_value(&lz4).unwrap();
+        assert_eq!((v["compression"].as_str(), v["tar_bytes"].as_u64()), (Some("lz4"), Some(40)));
+        assert_eq!(serde_json::from_value::<ArchiveInfo>(v).unwrap().tar_size(), 40);
     }
 
     fn info(id: &BackupId, stop_time: &str) -> BackupInfo {
@@ -521,6 +588,7 @@ mod tests {
             file_count: 1,
             checksum_failures: vec![],
             wal_source: WalSource::Fetched,
+            compression: Some("server-lz4".into()),
             pgpitr_version: "pgpitr test".into(),
         }
     }

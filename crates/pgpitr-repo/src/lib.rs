@@ -8,6 +8,7 @@
 
 pub mod backup;
 pub mod layout;
+pub mod lease;
 pub mod object;
 pub mod status;
 pub mod wal;

@@ -311,9 +311,108 @@ fn decode_chunks(mut payload: &[u8], raw_len: usize) -> Result<Bytes, DecodeErro
     Ok(out.into())
 }
 
+/// The valid frames of a journal: objects appended one after another, each
+/// continuing the previous one on the same timeline from `start`.
+#[derive(Debug, Clone, Default)]
+pub struct JournalFrames {
+    /// Each frame's header and verified raw bytes, in order.
+    pub frames: Vec<(ObjectHeader, Bytes)>,
+    /// Bytes of the journal the frames occupy; anything after is ignored.
+    pub valid_len: usize,
+    /// Why reading stopped before the end, when it did.
+    pub stopped: Option<String>,
+}
+
+impl JournalFrames {
+    /// End of the valid WAL (`start` when there is none).
+    pub fn end(&self, start: Lsn) -> Lsn {
+        self.frames.last().map_or(start, |(h, _)| h.end)
+    }
+
+    pub fn summary(&self) -> WalSummary {
+        let mut s = WalSummary::default();
+        for (h, _) in &self.frames {
+            s.merge(&h.summary);
+        }
+        s
+    }
+}
+
+/// Splits a journal into its valid frames. A frame that is incomplete or
+/// fails a check ends the journal there: it is the torn tail of an append
+/// that was never acknowledged (a crash, a failed write), and no
+/// acknowledged frame follows one.
+pub fn decode_journal(buf: &[u8], tli: TimelineId, start: Lsn) -> JournalFrames {
+    let mut out = JournalFrames::default();
+    let mut expect = start;
+    while out.valid_len < buf.len() {
+        let rest = &buf[out.valid_len..];
+        let frame = decode_header(rest).and_then(|h| {
+            let len = u64::try_from(h.payload_offset)
+                .ok()
+                .and_then(|o| o.checked_add(h.stored_len))
+                .filter(|&n| n <= rest.len() as u64)
+                .ok_or_else(|| bad(format!("frame of {} bytes runs past the end", h.stored_len)))?;
+            let (h, raw) = decode(&rest[..len as usize])?;
+            if h.tli != tli || h.start != expect {
+                return Err(bad(format!(
+                    "frame holds {}..{} on timeline {}, expected {expect} on {tli}",
+                    h.start, h.end, h.tli
+                )));
+            }
+            Ok((h, raw, len as usize))
+        });
+        match frame {
+            Ok((h, raw, len)) => {
+                expect = h.end;
+                out.valid_len += len;
+                out.frames.push((h, raw));
+            }
+            Err(e) => {
+                out.stopped = Some(format!("at byte {}: {}", out.valid_len, e.0));
+                break;
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_frames_stop_at_a_torn_or_foreign_frame() {
+        let (raw, sum) = sample();
+        let tli = TimelineId(1);
+        let a = encode(tli, Lsn(1000), &raw[..300], Codec::None, &sum);
+        let b = encode(tli, Lsn(1300), &raw[300..1000], Codec::Lz4, &WalSummary::default());
+        let mut j = [&a[..], &b[..]].concat();
+        let f = decode_journal(&j, tli, Lsn(1000));
+        assert_eq!(f.frames.len(), 2);
+        assert_eq!((f.valid_len, f.end(Lsn(1000)), f.stopped.as_deref()), (j.len(), Lsn(2000), None));
+        assert_eq!(f.summary().commits, 2);
+        assert_eq!(&f.frames[1].1[..], &raw[300..1000]);
+        // Every torn length of the last frame leaves just the first.
+        for cut in a.len()..j.len() {
+            let f = decode_journal(&j[..cut], tli, Lsn(1000));
+            assert_eq!((f.frames.len(), f.valid_len), (1, a.len()), "cut at {cut}");
+            assert_eq!(f.stopped.is_some(), cut > a.len(), "cut at {cut}");
+        }
+        // Zeros past the end (a preallocated file) end it too.
+        j.extend_from_slice(&[0u8; 100]);
+        assert_eq!(decode_journal(&j, tli, Lsn(1000)).frames.len(), 2);
+        // A frame that does not continue the previous one, or another timeline.
+        let gap = encode(tli, Lsn(1301), &raw[..10], Codec::None, &sum);
+        assert_eq!(decode_journal(&[&a[..], &gap[..]].concat(), tli, Lsn(1000)).frames.len(), 1);
+        assert_eq!(decode_journal(&a, TimelineId(2), Lsn(1000)).frames.len(), 0);
+        assert_eq!(decode_journal(&a, tli, Lsn(999)).frames.len(), 0);
+        // A flipped payload byte in the second frame.
+        let mut bad = [&a[..], &b[..]].concat();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(decode_journal(&bad, tli, Lsn(1000)).frames.len(), 1);
+    }
 
     fn sample() -> (Vec<u8>, WalSummary) {
         let raw: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();

@@ -1,6 +1,7 @@
 //! What a repository holds, as `pgpitr list` reports it.
 
 use crate::backup::{self, BackupSummary};
+use crate::lease::{self, StreamSummary};
 use crate::object::TimedLsn;
 use crate::wal::{self, TimelineWal};
 use crate::{Repository, Result};
@@ -41,6 +42,9 @@ pub struct RepoStatus {
     pub backups: Vec<BackupSummary>,
     /// The stop time of the oldest complete backup, RFC 3339 UTC.
     pub earliest_restorable_time: Option<String>,
+    /// `pgpitr stream` processes by their leases; `live: false` is what a
+    /// killed stream left behind.
+    pub streams: Vec<StreamSummary>,
 }
 
 /// Unix microseconds to RFC 3339 (UTC, microsecond precision).
@@ -96,6 +100,8 @@ pub async fn status_from_scan(repo: &Repository, timelines: &BTreeMap<TimelineId
         });
     }
     let backups = backup::list_backups(repo.storage().as_ref()).await?;
+    let now = jiff::Timestamp::now();
+    let streams = lease::read_all(repo.storage().as_ref()).await?.iter().map(|l| StreamSummary::of(l, now)).collect();
     let b = repo.binding();
     Ok(RepoStatus {
         earliest_restorable_time: backup::earliest_restorable_time(&backups),
@@ -105,5 +111,6 @@ pub async fn status_from_scan(repo: &Repository, timelines: &BTreeMap<TimelineId
         wal_segment_size: b.wal_segment_size.bytes(),
         timelines: out,
         latest_restorable_time: latest.map(format_time_us),
+        streams,
     })
 }

@@ -4,15 +4,22 @@
 //! wal/<TLI>/<SEGMENT>                     a complete segment (one object)
 //! wal/<TLI>/<SEGMENT>.<FROM>-<TO>.part    bytes FROM..TO (segment offsets,
 //!                                         8 hex digits) of an unfinished one
+//! wal/<TLI>/<SEGMENT>.<FROM>.journal      bytes from FROM on, as appended
+//!                                         frames (synchronous mode, local)
 //! wal/<TLI>.history                       timeline history file, verbatim
 //! ```
 //!
 //! Parts exist so that WAL is durable within a second even when a segment
-//! takes hours to fill. They always start at offset 0 of their segment and
-//! follow each other without gaps; once the complete segment is stored its
-//! parts are redundant and are deleted.
+//! takes hours to fill. Together they start at offset 0 of their segment
+//! and follow each other without gaps; once the complete segment is stored
+//! its parts are redundant and are deleted.
+//!
+//! A journal is a part that grows: each frame is a complete object
+//! ([`object::decode_journal`]), appended and synced before it is reported.
+//! Its end is known only by reading it, so [`scan`] reads the journals of
+//! unfinished segments (one per open segment, normally).
 
-use crate::object::{self, ObjectHeader};
+use crate::object::{self, JournalFrames, ObjectHeader};
 use crate::{RepoError, Result};
 use bytes::{Bytes, BytesMut};
 use pgpitr_storage::{ObjectMeta, Storage};
@@ -26,6 +33,12 @@ pub enum WalObjectKind {
     Segment,
     /// Offsets within the segment: `from..to`.
     Part {
+        from: u32,
+        to: u32,
+    },
+    /// Offsets `from..to`; `to` is known once the journal was read
+    /// ([`resolve_journal`]), and equals `from` until then.
+    Journal {
         from: u32,
         to: u32,
     },
@@ -48,11 +61,36 @@ impl WalObjectId {
         WalObjectId { tli, segno, kind: WalObjectKind::Part { from, to } }
     }
 
+    /// A journal starting at segment offset `from`, not yet read.
+    pub fn journal(tli: TimelineId, segno: SegNo, from: u32) -> Self {
+        WalObjectId { tli, segno, kind: WalObjectKind::Journal { from, to: from } }
+    }
+
     pub fn key(&self, seg: WalSegSize) -> String {
         let name = WalFileName::segment(self.tli, self.segno).to_name(seg);
         match self.kind {
             WalObjectKind::Segment => format!("{PREFIX}{:08X}/{name}", self.tli.0),
             WalObjectKind::Part { from, to } => format!("{PREFIX}{:08X}/{name}.{from:08X}-{to:08X}.part", self.tli.0),
+            WalObjectKind::Journal { from, .. } => format!("{PREFIX}{:08X}/{name}.{from:08X}.journal", self.tli.0),
+        }
+    }
+
+    /// The same object, whatever a journal's end: what names it in storage.
+    pub fn same_object(&self, other: &WalObjectId) -> bool {
+        match (self.kind, other.kind) {
+            (WalObjectKind::Journal { from: a, .. }, WalObjectKind::Journal { from: b, .. }) => {
+                self.tli == other.tli && self.segno == other.segno && a == b
+            }
+            _ => self == other,
+        }
+    }
+
+    /// Sort order within a timeline: segment by segment, a complete object
+    /// first, then parts and journals by offset.
+    pub fn order(&self) -> (SegNo, bool, u32, u32) {
+        match self.kind {
+            WalObjectKind::Segment => (self.segno, false, 0, 0),
+            WalObjectKind::Part { from, to } | WalObjectKind::Journal { from, to } => (self.segno, true, from, to),
         }
     }
 
@@ -66,6 +104,14 @@ impl WalObjectId {
         let tli_dir = u32::from_str_radix(dir, 16).ok()?;
         let (name, kind) = match file.split_once('.') {
             None => (file, WalObjectKind::Segment),
+            Some((name, suffix)) if suffix.ends_with(".journal") => {
+                let f = suffix.strip_suffix(".journal")?;
+                let from = u32::from_str_radix(f, 16).ok().filter(|_| f.len() == 8)?;
+                if from as u64 >= seg.bytes() {
+                    return None;
+                }
+                (name, WalObjectKind::Journal { from, to: from })
+            }
             Some((name, suffix)) => {
                 let range = suffix.strip_suffix(".part")?;
                 let (f, t) = range.split_once('-')?;
@@ -90,7 +136,9 @@ impl WalObjectId {
         let base = self.segno.0 * seg.bytes();
         match self.kind {
             WalObjectKind::Segment => (Lsn(base), Lsn(base + seg.bytes())),
-            WalObjectKind::Part { from, to } => (Lsn(base + from as u64), Lsn(base + to as u64)),
+            WalObjectKind::Part { from, to } | WalObjectKind::Journal { from, to } => {
+                (Lsn(base + from as u64), Lsn(base + to as u64))
+            }
         }
     }
 }
@@ -145,18 +193,28 @@ pub async fn scan(storage: &dyn Storage, seg: WalSegSize) -> Result<(BTreeMap<Ti
     }
     let mut leftovers = Vec::new();
     let mut out = BTreeMap::new();
-    for (tli, mut objs) in per_tli {
-        objs.sort_by_key(|(id, _)| (id.segno, id.kind));
+    for (tli, objs) in per_tli {
         let complete: std::collections::HashSet<SegNo> =
             objs.iter().filter(|(id, _)| id.kind == WalObjectKind::Segment).map(|(id, _)| id.segno).collect();
         let mut kept = Vec::with_capacity(objs.len());
-        for (id, meta) in objs {
+        for (mut id, meta) in objs {
             if id.kind != WalObjectKind::Segment && complete.contains(&id.segno) {
                 leftovers.push(meta.key);
-            } else {
-                kept.push((id, meta));
+                continue;
             }
+            if let WalObjectKind::Journal { .. } = id.kind {
+                match resolve_journal(storage, seg, id).await {
+                    Ok(Some((resolved, _))) => id = resolved,
+                    // Empty (being created), or deleted since the listing
+                    // because its segment was completed meanwhile.
+                    Ok(None) => continue,
+                    Err(RepoError::Storage(e)) if e.is_not_found() => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            kept.push((id, meta));
         }
+        kept.sort_by_key(|(id, _)| id.order());
         let mut ranges: Vec<(Lsn, Lsn)> = Vec::new();
         for (id, _) in &kept {
             let (s, e) = id.range(seg);
@@ -170,6 +228,35 @@ pub async fn scan(storage: &dyn Storage, seg: WalSegSize) -> Result<(BTreeMap<Ti
     Ok((out, leftovers))
 }
 
+/// Reads a journal: its id with the end filled in and its valid frames,
+/// or `None` when it holds no valid frame (yet).
+pub async fn resolve_journal(
+    storage: &dyn Storage,
+    seg: WalSegSize,
+    id: WalObjectId,
+) -> Result<Option<(WalObjectId, JournalFrames)>> {
+    let WalObjectKind::Journal { from, .. } = id.kind else {
+        return Ok(None);
+    };
+    let buf = storage.get(&id.key(seg)).await?;
+    let start = id.range(seg).0;
+    let frames = object::decode_journal(&buf, id.tli, start);
+    let end = frames.end(start);
+    if end == start {
+        return Ok(None);
+    }
+    let to = from as u64 + start.distance_to(end);
+    if to > seg.bytes() {
+        return Err(RepoError::Corrupt {
+            location: storage.describe(),
+            key: id.key(seg),
+            reason: format!("journal runs past its segment to offset {to}"),
+        });
+    }
+    let kind = WalObjectKind::Journal { from, to: to as u32 };
+    Ok(Some((WalObjectId { kind, ..id }, frames)))
+}
+
 /// Fetches and verifies one WAL object.
 pub async fn read_object(storage: &dyn Storage, key: &str) -> Result<(ObjectHeader, Bytes)> {
     let buf = storage.get(key).await?;
@@ -181,8 +268,26 @@ pub async fn read_object(storage: &dyn Storage, key: &str) -> Result<(ObjectHead
 }
 
 /// Reads only the header (and summary) of a WAL object with ranged reads.
+/// A journal is read whole: its header covers all its valid frames.
 pub async fn read_header(storage: &dyn Storage, key: &str) -> Result<ObjectHeader> {
     let corrupt = |reason: String| RepoError::Corrupt { location: storage.describe(), key: key.to_string(), reason };
+    if key.ends_with(".journal") {
+        let buf = storage.get(key).await?;
+        let first = object::decode_header(&buf).map_err(|e| corrupt(format!("journal holds no valid WAL: {}", e.0)))?;
+        let frames = object::decode_journal(&buf, first.tli, first.start);
+        let mut crc = crc32fast::Hasher::new();
+        frames.frames.iter().for_each(|(_, raw)| crc.update(raw));
+        return Ok(ObjectHeader {
+            codec: object::Codec::None,
+            tli: first.tli,
+            start: first.start,
+            end: frames.end(first.start),
+            raw_crc: crc.finalize(),
+            stored_len: frames.valid_len as u64,
+            summary: frames.summary(),
+            payload_offset: 0,
+        });
+    }
     let fixed = storage.get_range(key, 0..object::HEADER_LEN as u64).await?;
     let need = object::header_len(&fixed).map_err(|e| corrupt(e.0))?;
     let buf = if need > fixed.len() { storage.get_range(key, 0..need as u64).await? } else { fixed };
@@ -209,7 +314,8 @@ pub async fn assemble_segment(
     tl: &TimelineWal,
     segno: SegNo,
 ) -> Result<Option<AssembledSegment>> {
-    let objs: Vec<&(WalObjectId, ObjectMeta)> = tl.objects.iter().filter(|(id, _)| id.segno == segno).collect();
+    let mut objs: Vec<&(WalObjectId, ObjectMeta)> = tl.objects.iter().filter(|(id, _)| id.segno == segno).collect();
+    objs.sort_by_key(|(id, _)| id.order());
     if let Some((id, _)) = objs.iter().find(|(id, _)| id.kind == WalObjectKind::Segment) {
         let key = id.key(seg);
         let (_, raw) = read_object(storage, &key).await?;
@@ -228,27 +334,44 @@ pub async fn assemble_segment(
     let mut buf = BytesMut::zeroed(seg.bytes() as usize);
     let mut valid = 0u64;
     for (id, _) in objs {
-        let WalObjectKind::Part { from, to } = id.kind else { continue };
-        if from as u64 > valid {
+        let from = match id.kind {
+            WalObjectKind::Part { from, .. } | WalObjectKind::Journal { from, .. } => from as u64,
+            WalObjectKind::Segment => continue,
+        };
+        if from > valid {
             // A hole inside the segment: only the contiguous prefix is usable.
             break;
         }
-        if to as u64 <= valid {
-            // Wholly inside what earlier parts gave (two writers cut differently).
+        let key = id.key(seg);
+        let raw: Bytes = match id.kind {
+            WalObjectKind::Part { to, .. } => {
+                if to as u64 <= valid {
+                    // Wholly inside what earlier parts gave (two writers cut differently).
+                    continue;
+                }
+                let (_, raw) = read_object(storage, &key).await?;
+                if raw.len() as u64 != to as u64 - from {
+                    return Err(RepoError::Corrupt {
+                        location: storage.describe(),
+                        key,
+                        reason: format!("part holds {} bytes, its name says {}", raw.len(), to as u64 - from),
+                    });
+                }
+                raw
+            }
+            // Read now, not as listed: it may have grown since.
+            _ => match resolve_journal(storage, seg, *id).await? {
+                Some((_, frames)) => frames.frames.iter().flat_map(|(_, r)| r.iter().copied()).collect(),
+                None => continue,
+            },
+        };
+        let to = from + raw.len() as u64;
+        if to <= valid {
             continue;
         }
-        let key = id.key(seg);
-        let (_, raw) = read_object(storage, &key).await?;
-        if raw.len() as u64 != (to - from) as u64 {
-            return Err(RepoError::Corrupt {
-                location: storage.describe(),
-                key,
-                reason: format!("part holds {} bytes, its name says {}", raw.len(), to - from),
-            });
-        }
-        let skip = (valid - from as u64) as usize;
+        let skip = (valid - from) as usize;
         buf[valid as usize..to as usize].copy_from_slice(&raw[skip..]);
-        valid = to as u64;
+        valid = to;
     }
     if valid == 0 {
         return Ok(None);
@@ -278,6 +401,13 @@ mod tests {
         assert_eq!(ids[0].key(seg()), "wal/00000001/0000000100000001000000FF");
         assert_eq!(ids[1].key(seg()), "wal/0000000A/0000000A0000000000000003.00000000-00002000.part");
         assert_eq!(ids[1].range(seg()), (Lsn(0x300_0000), Lsn(0x300_2000)));
+        let j = WalObjectId::journal(TimelineId(3), SegNo(0x10), 0x2000);
+        assert_eq!(j.key(seg()), "wal/00000003/000000030000000000000010.00002000.journal");
+        assert_eq!(WalObjectId::parse(&j.key(seg()), seg()), Some(j));
+        let grown = WalObjectId { kind: WalObjectKind::Journal { from: 0x2000, to: 0x5000 }, ..j };
+        assert_eq!(grown.key(seg()), j.key(seg()), "the end is not in the key");
+        assert!(grown.same_object(&j) && !grown.same_object(&WalObjectId::journal(TimelineId(3), SegNo(0x10), 0)));
+        assert_eq!(grown.range(seg()).1.0 - grown.range(seg()).0.0, 0x3000);
     }
 
     #[test]
@@ -288,6 +418,9 @@ mod tests {
             "wal/00000001/000000010000000000000001.00002000-00001000.part",
             "wal/00000001/000000010000000000000001.00000000-01000001.part",
             "wal/00000001/000000010000000000000001.tmp",
+            "wal/00000001/000000010000000000000001.01000000.journal",
+            "wal/00000001/000000010000000000000001.0000001.journal",
+            "wal/00000001/000000010000000000000001.journal",
             "backups/x",
         ] {
             assert_eq!(WalObjectId::parse(k, seg()), None, "{k}");

@@ -78,3 +78,78 @@ async fn corrupt_object_is_an_error_not_wrong_bytes() {
     let msg = err.to_string();
     assert!(msg.contains("corrupt") && msg.contains("000000010000000000000007"), "{msg}");
 }
+
+/// A journal: frames appended through the storage's own journal, a torn
+/// tail, a part continuing it after a failed append, and a journal that
+/// never got a frame. Scan, headers and assembly all see the valid prefix.
+#[tokio::test]
+async fn journals_count_up_to_their_last_valid_frame() {
+    use pgpitr_repo::object::TimedLsn;
+    use pgpitr_repo::wal::{WalObjectKind, read_header};
+    use pgpitr_storage::JournalOpen;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = LocalStorage::new(dir.path());
+    let wal = wal_bytes();
+    let t = TimelineId(1);
+    let mib = 1u64 << 20;
+    let base = 5 * mib;
+    put(&storage, WalObjectId::part(t, SegNo(5), 0, 1000), &wal[..1000]).await;
+    let jid = WalObjectId::journal(t, SegNo(5), 1000);
+    let JournalOpen::Created(mut j) = storage.create_journal(&jid.key(seg())).await.unwrap() else {
+        panic!("local storage makes journals")
+    };
+    let commit = |at: u64| WalSummary {
+        last_commit: Some(TimedLsn { lsn: Lsn(base + at), end_lsn: Lsn(base + at + 8), time_us: at as i64 }),
+        commits: 1,
+        ..Default::default()
+    };
+    for (from, to) in [(1000u64, 1500u64), (1500, 4000)] {
+        let frame = encode(t, Lsn(base + from), &wal[from as usize..to as usize], Codec::None, &commit(from));
+        j.append(frame).await.unwrap();
+    }
+    // A torn third frame: the start of one, as a crash mid-append leaves it.
+    let torn = encode(t, Lsn(base + 4000), &wal[4000..6000], Codec::None, &commit(4000));
+    j.append(torn.slice(..torn.len() / 2)).await.unwrap();
+
+    let (tls, leftovers) = scan(&storage, seg()).await.unwrap();
+    assert!(leftovers.is_empty());
+    let tl = &tls[&t];
+    assert_eq!(tl.ranges, vec![(Lsn(base), Lsn(base + 4000))]);
+    assert!(tl.objects.iter().any(|(id, _)| id.kind == WalObjectKind::Journal { from: 1000, to: 4000 }));
+    let h = read_header(&storage, &jid.key(seg())).await.unwrap();
+    assert_eq!((h.start, h.end, h.summary.commits), (Lsn(base + 1000), Lsn(base + 4000), 2));
+    assert_eq!(h.summary.last_commit.unwrap().time_us, 1500);
+    let s = assemble_segment(&storage, seg(), tl, SegNo(5)).await.unwrap().unwrap();
+    assert_eq!(s.valid_len, 4000);
+    assert_eq!(&s.data[..4000], &wal[..4000]);
+    assert!(s.data[4000..].iter().all(|&b| b == 0));
+
+    // The append failed: the same bytes went into a part, then a new journal.
+    put(&storage, WalObjectId::part(t, SegNo(5), 4000, 6000), &wal[4000..6000]).await;
+    let JournalOpen::Created(mut j2) =
+        storage.create_journal(&WalObjectId::journal(t, SegNo(5), 6000).key(seg())).await.unwrap()
+    else {
+        panic!("local storage makes journals")
+    };
+    j2.append(encode(t, Lsn(base + 6000), &wal[6000..7000], Codec::Lz4, &commit(6000))).await.unwrap();
+    // Created and never appended to: nothing in it, and no harm.
+    let JournalOpen::Created(_empty) =
+        storage.create_journal(&WalObjectId::journal(t, SegNo(5), 7000).key(seg())).await.unwrap()
+    else {
+        panic!("local storage makes journals")
+    };
+    let (tls, _) = scan(&storage, seg()).await.unwrap();
+    let tl = &tls[&t];
+    assert_eq!(tl.ranges, vec![(Lsn(base), Lsn(base + 7000))]);
+    let s = assemble_segment(&storage, seg(), tl, SegNo(5)).await.unwrap().unwrap();
+    assert_eq!(s.valid_len, 7000);
+    assert_eq!(&s.data[..7000], &wal[..7000]);
+
+    // Once the segment is complete, every journal of it is a leftover.
+    put(&storage, WalObjectId::segment(t, SegNo(5)), &wal).await;
+    let (tls, mut leftovers) = scan(&storage, seg()).await.unwrap();
+    leftovers.sort();
+    assert_eq!(leftovers.len(), 5, "{leftovers:?}");
+    assert_eq!(leftovers.iter().filter(|k| k.ends_with(".journal")).count(), 3, "{leftovers:?}");
+    assert_eq!(tls[&t].objects.len(), 1);
+}

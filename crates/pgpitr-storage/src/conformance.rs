@@ -440,3 +440,37 @@ async fn writers_and_readers(s: &dyn Storage, key: &str, n_writers: u8) {
     let last = ok(s.get(key).await, "final get");
     assert!(last.len() == LEN && last[0] < n_writers && last.iter().all(|&b| b == last[0]));
 }
+
+/// A journal is created only where nothing exists, shows each append at
+/// once, and refuses invalid keys; a backend that cannot append durably
+/// says so without creating anything.
+pub async fn journal(s: &dyn Storage) {
+    let key = "conf/journal/j1";
+    let mut j = match ok(s.create_journal(key).await, "create_journal") {
+        crate::JournalOpen::Created(j) => j,
+        crate::JournalOpen::Unsupported => {
+            assert_not_found(s.head(key).await, "head of an unsupported journal");
+            return;
+        }
+        crate::JournalOpen::AlreadyExists => panic!("create_journal on a fresh key: AlreadyExists"),
+    };
+    assert!(j.is_empty());
+    assert_eq!(ok(s.get(key).await, "get empty journal").len(), 0);
+    let (a, b) = (data(11, 5000), data(12, 70_000));
+    ok(j.append(a.clone()).await, "append a");
+    assert_eq!(ok(s.get(key).await, "get after a"), a);
+    ok(j.append(b.clone()).await, "append b");
+    assert_eq!(j.len(), (a.len() + b.len()) as u64);
+    let mut both = BytesMut::from(&a[..]);
+    both.extend_from_slice(&b);
+    assert_eq!(ok(s.get(key).await, "get after b"), both.freeze());
+    assert!(matches!(ok(s.create_journal(key).await, "create again"), crate::JournalOpen::AlreadyExists));
+    ok(s.put("conf/journal/obj", Bytes::from_static(b"x")).await, "put");
+    assert!(matches!(
+        ok(s.create_journal("conf/journal/obj").await, "create over an object"),
+        crate::JournalOpen::AlreadyExists
+    ));
+    assert_eq!(ok(s.get("conf/journal/obj").await, "object untouched"), Bytes::from_static(b"x"));
+    assert_eq!(keys(s, "conf/journal/").await, vec!["conf/journal/j1", "conf/journal/obj"]);
+    assert_invalid_key(s.create_journal("../escape").await.map(|_| ()), "create_journal ../escape");
+}

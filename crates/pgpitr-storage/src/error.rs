@@ -28,6 +28,8 @@ pub enum Op {
     CompleteUpload,
     AbortUpload,
     Check,
+    CreateJournal,
+    Append,
 }
 
 impl Op {
@@ -49,6 +51,8 @@ impl Op {
             Op::CompleteUpload => "complete_upload",
             Op::AbortUpload => "abort_upload",
             Op::Check => "check",
+            Op::CreateJournal => "create_journal",
+            Op::Append => "append",
         }
     }
 
@@ -68,6 +72,8 @@ impl Op {
             Op::CompleteUpload => "complete the upload of",
             Op::AbortUpload => "abort the upload of",
             Op::Check => "use repository",
+            Op::CreateJournal => "create the journal",
+            Op::Append => "append to",
         }
     }
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::{Op, Result, StorageError};
-use crate::{ObjectMeta, ObjectStream, PutOutcome, Storage, Upload};
+use crate::{Journal, JournalOpen, ObjectMeta, ObjectStream, PutOutcome, Storage, Upload};
 
 /// Which calls [`FaultyStorage`] fails, and how.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -193,6 +193,37 @@ impl<S: Storage> Storage for FaultyStorage<S> {
     }
     async fn check(&self) -> Result<()> {
         self.shared.run(Op::Check, "", self.inner.check()).await
+    }
+    async fn create_journal(&self, key: &str) -> Result<JournalOpen> {
+        match self.shared.run(Op::CreateJournal, key, self.inner.create_journal(key)).await? {
+            JournalOpen::Created(inner) => Ok(JournalOpen::Created(Box::new(FaultyJournal {
+                inner,
+                shared: self.shared.clone(),
+                key: key.to_owned(),
+                appends: 0,
+            }))),
+            other => Ok(other),
+        }
+    }
+}
+
+struct FaultyJournal {
+    inner: Box<dyn Journal>,
+    shared: Arc<Shared>,
+    key: String,
+    /// Appends so far; names the next append's counter key.
+    appends: u32,
+}
+
+#[async_trait]
+impl Journal for FaultyJournal {
+    async fn append(&mut self, data: Bytes) -> Result<()> {
+        let counter = format!("{}#{}", self.key, self.appends);
+        self.appends += 1;
+        self.shared.run(Op::Append, &counter, self.inner.append(data)).await
+    }
+    fn len(&self) -> u64 {
+        self.inner.len()
     }
 }
 

@@ -144,6 +144,45 @@ pub trait Storage: Send + Sync {
     /// bucket exists and the credentials are accepted; local: the directory
     /// exists or can be created, and is writable).
     async fn check(&self) -> Result<()>;
+
+    /// Creates an empty [`Journal`] under `key`, never replacing an existing
+    /// object. Backends that cannot make an append durable in place (S3)
+    /// answer [`JournalOpen::Unsupported`].
+    ///
+    /// The one exception to "never visible half-written": a journal is
+    /// visible from creation on and grows; readers use its valid prefix.
+    async fn create_journal(&self, key: &str) -> Result<JournalOpen> {
+        validate_key(key)?;
+        Ok(JournalOpen::Unsupported)
+    }
+}
+
+/// What [`Storage::create_journal`] did.
+pub enum JournalOpen {
+    Created(Box<dyn Journal>),
+    /// An object already exists under the key; it was left untouched.
+    AlreadyExists,
+    Unsupported,
+}
+
+/// An object that grows by durable appends: a synchronous archiver makes
+/// each group commit durable with one write and one data sync, instead of
+/// one new object (a new inode and two syncs on a file system) per commit.
+///
+/// Not retried: after a failed `append` the object's tail is unknown (it
+/// may hold a torn piece of the data), so the caller must stop appending to
+/// it and store the data elsewhere.
+#[async_trait]
+pub trait Journal: Send {
+    /// Appends `data`; once this returns `Ok` the data is on stable storage.
+    async fn append(&mut self, data: Bytes) -> Result<()>;
+
+    /// Bytes appended so far.
+    fn len(&self) -> u64;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A streaming upload started by [`Storage::start_upload`].
@@ -224,6 +263,9 @@ impl<T: Storage + ?Sized> Storage for Arc<T> {
     }
     async fn check(&self) -> Result<()> {
         (**self).check().await
+    }
+    async fn create_journal(&self, key: &str) -> Result<JournalOpen> {
+        (**self).create_journal(key).await
     }
 }
 

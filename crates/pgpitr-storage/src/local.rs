@@ -21,7 +21,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::error::{Op, Result, StorageError};
 use crate::key::{TEMP_PREFIX, validate_key, validate_prefix};
-use crate::{ObjectMeta, ObjectStream, PutOutcome, Storage, Upload, summarize_failures};
+use crate::{Journal, JournalOpen, ObjectMeta, ObjectStream, PutOutcome, Storage, Upload, summarize_failures};
 
 /// Chunk size of [`Storage::get_stream`] reads.
 const STREAM_CHUNK: usize = 256 * 1024;
@@ -552,6 +552,40 @@ impl Storage for LocalStorage {
         }))
     }
 
+    async fn create_journal(&self, key: &str) -> Result<JournalOpen> {
+        validate_key(key)?;
+        let path = self.root.join(key);
+        let ctx = self.ctx(Op::CreateJournal, key);
+        let created = self
+            .blocking(ctx.clone(), move |ctx| {
+                let create = || -> IoRes<Option<File>> {
+                    let dir = parent_of(&path);
+                    ensure_dir(dir)?;
+                    let file = match OpenOptions::new().read(true).write(true).create_new(true).open(&path) {
+                        Ok(f) => f,
+                        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(None),
+                        Err(e) => return Err(e).at(&path),
+                    };
+                    // The name must survive a crash before the first append counts.
+                    file.sync_all().at(&path)?;
+                    fsync_dir(dir)?;
+                    Ok(Some(file))
+                };
+                create().map_err(|f| ctx.err(f))
+            })
+            .await?;
+        Ok(match created {
+            Some(file) => JournalOpen::Created(Box::new(LocalJournal {
+                ctx: Ctx { op: Op::Append, ..ctx },
+                path: self.root.join(key),
+                file: Arc::new(file),
+                len: 0,
+                broken: false,
+            })),
+            None => JournalOpen::AlreadyExists,
+        })
+    }
+
     async fn check(&self) -> Result<()> {
         let root = self.root.clone();
         self.blocking(self.ctx(Op::Check, ""), move |ctx| {
@@ -568,6 +602,42 @@ impl Storage for LocalStorage {
             probe().map_err(|f| ctx.err(f))
         })
         .await
+    }
+}
+
+/// A file grown by `pwrite` + `fdatasync`: no new inode or directory entry
+/// per append, so a sync costs one data flush (and the size update).
+#[derive(Debug)]
+struct LocalJournal {
+    ctx: Ctx,
+    path: PathBuf,
+    file: Arc<File>,
+    len: u64,
+    /// Set by a failed append: the tail is unknown, nothing more may follow.
+    broken: bool,
+}
+
+#[async_trait]
+impl Journal for LocalJournal {
+    async fn append(&mut self, data: Bytes) -> Result<()> {
+        let ctx = self.ctx.clone();
+        if self.broken {
+            return Err(StorageError::permanent(ctx.op, ctx.key, ctx.location, "an earlier append to it failed"));
+        }
+        let (file, path, offset) = (self.file.clone(), self.path.clone(), self.len);
+        let n = data.len() as u64;
+        self.broken = true;
+        run_blocking(ctx, move |ctx| {
+            file.write_all_at(&data, offset).and_then(|()| file.sync_data()).at(&path).map_err(|f| ctx.err(f))
+        })
+        .await?;
+        self.broken = false;
+        self.len += n;
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.len
     }
 }
 

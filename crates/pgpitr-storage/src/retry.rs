@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::{Op, Result, StorageError};
-use crate::{ObjectMeta, ObjectStream, PutOutcome, Storage, Upload};
+use crate::{JournalOpen, ObjectMeta, ObjectStream, PutOutcome, Storage, Upload};
 
 /// How often and how patiently to retry transient errors.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,6 +204,30 @@ impl<S: Storage> Storage for RetryingStorage<S> {
 
     async fn check(&self) -> Result<()> {
         retry(&self.policy, Op::Check.name(), || self.inner.check()).await
+    }
+
+    /// Creation is retried like `put_if_absent`; appends are not (see [`Journal`]).
+    async fn create_journal(&self, key: &str) -> Result<JournalOpen> {
+        let mut attempts = Attempts::new(&self.policy, Op::CreateJournal.name());
+        let mut maybe_created = false;
+        loop {
+            match self.inner.create_journal(key).await {
+                // An empty journal our own lost attempt made: nothing in it to lose.
+                Ok(JournalOpen::AlreadyExists) if maybe_created => {
+                    let existing = retry(&self.policy, Op::Head.name(), || self.inner.head(key)).await?;
+                    if existing.size != 0 {
+                        return Ok(JournalOpen::AlreadyExists);
+                    }
+                    retry(&self.policy, Op::Delete.name(), || self.inner.delete(key)).await?;
+                    maybe_created = false;
+                }
+                Ok(outcome) => return Ok(outcome),
+                Err(e) => {
+                    maybe_created |= e.is_transient();
+                    attempts.failed(e).await?;
+                }
+            }
+        }
     }
 }
 

@@ -9,15 +9,17 @@
 //! ```
 
 use crate::durable::DurableTracker;
+use crate::lease::LeaseTask;
 use crate::resume::{self, ResumePlan};
 use crate::segment::OpenSegment;
 use crate::upload::{self, Blocks, WalUpload};
 use crate::{StreamConfig, StreamError, StreamStats};
 use bytes::{Bytes, BytesMut};
 use pgpitr_pgwire::{ConnConfig, ReplicationConnection, ReplicationStream, StreamMessage};
-use pgpitr_repo::object::{RestorePoint, TimedLsn, WalSummary};
+use pgpitr_repo::object::{self, Codec, RestorePoint, TimedLsn, WalSummary};
 use pgpitr_repo::wal::{WalObjectId, WalObjectKind};
 use pgpitr_repo::{ClusterIdentity, Repository};
+use pgpitr_storage::{Journal, JournalOpen};
 use pgpitr_types::{Lsn, TimelineHistory, TimelineId, WalSegSize};
 use pgpitr_walscan::{WalEvent, WalScanner};
 use std::sync::Arc;
@@ -43,6 +45,34 @@ struct Done {
     superseded: Vec<WalObjectId>,
     /// The time the upload took, and a complete segment's buffer to reuse.
     result: Result<(Duration, Option<BytesMut>), StreamError>,
+    /// For a journal append: what becomes of the journal.
+    journal: Option<AppendEnd>,
+}
+
+/// The open segment's journal, in synchronous mode on storage that can
+/// append in place: each group commit costs one append and one data sync.
+#[derive(Default)]
+struct JournalSlot {
+    /// `None` until the storage was asked; `Some(false)`: it cannot append.
+    supported: Option<bool>,
+    /// The open segment's journal while no append is in flight.
+    open: Option<OpenJournal>,
+    busy: bool,
+}
+
+struct OpenJournal {
+    /// Its key's id (the end in it is not tracked).
+    id: WalObjectId,
+    from: u32,
+    handle: Box<dyn Journal>,
+}
+
+struct AppendEnd {
+    /// The journal to append to next; `None` after a failed append.
+    open: Option<OpenJournal>,
+    supported: bool,
+    /// The part the bytes went into instead, if they did.
+    fallback: Option<WalObjectId>,
 }
 
 /// Spare segment buffers kept for reuse.
@@ -68,8 +98,17 @@ impl Archiver {
     }
 
     /// Streams until cancelled (then flushes and returns Ok) or until an
-    /// error that reconnecting cannot fix.
+    /// error that reconnecting cannot fix. Meanwhile the stream's lease
+    /// tells backups that it stores WAL; it is deleted when this returns.
     pub async fn run(&mut self) -> Result<(), StreamError> {
+        let lease =
+            LeaseTask::start(&self.repo, &self.cfg.slot, self.stats.clone(), pgpitr_repo::lease::RENEW_INTERVAL);
+        let result = self.run_sessions().await;
+        lease.stop().await;
+        result
+    }
+
+    async fn run_sessions(&mut self) -> Result<(), StreamError> {
         let mut backoff = Duration::from_secs(1);
         let mut first = true;
         loop {
@@ -117,6 +156,7 @@ impl Archiver {
         let mut st = State::new(&self.repo, &self.cfg, plan, self.stats.clone(), self.cancel.child_token());
         loop {
             let stream = conn.start_physical(Some(&self.cfg.slot), st.received, st.tli).await?;
+            self.stats.timeline.store(st.tli.0, Ordering::Relaxed); // holds the slot: the lease may say so
             tracing::info!(tli = %st.tli, start = %st.received, slot = %self.cfg.slot, "streaming");
             match st.stream(stream, &self.cancel).await? {
                 Flow::Shutdown => return Ok(SessionEnd::Shutdown),
@@ -165,6 +205,7 @@ struct State {
     stop_at: Option<Lsn>,
     /// Segment buffers handed back by finished uploads.
     spare: Vec<BytesMut>,
+    journal: JournalSlot,
 }
 
 impl State {
@@ -197,6 +238,7 @@ impl State {
             upload_cancel,
             stop_at: None,
             spare: Vec::new(),
+            journal: JournalSlot::default(),
         }
     }
 
@@ -225,6 +267,11 @@ impl State {
     /// the flush interval of their arrival.
     fn flush_deadline(&self) -> Option<Instant> {
         let since = self.cur.pending_since()?;
+        if self.uses_journal() {
+            // Appends to one journal are serial; each takes what arrived
+            // while the previous one was syncing.
+            return (!self.journal.busy).then_some(since);
+        }
         if self.cfg.synchronous || self.received_enough() {
             // Several parts in flight pipeline the storage round trips (and
             // let the file system batch fsyncs); each batches what arrived
@@ -249,8 +296,21 @@ impl State {
         // silence much longer than that is a dead connection TCP did not notice.
         let silence_limit = (self.cfg.status_interval * 3).max(Duration::from_secs(90));
         let mut last_heard = Instant::now();
+        // Timers are re-armed only when their instant changes: registering
+        // new ones for every message was a measurable share of the CPU.
+        let silence = tokio::time::sleep(silence_limit);
+        tokio::pin!(silence);
+        let flush_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(flush_timer);
+        let mut armed: Option<Instant> = None;
         loop {
             let deadline = self.flush_deadline();
+            if let Some(d) = deadline
+                && armed != deadline
+            {
+                flush_timer.as_mut().reset(d.into());
+                armed = deadline;
+            }
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
@@ -260,7 +320,9 @@ impl State {
                 }
                 Some(done) = self.uploads.join_next(), if !self.uploads.is_empty() => {
                     let done = done.map_err(|e| StreamError::Internal(format!("upload task failed: {e}")))?;
-                    if self.finish_upload(done)? && self.reportable() > reported {
+                    let moved = self.finish_upload(done)?;
+                    self.submit_if_due();
+                    if moved && self.reportable() > reported {
                         reported = self.reportable();
                         stream.send_status(reported, reported, reported, false).await?;
                     }
@@ -270,13 +332,17 @@ impl State {
                         return Ok(Flow::Shutdown);
                     }
                 }
-                _ = sleep_until_opt(deadline) => {
+                _ = &mut flush_timer, if deadline.is_some() => {
+                    armed = None;
                     self.submit_part();
                 }
                 msg = stream.next(), if self.can_accept() => {
                     last_heard = Instant::now();
                     match msg? {
-                        StreamMessage::XLogData { start, data, .. } => self.on_wal(start, data)?,
+                        StreamMessage::XLogData { start, data, .. } => {
+                            self.on_wal(start, data)?;
+                            self.submit_if_due();
+                        }
                         StreamMessage::Keepalive { reply_requested, end_of_wal, .. } => {
                             self.stats.server_lsn.store(end_of_wal.0, Ordering::Relaxed);
                             if reply_requested {
@@ -290,7 +356,11 @@ impl State {
                     }
                 }
                 // After the message branch, so data already buffered wins.
-                _ = tokio::time::sleep_until((last_heard + silence_limit).into()), if self.can_accept() => {
+                _ = &mut silence, if self.can_accept() => {
+                    if last_heard.elapsed() < silence_limit {
+                        silence.as_mut().reset((last_heard + silence_limit).into());
+                        continue;
+                    }
                     return Err(StreamError::Protocol(format!(
                         "nothing heard from the server for {} s; assuming the connection is dead",
                         silence_limit.as_secs()
@@ -354,9 +424,10 @@ impl State {
             None => OpenSegment::new(self.tli, self.cur.segno.next(), self.seg, &[], true),
         };
         if self.scanner.is_none() {
-            self.scanner = Some(WalScanner::new(next.start_lsn(), self.seg));
+            self.scanner = Some(WalScanner::new(next.start_lsn(), self.seg).verify_crc_of_decoded_only());
         }
         let full = std::mem::replace(&mut self.cur, next);
+        self.journal.open = None;
         let c = full.into_complete();
         self.segments_in_flight += 1;
         let up =
@@ -364,11 +435,99 @@ impl State {
         self.spawn_upload(up, c.superseded);
     }
 
+    /// Submits now when the deadline has passed: a timer set for the past
+    /// fires only at the next millisecond tick, and in synchronous mode every
+    /// commit waits for that.
+    fn submit_if_due(&mut self) {
+        if self.flush_deadline().is_some_and(|d| d <= Instant::now()) {
+            self.submit_part();
+        }
+    }
+
+    fn uses_journal(&self) -> bool {
+        self.cfg.synchronous && self.journal.supported != Some(false)
+    }
+
     fn submit_part(&mut self) {
+        if self.uses_journal() {
+            return self.submit_append();
+        }
         if let Some((id, start, raw, summary, cell)) = self.cur.cut_part() {
             self.parts_in_flight += 1;
             self.spawn_upload(WalUpload { id, start, raw, summary, blocks: Blocks::Part(cell) }, Vec::new());
         }
+    }
+
+    /// Appends what is pending to the open segment's journal (creating it
+    /// first); if the storage refuses, stores it as a part instead.
+    fn submit_append(&mut self) {
+        if self.journal.busy {
+            return;
+        }
+        let (tli, segno) = (self.cur.tli, self.cur.segno);
+        let open = self.journal.open.take().filter(|j| j.id.tli == tli && j.id.segno == segno);
+        let Some(cut) = self.cur.cut_pending() else {
+            self.journal.open = open;
+            return;
+        };
+        let jfrom = open.as_ref().map_or(cut.from, |j| j.from);
+        let jid = WalObjectId::journal(tli, segno, jfrom);
+        if !self.cur.parts.iter().any(|p| p.same_object(&jid)) {
+            self.cur.parts.push(jid);
+        }
+        self.journal.busy = true;
+        let storage = self.repo.storage().clone();
+        let seg = self.seg;
+        let cancel = self.upload_cancel.clone();
+        self.uploads.spawn(async move {
+            let (start, end) = (cut.start, Lsn(cut.start.0 + cut.raw.len() as u64));
+            let id = WalObjectId { kind: WalObjectKind::Journal { from: jfrom, to: cut.to }, ..jid };
+            let began = Instant::now();
+            let (mut open, mut supported) = (open, true);
+            if open.is_none() {
+                match storage.create_journal(&jid.key(seg)).await {
+                    Ok(JournalOpen::Created(handle)) => open = Some(OpenJournal { id: jid, from: jfrom, handle }),
+                    Ok(JournalOpen::Unsupported) => supported = false,
+                    Ok(JournalOpen::AlreadyExists) => {
+                        // Left empty by a crash right after its creation (else
+                        // streaming would have resumed past it): never reuse it.
+                        tracing::debug!(key = %jid.key(seg), "journal exists; storing a part instead");
+                    }
+                    Err(e) => tracing::warn!("cannot create a WAL journal, storing a part instead: {e}"),
+                }
+            }
+            if let Some(j) = open.as_mut() {
+                let frame = object::encode(tli, start, &cut.raw, Codec::None, &cut.summary);
+                match j.handle.append(frame).await {
+                    Ok(()) => {
+                        let journal = Some(AppendEnd { open, supported, fallback: None });
+                        return Done {
+                            id,
+                            start,
+                            end,
+                            superseded: Vec::new(),
+                            result: Ok((began.elapsed(), None)),
+                            journal,
+                        };
+                    }
+                    Err(e) => {
+                        tracing::warn!("appending to a WAL journal failed, storing a part instead: {e}");
+                        open = None;
+                    }
+                }
+            }
+            let part = WalObjectId::part(tli, segno, cut.from, cut.to);
+            let up = WalUpload {
+                id: part,
+                start,
+                raw: cut.raw,
+                summary: cut.summary,
+                blocks: Blocks::Part(Default::default()),
+            };
+            let result = upload::store(&storage, seg, up, &cancel).await;
+            let journal = Some(AppendEnd { open, supported, fallback: Some(part) });
+            Done { id, start, end, superseded: Vec::new(), result, journal }
+        });
     }
 
     fn spawn_upload(&mut self, up: WalUpload, superseded: Vec<WalObjectId>) {
@@ -378,7 +537,7 @@ impl State {
         self.uploads.spawn(async move {
             let (id, start, end) = (up.id, up.start, up.end());
             let result = upload::store(&storage, seg, up, &cancel).await;
-            Done { id, start, end, superseded, result }
+            Done { id, start, end, superseded, result, journal: None }
         });
     }
 
@@ -387,6 +546,17 @@ impl State {
         match done.id.kind {
             WalObjectKind::Segment => self.segments_in_flight -= 1,
             WalObjectKind::Part { .. } => self.parts_in_flight -= 1,
+            WalObjectKind::Journal { .. } => self.journal.busy = false,
+        }
+        if let Some(end) = done.journal {
+            self.journal.supported = Some(end.supported);
+            let current = |id: &WalObjectId| id.tli == self.cur.tli && id.segno == self.cur.segno;
+            // A part stored in place of an append of a segment that has
+            // been completed meanwhile is left for the next start to delete.
+            if let Some(part) = end.fallback.filter(|p| current(p)) {
+                self.cur.parts.push(part);
+            }
+            self.journal.open = end.open.filter(|j| current(&j.id));
         }
         let (took, spare) = done.result?;
         if let Some(buf) = spare
@@ -428,6 +598,8 @@ impl State {
                 Some(done) = self.uploads.join_next() => {
                     let done = done.map_err(|e| StreamError::Internal(format!("upload task failed: {e}")))?;
                     self.finish_upload(done)?;
+                    // A journal takes one append at a time: the rest now.
+                    self.submit_part();
                 }
                 _ = &mut deadline => {
                     self.upload_cancel.cancel();
@@ -509,7 +681,7 @@ pub async fn archive_range(
 /// A scanner positioned at `seg_start` that has consumed `prefix`, whose
 /// events were recorded when those bytes were first stored.
 fn resync_scanner(seg_start: Lsn, seg: WalSegSize, prefix: &[u8]) -> Option<WalScanner> {
-    let mut scanner = WalScanner::new(seg_start, seg);
+    let mut scanner = WalScanner::new(seg_start, seg).verify_crc_of_decoded_only();
     let mut discard = Vec::new();
     if let Err(e) = scanner.feed(prefix, &mut discard) {
         tracing::warn!("commit-time index: {e}; resynchronising at the next segment");
@@ -538,12 +710,5 @@ fn add_event(summary: &mut WalSummary, ev: WalEvent) {
             });
         }
         _ => {}
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
     }
 }

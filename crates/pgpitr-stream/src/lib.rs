@@ -8,6 +8,7 @@
 
 mod archiver;
 mod durable;
+mod lease;
 mod resume;
 mod segment;
 mod upload;

@@ -145,7 +145,7 @@ async fn open_at(
     let mut segment = OpenSegment::new(tli, segno, seg, &prefix, !inherited);
     if !inherited {
         for (id, _) in tl.objects.iter().filter(|(id, _)| id.segno == segno) {
-            if let WalObjectKind::Part { .. } = id.kind {
+            if let WalObjectKind::Part { .. } | WalObjectKind::Journal { .. } = id.kind {
                 let header = wal::read_header(storage.as_ref(), &id.key(seg)).await?;
                 segment.adopt_stored_part(*id, &header.summary);
             }

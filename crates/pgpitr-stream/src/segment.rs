@@ -127,20 +127,27 @@ impl OpenSegment {
     /// Everything past the last cut, as a part to store, with the cell its
     /// upload fills with the compressed block.
     pub fn cut_part(&mut self) -> Option<(WalObjectId, Lsn, Bytes, WalSummary, ChunkCell)> {
+        let c = self.cut_pending()?;
+        let id = WalObjectId::part(self.tli, self.segno, c.from, c.to);
+        self.parts.push(id);
+        let cell = ChunkCell::default();
+        self.chunks.push(PartChunk { from: c.from, to: c.to, cell: cell.clone() });
+        Some((id, c.start, c.raw, c.summary, cell))
+    }
+
+    /// Everything past the last cut, for the caller to store and to record
+    /// in [`OpenSegment::parts`].
+    pub fn cut_pending(&mut self) -> Option<Cut> {
         if self.pending_bytes() == 0 {
             return None;
         }
         let (from, to) = (self.cut, self.buf.len());
-        let id = WalObjectId::part(self.tli, self.segno, from as u32, to as u32);
         let raw = Bytes::copy_from_slice(&self.buf[from..to]);
         let summary = std::mem::take(&mut self.pending_summary);
         self.parts_summary.merge(&summary);
-        self.parts.push(id);
-        let cell = ChunkCell::default();
-        self.chunks.push(PartChunk { from: from as u32, to: to as u32, cell: cell.clone() });
         self.cut = to;
         self.pending_since = None;
-        Some((id, Lsn(self.start_lsn().0 + from as u64), raw, summary, cell))
+        Some(Cut { from: from as u32, to: to as u32, start: Lsn(self.start_lsn().0 + from as u64), raw, summary })
     }
 
     /// The whole segment, once full, as one object; consumes the buffer.
@@ -163,6 +170,15 @@ impl OpenSegment {
     pub fn prefix(&self, offset: usize) -> &[u8] {
         &self.buf[..offset.min(self.buf.len())]
     }
+}
+
+/// Bytes `from..to` of the segment (offsets), the WAL from `start`.
+pub struct Cut {
+    pub from: u32,
+    pub to: u32,
+    pub start: Lsn,
+    pub raw: Bytes,
+    pub summary: WalSummary,
 }
 
 /// A full segment ready to store.

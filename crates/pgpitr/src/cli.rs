@@ -56,13 +56,14 @@ pub enum Command {
     /// Take a base backup now, streamed into the repository.
     ///
     /// Runs BASE_BACKUP over the replication protocol (no access to the data
-    /// directory needed), cuts the archives into parts of --part-size, and
-    /// stores them lz4-compressed and checksummed, --parallel at a time: memory
-    /// stays bounded and nothing is staged on local disk. The backup is
-    /// complete, and listed as such, only once its data, its backup_manifest
-    /// and all WAL from its start to its stop position are durable in the
-    /// repository: a running `pgpitr stream` stores that WAL; otherwise the
-    /// backup fetches it itself over a temporary replication slot. Leftovers
+    /// directory needed), by default with lz4 compression on the server, cuts
+    /// the archives into parts of --part-size, and stores them checksummed,
+    /// --parallel at a time: memory stays bounded and nothing is staged on
+    /// local disk. The backup is complete, and listed as such, only once its
+    /// data, its backup_manifest and all WAL from its start to its stop
+    /// position are durable in the repository: a running `pgpitr stream`
+    /// (known by its lease in the repository) stores that WAL; otherwise the
+    /// backup fetches it at once over a temporary replication slot. Leftovers
     /// of interrupted backups are deleted. Prints the backup's ID and summary.
     Backup(BackupArgs),
     /// Restore a new data directory to a point in time.
@@ -184,6 +185,17 @@ pub enum Checkpoint {
     Spread,
 }
 
+/// Who compresses backup archives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Compress {
+    /// PostgreSQL, with lz4 (BASE_BACKUP COMPRESSION 'lz4').
+    ServerLz4,
+    /// pgpitr, with lz4, part by part.
+    ClientLz4,
+    /// Nobody.
+    None,
+}
+
 /// Parses sizes such as `16MiB`, `512KiB`, `1GiB` or plain bytes.
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
@@ -222,15 +234,22 @@ pub struct BackupArgs {
     /// position to become durable in the repository.
     #[arg(long, value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
     pub wal_timeout: std::time::Duration,
-    /// Raw bytes per stored part (64KiB to 1GiB).
+    /// Who compresses the archives. `server-lz4`: PostgreSQL compresses
+    /// them with lz4 and pgpitr stores the frames as they arrive (fastest,
+    /// least client CPU); `client-lz4`: pgpitr compresses each part on its
+    /// own cores, sparing the server's CPU; `none`: stored as they are.
+    /// Default: server-lz4, or client-lz4 with a warning when the server was
+    /// built without lz4.
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub compress: Option<Compress>,
+    /// Bytes of the archive stream per stored part (64KiB to 1GiB).
     #[arg(long, value_parser = parse_size, default_value = "16MiB", value_name = "SIZE")]
     pub part_size: usize,
-    /// Parts compressed and uploaded at once; memory is about
-    /// part size x (2 x this + 1).
+    /// Parts stored at once; memory is at most about part size x (2 x this + 1).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
     /// Limit the server's transfer rate, in kB/s (32 to 1048576), to spare
-    /// its disks.
+    /// its disks (with server-lz4 it limits the compressed bytes sent).
     #[arg(long, value_name = "KBPS", value_parser = clap::value_parser!(u32).range(32..=1_048_576))]
     pub max_rate: Option<u32>,
     /// Print the backup's metadata as JSON on stdout.

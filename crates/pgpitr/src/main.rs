@@ -6,6 +6,7 @@ mod cli;
 mod cmd;
 mod conn;
 mod logging;
+mod memory;
 mod progress;
 mod signals;
 
@@ -27,8 +28,15 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
+    memory::tune_allocator();
     let cli = cli::Cli::parse();
     logging::init(&cli.global);
+    // restore_command: a spooled segment needs no runtime.
+    if let cli::Command::WalFetch(args) = &cli.command
+        && let Some(code) = cmd::wal_fetch::fast_path(args)
+    {
+        return ExitCode::from(code);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -1,10 +1,10 @@
-use crate::cli::{BackupArgs, Checkpoint, LogFormat};
+use crate::cli::{BackupArgs, Checkpoint, Compress, LogFormat};
 use crate::conn;
 use crate::progress::ProgressDisplay;
 use indicatif::HumanBytes;
-use pgpitr_backup::{BackupOptions, CheckpointMode};
+use pgpitr_backup::{BackupOptions, CheckpointMode, Compression};
 use pgpitr_repo::Repository;
-use pgpitr_repo::backup::BackupInfo;
+use pgpitr_repo::backup::{BackupInfo, WalSource};
 use pgpitr_storage::RepoUrl;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -13,6 +13,15 @@ pub fn checkpoint_mode(c: Checkpoint) -> CheckpointMode {
     match c {
         Checkpoint::Fast => CheckpointMode::Fast,
         Checkpoint::Spread => CheckpointMode::Spread,
+    }
+}
+
+pub fn compression(c: Option<Compress>) -> Compression {
+    match c {
+        None => Compression::Auto,
+        Some(Compress::ServerLz4) => Compression::ServerLz4,
+        Some(Compress::ClientLz4) => Compression::ClientLz4,
+        Some(Compress::None) => Compression::None,
     }
 }
 
@@ -28,6 +37,7 @@ pub async fn run(args: BackupArgs, log_format: LogFormat) -> anyhow::Result<u8> 
         part_size: args.part_size,
         max_in_flight: args.parallel as usize,
         max_rate_kbps: args.max_rate,
+        compression: compression(args.compress),
         ..BackupOptions::default()
     };
     let cancel = CancellationToken::new();
@@ -64,8 +74,20 @@ fn print_summary(info: &BackupInfo, repo: &Repository, took: std::time::Duration
         HumanBytes(info.stored_bytes),
         info.archives.len().saturating_sub(1)
     );
+    println!(
+        "  stored:    compression {}, WAL {}",
+        info.compression.as_deref().unwrap_or("client-lz4"),
+        wal_source(info.wal_source)
+    );
     println!("  took:      {:.1} s", took.as_secs_f64());
     if !info.checksum_failures.is_empty() {
         println!("  WARNING:   {} page checksum failure(s) recorded", info.checksum_failures.len());
+    }
+}
+
+fn wal_source(s: WalSource) -> &'static str {
+    match s {
+        WalSource::Repository => "stored by a running stream (or already there)",
+        WalSource::Fetched => "fetched by the backup itself",
     }
 }

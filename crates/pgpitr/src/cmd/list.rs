@@ -30,6 +30,18 @@ pub async fn run(args: ListArgs) -> anyhow::Result<u8> {
         "earliest restorable time: {}",
         st.earliest_restorable_time.as_deref().unwrap_or("none (no complete base backup yet)")
     );
+    for s in &st.streams {
+        println!(
+            "stream {} [{}]: timeline {}, durable up to {}, {} pid {}, renewed {}",
+            s.slot,
+            if s.live { "running" } else { "stale" },
+            s.timeline,
+            s.durable_lsn,
+            s.host,
+            s.pid,
+            s.updated_at
+        );
+    }
     if st.backups.is_empty() {
         println!("backups: none");
     }

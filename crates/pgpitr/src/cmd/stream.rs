@@ -51,12 +51,21 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
         (task, display)
     });
     let mut archiver = Archiver::new(repo, cfg, stream_cfg, cancel.clone(), stats);
-    // On a worker thread, where the socket's readiness is also handled: run
-    // from block_on, every message would cost a cross-thread wake-up.
-    let result = match tokio::spawn(async move { archiver.run().await }).await {
-        Ok(r) => r.map_err(anyhow::Error::from),
-        Err(e) => Err(anyhow::anyhow!("the streaming task failed: {e}")),
-    };
+    // A thread with its own single-threaded runtime: the socket's readiness,
+    // the loop and the small uploads then run where the message arrived. On
+    // the shared multi-threaded runtime each message cost about three
+    // cross-thread wake-ups. Compression still goes to the blocking pool.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new().name("pgpitr-stream".into()).spawn(move || {
+        let result = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot start the streaming runtime: {e}"))
+            .and_then(|rt| rt.block_on(archiver.run()).map_err(anyhow::Error::from));
+        let _ = done_tx.send(result);
+    })?;
+    let result = done_rx.await.unwrap_or_else(|_| Err(anyhow::anyhow!("the streaming thread failed")));
+    let _ = thread.join();
     if let Some((task, display)) = scheduler {
         // The archiver stopped (signal or error): a backup in progress cannot complete without it.
         cancel.cancel();
