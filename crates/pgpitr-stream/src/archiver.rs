@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// How long a busy slot at start-up may take to become free.
+const SLOT_BUSY_AT_START: Duration = Duration::from_secs(10);
+
 /// Parts stored at once in synchronous mode.
 const SYNC_PARTS_IN_FLIGHT: usize = 4;
 
@@ -111,16 +114,27 @@ impl Archiver {
     async fn run_sessions(&mut self) -> Result<(), StreamError> {
         let mut backoff = Duration::from_secs(1);
         let mut first = true;
+        let started = Instant::now();
         loop {
             let began = Instant::now();
             let result = self.session().await;
-            // At start-up a busy slot means another pgpitr is streaming; after
-            // a disconnect it is usually our own old walsender, not yet gone.
+            // At start-up a busy slot means another pgpitr is streaming, or
+            // the walsender of a predecessor that was killed (a restarted
+            // container) and has not noticed yet: wait that out briefly.
+            // After a disconnect it is usually our own old walsender.
             if first
                 && let Err(e) = &result
                 && e.is_slot_active()
             {
-                return result.map(|_| ());
+                if started.elapsed() >= SLOT_BUSY_AT_START || self.cancel.is_cancelled() {
+                    return result.map(|_| ());
+                }
+                tracing::info!("replication slot is active; waiting for its holder to go away: {e}");
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
             }
             first = false;
             match result {
