@@ -361,7 +361,7 @@ pub async fn assemble_segment(
             }
             // Read now, not as listed: it may have grown since.
             _ => match resolve_journal(storage, seg, *id).await? {
-                Some((_, frames)) => frames.frames.iter().flat_map(|(_, r)| r.iter().copied()).collect(),
+                Some((_, frames)) => frames.frames.iter().map(|(_, r)| &r[..]).collect::<Vec<_>>().concat().into(),
                 None => continue,
             },
         };
