@@ -36,6 +36,7 @@ def main():
     ap.add_argument("--tool", choices=["perf", "perf-g", "strace", "none"], default="perf")
     ap.add_argument("--pgpitr", required=True)
     ap.add_argument("--out", default=".", help="where perf.data / strace.txt go")
+    ap.add_argument("--rows", type=int, default=1500000, help="rows of the bulk INSERT (1.5 M is ~350 MB of WAL)")
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     a = ap.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
@@ -80,7 +81,7 @@ def main():
         tps = None
         if a.workload == "bulk":
             pg.sql("INSERT INTO bulk SELECT g, md5(g::text), repeat(md5(g::text), 4) "
-                   "FROM generate_series(1, 1500000) g")
+                   f"FROM generate_series(1, {a.rows}) g")
         else:
             tps = parse_tps(run(pg.pgbench_argv("-n", "-c", "8", "-j", "2", "-T", "15")).stdout)
         l1, t1 = pg.lsn(), time.monotonic()

@@ -95,7 +95,7 @@ async fn journals_count_up_to_their_last_valid_frame() {
     let base = 5 * mib;
     put(&storage, WalObjectId::part(t, SegNo(5), 0, 1000), &wal[..1000]).await;
     let jid = WalObjectId::journal(t, SegNo(5), 1000);
-    let JournalOpen::Created(mut j) = storage.create_journal(&jid.key(seg())).await.unwrap() else {
+    let JournalOpen::Created(mut j) = storage.create_journal(&jid.key(seg()), 1 << 16).await.unwrap() else {
         panic!("local storage makes journals")
     };
     let commit = |at: u64| WalSummary {
@@ -127,14 +127,14 @@ async fn journals_count_up_to_their_last_valid_frame() {
     // The append failed: the same bytes went into a part, then a new journal.
     put(&storage, WalObjectId::part(t, SegNo(5), 4000, 6000), &wal[4000..6000]).await;
     let JournalOpen::Created(mut j2) =
-        storage.create_journal(&WalObjectId::journal(t, SegNo(5), 6000).key(seg())).await.unwrap()
+        storage.create_journal(&WalObjectId::journal(t, SegNo(5), 6000).key(seg()), 4096).await.unwrap()
     else {
         panic!("local storage makes journals")
     };
     j2.append(encode(t, Lsn(base + 6000), &wal[6000..7000], Codec::Lz4, &commit(6000))).await.unwrap();
     // Created and never appended to: nothing in it, and no harm.
     let JournalOpen::Created(_empty) =
-        storage.create_journal(&WalObjectId::journal(t, SegNo(5), 7000).key(seg())).await.unwrap()
+        storage.create_journal(&WalObjectId::journal(t, SegNo(5), 7000).key(seg()), 0).await.unwrap()
     else {
         panic!("local storage makes journals")
     };

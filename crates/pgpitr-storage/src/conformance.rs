@@ -442,11 +442,13 @@ async fn writers_and_readers(s: &dyn Storage, key: &str, n_writers: u8) {
 }
 
 /// A journal is created only where nothing exists, shows each append at
-/// once, and refuses invalid keys; a backend that cannot append durably
-/// says so without creating anything.
+/// once (followed by nothing but zeros, where preallocated), and refuses
+/// invalid keys; a backend that cannot append durably says so without
+/// creating anything.
 pub async fn journal(s: &dyn Storage) {
     let key = "conf/journal/j1";
-    let mut j = match ok(s.create_journal(key).await, "create_journal") {
+    let hint = 100_000;
+    let mut j = match ok(s.create_journal(key, hint).await, "create_journal") {
         crate::JournalOpen::Created(j) => j,
         crate::JournalOpen::Unsupported => {
             assert_not_found(s.head(key).await, "head of an unsupported journal");
@@ -455,22 +457,34 @@ pub async fn journal(s: &dyn Storage) {
         crate::JournalOpen::AlreadyExists => panic!("create_journal on a fresh key: AlreadyExists"),
     };
     assert!(j.is_empty());
-    assert_eq!(ok(s.get(key).await, "get empty journal").len(), 0);
+    // What was appended, then zeros at most.
+    let holds = |got: Bytes, want: &[u8], what: &str| {
+        assert!(got.len() >= want.len(), "{what}: {} bytes, {} appended", got.len(), want.len());
+        assert!(got[..want.len()] == *want, "{what}: appended bytes differ");
+        assert!(got[want.len()..].iter().all(|&b| b == 0), "{what}: non-zero bytes after the appended ones");
+        assert!(got.len() as u64 <= hint.max(want.len() as u64), "{what}: {} bytes, more than the hint", got.len());
+    };
+    holds(ok(s.get(key).await, "get empty journal"), &[], "empty journal");
     let (a, b) = (data(11, 5000), data(12, 70_000));
     ok(j.append(a.clone()).await, "append a");
-    assert_eq!(ok(s.get(key).await, "get after a"), a);
+    holds(ok(s.get(key).await, "get after a"), &a, "after a");
     ok(j.append(b.clone()).await, "append b");
     assert_eq!(j.len(), (a.len() + b.len()) as u64);
     let mut both = BytesMut::from(&a[..]);
     both.extend_from_slice(&b);
-    assert_eq!(ok(s.get(key).await, "get after b"), both.freeze());
-    assert!(matches!(ok(s.create_journal(key).await, "create again"), crate::JournalOpen::AlreadyExists));
+    holds(ok(s.get(key).await, "get after b"), &both, "after b");
+    // Past the hint the journal just grows.
+    let c = data(13, 40_000);
+    ok(j.append(c.clone()).await, "append c");
+    both.extend_from_slice(&c);
+    assert_eq!(ok(s.get(key).await, "get after c"), both.freeze());
+    assert!(matches!(ok(s.create_journal(key, hint).await, "create again"), crate::JournalOpen::AlreadyExists));
     ok(s.put("conf/journal/obj", Bytes::from_static(b"x")).await, "put");
     assert!(matches!(
-        ok(s.create_journal("conf/journal/obj").await, "create over an object"),
+        ok(s.create_journal("conf/journal/obj", hint).await, "create over an object"),
         crate::JournalOpen::AlreadyExists
     ));
     assert_eq!(ok(s.get("conf/journal/obj").await, "object untouched"), Bytes::from_static(b"x"));
     assert_eq!(keys(s, "conf/journal/").await, vec!["conf/journal/j1", "conf/journal/obj"]);
-    assert_invalid_key(s.create_journal("../escape").await.map(|_| ()), "create_journal ../escape");
+    assert_invalid_key(s.create_journal("../escape", 0).await.map(|_| ()), "create_journal ../escape");
 }

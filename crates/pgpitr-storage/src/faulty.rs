@@ -194,8 +194,8 @@ impl<S: Storage> Storage for FaultyStorage<S> {
     async fn check(&self) -> Result<()> {
         self.shared.run(Op::Check, "", self.inner.check()).await
     }
-    async fn create_journal(&self, key: &str) -> Result<JournalOpen> {
-        match self.shared.run(Op::CreateJournal, key, self.inner.create_journal(key)).await? {
+    async fn create_journal(&self, key: &str, size_hint: u64) -> Result<JournalOpen> {
+        match self.shared.run(Op::CreateJournal, key, self.inner.create_journal(key, size_hint)).await? {
             JournalOpen::Created(inner) => Ok(JournalOpen::Created(Box::new(FaultyJournal {
                 inner,
                 shared: self.shared.clone(),

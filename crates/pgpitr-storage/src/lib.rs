@@ -151,7 +151,13 @@ pub trait Storage: Send + Sync {
     ///
     /// The one exception to "never visible half-written": a journal is
     /// visible from creation on and grows; readers use its valid prefix.
-    async fn create_journal(&self, key: &str) -> Result<JournalOpen> {
+    /// It may also be preallocated: zeros up to about `size_hint` bytes
+    /// follow what was appended, so that an append's sync need not record a
+    /// new file size (measured: that took the synchronous archiver from
+    /// ~0.85× to ~1.05× of pg_receivewal's throughput, which zero-fills its
+    /// segments the same way).
+    async fn create_journal(&self, key: &str, size_hint: u64) -> Result<JournalOpen> {
+        let _ = size_hint;
         validate_key(key)?;
         Ok(JournalOpen::Unsupported)
     }
@@ -264,8 +270,8 @@ impl<T: Storage + ?Sized> Storage for Arc<T> {
     async fn check(&self) -> Result<()> {
         (**self).check().await
     }
-    async fn create_journal(&self, key: &str) -> Result<JournalOpen> {
-        (**self).create_journal(key).await
+    async fn create_journal(&self, key: &str, size_hint: u64) -> Result<JournalOpen> {
+        (**self).create_journal(key, size_hint).await
     }
 }
 

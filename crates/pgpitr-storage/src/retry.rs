@@ -207,15 +207,16 @@ impl<S: Storage> Storage for RetryingStorage<S> {
     }
 
     /// Creation is retried like `put_if_absent`; appends are not (see [`Journal`]).
-    async fn create_journal(&self, key: &str) -> Result<JournalOpen> {
+    async fn create_journal(&self, key: &str, size_hint: u64) -> Result<JournalOpen> {
         let mut attempts = Attempts::new(&self.policy, Op::CreateJournal.name());
         let mut maybe_created = false;
         loop {
-            match self.inner.create_journal(key).await {
-                // An empty journal our own lost attempt made: nothing in it to lose.
+            match self.inner.create_journal(key, size_hint).await {
+                // An empty journal our own lost attempt made (zeros at most,
+                // when preallocated): nothing in it to lose.
                 Ok(JournalOpen::AlreadyExists) if maybe_created => {
-                    let existing = retry(&self.policy, Op::Head.name(), || self.inner.head(key)).await?;
-                    if existing.size != 0 {
+                    let existing = retry(&self.policy, Op::Get.name(), || self.inner.get(key)).await?;
+                    if existing.iter().any(|&b| b != 0) {
                         return Ok(JournalOpen::AlreadyExists);
                     }
                     retry(&self.policy, Op::Delete.name(), || self.inner.delete(key)).await?;

@@ -2,7 +2,7 @@
 //! handed to storage as parts, and what the scanner found in them.
 
 use bytes::{Bytes, BytesMut};
-use pgpitr_repo::object::{Chunk, WalSummary};
+use pgpitr_repo::object::{Chunk, Piece, WalSummary};
 use pgpitr_repo::wal::WalObjectId;
 use pgpitr_types::{Lsn, SegNo, TimelineId, WalSegSize};
 use std::sync::{Arc, OnceLock};
@@ -192,9 +192,10 @@ pub struct Complete {
     pub chunks: Vec<PartChunk>,
 }
 
-/// The segment's compressed blocks: the parts' own where their uploads
-/// made them, fresh ones for the rest (resumed parts, races, the tail).
-pub fn segment_chunks(raw: &[u8], parts: &[PartChunk]) -> Vec<Chunk> {
+/// What the segment's payload is made of: the parts' own blocks where their
+/// uploads made them, raw bytes to compress for the rest (resumed parts,
+/// races, the tail).
+pub fn segment_pieces<'a>(raw: &'a [u8], parts: &'a [PartChunk]) -> Vec<Piece<'a>> {
     let mut out = Vec::with_capacity(parts.len() + 1);
     let mut at = 0usize;
     for p in parts {
@@ -202,57 +203,21 @@ pub fn segment_chunks(raw: &[u8], parts: &[PartChunk]) -> Vec<Chunk> {
         if from != at || to > raw.len() {
             continue; // not contiguous with what came before: recompress below
         }
-        out.push(match p.cell.get() {
-            Some(c) if c.raw_len as usize == to - from => c.clone(),
-            _ => Chunk::compress(&raw[from..to]),
-        });
+        match (p.cell.get(), out.last_mut()) {
+            (Some(c), _) if c.raw_len as usize == to - from => out.push(Piece::Stored(c)),
+            // Neighbouring raw ranges compress as one run of blocks.
+            (_, Some(Piece::Raw(prev))) => *prev = &raw[at - prev.len()..to],
+            _ => out.push(Piece::Raw(&raw[from..to])),
+        }
         at = to;
     }
     if at < raw.len() {
-        out.push(Chunk::compress(&raw[at..]));
+        match out.last_mut() {
+            Some(Piece::Raw(prev)) => *prev = &raw[at - prev.len()..],
+            _ => out.push(Piece::Raw(&raw[at..])),
+        }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parts_are_contiguous_and_complete_covers_all() {
-        let seg = WalSegSize::new(1 << 20).unwrap();
-        let now = Instant::now();
-        let mut s = OpenSegment::new(TimelineId(1), SegNo(5), seg, &[1u8; 100], true);
-        assert_eq!(s.end_lsn(), Lsn(5 * (1 << 20) + 100));
-        assert!(s.cut_part().is_none(), "the stored prefix is not cut again");
-        s.append(&[2u8; 50], now);
-        s.pending_summary_mut().commits = 1;
-        let (id, start, raw, sum, _) = s.cut_part().unwrap();
-        assert_eq!(id, WalObjectId::part(TimelineId(1), SegNo(5), 100, 150));
-        assert_eq!(start, Lsn(5 * (1 << 20) + 100));
-        assert_eq!(raw.len(), 50);
-        assert_eq!(sum.commits, 1);
-        let rest = vec![3u8; s.room()];
-        s.append(&rest, now);
-        assert!(s.is_full());
-        let c = s.into_complete();
-        assert_eq!(c.id, WalObjectId::segment(TimelineId(1), SegNo(5)));
-        assert_eq!(c.start, Lsn(5 * (1 << 20)));
-        assert_eq!(c.raw.len(), 1 << 20);
-        assert_eq!(&c.raw[..100], &[1u8; 100][..]);
-        assert_eq!(c.summary.commits, 1);
-        assert_eq!(c.superseded.len(), 1);
-    }
-
-    #[test]
-    fn inherited_prefix_goes_into_the_first_part() {
-        let seg = WalSegSize::new(1 << 20).unwrap();
-        let mut s = OpenSegment::new(TimelineId(2), SegNo(5), seg, &[7u8; 64], false);
-        assert!(s.pending_since().is_some());
-        let (id, _, raw, _, _) = s.cut_part().unwrap();
-        assert_eq!(id, WalObjectId::part(TimelineId(2), SegNo(5), 0, 64));
-        assert_eq!(&raw[..], &[7u8; 64][..]);
-    }
 }
 
 #[cfg(test)]
@@ -269,16 +234,17 @@ mod chunk_tests {
             PartChunk { from: 0, to: 3000, cell: filled },
             PartChunk { from: 3000, to: 5000, cell: ChunkCell::default() },
         ];
-        let chunks = segment_chunks(&raw, &parts);
-        assert_eq!(chunks.len(), 3);
-        assert_eq!(chunks[0], made, "the part's own block is reused");
-        assert_eq!(chunks.iter().map(|c| c.raw_len).sum::<u32>(), 10_000);
-        let obj = pgpitr_repo::object::encode_chunks(
+        let pieces = segment_pieces(&raw, &parts);
+        assert_eq!(pieces.len(), 2, "the unfilled part and the tail compress as one run");
+        assert!(matches!(pieces[0], Piece::Stored(c) if *c == made), "the part's own block is reused");
+        assert!(matches!(pieces[1], Piece::Raw(r) if r == &raw[3000..]));
+        let (obj, _) = pgpitr_repo::object::encode_pieces(
             TimelineId(1),
             Lsn(0),
-            &chunks,
+            &pieces,
             crc32fast::hash(&raw),
             &WalSummary::default(),
+            None,
         );
         assert_eq!(&pgpitr_repo::object::decode(&obj).unwrap().1[..], &raw[..]);
     }

@@ -2,9 +2,9 @@
 //! create-if-absent, and retry until it is stored or proven to conflict.
 
 use crate::StreamError;
-use crate::segment::{ChunkCell, PartChunk, segment_chunks};
+use crate::segment::{ChunkCell, PartChunk, segment_pieces};
 use bytes::{Bytes, BytesMut};
-use pgpitr_repo::object::{self, Chunk, WalSummary};
+use pgpitr_repo::object::{self, BufPool, Piece, WalSummary};
 use pgpitr_repo::wal::{WalObjectId, read_object};
 use pgpitr_storage::{PutOutcome, Storage};
 use pgpitr_types::{Lsn, WalSegSize};
@@ -56,6 +56,7 @@ pub async fn store(
     storage: &Arc<dyn Storage>,
     seg: WalSegSize,
     up: WalUpload,
+    pool: BufPool,
     cancel: &CancellationToken,
 ) -> Result<(Duration, Option<BytesMut>), StreamError> {
     let key = up.id.key(seg);
@@ -63,15 +64,19 @@ pub async fn store(
     let WalUpload { id, raw, summary, blocks, .. } = up;
     let encode = move || {
         let crc = crc32fast::hash(&raw);
-        let chunks = match blocks {
+        let encoded = match blocks {
             Blocks::Part(cell) => {
-                let chunk = Chunk::compress(&raw);
-                let _ = cell.set(chunk.clone());
-                vec![chunk]
+                let (encoded, mut fresh) =
+                    object::encode_pieces(id.tli, start, &[Piece::Raw(&raw)], crc, &summary, Some(&pool));
+                if let Some(chunk) = fresh.pop() {
+                    let _ = cell.set(chunk);
+                }
+                encoded
             }
-            Blocks::Segment(parts) => segment_chunks(&raw, &parts),
+            Blocks::Segment(parts) => {
+                object::encode_pieces(id.tli, start, &segment_pieces(&raw, &parts), crc, &summary, Some(&pool)).0
+            }
         };
-        let encoded = object::encode_chunks(id.tli, start, &chunks, crc, &summary);
         (encoded, crc, raw.try_into_mut().ok())
     };
     // Small parts (synchronous mode, quiet servers) take microseconds to
@@ -141,9 +146,10 @@ mod tests {
         let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path()));
         let seg = WalSegSize::new(1 << 20).unwrap();
         let cancel = CancellationToken::new();
-        store(&storage, seg, up(1), &cancel).await.unwrap();
-        store(&storage, seg, up(1), &cancel).await.expect("an identical copy is accepted");
-        let err = store(&storage, seg, up(2), &cancel).await.unwrap_err();
+        let pool = BufPool::for_objects(1, 1 << 20);
+        store(&storage, seg, up(1), pool.clone(), &cancel).await.unwrap();
+        store(&storage, seg, up(1), pool.clone(), &cancel).await.expect("an identical copy is accepted");
+        let err = store(&storage, seg, up(2), pool.clone(), &cancel).await.unwrap_err();
         assert!(matches!(err, StreamError::Conflict { .. }), "{err}");
         assert!(err.to_string().contains("refusing to overwrite"), "{err}");
         let (_, raw) = read_object(storage.as_ref(), &up(1).id.key(seg)).await.unwrap();
