@@ -383,6 +383,11 @@ impl Storage for S3Storage {
         self.shared.location.clone()
     }
 
+    // Every PUT and part is sent with payload signing disabled: signing
+    // hashes the whole body with SHA-256, a second pass over every byte of
+    // WAL and backups. The body is still covered by the SDK's CRC32
+    // checksum (verified by the server), by TLS on https endpoints, and by
+    // the container's own CRCs, checked on every read.
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {
         validate_key(key)?;
         let s = &self.shared;
@@ -391,6 +396,8 @@ impl Storage for S3Storage {
             .bucket(&s.bucket)
             .key(s.full_key(key))
             .body(ByteStream::from(data))
+            .customize()
+            .disable_payload_signing()
             .send()
             .await
             .map_err(|e| s.sdk_error(Op::Put, key, &e))?;
@@ -407,6 +414,8 @@ impl Storage for S3Storage {
             .key(s.full_key(key))
             .if_none_match("*")
             .body(ByteStream::from(data))
+            .customize()
+            .disable_payload_signing()
             .send()
             .await;
         match res {
@@ -857,6 +866,8 @@ impl S3Upload {
                 .upload_id(upload_id)
                 .part_number(number)
                 .body(ByteStream::from(body.clone()))
+                .customize()
+                .disable_payload_signing()
                 .send()
                 .await;
             let part = match res {
@@ -1007,6 +1018,8 @@ impl Upload for S3Upload {
                 .bucket(&s.bucket)
                 .key(&self.full_key)
                 .body(ByteStream::from(self.buffer.concat()))
+                .customize()
+                .disable_payload_signing()
                 .send()
                 .await
                 .map_err(|e| s.sdk_error(Op::CompleteUpload, &self.key, &e))?;

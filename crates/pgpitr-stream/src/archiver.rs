@@ -340,15 +340,10 @@ impl State {
             }
             tokio::select! {
                 biased;
-                _ = &mut cancelled => {
-                    self.drain(Some(&mut stream)).await?;
-                    stream.finish().await.ok();
-                    return Ok(Flow::Shutdown);
-                }
                 Some(done) = self.uploads.join_next(), if !self.uploads.is_empty() => {
                     let done = done.map_err(|e| StreamError::Internal(format!("upload task failed: {e}")))?;
                     let moved = self.finish_upload(done)?;
-                    self.submit_if_due();
+                    self.submit_if_due(Instant::now());
                     if moved && self.reportable() > reported {
                         reported = self.reportable();
                         stream.send_status(reported, reported, reported, false).await?;
@@ -364,11 +359,12 @@ impl State {
                     self.submit_part();
                 }
                 msg = stream.next(), if self.can_accept() => {
-                    last_heard = Instant::now();
+                    let now = Instant::now();
+                    last_heard = now;
                     match msg? {
                         StreamMessage::XLogData { start, data, .. } => {
-                            self.on_wal(start, data)?;
-                            self.submit_if_due();
+                            self.on_wal(start, data, now)?;
+                            self.submit_if_due(now);
                         }
                         StreamMessage::Keepalive { reply_requested, end_of_wal, .. } => {
                             self.stats.server_lsn.store(end_of_wal.0, Ordering::Relaxed);
@@ -381,6 +377,14 @@ impl State {
                             return Ok(Flow::NextTimeline { next_tli, next_start: next_tli_start });
                         }
                     }
+                }
+                // After the message branch, so that a busy stream does not
+                // poll the token (a mutex) for every message; tokio's
+                // cooperative budget still yields to it under constant load.
+                _ = &mut cancelled => {
+                    self.drain(Some(&mut stream)).await?;
+                    stream.finish().await.ok();
+                    return Ok(Flow::Shutdown);
                 }
                 // After the message branch, so data already buffered wins.
                 _ = &mut silence, if self.can_accept() => {
@@ -402,19 +406,19 @@ impl State {
         }
     }
 
-    fn on_wal(&mut self, start: Lsn, mut data: Bytes) -> Result<(), StreamError> {
+    fn on_wal(&mut self, start: Lsn, mut data: Bytes, now: Instant) -> Result<(), StreamError> {
         if start != self.received {
             return Err(StreamError::Protocol(format!(
                 "server sent WAL at {start}, expected {} on timeline {}",
                 self.received, self.tli
             )));
         }
-        let now = Instant::now();
+        let received_us = jiff::Timestamp::now().as_microsecond();
         while !data.is_empty() {
             let take = data.len().min(self.cur.room());
             let chunk = data.split_to(take);
             self.cur.append(&chunk, now);
-            self.scan(&chunk);
+            self.scan(&chunk, received_us);
             self.received = Lsn(self.received.0 + take as u64);
             if self.cur.is_full() {
                 self.submit_segment();
@@ -429,7 +433,7 @@ impl State {
     /// Indexes commit records into the pending summary. A WAL format
     /// surprise must not stop archiving: the bytes are stored regardless,
     /// and the scanner resynchronises at the next segment.
-    fn scan(&mut self, chunk: &[u8]) {
+    fn scan(&mut self, chunk: &[u8], received_us: i64) {
         self.events.clear();
         let Some(scanner) = self.scanner.as_mut() else { return };
         if let Err(e) = scanner.feed(chunk, &mut self.events) {
@@ -437,7 +441,6 @@ impl State {
             self.stats.scan_errors.fetch_add(1, Ordering::Relaxed);
             self.scanner = None;
         }
-        let received_us = jiff::Timestamp::now().as_microsecond();
         let summary = self.cur.pending_summary_mut();
         summary.received_us = received_us;
         for ev in self.events.drain(..) {
@@ -465,8 +468,8 @@ impl State {
     /// Submits now when the deadline has passed: a timer set for the past
     /// fires only at the next millisecond tick, and in synchronous mode every
     /// commit waits for that.
-    fn submit_if_due(&mut self) {
-        if self.flush_deadline().is_some_and(|d| d <= Instant::now()) {
+    fn submit_if_due(&mut self, now: Instant) {
+        if self.flush_deadline().is_some_and(|d| d <= now) {
             self.submit_part();
         }
     }

@@ -57,8 +57,10 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
     // cross-thread wake-ups. Compression still goes to the blocking pool.
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new().name("pgpitr-stream".into()).spawn(move || {
+        // No process or signal driver: their checks ran on every park.
         let result = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+            .enable_io()
+            .enable_time()
             .build()
             .map_err(|e| anyhow::anyhow!("cannot start the streaming runtime: {e}"))
             .and_then(|rt| rt.block_on(archiver.run()).map_err(anyhow::Error::from));
