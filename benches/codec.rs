@@ -3,15 +3,17 @@
 //! throughput is MB/s per core.
 //!
 //! - `wal_object/encode/segment`: one complete 16 MiB segment, as `pgpitr
-//!   stream` stores it when a segment fills.
+//!   stream` stores it when a segment fills: CRC-32 of the raw bytes, then
+//!   64 KiB lz4 blocks compressed into a buffer from its pool (codec 2).
 //! - `wal_object/encode/part_*`: the unfinished tail of a segment, stored
-//!   within `--flush-interval` (part sizes of a quiet and of a busy server).
+//!   within `--flush-interval` (part sizes of a quiet and of a busy server),
+//!   the same way.
 //! - `wal_object/decode/*`: what `wal-fetch` does before handing Postgres a
 //!   segment (decompress and verify).
 //! - `backup_part/*`: a backup part, the same container over data-file pages.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use pgpitr_repo::object::{self, Codec, TimedLsn, WalSummary};
+use pgpitr_repo::object::{self, BufPool, Codec, Piece, TimedLsn, WalSummary};
 use pgpitr_types::{Lsn, TimelineId};
 use std::hint::black_box;
 
@@ -39,7 +41,15 @@ fn wal_object(c: &mut Criterion) {
     let seg = &fx.segments[1];
     let tli = TimelineId(1);
     let s = summary();
-    let stored = object::encode(tli, seg.start, &seg.bytes, Codec::Lz4, &s);
+    let pool = BufPool::for_objects(1, seg.bytes.len());
+    // What `pgpitr_stream::upload::store` does with a part or a segment
+    // whose parts left no blocks to reuse.
+    let encode = |raw: &[u8]| {
+        let crc = crc32fast::hash(raw);
+        object::encode_pieces(tli, seg.start, &[Piece::Raw(raw)], crc, &s, Some(&pool)).0
+    };
+    let stored = encode(&seg.bytes);
+    assert_eq!(object::decode(&stored).expect("decodes").0.codec, Codec::Lz4Chunks);
     eprintln!(
         "wal_object: segment {} compresses to {:.1}% with lz4",
         seg.name,
@@ -49,17 +59,17 @@ fn wal_object(c: &mut Criterion) {
     let mut g = c.benchmark_group("wal_object");
     g.throughput(Throughput::Bytes(seg.bytes.len() as u64));
     g.bench_function(BenchmarkId::new("encode", "segment_16MiB"), |b| {
-        b.iter(|| object::encode(tli, seg.start, black_box(&seg.bytes), Codec::Lz4, &s))
+        b.iter(|| encode(black_box(&seg.bytes)))
     });
     g.bench_function(BenchmarkId::new("decode", "segment_16MiB"), |b| {
         b.iter(|| object::decode(black_box(&stored)).expect("decodes"))
     });
     for (label, len) in [("part_64KiB", 64usize << 10), ("part_1MiB", 1 << 20)] {
         let raw = &seg.bytes[..len];
-        let part = object::encode(tli, seg.start, raw, Codec::Lz4, &s);
+        let part = encode(raw);
         g.throughput(Throughput::Bytes(len as u64));
         g.bench_function(BenchmarkId::new("encode", label), |b| {
-            b.iter(|| object::encode(tli, seg.start, black_box(raw), Codec::Lz4, &s))
+            b.iter(|| encode(black_box(raw)))
         });
         g.bench_function(BenchmarkId::new("decode", label), |b| {
             b.iter(|| object::decode(black_box(&part)).expect("decodes"))
