@@ -58,9 +58,7 @@ fn wal_object(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("wal_object");
     g.throughput(Throughput::Bytes(seg.bytes.len() as u64));
-    g.bench_function(BenchmarkId::new("encode", "segment_16MiB"), |b| {
-        b.iter(|| encode(black_box(&seg.bytes)))
-    });
+    g.bench_function(BenchmarkId::new("encode", "segment_16MiB"), |b| b.iter(|| encode(black_box(&seg.bytes))));
     g.bench_function(BenchmarkId::new("decode", "segment_16MiB"), |b| {
         b.iter(|| object::decode(black_box(&stored)).expect("decodes"))
     });
@@ -68,9 +66,7 @@ fn wal_object(c: &mut Criterion) {
         let raw = &seg.bytes[..len];
         let part = encode(raw);
         g.throughput(Throughput::Bytes(len as u64));
-        g.bench_function(BenchmarkId::new("encode", label), |b| {
-            b.iter(|| encode(black_box(raw)))
-        });
+        g.bench_function(BenchmarkId::new("encode", label), |b| b.iter(|| encode(black_box(raw))));
         g.bench_function(BenchmarkId::new("decode", label), |b| {
             b.iter(|| object::decode(black_box(&part)).expect("decodes"))
         });
