@@ -590,7 +590,7 @@ impl Storage for LocalStorage {
             Some(file) => JournalOpen::Created(Box::new(LocalJournal {
                 ctx: Ctx { op: Op::Append, ..ctx },
                 path: self.root.join(key),
-                file: Arc::new(file),
+                file,
                 len: 0,
                 broken: false,
             })),
@@ -624,7 +624,7 @@ impl Storage for LocalStorage {
 struct LocalJournal {
     ctx: Ctx,
     path: PathBuf,
-    file: Arc<File>,
+    file: File,
     len: u64,
     /// Set by a failed append: the tail is unknown, nothing more may follow.
     broken: bool,
