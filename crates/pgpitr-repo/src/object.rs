@@ -62,15 +62,6 @@ pub struct Chunk {
     pub framed: Bytes,
 }
 
-impl Chunk {
-    pub fn compress(raw: &[u8]) -> Chunk {
-        let mut buf = vec![0u8; framed_bound(raw.len())];
-        let n = compress_framed(raw, &mut buf);
-        buf.truncate(n);
-        Chunk { raw_len: raw.len() as u32, framed: buf.into() }
-    }
-}
-
 /// Most bytes [`compress_framed`] writes for `raw_len` raw bytes.
 pub fn framed_bound(raw_len: usize) -> usize {
     let (full, rest) = (raw_len / BLOCK_RAW, raw_len % BLOCK_RAW);
@@ -254,13 +245,6 @@ pub fn encode(tli: TimelineId, start: Lsn, raw: &[u8], codec: Codec, summary: &W
         }
         Codec::Lz4Chunks => encode_pieces(tli, start, &[Piece::Raw(raw)], crc32fast::hash(raw), summary, None).0,
     }
-}
-
-/// Encodes already-compressed chunks whose raw bytes, concatenated, have
-/// CRC-32 `raw_crc`.
-pub fn encode_chunks(tli: TimelineId, start: Lsn, chunks: &[Chunk], raw_crc: u32, summary: &WalSummary) -> Bytes {
-    let pieces: Vec<Piece> = chunks.iter().map(Piece::Stored).collect();
-    encode_pieces(tli, start, &pieces, raw_crc, summary, None).0
 }
 
 /// Encodes a codec-2 object from `pieces` (whose raw bytes, concatenated,
@@ -558,6 +542,15 @@ pub fn decode_journal(buf: &[u8], tli: TimelineId, start: Lsn) -> JournalFrames 
 mod tests {
     use super::*;
 
+    fn chunk(raw: &[u8]) -> Chunk {
+        encode_pieces(TimelineId(1), Lsn(0), &[Piece::Raw(raw)], 0, &WalSummary::default(), None).1.remove(0)
+    }
+
+    fn encode_chunks(tli: TimelineId, start: Lsn, chunks: &[Chunk], raw_crc: u32, s: &WalSummary) -> Bytes {
+        let pieces: Vec<Piece> = chunks.iter().map(Piece::Stored).collect();
+        encode_pieces(tli, start, &pieces, raw_crc, s, None).0
+    }
+
     #[test]
     fn journal_frames_stop_at_a_torn_or_foreign_frame() {
         let (raw, sum) = sample();
@@ -647,7 +640,7 @@ mod tests {
     fn chunks_from_parts_make_the_same_segment() {
         let (raw, s) = sample();
         let cuts = [0usize, 1000, 50_000, 50_001, raw.len()];
-        let chunks: Vec<Chunk> = cuts.windows(2).map(|w| Chunk::compress(&raw[w[0]..w[1]])).collect();
+        let chunks: Vec<Chunk> = cuts.windows(2).map(|w| chunk(&raw[w[0]..w[1]])).collect();
         let obj = encode_chunks(TimelineId(2), Lsn(0x2000), &chunks, crc32fast::hash(&raw), &s);
         let (h, back) = decode(&obj).unwrap();
         assert_eq!(&back[..], &raw[..]);
@@ -666,7 +659,7 @@ mod tests {
     #[test]
     fn chunked_truncations_and_bit_flips_are_errors() {
         let (raw, s) = sample();
-        let chunks = vec![Chunk::compress(&raw[..700]), Chunk::compress(&raw[700..2500])];
+        let chunks = vec![chunk(&raw[..700]), chunk(&raw[700..2500])];
         let obj = encode_chunks(TimelineId(1), Lsn(0), &chunks, crc32fast::hash(&raw[..2500]), &s);
         for cut in 0..obj.len() {
             assert!(decode(&obj[..cut]).is_err(), "truncated at {cut}");
@@ -701,7 +694,7 @@ mod tests {
     #[test]
     fn raw_pieces_are_cut_into_bounded_blocks_and_their_chunks_reused() {
         let (raw, s) = sample();
-        let head = Chunk::compress(&raw[..1000]);
+        let head = chunk(&raw[..1000]);
         let tail = &raw[1000..];
         let (obj, fresh) = encode_pieces(
             TimelineId(1),
@@ -722,7 +715,7 @@ mod tests {
         let again = encode_chunks(TimelineId(1), Lsn(1000), &fresh, crc32fast::hash(tail), &s);
         assert_eq!(&decode(&again).unwrap().1[..], tail);
         // Nothing to compress is no block at all, and still decodes.
-        let empty = Chunk::compress(&[]);
+        let empty = chunk(&[]);
         assert!(empty.framed.is_empty());
         let obj = encode_chunks(TimelineId(1), Lsn(5), &[empty], crc32fast::hash(&[]), &s);
         assert_eq!(decode(&obj).unwrap().1.len(), 0);

@@ -227,7 +227,16 @@ mod chunk_tests {
     #[test]
     fn segment_reuses_part_blocks_and_compresses_the_rest() {
         let raw: Vec<u8> = (0..10_000u32).map(|i| (i % 97) as u8).collect();
-        let made = Chunk::compress(&raw[0..3000]);
+        let made = pgpitr_repo::object::encode_pieces(
+            TimelineId(1),
+            Lsn(0),
+            &[Piece::Raw(&raw[0..3000])],
+            0,
+            &WalSummary::default(),
+            None,
+        )
+        .1
+        .remove(0);
         let filled = ChunkCell::default();
         filled.set(made.clone()).unwrap();
         let parts = vec![
