@@ -8,7 +8,8 @@ WORKLOAD: tpcb (pgbench TPC-B, 8 clients, 15 s) | bulk (INSERT of ~350 MB
 of WAL) | sync (TPC-B with the receiver as the synchronous standby).
 RECEIVER: local | s3 (pgpitr stream) | receivewal | receivewal-lz4.
 --tool: perf (flat profile, default) | perf-g (with DWARF call graphs) |
-strace (syscall counts) | none (just the figures, no profiler overhead).
+stat (counts of the syscalls that matter, from tracepoints: little overhead) |
+strace (syscall counts and times) | none (just the figures, no profiler overhead).
 """
 
 import argparse
@@ -24,6 +25,11 @@ from .common import (Cluster, S3Server, lsn_int, parse_tps, pgpitr_receiver, pro
                      wait_streaming)
 
 
+# The syscalls of a receiver's loop, counted by --tool stat.
+STAT_SYSCALLS = ["fdatasync", "fsync", "pwrite64", "write", "recvfrom", "sendto", "epoll_wait", "pselect6", "poll",
+                 "futex"]
+
+
 class Ctx:
     def __init__(self, pgpitr):
         self.pgpitr = pgpitr
@@ -33,7 +39,7 @@ def main():
     ap = argparse.ArgumentParser(prog="benchkit.profile")
     ap.add_argument("workload", choices=["tpcb", "bulk", "sync"])
     ap.add_argument("receiver", choices=["local", "s3", "receivewal", "receivewal-lz4"])
-    ap.add_argument("--tool", choices=["perf", "perf-g", "strace", "none"], default="perf")
+    ap.add_argument("--tool", choices=["perf", "perf-g", "stat", "strace", "none"], default="perf")
     ap.add_argument("--pgpitr", required=True)
     ap.add_argument("--out", default=".", help="where perf.data / strace.txt go")
     ap.add_argument("--rows", type=int, default=1500000, help="rows of the bulk INSERT (1.5 M is ~350 MB of WAL)")
@@ -68,6 +74,10 @@ def main():
         elif a.tool == "strace":
             prof = subprocess.Popen(["strace", "-c", "-f", "-o", os.path.join(out, "strace.txt"), "-p", str(r.pid)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        elif a.tool == "stat":
+            events = ",".join(["context-switches"] + [f"syscalls:sys_enter_{c}" for c in STAT_SYSCALLS])
+            prof = subprocess.Popen(["perf", "stat", "-e", events, "-o", os.path.join(out, "stat.txt"), "-p",
+                                     str(r.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         else:
             g = ["-g", "--call-graph", "dwarf,32768"] if a.tool == "perf-g" else []
             prof = subprocess.Popen(["perf", "record", "-F", "1999", *g, "-o", os.path.join(out, "perf.data"), "-p",
@@ -100,12 +110,15 @@ def main():
         if prof:
             prof.send_signal(signal.SIGINT)
             prof.wait()
+        # Before stop(): it removes pg_receivewal's directory.
+        stored = sum(os.path.getsize(os.path.join(d, f)) for sub in ("rw", "repo", "s3")
+                     for d, _, fs in os.walk(os.path.join(work, sub)) for f in fs)
         r.stop()
         wal = l1 - l0
         print(f"{a.workload} {a.receiver} {' '.join(extra)}: {wal / 1e6:.0f} MB of WAL in {t1 - t0:.1f} s"
               + (f" ({tps:.0f} tps)" if tps else "")
               + f"; receiver CPU {c1 - c0:.2f} s = {(c1 - c0) / (wal / 1e9):.2f} s/GB; VmHWM {hwm / 2**20:.1f} MiB; "
-                f"{col} caught up {catchup:.2f} s after the load")
+                f"{col} caught up {catchup:.2f} s after the load; {stored / 1e6:.0f} MB stored in all")
     finally:
         pg.stop("immediate")
         s3.stop()
@@ -118,6 +131,15 @@ def main():
             lines = [ln.rstrip()[:120] for ln in rep.stdout.splitlines() if ln.strip() and ln.lstrip()[:1].isdigit()]
             print(f"--- perf top by {sort}")
             print("\n".join(lines[: 6 if sort == "dso" else 25]))
+    elif a.tool == "stat":
+        print(f"--- perf stat (per transaction at {tps:.0f} tps)" if tps else "--- perf stat")
+        with open(os.path.join(os.path.abspath(a.out), "stat.txt")) as f:
+            for ln in f:
+                parts = ln.split()
+                if len(parts) >= 2 and parts[0].replace(",", "").isdigit():
+                    n = int(parts[0].replace(",", ""))
+                    per = f"  {n / (tps * (t1 - t0)):.2f}/tx" if tps else ""
+                    print(f"{n:>12,}  {parts[1]}{per}")
     elif a.tool == "strace":
         print("--- strace -c")
         with open(os.path.join(os.path.abspath(a.out), "strace.txt")) as f:

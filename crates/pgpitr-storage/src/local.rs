@@ -23,8 +23,17 @@ use crate::error::{Op, Result, StorageError};
 use crate::key::{TEMP_PREFIX, validate_key, validate_prefix};
 use crate::{Journal, JournalOpen, ObjectMeta, ObjectStream, PutOutcome, Storage, Upload, summarize_failures};
 
-/// Zeros written per call when preallocating a journal.
-const PREALLOC_CHUNK: usize = 1 << 20;
+/// Zeros written per call when preallocating a journal: two pages. The page
+/// cache sizes its folios by the write that creates them, and a large folio
+/// makes every small append and its sync walk all of the folio's blocks
+/// (with 1 MiB writes, on Linux 6.18 ext4, that cost the synchronous
+/// archiver ~8% of its CPU; see benches/results/FINDINGS.md).
+const PREALLOC_CHUNK: usize = 8192;
+
+/// Bytes per write(2) of an object. One write of a whole segment object
+/// made the kernel's copy into the page cache ~2.5x as costly (large folios
+/// again; measured with `perf` on a bulk load).
+const WRITE_CHUNK: usize = 64 * 1024;
 
 /// Chunk size of [`Storage::get_stream`] reads.
 const STREAM_CHUNK: usize = 256 * 1024;
@@ -222,7 +231,9 @@ fn write_object(path: &Path, data: &[u8], replace: bool) -> IoRes<PutOutcome> {
     let dir = parent_of(path);
     ensure_dir(dir)?;
     let (tmp, mut file) = TempFile::create(dir)?;
-    file.write_all(data).at(&tmp.path)?;
+    for piece in data.chunks(WRITE_CHUNK) {
+        file.write_all(piece).at(&tmp.path)?;
+    }
     file.sync_all().at(&tmp.path)?;
     drop(file);
     if replace {

@@ -11,15 +11,15 @@
 use crate::durable::DurableTracker;
 use crate::lease::LeaseTask;
 use crate::resume::{self, ResumePlan};
-use crate::segment::OpenSegment;
-use crate::upload::{self, Blocks, WalUpload};
+use crate::segment::{Cut, OpenSegment};
+use crate::upload::{self, Blocks, Buffers, SpareSegments, WalUpload};
 use crate::{StreamConfig, StreamError, StreamStats};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pgpitr_pgwire::{ConnConfig, ReplicationConnection, ReplicationStream, StreamMessage};
 use pgpitr_repo::object::{self, BufPool, Codec, RestorePoint, TimedLsn, WalSummary};
 use pgpitr_repo::wal::{WalObjectId, WalObjectKind};
 use pgpitr_repo::{ClusterIdentity, Repository};
-use pgpitr_storage::{Journal, JournalOpen};
+use pgpitr_storage::{Journal, JournalOpen, Storage};
 use pgpitr_types::{Lsn, TimelineHistory, TimelineId, WalSegSize};
 use pgpitr_walscan::{WalEvent, WalScanner};
 use std::sync::Arc;
@@ -46,8 +46,8 @@ struct Done {
     end: Lsn,
     /// Parts made redundant once this (complete segment) is stored.
     superseded: Vec<WalObjectId>,
-    /// The time the upload took, and a complete segment's buffer to reuse.
-    result: Result<(Duration, Option<BytesMut>), StreamError>,
+    /// The time the upload took.
+    result: Result<Duration, StreamError>,
     /// For a journal append: what becomes of the journal.
     journal: Option<AppendEnd>,
 }
@@ -68,6 +68,92 @@ struct OpenJournal {
     id: WalObjectId,
     from: u32,
     handle: Box<dyn Journal>,
+}
+
+/// One append to a segment's journal, with what it needs to create the
+/// journal first or to store a part instead.
+struct AppendJob {
+    storage: Arc<dyn Storage>,
+    seg: WalSegSize,
+    cancel: CancellationToken,
+    bufs: Buffers,
+    jid: WalObjectId,
+    jfrom: u32,
+    cut: Cut,
+    open: Option<OpenJournal>,
+    supported: bool,
+}
+
+impl AppendJob {
+    async fn run(mut self) -> Done {
+        if self.open.is_none() {
+            self.create().await;
+        }
+        match self.try_append().await {
+            Ok(done) => done,
+            Err(job) => job.store_part().await,
+        }
+    }
+
+    fn id(&self) -> WalObjectId {
+        WalObjectId { kind: WalObjectKind::Journal { from: self.jfrom, to: self.cut.to }, ..self.jid }
+    }
+
+    fn range(&self) -> (Lsn, Lsn) {
+        (self.cut.start, Lsn(self.cut.start.0 + self.cut.raw.len() as u64))
+    }
+
+    async fn create(&mut self) {
+        let (seg, jid) = (self.seg, self.jid);
+        // The rest of the segment, plus room for frame headers.
+        let rest = seg.bytes() - u64::from(self.jfrom);
+        match self.storage.create_journal(&jid.key(seg), rest + rest / 16).await {
+            Ok(JournalOpen::Created(handle)) => self.open = Some(OpenJournal { id: jid, from: self.jfrom, handle }),
+            Ok(JournalOpen::Unsupported) => self.supported = false,
+            Ok(JournalOpen::AlreadyExists) => {
+                // Left empty by a crash right after its creation (else
+                // streaming would have resumed past it): never reuse it.
+                tracing::debug!(key = %jid.key(seg), "journal exists; storing a part instead");
+            }
+            Err(e) => tracing::warn!("cannot create a WAL journal, storing a part instead: {e}"),
+        }
+    }
+
+    /// The append, if a journal is open; else (or if it fails) the job
+    /// back, without a journal, to store a part instead.
+    async fn try_append(mut self) -> Result<Done, AppendJob> {
+        let began = Instant::now();
+        let (start, end) = self.range();
+        let Some(j) = self.open.as_mut() else { return Err(self) };
+        let frame = object::encode(self.jid.tli, start, &self.cut.raw, Codec::None, &self.cut.summary);
+        match j.handle.append(frame).await {
+            Ok(()) => {
+                let id = self.id();
+                let journal = Some(AppendEnd { open: self.open, supported: self.supported, fallback: None });
+                Ok(Done { id, start, end, superseded: Vec::new(), result: Ok(began.elapsed()), journal })
+            }
+            Err(e) => {
+                tracing::warn!("appending to a WAL journal failed, storing a part instead: {e}");
+                self.open = None;
+                Err(self)
+            }
+        }
+    }
+
+    async fn store_part(self) -> Done {
+        let (id, (start, end)) = (self.id(), self.range());
+        let part = WalObjectId::part(self.jid.tli, self.jid.segno, self.cut.from, self.cut.to);
+        let up = WalUpload {
+            id: part,
+            start,
+            raw: self.cut.raw,
+            summary: self.cut.summary,
+            blocks: Blocks::Part(Default::default()),
+        };
+        let result = upload::store(&self.storage, self.seg, up, self.bufs, &self.cancel).await;
+        let journal = Some(AppendEnd { open: None, supported: self.supported, fallback: Some(part) });
+        Done { id, start, end, superseded: Vec::new(), result, journal }
+    }
 }
 
 struct AppendEnd {
@@ -222,11 +308,11 @@ struct State {
     upload_cancel: CancellationToken,
     /// For a bounded range: stop once WAL up to here is durable.
     stop_at: Option<Lsn>,
-    /// Segment buffers handed back by finished uploads.
-    spare: Vec<BytesMut>,
-    /// Buffers objects are encoded into, recycled.
-    encode_bufs: BufPool,
+    /// Encode buffers and spare segment buffers, recycled.
+    bufs: Buffers,
     journal: JournalSlot,
+    /// An upload task was spawned since the stream last yielded.
+    spawned: bool,
 }
 
 impl State {
@@ -258,9 +344,12 @@ impl State {
             upload_latency: Duration::from_millis(20),
             upload_cancel,
             stop_at: None,
-            spare: Vec::new(),
-            encode_bufs: BufPool::for_objects(ENCODE_BUFFERS, seg.bytes() as usize),
+            bufs: Buffers {
+                encode: BufPool::for_objects(ENCODE_BUFFERS, seg.bytes() as usize),
+                segments: SpareSegments::new(SPARE_BUFFERS, seg.bytes() as usize),
+            },
             journal: JournalSlot::default(),
+            spawned: false,
         }
     }
 
@@ -294,7 +383,7 @@ impl State {
             // while the previous one was syncing.
             return (!self.journal.busy).then_some(since);
         }
-        if self.cfg.synchronous || self.received_enough() {
+        if self.stores_at_once() {
             // Several parts in flight pipeline the storage round trips (and
             // let the file system batch fsyncs); each batches what arrived
             // while the others were being stored.
@@ -330,7 +419,20 @@ impl State {
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
         loop {
-            let deadline = self.flush_deadline();
+            // A new upload task runs only when this one yields, and reading
+            // a busy socket yields only when tokio's budget runs out (every
+            // ~2 segments on a bulk load): until then the upload has not
+            // even started encoding, and its segment buffer is not free for
+            // reuse. So yield once after handing work to an upload.
+            if std::mem::take(&mut self.spawned) {
+                tokio::task::yield_now().await;
+            }
+            // In the modes that store at once, what is pending is submitted
+            // when the socket has nothing more to read, as pg_receivewal
+            // syncs: one append then carries every message that arrived
+            // while the last one was syncing, not just the first of them.
+            let idle_due = self.stores_at_once() && self.flush_deadline().is_some();
+            let deadline = if self.stores_at_once() { None } else { self.flush_deadline() };
             if let Some(d) = deadline
                 && armed != deadline
             {
@@ -342,7 +444,9 @@ impl State {
                 Some(done) = self.uploads.join_next(), if !self.uploads.is_empty() => {
                     let done = done.map_err(|e| StreamError::Internal(format!("upload task failed: {e}")))?;
                     let moved = self.finish_upload(done)?;
-                    self.submit_if_due(Instant::now());
+                    if !self.stores_at_once() {
+                        self.submit_if_due(Instant::now());
+                    }
                     if moved && self.reportable() > reported {
                         reported = self.reportable();
                         stream.send_status(reported, reported, reported, false).await?;
@@ -363,7 +467,9 @@ impl State {
                     match msg? {
                         StreamMessage::XLogData { start, data, .. } => {
                             self.on_wal(start, data, now)?;
-                            self.submit_if_due(now);
+                            if !self.stores_at_once() {
+                                self.submit_if_due(now);
+                            }
                         }
                         StreamMessage::Keepalive { reply_requested, end_of_wal, .. } => {
                             self.stats.server_lsn.store(end_of_wal.0, Ordering::Relaxed);
@@ -375,6 +481,18 @@ impl State {
                         StreamMessage::EndOfTimeline { next_tli, next_tli_start } => {
                             return Ok(Flow::NextTimeline { next_tli, next_start: next_tli_start });
                         }
+                    }
+                }
+                // Only reached when no message is ready (or reading is
+                // paused): `biased` polls the branches in order.
+                _ = std::future::ready(()), if idle_due => {
+                    match self.append_inline().await? {
+                        Some(true) if self.reportable() > reported => {
+                            reported = self.reportable();
+                            stream.send_status(reported, reported, reported, false).await?;
+                        }
+                        Some(_) => {}
+                        None => self.submit_part(),
                     }
                 }
                 // After the message branch, so that a busy stream does not
@@ -448,7 +566,7 @@ impl State {
     }
 
     fn submit_segment(&mut self) {
-        let next = match self.spare.pop() {
+        let next = match self.bufs.segments.take() {
             Some(buf) => OpenSegment::new_in(buf, self.tli, self.cur.segno.next(), self.seg, &[], true),
             None => OpenSegment::new(self.tli, self.cur.segno.next(), self.seg, &[], true),
         };
@@ -462,6 +580,12 @@ impl State {
         let up =
             WalUpload { id: c.id, start: c.start, raw: c.raw, summary: c.summary, blocks: Blocks::Segment(c.chunks) };
         self.spawn_upload(up, c.superseded);
+    }
+
+    /// Synchronous mode and a bounded range store what arrives as soon as
+    /// the socket is drained, not on a timer.
+    fn stores_at_once(&self) -> bool {
+        self.cfg.synchronous || self.received_enough()
     }
 
     /// Submits now when the deadline has passed: a timer set for the past
@@ -490,14 +614,23 @@ impl State {
     /// Appends what is pending to the open segment's journal (creating it
     /// first); if the storage refuses, stores it as a part instead.
     fn submit_append(&mut self) {
+        if let Some(job) = self.prepare_append() {
+            self.spawned = true;
+            self.uploads.spawn(job.run());
+        }
+    }
+
+    /// Cuts what is pending for the journal; `None` while an append is in
+    /// flight or nothing is pending.
+    fn prepare_append(&mut self) -> Option<AppendJob> {
         if self.journal.busy {
-            return;
+            return None;
         }
         let (tli, segno) = (self.cur.tli, self.cur.segno);
         let open = self.journal.open.take().filter(|j| j.id.tli == tli && j.id.segno == segno);
         let Some(cut) = self.cur.cut_pending() else {
             self.journal.open = open;
-            return;
+            return None;
         };
         let jfrom = open.as_ref().map_or(cut.from, |j| j.from);
         let jid = WalObjectId::journal(tli, segno, jfrom);
@@ -505,71 +638,52 @@ impl State {
             self.cur.parts.push(jid);
         }
         self.journal.busy = true;
-        let storage = self.repo.storage().clone();
-        let seg = self.seg;
-        let cancel = self.upload_cancel.clone();
-        let pool = self.encode_bufs.clone();
-        self.uploads.spawn(async move {
-            let (start, end) = (cut.start, Lsn(cut.start.0 + cut.raw.len() as u64));
-            let id = WalObjectId { kind: WalObjectKind::Journal { from: jfrom, to: cut.to }, ..jid };
-            let began = Instant::now();
-            let (mut open, mut supported) = (open, true);
-            if open.is_none() {
-                // The rest of the segment, plus room for frame headers.
-                let rest = seg.bytes() - u64::from(jfrom);
-                match storage.create_journal(&jid.key(seg), rest + rest / 16).await {
-                    Ok(JournalOpen::Created(handle)) => open = Some(OpenJournal { id: jid, from: jfrom, handle }),
-                    Ok(JournalOpen::Unsupported) => supported = false,
-                    Ok(JournalOpen::AlreadyExists) => {
-                        // Left empty by a crash right after its creation (else
-                        // streaming would have resumed past it): never reuse it.
-                        tracing::debug!(key = %jid.key(seg), "journal exists; storing a part instead");
-                    }
-                    Err(e) => tracing::warn!("cannot create a WAL journal, storing a part instead: {e}"),
-                }
+        Some(AppendJob {
+            storage: self.repo.storage().clone(),
+            seg: self.seg,
+            cancel: self.upload_cancel.clone(),
+            bufs: self.bufs.clone(),
+            jid,
+            jfrom,
+            cut,
+            open,
+            supported: true,
+        })
+    }
+
+    /// Appends what is pending to the open journal on this task, when one
+    /// is open: a spawned task per group commit (allocation, wake-up, a
+    /// trip through the scheduler) cost more than the append's own work.
+    /// Returns whether the durable position moved; `None` if it did not
+    /// apply (no open journal: [`State::submit_part`] handles it).
+    async fn append_inline(&mut self) -> Result<Option<bool>, StreamError> {
+        let (tli, segno) = (self.cur.tli, self.cur.segno);
+        let open = self.journal.open.as_ref().is_some_and(|j| j.id.tli == tli && j.id.segno == segno);
+        if !self.uses_journal() || !open {
+            return Ok(None);
+        }
+        let Some(job) = self.prepare_append() else { return Ok(Some(false)) };
+        match job.try_append().await {
+            Ok(done) => self.finish_upload(done).map(Some),
+            Err(job) => {
+                // Storing a part retries for as long as storage fails: not
+                // on this task, which must keep the connection alive.
+                self.spawned = true;
+                self.uploads.spawn(job.store_part());
+                Ok(Some(false))
             }
-            if let Some(j) = open.as_mut() {
-                let frame = object::encode(tli, start, &cut.raw, Codec::None, &cut.summary);
-                match j.handle.append(frame).await {
-                    Ok(()) => {
-                        let journal = Some(AppendEnd { open, supported, fallback: None });
-                        return Done {
-                            id,
-                            start,
-                            end,
-                            superseded: Vec::new(),
-                            result: Ok((began.elapsed(), None)),
-                            journal,
-                        };
-                    }
-                    Err(e) => {
-                        tracing::warn!("appending to a WAL journal failed, storing a part instead: {e}");
-                        open = None;
-                    }
-                }
-            }
-            let part = WalObjectId::part(tli, segno, cut.from, cut.to);
-            let up = WalUpload {
-                id: part,
-                start,
-                raw: cut.raw,
-                summary: cut.summary,
-                blocks: Blocks::Part(Default::default()),
-            };
-            let result = upload::store(&storage, seg, up, pool, &cancel).await;
-            let journal = Some(AppendEnd { open, supported, fallback: Some(part) });
-            Done { id, start, end, superseded: Vec::new(), result, journal }
-        });
+        }
     }
 
     fn spawn_upload(&mut self, up: WalUpload, superseded: Vec<WalObjectId>) {
         let storage = self.repo.storage().clone();
         let seg = self.seg;
         let cancel = self.upload_cancel.clone();
-        let pool = self.encode_bufs.clone();
+        let bufs = self.bufs.clone();
+        self.spawned = true;
         self.uploads.spawn(async move {
             let (id, start, end) = (up.id, up.start, up.end());
-            let result = upload::store(&storage, seg, up, pool, &cancel).await;
+            let result = upload::store(&storage, seg, up, bufs, &cancel).await;
             Done { id, start, end, superseded, result, journal: None }
         });
     }
@@ -591,13 +705,7 @@ impl State {
             }
             self.journal.open = end.open.filter(|j| current(&j.id));
         }
-        let (took, spare) = done.result?;
-        if let Some(buf) = spare
-            && self.spare.len() < SPARE_BUFFERS
-            && buf.capacity() >= self.seg.bytes() as usize
-        {
-            self.spare.push(buf);
-        }
+        let took = done.result?;
         self.upload_latency = (self.upload_latency * 7 + took) / 8;
         self.stats.uploads.fetch_add(1, Ordering::Relaxed);
         if !done.superseded.is_empty() {

@@ -8,7 +8,7 @@ use pgpitr_repo::object::{self, BufPool, Piece, WalSummary};
 use pgpitr_repo::wal::{WalObjectId, read_object};
 use pgpitr_storage::{PutOutcome, Storage};
 use pgpitr_types::{Lsn, WalSegSize};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +37,54 @@ impl WalUpload {
     }
 }
 
+/// Buffers the uploads share with the stream: pooled encode buffers, and
+/// segment buffers handed back for reuse.
+#[derive(Debug, Clone)]
+pub struct Buffers {
+    pub encode: BufPool,
+    pub segments: SpareSegments,
+}
+
+/// Segment buffers returned as soon as their bytes are encoded, not when
+/// the object is stored: a busy stream then finds one ready for its next
+/// segment instead of faulting in a fresh 16 MiB (6% of its CPU on a bulk
+/// load, measured with `perf`).
+#[derive(Debug, Clone)]
+pub struct SpareSegments {
+    free: Arc<Mutex<Vec<BytesMut>>>,
+    max: usize,
+    min_capacity: usize,
+}
+
+impl SpareSegments {
+    /// Keeps up to `max` buffers that can hold `min_capacity` bytes.
+    pub fn new(max: usize, min_capacity: usize) -> Self {
+        SpareSegments { free: Arc::new(Mutex::new(Vec::new())), max, min_capacity }
+    }
+
+    pub fn take(&self) -> Option<BytesMut> {
+        self.free.lock().ok()?.pop()
+    }
+
+    /// Keeps `raw`'s buffer if nothing else holds it and there is room.
+    fn give(&self, raw: Bytes) {
+        let Ok(buf) = raw.try_into_mut() else { return };
+        if buf.capacity() < self.min_capacity {
+            return;
+        }
+        if let Ok(mut free) = self.free.lock()
+            && free.len() < self.max
+        {
+            free.push(buf);
+        }
+    }
+
+    #[cfg(test)]
+    fn idle(&self) -> usize {
+        self.free.lock().map_or(0, |f| f.len())
+    }
+}
+
 /// Objects up to this size are encoded on the async task itself.
 const INLINE_ENCODE_MAX: u64 = 64 * 1024;
 
@@ -47,8 +95,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// it takes (the caller withholds feedback meanwhile, so nothing is lost), or
 /// until `cancel` fires. An existing object with the same key is accepted
 /// only if it holds the same bytes: the same WAL is never stored twice with
-/// different contents. Returns the time the successful attempt took, and the
-/// raw buffer once encoded (when nothing else holds it) for reuse.
+/// different contents. Returns the time the successful attempt took. The raw
+/// buffer goes to `bufs.segments` once encoded.
 ///
 /// Takes `up` by value so the raw bytes are freed as soon as they are
 /// encoded: an upload in flight holds only its compressed form.
@@ -56,9 +104,9 @@ pub async fn store(
     storage: &Arc<dyn Storage>,
     seg: WalSegSize,
     up: WalUpload,
-    pool: BufPool,
+    bufs: Buffers,
     cancel: &CancellationToken,
-) -> Result<(Duration, Option<BytesMut>), StreamError> {
+) -> Result<Duration, StreamError> {
     let key = up.id.key(seg);
     let (start, end) = (up.start, up.end());
     let WalUpload { id, raw, summary, blocks, .. } = up;
@@ -67,21 +115,23 @@ pub async fn store(
         let encoded = match blocks {
             Blocks::Part(cell) => {
                 let (encoded, mut fresh) =
-                    object::encode_pieces(id.tli, start, &[Piece::Raw(&raw)], crc, &summary, Some(&pool));
+                    object::encode_pieces(id.tli, start, &[Piece::Raw(&raw)], crc, &summary, Some(&bufs.encode));
                 if let Some(chunk) = fresh.pop() {
                     let _ = cell.set(chunk);
                 }
                 encoded
             }
             Blocks::Segment(parts) => {
-                object::encode_pieces(id.tli, start, &segment_pieces(&raw, &parts), crc, &summary, Some(&pool)).0
+                let pieces = segment_pieces(&raw, &parts);
+                object::encode_pieces(id.tli, start, &pieces, crc, &summary, Some(&bufs.encode)).0
             }
         };
-        (encoded, crc, raw.try_into_mut().ok())
+        bufs.segments.give(raw);
+        (encoded, crc)
     };
     // Small parts (synchronous mode, quiet servers) take microseconds to
     // encode: a hop to the blocking pool would cost more than it saves.
-    let (encoded, want_crc, spare) = if (end.0 - start.0) <= INLINE_ENCODE_MAX {
+    let (encoded, want_crc) = if (end.0 - start.0) <= INLINE_ENCODE_MAX {
         encode()
     } else {
         tokio::task::spawn_blocking(encode)
@@ -92,10 +142,10 @@ pub async fn store(
     loop {
         let began = Instant::now();
         let result: Result<(), String> = match storage.put_if_absent(&key, encoded.clone()).await {
-            Ok(PutOutcome::Created) => return Ok((began.elapsed(), spare)),
+            Ok(PutOutcome::Created) => return Ok(began.elapsed()),
             Ok(PutOutcome::AlreadyExists) => match read_object(storage.as_ref(), &key).await {
                 Ok((h, _)) if h.raw_crc == want_crc && h.start == start && h.end == end => {
-                    return Ok((began.elapsed(), spare));
+                    return Ok(began.elapsed());
                 }
                 Ok((h, _)) => {
                     return Err(StreamError::Conflict {
@@ -146,13 +196,47 @@ mod tests {
         let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path()));
         let seg = WalSegSize::new(1 << 20).unwrap();
         let cancel = CancellationToken::new();
-        let pool = BufPool::for_objects(1, 1 << 20);
-        store(&storage, seg, up(1), pool.clone(), &cancel).await.unwrap();
-        store(&storage, seg, up(1), pool.clone(), &cancel).await.expect("an identical copy is accepted");
-        let err = store(&storage, seg, up(2), pool.clone(), &cancel).await.unwrap_err();
+        let bufs = Buffers { encode: BufPool::for_objects(1, 1 << 20), segments: SpareSegments::new(1, 1 << 20) };
+        store(&storage, seg, up(1), bufs.clone(), &cancel).await.unwrap();
+        store(&storage, seg, up(1), bufs.clone(), &cancel).await.expect("an identical copy is accepted");
+        let err = store(&storage, seg, up(2), bufs.clone(), &cancel).await.unwrap_err();
         assert!(matches!(err, StreamError::Conflict { .. }), "{err}");
         assert!(err.to_string().contains("refusing to overwrite"), "{err}");
         let (_, raw) = read_object(storage.as_ref(), &up(1).id.key(seg)).await.unwrap();
         assert_eq!(&raw[..], &[1u8; 4096][..], "the stored object is untouched");
+    }
+
+    #[tokio::test]
+    async fn a_segment_buffer_is_handed_back_once_encoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path()));
+        let seg = WalSegSize::new(1 << 20).unwrap();
+        let cancel = CancellationToken::new();
+        let bufs = Buffers { encode: BufPool::for_objects(1, 1 << 20), segments: SpareSegments::new(1, 1 << 20) };
+        let segment = |segno: u64| {
+            let mut raw = BytesMut::with_capacity(1 << 20);
+            raw.resize(1 << 20, segno as u8);
+            WalUpload {
+                id: WalObjectId::segment(TimelineId(1), SegNo(segno)),
+                start: Lsn(segno << 20),
+                raw: raw.freeze(),
+                summary: WalSummary::default(),
+                blocks: Blocks::Segment(Vec::new()),
+            }
+        };
+        store(&storage, seg, segment(2), bufs.clone(), &cancel).await.unwrap();
+        assert_eq!(bufs.segments.idle(), 1, "the raw buffer is kept for the next segment");
+        assert!(bufs.segments.take().is_some());
+        let held = segment(3);
+        let view = held.raw.clone();
+        store(&storage, seg, held, bufs.clone(), &cancel).await.unwrap();
+        assert_eq!(bufs.segments.idle(), 0, "a buffer still viewed elsewhere is not reused");
+        store(&storage, seg, segment(4), bufs.clone(), &cancel).await.unwrap();
+        store(&storage, seg, segment(5), bufs.clone(), &cancel).await.unwrap();
+        assert_eq!(bufs.segments.idle(), 1, "the pool is bounded");
+        drop(view);
+        let reused = bufs.segments.take().unwrap();
+        assert!(reused.capacity() >= 1 << 20);
+        assert!(bufs.segments.take().is_none());
     }
 }
