@@ -414,10 +414,15 @@ impl State {
         let flush_timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(flush_timer);
         let mut armed: Option<Instant> = None;
-        // One future for the whole stream: a fresh one per message locked
-        // the token's mutex and re-registered a waiter every time.
-        let cancelled = cancel.cancelled();
-        tokio::pin!(cancelled);
+        // The token's future locks two mutexes at every poll, and the loop
+        // polls it at every wait for a message: a task waits on the token
+        // instead and fires a oneshot, whose poll is an atomic load.
+        let (cancel_tx, mut cancelled) = tokio::sync::oneshot::channel::<()>();
+        let token = cancel.clone();
+        let _watcher = AbortOnDrop(tokio::spawn(async move {
+            token.cancelled().await;
+            let _ = cancel_tx.send(());
+        }));
         loop {
             // A new upload task runs only when this one yields, and reading
             // a busy socket yields only when tokio's budget runs out (every
@@ -495,9 +500,8 @@ impl State {
                         None => self.submit_part(),
                     }
                 }
-                // After the message branch, so that a busy stream does not
-                // poll the token (a mutex) for every message; tokio's
-                // cooperative budget still yields to it under constant load.
+                // After the message branch: tokio's cooperative budget
+                // still yields to it under constant load.
                 _ = &mut cancelled => {
                     self.drain(Some(&mut stream)).await?;
                     stream.finish().await.ok();
@@ -816,6 +820,15 @@ pub async fn archive_range(
         Flow::NextTimeline { next_start, .. } => Err(StreamError::Definite(format!(
             "timeline {tli} ended at {next_start}, before {to}: the server was promoted during the operation"
         ))),
+    }
+}
+
+/// Aborts a helper task when the stream that spawned it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -249,8 +249,11 @@ impl WalScanner {
             return Ok(clamp(data.len(), self.skip_to - self.pos));
         }
         let page_off = (self.pos % XLOG_BLCKSZ) as usize;
-        let hdr_len = page_header_len(self.pos, self.seg_size);
-        if page_off < hdr_len {
+        // Only near a page's start is the (costlier) header length needed.
+        if page_off < SIZE_OF_LONG_PHD
+            && let hdr_len = page_header_len(self.pos, self.seg_size)
+            && page_off < hdr_len
+        {
             let n = data.len().min(hdr_len - page_off);
             self.page_hdr[page_off..page_off + n].copy_from_slice(&data[..n]);
             if page_off + n == hdr_len {
@@ -420,7 +423,10 @@ impl WalScanner {
                     self.check_crc(lsn, &hdr, crc)?;
                 }
                 self.finish(&hdr, body, lsn + tot as u64, out)?;
-                return Ok(tot);
+                // Its alignment padding too, when it is here: one step less
+                // per record.
+                let padded = (self.skip_to - lsn) as usize;
+                return Ok(if padded <= data.len() { padded } else { tot });
             }
         }
         self.state = State::Header;
@@ -539,7 +545,8 @@ impl WalScanner {
 
 /// 40 bytes on a segment's first page, 24 on the others.
 fn page_header_len(pos: u64, seg_size: u64) -> usize {
-    if pos % seg_size < XLOG_BLCKSZ { SIZE_OF_LONG_PHD } else { SIZE_OF_SHORT_PHD }
+    // Segment sizes are powers of two (`WalSegSize`): a mask, not a division.
+    if pos & (seg_size - 1) < XLOG_BLCKSZ { SIZE_OF_LONG_PHD } else { SIZE_OF_SHORT_PHD }
 }
 
 fn next_page_boundary(pos: u64) -> u64 {
