@@ -436,8 +436,9 @@ impl State {
             // when the socket has nothing more to read, as pg_receivewal
             // syncs: one append then carries every message that arrived
             // while the last one was syncing, not just the first of them.
-            let idle_due = self.stores_at_once() && self.flush_deadline().is_some();
-            let deadline = if self.stores_at_once() { None } else { self.flush_deadline() };
+            let due = self.flush_deadline();
+            let idle_due = self.stores_at_once() && due.is_some();
+            let deadline = if self.stores_at_once() { None } else { due };
             if let Some(d) = deadline
                 && armed != deadline
             {

@@ -190,13 +190,17 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn same_bytes_again_is_fine_different_bytes_are_refused() {
+    /// A local repository of 1 MiB segments, with one buffer of each kind.
+    fn setup() -> (tempfile::TempDir, Arc<dyn Storage>, WalSegSize, CancellationToken, Buffers) {
         let dir = tempfile::tempdir().unwrap();
         let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path()));
-        let seg = WalSegSize::new(1 << 20).unwrap();
-        let cancel = CancellationToken::new();
         let bufs = Buffers { encode: BufPool::for_objects(1, 1 << 20), segments: SpareSegments::new(1, 1 << 20) };
+        (dir, storage, WalSegSize::new(1 << 20).unwrap(), CancellationToken::new(), bufs)
+    }
+
+    #[tokio::test]
+    async fn same_bytes_again_is_fine_different_bytes_are_refused() {
+        let (_dir, storage, seg, cancel, bufs) = setup();
         store(&storage, seg, up(1), bufs.clone(), &cancel).await.unwrap();
         store(&storage, seg, up(1), bufs.clone(), &cancel).await.expect("an identical copy is accepted");
         let err = store(&storage, seg, up(2), bufs.clone(), &cancel).await.unwrap_err();
@@ -208,11 +212,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_segment_buffer_is_handed_back_once_encoded() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path()));
-        let seg = WalSegSize::new(1 << 20).unwrap();
-        let cancel = CancellationToken::new();
-        let bufs = Buffers { encode: BufPool::for_objects(1, 1 << 20), segments: SpareSegments::new(1, 1 << 20) };
+        let (_dir, storage, seg, cancel, bufs) = setup();
         let segment = |segno: u64| {
             let mut raw = BytesMut::with_capacity(1 << 20);
             raw.resize(1 << 20, segno as u8);

@@ -425,7 +425,7 @@ impl WalScanner {
                 self.finish(&hdr, body, lsn + tot as u64, out)?;
                 // Its alignment padding too, when it is here: one step less
                 // per record.
-                let padded = (self.skip_to - lsn) as usize;
+                let padded = usize::try_from(self.skip_to.saturating_sub(lsn)).unwrap_or(usize::MAX);
                 return Ok(if padded <= data.len() { padded } else { tot });
             }
         }
