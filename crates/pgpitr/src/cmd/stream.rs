@@ -57,7 +57,9 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
     // cross-thread wake-ups. Compression still goes to the blocking pool.
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new().name("pgpitr-stream".into()).spawn(move || {
-        // No process or signal driver: their checks ran on every park.
+        // I/O and timers only. (tokio still builds its signal and process
+        // drivers into the I/O driver while its `process` feature is on, so
+        // `reap_orphans` runs at every park regardless.)
         let result = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
