@@ -136,12 +136,12 @@ async fn verify_wal_continuity(backend: &Backend) -> Vec<u32> {
         .collect()
 }
 
-async fn kill9_during_load_loses_nothing(backend: Backend) {
+async fn kill9_during_load_loses_nothing(backend: Backend, extra: &[&str]) {
     let pg = PgCluster::start_default();
     pg.pgbench(&["-i", "-q", "-s", "1"]);
     pg.sql("CREATE TABLE marks (id int, x xid8 DEFAULT pg_current_xact_id())");
     let storage = backend.storage().await;
-    let mut s = StreamProc::start(&pg, &backend, &[]);
+    let mut s = StreamProc::start(&pg, &backend, extra);
     wait_streaming(&pg, "pgpitr");
     let bench = {
         let (sock, port) = (pg.sockdir(), pg.port());
@@ -160,7 +160,7 @@ async fn kill9_during_load_loses_nothing(backend: Backend) {
         pg.sql(&format!("INSERT INTO marks (id) VALUES ({i})"));
         s.kill9();
         tokio::time::sleep(Duration::from_millis(200)).await;
-        s = StreamProc::start(&pg, &backend, &[]);
+        s = StreamProc::start(&pg, &backend, extra);
         wait_streaming(&pg, "pgpitr");
     }
     assert!(bench.join().unwrap().status.success());
@@ -178,12 +178,18 @@ async fn kill9_during_load_loses_nothing(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_at_several_points_loses_nothing_local() {
-    kill9_during_load_loses_nothing(Backend::local()).await;
+    kill9_during_load_loses_nothing(Backend::local(), &[]).await;
+}
+
+/// Synchronous mode leaves journals, some created ahead and still empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_at_several_points_loses_nothing_synchronous_local() {
+    kill9_during_load_loses_nothing(Backend::local(), &["--synchronous"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_at_several_points_loses_nothing_s3() {
-    kill9_during_load_loses_nothing(Backend::s3()).await;
+    kill9_during_load_loses_nothing(Backend::s3(), &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,6 +414,39 @@ async fn list_reports_ranges_gaps_and_latest_restorable_time() {
     assert_eq!(gaps[0]["end_lsn"], ge.to_string());
 }
 
+/// Streams in this process into `storage` (under RetryingStorage, as in
+/// production), as application "pgpitr"; returns once streaming.
+async fn start_archiver(
+    pg: &PgCluster,
+    storage: std::sync::Arc<dyn pgpitr_storage::Storage>,
+    cfg: pgpitr_stream::StreamConfig,
+) -> (tokio_util::sync::CancellationToken, tokio::task::JoinHandle<Result<(), pgpitr_stream::StreamError>>) {
+    use std::sync::Arc;
+    let retrying = Arc::new(pgpitr_storage::RetryingStorage::new(storage, pgpitr_storage::RetryPolicy::default()));
+    let repo = pgpitr_repo::Repository::open(retrying).await.unwrap();
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user={REPL_USER} dbname=postgres password={REPL_PASSWORD} application_name=pgpitr",
+        pg.port()
+    );
+    let conn_cfg = pgpitr_pgwire::ConnConfig::parse_with_env(&conninfo, |_| None).unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let stats = Arc::new(pgpitr_stream::StreamStats::default());
+    let mut archiver = pgpitr_stream::Archiver::new(repo, conn_cfg, cfg, cancel.clone(), stats);
+    let task = tokio::spawn(async move { archiver.run().await });
+    wait_streaming(pg, "pgpitr");
+    (cancel, task)
+}
+
+/// Initialises a repository for `pg` in `storage`.
+async fn init_repo(pg: &PgCluster, storage: std::sync::Arc<dyn pgpitr_storage::Storage>) {
+    let identity = pgpitr_repo::ClusterIdentity {
+        system_identifier: pg.sql("SELECT system_identifier FROM pg_control_system()").parse().unwrap(),
+        pg_version_num: pg.sql("SHOW server_version_num").parse().unwrap(),
+        wal_segment_size: seg16(),
+    };
+    pgpitr_repo::Repository::init(storage, &identity).await.unwrap();
+}
+
 /// The durability contract under storage faults: while uploads fail or
 /// their acknowledgements are lost, the flush position the server sees never
 /// passes what the repository really holds, and nothing is lost.
@@ -420,12 +459,7 @@ async fn flush_never_ahead_of_repository(backend: Backend, mode: pgpitr_storage:
     let pg = PgCluster::start_default();
     pg.pgbench(&["-i", "-q", "-s", "1"]);
     let clean = backend.storage().await;
-    let identity = pgpitr_repo::ClusterIdentity {
-        system_identifier: pg.sql("SELECT system_identifier FROM pg_control_system()").parse().unwrap(),
-        pg_version_num: pg.sql("SHOW server_version_num").parse().unwrap(),
-        wal_segment_size: seg16(),
-    };
-    pgpitr_repo::Repository::init(clean.clone(), &identity).await.unwrap();
+    init_repo(&pg, clean.clone()).await;
     type Count = Box<dyn Fn() -> u64>;
     let (faulty, injected, appends): (Arc<dyn Storage>, Count, Count) = match &backend {
         Backend::Local(d) => {
@@ -439,22 +473,9 @@ async fn flush_never_ahead_of_repository(backend: Backend, mode: pgpitr_storage:
             (f.clone(), Box::new(move || f.injected()), Box::new(move || g.total_attempts(Op::Append)))
         }
     };
-    // As in production, RetryingStorage sits above the (here faulty) backend.
-    let retrying: Arc<dyn Storage> =
-        Arc::new(pgpitr_storage::RetryingStorage::new(faulty, pgpitr_storage::RetryPolicy::default()));
-    let repo = pgpitr_repo::Repository::open(retrying).await.unwrap();
-    let conninfo = format!(
-        "host=127.0.0.1 port={} user={REPL_USER} dbname=postgres password={REPL_PASSWORD} application_name=pgpitr",
-        pg.port()
-    );
-    let conn_cfg = pgpitr_pgwire::ConnConfig::parse_with_env(&conninfo, |_| None).unwrap();
-    let cancel = tokio_util::sync::CancellationToken::new();
     let cfg =
         pgpitr_stream::StreamConfig { status_interval: Duration::from_millis(300), synchronous, ..Default::default() };
-    let stats = Arc::new(pgpitr_stream::StreamStats::default());
-    let mut archiver = pgpitr_stream::Archiver::new(repo, conn_cfg, cfg, cancel.clone(), stats);
-    let task = tokio::spawn(async move { archiver.run().await });
-    wait_streaming(&pg, "pgpitr");
+    let (cancel, task) = start_archiver(&pg, faulty, cfg).await;
 
     let bench = {
         let (bin, sock, port) = (pg.bin("pgbench"), pg.sockdir(), pg.port());
@@ -514,4 +535,115 @@ async fn flush_never_ahead_of_repository_synchronous_journal_random_failures_loc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_never_ahead_of_repository_random_failures_s3() {
     flush_never_ahead_of_repository(Backend::s3(), pgpitr_storage::FaultMode::FailFraction(0.3), false).await;
+}
+
+/// In synchronous mode a commit waits neither for its segment's complete
+/// object (the segment's last bytes go to its journal) nor for the next
+/// segment's journal to be created (that happens while the segment fills).
+/// Segment objects are slowed to 8 s here: a commit that waited for one
+/// would take that long. A crash while they are being stored leaves a hole
+/// before the last journal, which the restarted stream fills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_commits_wait_neither_for_segments_nor_for_journal_creation() {
+    use pgpitr_storage::{FaultMode, FaultyStorage, LocalStorage, Op};
+    use std::sync::Arc;
+    use std::time::Instant;
+    let backend = Backend::local();
+    let Backend::Local(dir) = &backend else { unreachable!() };
+    let pg = PgCluster::start_default();
+    pg.sql("CREATE TABLE t (x int, pad text)");
+    init_repo(&pg, backend.storage().await).await;
+    // Segment objects are the WAL keys without a suffix.
+    let segment_put = |op: Op, key: &str| op == Op::PutIfAbsent && key.starts_with("wal/") && !key.contains('.');
+    let faulty = Arc::new(
+        FaultyStorage::new(LocalStorage::new(dir.path().join("repo")), FaultMode::FailFirst(0))
+            .slowed(segment_put, Duration::from_secs(8)),
+    );
+    // Room for both slowed segments, so reading never pauses for them.
+    let cfg = pgpitr_stream::StreamConfig { synchronous: true, max_segments_in_flight: 4, ..Default::default() };
+    let (cancel, task) = start_archiver(&pg, faulty.clone(), cfg.clone()).await;
+    pg.set_and_reload("synchronous_standby_names", "pgpitr");
+    let synced = wait_for(Duration::from_secs(30), || {
+        (pg.sql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'pgpitr'") == "sync").then_some(())
+    });
+    assert!(synced.is_some(), "pgpitr never became the synchronous standby");
+    let timed = |sql: &str| {
+        let t0 = Instant::now();
+        pg.sql(sql);
+        t0.elapsed()
+    };
+    let journal_key = |segno: u64| {
+        pgpitr_repo::wal::WalObjectId::journal(pgpitr_types::TimelineId(1), pgpitr_types::SegNo(segno), 0).key(seg16())
+    };
+
+    // A journal is open in this segment; the switch completes it.
+    pg.sql("INSERT INTO t VALUES (0)");
+    pg.sql("SELECT pg_switch_wal()");
+    let took = timed("INSERT INTO t VALUES (1)");
+    assert!(took < Duration::from_secs(5), "the first commit after a segment switch took {took:?}");
+
+    // Past half of the new segment, the next one's journal is created ahead.
+    let segno = lsn(&pg.sql("SELECT pg_current_wal_lsn()")).segment_number(seg16()).0;
+    pg.sql("INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 40000) g");
+    let here = lsn(&pg.sql("SELECT pg_current_wal_lsn()"));
+    assert_eq!(here.segment_number(seg16()).0, segno, "the load filled more than its segment");
+    assert!(here.segment_offset(seg16()) > 8 << 20, "the load did not fill half of its segment: {here}");
+    let ahead = wait_for(Duration::from_secs(10), || {
+        (faulty.attempts(Op::CreateJournal, &journal_key(segno + 1)) == 1).then_some(())
+    });
+    assert!(ahead.is_some(), "the next segment's journal was not created ahead");
+
+    pg.sql("SELECT pg_switch_wal()");
+    let took = timed("INSERT INTO t VALUES (2)");
+    assert!(took < Duration::from_secs(5), "the first commit in a segment with a journal made ahead took {took:?}");
+    // That commit went into the journal made ahead, not a new one.
+    assert_eq!(faulty.attempts(Op::CreateJournal, &journal_key(segno + 1)), 1);
+    assert!(faulty.attempts(Op::Append, &format!("{}#0", journal_key(segno + 1))) >= 1);
+
+    // A crash while both complete segments are still being stored: their
+    // journals hold all of them, so nothing is missing, and the restarted
+    // stream stores each as one object and deletes its journals.
+    drop(cancel);
+    task.abort();
+    let storage = backend.storage().await;
+    let keys = || async { storage.list("wal/").await.unwrap().into_iter().map(|m| m.key).collect::<Vec<_>>() };
+    let segment_keys: Vec<String> = [segno - 1, segno]
+        .map(|n| {
+            pgpitr_repo::wal::WalObjectId::segment(pgpitr_types::TimelineId(1), pgpitr_types::SegNo(n)).key(seg16())
+        })
+        .into();
+    let (tls, _) = pgpitr_repo::wal::scan(storage.as_ref(), seg16()).await.unwrap();
+    assert!(tls[&pgpitr_types::TimelineId(1)].gaps().is_empty(), "a hole after the crash");
+    let stored = keys().await;
+    assert!(segment_keys.iter().all(|k| !stored.contains(k)), "a slowed segment was stored: {stored:?}");
+    let (cancel, task) = start_archiver(&pg, storage.clone(), cfg.clone()).await;
+    let end = lsn(&pg.sql("INSERT INTO t VALUES (3); SELECT pg_current_wal_lsn()"));
+    wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = keys().await;
+        let journals_of = |n: u64| {
+            now.iter()
+                .filter_map(|k| pgpitr_repo::wal::WalObjectId::parse(k, seg16()))
+                .any(|id| id.segno.0 == n && matches!(id.kind, pgpitr_repo::wal::WalObjectKind::Journal { .. }))
+        };
+        if segment_keys.iter().all(|k| now.contains(k)) && !journals_of(segno - 1) && !journals_of(segno) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "segments left in journals were not stored whole: {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cancel.cancel();
+    task.await.unwrap().expect("archiver stops cleanly");
+    let commits = verify_wal_continuity(&backend).await;
+    let xids = pg.sql("SELECT string_agg(xmin::text, ' ') FROM t WHERE x <= 3");
+    for xid in xids.split(' ').map(|x| x.parse::<u32>().unwrap()) {
+        assert!(commits.contains(&xid), "commit of xid {xid} missing from the repository");
+    }
+    // No empty journal is left behind: each one left holds WAL.
+    for m in storage.list("wal/").await.unwrap().into_iter().filter(|m| m.key.ends_with(".journal")) {
+        let id = pgpitr_repo::wal::WalObjectId::parse(&m.key, seg16()).unwrap();
+        let resolved = pgpitr_repo::wal::resolve_journal(storage.as_ref(), seg16(), id).await.unwrap();
+        assert!(resolved.is_some(), "an empty journal was left behind: {}", m.key);
+    }
 }

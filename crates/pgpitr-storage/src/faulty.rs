@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -48,7 +49,12 @@ struct Shared {
     mode: FaultMode,
     location: String,
     state: Mutex<State>,
+    /// Calls this picks wait this long before they run (a slow backend).
+    slow: Option<(SlowCalls, Duration)>,
 }
+
+/// Picks calls by operation and counting key.
+type SlowCalls = fn(Op, &str) -> bool;
 
 #[derive(Debug)]
 struct State {
@@ -102,6 +108,11 @@ impl Shared {
     }
 
     async fn run<T>(&self, op: Op, key: &str, call: impl Future<Output = Result<T>>) -> Result<T> {
+        if let Some((which, delay)) = self.slow
+            && which(op, key)
+        {
+            tokio::time::sleep(delay).await;
+        }
         match self.decide(op, key) {
             Decision::Pass => call.await,
             Decision::FailBefore(e) => Err(e),
@@ -121,7 +132,16 @@ impl<S: Storage> FaultyStorage<S> {
     pub fn with_seed(inner: S, mode: FaultMode, seed: u64) -> Self {
         let location = inner.describe();
         let state = State { attempts: HashMap::new(), injected: 0, rng: fastrand::Rng::with_seed(seed) };
-        FaultyStorage { inner, shared: Arc::new(Shared { mode, location, state: Mutex::new(state) }) }
+        FaultyStorage { inner, shared: Arc::new(Shared { mode, location, state: Mutex::new(state), slow: None }) }
+    }
+
+    /// Delays the calls `which` picks (by operation and counting key) by
+    /// `delay` each, as a slow or distant backend would. For a wrapper that
+    /// has not been used yet.
+    pub fn slowed(mut self, which: SlowCalls, delay: Duration) -> Self {
+        Arc::get_mut(&mut self.shared).expect("slowed before any upload or journal shares the state").slow =
+            Some((which, delay));
+        self
     }
 
     /// The wrapped storage.

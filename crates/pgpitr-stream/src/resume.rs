@@ -7,13 +7,16 @@
 //! point, on the child timeline at the switch point.
 
 use crate::segment::OpenSegment;
+use crate::upload::{self, Blocks, Buffers, SpareSegments, WalUpload};
 use crate::{StreamConfig, StreamError};
 use bytes::Bytes;
 use pgpitr_pgwire::{ReplicationConnection, SystemInfo};
 use pgpitr_repo::Repository;
-use pgpitr_repo::wal::{self, WalObjectKind};
+use pgpitr_repo::object::{BufPool, WalSummary};
+use pgpitr_repo::wal::{self, WalObjectId, WalObjectKind};
 use pgpitr_storage::PutOutcome;
-use pgpitr_types::{Lsn, TimelineHistory, TimelineId};
+use pgpitr_types::{Lsn, SegNo, TimelineHistory, TimelineId};
+use tokio_util::sync::CancellationToken;
 
 pub struct ResumePlan {
     pub tli: TimelineId,
@@ -72,9 +75,18 @@ pub async fn plan(
         return Ok(ResumePlan { tli, start, segment, scan_prefix: Bytes::new(), start_is_stored: false });
     };
 
-    let end = tl.end().expect("a scanned timeline has objects");
-    if slot.is_none() {
-        return Err(StreamError::SlotMissing { slot: cfg.slot.clone(), durable: end });
+    let last_end = tl.end().expect("a scanned timeline has objects");
+    let Some(slot) = slot else {
+        return Err(StreamError::SlotMissing { slot: cfg.slot.clone(), durable: last_end });
+    };
+    // Continue where the stored range holding the slot's restart point
+    // ends, not where the last range ends: a crash can leave WAL stored past
+    // a hole (the next segment's part or journal stored while this
+    // segment's object was still being uploaded). The server was never told
+    // the hole was flushed, so the slot still holds it: stream it again.
+    let end = slot.restart_lsn.and_then(|r| tl.ranges.iter().find(|&&(_, e)| e >= r)).map_or(last_end, |r| r.1);
+    if end < last_end {
+        tracing::info!(hole_from = %end, stored_up_to = %last_end, "WAL stored past a hole; streaming the hole again");
     }
     if sys.timeline < repo_tli {
         return Err(StreamError::Definite(format!(
@@ -111,7 +123,61 @@ pub async fn plan(
     }
 
     tracing::info!(%tli, %start, "resuming where the repository ends");
+    let before = start.segment_number(seg);
+    let whole: Vec<SegNo> = tl
+        .objects
+        .iter()
+        .map(|(id, _)| id.segno)
+        .filter(|&n| n < before && n.start_lsn(seg).is_some_and(|s| tl.covers(s, Lsn(s.0 + seg.bytes()))))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !whole.is_empty() {
+        let (repo, tl) = (repo.clone(), tl.clone());
+        tokio::spawn(async move {
+            for segno in whole {
+                if let Err(e) = compact_segment(&repo, &tl, repo_tli, segno).await {
+                    tracing::warn!(%segno, "storing a segment held in parts as one object failed (retried at next start): {e}");
+                }
+            }
+        });
+    }
     open_at(repo, tl, repo_tli, tli, start, inherited).await
+}
+
+/// Stores a segment that is whole in parts and journals as one object, then
+/// deletes them. A crash leaves such segments: in synchronous mode a
+/// segment's last bytes go to its journal while its object is still being
+/// compressed and stored. Runs beside the new session, which never touches
+/// segments before the one it resumes in.
+async fn compact_segment(
+    repo: &Repository,
+    tl: &wal::TimelineWal,
+    tli: TimelineId,
+    segno: SegNo,
+) -> Result<(), StreamError> {
+    let (storage, seg) = (repo.storage(), repo.seg_size());
+    let Some(assembled) = wal::assemble_segment(storage.as_ref(), seg, tl, segno).await? else { return Ok(()) };
+    if assembled.complete || assembled.valid_len != seg.bytes() {
+        return Ok(());
+    }
+    let parts: Vec<WalObjectId> = tl.objects.iter().map(|(id, _)| *id).filter(|id| id.segno == segno).collect();
+    let mut summary = WalSummary::default();
+    for id in &parts {
+        summary.merge(&wal::read_header(storage.as_ref(), &id.key(seg)).await?.summary);
+    }
+    let id = WalObjectId::segment(tli, segno);
+    let start = id.range(seg).0;
+    let up = WalUpload { id, start, raw: assembled.data, summary, blocks: Blocks::Segment(Vec::new()) };
+    let bufs = Buffers {
+        encode: BufPool::for_objects(1, seg.bytes() as usize),
+        segments: SpareSegments::new(0, seg.bytes() as usize),
+    };
+    upload::store(storage, seg, up, bufs, &CancellationToken::new()).await?;
+    let keys: Vec<String> = parts.iter().map(|p| p.key(seg)).collect();
+    storage.delete_many(&keys).await?;
+    tracing::info!(%segno, parts = keys.len(), "stored a segment left in parts as one object");
+    Ok(())
 }
 
 /// The open segment for streaming `tli` from `start`, whose earlier bytes
@@ -146,6 +212,12 @@ async fn open_at(
     if !inherited {
         for (id, _) in tl.objects.iter().filter(|(id, _)| id.segno == segno) {
             if let WalObjectKind::Part { .. } | WalObjectKind::Journal { .. } = id.kind {
+                if id.range(seg).1 > start {
+                    // Past a hole: its bytes are streamed again. Only
+                    // deleted with the other parts once the segment is stored.
+                    segment.parts.push(*id);
+                    continue;
+                }
                 let header = wal::read_header(storage.as_ref(), &id.key(seg)).await?;
                 segment.adopt_stored_part(*id, &header.summary);
             }

@@ -87,6 +87,11 @@ impl OpenSegment {
         Lsn(self.start_lsn().0 + self.buf.len() as u64)
     }
 
+    /// Bytes held, from the segment's start.
+    pub fn filled(&self) -> usize {
+        self.buf.len()
+    }
+
     pub fn room(&self) -> usize {
         self.seg.bytes() as usize - self.buf.len()
     }
