@@ -647,3 +647,49 @@ async fn synchronous_commits_wait_neither_for_segments_nor_for_journal_creation(
         assert!(resolved.is_some(), "an empty journal was left behind: {}", m.key);
     }
 }
+
+/// A crash can leave WAL stored past a hole: here a segment's object is
+/// still being stored (slowed to 8 s) when the next segment's first part is
+/// stored. The restarted stream must stream the hole again, not resume
+/// after the last stored byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_fills_a_hole_left_before_later_wal() {
+    use pgpitr_storage::{FaultMode, FaultyStorage, LocalStorage, Op};
+    use std::sync::Arc;
+    let backend = Backend::local();
+    let Backend::Local(dir) = &backend else { unreachable!() };
+    let pg = PgCluster::start_default();
+    pg.sql("CREATE TABLE t (x int)");
+    let storage = backend.storage().await;
+    init_repo(&pg, storage.clone()).await;
+    let segment_put = |op: Op, key: &str| op == Op::PutIfAbsent && key.starts_with("wal/") && !key.contains('.');
+    let faulty = Arc::new(
+        FaultyStorage::new(LocalStorage::new(dir.path().join("repo")), FaultMode::FailFirst(0))
+            .slowed(segment_put, Duration::from_secs(8)),
+    );
+    let cfg = pgpitr_stream::StreamConfig { max_segments_in_flight: 4, ..Default::default() };
+    let (cancel, task) = start_archiver(&pg, faulty, cfg.clone()).await;
+    let here = lsn(&pg.sql("INSERT INTO t VALUES (0); SELECT pg_current_wal_lsn()"));
+    wait_durable(storage.as_ref(), seg16(), 1, here, Duration::from_secs(20)).await;
+    pg.sql("SELECT pg_switch_wal()");
+    pg.sql("INSERT INTO t VALUES (1)");
+    let gap = wait_for(Duration::from_secs(10), || {
+        let rt = tokio::runtime::Handle::current();
+        let (tls, _) =
+            tokio::task::block_in_place(|| rt.block_on(pgpitr_repo::wal::scan(storage.as_ref(), seg16()))).ok()?;
+        tls.get(&pgpitr_types::TimelineId(1)).filter(|tl| !tl.gaps().is_empty()).map(|tl| tl.gaps())
+    });
+    assert!(gap.is_some(), "the next segment's part was not stored before the slowed segment");
+    drop(cancel);
+    task.abort();
+
+    let (cancel, task) = start_archiver(&pg, storage.clone(), cfg).await;
+    let end = lsn(&pg.sql("INSERT INTO t VALUES (2); SELECT pg_current_wal_lsn()"));
+    wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(30)).await;
+    cancel.cancel();
+    task.await.unwrap().expect("archiver stops cleanly");
+    let commits = verify_wal_continuity(&backend).await;
+    for xid in pg.sql("SELECT string_agg(xmin::text, ' ') FROM t").split(' ').map(|x| x.parse::<u32>().unwrap()) {
+        assert!(commits.contains(&xid), "commit of xid {xid} missing from the repository");
+    }
+}
