@@ -604,6 +604,7 @@ impl Storage for LocalStorage {
                 file,
                 len: 0,
                 broken: false,
+                dsync: true,
             })),
             None => JournalOpen::AlreadyExists,
         })
@@ -639,6 +640,33 @@ struct LocalJournal {
     len: u64,
     /// Set by a failed append: the tail is unknown, nothing more may follow.
     broken: bool,
+    /// Whether `pwritev2(RWF_DSYNC)` works here (until it says it does not).
+    dsync: bool,
+}
+
+/// Writes `data` at `offset` and makes it durable, as `pwrite` + `fdatasync`
+/// do, in one `pwritev2(RWF_DSYNC)` call where the kernel and file system
+/// take it: a group commit then costs one syscall instead of two.
+fn write_durably(file: &File, mut data: &[u8], mut offset: u64, dsync: &mut bool) -> io::Result<()> {
+    use rustix::io::{Errno, ReadWriteFlags, pwritev2};
+    while *dsync && !data.is_empty() {
+        match pwritev2(file, &[io::IoSlice::new(data)], offset, ReadWriteFlags::DSYNC) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                data = &data[n..];
+                offset += n as u64;
+            }
+            Err(Errno::INTR) => {}
+            // Kernels before 4.7 or file systems without per-write flags.
+            Err(Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS) => *dsync = false,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if data.is_empty() {
+        return Ok(());
+    }
+    file.write_all_at(data, offset)?;
+    file.sync_data()
 }
 
 #[async_trait]
@@ -655,7 +683,7 @@ impl Journal for LocalJournal {
         // archiver owns its thread and can do nothing useful until the data
         // is durable, and the two thread hand-offs per group commit cost
         // ~10% of its CPU on a machine the primary's backends share.
-        file.write_all_at(&data, offset).and_then(|()| file.sync_data()).at(&self.path).map_err(|f| ctx.err(f))?;
+        write_durably(file, &data, offset, &mut self.dsync).at(&self.path).map_err(|f| ctx.err(f))?;
         self.broken = false;
         self.len += n;
         Ok(())
@@ -759,6 +787,24 @@ impl Upload for LocalUpload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both ways of making an append durable (one `pwritev2(RWF_DSYNC)`,
+    /// or `pwrite` + `fdatasync` where that is refused) write the bytes
+    /// where they belong and nothing else.
+    #[test]
+    fn durable_writes_with_and_without_per_write_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).unwrap();
+        file.write_all_at(&[0u8; 64], 0).unwrap();
+        let mut dsync = true;
+        write_durably(&file, b"first", 0, &mut dsync).unwrap();
+        let mut fallback = false;
+        write_durably(&file, b"second", 5, &mut fallback).unwrap();
+        let got = fs::read(&path).unwrap();
+        assert_eq!(&got[..11], b"firstsecond");
+        assert!(got[11..].iter().all(|&b| b == 0), "bytes past the appends changed");
+    }
 
     #[test]
     fn dir_part_is_up_to_last_slash() {
