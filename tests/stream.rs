@@ -537,28 +537,34 @@ async fn flush_never_ahead_of_repository_random_failures_s3() {
     flush_never_ahead_of_repository(Backend::s3(), pgpitr_storage::FaultMode::FailFraction(0.3), false).await;
 }
 
+/// The local repository of `backend`, counting every call, with each
+/// complete segment's object taking 8 s to store.
+fn slowed_segments(backend: &Backend) -> std::sync::Arc<pgpitr_storage::FaultyStorage<pgpitr_storage::LocalStorage>> {
+    use pgpitr_storage::{FaultMode, FaultyStorage, LocalStorage, Op};
+    let Backend::Local(dir) = backend else { panic!("slowed_segments needs a local repository") };
+    // Segment objects are the WAL keys without a suffix.
+    let segment_put = |op: Op, key: &str| op == Op::PutIfAbsent && key.starts_with("wal/") && !key.contains('.');
+    std::sync::Arc::new(
+        FaultyStorage::new(LocalStorage::new(dir.path().join("repo")), FaultMode::FailFirst(0))
+            .slowed(segment_put, Duration::from_secs(8)),
+    )
+}
+
 /// In synchronous mode a commit waits neither for its segment's complete
 /// object (the segment's last bytes go to its journal) nor for the next
 /// segment's journal to be created (that happens while the segment fills).
 /// Segment objects are slowed to 8 s here: a commit that waited for one
-/// would take that long. A crash while they are being stored leaves a hole
-/// before the last journal, which the restarted stream fills.
+/// would take that long. A crash while they are being stored leaves those
+/// segments whole in journals; the restarted stream stores them as objects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synchronous_commits_wait_neither_for_segments_nor_for_journal_creation() {
-    use pgpitr_storage::{FaultMode, FaultyStorage, LocalStorage, Op};
-    use std::sync::Arc;
+    use pgpitr_storage::Op;
     use std::time::Instant;
     let backend = Backend::local();
-    let Backend::Local(dir) = &backend else { unreachable!() };
     let pg = PgCluster::start_default();
     pg.sql("CREATE TABLE t (x int, pad text)");
     init_repo(&pg, backend.storage().await).await;
-    // Segment objects are the WAL keys without a suffix.
-    let segment_put = |op: Op, key: &str| op == Op::PutIfAbsent && key.starts_with("wal/") && !key.contains('.');
-    let faulty = Arc::new(
-        FaultyStorage::new(LocalStorage::new(dir.path().join("repo")), FaultMode::FailFirst(0))
-            .slowed(segment_put, Duration::from_secs(8)),
-    );
+    let faulty = slowed_segments(&backend);
     // Room for both slowed segments, so reading never pauses for them.
     let cfg = pgpitr_stream::StreamConfig { synchronous: true, max_segments_in_flight: 4, ..Default::default() };
     let (cancel, task) = start_archiver(&pg, faulty.clone(), cfg.clone()).await;
@@ -654,19 +660,12 @@ async fn synchronous_commits_wait_neither_for_segments_nor_for_journal_creation(
 /// after the last stored byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_fills_a_hole_left_before_later_wal() {
-    use pgpitr_storage::{FaultMode, FaultyStorage, LocalStorage, Op};
-    use std::sync::Arc;
     let backend = Backend::local();
-    let Backend::Local(dir) = &backend else { unreachable!() };
     let pg = PgCluster::start_default();
     pg.sql("CREATE TABLE t (x int)");
     let storage = backend.storage().await;
     init_repo(&pg, storage.clone()).await;
-    let segment_put = |op: Op, key: &str| op == Op::PutIfAbsent && key.starts_with("wal/") && !key.contains('.');
-    let faulty = Arc::new(
-        FaultyStorage::new(LocalStorage::new(dir.path().join("repo")), FaultMode::FailFirst(0))
-            .slowed(segment_put, Duration::from_secs(8)),
-    );
+    let faulty = slowed_segments(&backend);
     let cfg = pgpitr_stream::StreamConfig { max_segments_in_flight: 4, ..Default::default() };
     let (cancel, task) = start_archiver(&pg, faulty, cfg.clone()).await;
     let here = lsn(&pg.sql("INSERT INTO t VALUES (0); SELECT pg_current_wal_lsn()"));

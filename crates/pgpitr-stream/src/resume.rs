@@ -123,10 +123,13 @@ pub async fn plan(
     }
 
     tracing::info!(%tli, %start, "resuming where the repository ends");
+    // Only segments without a complete object have parts or journals here
+    // (`scan` sets those of complete segments aside as leftovers).
     let before = start.segment_number(seg);
     let whole: Vec<SegNo> = tl
         .objects
         .iter()
+        .filter(|(id, _)| id.kind != WalObjectKind::Segment)
         .map(|(id, _)| id.segno)
         .filter(|&n| n < before && n.start_lsn(seg).is_some_and(|s| tl.covers(s, Lsn(s.0 + seg.bytes()))))
         .collect::<std::collections::BTreeSet<_>>()
