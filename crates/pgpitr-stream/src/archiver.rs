@@ -510,9 +510,8 @@ impl State {
                     if !self.stores_at_once() {
                         self.submit_if_due(Instant::now());
                     }
-                    if moved && self.reportable() > reported {
-                        reported = self.reportable();
-                        stream.send_status(reported, reported, reported, false).await?;
+                    if moved {
+                        report_advance(&mut stream, self.reportable(), &mut reported).await?;
                     }
                     if self.stop_at.is_some_and(|s| self.durable() >= s) {
                         self.drain(Some(&mut stream)).await?;
@@ -535,10 +534,8 @@ impl State {
                             }
                             if let Some(job) = self.tail.take()
                                 && self.append_now(job).await?
-                                && self.reportable() > reported
                             {
-                                reported = self.reportable();
-                                stream.send_status(reported, reported, reported, false).await?;
+                                report_advance(&mut stream, self.reportable(), &mut reported).await?;
                             }
                         }
                         StreamMessage::Keepalive { reply_requested, end_of_wal, .. } => {
@@ -557,11 +554,8 @@ impl State {
                 // paused): `biased` polls the branches in order.
                 _ = std::future::ready(()), if idle_due => {
                     match self.append_inline().await? {
-                        Some(true) if self.reportable() > reported => {
-                            reported = self.reportable();
-                            stream.send_status(reported, reported, reported, false).await?;
-                        }
-                        Some(_) => {}
+                        Some(true) => report_advance(&mut stream, self.reportable(), &mut reported).await?,
+                        Some(false) => {}
                         None => self.submit_part(),
                     }
                     self.create_next_journal_ahead();
@@ -906,6 +900,20 @@ impl State {
         self.stats.timeline.store(next_tli.0, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Tells the server the durable position if it moved past what it was last
+/// told.
+async fn report_advance(
+    stream: &mut ReplicationStream<'_>,
+    durable: Lsn,
+    reported: &mut Lsn,
+) -> Result<(), StreamError> {
+    if durable > *reported {
+        *reported = durable;
+        stream.send_status(durable, durable, durable, false).await?;
+    }
+    Ok(())
 }
 
 /// Stores WAL `from..to` of timeline `tli` in the repository, streaming
