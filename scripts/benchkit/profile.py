@@ -30,6 +30,15 @@ STAT_SYSCALLS = ["fdatasync", "fsync", "pwrite64", "write", "recvfrom", "sendto"
                  "futex"]
 
 
+def machine_cpu():
+    """(busy, total) CPU seconds of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = v[3] + v[4]
+    return (sum(v) - idle) / tick, sum(v) / tick
+
+
 class Ctx:
     def __init__(self, pgpitr):
         self.pgpitr = pgpitr
@@ -41,6 +50,8 @@ def main():
     ap.add_argument("receiver", choices=["local", "s3", "receivewal", "receivewal-lz4"])
     ap.add_argument("--tool", choices=["perf", "perf-g", "stat", "strace", "none"], default="perf")
     ap.add_argument("--pgpitr", required=True)
+    ap.add_argument("--target", choices=["receiver", "s3"], default="receiver",
+                    help="the process to profile: the receiver, or the s3s-fs server")
     ap.add_argument("--out", default=".", help="where perf.data / strace.txt go")
     ap.add_argument("--rows", type=int, default=1500000, help="rows of the bulk INSERT (1.5 M is ~350 MB of WAL)")
     argv = sys.argv[1:]
@@ -69,25 +80,26 @@ def main():
         r.start(os.path.join(work, "logs"))
         wait_streaming(pg, r)
         out = os.path.abspath(a.out)
+        pid = s3.proc.pid if a.target == "s3" else r.pid
         if a.tool == "none":
             prof = None
         elif a.tool == "strace":
-            prof = subprocess.Popen(["strace", "-c", "-f", "-o", os.path.join(out, "strace.txt"), "-p", str(r.pid)],
+            prof = subprocess.Popen(["strace", "-c", "-f", "-o", os.path.join(out, "strace.txt"), "-p", str(pid)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         elif a.tool == "stat":
             events = ",".join(["context-switches"] + [f"syscalls:sys_enter_{c}" for c in STAT_SYSCALLS])
             prof = subprocess.Popen(["perf", "stat", "-e", events, "-o", os.path.join(out, "stat.txt"), "-p",
-                                     str(r.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         else:
             g = ["-g", "--call-graph", "dwarf,32768"] if a.tool == "perf-g" else []
             prof = subprocess.Popen(["perf", "record", "-F", "1999", *g, "-o", os.path.join(out, "perf.data"), "-p",
-                                     str(r.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)
         if a.workload == "sync":
             pg.sql("ALTER SYSTEM SET synchronous_standby_names = 'prof'")
             pg.sql("SELECT pg_reload_conf()")
             time.sleep(1)
-        c0, l0, t0 = r.cpu(), pg.lsn(), time.monotonic()
+        c0, s0, m0, l0, t0 = r.cpu(), s3.cpu(), machine_cpu(), pg.lsn(), time.monotonic()
         tps = None
         if a.workload == "bulk":
             pg.sql("INSERT INTO bulk SELECT g, md5(g::text), repeat(md5(g::text), 4) "
@@ -102,7 +114,7 @@ def main():
                 break
             time.sleep(0.05)
         catchup = time.monotonic() - t1
-        c1 = r.cpu()
+        c1, s1, m1 = r.cpu(), s3.cpu(), machine_cpu()
         hwm = proc_status(r.pid, "VmHWM")
         if a.workload == "sync":
             pg.sql("ALTER SYSTEM RESET synchronous_standby_names")
@@ -118,7 +130,8 @@ def main():
         print(f"{a.workload} {a.receiver} {' '.join(extra)}: {wal / 1e6:.0f} MB of WAL in {t1 - t0:.1f} s"
               + (f" ({tps:.0f} tps)" if tps else "")
               + f"; receiver CPU {c1 - c0:.2f} s = {(c1 - c0) / (wal / 1e9):.2f} s/GB; VmHWM {hwm / 2**20:.1f} MiB; "
-                f"{col} caught up {catchup:.2f} s after the load; {stored / 1e6:.0f} MB stored in all")
+                f"{col} caught up {catchup:.2f} s after the load; {stored / 1e6:.0f} MB stored in all; "
+                f"s3s-fs CPU {s1 - s0:.2f} s; machine busy {m1[0] - m0[0]:.1f} of {m1[1] - m0[1]:.1f} CPU s")
     finally:
         pg.stop("immediate")
         s3.stop()

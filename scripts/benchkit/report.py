@@ -302,9 +302,10 @@ def sec_sync(r):
         t = med(s.get("tps"))
         rows.append([{"none": "no standby"}.get(c, c), rng(s.get("tps")), rtxt(ratio(t, base)),
                      rtxt(ratio(t, peer)) if c.startswith("pgpitr") else "", rng(s.get("receiver_cpu_s")),
+                     rng(s.get("receiver_cpu_ms_per_tx")), rng(s.get("s3_server_cpu_ms_per_tx")),
                      s.get("errors") or 0])
     return table(["synchronous standby", "primary tps", "× no standby", "× pg_receivewal --synchronous",
-                  "receiver CPU s", "failed runs"], rows)
+                  "receiver CPU s", "receiver CPU ms/tx", "S3 server CPU ms/tx", "failed runs"], rows)
 
 
 def sec_backup(r):

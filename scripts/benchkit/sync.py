@@ -32,6 +32,9 @@ def main(ctx):
                                  "application_name=RUN' --no-loop")
     ctx.command("primary", "ALTER SYSTEM SET synchronous_standby_names = 'RUN'; SELECT pg_reload_conf()")
     ctx.note("Each receiver's row in pg_stat_replication must show sync_state = 'sync' before the load starts.")
+    ctx.note("CPU ms/tx: CPU seconds of the receiver process (and, for pgpitr-s3, of the s3s-fs process) during "
+             "the load, per committed transaction. Both run on the same cores as the primary and pgbench, so what "
+             "they spend is taken from the primary's throughput.")
     try:
         pg.pgbench("-i", "-q", "-s", str(sz["scale"]))
         for rep in range(ctx.reps):
@@ -49,6 +52,8 @@ def main(ctx):
         rows = [r for r in ctx.result["raw"] if r["contender"] == c and "tps" in r]
         out[c] = {"tps": summarize([r["tps"] for r in rows]),
                   "receiver_cpu_s": summarize([r.get("receiver_cpu_s") for r in rows]),
+                  "receiver_cpu_ms_per_tx": summarize([r.get("receiver_cpu_ms_per_tx") for r in rows]),
+                  "s3_server_cpu_ms_per_tx": summarize([r.get("s3_server_cpu_ms_per_tx") for r in rows]),
                   "errors": sum(1 for r in ctx.result["raw"] if r["contender"] == c and "error" in r)}
     ctx.result["summary"] = out
 
@@ -81,11 +86,19 @@ def one_run(ctx, pg, s3, c, rep, sz):
                     raise RuntimeError(f"{c} did not become the synchronous standby")
                 time.sleep(0.1)
             cpu0 = rcv.cpu()
+        s3cpu0 = s3.cpu()
         out = run(pg.pgbench_argv("-n", "-c", "8", "-j", "2", "-T", str(sz["duration_s"])))
         tps = parse_tps(out.stdout)
         rec = {"contender": c, "rep": rep, "tps": tps}
+        txs = tps * sz["duration_s"]
         if rcv:
             rec["receiver_cpu_s"] = rcv.cpu() - cpu0
+            rec["receiver_cpu_ms_per_tx"] = rec["receiver_cpu_s"] * 1000 / txs
+        if c == "pgpitr-s3":
+            # The S3 server is a process of its own on the same cores: what
+            # it spends per transaction is part of what the standby costs.
+            rec["s3_server_cpu_s"] = s3.cpu() - s3cpu0
+            rec["s3_server_cpu_ms_per_tx"] = rec["s3_server_cpu_s"] * 1000 / txs
         log(f"sync rep {rep} {c}: {tps:.0f} tps")
         return rec
     finally:
