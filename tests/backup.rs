@@ -284,6 +284,40 @@ async fn without_a_live_lease_the_backup_fetches_at_once() {
     assert!(stderr.contains("cannot write the stream lease"), "{stderr}");
 }
 
+/// A backup over TLS, authenticated by a client certificate alone, with the
+/// certificate files from libpq's environment variables: pg_hba.conf allows
+/// this role nothing else, so success means both were used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_over_verified_tls_with_a_client_certificate() {
+    let backend = Backend::local();
+    let pki = TestPki::generate("pgpitr_cert");
+    let pg = PgCluster::start_default();
+    pg.sql("CREATE ROLE pgpitr_cert LOGIN REPLICATION");
+    pg.enable_tls(&pki, "hostssl replication pgpitr_cert 127.0.0.1/32 cert");
+    pg.pgbench(&["-i", "-q", "-s", "1"]);
+    let conninfo = format!("host=localhost hostaddr=127.0.0.1 port={} user=pgpitr_cert sslmode=verify-full", pg.port());
+    let tls_env = |cmd: &mut Command| {
+        cmd.env("PGSSLROOTCERT", pki.path("ca.crt"))
+            .env("PGSSLCERT", pki.path("client.crt"))
+            .env("PGSSLKEY", pki.path("client.key"));
+    };
+    let mut cmd = pgpitr();
+    backend.env(&mut cmd);
+    tls_env(&mut cmd);
+    cmd.args(["backup", "--repo", &backend.url(), "-d", &conninfo, "--checkpoint", "fast", "--json"]);
+    let out = run(&mut cmd).ok();
+    let info: BackupInfo = serde_json::from_str(&out.stdout).unwrap();
+    extract_and_verify(&pg, &backend, &info, &[], &[]).await;
+
+    // With the wrong CA the same command stops at once with one clear line.
+    let mut cmd = pgpitr();
+    backend.env(&mut cmd);
+    tls_env(&mut cmd);
+    cmd.env("PGSSLROOTCERT", pki.path("other-ca.crt"));
+    cmd.args(["backup", "--repo", &backend.url(), "-d", &conninfo]);
+    run(&mut cmd).fails_with(&["the server's certificate did not verify (sslmode=verify-full)", "UnknownIssuer"]);
+}
+
 /// `--compress client-lz4` and `none` store the plain tar; such backups,
 /// and those of format 1 (before server compression), still extract.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

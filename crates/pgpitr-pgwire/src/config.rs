@@ -69,8 +69,9 @@ pub enum Host {
     Unix(PathBuf),
 }
 
-/// libpq's `sslmode`. Only the modes that work without TLS can connect for
-/// now; the others fail with a clear error at connect time.
+/// libpq's `sslmode`. `allow` connects without TLS (it is only tried when
+/// plain text fails, which we do not do); `prefer` (the default) uses TLS
+/// when the server offers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SslMode {
     Disable,
@@ -86,6 +87,11 @@ impl SslMode {
     /// True when a plain-text connection must be refused.
     pub fn requires_tls(self) -> bool {
         matches!(self, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull)
+    }
+
+    /// True when TLS is asked for on a TCP connection.
+    pub fn tries_tls(self) -> bool {
+        matches!(self, SslMode::Prefer | SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -140,10 +146,13 @@ enum Key {
     Sslmode,
     ConnectTimeout,
     Passfile,
+    Sslrootcert,
+    Sslcert,
+    Sslkey,
 }
 
 impl Key {
-    const ALL: [Key; 10] = [
+    const ALL: [Key; 13] = [
         Key::Host,
         Key::Hostaddr,
         Key::Port,
@@ -154,6 +163,9 @@ impl Key {
         Key::Sslmode,
         Key::ConnectTimeout,
         Key::Passfile,
+        Key::Sslrootcert,
+        Key::Sslcert,
+        Key::Sslkey,
     ];
 
     fn from_name(s: &str) -> Option<Key> {
@@ -172,6 +184,9 @@ impl Key {
             Key::Sslmode => "sslmode",
             Key::ConnectTimeout => "connect_timeout",
             Key::Passfile => "passfile",
+            Key::Sslrootcert => "sslrootcert",
+            Key::Sslcert => "sslcert",
+            Key::Sslkey => "sslkey",
         }
     }
 
@@ -188,6 +203,9 @@ impl Key {
             Key::Sslmode => "PGSSLMODE",
             Key::ConnectTimeout => "PGCONNECT_TIMEOUT",
             Key::Passfile => "PGPASSFILE",
+            Key::Sslrootcert => "PGSSLROOTCERT",
+            Key::Sslcert => "PGSSLCERT",
+            Key::Sslkey => "PGSSLKEY",
         })
     }
 }
@@ -195,7 +213,7 @@ impl Key {
 /// Option values as written, before validation. An explicit empty value
 /// still blocks the environment fallback, as in libpq.
 #[derive(Default)]
-struct Raw([Option<String>; 10]);
+struct Raw([Option<String>; 13]);
 
 impl Raw {
     fn set(&mut self, key: Key, value: String) {
@@ -231,6 +249,34 @@ pub struct ConnConfig {
     sslmode: SslMode,
     connect_timeout: Option<Duration>,
     passfile: Option<PathBuf>,
+    tls_files: TlsFiles,
+}
+
+/// A certificate or key file for TLS: named in the settings, or libpq's
+/// default under `~/.postgresql`, which is used only if it exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFile {
+    pub path: PathBuf,
+    /// Named in the conninfo string or environment: it must then exist.
+    pub explicit: bool,
+}
+
+/// Where the trusted roots and the client certificate come from
+/// (`sslrootcert`, `sslcert`, `sslkey`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsFiles {
+    /// `sslrootcert=system` is the literal path `system`, as in libpq.
+    pub rootcert: Option<TlsFile>,
+    pub cert: Option<TlsFile>,
+    pub key: Option<TlsFile>,
+}
+
+impl TlsFiles {
+    /// True when the server's certificate is checked against the system's
+    /// trusted roots rather than a file.
+    pub fn system_roots(&self) -> bool {
+        self.rootcert.as_ref().is_some_and(|f| f.explicit && f.path == Path::new("system"))
+    }
 }
 
 impl FromStr for ConnConfig {
@@ -336,10 +382,18 @@ impl ConnConfig {
                 if secs <= 0 { None } else { Some(Duration::from_secs(secs.max(2) as u64)) }
             }
         };
-        let passfile = raw
-            .non_empty(Key::Passfile)
-            .map(PathBuf::from)
-            .or_else(|| env("HOME").filter(|h| !h.is_empty()).map(|h| Path::new(&h).join(".pgpass")));
+        let home = env("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+        let passfile =
+            raw.non_empty(Key::Passfile).map(PathBuf::from).or_else(|| home.as_ref().map(|h| h.join(".pgpass")));
+        let tls_file = |key: Key, default: &str| match raw.non_empty(key) {
+            Some(p) => Some(TlsFile { path: PathBuf::from(p), explicit: true }),
+            None => home.as_ref().map(|h| TlsFile { path: h.join(".postgresql").join(default), explicit: false }),
+        };
+        let tls_files = TlsFiles {
+            rootcert: tls_file(Key::Sslrootcert, "root.crt"),
+            cert: tls_file(Key::Sslcert, "postgresql.crt"),
+            key: tls_file(Key::Sslkey, "postgresql.key"),
+        };
         Ok(ConnConfig {
             host,
             host_is_default,
@@ -352,6 +406,7 @@ impl ConnConfig {
             sslmode,
             connect_timeout,
             passfile,
+            tls_files,
         })
     }
 
@@ -394,6 +449,11 @@ impl ConnConfig {
 
     pub fn sslmode(&self) -> SslMode {
         self.sslmode
+    }
+
+    /// The trusted roots and client certificate for TLS.
+    pub fn tls_files(&self) -> &TlsFiles {
+        &self.tls_files
     }
 
     /// `None` means wait forever (`connect_timeout=0`).
@@ -844,7 +904,29 @@ mod tests {
             let mode: SslMode = m.parse().unwrap();
             assert_eq!(mode.to_string(), m);
             assert_eq!(mode.requires_tls(), matches!(m, "require" | "verify-ca" | "verify-full"));
+            assert_eq!(mode.tries_tls(), !matches!(m, "disable" | "allow"));
         }
+    }
+
+    #[test]
+    fn tls_files_from_options_environment_and_home() {
+        let c =
+            ConnConfig::parse_with_env("host=h sslrootcert=/ca.pem sslcert=/c.pem sslkey=/k.pem", |_| None).unwrap();
+        let f = c.tls_files();
+        assert_eq!(f.rootcert, Some(TlsFile { path: "/ca.pem".into(), explicit: true }));
+        assert_eq!(f.cert, Some(TlsFile { path: "/c.pem".into(), explicit: true }));
+        assert_eq!(f.key, Some(TlsFile { path: "/k.pem".into(), explicit: true }));
+        assert!(!f.system_roots());
+        // Unset: libpq's defaults under ~/.postgresql, used only if present.
+        let c =
+            ConnConfig::parse_with_env("host=h", env_of(&[("HOME", "/home/a"), ("PGSSLROOTCERT", "system")])).unwrap();
+        let f = c.tls_files();
+        assert!(f.system_roots());
+        assert_eq!(f.cert, Some(TlsFile { path: "/home/a/.postgresql/postgresql.crt".into(), explicit: false }));
+        assert_eq!(f.key, Some(TlsFile { path: "/home/a/.postgresql/postgresql.key".into(), explicit: false }));
+        assert_eq!(parse("host=h").tls_files(), &TlsFiles::default());
+        let uri = ConnConfig::parse_with_env("postgres://h/db?sslmode=verify-full&sslrootcert=%2Fr.pem", |_| None);
+        assert_eq!(uri.unwrap().tls_files().rootcert, Some(TlsFile { path: "/r.pem".into(), explicit: true }));
     }
 
     #[test]

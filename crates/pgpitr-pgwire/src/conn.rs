@@ -214,10 +214,6 @@ pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-fn io_kind(e: io::Error) -> ErrorKind {
-    if e.kind() == io::ErrorKind::UnexpectedEof { ErrorKind::Closed } else { ErrorKind::Io(e) }
-}
-
 /// Describes a message that should not have arrived.
 pub(crate) fn unexpected(msg: &Backend, when: &str) -> ErrorKind {
     ErrorKind::Protocol(format!("unexpected {} {when}", msg.name()))
@@ -288,7 +284,11 @@ impl ReplicationConnection {
         };
         match conn.startup(config).await {
             Ok(()) => {
-                tracing::debug!(server_version = conn.parameter("server_version"), "replication connection ready");
+                tracing::debug!(
+                    server_version = conn.parameter("server_version"),
+                    tls = conn.io.tls_version().as_deref().unwrap_or("none"),
+                    "replication connection ready"
+                );
                 Ok(conn)
             }
             Err(kind) => {
@@ -361,7 +361,9 @@ impl ReplicationConnection {
                     {
                         offered.push(m.to_string());
                     }
-                    // SCRAM-SHA-256-PLUS needs TLS channel binding, which we lack.
+                    // We do not do channel binding (SCRAM-SHA-256-PLUS); over TLS
+                    // the server offers plain SCRAM-SHA-256 as well, and "n,," in
+                    // the first message says so honestly.
                     if !offered.iter().any(|m| m == sasl::SCRAM_SHA_256) {
                         return Err(ErrorKind::UnsupportedAuth(format!("SASL with {}", offered.join(", "))));
                     }
@@ -401,6 +403,11 @@ impl ReplicationConnection {
                 other => return Err(unexpected(&Backend::Other(other), "during authentication")),
             }
         }
+    }
+
+    /// The TLS version in use, such as `TLSv1_3`; `None` in plain text.
+    pub fn tls_version(&self) -> Option<String> {
+        self.io.tls_version()
     }
 
     /// The server, as `127.0.0.1:5432` or a socket path.
@@ -462,13 +469,13 @@ impl ReplicationConnection {
     /// written, so an interrupted flush resumes where it stopped.
     pub(crate) async fn flush(&mut self) -> Result<(), ErrorKind> {
         while !self.wbuf.is_empty() {
-            let n = self.io.write(&self.wbuf).await.map_err(io_kind)?;
+            let n = self.io.write(&self.wbuf).await.map_err(crate::tls::io_error)?;
             if n == 0 {
                 return Err(ErrorKind::Closed);
             }
             self.wbuf.advance(n);
         }
-        self.io.flush().await.map_err(io_kind)
+        self.io.flush().await.map_err(crate::tls::io_error)
     }
 
     /// The next complete message. Cancel-safe: partial messages stay buffered.
@@ -480,7 +487,7 @@ impl ReplicationConnection {
             if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
                 self.rbuf.reserve(READ_CHUNK);
             }
-            if self.io.read_buf(&mut self.rbuf).await.map_err(io_kind)? == 0 {
+            if self.io.read_buf(&mut self.rbuf).await.map_err(crate::tls::io_error)? == 0 {
                 return Err(ErrorKind::Closed);
             }
         }

@@ -3,7 +3,6 @@
 //! authentication failed for user "archiver"`. [`Error::is_transient`] splits
 //! them into "retry with backoff" and "stop and tell the operator".
 
-use crate::config::SslMode;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
@@ -113,9 +112,10 @@ pub enum ErrorKind {
     /// The peer broke the protocol; says what was wrong (definite).
     #[error("protocol violation: {0}")]
     Protocol(String),
-    /// `sslmode` requires TLS, which is not implemented yet (definite).
-    #[error("TLS is not supported yet (sslmode={0}); use sslmode=disable or sslmode=prefer")]
-    TlsUnsupported(SslMode),
+    /// TLS could not be set up as `sslmode` demands: a certificate file,
+    /// a server without TLS, a certificate that did not verify (definite).
+    #[error("{0}")]
+    Tls(String),
     /// Authentication failed (SQLSTATE class 28); names the password file
     /// when the password came from one (definite).
     #[error("{pg}{}", passfile_note(.passfile))]
@@ -244,7 +244,7 @@ impl ErrorKind {
             ErrorKind::SlotActive { .. } => true,
             ErrorKind::Server(pg) => is_transient_sqlstate(&pg.code),
             ErrorKind::Protocol(_)
-            | ErrorKind::TlsUnsupported(_)
+            | ErrorKind::Tls(_)
             | ErrorKind::Auth { .. }
             | ErrorKind::NoPassword { .. }
             | ErrorKind::UnsupportedAuth(_)
@@ -455,7 +455,7 @@ mod tests {
         assert!(ErrorKind::Timeout(Duration::from_secs(10)).is_transient());
         assert!(ErrorKind::Io(io::Error::from(io::ErrorKind::ConnectionReset)).is_transient());
         assert!(!ErrorKind::Protocol("x".into()).is_transient());
-        assert!(!ErrorKind::TlsUnsupported(SslMode::Require).is_transient());
+        assert!(!ErrorKind::Tls("the server's certificate did not verify".into()).is_transient());
         let k = ErrorKind::from_pg(
             pg("ERROR", "58P01", "requested WAL segment 000000010000000000000001 has already been removed"),
             Op::Command("START_REPLICATION"),

@@ -27,8 +27,8 @@
 //!   say whether retrying may help ([`Error::is_transient`]).
 //! - [`ReplicationStream::next`] is cancel-safe; commands are not (an
 //!   interrupted command makes the connection report itself unusable).
-//! - TLS is not implemented yet: `sslmode=require` and stricter fail with a
-//!   clear error; `prefer` and `allow` connect without TLS.
+//! - TLS follows libpq's `sslmode` (see `tls`); a connection that must be
+//!   encrypted or verified never falls back to plain text.
 
 mod basebackup;
 mod codec;
@@ -37,13 +37,14 @@ mod conn;
 mod error;
 mod pgpass;
 mod stream;
+mod tls;
 mod transport;
 
 pub use basebackup::{BaseBackupMessage, BaseBackupStream, TablespaceInfo};
 pub use codec::{StreamMessage, pg_epoch_micros, pg_time_to_system};
 pub use config::{
     ConfigError, ConnConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT, DEFAULT_SOCKET_DIR, FALLBACK_SOCKET_DIR, Host,
-    REPLICATION_DATABASE, Secret, SslMode,
+    REPLICATION_DATABASE, Secret, SslMode, TlsFile, TlsFiles,
 };
 pub use conn::{ReplicationConnection, SimpleRow, SlotInfo, SystemInfo, parse_server_version, quote_literal};
 pub use error::{Error, ErrorKind, Op, PgError};

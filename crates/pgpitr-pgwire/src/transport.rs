@@ -1,9 +1,10 @@
-//! The byte stream under a connection: TCP or a Unix-domain socket. An enum
-//! rather than a trait object so a TLS variant (tokio-rustls, after an
-//! SSLRequest) can slot in as one more arm.
+//! The byte stream under a connection: TCP, TLS over TCP, or a Unix-domain
+//! socket. An enum rather than a trait object: plain TCP, the common case
+//! on a private network, pays for no indirection.
 
 use crate::config::{ConnConfig, FALLBACK_SOCKET_DIR, Host, socket_path};
 use crate::error::{Error, ErrorKind, Op};
+use crate::tls::{self, TlsStream};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -13,13 +14,25 @@ use tokio::net::{TcpStream, UnixStream};
 
 pub(crate) enum Transport {
     Tcp(TcpStream),
+    Tls(Box<TlsStream>),
     Unix(UnixStream),
+}
+
+impl Transport {
+    /// The TLS version in use, such as `TLSv1_3`; `None` in plain text.
+    pub(crate) fn tls_version(&self) -> Option<String> {
+        match self {
+            Transport::Tls(s) => s.get_ref().1.protocol_version().map(|v| format!("{v:?}")),
+            Transport::Tcp(_) | Transport::Unix(_) => None,
+        }
+    }
 }
 
 impl AsyncRead for Transport {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
             Transport::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -29,6 +42,7 @@ impl AsyncWrite for Transport {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
             Transport::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
@@ -36,6 +50,7 @@ impl AsyncWrite for Transport {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
             Transport::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
@@ -43,6 +58,7 @@ impl AsyncWrite for Transport {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
             Transport::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
@@ -71,11 +87,8 @@ pub(crate) async fn open(config: &ConnConfig) -> Result<(Transport, String), Err
             }
         }
         Host::Tcp(name) => {
-            if config.sslmode().requires_tls() {
-                let kind = ErrorKind::TlsUnsupported(config.sslmode());
-                return Err(Error::new(Op::Connect, config.display_target(), kind));
-            }
             let target = config.display_target();
+            let mut plan = tls::plan(config).map_err(|k| Error::new(Op::Connect, &target, k))?;
             let addrs: Vec<SocketAddr> = if let Some(ip) = config.hostaddr() {
                 vec![SocketAddr::new(ip, port)]
             } else if let Ok(ip) = name.parse() {
@@ -96,7 +109,12 @@ pub(crate) async fn open(config: &ConnConfig) -> Result<(Transport, String), Err
                     Ok(s) => {
                         // Status replies are small and latency-sensitive.
                         s.set_nodelay(true).map_err(|e| Error::new(Op::Connect, &target, ErrorKind::Io(e)))?;
-                        return Ok((Transport::Tcp(s), target));
+                        let Some(plan) = plan.take() else { return Ok((Transport::Tcp(s), target)) };
+                        return match tls::negotiate(s, plan, addr.ip()).await {
+                            Ok(Ok(tls)) => Ok((Transport::Tls(tls), target)),
+                            Ok(Err(plain)) => Ok((Transport::Tcp(plain), target)),
+                            Err(kind) => Err(Error::new(Op::Connect, target, kind)),
+                        };
                     }
                     Err(e) => {
                         tracing::debug!(%addr, error = %e, "connection attempt failed");

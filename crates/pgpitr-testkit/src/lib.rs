@@ -11,9 +11,11 @@
 
 mod pg;
 mod s3;
+mod tls;
 
 pub use pg::{PgCluster, PgClusterBuilder, pg_bindir};
 pub use s3::S3Server;
+pub use tls::TestPki;
 
 /// Superuser (SCRAM over TCP, trust over the Unix socket).
 pub const SUPERUSER: &str = "postgres";

@@ -397,6 +397,27 @@ impl PgCluster {
         f.write_all(text.as_bytes()).expect("write config");
     }
 
+    /// Turns TLS on with `pki`'s server certificate, trusting its CA for
+    /// client certificates, and puts `hba_lines` first in pg_hba.conf.
+    pub fn enable_tls(&self, pki: &crate::TestPki, hba_lines: &str) {
+        for name in ["server.crt", "server.key", "ca.crt"] {
+            let dest = self.datadir().join(name);
+            std::fs::copy(pki.path(name), &dest).expect("copy certificate into the data directory");
+            if self.as_postgres {
+                let (uid, gid) = postgres_ids();
+                std::os::unix::fs::chown(&dest, Some(uid), Some(gid)).expect("chown certificate");
+            }
+        }
+        let hba = std::fs::read_to_string(self.datadir().join("pg_hba.conf")).expect("read pg_hba.conf");
+        self.write_file("pg_hba.conf", &format!("{hba_lines}\n{hba}"));
+        self.sql(
+            "ALTER SYSTEM SET ssl_cert_file = 'server.crt'; ALTER SYSTEM SET ssl_key_file = 'server.key'; \
+             ALTER SYSTEM SET ssl_ca_file = 'ca.crt'; ALTER SYSTEM SET ssl = on; SELECT pg_reload_conf();",
+        );
+        let on = crate::wait_for(Duration::from_secs(10), || (self.sql("SHOW ssl") == "on").then_some(()));
+        assert!(on.is_some(), "ssl did not turn on; server log:\n{}", self.log());
+    }
+
     /// Appends to postgresql.auto.conf-style settings and reloads.
     pub fn set_and_reload(&self, key: &str, value: &str) {
         self.sql(&format!("ALTER SYSTEM SET {key} = '{}'; SELECT pg_reload_conf();", value.replace('\'', "''")));

@@ -193,25 +193,6 @@ async fn unresolvable_host() {
     );
 }
 
-#[tokio::test]
-async fn tls_modes_fail_clearly_without_touching_the_network() {
-    let port = free_port();
-    for mode in ["require", "verify-ca", "verify-full"] {
-        let conf =
-            ConnConfig::parse_with_env(&format!("host=127.0.0.1 port={port} user=u sslmode={mode}"), |_| None).unwrap();
-        let err = ReplicationConnection::connect(&conf).await.unwrap_err();
-        assert!(matches!(err.kind(), ErrorKind::TlsUnsupported(_)), "{err:?}");
-        assert!(err.to_string().contains("TLS is not supported yet"), "{err}");
-        assert!(!err.is_transient());
-    }
-    // prefer and allow connect in plain text.
-    let pg = PgCluster::start_default();
-    for mode in ["prefer", "allow", "disable"] {
-        let url = format!("{}?sslmode={mode}", pg.url(REPL_USER, REPL_PASSWORD));
-        ReplicationConnection::connect(&ConnConfig::parse_with_env(&url, |_| None).unwrap()).await.unwrap();
-    }
-}
-
 /// A peer that accepts and then does `behave` with the socket, in a thread.
 fn fake_peer(behave: impl FnOnce(std::net::TcpStream) + Send + 'static) -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -252,15 +233,19 @@ async fn peer_that_hangs_up_is_transient() {
 
 #[tokio::test]
 async fn peer_that_is_not_postgres_is_a_protocol_violation() {
-    let port = fake_peer(|mut s| {
-        let mut buf = [0u8; 512];
-        let _ = s.read(&mut buf);
-        let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
-        std::thread::sleep(std::time::Duration::from_secs(2));
-    });
-    let conf = ConnConfig::parse_with_env(&format!("host=127.0.0.1 port={port} user=u"), |_| None).unwrap();
-    let err = ReplicationConnection::connect(&conf).await.unwrap_err();
-    assert!(matches!(err.kind(), ErrorKind::Protocol(_)), "{err:?}");
-    assert!(err.to_string().contains("is this a PostgreSQL server?"), "{err}");
-    assert!(!err.is_transient());
+    // prefer (the default) first asks for TLS; disable goes straight to the startup message.
+    for mode in ["prefer", "disable"] {
+        let port = fake_peer(|mut s| {
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        });
+        let conf =
+            ConnConfig::parse_with_env(&format!("host=127.0.0.1 port={port} user=u sslmode={mode}"), |_| None).unwrap();
+        let err = ReplicationConnection::connect(&conf).await.unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::Protocol(_)), "{mode}: {err:?}");
+        assert!(err.to_string().contains("is this a PostgreSQL server?"), "{mode}: {err}");
+        assert!(!err.is_transient());
+    }
 }

@@ -6,6 +6,7 @@ mod commands;
 mod connect;
 mod streaming;
 mod timeline;
+mod tls;
 
 use pgpitr_pgwire::{ConnConfig, ReplicationConnection};
 use pgpitr_testkit::{PgCluster, REPL_PASSWORD, REPL_USER};

@@ -1,0 +1,323 @@
+//! TLS on TCP connections, with libpq's meaning of `sslmode`:
+//! - `prefer` (the default): TLS if the server offers it, else plain text;
+//! - `require`: TLS or nothing;
+//! - `verify-ca`: and the certificate chain must lead to `sslrootcert`;
+//! - `verify-full`: and the certificate must name the host.
+//!
+//! As in libpq, `prefer` and `require` also check the chain when a root
+//! certificate file exists (`sslrootcert`, or `~/.postgresql/root.crt`), and
+//! a client certificate (`sslcert` + `sslkey`, or the `~/.postgresql`
+//! defaults) is offered when one is configured or present. Unlike libpq,
+//! `prefer` does not retry in plain text after a failed handshake: a
+//! certificate that does not verify is an error to fix, not to route around.
+
+use crate::config::{ConnConfig, Host, SslMode, TlsFile, TlsFiles};
+use crate::error::ErrorKind;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::io;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub(crate) type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// SSLRequest: length 8, then the code 1234/5679.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// What to do on a TCP connection, decided before any network I/O so that
+/// a missing or unreadable certificate file fails at once.
+pub(crate) struct TlsPlan {
+    mode: SslMode,
+    config: Arc<ClientConfig>,
+    name: Option<ServerName<'static>>,
+}
+
+/// Reads the certificate files `config` names; `None` when the mode never
+/// uses TLS.
+pub(crate) fn plan(config: &ConnConfig) -> Result<Option<TlsPlan>, ErrorKind> {
+    let mode = config.sslmode();
+    if !mode.tries_tls() {
+        return Ok(None);
+    }
+    let Host::Tcp(host) = config.host() else { return Ok(None) };
+    let name = ServerName::try_from(host.clone()).ok();
+    if mode == SslMode::VerifyFull && name.is_none() {
+        return Err(ErrorKind::Tls(format!(
+            "sslmode=verify-full: host {host:?} is neither a DNS name nor an IP address a certificate can name"
+        )));
+    }
+    Ok(Some(TlsPlan { mode, config: Arc::new(client_config(mode, config.tls_files())?), name }))
+}
+
+/// Asks the server for TLS and performs the handshake, or falls back to
+/// plain text where `sslmode` allows it.
+pub(crate) async fn negotiate(
+    mut tcp: TcpStream,
+    plan: TlsPlan,
+    peer: IpAddr,
+) -> Result<Result<Box<TlsStream>, TcpStream>, ErrorKind> {
+    tcp.write_all(&SSL_REQUEST).await.map_err(ErrorKind::Io)?;
+    // Exactly one byte: anything the server sent after it would be read
+    // before the handshake, unauthenticated (CVE-2021-23222).
+    let mut answer = [0u8; 1];
+    match tcp.read_exact(&mut answer).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(ErrorKind::Closed),
+        Err(e) => return Err(ErrorKind::Io(e)),
+    }
+    match answer[0] {
+        b'S' => {}
+        b'N' if plan.mode.requires_tls() => {
+            return Err(ErrorKind::Tls(format!(
+                "the server does not accept TLS connections (ssl = off), and sslmode={} requires TLS",
+                plan.mode
+            )));
+        }
+        b'N' => return Ok(Err(tcp)),
+        b'E' => return Err(ErrorKind::Protocol("the server answered the TLS request with an error".into())),
+        other => {
+            return Err(ErrorKind::Protocol(format!(
+                "unexpected answer {:?} to the TLS request; is this a PostgreSQL server?",
+                char::from(other)
+            )));
+        }
+    }
+    // Without a usable name (prefer/require to an odd host name), the peer's
+    // address stands in; the name is not checked in those modes.
+    let name = plan.name.unwrap_or(ServerName::IpAddress(peer.into()));
+    let connector = tokio_rustls::TlsConnector::from(plan.config);
+    match connector.connect(name, tcp).await {
+        Ok(s) => Ok(Ok(Box::new(s))),
+        Err(e) => Err(handshake_error(e, plan.mode)),
+    }
+}
+
+/// A failed handshake: certificate and protocol failures need a person
+/// (definite); a dropped connection may be retried.
+fn handshake_error(e: io::Error, mode: SslMode) -> ErrorKind {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(c)) => {
+            ErrorKind::Tls(format!("the server's certificate did not verify (sslmode={mode}): {c}"))
+        }
+        _ => io_error(e),
+    }
+}
+
+/// An I/O error on a TLS connection: TLS's own failures, such as the
+/// server refusing our certificate with an alert after the handshake
+/// (TLS 1.3), are definite, unlike a dropped connection.
+pub(crate) fn io_error(e: io::Error) -> ErrorKind {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(tls) => ErrorKind::Tls(format!("TLS failed: {tls}")),
+        None if e.kind() == io::ErrorKind::UnexpectedEof => ErrorKind::Closed,
+        None => ErrorKind::Io(e),
+    }
+}
+
+fn client_config(mode: SslMode, files: &TlsFiles) -> Result<ClientConfig, ErrorKind> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier: Arc<dyn ServerCertVerifier> = match roots(mode, files)? {
+        None => Arc::new(EncryptOnly(provider.clone())),
+        Some(roots) => {
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| ErrorKind::Tls(format!("cannot use the root certificates: {e}")))?;
+            if mode == SslMode::VerifyFull { webpki } else { Arc::new(ChainOnly(webpki)) }
+        }
+    };
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ErrorKind::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    match client_certificate(files)? {
+        None => Ok(builder.with_no_client_auth()),
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| ErrorKind::Tls(format!("cannot use the client certificate: {e}"))),
+    }
+}
+
+/// The trust anchors for the server's certificate, or `None` to encrypt
+/// without checking it.
+fn roots(mode: SslMode, files: &TlsFiles) -> Result<Option<RootCertStore>, ErrorKind> {
+    let mut store = RootCertStore::empty();
+    if files.system_roots() {
+        // libpq refuses this too: any publicly trusted certificate would pass.
+        if mode != SslMode::VerifyFull {
+            return Err(ErrorKind::Tls(format!(
+                "sslrootcert=system needs sslmode=verify-full, not sslmode={mode}: without the host name check \
+                 any certificate from a public CA would be accepted"
+            )));
+        }
+        let found = rustls_native_certs::load_native_certs();
+        let (added, _) = store.add_parsable_certificates(found.certs);
+        if added == 0 {
+            return Err(ErrorKind::Tls("sslrootcert=system: no trusted root certificates found on this system".into()));
+        }
+        return Ok(Some(store));
+    }
+    let Some(file) = files.rootcert.as_ref().filter(|f| present(f)) else {
+        if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) {
+            let default = match &files.rootcert {
+                Some(f) => format!(" ({} does not exist)", f.path.display()),
+                None => String::new(),
+            };
+            return Err(ErrorKind::Tls(format!(
+                "sslmode={mode} needs the root certificate to check the server against{default}: set sslrootcert=FILE, \
+                 or sslrootcert=system for the system's trusted roots"
+            )));
+        }
+        return Ok(None);
+    };
+    let certs = read_pem::<CertificateDer<'static>>(&file.path, "sslrootcert")?;
+    let (added, _) = store.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(ErrorKind::Tls(format!("sslrootcert {}: no usable certificate in the file", file.path.display())));
+    }
+    Ok(Some(store))
+}
+
+/// The client certificate chain and key, when one is configured or present.
+fn client_certificate(
+    files: &TlsFiles,
+) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>, ErrorKind> {
+    let Some(cert) = files.cert.as_ref().filter(|f| present(f)) else { return Ok(None) };
+    let chain = read_pem::<CertificateDer<'static>>(&cert.path, "sslcert")?;
+    if chain.is_empty() {
+        return Err(ErrorKind::Tls(format!("sslcert {}: no certificate in the file", cert.path.display())));
+    }
+    let Some(key) = files.key.as_ref() else {
+        return Err(ErrorKind::Tls(format!("sslcert {} is set but sslkey is not", cert.path.display())));
+    };
+    check_key_permissions(&key.path)?;
+    let key = PrivateKeyDer::from_pem_file(&key.path).map_err(|e| {
+        ErrorKind::Tls(format!(
+            "sslkey {}: no usable private key ({e}); encrypted keys are not supported",
+            key.path.display()
+        ))
+    })?;
+    Ok(Some((chain, key)))
+}
+
+/// An explicit file must be used (and so must exist); a default one only
+/// if it is there.
+fn present(f: &TlsFile) -> bool {
+    f.explicit || f.path.exists()
+}
+
+fn read_pem<T: PemObject>(path: &Path, what: &str) -> Result<Vec<T>, ErrorKind> {
+    let bad = |e: &dyn std::fmt::Display| ErrorKind::Tls(format!("cannot read {what} {}: {e}", path.display()));
+    T::pem_file_iter(path).map_err(|e| bad(&e))?.collect::<Result<Vec<T>, _>>().map_err(|e| bad(&e))
+}
+
+/// libpq's rule: a key readable by group or others is refused, except
+/// group-readable when root owns it (a key shared with a server group).
+fn check_key_permissions(path: &Path) -> Result<(), ErrorKind> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(path).map_err(|e| ErrorKind::Tls(format!("cannot read sslkey {}: {e}", path.display())))?;
+    let allowed = if meta.uid() == 0 { 0o640 } else { 0o600 };
+    if meta.mode() & 0o777 & !allowed != 0 {
+        return Err(ErrorKind::Tls(format!(
+            "private key file {} has group or world access (mode {:03o}); it must be u=rw (0600) or less, \
+             or u=rw,g=r (0640) or less if owned by root",
+            path.display(),
+            meta.mode() & 0o777
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the chain but not the name: `verify-ca`, and `prefer`/`require`
+/// with a root certificate.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // The name is checked after the chain, so this error means the chain passed.
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// Accepts any certificate (libpq's `prefer`/`require` without a root
+/// certificate), but still checks that the server holds its key.
+#[derive(Debug)]
+struct EncryptOnly(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
