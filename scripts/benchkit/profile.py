@@ -28,6 +28,9 @@ from .common import (Cluster, S3Server, lsn_int, parse_tps, pgpitr_receiver, pro
 # The syscalls of a receiver's loop, counted by --tool stat.
 STAT_SYSCALLS = ["fdatasync", "fsync", "pwrite64", "write", "recvfrom", "sendto", "epoll_wait", "pselect6", "poll",
                  "futex"]
+# With --target s3: s3s-fs writes each object (and two metadata files) to a
+# temporary file renamed into place, so renames count its files.
+STAT_SYSCALLS_S3 = ["rename", "renameat", "renameat2", "unlink", "unlinkat", "openat", "write", "futex"]
 
 
 def machine_cpu():
@@ -87,7 +90,8 @@ def main():
             prof = subprocess.Popen(["strace", "-c", "-f", "-o", os.path.join(out, "strace.txt"), "-p", str(pid)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         elif a.tool == "stat":
-            events = ",".join(["context-switches"] + [f"syscalls:sys_enter_{c}" for c in STAT_SYSCALLS])
+            calls = STAT_SYSCALLS_S3 if a.target == "s3" else STAT_SYSCALLS
+            events = ",".join(["context-switches"] + [f"syscalls:sys_enter_{c}" for c in calls])
             prof = subprocess.Popen(["perf", "stat", "-e", events, "-o", os.path.join(out, "stat.txt"), "-p",
                                      str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         else:
