@@ -133,6 +133,37 @@ impl FromStr for SslMode {
     }
 }
 
+/// libpq's `channel_binding`: whether SCRAM over TLS binds the
+/// authentication to the TLS connection (SCRAM-SHA-256-PLUS with
+/// `tls-server-end-point`), so a man in the middle cannot relay it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChannelBinding {
+    Disable,
+    /// Bind when TLS is in use and the server offers it.
+    #[default]
+    Prefer,
+    /// Refuse any authentication that is not channel-bound SCRAM.
+    Require,
+}
+
+impl FromStr for ChannelBinding {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        Ok(match s {
+            "disable" => ChannelBinding::Disable,
+            "prefer" => ChannelBinding::Prefer,
+            "require" => ChannelBinding::Require,
+            _ => {
+                return Err(ConfigError::InvalidValue {
+                    key: "channel_binding",
+                    value: s.to_string(),
+                    reason: "expected disable, prefer or require",
+                });
+            }
+        })
+    }
+}
+
 /// The options we understand, in both conninfo forms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Key {
@@ -149,10 +180,11 @@ enum Key {
     Sslrootcert,
     Sslcert,
     Sslkey,
+    ChannelBinding,
 }
 
 impl Key {
-    const ALL: [Key; 13] = [
+    const ALL: [Key; 14] = [
         Key::Host,
         Key::Hostaddr,
         Key::Port,
@@ -166,6 +198,7 @@ impl Key {
         Key::Sslrootcert,
         Key::Sslcert,
         Key::Sslkey,
+        Key::ChannelBinding,
     ];
 
     fn from_name(s: &str) -> Option<Key> {
@@ -187,6 +220,7 @@ impl Key {
             Key::Sslrootcert => "sslrootcert",
             Key::Sslcert => "sslcert",
             Key::Sslkey => "sslkey",
+            Key::ChannelBinding => "channel_binding",
         }
     }
 
@@ -206,6 +240,7 @@ impl Key {
             Key::Sslrootcert => "PGSSLROOTCERT",
             Key::Sslcert => "PGSSLCERT",
             Key::Sslkey => "PGSSLKEY",
+            Key::ChannelBinding => "PGCHANNELBINDING",
         })
     }
 }
@@ -213,7 +248,7 @@ impl Key {
 /// Option values as written, before validation. An explicit empty value
 /// still blocks the environment fallback, as in libpq.
 #[derive(Default)]
-struct Raw([Option<String>; 13]);
+struct Raw([Option<String>; 14]);
 
 impl Raw {
     fn set(&mut self, key: Key, value: String) {
@@ -250,6 +285,7 @@ pub struct ConnConfig {
     connect_timeout: Option<Duration>,
     passfile: Option<PathBuf>,
     tls_files: TlsFiles,
+    channel_binding: ChannelBinding,
 }
 
 /// A certificate or key file for TLS: named in the settings, or libpq's
@@ -370,6 +406,10 @@ impl ConnConfig {
             None => SslMode::default(),
             Some(m) => m.parse()?,
         };
+        let channel_binding = match raw.non_empty(Key::ChannelBinding) {
+            None => ChannelBinding::default(),
+            Some(m) => m.parse()?,
+        };
         let connect_timeout = match raw.non_empty(Key::ConnectTimeout) {
             None => Some(DEFAULT_CONNECT_TIMEOUT),
             Some(t) => {
@@ -407,6 +447,7 @@ impl ConnConfig {
             connect_timeout,
             passfile,
             tls_files,
+            channel_binding,
         })
     }
 
@@ -449,6 +490,10 @@ impl ConnConfig {
 
     pub fn sslmode(&self) -> SslMode {
         self.sslmode
+    }
+
+    pub fn channel_binding(&self) -> ChannelBinding {
+        self.channel_binding
     }
 
     /// The trusted roots and client certificate for TLS.
@@ -925,6 +970,11 @@ mod tests {
         assert_eq!(f.cert, Some(TlsFile { path: "/home/a/.postgresql/postgresql.crt".into(), explicit: false }));
         assert_eq!(f.key, Some(TlsFile { path: "/home/a/.postgresql/postgresql.key".into(), explicit: false }));
         assert_eq!(parse("host=h").tls_files(), &TlsFiles::default());
+        assert_eq!(parse("host=h").channel_binding(), ChannelBinding::Prefer);
+        assert_eq!(parse("channel_binding=require").channel_binding(), ChannelBinding::Require);
+        let env = env_of(&[("PGCHANNELBINDING", "disable")]);
+        assert_eq!(ConnConfig::parse_with_env("", env).unwrap().channel_binding(), ChannelBinding::Disable);
+        assert!(matches!(parse_err("channel_binding=maybe"), ConfigError::InvalidValue { key: "channel_binding", .. }));
         let uri = ConnConfig::parse_with_env("postgres://h/db?sslmode=verify-full&sslrootcert=%2Fr.pem", |_| None);
         assert_eq!(uri.unwrap().tls_files().rootcert, Some(TlsFile { path: "/r.pem".into(), explicit: true }));
     }

@@ -2,7 +2,7 @@
 //! replication commands, over the simple query protocol.
 
 use crate::codec::{self, Backend};
-use crate::config::{ConnConfig, REPLICATION_DATABASE};
+use crate::config::{ChannelBinding, ConnConfig, REPLICATION_DATABASE};
 use crate::error::{Error, ErrorKind, Op, PgError};
 use crate::transport::{self, Transport};
 use bytes::{Buf, Bytes, BytesMut};
@@ -327,7 +327,15 @@ impl ReplicationConnection {
     async fn authenticate(&mut self, config: &ConnConfig) -> Result<(), ErrorKind> {
         let mut scram: Option<sasl::ScramSha256> = None;
         let mut scram_verified = false;
+        let mut bound = false;
         let mut passfile: Option<PathBuf> = None;
+        let require_binding = config.channel_binding() == ChannelBinding::Require;
+        // Refused before any password is sent, so a server in the middle learns nothing.
+        let unbound = |how: &str| {
+            ErrorKind::Tls(format!(
+                "channel_binding=require, but the server asked for {how}, which cannot be channel-bound"
+            ))
+        };
         loop {
             let msg = match self.recv().await? {
                 Backend::Other(m) => m,
@@ -340,14 +348,23 @@ impl ReplicationConnection {
                     if scram.is_some() && !scram_verified {
                         return Err(ErrorKind::Scram("the server skipped its final SCRAM message".to_string()));
                     }
+                    if require_binding && !bound {
+                        return Err(unbound("no authentication"));
+                    }
                     return Ok(());
                 }
                 Message::AuthenticationCleartextPassword => {
+                    if require_binding {
+                        return Err(unbound("a cleartext password"));
+                    }
                     let pw = password(config, &mut passfile)?;
                     self.encode(|b| frontend::password_message(pw.as_bytes(), b), "password message")?;
                     self.flush().await?;
                 }
                 Message::AuthenticationMd5Password(body) => {
+                    if require_binding {
+                        return Err(unbound("an md5 password"));
+                    }
                     let pw = password(config, &mut passfile)?;
                     let hash = md5_hash(config.user().as_bytes(), pw.as_bytes(), body.salt());
                     self.encode(|b| frontend::password_message(hash.as_bytes(), b), "password message")?;
@@ -361,15 +378,11 @@ impl ReplicationConnection {
                     {
                         offered.push(m.to_string());
                     }
-                    // We do not do channel binding (SCRAM-SHA-256-PLUS); over TLS
-                    // the server offers plain SCRAM-SHA-256 as well, and "n,," in
-                    // the first message says so honestly.
-                    if !offered.iter().any(|m| m == sasl::SCRAM_SHA_256) {
-                        return Err(ErrorKind::UnsupportedAuth(format!("SASL with {}", offered.join(", "))));
-                    }
+                    let (mechanism, binding) = self.choose_scram(config, &offered)?;
+                    bound = mechanism == sasl::SCRAM_SHA_256_PLUS;
                     let pw = password(config, &mut passfile)?;
-                    let s = sasl::ScramSha256::new(pw.as_bytes(), sasl::ChannelBinding::unsupported());
-                    self.encode(|b| frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), b), "SASL")?;
+                    let s = sasl::ScramSha256::new(pw.as_bytes(), binding);
+                    self.encode(|b| frontend::sasl_initial_response(mechanism, s.message(), b), "SASL")?;
                     scram = Some(s);
                     self.flush().await?;
                 }
@@ -403,6 +416,41 @@ impl ReplicationConnection {
                 other => return Err(unexpected(&Backend::Other(other), "during authentication")),
             }
         }
+    }
+
+    /// The SCRAM mechanism and channel binding to answer `offered` with,
+    /// as libpq chooses them: bound to the TLS connection when both sides
+    /// can, else plain SCRAM telling the server whether we could have bound
+    /// (so a server that offers binding can detect a downgrade).
+    fn choose_scram(
+        &self,
+        config: &ConnConfig,
+        offered: &[String],
+    ) -> Result<(&'static str, sasl::ChannelBinding), ErrorKind> {
+        let plus = offered.iter().any(|m| m == sasl::SCRAM_SHA_256_PLUS);
+        let plain = offered.iter().any(|m| m == sasl::SCRAM_SHA_256);
+        let end_point = self.io.tls_server_end_point();
+        let tls = self.io.tls_version().is_some();
+        let chosen = match (config.channel_binding(), end_point) {
+            (ChannelBinding::Disable, _) => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
+            (_, Some(hash)) if plus => (sasl::SCRAM_SHA_256_PLUS, sasl::ChannelBinding::tls_server_end_point(hash)),
+            (ChannelBinding::Require, _) => {
+                let why = if !tls {
+                    "the connection is not encrypted (use sslmode=require or stricter)"
+                } else if !plus {
+                    "the server does not offer SCRAM-SHA-256-PLUS"
+                } else {
+                    "the server's certificate uses a signature algorithm without a tls-server-end-point hash"
+                };
+                return Err(ErrorKind::Tls(format!("channel_binding=require, but {why}")));
+            }
+            (_, Some(_)) => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested()),
+            (_, None) => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
+        };
+        if chosen.0 == sasl::SCRAM_SHA_256 && !plain {
+            return Err(ErrorKind::UnsupportedAuth(format!("SASL with {}", offered.join(", "))));
+        }
+        Ok(chosen)
     }
 
     /// The TLS version in use, such as `TLSv1_3`; `None` in plain text.

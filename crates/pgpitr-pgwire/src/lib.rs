@@ -43,8 +43,8 @@ mod transport;
 pub use basebackup::{BaseBackupMessage, BaseBackupStream, TablespaceInfo};
 pub use codec::{StreamMessage, pg_epoch_micros, pg_time_to_system};
 pub use config::{
-    ConfigError, ConnConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT, DEFAULT_SOCKET_DIR, FALLBACK_SOCKET_DIR, Host,
-    REPLICATION_DATABASE, Secret, SslMode, TlsFile, TlsFiles,
+    ChannelBinding, ConfigError, ConnConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT, DEFAULT_SOCKET_DIR,
+    FALLBACK_SOCKET_DIR, Host, REPLICATION_DATABASE, Secret, SslMode, TlsFile, TlsFiles,
 };
 pub use conn::{ReplicationConnection, SimpleRow, SlotInfo, SystemInfo, parse_server_version, quote_literal};
 pub use error::{Error, ErrorKind, Op, PgError};

@@ -321,3 +321,69 @@ impl ServerCertVerifier for EncryptOnly {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// The `tls-server-end-point` channel binding data (RFC 5929): the hash of
+/// the server's certificate, with the hash of its signature algorithm (MD5
+/// and SHA-1 become SHA-256). `None` for algorithms without one, such as
+/// Ed25519 or RSASSA-PSS, as the server then cannot bind either.
+pub(crate) fn server_end_point(cert: &[u8]) -> Option<Vec<u8>> {
+    use ring::digest::{SHA256, SHA384, SHA512, digest};
+    // OIDs (DER content bytes) of the certificate signature algorithms.
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+    const ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
+    let oid = signature_algorithm(cert)?;
+    let alg = match oid.split_last()? {
+        (0x04 | 0x05 | 0x0b, head) if head == RSA => &SHA256, // md5, sha1, sha256 WithRSAEncryption
+        (0x0c, head) if head == RSA => &SHA384,
+        (0x0d, head) if head == RSA => &SHA512,
+        (0x02, head) if head == ECDSA_SHA2 => &SHA256,
+        (0x03, head) if head == ECDSA_SHA2 => &SHA384,
+        (0x04, head) if head == ECDSA_SHA2 => &SHA512,
+        _ if oid == ECDSA_SHA1 => &SHA256,
+        _ => return None,
+    };
+    Some(digest(alg, cert).as_ref().to_vec())
+}
+
+/// The OID of `Certificate.signatureAlgorithm`: SEQUENCE { tbsCertificate,
+/// SEQUENCE { OID, ... }, BIT STRING }.
+fn signature_algorithm(cert: &[u8]) -> Option<&[u8]> {
+    let (0x30, body, _) = der(cert)? else { return None };
+    let (0x30, _tbs, rest) = der(body)? else { return None };
+    let (0x30, alg, _) = der(rest)? else { return None };
+    let (0x06, oid, _) = der(alg)? else { return None };
+    Some(oid)
+}
+
+/// One DER element: (tag, content, what follows). Lengths up to 4 bytes.
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        (rest[..n].iter().fold(0usize, |acc, &b| (acc << 8) | b as usize), &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn der_reads_short_and_long_lengths_and_rejects_truncation() {
+        assert_eq!(der(&[0x06, 0x02, 0xaa, 0xbb, 0xcc]), Some((0x06, &[0xaa, 0xbb][..], &[0xcc][..])));
+        let long: Vec<u8> = [0x30, 0x81, 0x80].into_iter().chain(std::iter::repeat_n(7, 0x80)).collect();
+        assert_eq!(der(&long).map(|(t, c, r)| (t, c.len(), r.len())), Some((0x30, 0x80, 0)));
+        assert_eq!(der(&[0x30, 0x05, 0x00]), None);
+        assert_eq!(der(&[0x30, 0x85, 1, 1, 1, 1, 1]), None);
+        assert_eq!(der(&[0x30]), None);
+        assert_eq!(server_end_point(b"not a certificate"), None);
+    }
+}

@@ -19,6 +19,15 @@ pub(crate) enum Transport {
 }
 
 impl Transport {
+    /// The channel binding data of a TLS connection (see
+    /// [`tls::server_end_point`]); `None` in plain text.
+    pub(crate) fn tls_server_end_point(&self) -> Option<Vec<u8>> {
+        match self {
+            Transport::Tls(s) => tls::server_end_point(s.get_ref().1.peer_certificates()?.first()?),
+            Transport::Tcp(_) | Transport::Unix(_) => None,
+        }
+    }
+
     /// The TLS version in use, such as `TLSv1_3`; `None` in plain text.
     pub(crate) fn tls_version(&self) -> Option<String> {
         match self {

@@ -3,7 +3,7 @@
 
 use super::*;
 use pgpitr_pgwire::{ErrorKind, StreamMessage};
-use pgpitr_testkit::{TestPki, free_port};
+use pgpitr_testkit::{MD5_PASSWORD, MD5_USER, PLAIN_PASSWORD, PLAIN_USER, TRUST_USER, TestPki, free_port};
 use std::time::Duration;
 
 /// A role that may only log in with a client certificate.
@@ -123,6 +123,39 @@ async fn client_certificate_logs_in_without_a_password() {
     let files = format!("sslmode=require sslcert={} sslkey={}", pki.path("client.crt").display(), key.display());
     let err = refused(&conf(&pg, "localhost", CERT_USER, &files)).await;
     assert!(err.to_string().contains("has group or world access (mode 644)"), "{err}");
+}
+
+/// The server checks the binding, so a login with channel_binding=require
+/// proves our tls-server-end-point hash is the server's. Without SCRAM the
+/// password is never sent.
+#[tokio::test]
+async fn channel_binding_binds_scram_to_the_tls_connection() {
+    let (pg, _pki) = tls_cluster();
+    let conn = ReplicationConnection::connect(&repl(&pg, "localhost", "sslmode=require channel_binding=require"))
+        .await
+        .unwrap();
+    assert!(conn.tls_version().is_some());
+    ReplicationConnection::connect(&repl(&pg, "localhost", "sslmode=require channel_binding=disable")).await.unwrap();
+
+    let cases = [
+        (MD5_USER, MD5_PASSWORD, "asked for an md5 password"),
+        (PLAIN_USER, PLAIN_PASSWORD, "asked for a cleartext password"),
+        (TRUST_USER, "", "asked for no authentication"),
+    ];
+    for (user, password, want) in cases {
+        let c = conf(&pg, "localhost", user, &format!("password='{password}' sslmode=require channel_binding=require"));
+        let err = refused(&c).await;
+        assert!(matches!(err.kind(), ErrorKind::Tls(_)), "{user}: {err:?}");
+        assert!(err.to_string().contains(want), "{user}: {err}");
+        assert!(!err.is_transient());
+    }
+    // The same users log in when binding is only preferred.
+    let c = conf(&pg, "localhost", MD5_USER, &format!("password={MD5_PASSWORD} sslmode=require"));
+    ReplicationConnection::connect(&c).await.unwrap();
+
+    let plain = PgCluster::start_default();
+    let err = refused(&repl(&plain, "localhost", "channel_binding=require")).await;
+    assert!(err.to_string().contains("channel_binding=require, but the connection is not encrypted"), "{err}");
 }
 
 #[tokio::test]
