@@ -12,21 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn conninfo(pg: &PgCluster) -> String {
-    format!("host=127.0.0.1 port={} user={REPL_USER} dbname=postgres", pg.port())
-}
-
-/// `pgpitr backup` with a fast checkpoint and small parts, so small test
-/// databases still span several parts.
-fn backup_cmd(pg: &PgCluster, backend: &Backend, extra: &[&str]) -> Command {
-    let mut cmd = pgpitr();
-    backend.env(&mut cmd);
-    cmd.args(["backup", "--repo", &backend.url(), "-d", &conninfo(pg), "--checkpoint", "fast", "--part-size", "1MiB"])
-        .args(extra)
-        .env("PGPASSWORD", REPL_PASSWORD);
-    cmd
-}
-
 /// pgbench running in the background for `secs` seconds.
 fn background_load(pg: &PgCluster, secs: u32) -> Child {
     Command::new(pg.bin("pgbench"))
@@ -496,6 +481,43 @@ async fn stream_takes_scheduled_backups() {
     let gap = start(&backups[1]).duration_since(start(&backups[0]));
     assert!(gap >= jiff::SignedDuration::from_millis(3500), "backups {gap:?} apart, interval 4 s");
     extract_and_verify(&pg, &backend, &backups[1], &[], &[]).await;
+}
+
+/// `--keep-backups 1`: after each scheduled backup the older ones and
+/// their WAL go, and the one left restores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_backups_expire_what_the_policy_does_not_keep() {
+    let backend = Backend::local();
+    let pg = PgCluster::start_default();
+    pg.pgbench(&["-i", "-q", "-s", "1"]);
+    let args = ["--backup-every", "2s", "--backup-checkpoint", "fast", "--keep-backups", "1"];
+    let s = StreamProc::start(&pg, &backend, &args);
+    let mut seen = std::collections::BTreeSet::new();
+    let t0 = Instant::now();
+    // Until three backups were taken and the expiry after the last one ran.
+    let left = loop {
+        pg.sql("INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES (1, 1, 1, 1); SELECT pg_switch_wal();");
+        let b = complete_backups(&backend).await;
+        seen.extend(b.iter().map(|i| i.id.clone()));
+        if seen.len() >= 3 && b.len() == 1 {
+            break b;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "{} backups seen, {} complete", seen.len(), b.len());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let (code, stderr) = s.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("expired what the retention policy does not keep"), "{stderr}");
+    let storage = backend.storage().await;
+    let oldest_wal = storage
+        .list("wal/")
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|m| pgpitr_repo::wal::WalObjectId::parse(&m.key, seg16())?.segno.end_lsn(seg16()))
+        .min();
+    assert!(oldest_wal.is_some_and(|end| end > left[0].start_lsn), "WAL below the kept backup's start survived");
+    extract_and_verify(&pg, &backend, &left[0], &[], &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

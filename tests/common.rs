@@ -217,3 +217,18 @@ pub fn wait_streaming(pg: &pgpitr_testkit::PgCluster, slot: &str) {
     });
     assert!(ok.is_some(), "pgpitr never started streaming on slot {slot}");
 }
+
+pub fn conninfo(pg: &pgpitr_testkit::PgCluster) -> String {
+    format!("host=127.0.0.1 port={} user={} dbname=postgres", pg.port(), pgpitr_testkit::REPL_USER)
+}
+
+/// `pgpitr backup` with a fast checkpoint and small parts, so small test
+/// databases still span several parts.
+pub fn backup_cmd(pg: &pgpitr_testkit::PgCluster, backend: &Backend, extra: &[&str]) -> Command {
+    let mut cmd = pgpitr();
+    backend.env(&mut cmd);
+    cmd.args(["backup", "--repo", &backend.url(), "-d", &conninfo(pg), "--checkpoint", "fast", "--part-size", "1MiB"])
+        .args(extra)
+        .env("PGPASSWORD", pgpitr_testkit::REPL_PASSWORD);
+    cmd
+}

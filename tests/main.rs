@@ -5,6 +5,7 @@
 mod backup;
 mod common;
 mod docker;
+mod expire;
 mod init;
 mod restore;
 mod stream;

@@ -62,11 +62,7 @@ fn pg_env(backend: &Backend) -> Vec<(&'static str, String)> {
     }
 }
 
-fn conninfo(pg: &PgCluster) -> String {
-    format!("host=127.0.0.1 port={} user={REPL_USER} dbname=postgres", pg.port())
-}
-
-fn take_backup(pg: &PgCluster, backend: &Backend) -> BackupInfo {
+pub(crate) fn take_backup(pg: &PgCluster, backend: &Backend) -> BackupInfo {
     let mut cmd = pgpitr();
     backend.env(&mut cmd);
     cmd.args(["backup", "--repo", &backend.url(), "-d", &conninfo(pg), "--checkpoint", "fast", "--json"])
@@ -74,7 +70,7 @@ fn take_backup(pg: &PgCluster, backend: &Backend) -> BackupInfo {
     serde_json::from_str(&run(&mut cmd).ok().stdout).expect("backup --json")
 }
 
-fn restore_cmd(backend: &Backend, pgdata: &Path, args: &[&str]) -> Command {
+pub(crate) fn restore_cmd(backend: &Backend, pgdata: &Path, args: &[&str]) -> Command {
     let mut cmd = pgpitr_at(shared_binary());
     backend.env(&mut cmd);
     cmd.args(["restore", "--repo", &backend.url(), "--pgdata"]).arg(pgdata).args(args);
@@ -90,11 +86,11 @@ fn restore_and_start(backend: &Backend, args: &[&str]) -> (PgCluster, Run) {
     (c, out)
 }
 
-fn us(rfc3339: &str) -> i64 {
+pub(crate) fn us(rfc3339: &str) -> i64 {
     rfc3339.trim().parse::<jiff::Timestamp>().unwrap_or_else(|e| panic!("{rfc3339:?}: {e}")).as_microsecond()
 }
 
-fn rfc3339(us: i64) -> String {
+pub(crate) fn rfc3339(us: i64) -> String {
     format!("{:.6}", jiff::Timestamp::from_microsecond(us).unwrap())
 }
 

@@ -1,12 +1,14 @@
 //! Scheduled backups inside `pgpitr stream`: one at start when the
 //! repository has no complete backup, then one every interval, measured
 //! from the newest backup's start. They run on their own connections and
-//! tasks, so WAL streaming never waits for them.
+//! tasks, so WAL streaming never waits for them. With a retention policy,
+//! each completed backup is followed by expiry, as `pgpitr expire` does.
 
 use crate::{BackupError, BackupOptions, take_backup};
 use pgpitr_pgwire::ConnConfig;
 use pgpitr_repo::Repository;
 use pgpitr_repo::backup::{self, BackupStatus};
+use pgpitr_repo::retention::{self, Policy};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +34,7 @@ pub async fn run_scheduled(
     conn_cfg: ConnConfig,
     every: Duration,
     opts: BackupOptions,
+    retention: Option<Policy>,
     cancel: CancellationToken,
 ) {
     let mut retry_at: Option<tokio::time::Instant> = None;
@@ -57,7 +60,12 @@ pub async fn run_scheduled(
         }
         tracing::info!(every = ?every, "scheduled base backup starting");
         match take_backup(&repo, &conn_cfg, &opts, &cancel).await {
-            Ok(info) => tracing::info!(backup = %info.id, stop = %info.stop_lsn, "scheduled base backup complete"),
+            Ok(info) => {
+                tracing::info!(backup = %info.id, stop = %info.stop_lsn, "scheduled base backup complete");
+                if let Some(policy) = &retention {
+                    expire(&repo, policy).await;
+                }
+            }
             Err(BackupError::Cancelled) => return,
             Err(e) => {
                 let wait = if e.is_transient() { every.min(RETRY_CAP) } else { every };
@@ -65,5 +73,26 @@ pub async fn run_scheduled(
                 retry_at = Some(tokio::time::Instant::now() + wait);
             }
         }
+    }
+}
+
+/// Applies the retention policy after a backup. A failure is logged and
+/// left for after the next backup: nothing depends on it meanwhile.
+async fn expire(repo: &Repository, policy: &Policy) {
+    let result = async {
+        let plan = retention::plan(repo, policy, jiff::Timestamp::now()).await?;
+        let done = retention::apply(repo, &plan).await?;
+        Ok::<_, pgpitr_repo::RepoError>((plan, done))
+    }
+    .await;
+    match result {
+        Ok((plan, done)) if done.backups > 0 || done.wal_objects > 0 => tracing::info!(
+            backups = done.backups,
+            wal_objects = done.wal_objects,
+            earliest_restorable_time = plan.earliest_restorable_time.as_deref().unwrap_or(""),
+            "expired what the retention policy does not keep"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("retention after the scheduled backup failed, trying after the next one: {e}"),
     }
 }

@@ -10,6 +10,7 @@ pub mod backup;
 pub mod layout;
 pub mod lease;
 pub mod object;
+pub mod retention;
 pub mod status;
 pub mod wal;
 

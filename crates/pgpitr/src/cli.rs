@@ -87,6 +87,18 @@ pub enum Command {
     /// exit 200 with a message when the repository cannot be read or holds
     /// something wrong, so that Postgres stops instead of ending recovery.
     WalFetch(crate::cmd::wal_fetch::WalFetchArgs),
+    /// Delete base backups the retention policy does not keep, and the WAL
+    /// that only they could use.
+    ///
+    /// Keeps the newest --keep-backups complete backups and/or every backup
+    /// needed to restore to any time within --keep-within (those that
+    /// stopped in the window, and the newest one before it); with both, what
+    /// either keeps. The newest complete backup is always kept. WAL is
+    /// deleted only below the start of the oldest kept backup, so every kept
+    /// backup stays restorable to the end of the stored WAL; leftovers of
+    /// interrupted backups are deleted too. Safe beside a running `pgpitr
+    /// stream`, and safe to interrupt and run again.
+    Expire(ExpireArgs),
 }
 
 #[derive(Debug, Args)]
@@ -174,6 +186,12 @@ pub struct StreamArgs {
     /// CHECKPOINT mode of scheduled backups (see `pgpitr backup --checkpoint`).
     #[arg(long, value_enum, default_value_t = Checkpoint::Spread, requires = "backup_every")]
     pub backup_checkpoint: Checkpoint,
+    /// After each scheduled backup, expire as `pgpitr expire --keep-backups N` does.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), requires = "backup_every")]
+    pub keep_backups: Option<u32>,
+    /// After each scheduled backup, expire as `pgpitr expire --keep-within DURATION` does.
+    #[arg(long, value_name = "DURATION", value_parser = parse_retention, requires = "backup_every")]
+    pub keep_within: Option<std::time::Duration>,
 }
 
 /// How the server's backup checkpoint is done.
@@ -255,6 +273,39 @@ pub struct BackupArgs {
     /// Print the backup's metadata as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("policy").required(true).multiple(true).args(["keep_backups", "keep_within"])))]
+pub struct ExpireArgs {
+    #[command(flatten)]
+    pub repo: RepoOpts,
+    /// Keep the newest N complete backups (N ≥ 1).
+    #[arg(long, value_name = "N", env = "PGPITR_KEEP_BACKUPS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_backups: Option<u32>,
+    /// Keep what restoring to any time in the last DURATION needs (e.g. 7d, 36h).
+    #[arg(long, value_name = "DURATION", env = "PGPITR_KEEP_WITHIN", value_parser = parse_retention)]
+    pub keep_within: Option<std::time::Duration>,
+    /// Print what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the plan (and what was deleted) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Durations for retention, where days are the natural unit: `7d`, or
+/// anything [`parse_duration`] takes (`36h`, `90m`).
+pub fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    if let Some(days) = t.strip_suffix('d').and_then(|d| d.trim().parse::<u64>().ok()) {
+        return Ok(std::time::Duration::from_secs(days * 86_400));
+    }
+    let d = parse_duration(t)?;
+    if d.is_zero() {
+        return Err(format!("duration {s:?} must be longer than zero"));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Args)]

@@ -1,4 +1,5 @@
 mod backup;
+mod expire;
 mod init;
 mod list;
 pub mod restore;
@@ -16,6 +17,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Backup(args) => backup::run(args, cli.global.log_format).await,
         Command::Restore(args) => restore::run(args).await,
         Command::WalFetch(args) => wal_fetch::run(args).await,
+        Command::Expire(args) => expire::run(args).await,
     }
 }
 

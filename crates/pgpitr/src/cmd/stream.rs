@@ -45,9 +45,21 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
             wal_mode: WalMode::Stream,
             ..BackupOptions::default()
         };
-        tracing::info!(every = ?every, "scheduled base backups enabled");
+        let retention =
+            (args.keep_backups.is_some() || args.keep_within.is_some()).then_some(pgpitr_repo::retention::Policy {
+                keep_backups: args.keep_backups,
+                keep_within: args.keep_within,
+            });
+        tracing::info!(every = ?every, ?retention, "scheduled base backups enabled");
         let display = ProgressDisplay::start(opts.progress.clone(), false);
-        let task = tokio::spawn(pgpitr_backup::run_scheduled(repo.clone(), backup_cfg, every, opts, cancel.clone()));
+        let task = tokio::spawn(pgpitr_backup::run_scheduled(
+            repo.clone(),
+            backup_cfg,
+            every,
+            opts,
+            retention,
+            cancel.clone(),
+        ));
         (task, display)
     });
     let mut archiver = Archiver::new(repo, cfg, stream_cfg, cancel.clone(), stats);
