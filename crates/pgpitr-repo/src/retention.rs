@@ -34,7 +34,7 @@ pub struct Policy {
 }
 
 /// What a policy keeps and deletes, computed before anything is deleted.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Plan {
     pub kept_backups: Vec<String>,
     /// Complete backups the policy does not keep.
@@ -67,17 +67,7 @@ pub async fn plan(repo: &Repository, policy: &Policy, now: jiff::Timestamp) -> R
     let complete: Vec<&BackupEntry> = entries.iter().filter(|e| e.info.is_some()).collect();
     let summaries: Vec<BackupSummary> = complete.iter().map(|e| e.summary(now, STALE_AFTER)).collect();
     let keep = select(&summaries, policy, now);
-    let mut plan = Plan {
-        kept_backups: Vec::new(),
-        expired_backups: Vec::new(),
-        leftover_backups: Vec::new(),
-        wal_horizon: None,
-        wal_objects: 0,
-        wal_bytes: 0,
-        earliest_restorable_time: None,
-        wal_keys: Vec::new(),
-        delete_ids: Vec::new(),
-    };
+    let mut plan = Plan::default();
     for ((entry, summary), kept) in complete.iter().zip(summaries).zip(&keep) {
         if *kept {
             plan.kept_backups.push(summary.id.clone());
