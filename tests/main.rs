@@ -9,3 +9,4 @@ mod expire;
 mod init;
 mod restore;
 mod stream;
+mod verify;

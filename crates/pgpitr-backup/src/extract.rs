@@ -100,12 +100,7 @@ pub async fn extract(
     let spaces = plan_tablespaces(info, tablespace_map)?;
     let storage = repo.storage().clone();
 
-    let raw_manifest = storage.get(&id.manifest_key()).await?;
-    let (header, raw_manifest) = object::decode(&raw_manifest).map_err(|e| corrupt(&id, "backup_manifest", e.0))?;
-    if raw_manifest.len() as u64 != info.manifest.size || header.raw_crc != info.manifest.crc {
-        return Err(corrupt(&id, "backup_manifest", "size or checksum differs from backup.json"));
-    }
-    let manifest = Manifest::parse(&raw_manifest).map_err(|e| corrupt(&id, "backup_manifest", e))?;
+    let (raw_manifest, manifest) = read_manifest(storage.as_ref(), &id, info).await?;
 
     let dirs: Vec<PathBuf> = std::iter::once(target.to_path_buf()).chain(spaces.values().cloned()).collect();
     tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|d| prepare_empty_dir(d)))
@@ -198,8 +193,29 @@ fn prepare_empty_dir(dir: &Path) -> Result<(), BackupError> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| BackupError::io(dir, e))
 }
 
+/// Fetches, decodes and checks the stored `backup_manifest` against
+/// `backup.json`; returns its bytes and what they say.
+pub(crate) async fn read_manifest(
+    storage: &dyn Storage,
+    id: &BackupId,
+    info: &BackupInfo,
+) -> Result<(Bytes, Manifest), BackupError> {
+    let stored = storage.get(&id.manifest_key()).await?;
+    let (header, raw) = object::decode(&stored).map_err(|e| corrupt(id, "backup_manifest", e.0))?;
+    if raw.len() as u64 != info.manifest.size || header.raw_crc != info.manifest.crc {
+        return Err(corrupt(id, "backup_manifest", "size or checksum differs from backup.json"));
+    }
+    let manifest = Manifest::parse(&raw).map_err(|e| corrupt(id, "backup_manifest", e))?;
+    Ok((raw, manifest))
+}
+
 /// Fetches, decodes and checks one part against `backup.json`.
-async fn fetch_part(storage: Arc<dyn Storage>, key: String, part: PartInfo, offset: u64) -> Result<Bytes, BackupError> {
+pub(crate) async fn fetch_part(
+    storage: Arc<dyn Storage>,
+    key: String,
+    part: PartInfo,
+    offset: u64,
+) -> Result<Bytes, BackupError> {
     let obj = storage.get(&key).await?;
     tokio::task::spawn_blocking(move || {
         let bad = |reason: String| BackupError::Corrupt { id: String::new(), what: key.clone(), reason };

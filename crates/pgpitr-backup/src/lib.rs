@@ -30,6 +30,7 @@ mod schedule;
 mod take;
 mod tar;
 mod upload;
+pub mod verify;
 mod walrange;
 
 pub use extract::{ExtractOptions, ExtractStats, extract};

@@ -99,6 +99,16 @@ pub enum Command {
     /// interrupted backups are deleted too. Safe beside a running `pgpitr
     /// stream`, and safe to interrupt and run again.
     Expire(ExpireArgs),
+    /// Read back everything a restore needs and check it.
+    ///
+    /// Fetches every object of every complete backup (or only --backup) and
+    /// checks it against backup.json: the manifest, and each part's size,
+    /// checksum, offset and length. Fetches every WAL object and checks its
+    /// checksum and range, then WAL coverage: each backup's start to stop,
+    /// and gaps after the oldest backup's start. Lists every problem and
+    /// exits 1 if there is any. Reads the whole repository: on S3 that is
+    /// GET requests and transfer for every byte stored.
+    Verify(VerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -306,6 +316,18 @@ pub fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
         return Err(format!("duration {s:?} must be longer than zero"));
     }
     Ok(d)
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub repo: RepoOpts,
+    /// Check only this backup's objects (WAL is always checked).
+    #[arg(long, value_name = "ID")]
+    pub backup: Option<String>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@ mod init;
 mod list;
 pub mod restore;
 mod stream;
+mod verify;
 pub mod wal_fetch;
 
 use crate::cli::{Cli, Command};
@@ -18,6 +19,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Restore(args) => restore::run(args).await,
         Command::WalFetch(args) => wal_fetch::run(args).await,
         Command::Expire(args) => expire::run(args).await,
+        Command::Verify(args) => verify::run(args).await,
     }
 }
 
