@@ -107,15 +107,28 @@ pub async fn extract(
         .await
         .map_err(|e| invalid(format!("internal error: {e}")))??;
 
-    let mut ex = Extractor {
-        manifest: Arc::new(manifest),
-        seen: HashSet::new(),
-        deferred: HashMap::new(),
-        written: Vec::new(),
-        stats: ExtractStats::default(),
-        fsync: opts.fsync,
-    };
-    // Tablespaces first: the base archive holds pg_control, written last anyway.
+    let ex = Extractor::new(manifest, opts.fsync, true);
+    let ex = read_archives(storage, &id, info, ex, target, &spaces, opts.parallelism).await?;
+
+    let target = target.to_path_buf();
+    let spaces: Vec<(u32, PathBuf)> = spaces.into_iter().collect();
+    tokio::task::spawn_blocking(move || ex.finish(&target, &raw_manifest, &spaces))
+        .await
+        .map_err(|e| invalid(format!("internal error: {e}")))?
+}
+
+/// Reads every archive of the backup through `ex` (tablespaces first: the
+/// base archive holds pg_control, written last anyway), then checks that no
+/// file of the manifest is missing.
+async fn read_archives(
+    storage: Arc<dyn Storage>,
+    id: &BackupId,
+    info: &BackupInfo,
+    mut ex: Extractor,
+    target: &Path,
+    spaces: &HashMap<u32, PathBuf>,
+    parallelism: usize,
+) -> Result<Extractor, BackupError> {
     let mut order: Vec<&ArchiveInfo> = info.archives.iter().collect();
     order.sort_by_key(|a| a.tablespace_oid.is_none());
     for archive in order {
@@ -126,7 +139,7 @@ pub async fn extract(
                 format!("pg_tblspc/{oid}/").into_bytes(),
             ),
         };
-        ex = extract_archive(storage.clone(), &id, info, archive, root, prefix, ex, opts.parallelism).await?;
+        ex = extract_archive(storage.clone(), id, info, archive, root, prefix, ex, parallelism).await?;
     }
     let missing: Vec<String> = ex
         .manifest
@@ -137,17 +150,32 @@ pub async fn extract(
         .collect();
     if !missing.is_empty() {
         return Err(corrupt(
-            &id,
+            id,
             "archives",
             format!("{} files of the manifest are missing, e.g. {}", missing.len(), missing[0]),
         ));
     }
+    Ok(ex)
+}
 
-    let target = target.to_path_buf();
-    let spaces: Vec<(u32, PathBuf)> = spaces.into_iter().collect();
-    tokio::task::spawn_blocking(move || ex.finish(&target, &raw_manifest, &spaces))
-        .await
-        .map_err(|e| invalid(format!("internal error: {e}")))?
+/// Reads the whole backup as a restore would, checking every file against
+/// the manifest (size, CRC-32C) and that none is missing, and writes
+/// nothing. Returns the files and bytes checked.
+pub(crate) async fn check_contents(
+    repo: &Repository,
+    info: &BackupInfo,
+    parallelism: usize,
+) -> Result<ExtractStats, BackupError> {
+    let id = info.backup_id().ok_or_else(|| invalid(format!("backup ID {:?} is not valid", info.id)))?;
+    let storage = repo.storage().clone();
+    let (_, manifest) = read_manifest(storage.as_ref(), &id, info).await?;
+    let spaces = plan_tablespaces(info, &[])?;
+    let ex = Extractor::new(manifest, false, false);
+    let ex = read_archives(storage, &id, info, ex, Path::new(""), &spaces, parallelism).await?;
+    if !ex.deferred.contains_key(PG_CONTROL) {
+        return Err(file_corrupt(PG_CONTROL, "is missing from the backup".into()));
+    }
+    Ok(ex.stats)
 }
 
 /// New location of every tablespace, by OID.
@@ -402,6 +430,22 @@ struct Extractor {
     written: Vec<PathBuf>,
     stats: ExtractStats,
     fsync: bool,
+    /// False to read and check every file without writing anything.
+    write: bool,
+}
+
+impl Extractor {
+    fn new(manifest: Manifest, fsync: bool, write: bool) -> Extractor {
+        Extractor {
+            manifest: Arc::new(manifest),
+            seen: HashSet::new(),
+            deferred: HashMap::new(),
+            written: Vec::new(),
+            stats: ExtractStats::default(),
+            fsync,
+            write,
+        }
+    }
 }
 
 fn os_path(root: &Path, rel: &[u8]) -> PathBuf {
@@ -441,6 +485,7 @@ impl Extractor {
             let mpath: Vec<u8> = [prefix, &h.path].concat();
             let dest = os_path(root, &h.path);
             match h.kind {
+                Kind::Dir if !self.write => {}
                 Kind::Dir => {
                     mkdirs(&dest)?;
                     self.written.push(dest);
@@ -470,6 +515,8 @@ impl Extractor {
                         let crc = copy_checked(r, h.size, &mut buf).map_err(stream_err)?;
                         self.deferred.insert(mpath.clone(), buf);
                         crc
+                    } else if !self.write {
+                        copy_checked(r, h.size, &mut io::sink()).map_err(stream_err)?
                     } else {
                         if let Some(parent) = dest.parent()
                             && last_dir.as_deref() != Some(parent)
@@ -684,14 +731,7 @@ mod tests {
                 crc32c: Some(crc32c::crc32c(d)),
             })
             .collect();
-        Extractor {
-            manifest: Arc::new(Manifest { files, wal_ranges: vec![] }),
-            seen: HashSet::new(),
-            deferred: HashMap::new(),
-            written: Vec::new(),
-            stats: ExtractStats::default(),
-            fsync: false,
-        }
+        Extractor::new(Manifest { files, wal_ranges: vec![] }, false, true)
     }
 
     #[test]
