@@ -90,13 +90,7 @@ pub async fn extract(
     tablespace_map: &[(PathBuf, PathBuf)],
     opts: &ExtractOptions,
 ) -> Result<ExtractStats, BackupError> {
-    let id = info.backup_id().ok_or_else(|| invalid(format!("backup ID {:?} is not valid", info.id)))?;
-    if info.format_version > INFO_FORMAT_VERSION {
-        return Err(invalid(format!(
-            "backup {} has format version {}; this pgpitr reads up to {INFO_FORMAT_VERSION}: use a newer pgpitr",
-            info.id, info.format_version
-        )));
-    }
+    let id = readable_id(info)?;
     let spaces = plan_tablespaces(info, tablespace_map)?;
     let storage = repo.storage().clone();
 
@@ -166,7 +160,7 @@ pub(crate) async fn check_contents(
     info: &BackupInfo,
     parallelism: usize,
 ) -> Result<ExtractStats, BackupError> {
-    let id = info.backup_id().ok_or_else(|| invalid(format!("backup ID {:?} is not valid", info.id)))?;
+    let id = readable_id(info)?;
     let storage = repo.storage().clone();
     let (_, manifest) = read_manifest(storage.as_ref(), &id, info).await?;
     let spaces = plan_tablespaces(info, &[])?;
@@ -176,6 +170,18 @@ pub(crate) async fn check_contents(
         return Err(file_corrupt(PG_CONTROL, "is missing from the backup".into()));
     }
     Ok(ex.stats)
+}
+
+/// The backup's ID, if this pgpitr can read a backup of its format.
+fn readable_id(info: &BackupInfo) -> Result<BackupId, BackupError> {
+    let id = info.backup_id().ok_or_else(|| invalid(format!("backup ID {:?} is not valid", info.id)))?;
+    if info.format_version > INFO_FORMAT_VERSION {
+        return Err(invalid(format!(
+            "backup {} has format version {}; this pgpitr reads up to {INFO_FORMAT_VERSION}: use a newer pgpitr",
+            info.id, info.format_version
+        )));
+    }
+    Ok(id)
 }
 
 /// New location of every tablespace, by OID.

@@ -101,13 +101,15 @@ pub enum Command {
     Expire(ExpireArgs),
     /// Read back everything a restore needs and check it.
     ///
-    /// Fetches every object of every complete backup (or only --backup) and
-    /// checks it against backup.json: the manifest, and each part's size,
-    /// checksum, offset and length. Fetches every WAL object and checks its
-    /// checksum and range, then WAL coverage: each backup's start to stop,
-    /// and gaps after the oldest backup's start. Lists every problem and
-    /// exits 1 if there is any. Reads the whole repository: on S3 that is
-    /// GET requests and transfer for every byte stored.
+    /// Reads every complete backup (or only --backup) as a restore does,
+    /// writing nothing: the manifest and each part against backup.json
+    /// (size, checksum, offset, length), then every file against the
+    /// manifest (size, CRC-32C); when that fails, names each bad object.
+    /// Fetches every WAL object and checks its checksum and range, then WAL
+    /// coverage: each backup's start to stop, and gaps after the oldest
+    /// backup's start. Lists every problem and exits 1 if there is any.
+    /// Reads the whole repository: on S3 that is GET requests and transfer
+    /// for every byte stored.
     Verify(VerifyArgs),
 }
 
@@ -308,10 +310,13 @@ pub struct ExpireArgs {
 /// anything [`parse_duration`] takes (`36h`, `90m`).
 pub fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
     let t = s.trim();
-    if let Some(days) = t.strip_suffix('d').and_then(|d| d.trim().parse::<u64>().ok()) {
-        return Ok(std::time::Duration::from_secs(days * 86_400));
-    }
-    let d = parse_duration(t)?;
+    let d = match t.strip_suffix('d').and_then(|d| d.trim().parse::<u64>().ok()) {
+        Some(days) => days
+            .checked_mul(86_400)
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(|| format!("duration {s:?} is too long"))?,
+        None => parse_duration(t)?,
+    };
     if d.is_zero() {
         return Err(format!("duration {s:?} must be longer than zero"));
     }
@@ -337,4 +342,20 @@ pub struct ListArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_retention;
+    use std::time::Duration;
+
+    #[test]
+    fn retention_durations() {
+        assert_eq!(parse_retention("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_retention(" 36h "), Ok(Duration::from_secs(36 * 3600)));
+        assert!(parse_retention("0d").unwrap_err().contains("longer than zero"));
+        assert!(parse_retention("0s").unwrap_err().contains("longer than zero"));
+        assert!(parse_retention("99999999999999999d").unwrap_err().contains("too long"));
+        assert!(parse_retention("soon").is_err());
+    }
 }
