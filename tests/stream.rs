@@ -537,6 +537,13 @@ async fn flush_never_ahead_of_repository_random_failures_s3() {
     flush_never_ahead_of_repository(Backend::s3(), pgpitr_storage::FaultMode::FailFraction(0.3), false).await;
 }
 
+/// Synchronous mode on S3 stores parts, several in flight, each gathering
+/// the commits of its window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_never_ahead_of_repository_synchronous_parts_random_failures_s3() {
+    flush_never_ahead_of_repository(Backend::s3(), pgpitr_storage::FaultMode::FailFraction(0.3), true).await;
+}
+
 /// The local repository of `backend`, counting every call, with each
 /// complete segment's object taking 8 s to store.
 fn slowed_segments(backend: &Backend) -> std::sync::Arc<pgpitr_storage::FaultyStorage<pgpitr_storage::LocalStorage>> {
