@@ -46,7 +46,7 @@ const SYNC_PARTS_IN_FLIGHT: usize = 4;
 /// every part is a request the object store pays for in CPU or money. At 4
 /// in flight without it, most commits travelled alone (0.77 parts per
 /// TPC-B transaction); with 1 ms, tps rose 1,099 → 1,303 and s3s-fs CPU per
-/// transaction fell 25% (FINDINGS.md, session 7).
+/// transaction fell 35% (FINDINGS.md, session 7).
 const SYNC_PART_GATHER: Duration = Duration::from_millis(1);
 
 /// When WAL pending since `since` is due as a part in the modes that store
