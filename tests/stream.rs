@@ -261,6 +261,29 @@ async fn follows_promotion_to_timeline_2(backend: Backend) {
     assert_eq!(code, Some(0), "{stderr}");
 }
 
+/// At a clean shutdown (pg_ctl stop -m fast) the walsender waits until
+/// everything is confirmed flushed, then ends COPY with a bare
+/// CommandComplete and exits: pgpitr reconnects once the server is back, and
+/// nothing before or after the restart is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_server_restart_is_ridden_out() {
+    let backend = Backend::local();
+    let mut pg = PgCluster::start_default();
+    let s = StreamProc::start(&pg, &backend, &[]);
+    wait_streaming(&pg, "pgpitr");
+    pg.sql("CREATE TABLE t (x int)");
+    pg.restart();
+    pg.sql("INSERT INTO t VALUES (1)");
+    let end = lsn(&pg.sql("SELECT pg_current_wal_lsn()"));
+    let storage = backend.storage().await;
+    wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(60)).await;
+    let (code, stderr) = s.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("the server ended streaming: it is shutting down"), "{stderr}");
+    assert!(stderr.contains("reconnecting"), "{stderr}");
+    verify_wal_continuity(&backend).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synchronous_mode_commit_waits_for_repository() {
     let backend = Backend::local();

@@ -109,6 +109,11 @@ pub enum ErrorKind {
     /// The server hung up without an error message (transient).
     #[error("server closed the connection unexpectedly")]
     Closed,
+    /// The walsender ended COPY with CommandComplete and no CopyDone: what
+    /// it does at a clean shutdown, once the client has confirmed all WAL
+    /// (transient: the server comes back).
+    #[error("the server ended streaming: it is shutting down")]
+    ServerShutdown,
     /// The peer broke the protocol; says what was wrong (definite).
     #[error("protocol violation: {0}")]
     Protocol(String),
@@ -239,7 +244,7 @@ impl ErrorKind {
                 e.kind(),
                 io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
             ),
-            ErrorKind::Timeout(_) | ErrorKind::Closed => true,
+            ErrorKind::Timeout(_) | ErrorKind::Closed | ErrorKind::ServerShutdown => true,
             // The old walsender may hold the slot until it notices its client is gone.
             ErrorKind::SlotActive { .. } => true,
             ErrorKind::Server(pg) => is_transient_sqlstate(&pg.code),

@@ -10,6 +10,8 @@
 //!  CopyDone                               →
 //!                                          ←  RowDescription, DataRow (next_tli, start),
 //!                                             CommandComplete, ReadyForQuery
+//!           (clean shutdown, once all WAL is confirmed flushed)
+//!                                          ←  CommandComplete, then it exits
 //! ```
 
 use crate::codec::{self, Backend, StreamMessage};
@@ -209,6 +211,7 @@ impl ReplicationStream<'_> {
                 Ok(m) => Ok(Some(m)),
                 Err(e) => Err(self.fail(ErrorKind::Protocol(e))),
             },
+            (Phase::Copy, Backend::Other(Message::CommandComplete(_))) => Err(self.fail(ErrorKind::ServerShutdown)),
             (Phase::Copy, Backend::Other(Message::CopyDone)) => {
                 frontend::copy_done(&mut self.conn.wbuf);
                 self.phase = Phase::AfterCopy { columns: None, next: None };
