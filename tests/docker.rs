@@ -21,11 +21,13 @@ fn k8s_sidecar_arguments_are_accepted_by_the_binary() {
     // clap validates every flag before it reaches --help.
     let out = run(pgpitr().args(&args).arg("--help")).ok();
     assert!(out.stdout.contains("Usage"), "{}", out.stdout);
-    for var in ["PGPITR_REPO", "PGPITR_DBNAME", "PGPITR_LOG_FORMAT", "PGPASSWORD"] {
+    for var in ["PGPITR_REPO", "PGPITR_DBNAME", "PGPITR_LOG_FORMAT", "PGPASSWORD", "PGPITR_METRICS_ADDR"] {
         assert!(after.contains(var), "example sets {var}");
     }
     let help = run(pgpitr().args(["stream", "--help"])).ok().stdout;
-    assert!(help.contains("PGPITR_REPO") && help.contains("PGPITR_DBNAME"), "{help}");
+    for var in ["PGPITR_REPO", "PGPITR_DBNAME", "PGPITR_METRICS_ADDR"] {
+        assert!(help.contains(var), "stream reads {var}: {help}");
+    }
     assert!(run(pgpitr().args(["--help"])).ok().stdout.contains("PGPITR_LOG_FORMAT"));
 }
 

@@ -7,6 +7,7 @@ mod common;
 mod docker;
 mod expire;
 mod init;
+mod metrics;
 mod restore;
 mod stream;
 mod verify;

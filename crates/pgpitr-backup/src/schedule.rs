@@ -9,11 +9,26 @@ use pgpitr_pgwire::ConnConfig;
 use pgpitr_repo::Repository;
 use pgpitr_repo::backup::{self, BackupStatus};
 use pgpitr_repo::retention::{self, Policy};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Longest wait before retrying a backup that failed for a passing reason.
 const RETRY_CAP: Duration = Duration::from_secs(300);
+
+/// Outcomes of the scheduled backups, for metrics. Times are Unix µs, 0
+/// for none.
+#[derive(Debug, Default)]
+pub struct ScheduleStats {
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    /// When the last successful backup completed.
+    pub last_success_us: AtomicI64,
+    pub last_duration_ms: AtomicU64,
+    /// Retention runs after a backup that failed.
+    pub expire_failed: AtomicU64,
+}
 
 /// When the newest complete backup started, if there is one.
 async fn newest_start(repo: &Repository) -> Result<Option<jiff::Timestamp>, BackupError> {
@@ -35,6 +50,7 @@ pub async fn run_scheduled(
     every: Duration,
     opts: BackupOptions,
     retention: Option<Policy>,
+    stats: Arc<ScheduleStats>,
     cancel: CancellationToken,
 ) {
     let mut retry_at: Option<tokio::time::Instant> = None;
@@ -59,15 +75,22 @@ pub async fn run_scheduled(
             _ = tokio::time::sleep_until(due) => {}
         }
         tracing::info!(every = ?every, "scheduled base backup starting");
+        let began = Instant::now();
         match take_backup(&repo, &conn_cfg, &opts, &cancel).await {
             Ok(info) => {
                 tracing::info!(backup = %info.id, stop = %info.stop_lsn, "scheduled base backup complete");
-                if let Some(policy) = &retention {
-                    expire(&repo, policy).await;
+                stats.succeeded.fetch_add(1, Ordering::Relaxed);
+                stats.last_success_us.store(jiff::Timestamp::now().as_microsecond(), Ordering::Relaxed);
+                stats.last_duration_ms.store(began.elapsed().as_millis() as u64, Ordering::Relaxed);
+                if let Some(policy) = &retention
+                    && !expire(&repo, policy).await
+                {
+                    stats.expire_failed.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Err(BackupError::Cancelled) => return,
             Err(e) => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
                 let wait = if e.is_transient() { every.min(RETRY_CAP) } else { every };
                 tracing::error!(retry_in = ?wait, "scheduled base backup failed: {e}");
                 retry_at = Some(tokio::time::Instant::now() + wait);
@@ -78,7 +101,8 @@ pub async fn run_scheduled(
 
 /// Applies the retention policy after a backup. A failure is logged and
 /// left for after the next backup: nothing depends on it meanwhile.
-async fn expire(repo: &Repository, policy: &Policy) {
+/// Returns whether it succeeded.
+async fn expire(repo: &Repository, policy: &Policy) -> bool {
     let result = async {
         let plan = retention::plan(repo, policy, jiff::Timestamp::now()).await?;
         let done = retention::apply(repo, &plan).await?;
@@ -86,13 +110,20 @@ async fn expire(repo: &Repository, policy: &Policy) {
     }
     .await;
     match result {
-        Ok((plan, done)) if done.backups > 0 || done.wal_objects > 0 => tracing::info!(
-            backups = done.backups,
-            wal_objects = done.wal_objects,
-            earliest_restorable_time = plan.earliest_restorable_time.as_deref().unwrap_or(""),
-            "expired what the retention policy does not keep"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!("retention after the scheduled backup failed, trying after the next one: {e}"),
+        Ok((plan, done)) => {
+            if done.backups > 0 || done.wal_objects > 0 {
+                tracing::info!(
+                    backups = done.backups,
+                    wal_objects = done.wal_objects,
+                    earliest_restorable_time = plan.earliest_restorable_time.as_deref().unwrap_or(""),
+                    "expired what the retention policy does not keep"
+                );
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!("retention after the scheduled backup failed, trying after the next one: {e}");
+            false
+        }
     }
 }

@@ -9,6 +9,7 @@
 //! ```
 
 use crate::durable::DurableTracker;
+use crate::freshness::Freshness;
 use crate::lease::LeaseTask;
 use crate::resume::{self, ResumePlan};
 use crate::segment::{Cut, OpenSegment};
@@ -283,6 +284,7 @@ impl Archiver {
         loop {
             let began = Instant::now();
             let result = self.session().await;
+            self.stats.streaming.store(false, Ordering::Relaxed);
             // At start-up a busy slot means another pgpitr is streaming, or
             // the walsender of a predecessor that was killed (a restarted
             // container) and has not noticed yet: wait that out briefly.
@@ -336,6 +338,7 @@ impl Archiver {
         loop {
             let stream = conn.start_physical(Some(&self.cfg.slot), st.received, st.tli).await?;
             self.stats.timeline.store(st.tli.0, Ordering::Relaxed); // holds the slot: the lease may say so
+            self.stats.streaming.store(true, Ordering::Relaxed);
             tracing::info!(tli = %st.tli, start = %st.received, slot = %self.cfg.slot, "streaming");
             match st.stream(stream, &self.cancel).await? {
                 Flow::Shutdown => return Ok(SessionEnd::Shutdown),
@@ -390,6 +393,7 @@ struct State {
     tail: Option<AppendJob>,
     /// An upload task was spawned since the stream last yielded.
     spawned: bool,
+    fresh: Freshness,
 }
 
 impl State {
@@ -403,6 +407,7 @@ impl State {
         let seg = repo.seg_size();
         let scanner = resync_scanner(plan.segment.start_lsn(), seg, &plan.scan_prefix);
         stats.durable_lsn.store(plan.start.0, Ordering::Relaxed);
+        stats.unstored_since_us.store(0, Ordering::Relaxed);
         State {
             repo: repo.clone(),
             seg,
@@ -428,6 +433,7 @@ impl State {
             journal: JournalSlot::default(),
             tail: None,
             spawned: false,
+            fresh: Freshness::default(),
         }
     }
 
@@ -628,6 +634,8 @@ impl State {
                 self.submit_segment();
             }
         }
+        self.fresh.received(self.received, received_us);
+        self.stats.unstored_since_us.store(self.fresh.unstored_since(), Ordering::Relaxed);
         debug_assert_eq!(self.cur.end_lsn(), self.received);
         self.stats.received_lsn.store(self.received.0, Ordering::Relaxed);
         self.stats.received_bytes.fetch_add(start.distance_to(self.received), Ordering::Relaxed);
@@ -648,6 +656,11 @@ impl State {
         let summary = self.cur.pending_summary_mut();
         summary.received_us = received_us;
         for ev in self.events.drain(..) {
+            if let WalEvent::Commit { end_lsn, time, .. } = &ev
+                && let Some(us) = time.to_unix_micros()
+            {
+                self.fresh.commit(*end_lsn, us);
+            }
             add_event(summary, ev);
         }
     }
@@ -854,7 +867,13 @@ impl State {
         }
         let moved = self.tracker.complete(done.start, done.end);
         if moved {
-            self.stats.durable_lsn.store(self.durable().0, Ordering::Relaxed);
+            let durable = self.durable();
+            self.stats.durable_lsn.store(durable.0, Ordering::Relaxed);
+            if let Some(us) = self.fresh.durable(durable) {
+                self.stats.durable_commit_us.fetch_max(us, Ordering::Relaxed);
+            }
+            self.stats.unstored_since_us.store(self.fresh.unstored_since(), Ordering::Relaxed);
+            self.stats.durable_advanced_us.store(jiff::Timestamp::now().as_microsecond(), Ordering::Relaxed);
             tracing::debug!(durable = %self.durable(), "durable position advanced");
         }
         Ok(moved)

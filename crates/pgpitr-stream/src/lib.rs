@@ -8,6 +8,7 @@
 
 mod archiver;
 mod durable;
+mod freshness;
 mod lease;
 mod resume;
 mod segment;
@@ -17,7 +18,7 @@ pub use archiver::{Archiver, archive_range};
 pub use durable::DurableTracker;
 
 use pgpitr_types::Lsn;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -51,17 +52,28 @@ impl Default for StreamConfig {
     }
 }
 
-/// Live counters, for logs and metrics.
+/// Live counters, for logs and metrics. Times are Unix µs, 0 for none.
 #[derive(Debug, Default)]
 pub struct StreamStats {
     pub timeline: AtomicU32,
     pub received_lsn: AtomicU64,
     pub durable_lsn: AtomicU64,
+    /// The server's end of WAL, from its last keepalive.
     pub server_lsn: AtomicU64,
     pub received_bytes: AtomicU64,
     pub uploads: AtomicU64,
     pub reconnects: AtomicU64,
     pub scan_errors: AtomicU64,
+    /// Replicating now (between START_REPLICATION and the session's end).
+    pub streaming: AtomicBool,
+    /// Arrival of the oldest WAL received but not yet durable (up to 10 ms
+    /// early); 0 when everything received is durable.
+    pub unstored_since_us: AtomicI64,
+    /// Commit time of the newest commit durable in the repository (from
+    /// this process's stream; up to 10 ms behind).
+    pub durable_commit_us: AtomicI64,
+    /// When the durable position last moved.
+    pub durable_advanced_us: AtomicI64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -204,6 +204,11 @@ pub struct StreamArgs {
     /// After each scheduled backup, expire as `pgpitr expire --keep-within DURATION` does.
     #[arg(long, value_name = "DURATION", value_parser = parse_retention, requires = "backup_every")]
     pub keep_within: Option<std::time::Duration>,
+    /// Serve Prometheus metrics on http://ADDR/metrics and a health check on
+    /// /healthz (200 while streaming with no WAL waiting over 60 s for
+    /// storage, else 503), e.g. 0.0.0.0:9187.
+    #[arg(long, env = "PGPITR_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 }
 
 /// How the server's backup checkpoint is done.

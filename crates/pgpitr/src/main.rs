@@ -7,6 +7,7 @@ mod cmd;
 mod conn;
 mod logging;
 mod memory;
+mod metrics;
 mod progress;
 mod signals;
 

@@ -16,6 +16,10 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
     }
     // Fail fast on bad settings, credentials or storage before daemonising.
     let (repo, _) = super::bind_repo(&url, &cfg).await?;
+    let metrics = match &args.metrics_addr {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     let stream_cfg = StreamConfig {
         slot: args.slot.clone(),
         flush_interval: args.flush_interval,
@@ -35,6 +39,11 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
         synchronous = args.synchronous,
         "pgpitr stream starting"
     );
+    let schedule_stats = args.backup_every.map(|_| Arc::new(pgpitr_backup::ScheduleStats::default()));
+    if let Some(listener) = metrics {
+        let sources = crate::metrics::Sources { stream: stats.clone(), schedule: schedule_stats.clone() };
+        crate::metrics::serve(listener, sources, &args.slot, cancel.clone());
+    }
     let scheduler = args.backup_every.map(|every| {
         // Its own application_name: the backup's walsenders are no standby.
         let mut backup_cfg = cfg.clone();
@@ -58,6 +67,7 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
             every,
             opts,
             retention,
+            schedule_stats.clone().unwrap_or_default(),
             cancel.clone(),
         ));
         (task, display)
