@@ -180,11 +180,12 @@ enum Key {
     Sslrootcert,
     Sslcert,
     Sslkey,
+    Sslcrl,
     ChannelBinding,
 }
 
 impl Key {
-    const ALL: [Key; 14] = [
+    const ALL: [Key; 15] = [
         Key::Host,
         Key::Hostaddr,
         Key::Port,
@@ -198,6 +199,7 @@ impl Key {
         Key::Sslrootcert,
         Key::Sslcert,
         Key::Sslkey,
+        Key::Sslcrl,
         Key::ChannelBinding,
     ];
 
@@ -220,6 +222,7 @@ impl Key {
             Key::Sslrootcert => "sslrootcert",
             Key::Sslcert => "sslcert",
             Key::Sslkey => "sslkey",
+            Key::Sslcrl => "sslcrl",
             Key::ChannelBinding => "channel_binding",
         }
     }
@@ -240,6 +243,7 @@ impl Key {
             Key::Sslrootcert => "PGSSLROOTCERT",
             Key::Sslcert => "PGSSLCERT",
             Key::Sslkey => "PGSSLKEY",
+            Key::Sslcrl => "PGSSLCRL",
             Key::ChannelBinding => "PGCHANNELBINDING",
         })
     }
@@ -248,7 +252,7 @@ impl Key {
 /// Option values as written, before validation. An explicit empty value
 /// still blocks the environment fallback, as in libpq.
 #[derive(Default)]
-struct Raw([Option<String>; 14]);
+struct Raw([Option<String>; 15]);
 
 impl Raw {
     fn set(&mut self, key: Key, value: String) {
@@ -297,12 +301,14 @@ pub struct TlsFile {
     pub explicit: bool,
 }
 
-/// Where the trusted roots and the client certificate come from
-/// (`sslrootcert`, `sslcert`, `sslkey`).
+/// Where the trusted roots, the revocation lists and the client
+/// certificate come from (`sslrootcert`, `sslcrl`, `sslcert`, `sslkey`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TlsFiles {
     /// `sslrootcert=system` is the literal path `system`, as in libpq.
     pub rootcert: Option<TlsFile>,
+    /// Certificates listed here are refused wherever the chain is checked.
+    pub crl: Option<TlsFile>,
     pub cert: Option<TlsFile>,
     pub key: Option<TlsFile>,
 }
@@ -431,6 +437,7 @@ impl ConnConfig {
         };
         let tls_files = TlsFiles {
             rootcert: tls_file(Key::Sslrootcert, "root.crt"),
+            crl: tls_file(Key::Sslcrl, "root.crl"),
             cert: tls_file(Key::Sslcert, "postgresql.crt"),
             key: tls_file(Key::Sslkey, "postgresql.key"),
         };
@@ -969,6 +976,12 @@ mod tests {
         assert!(f.system_roots());
         assert_eq!(f.cert, Some(TlsFile { path: "/home/a/.postgresql/postgresql.crt".into(), explicit: false }));
         assert_eq!(f.key, Some(TlsFile { path: "/home/a/.postgresql/postgresql.key".into(), explicit: false }));
+        assert_eq!(f.crl, Some(TlsFile { path: "/home/a/.postgresql/root.crl".into(), explicit: false }));
+        let env = env_of(&[("PGSSLCRL", "/env.crl")]);
+        let c = ConnConfig::parse_with_env("host=h", env).unwrap();
+        assert_eq!(c.tls_files().crl, Some(TlsFile { path: "/env.crl".into(), explicit: true }));
+        let c = ConnConfig::parse_with_env("host=h sslcrl=/opt.crl", env_of(&[("PGSSLCRL", "/env.crl")])).unwrap();
+        assert_eq!(c.tls_files().crl, Some(TlsFile { path: "/opt.crl".into(), explicit: true }));
         assert_eq!(parse("host=h").tls_files(), &TlsFiles::default());
         assert_eq!(parse("host=h").channel_binding(), ChannelBinding::Prefer);
         assert_eq!(parse("channel_binding=require").channel_binding(), ChannelBinding::Require);

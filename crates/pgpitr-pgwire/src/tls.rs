@@ -7,7 +7,12 @@
 //! As in libpq, `prefer` and `require` also check the chain when a root
 //! certificate file exists (`sslrootcert`, or `~/.postgresql/root.crt`), and
 //! a client certificate (`sslcert` + `sslkey`, or the `~/.postgresql`
-//! defaults) is offered when one is configured or present. Unlike libpq,
+//! defaults) is offered when one is configured or present. Wherever the
+//! chain is checked, certificates revoked by `sslcrl` (or
+//! `~/.postgresql/root.crl` if present) are refused; as with OpenSSL's
+//! CRL_CHECK_ALL in libpq, a CRL must then cover every issuer in the
+//! chain. Unlike libpq, an `sslcrl` that is set but missing is an error,
+//! not ignored, and `sslcrldir` is not supported. Unlike libpq,
 //! `prefer` does not retry in plain text after a failed handshake: a
 //! certificate that does not verify is an error to fix, not to route around.
 
@@ -17,7 +22,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::io;
 use std::net::IpAddr;
@@ -127,8 +132,9 @@ fn client_config(mode: SslMode, files: &TlsFiles) -> Result<ClientConfig, ErrorK
         None => None,
         Some(roots) => Some(
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .with_crls(revocation_lists(files)?)
                 .build()
-                .map_err(|e| ErrorKind::Tls(format!("cannot use the root certificates: {e}")))?,
+                .map_err(|e| ErrorKind::Tls(format!("cannot use the root certificates or sslcrl: {e}")))?,
         ),
     };
     let verifier: Arc<dyn ServerCertVerifier> = match chain {
@@ -186,6 +192,16 @@ fn roots(mode: SslMode, files: &TlsFiles) -> Result<Option<RootCertStore>, Error
         return Err(ErrorKind::Tls(format!("sslrootcert {}: no usable certificate in the file", file.path.display())));
     }
     Ok(Some(store))
+}
+
+/// The CRLs to check the chain against: none unless configured or present.
+fn revocation_lists(files: &TlsFiles) -> Result<Vec<CertificateRevocationListDer<'static>>, ErrorKind> {
+    let Some(file) = files.crl.as_ref().filter(|f| present(f)) else { return Ok(Vec::new()) };
+    let crls = read_pem::<CertificateRevocationListDer<'static>>(&file.path, "sslcrl")?;
+    if crls.is_empty() {
+        return Err(ErrorKind::Tls(format!("sslcrl {}: no CRL in the file", file.path.display())));
+    }
+    Ok(crls)
 }
 
 /// The client certificate chain and key, when one is configured or present.

@@ -9,7 +9,8 @@ use std::process::Command;
 /// certificate whose common name is a role, and an unrelated second CA.
 ///
 /// Files: `ca.crt`, `server.crt`, `server.key`, `client.crt`, `client.key`,
-/// `other-ca.crt`. Keys are mode 0600.
+/// `other-ca.crt`, and two CRLs of `ca`: `ca-empty.crl` revokes nothing,
+/// `ca-revoked.crl` revokes the server certificate. Keys are mode 0600.
 pub struct TestPki {
     dir: tempfile::TempDir,
 }
@@ -25,6 +26,7 @@ impl TestPki {
         }
         issue(d, "server", "localhost", "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n");
         issue(d, "client", client_role, "extendedKeyUsage=clientAuth\n");
+        revocation_lists(d);
         TestPki { dir }
     }
 
@@ -47,6 +49,18 @@ fn issue(d: &Path, name: &str, cn: &str, extensions: &str) {
     openssl(d, &[&sign[..], &["-days", "2", "-out", &crt, "-extfile", &ext]].concat());
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(d.join(&key), std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+}
+
+/// `openssl ca` keeps its revocations in a small database of files.
+fn revocation_lists(d: &Path) {
+    let conf = "[ca]\ndefault_ca = ca\n[ca]\ndatabase = index.txt\ncrlnumber = crlnumber\n\
+                private_key = ca.key\ncertificate = ca.crt\ndefault_md = sha256\ndefault_crl_days = 2\n";
+    std::fs::write(d.join("ca.cnf"), conf).expect("write ca.cnf");
+    std::fs::write(d.join("index.txt"), "").expect("write index.txt");
+    std::fs::write(d.join("crlnumber"), "01\n").expect("write crlnumber");
+    openssl(d, &["ca", "-config", "ca.cnf", "-gencrl", "-out", "ca-empty.crl"]);
+    openssl(d, &["ca", "-config", "ca.cnf", "-revoke", "server.crt"]);
+    openssl(d, &["ca", "-config", "ca.cnf", "-gencrl", "-out", "ca-revoked.crl"]);
 }
 
 fn openssl(dir: &Path, args: &[&str]) {

@@ -95,6 +95,31 @@ async fn verify_modes_check_the_chain_and_the_host_name() {
 }
 
 #[tokio::test]
+async fn revoked_server_certificates_are_refused_where_the_chain_is_checked() {
+    let (pg, pki) = tls_cluster();
+    let ca = format!("sslrootcert={}", pki.path("ca.crt").display());
+    let crl = |name: &str| format!("sslcrl={}", pki.path(name).display());
+    let clean = format!("sslmode=verify-full {ca} {}", crl("ca-empty.crl"));
+    ReplicationConnection::connect(&repl(&pg, "localhost", &clean)).await.unwrap();
+    for mode in ["require", "verify-ca", "verify-full"] {
+        let err = refused(&repl(&pg, "localhost", &format!("sslmode={mode} {ca} {}", crl("ca-revoked.crl")))).await;
+        assert!(matches!(err.kind(), ErrorKind::Tls(_)), "{mode}: {err:?}");
+        assert!(err.to_string().contains("Revoked"), "{mode}: {err}");
+        assert!(!err.is_transient());
+    }
+    // With no root certificate nothing about the certificate is checked,
+    // revocation included (libpq's rule for require).
+    ReplicationConnection::connect(&repl(&pg, "localhost", &format!("sslmode=require {}", crl("ca-revoked.crl"))))
+        .await
+        .unwrap();
+    // A set sslcrl must be readable and hold a CRL.
+    for (file, says) in [("missing.crl", "cannot read sslcrl"), ("ca.crt", "no CRL in the file")] {
+        let err = refused(&repl(&pg, "localhost", &format!("sslmode=verify-full {ca} {}", crl(file)))).await;
+        assert!(err.to_string().contains(says), "{file}: {err}");
+    }
+}
+
+#[tokio::test]
 async fn client_certificate_logs_in_without_a_password() {
     let (pg, pki) = tls_cluster();
     let files = format!(
