@@ -69,9 +69,9 @@ pub enum Host {
     Unix(PathBuf),
 }
 
-/// libpq's `sslmode`. `allow` connects without TLS (it is only tried when
-/// plain text fails, which we do not do); `prefer` (the default) uses TLS
-/// when the server offers it.
+/// libpq's `sslmode`. `allow` connects without TLS and tries TLS only when
+/// the server refuses that; `prefer` (the default) uses TLS when the
+/// server offers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SslMode {
     Disable,

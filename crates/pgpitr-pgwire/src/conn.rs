@@ -2,7 +2,7 @@
 //! replication commands, over the simple query protocol.
 
 use crate::codec::{self, Backend};
-use crate::config::{ChannelBinding, ConnConfig, REPLICATION_DATABASE};
+use crate::config::{ChannelBinding, ConnConfig, Host, REPLICATION_DATABASE, SslMode};
 use crate::error::{Error, ErrorKind, Op, PgError};
 use crate::transport::{self, Transport};
 use bytes::{Buf, Bytes, BytesMut};
@@ -270,7 +270,22 @@ impl ReplicationConnection {
     }
 
     async fn connect_untimed(config: &ConnConfig) -> Result<ReplicationConnection, Error> {
-        let (io, target) = transport::open(config).await?;
+        match Self::attempt(config, false).await {
+            // libpq's `allow`: plain text first, then TLS if the server refused it.
+            Err(e)
+                if config.sslmode() == SslMode::Allow
+                    && matches!(config.host(), Host::Tcp(_))
+                    && matches!(e.kind(), ErrorKind::NoHbaEntry(_) | ErrorKind::Auth { .. }) =>
+            {
+                tracing::debug!(error = %e, "sslmode=allow: refused in plain text, trying TLS");
+                Self::attempt(config, true).await
+            }
+            r => r,
+        }
+    }
+
+    async fn attempt(config: &ConnConfig, allow_retry: bool) -> Result<ReplicationConnection, Error> {
+        let (io, target) = transport::open(config, allow_retry).await?;
         let mut conn = ReplicationConnection {
             io,
             rbuf: BytesMut::with_capacity(READ_CHUNK),

@@ -7,12 +7,14 @@
 //! As in libpq, `prefer` and `require` also check the chain when a root
 //! certificate file exists (`sslrootcert`, or `~/.postgresql/root.crt`), and
 //! a client certificate (`sslcert` + `sslkey`, or the `~/.postgresql`
-//! defaults) is offered when one is configured or present. Wherever the
+//! defaults) is offered when one is configured or present. `allow`
+//! connects in plain text and, as libpq does, tries again with TLS when the
+//! server refuses that (pg_hba.conf or authentication). Wherever the
 //! chain is checked, certificates revoked by `sslcrl` (or
 //! `~/.postgresql/root.crl` if present) are refused; as with OpenSSL's
 //! CRL_CHECK_ALL in libpq, a CRL must then cover every issuer in the
 //! chain. Unlike libpq, an `sslcrl` that is set but missing is an error,
-//! not ignored, and `sslcrldir` is not supported. Unlike libpq,
+//! not ignored, and `sslcrldir` is not supported. Also unlike libpq,
 //! `prefer` does not retry in plain text after a failed handshake: a
 //! certificate that does not verify is an error to fix, not to route around.
 
@@ -44,11 +46,12 @@ pub(crate) struct TlsPlan {
     name: Option<ServerName<'static>>,
 }
 
-/// Reads the certificate files `config` names; `None` when the mode never
-/// uses TLS.
-pub(crate) fn plan(config: &ConnConfig) -> Result<Option<TlsPlan>, ErrorKind> {
+/// Reads the certificate files `config` names; `None` when the mode does
+/// not use TLS on this attempt (`allow` uses it only on its retry).
+pub(crate) fn plan(config: &ConnConfig, allow_retry: bool) -> Result<Option<TlsPlan>, ErrorKind> {
     let mode = config.sslmode();
-    if !mode.tries_tls() {
+    let tries = mode.tries_tls() || (allow_retry && mode == SslMode::Allow);
+    if !tries {
         return Ok(None);
     }
     let Host::Tcp(host) = config.host() else { return Ok(None) };
@@ -84,6 +87,12 @@ pub(crate) async fn negotiate(
                 "the server does not accept TLS connections (ssl = off), and sslmode={} requires TLS",
                 plan.mode
             )));
+        }
+        b'N' if plan.mode == SslMode::Allow => {
+            return Err(ErrorKind::Tls(
+                "sslmode=allow: the server refused the connection in plain text and does not accept TLS (ssl = off)"
+                    .into(),
+            ));
         }
         b'N' => return Ok(Err(tcp)),
         b'E' => return Err(ErrorKind::Protocol("the server answered the TLS request with an error".into())),

@@ -75,7 +75,7 @@ impl AsyncWrite for Transport {
 
 /// Opens the socket. Returns it with the target as it should appear in
 /// messages (the socket path actually used, or `host:port`).
-pub(crate) async fn open(config: &ConnConfig) -> Result<(Transport, String), Error> {
+pub(crate) async fn open(config: &ConnConfig, allow_retry: bool) -> Result<(Transport, String), Error> {
     let port = config.port();
     match config.host() {
         // Like libpq, TLS never applies to Unix sockets, whatever sslmode says.
@@ -97,7 +97,7 @@ pub(crate) async fn open(config: &ConnConfig) -> Result<(Transport, String), Err
         }
         Host::Tcp(name) => {
             let target = config.display_target();
-            let mut plan = tls::plan(config).map_err(|k| Error::new(Op::Connect, &target, k))?;
+            let mut plan = tls::plan(config, allow_retry).map_err(|k| Error::new(Op::Connect, &target, k))?;
             let addrs: Vec<SocketAddr> = if let Some(ip) = config.hostaddr() {
                 vec![SocketAddr::new(ip, port)]
             } else if let Ok(ip) = name.parse() {

@@ -69,6 +69,13 @@ async fn tls_carries_scram_and_streaming() {
     // disable is plain text, which pg_hba.conf rejects for this user.
     let err = refused(&repl(&pg, "localhost", "sslmode=disable")).await;
     assert!(matches!(err.kind(), ErrorKind::NoHbaEntry(_) | ErrorKind::Auth { .. }), "{err:?}");
+    // allow tries plain text first, then TLS once the server refuses it.
+    let conn = ReplicationConnection::connect(&repl(&pg, "localhost", "sslmode=allow")).await.unwrap();
+    assert!(conn.tls_version().is_some(), "allow did not retry with TLS");
+    assert!(ssl_of(&pg, &conn).starts_with("t|"), "{}", ssl_of(&pg, &conn));
+    // A password that is wrong either way is still refused, after both tries.
+    let wrong = conf(&pg, "localhost", REPL_USER, "password=wrong sslmode=allow");
+    assert!(matches!(refused(&wrong).await.kind(), ErrorKind::Auth { .. }));
 }
 
 #[tokio::test]
