@@ -603,3 +603,26 @@ fn restore_wait_as_postgres(backend: &Backend, args: &[&str]) -> (PgCluster, ser
     let v = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("restore --json: {e}: {}", out.stdout));
     (c, v)
 }
+
+/// A backup taken from a hot standby (to spare the primary), with the
+/// stream on the primary: the restore replays the primary's WAL from the
+/// standby's backup on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_from_a_hot_standby_restores() {
+    let backend = Backend::local();
+    share(&backend);
+    let primary = PgCluster::start_default();
+    primary.sql("CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    let standby = primary.start_standby();
+    let s = StreamProc::start(&primary, &backend, &[]);
+    wait_streaming(&primary, "pgpitr");
+    let info = take_backup(&standby, &backend);
+    primary.sql("INSERT INTO t VALUES (2)");
+    let end = lsn(&primary.sql("SELECT pg_current_wal_lsn()"));
+    let storage = backend.storage().await;
+    wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(30)).await;
+    drop(s);
+    let (restored, out) = restore_and_start(&backend, &["--target-lsn", &end.to_string()]);
+    assert!(out.stdout.contains(&info.id) || out.stderr.contains(&info.id), "{}{}", out.stdout, out.stderr);
+    assert_eq!(rows(&restored), vec![1, 2]);
+}
