@@ -874,7 +874,7 @@ impl State {
             }
             self.stats.unstored_since_us.store(self.fresh.unstored_since(), Ordering::Relaxed);
             self.stats.durable_advanced_us.store(jiff::Timestamp::now().as_microsecond(), Ordering::Relaxed);
-            tracing::debug!(durable = %self.durable(), "durable position advanced");
+            tracing::debug!(%durable, "durable position advanced");
         }
         Ok(moved)
     }

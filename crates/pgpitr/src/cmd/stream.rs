@@ -44,7 +44,7 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
         let sources = crate::metrics::Sources { stream: stats.clone(), schedule: schedule_stats.clone() };
         crate::metrics::serve(listener, sources, &args.slot, cancel.clone());
     }
-    let scheduler = args.backup_every.map(|every| {
+    let scheduler = args.backup_every.zip(schedule_stats.clone()).map(|(every, outcomes)| {
         // Its own application_name: the backup's walsenders are no standby.
         let mut backup_cfg = cfg.clone();
         backup_cfg.set_application_name(format!("{app_name}_backup"));
@@ -67,7 +67,7 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
             every,
             opts,
             retention,
-            schedule_stats.clone().unwrap_or_default(),
+            outcomes,
             cancel.clone(),
         ));
         (task, display)
