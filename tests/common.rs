@@ -178,7 +178,20 @@ pub async fn durable_end(
     seg: pgpitr_types::WalSegSize,
     tli: u32,
 ) -> Option<pgpitr_types::Lsn> {
-    let (tls, _) = pgpitr_repo::wal::scan(storage, seg).await.ok()?;
+    // s3s-fs fails a listing that races a delete (the stream deletes parts
+    // once merged): a passing error, as RetryingStorage treats it.
+    let mut tries = 0;
+    let tls = loop {
+        match pgpitr_repo::wal::scan(storage, seg).await {
+            Ok((tls, _)) => break tls,
+            Err(e) if tries < 10 => {
+                tries += 1;
+                eprintln!("listing failed, again: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot list the repository: {e}"),
+        }
+    };
     let tl = tls.get(&pgpitr_types::TimelineId(tli))?;
     tl.ranges.first().map(|r| r.1)
 }

@@ -103,6 +103,8 @@ async fn metrics_and_health_follow_the_stream() {
     let body = scrape(port);
     assert_eq!(sample(&body, "pgpitr_stream_up"), Some(1.0));
     assert!(sample(&body, "pgpitr_stream_reconnects_total").unwrap() >= 1.0, "{body}");
+    assert!(sample(&body, "pgpitr_stream_merges_total").is_some(), "{body}");
+    assert!(sample(&body, "pgpitr_stream_open_segment_objects").is_some_and(|n| n <= 15.0), "{body}");
 }
 
 /// A scheduled backup shows in the backup metrics.

@@ -48,7 +48,7 @@ fn shared_binary() -> &'static Path {
 }
 
 /// The repository readable by the `postgres` OS user (restore_command).
-fn share(backend: &Backend) {
+pub(crate) fn share(backend: &Backend) {
     use std::os::unix::fs::PermissionsExt;
     if let Backend::Local(d) = backend {
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -78,7 +78,7 @@ pub(crate) fn restore_cmd(backend: &Backend, pgdata: &Path, args: &[&str]) -> Co
 }
 
 /// Restores into a fresh directory, starts it, waits for promotion.
-fn restore_and_start(backend: &Backend, args: &[&str]) -> (PgCluster, Run) {
+pub(crate) fn restore_and_start(backend: &Backend, args: &[&str]) -> (PgCluster, Run) {
     let mut c = PgCluster::empty();
     let out = run(&mut restore_cmd(backend, &c.datadir(), args)).ok();
     c.start_restored(&pg_env(backend));
@@ -511,7 +511,7 @@ async fn unreachable_targets_are_refused_and_nothing_is_written() {
     refuse(&["--target-time", &latest], &[&gap, "the latest reachable time is"]);
 }
 
-fn rows(pg: &PgCluster) -> Vec<i32> {
+pub(crate) fn rows(pg: &PgCluster) -> Vec<i32> {
     pg.sql("SELECT x FROM t ORDER BY x").lines().map(|l| l.parse().unwrap()).collect()
 }
 

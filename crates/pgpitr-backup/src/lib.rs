@@ -37,7 +37,7 @@ pub use extract::{ExtractOptions, ExtractStats, extract};
 pub use manifest::{Manifest, ManifestFile, WalRange};
 pub use notice::parse_checksum_notice;
 pub use progress::{BackupPhase, BackupProgress};
-pub use schedule::{ScheduleStats, run_scheduled};
+pub use schedule::{Schedule, ScheduleStats, run_scheduled};
 pub use take::take_backup;
 
 use pgpitr_types::{Lsn, TimelineId};

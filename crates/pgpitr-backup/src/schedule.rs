@@ -41,18 +41,29 @@ async fn newest_start(repo: &Repository) -> Result<Option<jiff::Timestamp>, Back
         .find_map(|e| e.info.as_ref()?.start_time.parse().ok()))
 }
 
-/// Takes backups every `every` until cancelled. Failures are logged and
+/// When backups are taken, and what follows each.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub every: Duration,
+    /// Expiry after each backup.
+    pub retention: Option<Policy>,
+    /// Notified when a backup is needed at once (the stream found a gap
+    /// in the WAL).
+    pub now: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// Takes backups on `schedule` until cancelled. Failures are logged and
 /// retried: passing ones (network, storage, WAL not yet stored) after
 /// `min(every, 5 min)`, others after a full interval.
 pub async fn run_scheduled(
     repo: Repository,
     conn_cfg: ConnConfig,
-    every: Duration,
+    schedule: Schedule,
     opts: BackupOptions,
-    retention: Option<Policy>,
     stats: Arc<ScheduleStats>,
     cancel: CancellationToken,
 ) {
+    let Schedule { every, retention, now } = schedule;
     let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
         let due = match retry_at.take() {
@@ -70,9 +81,16 @@ pub async fn run_scheduled(
                 }
             },
         };
+        let wanted = async {
+            match &now {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep_until(due) => {}
+            _ = wanted => tracing::info!("a base backup is needed at once: the WAL has a gap"),
         }
         tracing::info!(every = ?every, "scheduled base backup starting");
         let began = Instant::now();

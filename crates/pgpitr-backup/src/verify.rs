@@ -100,6 +100,18 @@ pub async fn verify(repo: &Repository, only: Option<&str>) -> Result<Report, Bac
         }
     }
     drop(checks);
+    // Parts inside a merged part (a merge cut short) must hold its bytes.
+    let mut overlapped: Vec<(TimelineId, pgpitr_types::SegNo)> =
+        timelines.iter().flat_map(|(tli, t)| t.covered.iter().map(|(id, _)| (*tli, id.segno))).collect();
+    overlapped.dedup();
+    for (tli, segno) in overlapped {
+        if let Err(e) = wal::assemble_segment(storage.as_ref(), seg, &timelines[&tli], segno).await
+            && !e.is_not_found()
+        {
+            let name = pgpitr_types::WalFileName::segment(tli, segno).to_name(seg);
+            report.problems.push(Problem { object: format!("WAL segment {name}"), problem: e.to_string() });
+        }
+    }
     let horizon = backups.iter().map(|(_, i)| i.start_lsn).min();
     let gaps: Vec<(TimelineId, Lsn, Lsn)> = timelines
         .iter()

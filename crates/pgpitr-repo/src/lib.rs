@@ -45,6 +45,37 @@ pub enum RepoError {
 
 pub type Result<T, E = RepoError> = std::result::Result<T, E>;
 
+impl RepoError {
+    /// An object that was listed is gone.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RepoError::Storage(e) if e.is_not_found())
+    }
+}
+
+/// How often a reading of the repository starts again from a new listing.
+const RELISTS: u32 = 3;
+
+/// Runs `read` (which lists the repository, then reads what it listed)
+/// again while it fails because a listed object was gone by the time it was
+/// read: a running stream deletes the parts of its unfinished segment once
+/// it has merged them, and complete segments' parts once they are stored.
+/// `vanished` tells that error from others.
+pub async fn relisting<T, E, Fut>(vanished: impl Fn(&E) -> bool, mut read: impl FnMut() -> Fut) -> Result<T, E>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 0;
+    loop {
+        match read().await {
+            Err(e) if attempt < RELISTS && vanished(&e) => {
+                attempt += 1;
+                tracing::debug!(attempt, "an object listed was deleted since; listing again");
+            }
+            r => return r,
+        }
+    }
+}
+
 /// What identifies the cluster a repository serves, as read from the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClusterIdentity {

@@ -1,5 +1,6 @@
 //! What a repository holds, as `pgpitr list` reports it.
 
+use crate::RepoError;
 use crate::backup::{self, BackupSummary};
 use crate::lease::{self, StreamSummary};
 use crate::object::TimedLsn;
@@ -75,8 +76,11 @@ pub async fn latest_commit(repo: &Repository, tl: &TimelineWal) -> Result<Option
 }
 
 pub async fn status(repo: &Repository) -> Result<RepoStatus> {
-    let (timelines, _leftovers) = wal::scan(repo.storage().as_ref(), repo.seg_size()).await?;
-    status_from_scan(repo, &timelines).await
+    crate::relisting(RepoError::is_not_found, || async {
+        let (timelines, _leftovers) = wal::scan(repo.storage().as_ref(), repo.seg_size()).await?;
+        status_from_scan(repo, &timelines).await
+    })
+    .await
 }
 
 pub async fn status_from_scan(repo: &Repository, timelines: &BTreeMap<TimelineId, TimelineWal>) -> Result<RepoStatus> {

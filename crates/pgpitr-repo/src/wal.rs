@@ -12,16 +12,23 @@
 //! Parts exist so that WAL is durable within a second even when a segment
 //! takes hours to fill. Together they start at offset 0 of their segment
 //! and follow each other without gaps; once the complete segment is stored
-//! its parts are redundant and are deleted.
+//! its parts are redundant and are deleted. While the segment fills, the
+//! stream merges stored parts into larger ones (a merged part is an
+//! ordinary part with a wider range), storing the merged one before
+//! deleting what it replaces. Readers therefore take a segment's *cover*:
+//! each object that reaches further than those before it. An object inside
+//! the cover (what an interrupted merge left) is never used for its bytes,
+//! only checked against them.
 //!
 //! A journal is a part that grows: each frame is a complete object
 //! ([`object::decode_journal`]), appended and synced before it is reported.
 //! Its end is known only by reading it, so [`scan`] reads the journals of
 //! unfinished segments (one per open segment, normally).
 
-use crate::object::{self, JournalFrames, ObjectHeader};
+use crate::object::{self, JournalFrames, ObjectHeader, WalSummary};
 use crate::{RepoError, Result};
 use bytes::{Bytes, BytesMut};
+use futures_util::{StreamExt, TryStreamExt};
 use pgpitr_storage::{ObjectMeta, Storage};
 use pgpitr_types::{Lsn, SegNo, TimelineId, WalFileName, WalSegSize};
 use std::collections::BTreeMap;
@@ -150,8 +157,12 @@ pub fn history_key(tli: TimelineId) -> String {
 /// Everything stored for one timeline.
 #[derive(Debug, Clone, Default)]
 pub struct TimelineWal {
-    /// Sorted by (segment, kind); parts of a segment in offset order.
+    /// The cover, sorted by (segment, kind); parts of a segment in offset
+    /// order, each reaching further than the one before.
     pub objects: Vec<(WalObjectId, ObjectMeta)>,
+    /// Parts and journals wholly inside the cover of their segment: what an
+    /// interrupted merge left, to check against the cover and delete.
+    pub covered: Vec<(WalObjectId, ObjectMeta)>,
     /// Merged, sorted, non-overlapping covered ranges.
     pub ranges: Vec<(Lsn, Lsn)>,
 }
@@ -214,7 +225,7 @@ pub async fn scan(storage: &dyn Storage, seg: WalSegSize) -> Result<(BTreeMap<Ti
             }
             kept.push((id, meta));
         }
-        kept.sort_by_key(|(id, _)| id.order());
+        let (kept, covered) = split_cover(kept);
         let mut ranges: Vec<(Lsn, Lsn)> = Vec::new();
         for (id, _) in &kept {
             let (s, e) = id.range(seg);
@@ -223,9 +234,37 @@ pub async fn scan(storage: &dyn Storage, seg: WalSegSize) -> Result<(BTreeMap<Ti
                 _ => ranges.push((s, e)),
             }
         }
-        out.insert(tli, TimelineWal { objects: kept, ranges });
+        out.insert(tli, TimelineWal { objects: kept, covered, ranges });
     }
     Ok((out, leftovers))
+}
+
+/// Objects with what came with them (listing metadata, or what was read).
+pub type Listed<M> = Vec<(WalObjectId, M)>;
+
+/// Splits one timeline's objects into the cover and what lies wholly inside
+/// it. Per segment, objects are taken by offset (the widest first at equal
+/// offsets); one that ends no further than those before it is covered.
+/// Both come back in [`WalObjectId::order`].
+pub fn split_cover<M>(mut objs: Vec<(WalObjectId, M)>) -> (Listed<M>, Listed<M>) {
+    objs.sort_by_key(|(id, _)| {
+        let (segno, partial, from, to) = id.order();
+        (segno, partial, from, std::cmp::Reverse(to))
+    });
+    let (mut cover, mut covered) = (Vec::with_capacity(objs.len()), Vec::new());
+    let mut reach: Option<(SegNo, u32)> = None;
+    for (id, meta) in objs {
+        let (segno, partial, _, to) = id.order();
+        let inside = partial && reach.is_some_and(|(s, r)| s == segno && to <= r);
+        if inside {
+            covered.push((id, meta));
+            continue;
+        }
+        reach = Some((segno, if partial { to } else { u32::MAX }));
+        cover.push((id, meta));
+    }
+    covered.sort_by_key(|(id, _)| id.order());
+    (cover, covered)
 }
 
 /// Reads a journal: its id with the end filled in and its valid frames,
@@ -302,23 +341,58 @@ pub struct AssembledSegment {
     /// How many leading bytes are real WAL (the whole segment when complete).
     pub valid_len: u64,
     pub complete: bool,
+    /// The objects whose bytes were used, in offset order, with their
+    /// summaries (journals with their end as read).
+    pub used: Vec<(WalObjectId, WalSummary)>,
+}
+
+/// Objects of one segment read at once.
+const SEGMENT_READS: usize = 16;
+
+/// One object of a segment, read and verified: its id (a journal's with
+/// its end), summary and raw bytes; `None` for a journal with no frame.
+async fn read_piece(
+    storage: &dyn Storage,
+    seg: WalSegSize,
+    id: WalObjectId,
+) -> Result<Option<(WalObjectId, WalSummary, Bytes)>> {
+    let key = id.key(seg);
+    if let WalObjectKind::Journal { .. } = id.kind {
+        // Read now, not as listed: it may have grown since.
+        return Ok(resolve_journal(storage, seg, id).await?.map(|(id, frames)| {
+            let raw: Bytes = frames.frames.iter().map(|(_, r)| &r[..]).collect::<Vec<_>>().concat().into();
+            (id, frames.summary(), raw)
+        }));
+    }
+    let (header, raw) = read_object(storage, &key).await?;
+    let (from, to) = id.range(seg);
+    if raw.len() as u64 != from.distance_to(to) {
+        return Err(RepoError::Corrupt {
+            location: storage.describe(),
+            key,
+            reason: format!("object holds {} bytes, its name says {}", raw.len(), from.distance_to(to)),
+        });
+    }
+    Ok(Some((id, header.summary, raw)))
 }
 
 /// Rebuilds segment `segno` of `tli` byte for byte: from its complete object
-/// if there is one, otherwise from its parts, zero-filled past the durable
-/// end as Postgres expects of a partial segment. `None` when nothing of it is
-/// stored.
+/// if there is one, otherwise from its cover (see [`split_cover`]),
+/// zero-filled past the durable end as Postgres expects of a partial
+/// segment. The objects are read in parallel, those inside the cover too:
+/// where any two hold the same offset with different bytes, that is an
+/// error naming both. `None` when nothing of it is stored.
 pub async fn assemble_segment(
     storage: &dyn Storage,
     seg: WalSegSize,
     tl: &TimelineWal,
     segno: SegNo,
 ) -> Result<Option<AssembledSegment>> {
-    let mut objs: Vec<&(WalObjectId, ObjectMeta)> = tl.objects.iter().filter(|(id, _)| id.segno == segno).collect();
-    objs.sort_by_key(|(id, _)| id.order());
-    if let Some((id, _)) = objs.iter().find(|(id, _)| id.kind == WalObjectKind::Segment) {
+    let objs: Vec<WalObjectId> =
+        tl.objects.iter().chain(&tl.covered).map(|(id, _)| *id).filter(|id| id.segno == segno).collect();
+    if let Some(id) = objs.iter().find(|id| id.kind == WalObjectKind::Segment) {
         let key = id.key(seg);
-        let (_, raw) = read_object(storage, &key).await?;
+        let (header, raw) = read_object(storage, &key).await?;
         if raw.len() as u64 != seg.bytes() {
             return Err(RepoError::Corrupt {
                 location: storage.describe(),
@@ -326,57 +400,80 @@ pub async fn assemble_segment(
                 reason: format!("segment holds {} bytes, expected {}", raw.len(), seg.bytes()),
             });
         }
-        return Ok(Some(AssembledSegment { data: raw, valid_len: seg.bytes(), complete: true }));
+        let used = vec![(*id, header.summary)];
+        return Ok(Some(AssembledSegment { data: raw, valid_len: seg.bytes(), complete: true, used }));
     }
     if objs.is_empty() {
         return Ok(None);
     }
+    let pieces: Vec<(WalObjectId, WalSummary, Bytes)> = futures_util::stream::iter(objs)
+        .map(|id| read_piece(storage, seg, id))
+        .buffered(SEGMENT_READS)
+        .try_filter_map(|p| async move { Ok(p) })
+        .try_collect()
+        .await?;
+    // Journals are split by their ends as read just now.
+    let (cover, others) = split_cover(pieces.into_iter().map(|(id, sum, raw)| (id, (sum, raw))).collect());
     let mut buf = BytesMut::zeroed(seg.bytes() as usize);
     let mut valid = 0u64;
-    for (id, _) in objs {
-        let from = match id.kind {
-            WalObjectKind::Part { from, .. } | WalObjectKind::Journal { from, .. } => from as u64,
-            WalObjectKind::Segment => continue,
-        };
+    // Which object gave each run of bytes, to name it if another differs.
+    let mut given: Vec<(u64, u64, WalObjectId)> = Vec::new();
+    let mut used = Vec::new();
+    for (id, (summary, raw)) in cover {
+        let (from, to) = offsets(seg, &id);
         if from > valid {
             // A hole inside the segment: only the contiguous prefix is usable.
             break;
         }
-        let key = id.key(seg);
-        let raw: Bytes = match id.kind {
-            WalObjectKind::Part { to, .. } => {
-                if to as u64 <= valid {
-                    // Wholly inside what earlier parts gave (two writers cut differently).
-                    continue;
-                }
-                let (_, raw) = read_object(storage, &key).await?;
-                if raw.len() as u64 != to as u64 - from {
-                    return Err(RepoError::Corrupt {
-                        location: storage.describe(),
-                        key,
-                        reason: format!("part holds {} bytes, its name says {}", raw.len(), to as u64 - from),
-                    });
-                }
-                raw
-            }
-            // Read now, not as listed: it may have grown since.
-            _ => match resolve_journal(storage, seg, *id).await? {
-                Some((_, frames)) => frames.frames.iter().map(|(_, r)| &r[..]).collect::<Vec<_>>().concat().into(),
-                None => continue,
-            },
-        };
-        let to = from + raw.len() as u64;
-        if to <= valid {
-            continue;
-        }
-        let skip = (valid - from) as usize;
-        buf[valid as usize..to as usize].copy_from_slice(&raw[skip..]);
+        check_same(storage, seg, &buf, valid, &given, id, from, &raw)?;
+        buf[valid as usize..to as usize].copy_from_slice(&raw[(valid - from) as usize..]);
+        given.push((valid, to, id));
         valid = to;
+        used.push((id, summary));
+    }
+    for (id, (_, raw)) in &others {
+        let (from, _) = offsets(seg, id);
+        check_same(storage, seg, &buf, valid, &given, *id, from, raw)?;
     }
     if valid == 0 {
         return Ok(None);
     }
-    Ok(Some(AssembledSegment { data: buf.freeze(), valid_len: valid, complete: false }))
+    Ok(Some(AssembledSegment { data: buf.freeze(), valid_len: valid, complete: false, used }))
+}
+
+/// Segment offsets of a part or journal.
+fn offsets(seg: WalSegSize, id: &WalObjectId) -> (u64, u64) {
+    let base = id.segno.0 * seg.bytes();
+    let (from, to) = id.range(seg);
+    (from.0 - base, to.0 - base)
+}
+
+/// Checks that `raw`, at segment offset `from`, agrees with the bytes
+/// already placed in `buf` (up to `valid`).
+#[allow(clippy::too_many_arguments)]
+fn check_same(
+    storage: &dyn Storage,
+    seg: WalSegSize,
+    buf: &[u8],
+    valid: u64,
+    given: &[(u64, u64, WalObjectId)],
+    id: WalObjectId,
+    from: u64,
+    raw: &[u8],
+) -> Result<()> {
+    let end = (from + raw.len() as u64).min(valid);
+    if end <= from {
+        return Ok(());
+    }
+    let (a, b) = (&buf[from as usize..end as usize], &raw[..(end - from) as usize]);
+    let Some(at) = a.iter().zip(b).position(|(x, y)| x != y) else { return Ok(()) };
+    let at = from + at as u64;
+    let other = given.iter().find(|(f, t, _)| *f <= at && at < *t).map_or_else(|| "?".into(), |(_, _, o)| o.key(seg));
+    Err(RepoError::Corrupt {
+        location: storage.describe(),
+        key: id.key(seg),
+        reason: format!("its bytes at segment offset {at:#X} differ from those of {other}, which covers the same WAL"),
+    })
 }
 
 #[cfg(test)]

@@ -153,3 +153,38 @@ async fn journals_count_up_to_their_last_valid_frame() {
     assert_eq!(leftovers.iter().filter(|k| k.ends_with(".journal")).count(), 3, "{leftovers:?}");
     assert_eq!(tls[&t].objects.len(), 1);
 }
+
+/// A merge cut short leaves its inputs beside the merged part: readers take
+/// the merged part and check the others against it; one that holds other
+/// bytes is an error naming both, never silently one of them.
+#[tokio::test]
+async fn parts_inside_a_merged_part_are_checked_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = LocalStorage::new(dir.path());
+    let wal = wal_bytes();
+    let t = TimelineId(1);
+    let merged = WalObjectId::part(t, SegNo(3), 0, 3000);
+    put(&storage, merged, &wal[..3000]).await;
+    put(&storage, WalObjectId::part(t, SegNo(3), 0, 1000), &wal[..1000]).await;
+    put(&storage, WalObjectId::part(t, SegNo(3), 1000, 2000), &wal[1000..2000]).await;
+    put(&storage, WalObjectId::part(t, SegNo(3), 3000, 3500), &wal[3000..3500]).await;
+
+    let (tls, _) = scan(&storage, seg()).await.unwrap();
+    let tl = &tls[&t];
+    let cover: Vec<_> = tl.objects.iter().map(|(id, _)| *id).collect();
+    assert_eq!(cover, vec![merged, WalObjectId::part(t, SegNo(3), 3000, 3500)]);
+    assert_eq!(tl.covered.len(), 2, "the merge's inputs are set aside");
+    let s = assemble_segment(&storage, seg(), tl, SegNo(3)).await.unwrap().unwrap();
+    assert_eq!(s.valid_len, 3500);
+    assert_eq!(&s.data[..3500], &wal[..3500]);
+    assert_eq!(s.used.iter().map(|(id, _)| *id).collect::<Vec<_>>(), cover, "each byte is taken once");
+
+    // An input that disagrees with the merged part.
+    let mut other = wal[1000..2000].to_vec();
+    other[500] ^= 1;
+    let bad = WalObjectId::part(t, SegNo(3), 1000, 2000);
+    put(&storage, bad, &other).await;
+    let err = assemble_segment(&storage, seg(), tl, SegNo(3)).await.unwrap_err().to_string();
+    assert!(err.contains(&bad.key(seg())) && err.contains(&merged.key(seg())), "{err}");
+    assert!(err.contains("0x5DC"), "names the offset: {err}");
+}

@@ -54,6 +54,17 @@ pub enum RestoreError {
     Io { path: String, source: std::io::Error },
 }
 
+impl RestoreError {
+    /// A listed object was gone when read (see `pgpitr_repo::relisting`).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            RestoreError::Plan(plan::PlanError::Repo(e)) | RestoreError::Repo(e) => e.is_not_found(),
+            RestoreError::Storage(e) => e.is_not_found(),
+            _ => false,
+        }
+    }
+}
+
 /// What a restore did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Restored {
@@ -128,8 +139,11 @@ async fn load_index(
 
 /// The restorable window of every timeline, for `pgpitr list`.
 pub async fn restorable_windows(repo: &Repository) -> Result<Vec<plan::Window>, RestoreError> {
-    let (_, index) = load_index(repo, None).await?;
-    Ok(plan::windows(repo.storage().as_ref(), &index).await?)
+    pgpitr_repo::relisting(RestoreError::is_not_found, || async {
+        let (_, index) = load_index(repo, None).await?;
+        Ok(plan::windows(repo.storage().as_ref(), &index).await?)
+    })
+    .await
 }
 
 /// Plans, then (unless a dry run) extracts and configures recovery.
@@ -139,8 +153,12 @@ pub async fn restore(repo: &Repository, opts: &RestoreOptions) -> Result<Restore
     for (_, new) in &opts.tablespace_map {
         check_target_dir(new)?;
     }
-    let (backups, index) = load_index(repo, Some(&opts.request.timeline)).await?;
-    let plan = plan::plan(repo.storage().as_ref(), &index, &opts.request).await?;
+    let (backups, plan) = pgpitr_repo::relisting(RestoreError::is_not_found, || async {
+        let (backups, index) = load_index(repo, Some(&opts.request.timeline)).await?;
+        let plan = plan::plan(repo.storage().as_ref(), &index, &opts.request).await?;
+        Ok((backups, plan))
+    })
+    .await?;
     let spool = opts.pgdata.join(SPOOL_DIR);
     let restore_command =
         conf::restore_command(&opts.exe, &opts.repo_url.to_string(), Some(&spool)).map_err(RestoreError::Invalid)?;

@@ -195,7 +195,7 @@ async fn segment_objects(
         })
         .collect();
     objects.sort_by_key(|(id, _)| (id.segno, id.kind));
-    Ok(TimelineWal { objects, ranges: Vec::new() })
+    Ok(TimelineWal { objects, ..Default::default() })
 }
 
 /// The complete object of a segment, as a one-object listing: its key says
@@ -203,7 +203,7 @@ async fn segment_objects(
 fn whole_segment(seg: WalSegSize, tli: TimelineId, segno: SegNo) -> TimelineWal {
     let id = WalObjectId::segment(tli, segno);
     let meta = ObjectMeta { key: id.key(seg), size: 0, last_modified: None };
-    TimelineWal { objects: vec![(id, meta)], ranges: Vec::new() }
+    TimelineWal { objects: vec![(id, meta)], ..Default::default() }
 }
 
 /// Segment `segno`, rebuilt and verified: read whole in one request when it
@@ -221,8 +221,23 @@ async fn stored_segment(
         Err(RepoError::Storage(e)) if e.is_not_found() => {}
         Err(e) => return Err(e.into()),
     }
-    let tl = segment_objects(repo, seg, tli, segno).await?;
-    Ok(wal::assemble_segment(storage, seg, &tl, segno).await?)
+    let vanished = |e: &Relisted| matches!(e, Relisted::Repo(e) if e.is_not_found());
+    let got = pgpitr_repo::relisting(vanished, || async {
+        let tl = segment_objects(repo, seg, tli, segno).await.map_err(Relisted::Fetch)?;
+        wal::assemble_segment(storage, seg, &tl, segno).await.map_err(Relisted::Repo)
+    })
+    .await;
+    match got {
+        Ok(s) => Ok(s),
+        Err(Relisted::Repo(e)) => Err(e.into()),
+        Err(Relisted::Fetch(e)) => Err(e),
+    }
+}
+
+/// Why assembling from a listing failed: its parts may have been merged.
+enum Relisted {
+    Fetch(FetchError),
+    Repo(RepoError),
 }
 
 async fn fetch_segment(
@@ -568,7 +583,7 @@ async fn download(
 ) -> Result<bool, FetchError> {
     let segno = object.0.segno;
     // Listed already: no listing per segment.
-    let tl = TimelineWal { objects: vec![object], ranges: Vec::new() };
+    let tl = TimelineWal { objects: vec![object], ..Default::default() };
     let Some(s) = wal::assemble_segment(repo.storage().as_ref(), seg, &tl, segno).await? else {
         return Ok(false);
     };

@@ -14,7 +14,7 @@ use crate::error::{Op, Result, StorageError};
 use crate::{Journal, JournalOpen, ObjectMeta, ObjectStream, PutOutcome, Storage, Upload};
 
 /// Which calls [`FaultyStorage`] fails, and how.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 pub enum FaultMode {
     /// Fail the first `n` attempts of each distinct (operation, key) with a
     /// transient error, without reaching the backend.
@@ -29,6 +29,9 @@ pub enum FaultMode {
     FailAllPermanent,
     /// Fail each call with this probability (0.0 to 1.0), transiently.
     FailFraction(f64),
+    /// Fail every call this picks (by operation and counting key),
+    /// transiently: a step that never succeeds, as if killed before it.
+    FailCalls(fn(Op, &str) -> bool),
 }
 
 /// Wraps a backend and injects failures according to a [`FaultMode`],
@@ -99,6 +102,7 @@ impl Shared {
                 "injected permanent fault",
             )),
             FaultMode::FailFraction(p) if st.rng.f64() < p => Decision::FailBefore(transient()),
+            FaultMode::FailCalls(which) if which(op, key) => Decision::FailBefore(transient()),
             _ => Decision::Pass,
         };
         if !matches!(decision, Decision::Pass) {

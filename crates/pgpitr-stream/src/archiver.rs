@@ -8,6 +8,7 @@
 //!     └──── status (flush = durable) ◀── DurableTracker ◀──────┘
 //! ```
 
+use crate::compact::{self, Merged};
 use crate::durable::DurableTracker;
 use crate::freshness::Freshness;
 use crate::lease::LeaseTask;
@@ -225,7 +226,7 @@ impl AppendJob {
             summary: self.cut.summary,
             blocks: Blocks::Part(Default::default()),
         };
-        let result = upload::store(&self.storage, self.seg, up, self.bufs, &self.cancel).await;
+        let result = upload::store(&self.storage, self.seg, up, self.bufs, &self.cancel).await.map(|s| s.took);
         let journal = Some(AppendEnd { open: None, supported: self.supported, fallback: Some(part) });
         Done { id, start, end, superseded: Vec::new(), result, journal }
     }
@@ -253,6 +254,9 @@ pub struct Archiver {
     cfg: StreamConfig,
     cancel: CancellationToken,
     stats: Arc<StreamStats>,
+    /// The last session found the server without the WAL where the
+    /// repository ends, on a slot it had just created.
+    accept_gap: bool,
 }
 
 impl Archiver {
@@ -263,7 +267,7 @@ impl Archiver {
         cancel: CancellationToken,
         stats: Arc<StreamStats>,
     ) -> Self {
-        Archiver { repo, conn_cfg, cfg, cancel, stats }
+        Archiver { repo, conn_cfg, cfg, cancel, stats, accept_gap: false }
     }
 
     /// Streams until cancelled (then flushes and returns Ok) or until an
@@ -307,6 +311,10 @@ impl Archiver {
             match result {
                 Ok(SessionEnd::Shutdown) => return Ok(()),
                 Err(StreamError::Cancelled) => return Ok(()),
+                Err(e @ StreamError::WalGone { .. }) => {
+                    tracing::warn!("{e}; continuing from what the new slot keeps");
+                    self.accept_gap = true;
+                }
                 Err(e) if e.is_transient() && !self.cancel.is_cancelled() => {
                     if began.elapsed() > Duration::from_secs(60) {
                         backoff = Duration::from_secs(1);
@@ -325,22 +333,45 @@ impl Archiver {
     }
 
     async fn session(&mut self) -> Result<SessionEnd, StreamError> {
-        let mut conn = ReplicationConnection::connect(&self.conn_cfg).await?;
-        let sys = conn.identify_system().await?;
-        let identity = ClusterIdentity {
-            system_identifier: sys.system_id,
-            pg_version_num: conn.server_version_num().await?,
-            wal_segment_size: conn.wal_segment_size().await?,
+        // Nothing is received before streaming starts, so a shutdown
+        // meanwhile has nothing to store and ends the session at once.
+        let accept_gap = std::mem::take(&mut self.accept_gap);
+        let (repo, conn_cfg, cfg) = (&self.repo, &self.conn_cfg, &self.cfg);
+        let setup = async {
+            let mut conn = ReplicationConnection::connect(conn_cfg).await?;
+            let sys = conn.identify_system().await?;
+            let identity = ClusterIdentity {
+                system_identifier: sys.system_id,
+                pg_version_num: conn.server_version_num().await?,
+                wal_segment_size: conn.wal_segment_size().await?,
+            };
+            repo.check_cluster(&identity)?;
+            let plan = resume::plan(repo, &mut conn, cfg, &sys, accept_gap).await?;
+            Ok::<_, StreamError>((conn, plan))
         };
-        self.repo.check_cluster(&identity)?;
-        let plan = resume::plan(&self.repo, &mut conn, &self.cfg, &sys).await?;
-        let mut st = State::new(&self.repo, &self.cfg, plan, self.stats.clone(), self.cancel.child_token());
+        let (mut conn, plan) = tokio::select! {
+            r = setup => r?,
+            _ = self.cancel.cancelled() => return Ok(SessionEnd::Shutdown),
+        };
+        let (from, created_slot) = (plan.start, plan.created_slot);
+        // Uploads are cancelled only when a shutdown runs out of time, not
+        // by the signal itself: until then they keep trying.
+        let mut st = State::new(&self.repo, &self.cfg, plan, self.stats.clone(), CancellationToken::new());
+        let wal_gone = |e: &StreamError, st: &State| created_slot && st.received == from && e.is_wal_removed();
         loop {
-            let stream = conn.start_physical(Some(&self.cfg.slot), st.received, st.tli).await?;
+            let stream =
+                match conn.start_physical(Some(&self.cfg.slot), st.received, st.tli).await.map_err(StreamError::from) {
+                    Err(e) if wal_gone(&e, &st) => return Err(StreamError::WalGone { tli: st.tli, from }),
+                    r => r?,
+                };
             self.stats.timeline.store(st.tli.0, Ordering::Relaxed); // holds the slot: the lease may say so
             self.stats.streaming.store(true, Ordering::Relaxed);
             tracing::info!(tli = %st.tli, start = %st.received, slot = %self.cfg.slot, "streaming");
-            match st.stream(stream, &self.cancel).await? {
+            let flow = match st.stream(stream, &self.cancel).await {
+                Err(e) if wal_gone(&e, &st) => return Err(StreamError::WalGone { tli: st.tli, from }),
+                r => r?,
+            };
+            match flow {
                 Flow::Shutdown => return Ok(SessionEnd::Shutdown),
                 Flow::NextTimeline { next_tli, next_start } => {
                     st.switch_timeline(&mut conn, next_tli, next_start).await?;
@@ -394,6 +425,23 @@ struct State {
     /// An upload task was spawned since the stream last yielded.
     spawned: bool,
     fresh: Freshness,
+    /// The merge of the open segment's parts in flight (see `compact`).
+    merging: Option<Merging>,
+    /// A merge of the open segment failed: no more until the next one.
+    merge_failed: bool,
+}
+
+struct Merging {
+    id: WalObjectId,
+    task: tokio::task::JoinHandle<Merged>,
+}
+
+/// Waits for the merge in flight, if any.
+async fn merge_done(merging: &mut Option<Merging>) -> Result<Merged, tokio::task::JoinError> {
+    match merging {
+        Some(m) => (&mut m.task).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl State {
@@ -434,6 +482,8 @@ impl State {
             tail: None,
             spawned: false,
             fresh: Freshness::default(),
+            merging: None,
+            merge_failed: false,
         }
     }
 
@@ -552,6 +602,7 @@ impl State {
                     armed = None;
                     self.submit_part();
                 }
+                done = merge_done(&mut self.merging), if self.merging.is_some() => self.finish_merge(done),
                 msg = stream.next(), if self.can_accept() => {
                     let now = Instant::now();
                     last_heard = now;
@@ -684,7 +735,13 @@ impl State {
         }
         let full = std::mem::replace(&mut self.cur, next);
         self.journal.open = None;
-        let c = full.into_complete();
+        // The complete segment replaces whatever a merge would have made.
+        let cut_short = self.merging.take().map(|m| {
+            m.task.abort();
+            m.id
+        });
+        self.merge_failed = false;
+        let c = full.into_complete(cut_short);
         self.segments_in_flight += 1;
         let up =
             WalUpload { id: c.id, start: c.start, raw: c.raw, summary: c.summary, blocks: Blocks::Segment(c.chunks) };
@@ -715,6 +772,7 @@ impl State {
             return self.submit_append();
         }
         if let Some((id, start, raw, summary, cell)) = self.cur.cut_part() {
+            self.stats.open_segment_objects.store(self.cur.cover_len() as u64, Ordering::Relaxed);
             self.parts_in_flight += 1;
             self.spawn_upload(WalUpload { id, start, raw, summary, blocks: Blocks::Part(cell) }, Vec::new());
         }
@@ -743,9 +801,7 @@ impl State {
         };
         let jfrom = open.as_ref().map_or(cut.from, |j| j.from);
         let jid = WalObjectId::journal(tli, segno, jfrom);
-        if !self.cur.parts.iter().any(|p| p.same_object(&jid)) {
-            self.cur.parts.push(jid);
-        }
+        self.cur.note_object(jid);
         let ahead = match self.journal.ahead.take() {
             Some(a) if open.is_none() && a.id.same_object(&jid) => Some(a),
             other => {
@@ -828,7 +884,7 @@ impl State {
         self.spawned = true;
         self.uploads.spawn(async move {
             let (id, start, end) = (up.id, up.start, up.end());
-            let result = upload::store(&storage, seg, up, bufs, &cancel).await;
+            let result = upload::store(&storage, seg, up, bufs, &cancel).await.map(|s| s.took);
             Done { id, start, end, superseded, result, journal: None }
         });
     }
@@ -842,15 +898,19 @@ impl State {
         }
         if let Some(end) = done.journal {
             self.journal.supported = Some(end.supported);
-            let current = |id: &WalObjectId| id.tli == self.cur.tli && id.segno == self.cur.segno;
+            let (tli, segno) = (self.cur.tli, self.cur.segno);
+            let current = |id: &WalObjectId| id.tli == tli && id.segno == segno;
             // A part stored in place of an append of a segment that has
             // been completed meanwhile is left for the next start to delete.
             if let Some(part) = end.fallback.filter(|p| current(p)) {
-                self.cur.parts.push(part);
+                self.cur.note_object(part);
             }
             self.journal.open = end.open.filter(|j| current(&j.id));
         }
         let took = done.result?;
+        if matches!(done.id.kind, WalObjectKind::Part { .. }) && self.cur.mark_stored(&done.id) {
+            self.start_due_merge();
+        }
         self.upload_latency = (self.upload_latency * 7 + took) / 8;
         self.stats.uploads.fetch_add(1, Ordering::Relaxed);
         if !done.superseded.is_empty() {
@@ -879,6 +939,46 @@ impl State {
         Ok(moved)
     }
 
+    /// Starts merging the open segment's stored parts when they are due.
+    fn start_due_merge(&mut self) {
+        if self.merging.is_some() || self.merge_failed || self.stop_at.is_some() {
+            return;
+        }
+        let Some(merge) = self.cur.due_merge() else { return };
+        tracing::debug!(merged = %merge.id.key(self.seg), inputs = merge.inputs.len(), "merging parts");
+        let id = merge.id;
+        let task = tokio::spawn(compact::run(
+            self.repo.storage().clone(),
+            self.seg,
+            merge,
+            self.bufs.clone(),
+            self.upload_cancel.clone(),
+        ));
+        self.merging = Some(Merging { id, task });
+    }
+
+    /// Takes in an ended merge and starts the next one that is due. A merge
+    /// that failed is not retried in this session: its parts stay as they
+    /// are, and are merged at the next start or deleted with the segment.
+    fn finish_merge(&mut self, done: Result<Merged, tokio::task::JoinError>) {
+        self.merging = None;
+        match done {
+            Ok(Merged { id, inputs, result: Ok((chunk, crc)) }) => {
+                if self.cur.merged(id, &inputs, chunk, crc) {
+                    self.stats.merges.fetch_add(1, Ordering::Relaxed);
+                    self.stats.open_segment_objects.store(self.cur.cover_len() as u64, Ordering::Relaxed);
+                    self.start_due_merge();
+                }
+            }
+            Ok(Merged { id, result: Err(e), .. }) => {
+                tracing::error!(merged = %id.key(self.seg), "merging parts failed; they stay as they are: {e}");
+                self.merge_failed = true;
+            }
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => tracing::error!("merge task failed: {e}"),
+        }
+    }
+
     /// Hands everything received to storage and waits until it is durable,
     /// up to the shutdown timeout.
     async fn drain(&mut self, stream: Option<&mut ReplicationStream<'_>>) -> Result<(), StreamError> {
@@ -888,9 +988,10 @@ impl State {
         self.submit_part();
         let deadline = tokio::time::sleep(self.cfg.shutdown_timeout);
         tokio::pin!(deadline);
-        while !self.uploads.is_empty() {
+        while !self.uploads.is_empty() || self.merging.is_some() {
             tokio::select! {
-                Some(done) = self.uploads.join_next() => {
+                done = merge_done(&mut self.merging), if self.merging.is_some() => self.finish_merge(done),
+                Some(done) = self.uploads.join_next(), if !self.uploads.is_empty() => {
                     let done = done.map_err(|e| StreamError::Internal(format!("upload task failed: {e}")))?;
                     self.finish_upload(done)?;
                     // A journal takes one append at a time: the rest now.
@@ -898,6 +999,9 @@ impl State {
                 }
                 _ = &mut deadline => {
                     self.upload_cancel.cancel();
+                    if let Some(m) = self.merging.take() {
+                        m.task.abort();
+                    }
                     return Err(StreamError::Definite(format!(
                         "storage did not accept the last {} bytes of WAL within {:?}; they stay on the server \
                          (the slot keeps them) and are streamed again at the next start",

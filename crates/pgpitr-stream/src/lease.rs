@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 const CHECK: Duration = Duration::from_millis(200);
 /// A lease write slower than this is abandoned until the next renewal.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The running publisher.
 pub(crate) struct LeaseTask {
@@ -114,7 +115,8 @@ impl LeaseTask {
             return;
         }
         let storage = self.repo.storage().clone();
-        match tokio::time::timeout(WRITE_TIMEOUT, lease::delete(storage.as_ref(), &self.slot)).await {
+        // Shutdown waits for this: a lease left behind only goes stale.
+        match tokio::time::timeout(DELETE_TIMEOUT, lease::delete(storage.as_ref(), &self.slot)).await {
             Ok(Ok(())) => tracing::debug!(slot = %self.slot, "stream lease deleted"),
             Ok(Err(e)) => tracing::warn!(slot = %self.slot, "cannot delete the stream lease (it goes stale): {e}"),
             Err(_) => tracing::warn!(slot = %self.slot, "deleting the stream lease timed out (it goes stale)"),

@@ -7,6 +7,7 @@
 //! nothing: the next start resumes exactly where the repository ends.
 
 mod archiver;
+mod compact;
 mod durable;
 mod freshness;
 mod lease;
@@ -18,6 +19,7 @@ pub use archiver::{Archiver, archive_range};
 pub use durable::DurableTracker;
 
 use pgpitr_types::Lsn;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64};
 use std::time::Duration;
 
@@ -37,6 +39,11 @@ pub struct StreamConfig {
     pub max_segments_in_flight: usize,
     /// How long a shutdown waits for storage to accept what is pending.
     pub shutdown_timeout: Duration,
+    /// Create the slot when it is missing but the server continues the
+    /// repository's history (after a failover).
+    pub create_slot: bool,
+    /// Told when a base backup is needed at once: after a gap in the WAL.
+    pub backup_now: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Default for StreamConfig {
@@ -47,7 +54,9 @@ impl Default for StreamConfig {
             status_interval: Duration::from_secs(10),
             synchronous: false,
             max_segments_in_flight: 2,
-            shutdown_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(8),
+            create_slot: true,
+            backup_now: None,
         }
     }
 }
@@ -74,6 +83,10 @@ pub struct StreamStats {
     pub durable_commit_us: AtomicI64,
     /// When the durable position last moved.
     pub durable_advanced_us: AtomicI64,
+    /// Parts merged while their segment filled, and how many objects hold
+    /// the open segment's bytes now (journals aside).
+    pub merges: AtomicU64,
+    pub open_segment_objects: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +106,11 @@ pub enum StreamError {
          SELECT pg_create_physical_replication_slot('{slot}', true), then start again"
     )]
     SlotMissing { slot: String, durable: Lsn },
+    /// A slot created after a failover cannot provide the WAL from where
+    /// the repository ends (transient: the next session continues from what
+    /// the slot keeps, and says what is missing).
+    #[error("the server no longer has WAL from {from} on timeline {tli}, where the repository ends")]
+    WalGone { tli: pgpitr_types::TimelineId, from: Lsn },
     #[error("replication protocol: {0}")]
     Protocol(String),
     #[error("{0}")]
@@ -104,6 +122,10 @@ pub enum StreamError {
 }
 
 impl StreamError {
+    pub fn is_wal_removed(&self) -> bool {
+        matches!(self, StreamError::Pg(e) if matches!(e.kind(), pgpitr_pgwire::ErrorKind::WalRemoved(_)))
+    }
+
     pub fn is_slot_active(&self) -> bool {
         matches!(self, StreamError::Pg(e) if matches!(e.kind(), pgpitr_pgwire::ErrorKind::SlotActive { .. }))
     }
@@ -114,7 +136,7 @@ impl StreamError {
             StreamError::Pg(e) => e.is_transient(),
             StreamError::Storage(e) => e.is_transient(),
             StreamError::Repo(pgpitr_repo::RepoError::Storage(e)) => e.is_transient(),
-            StreamError::Protocol(_) => true,
+            StreamError::Protocol(_) | StreamError::WalGone { .. } => true,
             _ => false,
         }
     }

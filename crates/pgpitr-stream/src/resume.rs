@@ -28,13 +28,27 @@ pub struct ResumePlan {
     /// Whether WAL up to `start` is in the repository (false for a new one,
     /// where `start` is merely where streaming begins).
     pub start_is_stored: bool,
+    /// The slot was created for this plan (after a failover).
+    pub created_slot: bool,
 }
 
+impl ResumePlan {
+    /// Streaming from `start` (a segment boundary), with nothing before it
+    /// to carry on from.
+    fn fresh(tli: TimelineId, start: Lsn, seg: pgpitr_types::WalSegSize) -> Self {
+        let segment = OpenSegment::new(tli, start.segment_number(seg), seg, &[], true);
+        ResumePlan { tli, start, segment, scan_prefix: Bytes::new(), start_is_stored: false, created_slot: false }
+    }
+}
+
+/// `accept_gap`: the server was found not to have the WAL from where the
+/// repository ends, and streaming goes on from what the slot keeps.
 pub async fn plan(
     repo: &Repository,
     conn: &mut ReplicationConnection,
     cfg: &StreamConfig,
     sys: &SystemInfo,
+    accept_gap: bool,
 ) -> Result<ResumePlan, StreamError> {
     let storage = repo.storage().clone();
     let seg = repo.seg_size();
@@ -71,14 +85,35 @@ pub async fn plan(
         };
         let start = restart.segment_floor(seg);
         tracing::info!(%start, %tli, "new repository: streaming from the slot's restart segment");
-        let segment = OpenSegment::new(tli, start.segment_number(seg), seg, &[], true);
-        return Ok(ResumePlan { tli, start, segment, scan_prefix: Bytes::new(), start_is_stored: false });
+        return Ok(ResumePlan::fresh(tli, start, seg));
     };
 
     let last_end = tl.end().expect("a scanned timeline has objects");
-    let Some(slot) = slot else {
-        return Err(StreamError::SlotMissing { slot: cfg.slot.clone(), durable: last_end });
+    let (slot, created_slot) = match slot {
+        Some(slot) => (slot, false),
+        None => (create_slot_after_failover(conn, cfg, sys, repo, repo_tli, last_end).await?, true),
     };
+    if let Some(restart) = slot.restart_lsn.filter(|&r| accept_gap && r.segment_floor(seg) > last_end) {
+        // The server no longer has WAL from where the repository ends (see
+        // `StreamError::WalGone`): continue from what the slot keeps.
+        let (start, tli) = (restart.segment_floor(seg), slot.restart_tli.unwrap_or(sys.timeline));
+        if tli > repo_tli {
+            let (_, content) = conn.timeline_history(tli).await?;
+            store_history(repo, tli, &content).await?;
+        }
+        let advice = match &cfg.backup_now {
+            Some(now) => {
+                now.notify_one();
+                "taking one now (--backup-every)"
+            }
+            None => "run `pgpitr backup` now",
+        };
+        tracing::error!(
+            "WAL {last_end}..{start} is missing from the repository: the server removed it before the slot was \
+             created. Restores cannot cross this gap; a new base backup starts a new restorable window: {advice}"
+        );
+        return Ok(ResumePlan::fresh(tli, start, seg));
+    }
     // Continue where the stored range holding the slot's restart point
     // ends, not where the last range ends: a crash can leave WAL stored past
     // a hole (the next segment's part or journal stored while this
@@ -145,7 +180,52 @@ pub async fn plan(
             }
         });
     }
-    open_at(repo, tl, repo_tli, tli, start, inherited).await
+    let plan = open_at(repo, tl, repo_tli, tli, start, inherited).await?;
+    Ok(ResumePlan { created_slot, ..plan })
+}
+
+/// The slot is missing but the repository holds WAL: after a failover to a
+/// promoted replica, or a slot dropped by hand. The slot is created only if
+/// the server continues the repository's history: the same timeline, or a
+/// descendant that branched off it at or after the repository's end (the
+/// system identifier was checked before). Otherwise, or with
+/// `--no-create-slot`, the operator decides.
+async fn create_slot_after_failover(
+    conn: &mut ReplicationConnection,
+    cfg: &StreamConfig,
+    sys: &SystemInfo,
+    repo: &Repository,
+    repo_tli: TimelineId,
+    end: Lsn,
+) -> Result<pgpitr_pgwire::SlotInfo, StreamError> {
+    let missing = || StreamError::SlotMissing { slot: cfg.slot.clone(), durable: end };
+    if !cfg.create_slot || sys.timeline < repo_tli {
+        return Err(missing());
+    }
+    if sys.timeline > repo_tli {
+        let (name, content) = conn.timeline_history(sys.timeline).await?;
+        let hist = TimelineHistory::parse(sys.timeline, &String::from_utf8_lossy(&content))
+            .map_err(|e| StreamError::Definite(format!("server sent an unreadable {name}: {e}")))?;
+        match hist.end_of(repo_tli) {
+            Some(switch) if switch >= end => store_history(repo, sys.timeline, &content).await?,
+            Some(switch) => {
+                tracing::error!(
+                    %switch, repository_end = %end,
+                    "the server's timeline {} branched off timeline {repo_tli} before the repository's end: \
+                     not creating the slot",
+                    sys.timeline
+                );
+                return Err(missing());
+            }
+            None => return Err(missing()),
+        }
+    }
+    tracing::warn!(
+        slot = %cfg.slot, tli = %sys.timeline, repository_end = %end,
+        "replication slot missing on a server that continues the repository's history (a failover?): creating it"
+    );
+    conn.create_physical_slot(&cfg.slot, true).await?;
+    conn.read_replication_slot(&cfg.slot).await?.ok_or_else(missing)
 }
 
 /// Stores a segment that is whole in parts and journals as one object, then
@@ -164,11 +244,10 @@ async fn compact_segment(
     if assembled.complete || assembled.valid_len != seg.bytes() {
         return Ok(());
     }
-    let parts: Vec<WalObjectId> = tl.objects.iter().map(|(id, _)| *id).filter(|id| id.segno == segno).collect();
+    let parts: Vec<WalObjectId> =
+        tl.objects.iter().chain(&tl.covered).map(|(id, _)| *id).filter(|id| id.segno == segno).collect();
     let mut summary = WalSummary::default();
-    for id in &parts {
-        summary.merge(&wal::read_header(storage.as_ref(), &id.key(seg)).await?.summary);
-    }
+    assembled.used.iter().for_each(|(_, s)| summary.merge(s));
     let id = WalObjectId::segment(tli, segno);
     let start = id.range(seg).0;
     let up = WalUpload { id, start, raw: assembled.data, summary, blocks: Blocks::Segment(Vec::new()) };
@@ -197,36 +276,57 @@ async fn open_at(
     let seg = repo.seg_size();
     let segno = start.segment_number(seg);
     let offset = start.segment_offset(seg) as usize;
-    let prefix = if offset == 0 {
-        Bytes::new()
-    } else {
-        let assembled = wal::assemble_segment(storage.as_ref(), seg, tl, segno).await?.ok_or_else(|| {
-            StreamError::Definite(format!("segment {segno} of timeline {from_tli} vanished from the repository"))
-        })?;
-        if (assembled.valid_len as usize) < offset {
-            return Err(StreamError::Definite(format!(
-                "repository coverage of timeline {from_tli} reaches {start} but its segment holds only {} bytes",
-                assembled.valid_len
-            )));
-        }
-        assembled.data.slice(..offset)
-    };
-    let mut segment = OpenSegment::new(tli, segno, seg, &prefix, !inherited);
+    let mut segment = OpenSegment::new(tli, segno, seg, &[], !inherited);
+    if offset == 0 {
+        return Ok(ResumePlan {
+            tli,
+            start,
+            segment,
+            scan_prefix: Bytes::new(),
+            start_is_stored: true,
+            created_slot: false,
+        });
+    }
+    // Every object of the segment, read at once; those inside the cover
+    // (an interrupted merge) are checked against it, then deleted.
+    let assembled = wal::assemble_segment(storage.as_ref(), seg, tl, segno).await?.ok_or_else(|| {
+        StreamError::Definite(format!("segment {segno} of timeline {from_tli} vanished from the repository"))
+    })?;
+    if (assembled.valid_len as usize) < offset {
+        return Err(StreamError::Definite(format!(
+            "repository coverage of timeline {from_tli} reaches {start} but its segment holds only {} bytes",
+            assembled.valid_len
+        )));
+    }
+    let prefix = assembled.data.slice(..offset);
+    segment = OpenSegment::new(tli, segno, seg, &prefix, !inherited);
     if !inherited {
-        for (id, _) in tl.objects.iter().filter(|(id, _)| id.segno == segno) {
-            if let WalObjectKind::Part { .. } | WalObjectKind::Journal { .. } = id.kind {
-                if id.range(seg).1 > start {
-                    // Past a hole: its bytes are streamed again. Only
-                    // deleted with the other parts once the segment is stored.
-                    segment.parts.push(*id);
-                    continue;
-                }
-                let header = wal::read_header(storage.as_ref(), &id.key(seg)).await?;
-                segment.adopt_stored_part(*id, &header.summary);
+        for (id, summary) in &assembled.used {
+            if id.range(seg).1 > start {
+                // Past a hole: its bytes are streamed again. Only deleted
+                // with the other parts once the segment is stored.
+                segment.note_object(*id);
+            } else {
+                segment.adopt_stored(*id, summary);
             }
         }
+        // The cover's objects past the hole were not read as used.
+        for (id, _) in tl.objects.iter().filter(|(id, _)| id.segno == segno && id.range(seg).0 >= start) {
+            segment.note_object(*id);
+        }
+        let covered: Vec<String> =
+            tl.covered.iter().filter(|(id, _)| id.segno == segno).map(|(id, _)| id.key(seg)).collect();
+        if !covered.is_empty() {
+            tracing::info!(segno = %segno, objects = covered.len(), "finishing a merge cut short: deleting the parts inside it");
+            let storage = storage.clone();
+            tokio::spawn(async move {
+                if let Err(e) = storage.delete_many(&covered).await {
+                    tracing::warn!("deleting parts inside a merged part failed (retried at next start): {e}");
+                }
+            });
+        }
     }
-    Ok(ResumePlan { tli, start, segment, scan_prefix: prefix, start_is_stored: true })
+    Ok(ResumePlan { tli, start, segment, scan_prefix: prefix, start_is_stored: true, created_slot: false })
 }
 
 /// Where to stream so that `from..to` on `tli` ends up stored: `None` when
@@ -246,10 +346,7 @@ pub async fn plan_range(
     match tl.ranges.iter().find(|&&(s, e)| s <= floor && floor <= e) {
         Some(&(_, e)) if e >= to => Ok(None),
         Some(&(_, e)) => open_at(repo, tl, tli, tli, e, false).await.map(Some),
-        None => {
-            let segment = OpenSegment::new(tli, floor.segment_number(seg), seg, &[], true);
-            Ok(Some(ResumePlan { tli, start: floor, segment, scan_prefix: Bytes::new(), start_is_stored: false }))
-        }
+        None => Ok(Some(ResumePlan::fresh(tli, floor, seg))),
     }
 }
 

@@ -1,9 +1,10 @@
 //! The segment being filled: its bytes so far, which of them have been
 //! handed to storage as parts, and what the scanner found in them.
 
+use crate::compact::{self, Merge, Source};
 use bytes::{Bytes, BytesMut};
 use pgpitr_repo::object::{Chunk, Piece, WalSummary};
-use pgpitr_repo::wal::WalObjectId;
+use pgpitr_repo::wal::{WalObjectId, WalObjectKind};
 use pgpitr_types::{Lsn, SegNo, TimelineId, WalSegSize};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -20,6 +21,22 @@ pub struct PartChunk {
     pub cell: ChunkCell,
 }
 
+/// A part of the segment's cover (see [`compact`]): stored, or being stored.
+#[derive(Debug, Clone)]
+struct Held {
+    id: WalObjectId,
+    from: u32,
+    to: u32,
+    summary: WalSummary,
+    /// Its compressed blocks, once its upload made them.
+    cell: ChunkCell,
+    stored: bool,
+    /// Made by a merge, or found stored at resume.
+    anchor: bool,
+    /// CRC-32 of its raw bytes, known for merged parts.
+    crc: Option<u32>,
+}
+
 #[derive(Debug)]
 pub struct OpenSegment {
     pub tli: TimelineId,
@@ -29,11 +46,13 @@ pub struct OpenSegment {
     buf: BytesMut,
     /// Offset up to which parts have been submitted.
     cut: usize,
-    /// Parts already submitted (or found stored at resume), for clean-up
-    /// once the complete segment is stored.
-    pub parts: Vec<WalObjectId>,
-    /// Their ranges and compressed blocks, in offset order.
-    chunks: Vec<PartChunk>,
+    /// Parts covering `0..cut` in offset order, unless journals hold those
+    /// bytes.
+    held: Vec<Held>,
+    /// Every other object of the segment (journals, parts stored after a
+    /// failed append, parts past a hole, merges cut short), deleted with
+    /// the parts once the complete segment is stored.
+    others: Vec<WalObjectId>,
     /// What the submitted parts contain.
     parts_summary: WalSummary,
     /// What the bytes past `cut` contain.
@@ -70,8 +89,8 @@ impl OpenSegment {
             seg,
             buf,
             cut: if stored { prefix.len() } else { 0 },
-            parts: Vec::new(),
-            chunks: Vec::new(),
+            held: Vec::new(),
+            others: Vec::new(),
             parts_summary: WalSummary::default(),
             pending_summary: WalSummary::default(),
             pending_since: (!stored && !prefix.is_empty()).then(Instant::now),
@@ -112,13 +131,103 @@ impl OpenSegment {
         &mut self.pending_summary
     }
 
-    /// Records what already-stored parts contain (at resume).
-    pub fn adopt_stored_part(&mut self, id: WalObjectId, summary: &WalSummary) {
-        if let pgpitr_repo::wal::WalObjectKind::Part { from, to } = id.kind {
-            self.chunks.push(PartChunk { from, to, cell: ChunkCell::default() });
+    /// Records an object found stored at resume, in offset order: a part
+    /// becomes an anchor of the cover, anything else is deleted with it.
+    pub fn adopt_stored(&mut self, id: WalObjectId, summary: &WalSummary) {
+        match id.kind {
+            WalObjectKind::Part { from, to } => self.held.push(Held {
+                id,
+                from,
+                to,
+                summary: summary.clone(),
+                cell: ChunkCell::default(),
+                stored: true,
+                anchor: true,
+                crc: None,
+            }),
+            _ => self.note_object(id),
         }
-        self.parts.push(id);
         self.parts_summary.merge(summary);
+    }
+
+    /// Records an object to delete once the complete segment is stored.
+    pub fn note_object(&mut self, id: WalObjectId) {
+        if !self.others.iter().any(|o| o.same_object(&id)) {
+            self.others.push(id);
+        }
+    }
+
+    /// Marks a part of this segment stored; false if it is not one of its
+    /// cover.
+    pub fn mark_stored(&mut self, id: &WalObjectId) -> bool {
+        match self.held.iter_mut().find(|h| h.id == *id) {
+            Some(h) => {
+                h.stored = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The run of the cover that is due to be merged, as a merge to run.
+    pub fn due_merge(&self) -> Option<Merge> {
+        let entries: Vec<compact::Entry> = self
+            .held
+            .iter()
+            .map(|h| compact::Entry { len: u64::from(h.to - h.from), anchor: h.anchor, stored: h.stored })
+            .collect();
+        let run = compact::plan(&entries)?;
+        let held = &self.held[run];
+        let (from, to) = (held[0].from, held[held.len() - 1].to);
+        let raw =
+            |r: std::ops::Range<u32>| Source::Raw(Bytes::copy_from_slice(&self.buf[r.start as usize..r.end as usize]));
+        let mut sources: Vec<Source> = Vec::new();
+        let mut summary = WalSummary::default();
+        // Neighbouring parts without reusable blocks compress as one run.
+        let mut raw_from: Option<u32> = None;
+        for h in held {
+            summary.merge(&h.summary);
+            match (h.cell.get(), h.crc) {
+                (Some(chunk), Some(crc)) if Source::reuse(chunk) => {
+                    sources.extend(raw_from.take().map(|f| raw(f..h.from)));
+                    sources.push(Source::Blocks { chunk: chunk.clone(), crc });
+                }
+                _ => {
+                    raw_from.get_or_insert(h.from);
+                }
+            }
+        }
+        sources.extend(raw_from.map(|f| raw(f..to)));
+        Some(Merge {
+            id: WalObjectId::part(self.tli, self.segno, from, to),
+            start: Lsn(self.start_lsn().0 + u64::from(from)),
+            sources,
+            summary,
+            inputs: held.iter().map(|h| h.id).collect(),
+        })
+    }
+
+    /// Puts a stored merge in place of its inputs; false (nothing changed)
+    /// when they are no longer a run of this segment's cover.
+    pub fn merged(&mut self, id: WalObjectId, inputs: &[WalObjectId], chunk: Chunk, crc: u32) -> bool {
+        let WalObjectKind::Part { from, to } = id.kind else { return false };
+        let Some(at) = self.held.iter().position(|h| Some(&h.id) == inputs.first()) else { return false };
+        let run = at..at + inputs.len();
+        if run.end > self.held.len() || self.held[run.clone()].iter().zip(inputs).any(|(h, i)| h.id != *i) {
+            return false;
+        }
+        let mut summary = WalSummary::default();
+        self.held[run.clone()].iter().for_each(|h| summary.merge(&h.summary));
+        let cell = ChunkCell::default();
+        let _ = cell.set(chunk);
+        let merged = Held { id, from, to, summary, cell, stored: true, anchor: true, crc: Some(crc) };
+        self.held.splice(run, [merged]);
+        true
+    }
+
+    /// How many objects hold the segment's bytes now.
+    pub fn cover_len(&self) -> usize {
+        self.held.len()
     }
 
     pub fn pending_bytes(&self) -> usize {
@@ -134,9 +243,17 @@ impl OpenSegment {
     pub fn cut_part(&mut self) -> Option<(WalObjectId, Lsn, Bytes, WalSummary, ChunkCell)> {
         let c = self.cut_pending()?;
         let id = WalObjectId::part(self.tli, self.segno, c.from, c.to);
-        self.parts.push(id);
         let cell = ChunkCell::default();
-        self.chunks.push(PartChunk { from: c.from, to: c.to, cell: cell.clone() });
+        self.held.push(Held {
+            id,
+            from: c.from,
+            to: c.to,
+            summary: c.summary.clone(),
+            cell: cell.clone(),
+            stored: false,
+            anchor: false,
+            crc: None,
+        });
         Some((id, c.start, c.raw, c.summary, cell))
     }
 
@@ -156,17 +273,22 @@ impl OpenSegment {
     }
 
     /// The whole segment, once full, as one object; consumes the buffer.
-    pub fn into_complete(mut self) -> Complete {
+    /// `merging` is the output of a merge cut short, deleted with the rest.
+    pub fn into_complete(mut self, merging: Option<WalObjectId>) -> Complete {
         debug_assert!(self.is_full());
         let mut summary = std::mem::take(&mut self.parts_summary);
         summary.merge(&self.pending_summary);
+        let chunks = self.held.iter().map(|h| PartChunk { from: h.from, to: h.to, cell: h.cell.clone() }).collect();
+        let mut superseded: Vec<WalObjectId> = self.held.iter().map(|h| h.id).collect();
+        superseded.extend(std::mem::take(&mut self.others));
+        superseded.extend(merging);
         Complete {
             id: WalObjectId::segment(self.tli, self.segno),
             start: self.start_lsn(),
             raw: self.buf.freeze(),
             summary,
-            superseded: self.parts,
-            chunks: self.chunks,
+            superseded,
+            chunks,
         }
     }
 

@@ -2,9 +2,10 @@
 //! create-if-absent, and retry until it is stored or proven to conflict.
 
 use crate::StreamError;
+use crate::compact::Source;
 use crate::segment::{ChunkCell, PartChunk, segment_pieces};
 use bytes::{Bytes, BytesMut};
-use pgpitr_repo::object::{self, BufPool, Piece, WalSummary};
+use pgpitr_repo::object::{self, BufPool, Chunk, Piece, WalSummary};
 use pgpitr_repo::wal::{WalObjectId, read_object};
 use pgpitr_storage::{PutOutcome, Storage};
 use pgpitr_types::{Lsn, WalSegSize};
@@ -29,12 +30,27 @@ pub enum Blocks {
     Part(ChunkCell),
     /// A complete segment: reuse its parts' blocks where they exist.
     Segment(Vec<PartChunk>),
+    /// A merged part, made of these instead of `raw` (which is empty); its
+    /// blocks are published in the cell for the next merge.
+    Merge { sources: Vec<Source>, cell: ChunkCell },
 }
 
 impl WalUpload {
     pub fn end(&self) -> Lsn {
-        Lsn(self.start.0 + self.raw.len() as u64)
+        let len = match &self.blocks {
+            Blocks::Merge { sources, .. } => sources.iter().map(Source::len).sum(),
+            _ => self.raw.len() as u64,
+        };
+        Lsn(self.start.0 + len)
     }
+}
+
+/// A stored object: how long the successful attempt took, and the CRC-32
+/// of its raw bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored {
+    pub took: Duration,
+    pub crc: u32,
 }
 
 /// Buffers the uploads share with the stream: pooled encode buffers, and
@@ -95,8 +111,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// it takes (the caller withholds feedback meanwhile, so nothing is lost), or
 /// until `cancel` fires. An existing object with the same key is accepted
 /// only if it holds the same bytes: the same WAL is never stored twice with
-/// different contents. Returns the time the successful attempt took. The raw
-/// buffer goes to `bufs.segments` once encoded.
+/// different contents. The raw buffer goes to `bufs.segments` once encoded.
 ///
 /// Takes `up` by value so the raw bytes are freed as soon as they are
 /// encoded: an upload in flight holds only its compressed form.
@@ -106,25 +121,27 @@ pub async fn store(
     up: WalUpload,
     bufs: Buffers,
     cancel: &CancellationToken,
-) -> Result<Duration, StreamError> {
+) -> Result<Stored, StreamError> {
     let key = up.id.key(seg);
     let (start, end) = (up.start, up.end());
     let WalUpload { id, raw, summary, blocks, .. } = up;
     let encode = move || {
-        let crc = crc32fast::hash(&raw);
-        let encoded = match blocks {
+        let (encoded, crc) = match blocks {
             Blocks::Part(cell) => {
+                let crc = crc32fast::hash(&raw);
                 let (encoded, mut fresh) =
                     object::encode_pieces(id.tli, start, &[Piece::Raw(&raw)], crc, &summary, Some(&bufs.encode));
                 if let Some(chunk) = fresh.pop() {
                     let _ = cell.set(chunk);
                 }
-                encoded
+                (encoded, crc)
             }
             Blocks::Segment(parts) => {
+                let crc = crc32fast::hash(&raw);
                 let pieces = segment_pieces(&raw, &parts);
-                object::encode_pieces(id.tli, start, &pieces, crc, &summary, Some(&bufs.encode)).0
+                (object::encode_pieces(id.tli, start, &pieces, crc, &summary, Some(&bufs.encode)).0, crc)
             }
+            Blocks::Merge { sources, cell } => encode_merge(id, start, &sources, &summary, cell),
         };
         bufs.segments.give(raw);
         (encoded, crc)
@@ -142,10 +159,10 @@ pub async fn store(
     loop {
         let began = Instant::now();
         let result: Result<(), String> = match storage.put_if_absent(&key, encoded.clone()).await {
-            Ok(PutOutcome::Created) => return Ok(began.elapsed()),
+            Ok(PutOutcome::Created) => return Ok(Stored { took: began.elapsed(), crc: want_crc }),
             Ok(PutOutcome::AlreadyExists) => match read_object(storage.as_ref(), &key).await {
                 Ok((h, _)) if h.raw_crc == want_crc && h.start == start && h.end == end => {
-                    return Ok(began.elapsed());
+                    return Ok(Stored { took: began.elapsed(), crc: want_crc });
                 }
                 Ok((h, _)) => {
                     return Err(StreamError::Conflict {
@@ -171,6 +188,48 @@ pub async fn store(
             }
         }
     }
+}
+
+impl Source {
+    pub fn len(&self) -> u64 {
+        match self {
+            Source::Blocks { chunk, .. } => u64::from(chunk.raw_len),
+            Source::Raw(raw) => raw.len() as u64,
+        }
+    }
+}
+
+/// Encodes a merged part: earlier blocks copied, raw runs compressed, the
+/// CRC of the whole combined from theirs. Publishes its blocks in `cell`.
+fn encode_merge(
+    id: WalObjectId,
+    start: Lsn,
+    sources: &[Source],
+    summary: &WalSummary,
+    cell: ChunkCell,
+) -> (Bytes, u32) {
+    let mut crc = crc32fast::Hasher::new();
+    let pieces: Vec<Piece> = sources
+        .iter()
+        .map(|s| match s {
+            Source::Blocks { chunk, crc: c } => {
+                crc.combine(&crc32fast::Hasher::new_with_initial_len(*c, u64::from(chunk.raw_len)));
+                Piece::Stored(chunk)
+            }
+            Source::Raw(raw) => {
+                crc.update(raw);
+                Piece::Raw(raw)
+            }
+        })
+        .collect();
+    let crc = crc.finalize();
+    let (encoded, _) = object::encode_pieces(id.tli, start, &pieces, crc, summary, None);
+    // The whole payload is one run of framed blocks: the next merge copies it.
+    if let Ok(header) = object::decode_header(&encoded) {
+        let raw_len = header.start.distance_to(header.end) as u32;
+        let _ = cell.set(Chunk { raw_len, framed: encoded.slice(header.payload_offset..) });
+    }
+    (encoded, crc)
 }
 
 #[cfg(test)]

@@ -186,9 +186,18 @@ pub struct StreamArgs {
     /// which bounds WAL buffers to (3 + 2 x this) x wal_segment_size.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub max_segments_in_flight: u16,
-    /// On SIGTERM, how long to wait for storage to accept pending WAL.
-    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
+    /// On SIGTERM, how long to wait for storage to accept pending WAL
+    /// before exiting 1 (what is not stored stays in the slot). The default
+    /// fits a Kubernetes pod's 30 s grace period.
+    #[arg(long, value_parser = parse_duration, default_value = "8s", value_name = "DURATION")]
     pub shutdown_timeout: std::time::Duration,
+    /// Never create the slot when the repository already holds WAL (after
+    /// a failover, or when the slot was dropped): exit with an error instead.
+    /// By default it is created when the server continues the repository's
+    /// history (same system identifier; same timeline, or one that branched
+    /// off at or after the repository's end).
+    #[arg(long)]
+    pub no_create_slot: bool,
     /// Take a base backup this often (e.g. 24h), from this process and over
     /// separate connections, so WAL streaming never waits for it; plus one at
     /// start when the repository has no complete backup. The next one is due

@@ -14,8 +14,17 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
     if args.application_name.is_some() {
         cfg.set_application_name(app_name.clone());
     }
-    // Fail fast on bad settings, credentials or storage before daemonising.
-    let (repo, _) = super::bind_repo(&url, &cfg).await?;
+    let cancel = CancellationToken::new();
+    crate::signals::cancel_on_signal(cancel.clone())?;
+    // Fail fast on bad settings, credentials or storage before daemonising;
+    // a signal meanwhile (a server that does not answer) stops at once.
+    let (repo, _) = tokio::select! {
+        r = super::bind_repo(&url, &cfg) => r?,
+        _ = cancel.cancelled() => {
+            tracing::info!("stopped before streaming started");
+            return Ok(crate::exit::OK);
+        }
+    };
     let metrics = match &args.metrics_addr {
         Some(addr) => Some(crate::metrics::bind(addr).await?),
         None => None,
@@ -27,9 +36,9 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
         synchronous: args.synchronous,
         max_segments_in_flight: args.max_segments_in_flight as usize,
         shutdown_timeout: args.shutdown_timeout,
+        create_slot: !args.no_create_slot,
+        backup_now: args.backup_every.map(|_| Arc::new(tokio::sync::Notify::new())),
     };
-    let cancel = CancellationToken::new();
-    crate::signals::cancel_on_signal(cancel.clone())?;
     let stats = Arc::new(StreamStats::default());
     tracing::info!(
         repo = %repo.location(),
@@ -61,12 +70,12 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
             });
         tracing::info!(every = ?every, ?retention, "scheduled base backups enabled");
         let display = ProgressDisplay::start(opts.progress.clone(), false);
+        let schedule = pgpitr_backup::Schedule { every, retention, now: stream_cfg.backup_now.clone() };
         let task = tokio::spawn(pgpitr_backup::run_scheduled(
             repo.clone(),
             backup_cfg,
-            every,
+            schedule,
             opts,
-            retention,
             outcomes,
             cancel.clone(),
         ));
@@ -95,7 +104,13 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
     if let Some((task, display)) = scheduler {
         // The archiver stopped (signal or error): a backup in progress cannot complete without it.
         cancel.cancel();
-        let _ = task.await;
+        // A cancelled backup deletes what it stored; storage that does not
+        // answer must not hold up the exit (the next backup cleans up).
+        let abort = task.abort_handle();
+        if tokio::time::timeout(std::time::Duration::from_secs(3), task).await.is_err() {
+            abort.abort();
+            tracing::warn!("the scheduled backup did not stop within 3 s; its leftovers are removed by the next one");
+        }
         display.stop().await;
     }
     result?;
