@@ -8,6 +8,7 @@ mod docker;
 mod expire;
 mod failover;
 mod init;
+mod majors;
 mod metrics;
 mod restore;
 mod shutdown;

@@ -120,7 +120,8 @@ pub(crate) async fn verify_wal_continuity(backend: &Backend) -> Vec<u32> {
         let tl = &tls[&pgpitr_types::TimelineId(1)];
         assert!(tl.gaps().is_empty(), "gaps: {:?}", tl.gaps());
         let (start, end) = (tl.start().unwrap(), tl.end().unwrap());
-        let mut scanner = pgpitr_walscan::WalScanner::new(start, seg16());
+        let format = backend.repo().await.major().wal_format();
+        let mut scanner = pgpitr_walscan::WalScanner::new(start, seg16(), format);
         let mut events = Vec::new();
         let mut segno = start.segment_number(seg16());
         while segno.start_lsn(seg16()).unwrap() < end {
@@ -145,8 +146,8 @@ pub(crate) async fn verify_wal_continuity(backend: &Backend) -> Vec<u32> {
         .collect()
 }
 
-async fn kill9_during_load_loses_nothing(backend: Backend, extra: &[&str]) {
-    let pg = PgCluster::start_default();
+pub(crate) async fn kill9_during_load_loses_nothing(backend: Backend, extra: &[&str], major: u32) {
+    let pg = PgCluster::builder().major(major).start();
     pg.pgbench(&["-i", "-q", "-s", "1"]);
     pg.sql("CREATE TABLE marks (id int, x xid8 DEFAULT pg_current_xact_id())");
     let storage = backend.storage().await;
@@ -187,18 +188,18 @@ async fn kill9_during_load_loses_nothing(backend: Backend, extra: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_at_several_points_loses_nothing_local() {
-    kill9_during_load_loses_nothing(Backend::local(), &[]).await;
+    kill9_during_load_loses_nothing(Backend::local(), &[], test_major()).await;
 }
 
 /// Synchronous mode leaves journals, some created ahead and still empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_at_several_points_loses_nothing_synchronous_local() {
-    kill9_during_load_loses_nothing(Backend::local(), &["--synchronous"]).await;
+    kill9_during_load_loses_nothing(Backend::local(), &["--synchronous"], test_major()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_at_several_points_loses_nothing_s3() {
-    kill9_during_load_loses_nothing(Backend::s3(), &[]).await;
+    kill9_during_load_loses_nothing(Backend::s3(), &[], test_major()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -737,7 +737,7 @@ mod tests {
                 crc32c: Some(crc32c::crc32c(d)),
             })
             .collect();
-        Extractor::new(Manifest { files, wal_ranges: vec![] }, false, true)
+        Extractor::new(Manifest { version: 1, system_identifier: None, files, wal_ranges: vec![] }, false, true)
     }
 
     #[test]

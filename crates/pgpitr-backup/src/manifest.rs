@@ -1,5 +1,6 @@
-//! The server's `backup_manifest` (version 1): the files with their sizes
-//! and checksums, and the WAL range the backup needs.
+//! The server's `backup_manifest` (version 1; version 2 from PostgreSQL 17
+//! adds the system identifier): the files with their sizes and checksums,
+//! and the WAL range the backup needs.
 
 use pgpitr_types::{Lsn, TimelineId};
 use serde::Deserialize;
@@ -34,6 +35,10 @@ pub struct WalRange {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
+    /// 1, or 2 (which names the cluster).
+    pub version: u32,
+    /// The cluster's system identifier (version 2).
+    pub system_identifier: Option<u64>,
     pub files: Vec<ManifestFile>,
     pub wal_ranges: Vec<WalRange>,
 }
@@ -42,6 +47,8 @@ pub struct Manifest {
 struct RawManifest {
     #[serde(rename = "PostgreSQL-Backup-Manifest-Version")]
     version: u32,
+    #[serde(rename = "System-Identifier")]
+    system_identifier: Option<u64>,
     #[serde(rename = "Files")]
     files: Vec<RawFile>,
     #[serde(rename = "WAL-Ranges", default)]
@@ -82,8 +89,10 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 impl Manifest {
     pub fn parse(raw: &[u8]) -> Result<Manifest, String> {
         let m: RawManifest = serde_json::from_slice(raw).map_err(|e| format!("not a backup manifest: {e}"))?;
-        if m.version != 1 {
-            return Err(format!("unsupported backup manifest version {}", m.version));
+        match (m.version, m.system_identifier) {
+            (1, None) | (2, Some(_)) => {}
+            (2, None) => return Err("version 2 without a System-Identifier".to_string()),
+            (v, _) => return Err(format!("unsupported backup manifest version {v}")),
         }
         let mut files = Vec::with_capacity(m.files.len());
         for f in m.files {
@@ -112,7 +121,7 @@ impl Manifest {
                 end: r.end.parse().map_err(|_| bad("End-LSN", &r.end))?,
             });
         }
-        Ok(Manifest { files, wal_ranges })
+        Ok(Manifest { version: m.version, system_identifier: m.system_identifier, files, wal_ranges })
     }
 
     /// The files by path.
@@ -129,6 +138,22 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_2_names_the_cluster() {
+        let v2 = r#"{ "PostgreSQL-Backup-Manifest-Version": 2,
+"System-Identifier": 7716159242272615613,
+"Files": [ { "Path": "PG_VERSION", "Size": 3, "Checksum-Algorithm": "CRC32C", "Checksum": "01020304" } ],
+"WAL-Ranges": [ { "Timeline": 1, "Start-LSN": "0/02000028", "End-LSN": "0/02000120" } ],
+"Manifest-Checksum": "00" }"#;
+        let m = Manifest::parse(v2.as_bytes()).unwrap();
+        assert_eq!((m.version, m.system_identifier), (2, Some(7716159242272615613)));
+        assert_eq!(m.stop(), Some((Lsn(0x2000120), TimelineId(1))), "zero-padded LSNs read");
+        let no_id = v2.replace("\"System-Identifier\": 7716159242272615613,", "");
+        assert!(Manifest::parse(no_id.as_bytes()).unwrap_err().contains("System-Identifier"));
+        let v3 = v2.replace("Version\": 2", "Version\": 3");
+        assert!(Manifest::parse(v3.as_bytes()).unwrap_err().contains("version 3"));
+    }
 
     const SAMPLE: &str = r#"{ "PostgreSQL-Backup-Manifest-Version": 1,
 "Files": [

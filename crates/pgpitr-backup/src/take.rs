@@ -48,10 +48,10 @@ pub async fn take_backup(
         wal_segment_size: conn.wal_segment_size().await?,
     };
     repo.check_cluster(&identity)?;
-    if identity.pg_version_num < 150000 {
+    if repo.major().base_backup() == pgpitr_types::BaseBackupDialect::Keywords {
         return Err(BackupError::Invalid(format!(
-            "PostgreSQL {} is not supported; base backups need 15 or newer",
-            identity.pg_major()
+            "base backups of PostgreSQL {} (BASE_BACKUP's keyword dialect) are not implemented yet",
+            repo.major()
         )));
     }
     let storage = repo.storage().clone();
@@ -348,12 +348,16 @@ fn options(opts: &BackupOptions, mode: Mode) -> String {
     o
 }
 
-/// Whether the server refused lz4 compression (PostgreSQL built without
-/// it: "lz4 compression is not supported by this build", 0A000).
+/// Whether the server refused lz4 compression because it was built without
+/// it: 15 says "lz4 compression is not supported by this build" (0A000),
+/// 16 and later "invalid compression specification: this build does not
+/// support compression with LZ4" (42601).
 fn lz4_unsupported(e: &BackupError) -> Option<String> {
     let BackupError::Pg(e) = e else { return None };
     let p = e.pg_error()?;
-    (p.code == "0A000" && p.message.contains("lz4")).then(|| p.message.clone())
+    let m = p.message.to_lowercase();
+    let refused = m.contains("lz4") && (m.contains("not supported") || m.contains("does not support"));
+    (matches!(p.code.as_str(), "0A000" | "42601") && refused).then(|| p.message.clone())
 }
 
 async fn run(
@@ -401,6 +405,14 @@ async fn run(
     let (start_lsn, tli) = rx.started.ok_or_else(|| proto("the backup never started"))?;
     let raw_manifest = rx.manifest.ok_or_else(|| proto("the server sent no backup manifest"))?.freeze();
     let manifest = Manifest::parse(&raw_manifest).map_err(|e| proto(&format!("backup manifest: {e}")))?;
+    if let Some(sysid) = manifest.system_identifier
+        && sysid != repo.binding().system_identifier
+    {
+        return Err(proto(&format!(
+            "backup manifest names system identifier {sysid}, the repository's cluster is {}",
+            repo.binding().system_identifier
+        )));
+    }
     let (stop_lsn, stop_tli) = match (rx.finished, manifest.stop()) {
         (Some(f), Some(m)) if f != m => {
             return Err(proto(&format!("the server's stop position {} differs from its manifest's {}", f.0, m.0)));

@@ -290,6 +290,9 @@ pub struct ConnConfig {
     passfile: Option<PathBuf>,
     tls_files: TlsFiles,
     channel_binding: ChannelBinding,
+    /// A connection to `dbname` that also runs SQL (`replication=database`),
+    /// for what the replication protocol cannot ask.
+    sql: bool,
 }
 
 /// A certificate or key file for TLS: named in the settings, or libpq's
@@ -455,6 +458,7 @@ impl ConnConfig {
             passfile,
             tls_files,
             channel_binding,
+            sql: false,
         })
     }
 
@@ -522,6 +526,27 @@ impl ConnConfig {
     pub fn set_password(&mut self, password: impl Into<String>) {
         let p = password.into();
         self.password = if p.is_empty() { None } else { Some(Secret(p)) };
+    }
+
+    /// The same server and credentials, connected to a database
+    /// (`dbname`, else `postgres`) so that SQL runs too.
+    pub fn for_sql(&self) -> ConnConfig {
+        let mut c = self.clone();
+        c.sql = true;
+        c.dbname.get_or_insert_with(|| "postgres".to_string());
+        c
+    }
+
+    pub fn is_sql(&self) -> bool {
+        self.sql
+    }
+
+    /// The database the password file is searched for.
+    pub fn password_database(&self) -> &str {
+        match (&self.dbname, self.sql) {
+            (Some(db), true) => db,
+            _ => REPLICATION_DATABASE,
+        }
     }
 
     pub fn set_application_name(&mut self, name: impl Into<String>) {

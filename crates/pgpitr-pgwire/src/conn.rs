@@ -2,12 +2,12 @@
 //! replication commands, over the simple query protocol.
 
 use crate::codec::{self, Backend};
-use crate::config::{ChannelBinding, ConnConfig, Host, REPLICATION_DATABASE, SslMode};
+use crate::config::{ChannelBinding, ConnConfig, Host, SslMode};
 use crate::error::{Error, ErrorKind, Op, PgError};
 use crate::transport::{self, Transport};
 use bytes::{Buf, Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
-use pgpitr_types::{Lsn, TimelineId, WalSegSize};
+use pgpitr_types::{Lsn, PgMajor, TimelineId, WalSegSize};
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::backend::{DataRowBody, ErrorResponseBody, Message, RowDescriptionBody};
 use postgres_protocol::message::frontend;
@@ -238,6 +238,9 @@ pub struct ReplicationConnection {
     /// Server notices not yet taken, newest last; capped so a chatty server
     /// cannot grow it without bound.
     notices: std::collections::VecDeque<PgError>,
+    /// How it was made, to open a SQL connection beside it where the
+    /// replication protocol lacks a command.
+    config: Box<ConnConfig>,
 }
 
 /// How many unread notices a connection keeps.
@@ -296,6 +299,7 @@ impl ReplicationConnection {
             notices: std::collections::VecDeque::new(),
             backend_key: None,
             state: State::Busy,
+            config: Box::new(config.clone()),
         };
         match conn.startup(config).await {
             Ok(()) => {
@@ -321,7 +325,7 @@ impl ReplicationConnection {
         if let Some(app) = config.application_name() {
             params.push(("application_name", app));
         }
-        params.push(("replication", "true"));
+        params.push(("replication", if config.is_sql() { "database" } else { "true" }));
         self.encode(|b| frontend::startup_message(params.iter().copied(), b), "startup message")?;
         self.flush().await?;
         self.authenticate(config).await?;
@@ -714,6 +718,12 @@ impl ReplicationConnection {
         })
     }
 
+    /// The server's major, if pgpitr supports it (else `Unsupported`).
+    pub async fn pg_major(&mut self) -> Result<PgMajor, Error> {
+        let num = self.server_version_num().await?;
+        PgMajor::from_version_num(num).map_err(|e| self.err(Op::Command("SHOW"), ErrorKind::Unsupported(e.to_string())))
+    }
+
     /// TIMELINE_HISTORY: the history file of timeline `tli` (for `tli` > 1),
     /// as its file name and raw contents.
     pub async fn timeline_history(&mut self, tli: TimelineId) -> Result<(String, Bytes), Error> {
@@ -738,8 +748,8 @@ impl ReplicationConnection {
         const CMD: &str = "CREATE_REPLICATION_SLOT";
         let op = Op::Command(CMD);
         let q = quote_ident(name, "slot name").map_err(|k| self.err(op, k))?;
-        let version = self.server_version_num().await?;
-        let sql = match (reserve_wal, version >= 150000) {
+        let major = self.pg_major().await?;
+        let sql = match (reserve_wal, major.slot_options_in_parentheses()) {
             (false, _) => format!("{CMD} {q} PHYSICAL"),
             (true, true) => format!("{CMD} {q} PHYSICAL (RESERVE_WAL)"),
             (true, false) => format!("{CMD} {q} PHYSICAL RESERVE_WAL"),
@@ -752,7 +762,9 @@ impl ReplicationConnection {
         match reported {
             Some(lsn) if lsn.is_valid() => Ok(Some(lsn)),
             // Physical slots report no consistent point; ask the slot itself.
-            _ if version >= 150000 => Ok(self.read_replication_slot(name).await?.and_then(|s| s.restart_lsn)),
+            _ if major.has_read_replication_slot() => {
+                Ok(self.read_replication_slot(name).await?.and_then(|s| s.restart_lsn))
+            }
             _ => Ok(None),
         }
     }
@@ -764,11 +776,36 @@ impl ReplicationConnection {
         const CMD: &str = "CREATE_REPLICATION_SLOT";
         let op = Op::Command(CMD);
         let q = quote_ident(name, "slot name").map_err(|k| self.err(op, k))?;
-        self.run(op, &format!("{CMD} {q} TEMPORARY PHYSICAL (RESERVE_WAL)")).await?;
+        let options =
+            if self.pg_major().await?.slot_options_in_parentheses() { "(RESERVE_WAL)" } else { "RESERVE_WAL" };
+        self.run(op, &format!("{CMD} {q} TEMPORARY PHYSICAL {options}")).await?;
         let slot = self.read_replication_slot(name).await?;
         slot.and_then(|s| s.restart_lsn).ok_or_else(|| {
             self.err(op, ErrorKind::Protocol(format!("temporary slot {name:?} reports no restart point")))
         })
+    }
+
+    /// A slot's type and restart point from `pg_replication_slots`, over a
+    /// short SQL connection (14 has no `READ_REPLICATION_SLOT`; a physical
+    /// replication connection runs no SQL). The view has no timeline.
+    async fn slot_from_catalog(&mut self, name: &str) -> Result<Option<SlotInfo>, Error> {
+        const CMD: &str = "SELECT FROM pg_replication_slots";
+        let mut sql = ReplicationConnection::connect(&self.config.for_sql()).await?;
+        let query = format!(
+            "SELECT slot_type, restart_lsn FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+            quote_literal(name)
+        );
+        let rows = sql.run(Op::Command(CMD), &query).await?;
+        let parse = || -> Result<Option<SlotInfo>, ErrorKind> {
+            let Some(row) = rows.first() else { return Ok(None) };
+            let Some(slot_type) = row.text(0, CMD)? else { return Ok(None) };
+            Ok(Some(SlotInfo {
+                slot_type: slot_type.to_string(),
+                restart_lsn: row.parse::<Lsn>(1, CMD)?,
+                restart_tli: None,
+            }))
+        };
+        parse().map_err(|k| self.err(Op::Command(CMD), k))
     }
 
     /// Takes the NoticeResponses (warnings, infos) received since the last
@@ -783,9 +820,8 @@ impl ReplicationConnection {
         const CMD: &str = "READ_REPLICATION_SLOT";
         let op = Op::Command(CMD);
         let q = quote_ident(name, "slot name").map_err(|k| self.err(op, k))?;
-        let version = self.server_version_num().await?;
-        if version < 150000 {
-            return Err(self.err(op, ErrorKind::Unsupported(format!("{CMD} needs PostgreSQL 15 or later"))));
+        if !self.pg_major().await?.has_read_replication_slot() {
+            return self.slot_from_catalog(name).await;
         }
         let rows = self.run(op, &format!("{CMD} {q}")).await?;
         let parse = || -> Result<Option<SlotInfo>, ErrorKind> {
@@ -816,7 +852,7 @@ fn password(config: &ConnConfig, passfile: &mut Option<PathBuf>) -> Result<Strin
     if let Some(p) = config.password() {
         return Ok(p.to_string());
     }
-    match config.lookup_password(REPLICATION_DATABASE) {
+    match config.lookup_password(config.password_database()) {
         Some(p) => {
             *passfile = config.passfile().map(PathBuf::from);
             Ok(p)

@@ -16,7 +16,7 @@ pub mod wal;
 
 use bytes::Bytes;
 use pgpitr_storage::{PutOutcome, Storage, StorageError};
-use pgpitr_types::WalSegSize;
+use pgpitr_types::{PgMajor, WalSegSize};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -35,6 +35,14 @@ pub enum RepoError {
     OtherCluster { location: String, bound: u64, found: u64 },
     #[error("repository {location} {what} differs: repository has {bound}, server has {found}")]
     Mismatch { location: String, what: &'static str, bound: String, found: String },
+    #[error(
+        "repository {location} holds PostgreSQL {bound}, but the server runs PostgreSQL {found}: after pg_upgrade, \
+         stream into a new repository (another directory or bucket prefix) and keep this one for restores of the \
+         old cluster"
+    )]
+    OtherMajor { location: String, bound: u32, found: u32 },
+    #[error("repository {location}: {source}")]
+    UnsupportedMajor { location: String, source: pgpitr_types::UnsupportedMajor },
     #[error("repository {location} has format version {found}; this pgpitr understands only {FORMAT_VERSION}")]
     Format { location: String, found: u32 },
     #[error("repository {location}: corrupt object {key}: {reason}")]
@@ -89,6 +97,11 @@ impl ClusterIdentity {
     pub fn pg_major(&self) -> u32 {
         self.pg_version_num / 10_000
     }
+
+    /// The server's major, if pgpitr supports it.
+    pub fn major(&self) -> Result<PgMajor, pgpitr_types::UnsupportedMajor> {
+        PgMajor::from_version_num(self.pg_version_num)
+    }
 }
 
 /// The binding object, `pgpitr.json`.
@@ -128,6 +141,7 @@ pub enum InitOutcome {
 pub struct Repository {
     storage: Arc<dyn Storage>,
     binding: Binding,
+    major: PgMajor,
 }
 
 impl std::fmt::Debug for Repository {
@@ -143,6 +157,8 @@ impl Repository {
     /// Binds an empty repository to `identity`, or confirms an existing
     /// binding to the same cluster. Never overwrites a binding.
     pub async fn init(storage: Arc<dyn Storage>, identity: &ClusterIdentity) -> Result<(Repository, InitOutcome)> {
+        // Nothing is written for a major pgpitr cannot read.
+        Self::supported(&storage, identity.pg_major())?;
         let binding = Binding {
             format_version: FORMAT_VERSION,
             system_identifier: identity.system_identifier,
@@ -154,7 +170,10 @@ impl Repository {
         };
         let body = serde_json::to_vec_pretty(&binding).expect("binding serialises");
         match storage.put_if_absent(layout::BINDING, Bytes::from(body)).await? {
-            PutOutcome::Created => Ok((Repository { storage, binding }, InitOutcome::Created)),
+            PutOutcome::Created => {
+                let major = Self::supported(&storage, binding.pg_major)?;
+                Ok((Repository { storage, binding, major }, InitOutcome::Created))
+            }
             PutOutcome::AlreadyExists => {
                 let repo = Repository::open(storage).await?;
                 repo.check_cluster(identity)?;
@@ -179,7 +198,13 @@ impl Repository {
         if binding.format_version != FORMAT_VERSION {
             return Err(RepoError::Format { location, found: binding.format_version });
         }
-        Ok(Repository { storage, binding })
+        let major = Self::supported(&storage, binding.pg_major)?;
+        Ok(Repository { storage, binding, major })
+    }
+
+    fn supported(storage: &Arc<dyn Storage>, major: u32) -> Result<PgMajor> {
+        PgMajor::from_major(major)
+            .map_err(|source| RepoError::UnsupportedMajor { location: storage.describe(), source })
     }
 
     /// Refuses a server that is not the cluster this repository is bound to.
@@ -194,12 +219,7 @@ impl Repository {
             });
         }
         if b.pg_major != identity.pg_major() {
-            return Err(RepoError::Mismatch {
-                location,
-                what: "PostgreSQL major version",
-                bound: b.pg_major.to_string(),
-                found: identity.pg_major().to_string(),
-            });
+            return Err(RepoError::OtherMajor { location, bound: b.pg_major, found: identity.pg_major() });
         }
         if b.wal_segment_size != identity.wal_segment_size {
             return Err(RepoError::Mismatch {
@@ -222,6 +242,11 @@ impl Repository {
 
     pub fn seg_size(&self) -> WalSegSize {
         self.binding.wal_segment_size
+    }
+
+    /// The PostgreSQL major the repository holds.
+    pub fn major(&self) -> PgMajor {
+        self.major
     }
 
     pub fn location(&self) -> String {

@@ -155,6 +155,8 @@ struct PathObject {
 #[derive(Debug, Clone)]
 pub struct RepoIndex {
     pub seg: WalSegSize,
+    /// How the repository's major writes WAL.
+    pub wal_format: pgpitr_walscan::WalFormat,
     pub timelines: BTreeMap<TimelineId, TimelineWal>,
     pub histories: BTreeMap<TimelineId, TimelineHistory>,
     /// Complete backups, oldest first.
@@ -177,7 +179,8 @@ impl RepoIndex {
             .filter(|t| t.0 > 1)
             .map(|&tli| async move { Ok::<_, PlanError>(read_history(storage, tli).await?.map(|h| (tli, h))) });
         let histories = futures_util::future::try_join_all(reads).await?.into_iter().flatten().collect();
-        Ok(RepoIndex { seg, timelines, histories, backups: Vec::new(), summaries: HashMap::new() }
+        let wal_format = repo.major().wal_format();
+        Ok(RepoIndex { seg, wal_format, timelines, histories, backups: Vec::new(), summaries: HashMap::new() }
             .with_backups(backups))
     }
 
@@ -754,8 +757,8 @@ async fn find_xid_end(
     xid: u32,
 ) -> Result<XidSearch> {
     use pgpitr_walscan::{WalEvent, WalScanner};
-    let seg = index.seg;
-    let mut scanner = WalScanner::at_record(from, seg).unwrap_or_else(|_| WalScanner::new(from, seg));
+    let (seg, format) = (index.seg, index.wal_format);
+    let mut scanner = WalScanner::at_record(from, seg, format).unwrap_or_else(|_| WalScanner::new(from, seg, format));
     let mut segments = Vec::new();
     for (tli, lo, hi) in path.needed(seg, from, to) {
         let mut segno = lo.segment_number(seg);

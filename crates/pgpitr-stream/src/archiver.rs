@@ -23,7 +23,7 @@ use pgpitr_repo::wal::{WalObjectId, WalObjectKind};
 use pgpitr_repo::{ClusterIdentity, Repository};
 use pgpitr_storage::{Journal, JournalOpen, Storage};
 use pgpitr_types::{Lsn, TimelineHistory, TimelineId, WalSegSize};
-use pgpitr_walscan::{WalEvent, WalScanner};
+use pgpitr_walscan::{WalEvent, WalFormat, WalScanner};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -453,7 +453,7 @@ impl State {
         upload_cancel: CancellationToken,
     ) -> Self {
         let seg = repo.seg_size();
-        let scanner = resync_scanner(plan.segment.start_lsn(), seg, &plan.scan_prefix);
+        let scanner = resync_scanner(plan.segment.start_lsn(), seg, repo.major().wal_format(), &plan.scan_prefix);
         stats.durable_lsn.store(plan.start.0, Ordering::Relaxed);
         stats.unstored_since_us.store(0, Ordering::Relaxed);
         State {
@@ -722,7 +722,8 @@ impl State {
             None => OpenSegment::new(self.tli, self.cur.segno.next(), self.seg, &[], true),
         };
         if self.scanner.is_none() {
-            self.scanner = Some(WalScanner::new(next.start_lsn(), self.seg).verify_crc_of_decoded_only());
+            let format = self.repo.major().wal_format();
+            self.scanner = Some(WalScanner::new(next.start_lsn(), self.seg, format).verify_crc_of_decoded_only());
         }
         // The segment's last commits go to its journal at once: waiting for
         // the complete segment to be compressed and stored would hold up
@@ -1040,7 +1041,7 @@ impl State {
         let offset = next_start.segment_offset(self.seg) as usize;
         let prefix = Bytes::copy_from_slice(self.cur.prefix(offset));
         self.cur = OpenSegment::new(next_tli, next_start.segment_number(self.seg), self.seg, &prefix, false);
-        self.scanner = resync_scanner(self.cur.start_lsn(), self.seg, &prefix);
+        self.scanner = resync_scanner(self.cur.start_lsn(), self.seg, self.repo.major().wal_format(), &prefix);
         tracing::info!(from = %self.tli, to = %next_tli, at = %next_start, "following timeline switch");
         self.tli = next_tli;
         self.stats.timeline.store(next_tli.0, Ordering::Relaxed);
@@ -1103,8 +1104,8 @@ impl Drop for AbortOnDrop {
 
 /// A scanner positioned at `seg_start` that has consumed `prefix`, whose
 /// events were recorded when those bytes were first stored.
-fn resync_scanner(seg_start: Lsn, seg: WalSegSize, prefix: &[u8]) -> Option<WalScanner> {
-    let mut scanner = WalScanner::new(seg_start, seg).verify_crc_of_decoded_only();
+fn resync_scanner(seg_start: Lsn, seg: WalSegSize, format: WalFormat, prefix: &[u8]) -> Option<WalScanner> {
+    let mut scanner = WalScanner::new(seg_start, seg, format).verify_crc_of_decoded_only();
     let mut discard = Vec::new();
     if let Err(e) = scanner.feed(prefix, &mut discard) {
         tracing::warn!("commit-time index: {e}; resynchronising at the next segment");

@@ -4,8 +4,12 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-/// The directory with initdb, pg_ctl, postgres and friends: `$PG_BINDIR`,
-/// else Debian's PostgreSQL 15 location, else `pg_config --bindir`.
+/// The major that Debian 12 packages: its client tools (psql, pgbench,
+/// pg_basebackup, pg_receivewal) serve the clusters of every major.
+pub const DEBIAN_MAJOR: u32 = 15;
+
+/// The directory with Debian's PostgreSQL 15 binaries, server and client:
+/// `$PG_BINDIR`, else Debian's location, else `pg_config --bindir`.
 pub fn pg_bindir() -> PathBuf {
     if let Some(d) = std::env::var_os("PG_BINDIR") {
         return PathBuf::from(d);
@@ -25,6 +29,42 @@ pub fn pg_bindir() -> PathBuf {
     panic!("PostgreSQL 15 server binaries not found (set PG_BINDIR or run scripts/setup)")
 }
 
+/// initdb, pg_ctl and postgres of `major`: Debian's for 15, else those
+/// `scripts/setup` put under `$PGPITR_PG_DIR` (/opt/pgpitr-pg) by major.
+pub fn server_bindir(major: u32) -> PathBuf {
+    if major == DEBIAN_MAJOR {
+        return pg_bindir();
+    }
+    let root = std::env::var_os("PGPITR_PG_DIR").map_or_else(|| PathBuf::from("/opt/pgpitr-pg"), PathBuf::from);
+    let dir = root.join(major.to_string()).join("bin");
+    assert!(
+        dir.join("postgres").is_file(),
+        "PostgreSQL {major} server binaries not in {} (run scripts/setup)",
+        dir.display()
+    );
+    dir
+}
+
+/// The major the suite's clusters run: `$PGPITR_TEST_PG_MAJOR`, else 15.
+pub fn test_major() -> u32 {
+    match std::env::var("PGPITR_TEST_PG_MAJOR") {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("PGPITR_TEST_PG_MAJOR={v:?} is not a major version")),
+        Err(_) => DEBIAN_MAJOR,
+    }
+}
+
+/// The majors the cross-major tests run: `$PGPITR_TEST_PG_MAJORS` (e.g.
+/// `14,15,16,17,18`), else all of them.
+pub fn test_majors() -> Vec<u32> {
+    let list = std::env::var("PGPITR_TEST_PG_MAJORS").unwrap_or_else(|_| "14,15,16,17,18".into());
+    list.split(',')
+        .map(|m| m.trim().parse().unwrap_or_else(|_| panic!("PGPITR_TEST_PG_MAJORS: {m:?} is not a major version")))
+        .collect()
+}
+
+/// Tools that must be the server's own major; the rest come from 15.
+const SERVER_TOOLS: &[&str] = &["initdb", "pg_ctl", "postgres"];
+
 /// The uid/gid of the `postgres` OS user, read from /etc/passwd.
 fn postgres_ids() -> (u32, u32) {
     let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
@@ -40,12 +80,19 @@ fn postgres_ids() -> (u32, u32) {
 /// Options for a new cluster; see [`PgCluster::builder`].
 #[derive(Debug, Clone, Default)]
 pub struct PgClusterBuilder {
+    major: u32,
     settings: Vec<(String, String)>,
     wal_segsize_mb: Option<u32>,
     data_checksums: bool,
 }
 
 impl PgClusterBuilder {
+    /// The PostgreSQL major (default: [`test_major`]).
+    pub fn major(mut self, major: u32) -> Self {
+        self.major = major;
+        self
+    }
+
     /// A postgresql.conf setting, applied after the defaults.
     pub fn setting(mut self, key: &str, value: &str) -> Self {
         self.settings.push((key.to_string(), value.to_string()));
@@ -72,6 +119,8 @@ impl PgClusterBuilder {
 pub struct PgCluster {
     dir: tempfile::TempDir,
     port: u16,
+    major: u32,
+    /// initdb, pg_ctl, postgres of `major`.
     bindir: PathBuf,
     as_postgres: bool,
     running: bool,
@@ -79,7 +128,7 @@ pub struct PgCluster {
 
 impl PgCluster {
     pub fn builder() -> PgClusterBuilder {
-        PgClusterBuilder { data_checksums: true, ..Default::default() }
+        PgClusterBuilder { data_checksums: true, major: test_major(), ..Default::default() }
     }
 
     pub fn start_default() -> PgCluster {
@@ -109,9 +158,9 @@ impl PgCluster {
     }
 
     fn create(opts: PgClusterBuilder) -> PgCluster {
-        let bindir = pg_bindir();
+        let bindir = server_bindir(opts.major);
         let (dir, as_postgres) = Self::new_dirs();
-        let mut c = PgCluster { dir, port: free_port(), bindir, as_postgres, running: false };
+        let mut c = PgCluster { dir, port: free_port(), major: opts.major, bindir, as_postgres, running: false };
         let data = c.datadir();
         let mut initdb = c.command("initdb");
         initdb.arg("-D").arg(&data).args(["-U", SUPERUSER, "-E", "UTF8", "--locale=C", "--auth-local=trust"]);
@@ -156,7 +205,8 @@ impl PgCluster {
     /// A streaming standby of `self`, made with pg_basebackup -R and started.
     pub fn start_standby(&self) -> PgCluster {
         let (dir, as_postgres) = Self::new_dirs();
-        let mut s = PgCluster { dir, port: free_port(), bindir: self.bindir.clone(), as_postgres, running: false };
+        let (port, major, bindir) = (free_port(), self.major, self.bindir.clone());
+        let mut s = PgCluster { dir, port, major, bindir, as_postgres, running: false };
         let data = s.datadir();
         let mut bb = s.command("pg_basebackup");
         bb.arg("-D").arg(&data).args(["-R", "-X", "stream", "-c", "fast", "-U", SUPERUSER, "-h"]);
@@ -174,8 +224,22 @@ impl PgCluster {
     /// restore to fill; nothing is initialised or started. Start what was
     /// restored with [`PgCluster::start_restored`].
     pub fn empty() -> PgCluster {
+        Self::empty_of(test_major())
+    }
+
+    /// Like [`PgCluster::empty`], for a restore of `major`.
+    pub fn empty_of(major: u32) -> PgCluster {
         let (dir, as_postgres) = Self::new_dirs();
-        PgCluster { dir, port: free_port(), bindir: pg_bindir(), as_postgres, running: false }
+        PgCluster { dir, port: free_port(), major, bindir: server_bindir(major), as_postgres, running: false }
+    }
+
+    pub fn major(&self) -> u32 {
+        self.major
+    }
+
+    /// Where this cluster's initdb, pg_ctl and postgres are.
+    pub fn server_bindir(&self) -> &std::path::Path {
+        &self.bindir
     }
 
     /// Starts a data directory restored into [`PgCluster::datadir`]: hands
@@ -253,8 +317,9 @@ impl PgCluster {
         self.dir.path().join("log/postgres.log")
     }
 
+    /// A server tool of this cluster's major, or a client tool from 15.
     pub fn bin(&self, name: &str) -> PathBuf {
-        self.bindir.join(name)
+        if SERVER_TOOLS.contains(&name) { self.bindir.join(name) } else { pg_bindir().join(name) }
     }
 
     /// `postgres://user:password@127.0.0.1:port/postgres`

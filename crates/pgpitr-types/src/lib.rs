@@ -7,10 +7,12 @@
 
 mod history;
 mod lsn;
+mod major;
 mod segment;
 
 pub use history::{HistoryEntry, TimelineHistory};
 pub use lsn::Lsn;
+pub use major::{BaseBackupDialect, PgMajor, UnsupportedMajor, WalFormat, supported_list};
 pub use segment::{SegNo, WalFileName, WalSegSize};
 
 use std::fmt;

@@ -4,7 +4,7 @@
 
 use crate::format::*;
 use crate::{PgTimestamp, ScanError, WalEvent};
-use pgpitr_types::{Lsn, TimelineId};
+use pgpitr_types::{Lsn, TimelineId, WalFormat};
 
 /// Forward-only bounds-checked reader over a byte slice.
 struct Cursor<'a> {
@@ -64,7 +64,7 @@ impl<'a> Cursor<'a> {
 /// Walks the block-reference headers (as `DecodeXLogRecord` does) to find the
 /// main data, which is always the last `main_data_len` bytes of the record.
 /// `data` is the record without its 24-byte header.
-pub(crate) fn main_data(data: &[u8]) -> Result<&[u8], &'static str> {
+pub(crate) fn main_data<'a>(data: &'a [u8], format: &WalFormat) -> Result<&'a [u8], &'static str> {
     let mut c = Cursor::new(data);
     // Bytes of block images, block data and main data announced so far.
     let mut datatotal: u64 = 0;
@@ -102,7 +102,7 @@ pub(crate) fn main_data(data: &[u8]) -> Result<&[u8], &'static str> {
                     let bimg_info = c.u8()?;
                     // A compressed image with a hole stores the hole length;
                     // uncompressed ones derive it from the image length.
-                    if bimg_info & BKPIMAGE_COMPRESSED_MASK != 0 && bimg_info & BKPIMAGE_HAS_HOLE != 0 {
+                    if bimg_info & format.bkpimage_compressed != 0 && bimg_info & BKPIMAGE_HAS_HOLE != 0 {
                         c.skip(2)?;
                     }
                     datatotal += u64::from(bimg_len);
@@ -126,26 +126,40 @@ pub(crate) fn main_data(data: &[u8]) -> Result<&[u8], &'static str> {
 }
 
 /// Decodes an interesting record (see `RecordHeader::is_interesting`).
-pub(crate) fn decode(hdr: &RecordHeader, data: &[u8], lsn: Lsn, end_lsn: Lsn) -> Result<Option<WalEvent>, ScanError> {
+pub(crate) fn decode(
+    hdr: &RecordHeader,
+    data: &[u8],
+    lsn: Lsn,
+    end_lsn: Lsn,
+    format: &WalFormat,
+) -> Result<Option<WalEvent>, ScanError> {
     let err = |what: &'static str| move |reason: &'static str| ScanError::Decode { lsn, what, reason };
-    let main = main_data(data).map_err(err("block reference headers of a"))?;
+    let main = main_data(data, format).map_err(err("block reference headers of a"))?;
     match hdr.rmid {
-        RM_XACT_ID => decode_xact(hdr, main, lsn, end_lsn).map_err(err("transaction")),
+        RM_XACT_ID => decode_xact(hdr, main, lsn, end_lsn, format).map_err(err("transaction")),
         RM_XLOG_ID => decode_xlog(hdr, main, lsn, end_lsn).map_err(err("XLOG")),
         _ => Ok(None),
     }
 }
 
-fn decode_xact(hdr: &RecordHeader, main: &[u8], lsn: Lsn, end_lsn: Lsn) -> Result<Option<WalEvent>, &'static str> {
+fn decode_xact(
+    hdr: &RecordHeader,
+    main: &[u8],
+    lsn: Lsn,
+    end_lsn: Lsn,
+    format: &WalFormat,
+) -> Result<Option<WalEvent>, &'static str> {
     let op = hdr.info & XLOG_XACT_OPMASK;
     if op == XLOG_XACT_PREPARE {
         // The main data is the two-phase state file, starting with
-        // xl_xact_prepare (72 bytes): xid at 8, prepared_at at 16, gidlen at
-        // 54; the NUL-terminated GID follows at MAXALIGN(72).
+        // xl_xact_prepare (72 bytes, 64 in 14): xid at 8, prepared_at at 16,
+        // gidlen 18 bytes before its end; the NUL-terminated GID follows at
+        // its (MAXALIGNed) end.
+        let head = format.prepare_header_len;
         let xid = u32_at(main, 8).ok_or(SHORT)?;
         let time = PgTimestamp(i64_at(main, 16).ok_or(SHORT)?);
-        let gidlen = usize::from(u16_at(main, 54).ok_or(SHORT)?);
-        let gid = main.get(72..72 + gidlen).ok_or(SHORT)?;
+        let gidlen = usize::from(u16_at(main, head - 18).ok_or(SHORT)?);
+        let gid = main.get(head..head + gidlen).ok_or(SHORT)?;
         let gid = gid.split(|&b| b == 0).next().unwrap_or_default();
         let gid = String::from_utf8_lossy(gid).into_owned();
         return Ok(Some(WalEvent::Prepare { lsn, end_lsn, xid, gid, time }));
@@ -170,8 +184,10 @@ fn decode_xact(hdr: &RecordHeader, main: &[u8], lsn: Lsn, end_lsn: Lsn) -> Resul
         if xinfo & XACT_XINFO_HAS_RELFILENODES != 0 {
             c.skip_array(12)?;
         }
-        if xinfo & XACT_XINFO_HAS_DROPPED_STATS != 0 {
-            c.skip_array(12)?; // xl_xact_stats_item: kind, dboid, objoid
+        if let Some(item) = format.dropped_stats_item_len
+            && xinfo & XACT_XINFO_HAS_DROPPED_STATS != 0
+        {
+            c.skip_array(item)?; // xl_xact_stats_item: kind, dboid, objid
         }
         // Abort records never carry invalidations.
         if is_commit && xinfo & XACT_XINFO_HAS_INVALS != 0 {
@@ -227,15 +243,15 @@ mod tests {
     #[test]
     fn main_data_short_and_long() {
         let mut d = vec![XLR_BLOCK_ID_DATA_SHORT, 3, 1, 2, 3];
-        assert_eq!(main_data(&d).unwrap(), &[1, 2, 3]);
+        assert_eq!(main_data(&d, &crate::testgen::pg15()).unwrap(), &[1, 2, 3]);
         d.push(0);
-        assert!(main_data(&d).is_err(), "trailing byte");
+        assert!(main_data(&d, &crate::testgen::pg15()).is_err(), "trailing byte");
         let mut d = vec![XLR_BLOCK_ID_DATA_LONG];
         d.extend_from_slice(&300u32.to_le_bytes());
         d.extend(std::iter::repeat_n(7u8, 300));
-        assert_eq!(main_data(&d).unwrap().len(), 300);
-        assert!(main_data(&d[..d.len() - 1]).is_err());
-        assert_eq!(main_data(&[]).unwrap(), &[] as &[u8]);
+        assert_eq!(main_data(&d, &crate::testgen::pg15()).unwrap().len(), 300);
+        assert!(main_data(&d[..d.len() - 1], &crate::testgen::pg15()).is_err());
+        assert_eq!(main_data(&[], &crate::testgen::pg15()).unwrap(), &[] as &[u8]);
     }
 
     #[test]
@@ -262,7 +278,7 @@ mod tests {
         d.extend([0xBB; 5]); // data 0
         d.extend([0xCC; 8]); // image 1
         d.extend([0x11, 0x22]); // main data
-        assert_eq!(main_data(&d).unwrap(), &[0x11, 0x22]);
+        assert_eq!(main_data(&d, &crate::testgen::pg15()).unwrap(), &[0x11, 0x22]);
     }
 
     #[test]
@@ -275,12 +291,12 @@ mod tests {
             vec![XLR_BLOCK_ID_ORIGIN],                    // truncated
             vec![XLR_BLOCK_ID_DATA_LONG, 255, 255, 255, 255],
         ] {
-            assert!(main_data(&bad).is_err(), "{bad:?}");
+            assert!(main_data(&bad, &crate::testgen::pg15()).is_err(), "{bad:?}");
         }
         let mut d = vec![1, 0, 0, 0];
         d.extend([0u8; 16]);
         d.extend([0, 0, 0, 0]);
         d.extend([0u8; 16]);
-        assert_eq!(main_data(&d), Err("out-of-order block_id"));
+        assert_eq!(main_data(&d, &crate::testgen::pg15()), Err("out-of-order block_id"));
     }
 }

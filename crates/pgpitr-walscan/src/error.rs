@@ -10,8 +10,10 @@ use pgpitr_types::Lsn;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ScanError {
-    #[error("invalid magic number {magic:04X} in WAL page at {lsn} (PostgreSQL 15 writes D110)")]
-    BadMagic { lsn: Lsn, magic: u16 },
+    #[error(
+        "invalid magic number {magic:04X} in WAL page at {lsn} (the repository's PostgreSQL major writes {expected:04X})"
+    )]
+    BadMagic { lsn: Lsn, magic: u16, expected: u16 },
     #[error("invalid info bits {info:04X} in WAL page at {lsn}: {reason}")]
     BadPageInfo { lsn: Lsn, info: u16, reason: &'static str },
     #[error("unexpected pageaddr {found} in WAL page at {lsn}")]

@@ -1,11 +1,10 @@
-//! PostgreSQL 15 WAL layout: sizes, flags and header parsers
-//! (`access/xlog_internal.h`, `access/xlogrecord.h`). Everything is
+//! WAL layout shared by the supported majors: sizes, flags and header
+//! parsers (`access/xlog_internal.h`, `access/xlogrecord.h`). What differs
+//! between majors comes from `pgpitr_types::WalFormat`. Everything is
 //! little-endian as written on x86-64/aarch64; MAXALIGN is 8.
 
 /// WAL page size (`XLOG_BLCKSZ`); only the default build is supported.
 pub const XLOG_BLCKSZ: u64 = 8192;
-/// `XLOG_PAGE_MAGIC` of PostgreSQL 15.
-pub const XLOG_PAGE_MAGIC: u16 = 0xD110;
 pub const SIZE_OF_SHORT_PHD: usize = 24;
 pub const SIZE_OF_LONG_PHD: usize = 40;
 pub const SIZE_OF_XLOG_RECORD: usize = 24;
@@ -61,8 +60,6 @@ pub const BKPBLOCK_HAS_IMAGE: u8 = 0x10;
 pub const BKPBLOCK_HAS_DATA: u8 = 0x20;
 pub const BKPBLOCK_SAME_REL: u8 = 0x80;
 pub const BKPIMAGE_HAS_HOLE: u8 = 0x01;
-/// PGLZ | LZ4 | ZSTD in 15 (14 had a single `IS_COMPRESSED` bit 0x02).
-pub const BKPIMAGE_COMPRESSED_MASK: u8 = 0x04 | 0x08 | 0x10;
 
 pub const fn maxalign(n: u64) -> u64 {
     n.saturating_add(7) & !7

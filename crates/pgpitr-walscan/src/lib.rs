@@ -33,7 +33,8 @@ mod time;
 
 pub use error::ScanError;
 pub use event::WalEvent;
-pub use format::{XLOG_BLCKSZ, XLOG_PAGE_MAGIC};
+pub use format::XLOG_BLCKSZ;
+pub use pgpitr_types::WalFormat;
 pub use scanner::WalScanner;
 pub use summary::{CommitPoint, RestorePointInfo, ScanSummary};
 pub use time::{PG_EPOCH_UNIX_SECS, PgTimestamp, TimestampParseError};

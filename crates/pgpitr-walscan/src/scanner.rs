@@ -1,7 +1,7 @@
 use crate::decode;
 use crate::format::*;
 use crate::{ScanError, WalEvent};
-use pgpitr_types::{Lsn, TimelineId, WalSegSize};
+use pgpitr_types::{Lsn, TimelineId, WalFormat, WalSegSize};
 
 /// Where the record layer is. Page headers are handled before it sees bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +38,8 @@ enum State {
 /// `cargo test --release -p pgpitr-walscan --test real_wal -- --ignored --nocapture throughput`.
 #[derive(Debug, Clone)]
 pub struct WalScanner {
+    /// The major's page magic and record layouts.
+    format: WalFormat,
     seg_size: u64,
     verify_crc: bool,
     /// Verify only records whose contents become events.
@@ -85,15 +87,15 @@ impl WalScanner {
     /// earlier (`xlp_rem_len`), as Postgres's `XLogFindNextRecord` does, so
     /// records on the rest of the start page are not reported. Use
     /// [`WalScanner::at_record`] when `start` is known to begin a record.
-    pub fn new(start: Lsn, seg_size: WalSegSize) -> Self {
-        let mut s = Self::blank(start, seg_size);
+    pub fn new(start: Lsn, seg_size: WalSegSize, format: WalFormat) -> Self {
+        let mut s = Self::blank(start, seg_size, format);
         s.skip_to = next_page_boundary(start.0);
         s
     }
 
     /// Starts at a known record boundary, such as an earlier scan's
     /// [`WalScanner::last_record_end`] or a timeline switch point.
-    pub fn at_record(start: Lsn, seg_size: WalSegSize) -> Result<Self, ScanError> {
+    pub fn at_record(start: Lsn, seg_size: WalSegSize, format: WalFormat) -> Result<Self, ScanError> {
         let off = start.0 % XLOG_BLCKSZ;
         if !start.0.is_multiple_of(8) {
             return Err(ScanError::InvalidStart { lsn: start, reason: "records start at multiples of 8" });
@@ -101,13 +103,14 @@ impl WalScanner {
         if off != 0 && off < page_header_len(start.0 - off, seg_size.bytes()) as u64 {
             return Err(ScanError::InvalidStart { lsn: start, reason: "the position is inside a page header" });
         }
-        let mut s = Self::blank(start, seg_size);
+        let mut s = Self::blank(start, seg_size, format);
         s.state = State::Start;
         Ok(s)
     }
 
-    fn blank(start: Lsn, seg_size: WalSegSize) -> Self {
+    fn blank(start: Lsn, seg_size: WalSegSize, format: WalFormat) -> Self {
         WalScanner {
+            format,
             seg_size: seg_size.bytes(),
             verify_crc: true,
             crc_decoded_only: false,
@@ -280,8 +283,8 @@ impl WalScanner {
         let Some(h) = PageHeader::parse(raw) else {
             return Err(ScanError::BadPageInfo { lsn, info: 0, reason: "page header is truncated" });
         };
-        if h.magic != XLOG_PAGE_MAGIC {
-            return Err(ScanError::BadMagic { lsn, magic: h.magic });
+        if h.magic != self.format.page_magic {
+            return Err(ScanError::BadMagic { lsn, magic: h.magic, expected: self.format.page_magic });
         }
         if h.info & !XLP_ALL_FLAGS != 0 {
             return Err(ScanError::BadPageInfo { lsn, info: h.info, reason: "unknown flag bits" });
@@ -520,7 +523,7 @@ impl WalScanner {
         let event = if hdr.is_switch() {
             Some(WalEvent::Switch { lsn: Lsn(lsn), end_lsn: Lsn(next) })
         } else if hdr.is_interesting() {
-            decode::decode(hdr, body, Lsn(lsn), Lsn(next))?
+            decode::decode(hdr, body, Lsn(lsn), Lsn(next), &self.format)?
         } else {
             None
         };

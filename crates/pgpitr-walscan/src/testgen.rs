@@ -4,7 +4,12 @@
 
 use crate::PgTimestamp;
 use crate::format::*;
-use pgpitr_types::{Lsn, WalSegSize};
+use pgpitr_types::{Lsn, PgMajor, WalFormat, WalSegSize};
+
+/// The format the generated WAL has: PostgreSQL 15's.
+pub fn pg15() -> WalFormat {
+    PgMajor::from_major(15).map(PgMajor::wal_format).expect("15 is supported")
+}
 
 /// Appends records to an in-memory WAL stream starting at a page boundary.
 #[derive(Debug, Clone)]
@@ -124,7 +129,7 @@ impl WalWriter {
             info |= XLP_FIRST_IS_CONTRECORD;
         }
         let mut h = Vec::with_capacity(SIZE_OF_LONG_PHD);
-        h.extend_from_slice(&XLOG_PAGE_MAGIC.to_le_bytes());
+        h.extend_from_slice(&pg15().page_magic.to_le_bytes());
         h.extend_from_slice(&info.to_le_bytes());
         h.extend_from_slice(&self.tli.to_le_bytes());
         h.extend_from_slice(&addr.to_le_bytes());

@@ -1,7 +1,7 @@
 //! Scanner tests on synthetic WAL from `testgen`.
 
 use crate::format::*;
-use crate::testgen::WalWriter;
+use crate::testgen::{WalWriter, pg15};
 use crate::*;
 use pgpitr_types::{Lsn, WalSegSize};
 
@@ -51,7 +51,7 @@ fn scan_chunked(
 }
 
 fn scan_all(start: Lsn, bytes: &[u8]) -> (Vec<WalEvent>, Result<(), ScanError>, WalScanner) {
-    scan_chunked(WalScanner::new(start, seg1()), bytes, &[bytes.len().max(1)])
+    scan_chunked(WalScanner::new(start, seg1(), pg15()), bytes, &[bytes.len().max(1)])
 }
 
 /// Writes fillers so that the next record starts at `off` within a page
@@ -167,7 +167,7 @@ fn chunking_does_not_change_results() {
     let small: Vec<usize> = (0..5000).map(|_| 1 + rng.below(50) as usize).collect();
     for sizes in [&[1usize][..], &[7], &[24], &[8192], &[8191, 8193], &[65536], &random, &small] {
         for crc in [true, false] {
-            let s = WalScanner::new(w.start(), seg1()).verify_crc(crc);
+            let s = WalScanner::new(w.start(), seg1(), pg15()).verify_crc(crc);
             let (events, res, s) = scan_chunked(s, bytes, sizes);
             res.unwrap();
             assert_eq!(events, expected, "chunks {:?}.. crc {crc}", &sizes[..sizes.len().min(3)]);
@@ -191,7 +191,7 @@ fn starts_mid_stream_like_xlogfindnextrecord() {
     for start in [big.0 + 8, big.0 + 1, MIB + XLOG_BLCKSZ, MIB + XLOG_BLCKSZ + 3, big_end.0 - XLOG_BLCKSZ] {
         let bytes = &w.bytes()[w.offset_of(Lsn(start))..];
         for sizes in [&[bytes.len()][..], &[1], &[100]] {
-            let (ev, res, s) = scan_chunked(WalScanner::new(Lsn(start), seg1()), bytes, sizes);
+            let (ev, res, s) = scan_chunked(WalScanner::new(Lsn(start), seg1(), pg15()), bytes, sizes);
             res.unwrap();
             assert_eq!(ev, all[1..], "start {}", Lsn(start));
             assert_eq!(s.position(), w.pos());
@@ -213,20 +213,23 @@ fn resumes_at_a_record_boundary() {
     // Stop somewhere, then resume from last_record_end with a new scanner.
     let in_switch_padding = bytes.len() - 20_000;
     for cut in [100usize, 8_000, 8_192, 20_000, 1_048_000, 2_000_000, in_switch_padding, bytes.len() - 1] {
-        let (mut ev, res, s) = scan_chunked(WalScanner::new(w.start(), seg1()), &bytes[..cut], &[cut]);
+        let (mut ev, res, s) = scan_chunked(WalScanner::new(w.start(), seg1(), pg15()), &bytes[..cut], &[cut]);
         res.unwrap();
         let Some(resume) = s.last_record_end() else { continue };
-        let s2 = WalScanner::at_record(resume, seg1()).unwrap();
+        let s2 = WalScanner::at_record(resume, seg1(), pg15()).unwrap();
         let (ev2, res, _) = scan_chunked(s2, &bytes[w.offset_of(resume)..], &[4096]);
         res.unwrap();
         ev.extend(ev2);
         assert_eq!(ev, expected, "cut {cut}");
     }
-    assert!(matches!(WalScanner::at_record(Lsn(MIB + 44), seg1()), Err(ScanError::InvalidStart { .. })));
-    assert!(matches!(WalScanner::at_record(Lsn(MIB + 8), seg1()), Err(ScanError::InvalidStart { .. })));
-    assert!(matches!(WalScanner::at_record(Lsn(MIB + XLOG_BLCKSZ + 16), seg1()), Err(ScanError::InvalidStart { .. })));
-    assert!(WalScanner::at_record(Lsn(MIB + XLOG_BLCKSZ + 24), seg1()).is_ok());
-    assert!(WalScanner::at_record(Lsn(MIB + 40), seg1()).is_ok());
+    assert!(matches!(WalScanner::at_record(Lsn(MIB + 44), seg1(), pg15()), Err(ScanError::InvalidStart { .. })));
+    assert!(matches!(WalScanner::at_record(Lsn(MIB + 8), seg1(), pg15()), Err(ScanError::InvalidStart { .. })));
+    assert!(matches!(
+        WalScanner::at_record(Lsn(MIB + XLOG_BLCKSZ + 16), seg1(), pg15()),
+        Err(ScanError::InvalidStart { .. })
+    ));
+    assert!(WalScanner::at_record(Lsn(MIB + XLOG_BLCKSZ + 24), seg1(), pg15()).is_ok());
+    assert!(WalScanner::at_record(Lsn(MIB + 40), seg1(), pg15()).is_ok());
 }
 
 #[test]
@@ -245,7 +248,7 @@ fn last_record_end_is_never_past_the_fed_bytes() {
     let (sw, _) = w.switch();
     let c3 = w.commit(3, t(3));
     let bytes = w.bytes();
-    let mut s = WalScanner::new(w.start(), seg1()).verify_crc(false);
+    let mut s = WalScanner::new(w.start(), seg1(), pg15()).verify_crc(false);
     let mut out = vec![];
     let mut fed = 0;
     let mut feed_to = |s: &mut WalScanner, lsn: Lsn| {
@@ -281,7 +284,7 @@ fn at_record_rejects_a_start_inside_a_record() {
     // A page whose first bytes continue a record: not a record boundary.
     let page = Lsn(MIB + XLOG_BLCKSZ);
     assert!(big.0 < page.0);
-    let s = WalScanner::at_record(page, seg1()).unwrap();
+    let s = WalScanner::at_record(page, seg1(), pg15()).unwrap();
     let (_, res, _) = scan_chunked(s, &w.bytes()[w.offset_of(page)..], &[1000]);
     assert_eq!(res, Err(ScanError::UnexpectedContinuation { lsn: page }));
 }
@@ -294,7 +297,7 @@ fn zeroed_tail_ends_the_wal() {
     let end = Lsn(maxalign(w.pos().0));
     w.zeros(3 * XLOG_BLCKSZ as usize);
     for sizes in [&[1usize][..], &[5000]] {
-        let (ev, res, s) = scan_chunked(WalScanner::new(w.start(), seg1()), w.bytes(), sizes);
+        let (ev, res, s) = scan_chunked(WalScanner::new(w.start(), seg1(), pg15()), w.bytes(), sizes);
         res.unwrap();
         assert_eq!(ev, [commit_ev(c, 1, 1)]);
         assert_eq!(s.end_of_wal(), Some(end));
@@ -359,7 +362,7 @@ fn corrupt(f: impl FnOnce(&mut WalWriter) -> Lsn) -> (ScanError, Lsn, Vec<WalEve
     w.filler(64);
     let mut last = None;
     for sizes in [&[usize::MAX][..], &[1], &[13]] {
-        let (ev, res, s) = scan_chunked(WalScanner::new(w.start(), seg1()), w.bytes(), sizes);
+        let (ev, res, s) = scan_chunked(WalScanner::new(w.start(), seg1(), pg15()), w.bytes(), sizes);
         let e = res.expect_err("corruption must be reported");
         assert_eq!(e.lsn(), at, "{e}");
         // The scanner stays failed.
@@ -382,8 +385,20 @@ fn bad_magic() {
         w.bytes_mut()[0] = 0x0D;
         w.start()
     });
-    assert_eq!(e, ScanError::BadMagic { lsn: at, magic: 0xD10D });
-    assert_eq!(e.to_string(), "invalid magic number D10D in WAL page at 0/100000 (PostgreSQL 15 writes D110)");
+    assert_eq!(e, ScanError::BadMagic { lsn: at, magic: 0xD10D, expected: 0xD110 });
+    assert_eq!(
+        e.to_string(),
+        "invalid magic number D10D in WAL page at 0/100000 (the repository's PostgreSQL major writes D110)"
+    );
+    // The same bytes are 14's, and read as such.
+    let mut w = WalWriter::new(Lsn(1 << 20), WalSegSize::new(1 << 20).unwrap());
+    w.commit(1, t(1));
+    w.bytes_mut()[0] = 0x0D;
+    let pg14 = pgpitr_types::PgMajor::from_major(14).unwrap().wal_format();
+    let mut s = WalScanner::new(Lsn(1 << 20), WalSegSize::new(1 << 20).unwrap(), pg14);
+    let mut events = Vec::new();
+    s.feed(w.bytes(), &mut events).unwrap();
+    assert!(events.iter().any(|e| matches!(e, WalEvent::Commit { .. })), "{events:?}");
 }
 
 #[test]
@@ -404,12 +419,13 @@ fn wrong_segment_size_and_long_header_placement() {
     let seg16 = WalSegSize::new(16 * MIB).unwrap();
     let mut out = vec![];
     // A 16 MiB scanner sees a long header mid-segment.
-    let e = WalScanner::new(w.start(), seg16).feed(w.bytes(), &mut out).unwrap_err();
+    let e = WalScanner::new(w.start(), seg16, pg15()).feed(w.bytes(), &mut out).unwrap_err();
     assert!(matches!(e, ScanError::BadPageInfo { .. }), "{e}");
     // A 2 MiB scanner at a 2 MiB boundary sees the wrong xlp_seg_size.
     let mut w = WalWriter::new(Lsn(2 * MIB), seg1());
     w.commit(1, t(1));
-    let e = WalScanner::new(w.start(), WalSegSize::new(2 * MIB).unwrap()).feed(w.bytes(), &mut out).unwrap_err();
+    let e =
+        WalScanner::new(w.start(), WalSegSize::new(2 * MIB).unwrap(), pg15()).feed(w.bytes(), &mut out).unwrap_err();
     assert_eq!(e, ScanError::SegSizeMismatch { lsn: Lsn(2 * MIB), found: MIB, expected: 2 * MIB });
 }
 
@@ -445,7 +461,7 @@ fn crc_check_can_be_disabled() {
     let off = w.offset_of(c) + 20;
     w.bytes_mut()[off] ^= 1; // the stored CRC itself
     let mut out = vec![];
-    WalScanner::new(w.start(), seg1()).verify_crc(false).feed(w.bytes(), &mut out).unwrap();
+    WalScanner::new(w.start(), seg1(), pg15()).verify_crc(false).feed(w.bytes(), &mut out).unwrap();
     assert_eq!(out.len(), 1);
 }
 
@@ -508,7 +524,7 @@ fn timeline_must_not_go_backwards() {
     w.set_timeline(2);
     w.filler(8000);
     let mut out = vec![];
-    let e = WalScanner::new(w.start(), seg1()).feed(w.bytes(), &mut out).unwrap_err();
+    let e = WalScanner::new(w.start(), seg1(), pg15()).feed(w.bytes(), &mut out).unwrap_err();
     assert_eq!(e, ScanError::TimelineRegressed { lsn: Lsn(MIB + XLOG_BLCKSZ), found: 2, previous: 3 });
 }
 
@@ -524,7 +540,7 @@ fn undecodable_commit_is_an_error_not_a_skip() {
 
 #[test]
 fn position_overflow_is_an_error() {
-    let mut s = WalScanner::new(Lsn(u64::MAX - 4), seg1());
+    let mut s = WalScanner::new(Lsn(u64::MAX - 4), seg1(), pg15());
     let mut out = vec![];
     assert!(s.feed(&[0; 4], &mut out).is_ok());
     assert!(matches!(s.feed(&[0; 4], &mut out), Err(ScanError::PositionOverflow { .. })));
@@ -553,14 +569,14 @@ fn random_corruption_never_panics() {
         let sizes: Vec<usize> = (0..64).map(|_| 1 + rng.below(9000) as usize).collect();
         let start = if round % 3 == 0 { Lsn(MIB + rng.below(30_000)) } else { Lsn(MIB) };
         let from = (start.0 - MIB) as usize;
-        let _ = scan_chunked(WalScanner::new(start, seg1()), &bytes[from..], &sizes);
+        let _ = scan_chunked(WalScanner::new(start, seg1(), pg15()), &bytes[from..], &sizes);
     }
     // Pure garbage.
     for seed in 1..50 {
         let mut rng = Rng(seed);
         let garbage: Vec<u8> = (0..40_000).map(|_| rng.next() as u8).collect();
-        let _ = scan_chunked(WalScanner::new(Lsn(rng.below(1 << 40)), seg1()), &garbage, &[777]);
-        let s = WalScanner::at_record(Lsn(MIB + 40), seg1()).unwrap();
+        let _ = scan_chunked(WalScanner::new(Lsn(rng.below(1 << 40)), seg1(), pg15()), &garbage, &[777]);
+        let s = WalScanner::at_record(Lsn(MIB + 40), seg1(), pg15()).unwrap();
         let _ = scan_chunked(s, &garbage, &[3]);
     }
 }
@@ -577,9 +593,9 @@ fn decoded_only_crc_checks_event_records_and_skips_the_rest() {
         let off = w.offset_of(f) + at;
         w.bytes_mut()[off] ^= 0x80;
         let mut out = vec![];
-        WalScanner::new(w.start(), seg1()).verify_crc_of_decoded_only().feed(w.bytes(), &mut out).unwrap();
+        WalScanner::new(w.start(), seg1(), pg15()).verify_crc_of_decoded_only().feed(w.bytes(), &mut out).unwrap();
         assert_eq!(out.len(), 2, "filler of {size}");
-        let full = WalScanner::new(w.start(), seg1()).feed(w.bytes(), &mut vec![]).unwrap_err();
+        let full = WalScanner::new(w.start(), seg1(), pg15()).feed(w.bytes(), &mut vec![]).unwrap_err();
         assert!(matches!(full, ScanError::Crc { .. }), "{full}");
     }
     // Bit rot in a commit record: refused, as with full checking.
@@ -587,6 +603,9 @@ fn decoded_only_crc_checks_event_records_and_skips_the_rest() {
     let (c, _) = w.commit(2, t(2));
     let off = w.offset_of(c) + 30;
     w.bytes_mut()[off] ^= 1;
-    let e = WalScanner::new(w.start(), seg1()).verify_crc_of_decoded_only().feed(w.bytes(), &mut vec![]).unwrap_err();
+    let e = WalScanner::new(w.start(), seg1(), pg15())
+        .verify_crc_of_decoded_only()
+        .feed(w.bytes(), &mut vec![])
+        .unwrap_err();
     assert!(matches!(e, ScanError::Crc { .. }), "{e}");
 }

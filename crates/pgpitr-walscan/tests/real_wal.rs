@@ -8,6 +8,11 @@ use pgpitr_types::{Lsn, TimelineId, WalSegSize};
 use pgpitr_walscan::{ScanSummary, WalEvent, WalScanner, XLOG_BLCKSZ};
 use support::*;
 
+/// The format of the clusters these tests start.
+fn format() -> pgpitr_walscan::WalFormat {
+    pgpitr_types::PgMajor::from_major(pgpitr_testkit::test_major()).expect("a supported major").wal_format()
+}
+
 fn seg1() -> WalSegSize {
     WalSegSize::new(1 << 20).unwrap()
 }
@@ -112,10 +117,10 @@ fn matches_pg_waldump_on_real_wal() {
     let odd = Lsn(start.0 + 5_000 + 3); // arbitrary, mid-page, mid-record
     let mid_commit = dump.iter().filter(|d| d.kind == "COMMIT").nth(5).unwrap().lsn;
     let runs: Vec<(&str, WalScanner, Lsn, Lsn)> = vec![
-        ("segment start", WalScanner::new(seg_start, seg), seg_start, seg_start),
-        ("record start", WalScanner::at_record(start, seg).unwrap(), start, start),
-        ("mid-record", WalScanner::new(odd, seg), odd, page_after(odd)),
-        ("a commit", WalScanner::at_record(mid_commit, seg).unwrap(), mid_commit, mid_commit),
+        ("segment start", WalScanner::new(seg_start, seg, format()), seg_start, seg_start),
+        ("record start", WalScanner::at_record(start, seg, format()).unwrap(), start, start),
+        ("mid-record", WalScanner::new(odd, seg, format()), odd, page_after(odd)),
+        ("a commit", WalScanner::at_record(mid_commit, seg, format()).unwrap(), mid_commit, mid_commit),
     ];
     let full = waldump(&pg, TimelineId(1), seg_start.max(Lsn(1)), end);
     for (what, scanner, first_byte, report_from) in runs {
@@ -132,7 +137,7 @@ fn matches_pg_waldump_on_real_wal() {
         }
     }
 
-    let (events, _) = scan(WalScanner::at_record(start, seg).unwrap(), from(start), &[1 << 16]);
+    let (events, _) = scan(WalScanner::at_record(start, seg, format()).unwrap(), from(start), &[1 << 16]);
     // Commit records that cross a page boundary were seen.
     let crosses = |e: &WalEvent| e.lsn().0 / XLOG_BLCKSZ != (e.end_lsn().0 - 1) / XLOG_BLCKSZ;
     assert!(events.iter().any(|e| matches!(e, WalEvent::Commit { .. }) && crosses(e)));
@@ -188,7 +193,7 @@ fn promoted_standby_timeline() {
 
     let seg = seg1();
     let bytes = read_wal(&standby.datadir().join("pg_wal"), TimelineId(2), seg, switch, end);
-    let (events, s) = scan(WalScanner::at_record(switch, seg).unwrap(), &bytes, &[4096]);
+    let (events, s) = scan(WalScanner::at_record(switch, seg, format()).unwrap(), &bytes, &[4096]);
     assert_eq!(as_dumped(&events), waldump(&standby, TimelineId(2), switch, end));
     match events.first() {
         Some(WalEvent::EndOfRecovery { lsn, tli, prev_tli, .. }) => {
@@ -220,7 +225,8 @@ fn throughput() {
         let mut n = 0;
         for _ in 0..5 {
             let t = std::time::Instant::now();
-            let (ev, _) = scan(WalScanner::at_record(start, seg).unwrap().verify_crc(crc), &bytes, &[64 << 10]);
+            let (ev, _) =
+                scan(WalScanner::at_record(start, seg, format()).unwrap().verify_crc(crc), &bytes, &[64 << 10]);
             best = best.min(t.elapsed().as_secs_f64());
             n = ev.len();
         }

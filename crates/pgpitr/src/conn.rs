@@ -48,9 +48,7 @@ pub async fn connect(cfg: &ConnConfig) -> anyhow::Result<(ReplicationConnection,
     let sys = conn.identify_system().await.with_context(|| format!("{target}: IDENTIFY_SYSTEM"))?;
     let seg = conn.wal_segment_size().await.with_context(|| format!("{target}: SHOW wal_segment_size"))?;
     let version = conn.server_version_num().await.with_context(|| format!("{target}: server version"))?;
-    if version < 150000 {
-        bail!("{target}: PostgreSQL {} is not supported; pgpitr needs 15 or newer", version / 10000);
-    }
+    pgpitr_types::PgMajor::from_version_num(version).with_context(|| target.to_string())?;
     let identity = ClusterIdentity { system_identifier: sys.system_id, pg_version_num: version, wal_segment_size: seg };
     Ok((conn, identity))
 }
