@@ -132,16 +132,16 @@ async fn a_dropped_slot_is_recreated_and_a_lost_range_is_named() {
     wait_streaming(&pg, "pgpitr");
     let end = lsn(&pg.sql("INSERT INTO t VALUES (9); SELECT pg_current_wal_lsn()"));
     let t0 = std::time::Instant::now();
+    // (A listing racing a merge can show a passing gap: only the lasting one counts.)
     let gap = loop {
         let (tls, _) = pgpitr_repo::wal::scan(storage.as_ref(), seg16()).await.unwrap();
         let tl = &tls[&pgpitr_types::TimelineId(1)];
-        if tl.end().is_some_and(|e| e >= end) {
+        if tl.end().is_some_and(|e| e >= end) && tl.gaps().len() == 1 {
             break tl.gaps();
         }
         assert!(t0.elapsed() < Duration::from_secs(30), "WAL after the gap was not stored");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(gap.len(), 1, "{gap:?}");
     assert_eq!(gap[0].0, repo_end, "the gap starts where the repository ended");
     // The backup taken for the new window completes.
     let t0 = std::time::Instant::now();

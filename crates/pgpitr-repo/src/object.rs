@@ -196,6 +196,10 @@ pub struct WalSummary {
     /// Wall-clock time pgpitr received the last byte (Unix µs).
     #[serde(default)]
     pub received_us: i64,
+    /// Some of the WAL could not be indexed (the scanner failed on it, or
+    /// started inside a record): commits may be missing from this summary.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub index_incomplete: bool,
 }
 
 impl WalSummary {
@@ -210,6 +214,7 @@ impl WalSummary {
         self.aborts += other.aborts;
         self.restore_points.extend(other.restore_points.iter().cloned());
         self.received_us = self.received_us.max(other.received_us);
+        self.index_incomplete |= other.index_incomplete;
     }
 }
 
@@ -593,6 +598,7 @@ mod tests {
             aborts: 0,
             restore_points: vec![],
             received_us: 3,
+            index_incomplete: false,
         };
         (raw, s)
     }

@@ -77,7 +77,17 @@ pub async fn latest_commit(repo: &Repository, tl: &TimelineWal) -> Result<Option
 
 pub async fn status(repo: &Repository) -> Result<RepoStatus> {
     crate::relisting(RepoError::is_not_found, || async {
-        let (timelines, _leftovers) = wal::scan(repo.storage().as_ref(), repo.seg_size()).await?;
+        let (storage, seg) = (repo.storage().as_ref(), repo.seg_size());
+        let (mut timelines, _leftovers) = wal::scan(storage, seg).await?;
+        if timelines.values().any(|t| !t.gaps().is_empty()) {
+            // A listing is not a snapshot: a part merged during it can
+            // look like a gap. One that a second listing also shows is real.
+            let (again, _) = wal::scan(storage, seg).await?;
+            if again.values().map(|t| t.gaps().len()).sum::<usize>() < timelines.values().map(|t| t.gaps().len()).sum()
+            {
+                timelines = again;
+            }
+        }
         status_from_scan(repo, &timelines).await
     })
     .await

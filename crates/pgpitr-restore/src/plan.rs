@@ -354,6 +354,14 @@ impl<'a> Summaries<'a> {
         v
     }
 
+    /// The first object from `from` on whose commit index is incomplete
+    /// (its WAL was not all parsed), reading the headers of all of them.
+    async fn first_unindexed(&mut self, objs: &[PathObject], from: Lsn) -> Result<Option<WalObjectId>> {
+        let after: Vec<PathObject> = objs.iter().filter(|o| o.hi > from).copied().collect();
+        self.load(&after).await?;
+        Ok(after.iter().find(|o| self.cache.get(&o.id).is_some_and(|s| s.index_incomplete)).map(|o| o.id))
+    }
+
     fn restore_points(&self, o: &PathObject) -> Vec<RestorePoint> {
         let Some(s) = self.cache.get(&o.id) else { return Vec::new() };
         s.restore_points.iter().filter(|r| o.lo <= r.lsn && r.lsn < o.hi).cloned().collect()
@@ -594,7 +602,17 @@ async fn plan_on(sums: &mut Summaries<'_>, index: &RepoIndex, req: &PlanRequest,
                         plan.first_excluded = Some(c);
                         plan.wal_end = c.end_lsn;
                     }
-                    None => fall_back_to_last_commit(&mut plan, before, &format!("no commit after {}", format_time(t))),
+                    None => match sums.first_unindexed(&objs, before.map_or(b.stop_lsn, |c| c.lsn)).await? {
+                        // A commit after the target may be there unindexed:
+                        // never stop at an earlier one on the index's word.
+                        Some(id) => {
+                            plan.recovery = RecoveryTarget::Time { time_us: t, inclusive: req.inclusive };
+                            plan.note = Some(unindexed_note(id, index.seg));
+                        }
+                        None => {
+                            fall_back_to_last_commit(&mut plan, before, &format!("no commit after {}", format_time(t)))
+                        }
+                    },
                 }
                 check_gaps(sums, index, &objs, &plan).await?;
                 return Ok(plan);
@@ -629,7 +647,13 @@ async fn plan_on(sums: &mut Summaries<'_>, index: &RepoIndex, req: &PlanRequest,
                 }
                 None => {
                     let before = plan.last_commit;
-                    fall_back_to_last_commit(&mut plan, before, &format!("no commit at or after {l}"))
+                    match sums.first_unindexed(&objs, before.map_or(b.stop_lsn, |c| c.lsn)).await? {
+                        Some(id) => {
+                            plan.recovery = RecoveryTarget::Lsn { lsn: l, inclusive: req.inclusive };
+                            plan.note = Some(unindexed_note(id, index.seg));
+                        }
+                        None => fall_back_to_last_commit(&mut plan, before, &format!("no commit at or after {l}")),
+                    }
                 }
             }
             check_gaps(sums, index, &objs, &plan).await?;
@@ -804,6 +828,15 @@ async fn find_xid_end(
         }
     }
     Ok(XidSearch::NotFound)
+}
+
+/// Why the target is left to PostgreSQL to find.
+fn unindexed_note(id: WalObjectId, seg: WalSegSize) -> String {
+    format!(
+        "the commit-time index of {} is incomplete (its WAL could not all be parsed), so PostgreSQL finds the \
+         stop point itself; recovery fails, saying so, if no record reaches the target",
+        id.key(seg)
+    )
 }
 
 /// No stored commit follows the target, so a time or LSN target would never

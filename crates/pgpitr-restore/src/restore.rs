@@ -55,10 +55,15 @@ pub enum RestoreError {
 }
 
 impl RestoreError {
-    /// A listed object was gone when read (see `pgpitr_repo::relisting`).
+    /// What a listing that is not a snapshot can cause while a stream
+    /// merges parts: a listed object gone when read, or a gap where a
+    /// merged part was made and its inputs deleted during the listing. A
+    /// new listing settles it (see `pgpitr_repo::relisting`); a real gap
+    /// stays.
     pub fn is_not_found(&self) -> bool {
         match self {
             RestoreError::Plan(plan::PlanError::Repo(e)) | RestoreError::Repo(e) => e.is_not_found(),
+            RestoreError::Plan(plan::PlanError::Gap(_)) => true,
             RestoreError::Storage(e) => e.is_not_found(),
             _ => false,
         }

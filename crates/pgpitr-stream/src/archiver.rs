@@ -698,13 +698,22 @@ impl State {
     /// and the scanner resynchronises at the next segment.
     fn scan(&mut self, chunk: &[u8], received_us: i64) {
         self.events.clear();
-        let Some(scanner) = self.scanner.as_mut() else { return };
-        if let Err(e) = scanner.feed(chunk, &mut self.events) {
+        // What is not indexed says so, so that no restore trusts a missing
+        // commit (it would stop short of its target).
+        let Some(scanner) = self.scanner.as_mut() else {
+            self.cur.pending_summary_mut().index_incomplete = true;
+            return;
+        };
+        let fed = scanner.feed(chunk, &mut self.events);
+        let mut incomplete = scanner.take_skipped_continuation();
+        if let Err(e) = fed {
             tracing::warn!("commit-time index: {e}; resynchronising at the next segment");
             self.stats.scan_errors.fetch_add(1, Ordering::Relaxed);
             self.scanner = None;
+            incomplete = true;
         }
         let summary = self.cur.pending_summary_mut();
+        summary.index_incomplete |= incomplete;
         summary.received_us = received_us;
         for ev in self.events.drain(..) {
             if let WalEvent::Commit { end_lsn, time, .. } = &ev
@@ -1110,6 +1119,10 @@ fn resync_scanner(seg_start: Lsn, seg: WalSegSize, format: WalFormat, prefix: &[
     if let Err(e) = scanner.feed(prefix, &mut discard) {
         tracing::warn!("commit-time index: {e}; resynchronising at the next segment");
         return None;
+    }
+    // A record passed over in the prefix was indexed when it was stored.
+    if !prefix.is_empty() {
+        scanner.take_skipped_continuation();
     }
     Some(scanner)
 }

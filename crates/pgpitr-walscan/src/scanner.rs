@@ -79,6 +79,8 @@ pub struct WalScanner {
     ended_at: Option<u64>,
     records: u64,
     failed: Option<ScanError>,
+    /// The start fell inside a record, which was passed over unreported.
+    skipped_continuation: bool,
 }
 
 impl WalScanner {
@@ -133,6 +135,7 @@ impl WalScanner {
             tli: None,
             sysid: None,
             ended_at: None,
+            skipped_continuation: false,
             records: 0,
             failed: None,
         }
@@ -197,6 +200,13 @@ impl WalScanner {
     /// The cluster's system identifier, from the first long page header.
     pub fn system_identifier(&self) -> Option<u64> {
         self.sysid
+    }
+
+    /// Whether the scan began inside a record that it passed over (its
+    /// start lies before this scanner's), since the last call: that record,
+    /// perhaps a commit, is in no event.
+    pub fn take_skipped_continuation(&mut self) -> bool {
+        std::mem::take(&mut self.skipped_continuation)
     }
 
     /// Complete records seen.
@@ -330,6 +340,7 @@ impl WalScanner {
         let payload_start = page_start + hdr_len as u64;
         match self.state {
             State::FindFirst if cont => {
+                self.skipped_continuation = true;
                 let rem = maxalign(u64::from(h.rem_len));
                 if rem >= XLOG_BLCKSZ - hdr_len as u64 {
                     // The old record covers this page too; ask the next one.

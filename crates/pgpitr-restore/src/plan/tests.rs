@@ -315,3 +315,33 @@ async fn reading_ahead_is_best_effort_and_changes_no_plan() {
         assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
     }
 }
+
+/// A stored object whose commits could not be indexed (the scanner failed
+/// on its WAL) must never let a target fall back to an earlier commit: the
+/// commit that ends the restore may be in it.
+#[tokio::test]
+async fn an_object_with_an_incomplete_index_is_never_read_as_holding_no_commit() {
+    let mut r = Repo::new();
+    for k in 1..=3u64 {
+        r.put(1, k, None, &[(at(k, 0x100), k as i64 * 10)], &[]).await;
+    }
+    r.put(1, 4, Some((0, 0x4000)), &[], &[]).await;
+    r.backup("B1", 1, at(1, 0x28), at(1, 0x200), 12);
+    r.backup("B2", 1, at(4, 0x28), at(4, 0x2000), 50);
+    // With a complete index, nothing follows 30 s: the last commit is the
+    // same data.
+    let p = r.plan(Target::Time(secs(45)), true).await.unwrap();
+    assert_eq!(p.recovery, RecoveryTarget::Lsn { lsn: at(3, 0x100), inclusive: true });
+
+    // The same object, its index incomplete.
+    let id = WalObjectId::part(TimelineId(1), pgpitr_types::SegNo(4), 0, 0x4000);
+    let summary = WalSummary { index_incomplete: true, ..Default::default() };
+    let body = object::encode(TimelineId(1), id.range(seg()).0, &vec![0u8; 0x4000], Codec::Lz4, &summary);
+    r.storage.put(&id.key(seg()), body).await.unwrap();
+    let p = r.plan(Target::Time(secs(45)), true).await.unwrap();
+    assert_eq!(p.recovery, RecoveryTarget::Time { time_us: secs(45), inclusive: true }, "PostgreSQL finds the point");
+    assert!(p.note.as_deref().is_some_and(|n| n.contains(&id.key(seg())) && n.contains("incomplete")), "{:?}", p.note);
+    assert_eq!(p.wal_end, at(4, 0x4000), "all the stored WAL is needed");
+    let p = r.plan(Target::Lsn(at(4, 0x3000)), true).await.unwrap();
+    assert_eq!(p.recovery, RecoveryTarget::Lsn { lsn: at(4, 0x3000), inclusive: true });
+}
