@@ -75,6 +75,11 @@ async fn extract_and_verify(
     // pg_verifybackup reads files only; root may run it on root-owned files.
     let mut cmd = Command::new(pg.bin("pg_verifybackup"));
     cmd.arg("--wal-directory").arg(&wal);
+    if pg.major() != DEBIAN_MAJOR {
+        // 15's pg_waldump reads only 15's WAL; the WAL is checked by
+        // pgpitr's own scan in these tests.
+        cmd.arg("--no-parse-wal");
+    }
     for i in ignore {
         cmd.args(["--ignore", i]);
     }
@@ -105,8 +110,11 @@ async fn backup_under_load(backend: Backend) {
     assert_eq!(info.label, "under load");
     assert_eq!(info.wal_source, WalSource::Fetched, "no stream ran: the backup must have fetched its WAL");
     assert!(info.stop_lsn > info.start_lsn);
-    // Compressed by the server by default; the frames are stored untouched.
-    assert_eq!(info.compression.as_deref(), Some("server-lz4"));
+    // Compressed by the server by default (where it has lz4: Debian's 15
+    // does, the other majors' test builds do not); the frames are stored
+    // untouched.
+    let by_server = pg.major() == DEBIAN_MAJOR;
+    assert_eq!(info.compression.as_deref(), Some(if by_server { "server-lz4" } else { "client-lz4" }));
     assert_eq!(info.format_version, rb::INFO_FORMAT_VERSION);
     let base = &info.archives[0];
     assert_eq!(base.compression, ArchiveCompression::Lz4);

@@ -20,8 +20,7 @@ async fn whole_loop(major: u32) {
 
 /// 14 streams, resumes after kill -9 (its slot's position read from
 /// `pg_replication_slots`: it has no `READ_REPLICATION_SLOT`), and indexes
-/// every commit, synchronous mode included. (Its base backups are the next
-/// step.)
+/// every commit, synchronous mode included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_resume_and_commit_index_on_14() {
     if !test_majors().contains(&14) {
@@ -30,6 +29,13 @@ async fn stream_resume_and_commit_index_on_14() {
     }
     kill9_during_load_loses_nothing(Backend::s3(), &[], 14).await;
     kill9_during_load_loses_nothing(Backend::local(), &["--synchronous"], 14).await;
+}
+
+/// 14's BASE_BACKUP: keywords, a CopyOut stream per tablespace and one
+/// for the manifest, compressed on pgpitr's side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_backup_and_exact_restores_on_14() {
+    whole_loop(14).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@ use pgpitr_repo::backup::{
 use pgpitr_repo::object::Codec;
 use pgpitr_repo::{ClusterIdentity, Repository};
 use pgpitr_storage::{PutOutcome, Storage};
-use pgpitr_types::{Lsn, TimelineId};
+use pgpitr_types::{BaseBackupDialect, Lsn, PgMajor, TimelineId};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -48,9 +48,9 @@ pub async fn take_backup(
         wal_segment_size: conn.wal_segment_size().await?,
     };
     repo.check_cluster(&identity)?;
-    if repo.major().base_backup() == pgpitr_types::BaseBackupDialect::Keywords {
+    if !repo.major().server_compression() && opts.compression == Compression::ServerLz4 {
         return Err(BackupError::Invalid(format!(
-            "base backups of PostgreSQL {} (BASE_BACKUP's keyword dialect) are not implemented yet",
+            "PostgreSQL {} cannot compress base backups on the server; use --compress client-lz4",
             repo.major()
         )));
     }
@@ -217,8 +217,9 @@ enum Mode {
 }
 
 impl Mode {
-    fn first(c: Compression) -> Mode {
+    fn first(c: Compression, major: PgMajor) -> Mode {
         match c {
+            Compression::Auto if !major.server_compression() => Mode::Plain(Codec::Lz4),
             Compression::Auto | Compression::ServerLz4 => Mode::ServerLz4,
             Compression::ClientLz4 => Mode::Plain(Codec::Lz4),
             Compression::None => Mode::Plain(Codec::None),
@@ -329,7 +330,19 @@ async fn submit(uploader: &mut Uploader, job: PartJob, cancel: &CancellationToke
     }
 }
 
-fn options(opts: &BackupOptions, mode: Mode) -> String {
+fn options(opts: &BackupOptions, mode: Mode, dialect: BaseBackupDialect) -> String {
+    if dialect == BaseBackupDialect::Keywords {
+        // 14: no server compression (Mode::first chose ours).
+        let mut o = format!("LABEL {} PROGRESS", quote_literal(&opts.label));
+        if opts.checkpoint == crate::CheckpointMode::Fast {
+            o.push_str(" FAST");
+        }
+        o.push_str(" NOWAIT MANIFEST 'yes' MANIFEST_CHECKSUMS 'CRC32C' TABLESPACE_MAP");
+        if let Some(r) = opts.max_rate_kbps {
+            o.push_str(&format!(" MAX_RATE {r}"));
+        }
+        return o;
+    }
     let mut o = format!(
         "(LABEL {}, PROGRESS, CHECKPOINT '{}', WAIT false, MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C', TABLESPACE_MAP",
         quote_literal(&opts.label),
@@ -382,7 +395,10 @@ async fn run(
     };
     progress.set_phase(BackupPhase::Checkpoint);
     tracing::info!(checkpoint = opts.checkpoint.as_str(), "waiting for the server's backup checkpoint");
-    let mut mode = Mode::first(opts.compression);
+    let mut mode = Mode::first(opts.compression, repo.major());
+    if opts.compression == Compression::Auto && mode != Mode::ServerLz4 {
+        tracing::info!("PostgreSQL {} cannot compress base backups: compressing with lz4 here", repo.major());
+    }
     let rx = loop {
         match receive(repo, conn, id, opts, mode, cancel).await {
             Ok(rx) => break rx,
@@ -495,7 +511,7 @@ async fn receive(
     let progress = opts.progress.clone();
     let storage = repo.storage().clone();
     let mut rx = Received::new(mode);
-    let mut bb = conn.base_backup(&options(opts, mode)).await?;
+    let mut bb = conn.base_backup(&options(opts, mode, repo.major().base_backup())).await?;
     // The timeline is known only once the backup has started.
     let mut uploader: Option<Uploader> = None;
     loop {

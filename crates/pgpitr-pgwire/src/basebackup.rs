@@ -1,5 +1,9 @@
-//! BASE_BACKUP in the PostgreSQL 15 format: one CopyOut stream whose
-//! CopyData messages carry a one-byte sub-type.
+//! BASE_BACKUP in both of its dialects, read as one sequence of
+//! [`BaseBackupMessage`]s. From PostgreSQL 15: one CopyOut stream whose
+//! CopyData messages carry a one-byte sub-type. In 14: one plain CopyOut
+//! stream per tablespace (the data directory last), in the order of the
+//! tablespace result set, then one for the manifest; no progress messages
+//! (they are counted here from the tar bytes, which are uncompressed).
 //!
 //! ```text
 //!  BASE_BACKUP (LABEL 'x', PROGRESS, CHECKPOINT 'fast', MANIFEST 'yes', WAIT false)  →
@@ -18,8 +22,9 @@ use crate::codec::{Backend, tag_name};
 use crate::conn::{ReplicationConnection, SimpleRow, State, decode_columns, unexpected};
 use crate::error::{Error, ErrorKind, Op, PgError};
 use bytes::Bytes;
-use pgpitr_types::{Lsn, TimelineId};
+use pgpitr_types::{BaseBackupDialect, Lsn, TimelineId};
 use postgres_protocol::message::backend::Message;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// One tablespace of the backup, from the header result set.
@@ -52,6 +57,9 @@ pub enum BaseBackupMessage {
     Finished { end_lsn: Lsn, tli: TimelineId },
 }
 
+/// A tar archive's end: two 512-byte blocks of zeros.
+static TAR_END: [u8; 1024] = [0; 1024];
+
 struct ResultSet {
     columns: Arc<[String]>,
     rows: Vec<SimpleRow>,
@@ -61,6 +69,8 @@ enum Phase {
     /// Reading the result sets before COPY.
     Header(Vec<ResultSet>),
     Copy,
+    /// 14: between two CopyOut streams (or before the trailer).
+    BetweenCopies,
     /// Reading the end-position result set after CopyDone.
     Trailer(Vec<ResultSet>),
     /// The server sent an ERROR; reading up to ReadyForQuery first.
@@ -73,6 +83,15 @@ enum Phase {
 pub struct BaseBackupStream<'a> {
     conn: &'a mut ReplicationConnection,
     phase: Phase,
+    dialect: BaseBackupDialect,
+    /// Messages made from one server message, handed out first.
+    queued: VecDeque<BaseBackupMessage>,
+    /// 14: the archives still to come, by the tablespace result set.
+    archives: VecDeque<(String, Option<String>)>,
+    /// 14: tar bytes received so far, reported as progress.
+    copied: u64,
+    /// 14: the manifest's CopyOut is under way.
+    in_manifest: bool,
 }
 
 impl std::fmt::Debug for BaseBackupStream<'_> {
@@ -80,6 +99,7 @@ impl std::fmt::Debug for BaseBackupStream<'_> {
         let phase = match self.phase {
             Phase::Header(_) => "header",
             Phase::Copy => "copying",
+            Phase::BetweenCopies => "between archives",
             Phase::Trailer(_) => "trailer",
             Phase::Draining(_) => "failing",
             Phase::Done => "done",
@@ -89,16 +109,26 @@ impl std::fmt::Debug for BaseBackupStream<'_> {
 }
 
 impl ReplicationConnection {
-    /// Starts `BASE_BACKUP <options>`, where `options` is the PostgreSQL 15
-    /// parenthesised option list, for example
-    /// `(LABEL 'pgpitr', PROGRESS, CHECKPOINT 'fast', MANIFEST 'yes', WAIT false)`.
+    /// Starts `BASE_BACKUP <options>`, where `options` is in the server's
+    /// dialect: from 15 a parenthesised list, for example
+    /// `(LABEL 'pgpitr', PROGRESS, CHECKPOINT 'fast', MANIFEST 'yes', WAIT false)`,
+    /// in 14 keywords (`LABEL 'pgpitr' PROGRESS FAST NOWAIT MANIFEST 'yes'`).
     /// Quote string values with [`crate::quote_literal`].
     /// Only the client target (the default) is supported. With
     /// `COMPRESSION 'lz4'` the archives are named `*.tar.lz4` and their
     /// `Data` is lz4 frames; the manifest still arrives uncompressed.
     pub async fn base_backup(&mut self, options: &str) -> Result<BaseBackupStream<'_>, Error> {
+        let dialect = self.pg_major().await?.base_backup();
         self.send_query(Op::BaseBackup, &format!("BASE_BACKUP {options}")).await?;
-        Ok(BaseBackupStream { conn: self, phase: Phase::Header(Vec::new()) })
+        Ok(BaseBackupStream {
+            conn: self,
+            phase: Phase::Header(Vec::new()),
+            dialect,
+            queued: VecDeque::new(),
+            archives: VecDeque::new(),
+            copied: 0,
+            in_manifest: false,
+        })
     }
 }
 
@@ -193,6 +223,9 @@ impl BaseBackupStream<'_> {
     /// connection is idle again. Cancel-safe, like `ReplicationStream::next`.
     pub async fn next(&mut self) -> Result<Option<BaseBackupMessage>, Error> {
         loop {
+            if let Some(m) = self.queued.pop_front() {
+                return Ok(Some(m));
+            }
             if let Phase::Done = self.phase {
                 return Ok(None);
             }
@@ -231,9 +264,58 @@ impl BaseBackupStream<'_> {
                     (Ok((start_lsn, tli)), Ok(tablespaces)) => {
                         self.phase = Phase::Copy;
                         self.conn.state = State::Copying;
+                        if self.dialect == BaseBackupDialect::Keywords {
+                            self.archives = tablespaces
+                                .iter()
+                                .map(|t| {
+                                    (
+                                        t.oid.map_or_else(|| "base.tar".to_string(), |o| format!("{o}.tar")),
+                                        t.location.clone(),
+                                    )
+                                })
+                                .collect();
+                            let first = self.next_copy();
+                            self.queued.push_back(first);
+                        }
                         Ok(Some(BaseBackupMessage::Started { start_lsn, tli, tablespaces }))
                     }
                     (Err(k), _) | (_, Err(k)) => Err(k),
+                }
+            }
+            (Phase::Copy, Backend::CopyData(payload)) if self.dialect == BaseBackupDialect::Keywords => {
+                if !self.in_manifest {
+                    self.copied += payload.len() as u64;
+                    self.queued.push_back(BaseBackupMessage::Progress(self.copied));
+                }
+                Ok(Some(BaseBackupMessage::Data(payload)))
+            }
+            (Phase::Copy, Backend::Other(Message::CopyDone)) if self.dialect == BaseBackupDialect::Keywords => {
+                self.phase = Phase::BetweenCopies;
+                if self.in_manifest {
+                    return Ok(None);
+                }
+                // 14 leaves a tar's end marker (two zero blocks) to the
+                // client; 15 sends it. Add it, so every archive is whole.
+                self.copied += TAR_END.len() as u64;
+                self.queued.push_back(BaseBackupMessage::Progress(self.copied));
+                Ok(Some(BaseBackupMessage::Data(Bytes::from_static(&TAR_END))))
+            }
+            (Phase::BetweenCopies, Backend::Other(Message::CopyOutResponse(_))) => {
+                if self.in_manifest {
+                    Err(ErrorKind::Protocol("BASE_BACKUP sent a stream after the manifest".into()))
+                } else {
+                    self.phase = Phase::Copy;
+                    Ok(Some(self.next_copy()))
+                }
+            }
+            (Phase::BetweenCopies, Backend::Other(Message::RowDescription(body))) => {
+                if !self.archives.is_empty() {
+                    Err(ErrorKind::Protocol(format!("BASE_BACKUP ended with {} archives unsent", self.archives.len())))
+                } else {
+                    decode_columns(&body).map(|columns| {
+                        self.phase = Phase::Trailer(vec![ResultSet { columns, rows: Vec::new() }]);
+                        None
+                    })
                 }
             }
             (Phase::Header(_), Backend::Other(Message::ReadyForQuery(_))) => {
@@ -272,6 +354,18 @@ impl BaseBackupStream<'_> {
             (_, other) => Err(unexpected(&other, "during BASE_BACKUP")),
         };
         r.map_err(|k| self.fail(k))
+    }
+
+    /// 14: what the next CopyOut stream is: the next archive by the
+    /// tablespace list, then the manifest.
+    fn next_copy(&mut self) -> BaseBackupMessage {
+        match self.archives.pop_front() {
+            Some((name, tablespace_location)) => BaseBackupMessage::Archive { name, tablespace_location },
+            None => {
+                self.in_manifest = true;
+                BaseBackupMessage::ManifestStart
+            }
+        }
     }
 
     fn fail(&mut self, kind: ErrorKind) -> Error {

@@ -208,7 +208,9 @@ fn whole_segment(seg: WalSegSize, tli: TimelineId, segno: SegNo) -> TimelineWal 
 
 /// Segment `segno`, rebuilt and verified: read whole in one request when it
 /// is stored complete (the common case), otherwise assembled from the parts
-/// a listing of its keys finds.
+/// a listing of its keys finds. The listing is made beside the read of the
+/// complete object, not after it fails: an unfinished segment then costs one
+/// round trip more than a complete one, not two.
 async fn stored_segment(
     repo: &Repository,
     seg: WalSegSize,
@@ -216,15 +218,26 @@ async fn stored_segment(
     segno: SegNo,
 ) -> Result<Option<AssembledSegment>, FetchError> {
     let storage = repo.storage().as_ref();
-    match wal::assemble_segment(storage, seg, &whole_segment(seg, tli, segno), segno).await {
+    let complete = whole_segment(seg, tli, segno);
+    let (whole, listed) =
+        tokio::join!(wal::assemble_segment(storage, seg, &complete, segno), segment_objects(repo, seg, tli, segno));
+    match whole {
         Ok(got) => return Ok(got),
         Err(RepoError::Storage(e)) if e.is_not_found() => {}
         Err(e) => return Err(e.into()),
     }
+    let mut first = Some(listed);
     let vanished = |e: &Relisted| matches!(e, Relisted::Repo(e) if e.is_not_found());
-    let got = pgpitr_repo::relisting(vanished, || async {
-        let tl = segment_objects(repo, seg, tli, segno).await.map_err(Relisted::Fetch)?;
-        wal::assemble_segment(storage, seg, &tl, segno).await.map_err(Relisted::Repo)
+    let got = pgpitr_repo::relisting(vanished, || {
+        let listed = first.take();
+        async move {
+            let tl = match listed {
+                Some(l) => l,
+                None => segment_objects(repo, seg, tli, segno).await,
+            }
+            .map_err(Relisted::Fetch)?;
+            wal::assemble_segment(storage, seg, &tl, segno).await.map_err(Relisted::Repo)
+        }
     })
     .await;
     match got {

@@ -429,7 +429,13 @@ struct State {
     merging: Option<Merging>,
     /// A merge of the open segment failed: no more until the next one.
     merge_failed: bool,
+    /// The segments most recently stored whole, newest last.
+    recent_complete: Vec<WalObjectId>,
 }
+
+/// Complete segments remembered for parts that are stored after them (a
+/// part is in flight while at most `max_segments_in_flight` segments are).
+const RECENT_COMPLETE: usize = 8;
 
 struct Merging {
     id: WalObjectId,
@@ -484,6 +490,7 @@ impl State {
             fresh: Freshness::default(),
             merging: None,
             merge_failed: false,
+            recent_complete: Vec::with_capacity(RECENT_COMPLETE),
         }
     }
 
@@ -918,14 +925,29 @@ impl State {
             self.journal.open = end.open.filter(|j| current(&j.id));
         }
         let took = done.result?;
-        if matches!(done.id.kind, WalObjectKind::Part { .. }) && self.cur.mark_stored(&done.id) {
-            self.start_due_merge();
+        let mut superseded = done.superseded;
+        match done.id.kind {
+            WalObjectKind::Part { .. } if self.cur.mark_stored(&done.id) => self.start_due_merge(),
+            // A part of a segment stored whole before the part was: its
+            // deletion with the segment's other parts came too early.
+            WalObjectKind::Part { .. }
+                if self.recent_complete.contains(&WalObjectId::segment(done.id.tli, done.id.segno)) =>
+            {
+                superseded.push(done.id)
+            }
+            WalObjectKind::Segment => {
+                if self.recent_complete.len() == RECENT_COMPLETE {
+                    self.recent_complete.remove(0);
+                }
+                self.recent_complete.push(done.id);
+            }
+            _ => {}
         }
         self.upload_latency = (self.upload_latency * 7 + took) / 8;
         self.stats.uploads.fetch_add(1, Ordering::Relaxed);
-        if !done.superseded.is_empty() {
+        if !superseded.is_empty() {
             let storage = self.repo.storage().clone();
-            let keys: Vec<String> = done.superseded.iter().map(|id| id.key(self.seg)).collect();
+            let keys: Vec<String> = superseded.iter().map(|id| id.key(self.seg)).collect();
             tokio::spawn(async move {
                 if let Err(e) = storage.delete_many(&keys).await {
                     tracing::warn!(
