@@ -35,8 +35,8 @@ fn complete_backups(backend: &Backend) -> Vec<String> {
 }
 
 /// Three backups with WAL between them, then `--keep-backups 2`.
-async fn keeps_the_newest_backups_and_the_wal_they_need(backend: Backend) {
-    let pg = PgCluster::start_default();
+pub(crate) async fn keeps_the_newest_backups_and_the_wal_they_need(backend: Backend, major: u32) {
+    let pg = PgCluster::builder().major(major).start();
     pg.sql("CREATE TABLE t (x int)");
     let s = StreamProc::start(&pg, &backend, &[]);
     wait_streaming(&pg, "pgpitr");
@@ -105,12 +105,12 @@ async fn keeps_the_newest_backups_and_the_wal_they_need(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keeps_the_newest_backups_and_the_wal_they_need_local() {
-    keeps_the_newest_backups_and_the_wal_they_need(Backend::local()).await;
+    keeps_the_newest_backups_and_the_wal_they_need(Backend::local(), test_major()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keeps_the_newest_backups_and_the_wal_they_need_s3() {
-    keeps_the_newest_backups_and_the_wal_they_need(Backend::s3()).await;
+    keeps_the_newest_backups_and_the_wal_they_need(Backend::s3(), test_major()).await;
 }
 
 /// `--keep-within` keeps the backups of the window and the last one before

@@ -230,16 +230,16 @@ async fn survives_postgres_crash_restart(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_promotion_to_timeline_2_local() {
-    follows_promotion_to_timeline_2(Backend::local()).await;
+    follows_promotion_to_timeline_2(Backend::local(), test_major()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_promotion_to_timeline_2_s3() {
-    follows_promotion_to_timeline_2(Backend::s3()).await;
+    follows_promotion_to_timeline_2(Backend::s3(), test_major()).await;
 }
 
-async fn follows_promotion_to_timeline_2(backend: Backend) {
-    let primary = PgCluster::start_default();
+pub(crate) async fn follows_promotion_to_timeline_2(backend: Backend, major: u32) {
+    let primary = PgCluster::builder().major(major).start();
     primary.sql("CREATE TABLE t (x int); INSERT INTO t VALUES (1);");
     let standby = primary.start_standby();
     // pgpitr archives from the standby, which is then promoted.

@@ -13,8 +13,8 @@ fn verify(backend: &Backend, args: &[&str]) -> Run {
     run(cmd.args(["verify", "--repo", &backend.url()]).args(args))
 }
 
-async fn verify_names_what_is_wrong(backend: Backend) {
-    let pg = PgCluster::start_default();
+pub(crate) async fn verify_names_what_is_wrong(backend: Backend, major: u32) {
+    let pg = PgCluster::builder().major(major).start();
     pg.pgbench(&["-i", "-q", "-s", "1"]);
     let s = StreamProc::start(&pg, &backend, &[]);
     wait_streaming(&pg, "pgpitr");
@@ -88,12 +88,12 @@ async fn verify_names_what_is_wrong(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_names_what_is_wrong_local() {
-    verify_names_what_is_wrong(Backend::local()).await;
+    verify_names_what_is_wrong(Backend::local(), test_major()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_names_what_is_wrong_s3() {
-    verify_names_what_is_wrong(Backend::s3()).await;
+    verify_names_what_is_wrong(Backend::s3(), test_major()).await;
 }
 
 /// A part whose container is sound but whose archive content no longer

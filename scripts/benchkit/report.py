@@ -4,12 +4,14 @@ one is listed as not run, with the reason when the run recorded one."""
 
 import json
 
-ORDER = ["micro", "stream", "rpo", "sync", "backup", "restore"]
+ORDER = ["micro", "stream", "rpo", "sync", "backup", "restore", "resume"]
 TITLES = {"micro": "Micro-benchmarks (criterion)", "stream": "stream: continuous archiving under load",
           "rpo": "rpo: commit → durable on an idle server", "sync": "sync: primary throughput with a synchronous "
-          "archiver", "backup": "backup: base backup throughput", "restore": "restore: point-in-time restore"}
+          "archiver", "backup": "backup: base backup throughput", "restore": "restore: point-in-time restore",
+          "resume": "Resume and the unfinished segment"}
 HOW = {"micro": "scripts/bench micro", "stream": "scripts/bench stream", "rpo": "scripts/bench rpo",
-       "sync": "scripts/bench sync", "backup": "scripts/bench backup", "restore": "scripts/bench restore"}
+       "sync": "scripts/bench sync", "backup": "scripts/bench backup", "restore": "scripts/bench restore",
+       "resume": "scripts/bench resume"}
 
 
 def load(results):
@@ -201,6 +203,33 @@ def goals(res):
                 rows.append([f"Restore time {op} {lim}× {peer}: {c}",
                              f"{secs(med(s['total_s']))} vs {secs(med(p['total_s']) if p and p.get('total_s') else None)} "
                              f"= {rtxt(r)}", status(ok, "restore")])
+    # resume
+    m = missing("resume")
+    if m:
+        rows.append(["Restart after kill -9 ≤ 2 s, commit wait ≤ 3 s, unfinished-segment wal-fetch ≤ 1.5× complete",
+                     m, "not measured"])
+    else:
+        S = res["resume"]["summary"]
+        n = res["resume"].get("sizes", {}).get("commits")
+        for c, label in (("sync", "synchronous"), ("async", "async")):
+            s = S.get(c, {})
+            r = med(s.get("restart_s"))
+            rows.append([f"Restart after kill -9 → streaming ≤ 2 s, {label}, S3, open segment of {n} commits",
+                         f"{secs(r)} ({num(med(s.get('objects_at_kill')), digits=0)} objects of the open segment "
+                         "at the kill)",
+                         status(None if r is None else r <= 2.0, "resume")])
+            if c == "sync":
+                w = s.get("max_commit_wait_s")
+                k = s.get("commit_at_kill_s")
+                rows.append(["Longest commit wait across that restart ≤ 3 s, synchronous, S3",
+                             f"{secs(med(w))} (worst run {secs(w['max'] if w else None)}); the commit in flight "
+                             f"at the kill {secs(med(k))}",
+                             status(None if w is None else med(w) <= 3.0, "resume")])
+        u, cpl, r = S.get("wal-fetch/unfinished", {}), S.get("wal-fetch/complete", {}), S.get("wal-fetch/ratio")
+        rows.append(["wal-fetch of the unfinished segment ≤ 1.5× a complete one",
+                     f"{secs(med(u.get('wall_s')))} ({num(med(u.get('objects')), digits=0)} objects) vs "
+                     f"{secs(med(cpl.get('wall_s')))} = {rtxt(r)} (fastest {rtxt(S.get('wal-fetch/ratio_min'))}, "
+                     f"CPU {rtxt(S.get('wal-fetch/ratio_cpu'))})", status(None if r is None else r <= 1.5, "resume")])
     return table(["goal", "measured (median of runs unless said)", "status"], rows)
 
 
@@ -362,8 +391,54 @@ def sec_restore(r):
     return "\n".join(out)
 
 
+def sec_resume(r):
+    S = r["summary"]
+    n = r.get("sizes", {}).get("commits")
+
+    def count(x):
+        return num(x, digits=0)
+
+    rows = []
+    for c, label in (("sync", "synchronous (`--synchronous`)"), ("async", "async (`--flush-interval 1s`)")):
+        s = S.get(c)
+        if not s:
+            continue
+        hung = f" ({s['commit_hung']} run(s) still waiting when given up on)" if s.get("commit_hung") else ""
+        rows.append([label, rng(s.get("commits"), count), rng(s.get("objects_after_load"), count),
+                     rng(s.get("objects_at_kill"), count),
+                     rng(s.get("restart_s"), secs),
+                     rng(s.get("max_commit_wait_s"), secs) + hung if c == "sync" else "–",
+                     rng(s.get("commit_at_kill_s"), secs) if c == "sync" else "–",
+                     (f"{rng(s.get('commit_p50_before_kill_s'), secs)} / {rng(s.get('commit_max_before_kill_s'), secs)}"
+                      if c == "sync" else "–"),
+                     rng(s.get("objects_after_restart"), count), s.get("runs", 0), s.get("errors") or 0])
+    out = [f"Restart after `kill -9` with an open segment of {n} one-row commits, on S3:\n",
+           table(["stream", "commits in the open segment", "its objects after the load", "at the kill",
+                  "restart → `streaming` (goal ≤ 2 s)", "longest commit of the second client (goal ≤ 3 s)",
+                  "its commit in flight at the kill", "its commits before the kill: p50 / max",
+                  "at SIGTERM after the restart", "runs", "failed runs"], rows)]
+    frows = []
+    for kind, when in (("unfinished", "unfinished, after SIGTERM"), ("complete", "complete, after pg_switch_wal()")):
+        s = S.get(f"wal-fetch/{kind}")
+        if not s or not s.get("wall_s"):
+            continue
+        mism = f"; {s['mismatches']} run(s) differ" if s.get("mismatches") else ""
+        objs = rng(s.get("objects"), count)
+        if med(s.get("leftover_parts")):
+            objs += f" whole (+{rng(s['leftover_parts'], count)} leftover part(s) of it, not read)"
+        frows.append([when, objs, rng(s.get("stored_bytes"), mib), rng(s.get("wall_s"), secs),
+                      rng(s.get("cpu_s"), secs), f"{s.get('fetches', 0)}{mism}"])
+    if frows:
+        out.append("\n`pgpitr wal-fetch` of the synchronous case's segment, no spool:\n")
+        out.append(table(["segment", "objects stored", "stored bytes", "wal-fetch wall", "CPU", "fetches"], frows))
+        out.append(f"\nUnfinished / complete: ratio of median wall times **{rtxt(S.get('wal-fetch/ratio'))}** "
+                   f"(goal ≤ 1.5×); of the fastest fetches {rtxt(S.get('wal-fetch/ratio_min'))}, of median CPU "
+                   f"{rtxt(S.get('wal-fetch/ratio_cpu'))}.")
+    return "\n".join(out)
+
+
 SECTIONS = {"micro": sec_micro, "stream": sec_stream, "rpo": sec_rpo, "sync": sec_sync, "backup": sec_backup,
-            "restore": sec_restore}
+            "restore": sec_restore, "resume": sec_resume}
 
 
 def machine_block(res):
@@ -396,7 +471,7 @@ def write(results, out):
                      "on a machine that may be busy; treat those figures as noisy indications, not as results.\n")
     parts.append("## Machine\n")
     parts.append(machine_block(res) + "\n")
-    parts.append("## Goals (issues 3–6)\n")
+    parts.append("## Goals (issues 3–6 and 17)\n")
     parts.append(goals(res) + "\n")
     for p in ORDER:
         parts.append(f"## {TITLES[p]}\n")

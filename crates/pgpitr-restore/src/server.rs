@@ -54,6 +54,36 @@ pub fn pg_bindir(explicit: Option<&Path>) -> Result<PathBuf, ServerError> {
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
+/// [`pg_bindir`], checked to hold the `postgres` of `major` (what the
+/// restored data directory needs) before anything is written.
+pub fn pg_bindir_for(explicit: Option<&Path>, major: pgpitr_types::PgMajor) -> Result<PathBuf, ServerError> {
+    let dir = pg_bindir(explicit)?;
+    let postgres = dir.join("postgres");
+    let out = std::process::Command::new(&postgres)
+        .arg("--version")
+        .output()
+        .map_err(|e| ServerError(format!("cannot run {} --version ({e}); pass --pg-bindir", postgres.display())))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "postgres (PostgreSQL) 17.10" (a distribution may add words after).
+    let found = text
+        .split_whitespace()
+        .skip_while(|w| *w != "(PostgreSQL)")
+        .nth(1)
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u32>().ok());
+    match found {
+        Some(m) if m == major.number() => Ok(dir),
+        Some(m) => Err(ServerError(format!(
+            "{} is PostgreSQL {m}, but the repository holds PostgreSQL {major}: pass --pg-bindir with {major}'s binaries",
+            postgres.display()
+        ))),
+        None => Err(ServerError(format!(
+            "{} --version said {:?}: not a PostgreSQL server",
+            postgres.display(),
+            text.trim()
+        ))),
+    }
+}
+
 /// True when this process runs as root (uid 0), read without unsafe code.
 pub fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;

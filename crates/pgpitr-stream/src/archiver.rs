@@ -431,7 +431,12 @@ struct State {
     merge_failed: bool,
     /// The segments most recently stored whole, newest last.
     recent_complete: Vec<WalObjectId>,
+    /// Deletions of parts that stored segments replaced.
+    cleanups: JoinSet<()>,
 }
+
+/// How long a shutdown waits for the last deletions of replaced parts.
+const CLEANUP_AT_EXIT: Duration = Duration::from_secs(2);
 
 /// Complete segments remembered for parts that are stored after them (a
 /// part is in flight while at most `max_segments_in_flight` segments are).
@@ -491,6 +496,7 @@ impl State {
             merging: None,
             merge_failed: false,
             recent_complete: Vec::with_capacity(RECENT_COMPLETE),
+            cleanups: JoinSet::new(),
         }
     }
 
@@ -945,10 +951,11 @@ impl State {
         }
         self.upload_latency = (self.upload_latency * 7 + took) / 8;
         self.stats.uploads.fetch_add(1, Ordering::Relaxed);
+        while self.cleanups.try_join_next().is_some() {}
         if !superseded.is_empty() {
             let storage = self.repo.storage().clone();
             let keys: Vec<String> = superseded.iter().map(|id| id.key(self.seg)).collect();
-            tokio::spawn(async move {
+            self.cleanups.spawn(async move {
                 if let Err(e) = storage.delete_many(&keys).await {
                     tracing::warn!(
                         "deleting {} parts of a stored segment failed (retried at next start): {e}",
@@ -1048,6 +1055,10 @@ impl State {
             let d = self.reportable();
             stream.send_status(d, d, d, false).await?;
         }
+        // Parts a stored segment replaced: deleted now rather than left for
+        // the next start, unless storage keeps the shutdown waiting.
+        let _ =
+            tokio::time::timeout(CLEANUP_AT_EXIT, async { while self.cleanups.join_next().await.is_some() {} }).await;
         Ok(())
     }
 

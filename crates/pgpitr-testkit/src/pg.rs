@@ -208,10 +208,46 @@ impl PgCluster {
         let (port, major, bindir) = (free_port(), self.major, self.bindir.clone());
         let mut s = PgCluster { dir, port, major, bindir, as_postgres, running: false };
         let data = s.datadir();
-        let mut bb = s.command("pg_basebackup");
-        bb.arg("-D").arg(&data).args(["-R", "-X", "stream", "-c", "fast", "-U", SUPERUSER, "-h"]);
-        bb.arg(self.sockdir()).args(["-p", &self.port.to_string()]);
-        run(&mut bb, "pg_basebackup");
+        if self.major == DEBIAN_MAJOR {
+            let mut bb = s.command("pg_basebackup");
+            bb.arg("-D").arg(&data).args(["-R", "-X", "stream", "-c", "fast", "-U", SUPERUSER, "-h"]);
+            bb.arg(self.sockdir()).args(["-p", &self.port.to_string()]);
+            run(&mut bb, "pg_basebackup");
+        } else {
+            // 15's pg_basebackup refuses other majors: a copy of the data
+            // directory taken while the primary is cleanly stopped.
+            let pg_ctl = |action: &str| {
+                let mut c = self.command("pg_ctl");
+                c.arg("-D")
+                    .arg(self.datadir())
+                    .arg("-l")
+                    .arg(self.log_path())
+                    .args(["-w", "-t", "60", "-m", "fast", action]);
+                run(&mut c, "pg_ctl (primary, for a standby's copy)");
+            };
+            pg_ctl("stop");
+            let mut cp = Command::new("cp");
+            cp.arg("-a").arg(self.datadir().join(".")).arg(&data);
+            run(&mut cp, "copy the primary's data directory");
+            pg_ctl("start");
+            for stale in ["postmaster.pid", "postmaster.opts"] {
+                let _ = std::fs::remove_file(data.join(stale));
+            }
+            let signal = data.join("standby.signal");
+            std::fs::write(&signal, "").expect("write standby.signal");
+            if s.as_postgres {
+                let (uid, gid) = postgres_ids();
+                std::os::unix::fs::chown(&signal, Some(uid), Some(gid)).expect("chown standby.signal");
+            }
+            s.append_file(
+                "postgresql.auto.conf",
+                &format!(
+                    "\nprimary_conninfo = 'host={} port={} user={SUPERUSER} application_name=standby'\n",
+                    self.sockdir().display(),
+                    self.port
+                ),
+            );
+        }
         s.append_file(
             "postgresql.conf",
             &format!("\nport = {}\nunix_socket_directories = '{}'\n", s.port, s.sockdir().display()),

@@ -169,12 +169,17 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<u8> {
         // Spooled files must be the server's: --start refuses root.
         prefetch_wal: (args.start || args.wait) && !server::running_as_root(),
     };
+    // The binaries that will start the server are checked before anything is written.
+    let bindir = if (args.start || args.wait) && !args.dry_run {
+        Some(server::pg_bindir_for(args.pg_bindir.as_deref(), repo.major())?)
+    } else {
+        None
+    };
     let restored = pgpitr_restore::restore(&repo, &opts).await?;
     if !args.json {
         print_plan(&restored, &opts);
     }
-    let reached = if (args.start || args.wait) && !args.dry_run {
-        let bindir = server::pg_bindir(args.pg_bindir.as_deref())?;
+    let reached = if let Some(bindir) = bindir {
         let sopts = StartOptions { pgdata, bindir, port: args.port, action, wait: args.wait, progress: !args.json };
         Some(server::start(&sopts).await?)
     } else {
