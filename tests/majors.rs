@@ -238,3 +238,27 @@ async fn promotion_verify_and_expire(major: u32) {
 }
 
 on_every_major!(promotion_verify_expire, super::promotion_verify_and_expire);
+
+/// A server that cannot compress: 16 built without lz4 (as these test
+/// builds are) falls back to compressing on pgpitr's side, saying so once;
+/// an explicit `--compress server-lz4` is a one-line error; so is any
+/// `server-lz4` on 14, which has no server-side compression at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compression_follows_the_server() {
+    for major in [14, 16] {
+        if !wanted(major) {
+            continue;
+        }
+        let backend = Backend::local();
+        let pg = PgCluster::builder().major(major).start();
+        let refused = run(&mut backup_cmd(&pg, &backend, &["--compress", "server-lz4"]));
+        let line = refused.fails_with(&["server", "client-lz4"]);
+        assert!(line.contains("cannot compress"), "{major}: {line}");
+        let mut auto = backup_cmd(&pg, &backend, &["--json"]);
+        let out = run(auto.env("PGPITR_LOG", "info")).ok();
+        let info: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(info["compression"], "client-lz4", "{major}");
+        let said = out.stderr.lines().filter(|l| l.contains("compressing with lz4 here")).count();
+        assert_eq!(said, 1, "{major}: one line says so:\n{}", out.stderr);
+    }
+}
