@@ -6,7 +6,7 @@
 //! `stream::sigterm_stores_pending_wal_then_exits_0`.
 
 use crate::common::*;
-use crate::stream::init_repo;
+use crate::stream::{init_repo, spawn_archiver};
 use pgpitr_storage::{FaultMode, FaultyStorage, LocalStorage, Op, Storage};
 use pgpitr_testkit::*;
 use std::sync::Arc;
@@ -49,23 +49,6 @@ fn sigterm_and_sigint_while_connecting_exit_0_at_once() {
     drop(silent);
 }
 
-/// Streaming in this process into `storage`, without waiting for it to
-/// start; the task returns what `pgpitr stream` would exit with.
-async fn spawn_archiver(
-    pg: &PgCluster,
-    storage: Arc<dyn Storage>,
-) -> (tokio_util::sync::CancellationToken, tokio::task::JoinHandle<Result<(), pgpitr_stream::StreamError>>) {
-    let retrying = Arc::new(pgpitr_storage::RetryingStorage::new(storage, Default::default()));
-    let repo = pgpitr_repo::Repository::open(retrying).await.unwrap();
-    let conninfo =
-        format!("host=127.0.0.1 port={} user={REPL_USER} dbname=postgres password={REPL_PASSWORD}", pg.port());
-    let conn = pgpitr_pgwire::ConnConfig::parse_with_env(&conninfo, |_| None).unwrap();
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let stats = Arc::new(pgpitr_stream::StreamStats::default());
-    let mut archiver = pgpitr_stream::Archiver::new(repo, conn, Default::default(), cancel.clone(), stats);
-    (cancel, tokio::spawn(async move { archiver.run().await }))
-}
-
 /// The resume reads the repository first; a listing that takes a minute
 /// does not hold up a shutdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,7 +58,7 @@ async fn sigterm_while_resuming_stops_at_once() {
     init_repo(&pg, Arc::new(LocalStorage::new(dir.path()))).await;
     let slow = FaultyStorage::new(LocalStorage::new(dir.path()), FaultMode::FailFirst(0))
         .slowed(|op, _| op == Op::List, Duration::from_secs(60));
-    let (cancel, task) = spawn_archiver(&pg, Arc::new(slow)).await;
+    let (cancel, task) = spawn_archiver(&pg, Arc::new(slow), Default::default()).await;
     // Connecting takes milliseconds; then the listing hangs.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(pg.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"), "0", "not streaming yet");
@@ -101,7 +84,7 @@ async fn sigterm_with_storage_down_fails_within_10_s_and_reports_only_what_is_st
         LocalStorage::new(dir.path()),
         FaultMode::FailCalls(|_, key| STORAGE_DOWN.load(Ordering::Relaxed) && key.starts_with("wal/")),
     );
-    let (cancel, task) = spawn_archiver(&pg, Arc::new(down)).await;
+    let (cancel, task) = spawn_archiver(&pg, Arc::new(down), Default::default()).await;
     wait_streaming(&pg, "pgpitr");
     let stored = lsn(&pg.sql("INSERT INTO t VALUES (1); SELECT pg_current_wal_lsn()"));
     wait_durable(clean.as_ref(), seg16(), 1, stored, Duration::from_secs(20)).await;

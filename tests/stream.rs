@@ -448,13 +448,16 @@ async fn list_reports_ranges_gaps_and_latest_restorable_time() {
     assert_eq!(gaps[0]["end_lsn"], ge.to_string());
 }
 
-/// Streams in this process into `storage` (under RetryingStorage, as in
-/// production), as application "pgpitr"; returns once streaming.
-pub(crate) async fn start_archiver(
+/// A stream in this process into `storage` (under RetryingStorage, as in
+/// production), as application "pgpitr", not yet waited for.
+pub(crate) type InProcess =
+    (tokio_util::sync::CancellationToken, tokio::task::JoinHandle<Result<(), pgpitr_stream::StreamError>>);
+
+pub(crate) async fn spawn_archiver(
     pg: &PgCluster,
     storage: std::sync::Arc<dyn pgpitr_storage::Storage>,
     cfg: pgpitr_stream::StreamConfig,
-) -> (tokio_util::sync::CancellationToken, tokio::task::JoinHandle<Result<(), pgpitr_stream::StreamError>>) {
+) -> InProcess {
     use std::sync::Arc;
     let retrying = Arc::new(pgpitr_storage::RetryingStorage::new(storage, pgpitr_storage::RetryPolicy::default()));
     let repo = pgpitr_repo::Repository::open(retrying).await.unwrap();
@@ -466,9 +469,18 @@ pub(crate) async fn start_archiver(
     let cancel = tokio_util::sync::CancellationToken::new();
     let stats = Arc::new(pgpitr_stream::StreamStats::default());
     let mut archiver = pgpitr_stream::Archiver::new(repo, conn_cfg, cfg, cancel.clone(), stats);
-    let task = tokio::spawn(async move { archiver.run().await });
+    (cancel, tokio::spawn(async move { archiver.run().await }))
+}
+
+/// [`spawn_archiver`], returning once it streams.
+pub(crate) async fn start_archiver(
+    pg: &PgCluster,
+    storage: std::sync::Arc<dyn pgpitr_storage::Storage>,
+    cfg: pgpitr_stream::StreamConfig,
+) -> InProcess {
+    let started = spawn_archiver(pg, storage, cfg).await;
     wait_streaming(pg, "pgpitr");
-    (cancel, task)
+    started
 }
 
 /// Initialises a repository for `pg` in `storage`.

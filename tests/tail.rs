@@ -2,7 +2,7 @@
 //! objects; merges cut short at any step; resume from it.
 
 use crate::common::*;
-use crate::stream::{init_repo, start_archiver, verify_wal_continuity};
+use crate::stream::{init_repo, spawn_archiver, start_archiver, verify_wal_continuity};
 use pgpitr_repo::wal::{self, WalObjectId};
 use pgpitr_storage::{FaultMode, FaultyStorage, LocalStorage, Op, Storage};
 use pgpitr_testkit::*;
@@ -180,24 +180,7 @@ async fn a_merge_cut_short_at_each_step_restores_exactly_and_is_finished_next_st
     let obj =
         pgpitr_repo::object::encode(TimelineId(1), from, &wrong, pgpitr_repo::object::Codec::Lz4, &Default::default());
     clean.put(&inside.key(seg16()), obj).await.unwrap();
-    let (_cancel, task) = {
-        let retrying = Arc::new(pgpitr_storage::RetryingStorage::new(clean.clone(), Default::default()));
-        let repo = pgpitr_repo::Repository::open(retrying).await.unwrap();
-        let conn = pgpitr_pgwire::ConnConfig::parse_with_env(
-            &format!("host=127.0.0.1 port={} user={REPL_USER} dbname=postgres password={REPL_PASSWORD}", pg.port()),
-            |_| None,
-        )
-        .unwrap();
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let mut archiver = pgpitr_stream::Archiver::new(
-            repo,
-            conn,
-            cfg,
-            cancel.clone(),
-            Arc::new(pgpitr_stream::StreamStats::default()),
-        );
-        (cancel, tokio::spawn(async move { archiver.run().await }))
-    };
+    let (_cancel, task) = spawn_archiver(&pg, clean.clone(), cfg).await;
     let err = tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap().unwrap_err().to_string();
     assert!(err.contains(&inside.key(seg16())) && err.contains(&merged.key(seg16())), "{err}");
     let mut verify = pgpitr();
