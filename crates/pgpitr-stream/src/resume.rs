@@ -276,32 +276,25 @@ async fn open_at(
     let seg = repo.seg_size();
     let segno = start.segment_number(seg);
     let offset = start.segment_offset(seg) as usize;
-    let mut segment = OpenSegment::new(tli, segno, seg, &[], !inherited);
-    if offset == 0 {
-        return Ok(ResumePlan {
-            tli,
-            start,
-            segment,
-            scan_prefix: Bytes::new(),
-            start_is_stored: true,
-            created_slot: false,
-        });
-    }
-    // Every object of the segment, read at once; those inside the cover
-    // (an interrupted merge) are checked against it, then deleted.
-    let assembled = wal::assemble_segment(storage.as_ref(), seg, tl, segno).await?.ok_or_else(|| {
-        StreamError::Definite(format!("segment {segno} of timeline {from_tli} vanished from the repository"))
-    })?;
-    if (assembled.valid_len as usize) < offset {
-        return Err(StreamError::Definite(format!(
-            "repository coverage of timeline {from_tli} reaches {start} but its segment holds only {} bytes",
-            assembled.valid_len
-        )));
-    }
-    let prefix = assembled.data.slice(..offset);
-    segment = OpenSegment::new(tli, segno, seg, &prefix, !inherited);
+    let (prefix, used) = if offset == 0 {
+        (Bytes::new(), Vec::new())
+    } else {
+        // Every object of the segment, read at once; those inside the cover
+        // (an interrupted merge) are checked against it, then deleted.
+        let assembled = wal::assemble_segment(storage.as_ref(), seg, tl, segno).await?.ok_or_else(|| {
+            StreamError::Definite(format!("segment {segno} of timeline {from_tli} vanished from the repository"))
+        })?;
+        if (assembled.valid_len as usize) < offset {
+            return Err(StreamError::Definite(format!(
+                "repository coverage of timeline {from_tli} reaches {start} but its segment holds only {} bytes",
+                assembled.valid_len
+            )));
+        }
+        (assembled.data.slice(..offset), assembled.used)
+    };
+    let mut segment = OpenSegment::new(tli, segno, seg, &prefix, !inherited);
     if !inherited {
-        for (id, summary) in &assembled.used {
+        for (id, summary) in &used {
             if id.range(seg).1 > start {
                 // Past a hole: its bytes are streamed again. Only deleted
                 // with the other parts once the segment is stored.
@@ -314,9 +307,10 @@ async fn open_at(
         for (id, _) in tl.objects.iter().filter(|(id, _)| id.segno == segno && id.range(seg).0 >= start) {
             segment.note_object(*id);
         }
+        // Only once assembly checked them against the cover.
         let covered: Vec<String> =
             tl.covered.iter().filter(|(id, _)| id.segno == segno).map(|(id, _)| id.key(seg)).collect();
-        if !covered.is_empty() {
+        if !covered.is_empty() && !used.is_empty() {
             tracing::info!(segno = %segno, objects = covered.len(), "finishing a merge cut short: deleting the parts inside it");
             let storage = storage.clone();
             tokio::spawn(async move {
