@@ -196,10 +196,12 @@ pub struct WalSummary {
     /// Wall-clock time pgpitr received the last byte (Unix µs).
     #[serde(default)]
     pub received_us: i64,
-    /// Some of the WAL could not be indexed (the scanner failed on it, or
-    /// started inside a record): commits may be missing from this summary.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub index_incomplete: bool,
+    /// Some WAL could not be indexed: a commit that starts before this LSN
+    /// may be missing from this summary. `Lsn::MAX` when the scanner failed
+    /// on the object's WAL; the scan's start when it began inside a record
+    /// (that record started earlier, and ended in this object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unindexed_before: Option<Lsn>,
 }
 
 impl WalSummary {
@@ -214,7 +216,7 @@ impl WalSummary {
         self.aborts += other.aborts;
         self.restore_points.extend(other.restore_points.iter().cloned());
         self.received_us = self.received_us.max(other.received_us);
-        self.index_incomplete |= other.index_incomplete;
+        self.unindexed_before = self.unindexed_before.max(other.unindexed_before);
     }
 }
 
@@ -598,7 +600,7 @@ mod tests {
             aborts: 0,
             restore_points: vec![],
             received_us: 3,
-            index_incomplete: false,
+            unindexed_before: None,
         };
         (raw, s)
     }

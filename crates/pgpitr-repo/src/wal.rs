@@ -252,6 +252,9 @@ pub fn split_cover<M>(mut objs: Vec<(WalObjectId, M)>) -> (Listed<M>, Listed<M>)
         (segno, partial, from, std::cmp::Reverse(to))
     });
     let (mut cover, mut covered) = (Vec::with_capacity(objs.len()), Vec::new());
+    // Only parts and segments make others redundant: a journal's end is read
+    // from its file, and a frame can be there, undurable, after its append
+    // failed (its bytes then went into a part, which must stay).
     let mut reach: Option<(SegNo, u32)> = None;
     for (id, meta) in objs {
         let (segno, partial, _, to) = id.order();
@@ -260,7 +263,9 @@ pub fn split_cover<M>(mut objs: Vec<(WalObjectId, M)>) -> (Listed<M>, Listed<M>)
             covered.push((id, meta));
             continue;
         }
-        reach = Some((segno, if partial { to } else { u32::MAX }));
+        if !matches!(id.kind, WalObjectKind::Journal { .. }) {
+            reach = Some((segno, if partial { to } else { u32::MAX }));
+        }
         cover.push((id, meta));
     }
     covered.sort_by_key(|(id, _)| id.order());
@@ -426,6 +431,10 @@ pub async fn assemble_segment(
             break;
         }
         check_same(storage, seg, &buf, valid, &given, id, from, &raw)?;
+        if to <= valid {
+            // Inside a journal before it: its bytes are there already.
+            continue;
+        }
         buf[valid as usize..to as usize].copy_from_slice(&raw[(valid - from) as usize..]);
         given.push((valid, to, id));
         valid = to;

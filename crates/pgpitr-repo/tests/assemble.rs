@@ -188,3 +188,24 @@ async fn parts_inside_a_merged_part_are_checked_not_used() {
     assert!(err.contains(&bad.key(seg())) && err.contains(&merged.key(seg())), "{err}");
     assert!(err.contains("0x5DC"), "names the offset: {err}");
 }
+
+/// A journal's end is read from its file, where a frame whose sync failed
+/// can still be: the part that holds those bytes since is never set aside
+/// as redundant (nor deleted), however far the journal reaches.
+#[tokio::test]
+async fn a_journal_never_makes_a_part_redundant() {
+    use pgpitr_repo::wal::split_cover;
+    let t = TimelineId(1);
+    let journal = WalObjectId {
+        kind: pgpitr_repo::wal::WalObjectKind::Journal { from: 0, to: 3000 },
+        ..WalObjectId::journal(t, SegNo(5), 0)
+    };
+    let part = WalObjectId::part(t, SegNo(5), 1000, 2000);
+    let (cover, covered) = split_cover(vec![(journal, ()), (part, ())]);
+    assert_eq!(cover.len(), 2, "{cover:?}");
+    assert!(covered.is_empty());
+    // A part does make a journal inside it redundant.
+    let inner = WalObjectId { kind: pgpitr_repo::wal::WalObjectKind::Journal { from: 0, to: 500 }, ..journal };
+    let (_, covered) = split_cover(vec![(WalObjectId::part(t, SegNo(5), 0, 1000), ()), (inner, ())]);
+    assert_eq!(covered.len(), 1);
+}

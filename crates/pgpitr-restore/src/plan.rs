@@ -354,12 +354,13 @@ impl<'a> Summaries<'a> {
         v
     }
 
-    /// The first object from `from` on whose commit index is incomplete
-    /// (its WAL was not all parsed), reading the headers of all of them.
+    /// The first object whose index may lack a commit after `from` (its WAL
+    /// was not all parsed), reading the headers of every object past it.
     async fn first_unindexed(&mut self, objs: &[PathObject], from: Lsn) -> Result<Option<WalObjectId>> {
         let after: Vec<PathObject> = objs.iter().filter(|o| o.hi > from).copied().collect();
         self.load(&after).await?;
-        Ok(after.iter().find(|o| self.cache.get(&o.id).is_some_and(|s| s.index_incomplete)).map(|o| o.id))
+        let gap = |o: &&PathObject| self.cache.get(&o.id).and_then(|s| s.unindexed_before).is_some_and(|u| u > from);
+        Ok(after.iter().find(gap).map(|o| o.id))
     }
 
     fn restore_points(&self, o: &PathObject) -> Vec<RestorePoint> {

@@ -346,7 +346,15 @@ impl Archiver {
                 wal_segment_size: conn.wal_segment_size().await?,
             };
             repo.check_cluster(&identity)?;
-            let plan = resume::plan(repo, &mut conn, cfg, &sys, accept_gap).await?;
+            // A listing is not a snapshot: an object it named may be gone by
+            // the time it is read (a previous session's last deletes).
+            let mut attempt = 0;
+            let plan = loop {
+                match resume::plan(repo, &mut conn, cfg, &sys, accept_gap).await {
+                    Err(e) if e.is_not_found() && attempt < 3 => attempt += 1,
+                    r => break r?,
+                }
+            };
             Ok::<_, StreamError>((conn, plan))
         };
         let (mut conn, plan) = tokio::select! {
@@ -431,8 +439,12 @@ struct State {
     merge_failed: bool,
     /// The segments most recently stored whole, newest last.
     recent_complete: Vec<WalObjectId>,
-    /// Deletions of parts that stored segments replaced.
+    /// Deletions of parts that stored segments or merges replaced; aborted
+    /// with the session.
     cleanups: JoinSet<()>,
+    /// Storing what is pending before a shutdown or timeline switch: no
+    /// new merges (they never make WAL durable, so none is waited for).
+    draining: bool,
 }
 
 /// How long a shutdown waits for the last deletions of replaced parts.
@@ -445,6 +457,14 @@ const RECENT_COMPLETE: usize = 8;
 struct Merging {
     id: WalObjectId,
     task: tokio::task::JoinHandle<Merged>,
+}
+
+/// A merge ends with its session: it would otherwise store, beside the
+/// next session, a part that session's listing did not see.
+impl Drop for Merging {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Waits for the merge in flight, if any.
@@ -497,6 +517,7 @@ impl State {
             merge_failed: false,
             recent_complete: Vec::with_capacity(RECENT_COMPLETE),
             cleanups: JoinSet::new(),
+            draining: false,
         }
     }
 
@@ -714,19 +735,22 @@ impl State {
         // What is not indexed says so, so that no restore trusts a missing
         // commit (it would stop short of its target).
         let Some(scanner) = self.scanner.as_mut() else {
-            self.cur.pending_summary_mut().index_incomplete = true;
+            self.cur.pending_summary_mut().unindexed_before = Some(Lsn::MAX);
             return;
         };
         let fed = scanner.feed(chunk, &mut self.events);
-        let mut incomplete = scanner.take_skipped_continuation();
+        // A record passed over at the scan's start may have been indexed
+        // when stored (a resume mid-segment), or not (a crash before it
+        // ended): said either way, the planner weighs it by its LSN.
+        let mut unindexed = scanner.take_skipped_continuation().then(|| self.cur.start_lsn());
         if let Err(e) = fed {
             tracing::warn!("commit-time index: {e}; resynchronising at the next segment");
             self.stats.scan_errors.fetch_add(1, Ordering::Relaxed);
             self.scanner = None;
-            incomplete = true;
+            unindexed = Some(Lsn::MAX);
         }
         let summary = self.cur.pending_summary_mut();
-        summary.index_incomplete |= incomplete;
+        summary.unindexed_before = summary.unindexed_before.max(unindexed);
         summary.received_us = received_us;
         for ev in self.events.drain(..) {
             if let WalEvent::Commit { end_lsn, time, .. } = &ev
@@ -759,10 +783,7 @@ impl State {
         let full = std::mem::replace(&mut self.cur, next);
         self.journal.open = None;
         // The complete segment replaces whatever a merge would have made.
-        let cut_short = self.merging.take().map(|m| {
-            m.task.abort();
-            m.id
-        });
+        let cut_short = self.merging.take().map(|m| m.id);
         self.merge_failed = false;
         let c = full.into_complete(cut_short);
         self.segments_in_flight += 1;
@@ -980,7 +1001,7 @@ impl State {
 
     /// Starts merging the open segment's stored parts when they are due.
     fn start_due_merge(&mut self) {
-        if self.merging.is_some() || self.merge_failed || self.stop_at.is_some() {
+        if self.merging.is_some() || self.merge_failed || self.draining || self.stop_at.is_some() {
             return;
         }
         let Some(merge) = self.cur.due_merge() else { return };
@@ -1003,6 +1024,15 @@ impl State {
         self.merging = None;
         match done {
             Ok(Merged { id, inputs, result: Ok((chunk, crc)) }) => {
+                // Readers already take the merged part; the next merge need
+                // not wait for these deletes.
+                let (storage, seg) = (self.repo.storage().clone(), self.seg);
+                let keys: Vec<String> = inputs.iter().map(|p| p.key(seg)).collect();
+                self.cleanups.spawn(async move {
+                    if let Err(e) = storage.delete_many(&keys).await {
+                        tracing::warn!(merged = %id.key(seg), "deleting {} merged parts failed (done at next start): {e}", keys.len());
+                    }
+                });
                 if self.cur.merged(id, &inputs, chunk, crc) {
                     self.stats.merges.fetch_add(1, Ordering::Relaxed);
                     self.stats.open_segment_objects.store(self.cur.cover_len() as u64, Ordering::Relaxed);
@@ -1024,13 +1054,14 @@ impl State {
         if let Some(job) = self.tail.take() {
             self.append_now(job).await?;
         }
+        self.draining = true;
+        self.merging = None;
         self.submit_part();
         let deadline = tokio::time::sleep(self.cfg.shutdown_timeout);
         tokio::pin!(deadline);
-        while !self.uploads.is_empty() || self.merging.is_some() {
+        while !self.uploads.is_empty() {
             tokio::select! {
-                done = merge_done(&mut self.merging), if self.merging.is_some() => self.finish_merge(done),
-                Some(done) = self.uploads.join_next(), if !self.uploads.is_empty() => {
+                Some(done) = self.uploads.join_next() => {
                     let done = done.map_err(|e| StreamError::Internal(format!("upload task failed: {e}")))?;
                     self.finish_upload(done)?;
                     // A journal takes one append at a time: the rest now.
@@ -1038,9 +1069,6 @@ impl State {
                 }
                 _ = &mut deadline => {
                     self.upload_cancel.cancel();
-                    if let Some(m) = self.merging.take() {
-                        m.task.abort();
-                    }
                     return Err(StreamError::Definite(format!(
                         "storage did not accept the last {} bytes of WAL within {:?}; they stay on the server \
                          (the slot keeps them) and are streamed again at the next start",
@@ -1059,6 +1087,7 @@ impl State {
         // the next start, unless storage keeps the shutdown waiting.
         let _ =
             tokio::time::timeout(CLEANUP_AT_EXIT, async { while self.cleanups.join_next().await.is_some() {} }).await;
+        self.draining = false;
         Ok(())
     }
 
@@ -1152,10 +1181,6 @@ fn resync_scanner(seg_start: Lsn, seg: WalSegSize, format: WalFormat, prefix: &[
     if let Err(e) = scanner.feed(prefix, &mut discard) {
         tracing::warn!("commit-time index: {e}; resynchronising at the next segment");
         return None;
-    }
-    // A record passed over in the prefix was indexed when it was stored.
-    if !prefix.is_empty() {
-        scanner.take_skipped_continuation();
     }
     Some(scanner)
 }

@@ -114,9 +114,9 @@ pub struct Merged {
 }
 
 /// Stores the merged part (create-if-absent; the same key is accepted only
-/// with the same WAL), then starts deleting its inputs. A failed delete
-/// leaves them inside the merged part, for the next start to check and
-/// delete.
+/// with the same WAL). The stream then deletes its inputs, beside the next
+/// merge: a failed or interrupted delete leaves them inside the merged
+/// part, for the next start to check and delete.
 pub async fn run(
     storage: Arc<dyn Storage>,
     seg: WalSegSize,
@@ -126,16 +126,6 @@ pub async fn run(
 ) -> Merged {
     let Merge { id, start, sources, summary, inputs } = merge;
     let result = store(&storage, seg, id, start, sources, summary, bufs, &cancel).await;
-    if result.is_ok() {
-        // The next merge need not wait for this: readers already take the
-        // merged part.
-        let keys: Vec<String> = inputs.iter().map(|p| p.key(seg)).collect();
-        tokio::spawn(async move {
-            if let Err(e) = storage.delete_many(&keys).await {
-                tracing::warn!(merged = %id.key(seg), "deleting {} merged parts failed (done at next start): {e}", keys.len());
-            }
-        });
-    }
     Merged { id, inputs, result }
 }
 

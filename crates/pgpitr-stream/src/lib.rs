@@ -122,6 +122,15 @@ pub enum StreamError {
 }
 
 impl StreamError {
+    /// An object that a listing named was gone when read.
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            StreamError::Repo(e) => e.is_not_found(),
+            StreamError::Storage(e) => e.is_not_found(),
+            _ => false,
+        }
+    }
+
     pub fn is_wal_removed(&self) -> bool {
         matches!(self, StreamError::Pg(e) if matches!(e.kind(), pgpitr_pgwire::ErrorKind::WalRemoved(_)))
     }

@@ -93,7 +93,13 @@ pub async fn plan(
         Some(slot) => (slot, false),
         None => (create_slot_after_failover(conn, cfg, sys, repo, repo_tli, last_end).await?, true),
     };
-    if let Some(restart) = slot.restart_lsn.filter(|&r| accept_gap && r.segment_floor(seg) > last_end) {
+    // Continue where the stored range holding the slot's restart point
+    // ends, not where the last range ends: a crash can leave WAL stored past
+    // a hole (the next segment's part or journal stored while this
+    // segment's object was still being uploaded). The server was never told
+    // the hole was flushed, so the slot still holds it: stream it again.
+    let end = slot.restart_lsn.and_then(|r| tl.ranges.iter().find(|&&(_, e)| e >= r)).map_or(last_end, |r| r.1);
+    if let Some(restart) = slot.restart_lsn.filter(|&r| accept_gap && r.segment_floor(seg) > end) {
         // The server no longer has WAL from where the repository ends (see
         // `StreamError::WalGone`): continue from what the slot keeps.
         let (start, tli) = (restart.segment_floor(seg), slot.restart_tli.unwrap_or(sys.timeline));
@@ -109,17 +115,11 @@ pub async fn plan(
             None => "run `pgpitr backup` now",
         };
         tracing::error!(
-            "WAL {last_end}..{start} is missing from the repository: the server removed it before the slot was \
+            "WAL {end}..{start} is missing from the repository: the server removed it before the slot was \
              created. Restores cannot cross this gap; a new base backup starts a new restorable window: {advice}"
         );
         return Ok(ResumePlan::fresh(tli, start, seg));
     }
-    // Continue where the stored range holding the slot's restart point
-    // ends, not where the last range ends: a crash can leave WAL stored past
-    // a hole (the next segment's part or journal stored while this
-    // segment's object was still being uploaded). The server was never told
-    // the hole was flushed, so the slot still holds it: stream it again.
-    let end = slot.restart_lsn.and_then(|r| tl.ranges.iter().find(|&&(_, e)| e >= r)).map_or(last_end, |r| r.1);
     if end < last_end {
         tracing::info!(hole_from = %end, stored_up_to = %last_end, "WAL stored past a hole; streaming the hole again");
     }

@@ -316,6 +316,14 @@ async fn reading_ahead_is_best_effort_and_changes_no_plan() {
     }
 }
 
+fn id_start(segno: u64) -> Lsn {
+    at(segno, 0)
+}
+
+fn part4_key() -> String {
+    WalObjectId::part(TimelineId(1), pgpitr_types::SegNo(4), 0, 0x4000).key(seg())
+}
+
 /// A stored object whose commits could not be indexed (the scanner failed
 /// on its WAL) must never let a target fall back to an earlier commit: the
 /// commit that ends the restore may be in it.
@@ -335,7 +343,21 @@ async fn an_object_with_an_incomplete_index_is_never_read_as_holding_no_commit()
 
     // The same object, its index incomplete.
     let id = WalObjectId::part(TimelineId(1), pgpitr_types::SegNo(4), 0, 0x4000);
-    let summary = WalSummary { index_incomplete: true, ..Default::default() };
+    // A record passed over at the start of the segment (a commit there
+    // starts before 4/0) is no reason when a commit after it was indexed.
+    let c = TimedLsn { lsn: at(4, 0x100), end_lsn: at(4, 0x140), time_us: secs(40) };
+    let skipped = WalSummary {
+        first_commit: Some(c),
+        last_commit: Some(c),
+        commits: 1,
+        unindexed_before: Some(at(4, 0)),
+        ..Default::default()
+    };
+    let body = object::encode(TimelineId(1), id_start(4), &vec![0u8; 0x4000], Codec::Lz4, &skipped);
+    r.storage.put(&part4_key(), body).await.unwrap();
+    let p = r.plan(Target::Time(secs(45)), true).await.unwrap();
+    assert_eq!(p.recovery, RecoveryTarget::Lsn { lsn: at(4, 0x100), inclusive: true }, "{:?}", p.note);
+    let summary = WalSummary { unindexed_before: Some(Lsn::MAX), ..Default::default() };
     let body = object::encode(TimelineId(1), id.range(seg()).0, &vec![0u8; 0x4000], Codec::Lz4, &summary);
     r.storage.put(&id.key(seg()), body).await.unwrap();
     let p = r.plan(Target::Time(secs(45)), true).await.unwrap();
