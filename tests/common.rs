@@ -135,6 +135,11 @@ impl StreamProc {
             .env("PGPITR_LOG", "info")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
+        // To look closer: every stream's log into a file of that directory.
+        if let Some(dir) = std::env::var_os("PGPITR_TEST_STREAM_LOGS") {
+            let path = std::path::Path::new(&dir).join(format!("stream-{}.log", fastrand::u64(..)));
+            cmd.stderr(std::fs::File::create(path).expect("create stream log"));
+        }
         let child = cmd.spawn().expect("spawn pgpitr stream");
         StreamProc { child }
     }

@@ -226,13 +226,15 @@ async fn commit_index_and_segments_on_real_wal(major: u32) {
 on_every_major!(commit_index_and_byte_identity, super::commit_index_and_segments_on_real_wal);
 
 /// Promotion to a new timeline (streaming from the standby that is
-/// promoted), `verify` naming what is wrong, and `expire` keeping exactly
-/// what the kept backups need, on `major`.
+/// promoted), `--synchronous` on S3 through kill -9 under load, `verify`
+/// naming what is wrong, and `expire` keeping exactly what the kept backups
+/// need, on `major`.
 async fn promotion_verify_and_expire(major: u32) {
     if !wanted(major) {
         return;
     }
     crate::stream::follows_promotion_to_timeline_2(Backend::local(), major).await;
+    kill9_during_load_loses_nothing(Backend::s3(), &["--synchronous"], major).await;
     crate::verify::verify_names_what_is_wrong(Backend::local(), major).await;
     crate::expire::keeps_the_newest_backups_and_the_wal_they_need(Backend::local(), major).await;
 }

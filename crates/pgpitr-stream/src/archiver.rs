@@ -219,6 +219,7 @@ impl AppendJob {
     async fn store_part(self) -> Done {
         let (id, (start, end)) = (self.id(), self.range());
         let part = WalObjectId::part(self.jid.tli, self.jid.segno, self.cut.from, self.cut.to);
+        let summary = self.cut.summary.clone();
         let up = WalUpload {
             id: part,
             start,
@@ -227,7 +228,7 @@ impl AppendJob {
             blocks: Blocks::Part(Default::default()),
         };
         let result = upload::store(&self.storage, self.seg, up, self.bufs, &self.cancel).await.map(|s| s.took);
-        let journal = Some(AppendEnd { open: None, supported: self.supported, fallback: Some(part) });
+        let journal = Some(AppendEnd { open: None, supported: self.supported, fallback: Some((part, summary)) });
         Done { id, start, end, superseded: Vec::new(), result, journal }
     }
 }
@@ -236,8 +237,9 @@ struct AppendEnd {
     /// The journal to append to next; `None` after a failed append.
     open: Option<OpenJournal>,
     supported: bool,
-    /// The part the bytes went into instead, if they did.
-    fallback: Option<WalObjectId>,
+    /// The part the bytes went into instead, if they did, with what they
+    /// contain.
+    fallback: Option<(WalObjectId, WalSummary)>,
 }
 
 /// Spare segment buffers kept for reuse (reusing one avoids faulting in a
@@ -946,8 +948,14 @@ impl State {
             let current = |id: &WalObjectId| id.tli == tli && id.segno == segno;
             // A part stored in place of an append of a segment that has
             // been completed meanwhile is left for the next start to delete.
-            if let Some(part) = end.fallback.filter(|p| current(p)) {
-                self.cur.note_object(part);
+            if let Some((part, summary)) = end.fallback.filter(|(p, _)| current(p)) {
+                // Stored once `done.result` is Ok (else the session ends):
+                // one of the segment's parts, so merges see every byte.
+                if done.result.is_ok() {
+                    self.cur.hold_stored_part(part, summary);
+                } else {
+                    self.cur.note_object(part);
+                }
             }
             self.journal.open = end.open.filter(|j| current(&j.id));
         }
@@ -1001,7 +1009,10 @@ impl State {
 
     /// Starts merging the open segment's stored parts when they are due.
     fn start_due_merge(&mut self) {
-        if self.merging.is_some() || self.merge_failed || self.draining || self.stop_at.is_some() {
+        // Where journals work, a segment is one journal but for failed
+        // appends: nothing to merge.
+        let journals = self.journal.supported == Some(true);
+        if self.merging.is_some() || self.merge_failed || self.draining || self.stop_at.is_some() || journals {
             return;
         }
         let Some(merge) = self.cur.due_merge() else { return };

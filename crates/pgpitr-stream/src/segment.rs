@@ -150,6 +150,15 @@ impl OpenSegment {
         self.parts_summary.merge(summary);
     }
 
+    /// Records a stored part made outside [`OpenSegment::cut_part`] (the
+    /// bytes of a journal append that failed), in offset order.
+    pub fn hold_stored_part(&mut self, id: WalObjectId, summary: WalSummary) {
+        let WalObjectKind::Part { from, to } = id.kind else { return };
+        let at = self.held.partition_point(|h| h.from < from);
+        let held = Held { id, from, to, summary, cell: ChunkCell::default(), stored: true, anchor: false, crc: None };
+        self.held.insert(at, held);
+    }
+
     /// Records an object to delete once the complete segment is stored.
     pub fn note_object(&mut self, id: WalObjectId) {
         if !self.others.iter().any(|o| o.same_object(&id)) {
@@ -171,10 +180,16 @@ impl OpenSegment {
 
     /// The run of the cover that is due to be merged, as a merge to run.
     pub fn due_merge(&self) -> Option<Merge> {
+        // Only a run without holes is merged: bytes between two parts (in a
+        // journal) are not the parts' to merge.
+        let mut prev_to = self.held.first().map_or(0, |h| h.from);
         let entries: Vec<compact::Entry> = self
             .held
             .iter()
-            .map(|h| compact::Entry { len: u64::from(h.to - h.from), anchor: h.anchor, stored: h.stored })
+            .map(|h| {
+                let contiguous = std::mem::replace(&mut prev_to, h.to) == h.from;
+                compact::Entry { len: u64::from(h.to - h.from), anchor: h.anchor, stored: h.stored && contiguous }
+            })
             .collect();
         let run = compact::plan(&entries)?;
         let held = &self.held[run];
@@ -198,6 +213,11 @@ impl OpenSegment {
             }
         }
         sources.extend(raw_from.map(|f| raw(f..to)));
+        // Its name must say what it holds; a hole would break that.
+        if sources.iter().map(Source::len).sum::<u64>() != u64::from(to - from) {
+            tracing::error!(%from, %to, "a merge's parts do not cover its range; not merging");
+            return None;
+        }
         Some(Merge {
             id: WalObjectId::part(self.tli, self.segno, from, to),
             start: Lsn(self.start_lsn().0 + u64::from(from)),
@@ -383,5 +403,37 @@ mod chunk_tests {
             None,
         );
         assert_eq!(&pgpitr_repo::object::decode(&obj).unwrap().1[..], &raw[..]);
+    }
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+
+    fn seg() -> WalSegSize {
+        WalSegSize::new(1 << 20).unwrap()
+    }
+
+    /// The first part of a synchronous session on S3 is stored in place of
+    /// a journal append; held like any other, so a merge covers its bytes
+    /// and its commits.
+    #[test]
+    fn a_part_stored_for_a_failed_append_is_merged_like_the_others() {
+        let mut s = OpenSegment::new(TimelineId(1), SegNo(3), seg(), &[], true);
+        let now = Instant::now();
+        s.append(&[7u8; 1000], now);
+        let first = s.cut_pending().unwrap();
+        let part = WalObjectId::part(TimelineId(1), SegNo(3), first.from, first.to);
+        for _ in 0..compact::STAGING {
+            s.append(&[8u8; 100], now);
+            let (id, ..) = s.cut_part().unwrap();
+            assert!(s.mark_stored(&id));
+        }
+        assert!(s.due_merge().is_none_or(|m| m.id.range(seg()).0 > part.range(seg()).0), "not across the hole");
+        s.hold_stored_part(part, WalSummary { commits: 1, ..Default::default() });
+        let m = s.due_merge().expect("a merge is due");
+        assert_eq!(m.id, WalObjectId::part(TimelineId(1), SegNo(3), 0, 1000 + 100 * compact::STAGING as u32));
+        assert_eq!(m.sources.iter().map(Source::len).sum::<u64>(), u64::from(1000 + 100 * compact::STAGING as u32));
+        assert_eq!(m.summary.commits, 1, "the held part's commits are in the merged summary");
     }
 }
