@@ -441,6 +441,9 @@ struct State {
     merge_failed: bool,
     /// The segments most recently stored whole, newest last.
     recent_complete: Vec<WalObjectId>,
+    /// Parts stored after their segment was completed, before it was
+    /// stored: deleted once it is.
+    late_parts: Vec<WalObjectId>,
     /// Deletions of parts that stored segments or merges replaced; aborted
     /// with the session.
     cleanups: JoinSet<()>,
@@ -518,6 +521,7 @@ impl State {
             merging: None,
             merge_failed: false,
             recent_complete: Vec::with_capacity(RECENT_COMPLETE),
+            late_parts: Vec::new(),
             cleanups: JoinSet::new(),
             draining: false,
         }
@@ -942,20 +946,22 @@ impl State {
             WalObjectKind::Part { .. } => self.parts_in_flight -= 1,
             WalObjectKind::Journal { .. } => self.journal.busy = false,
         }
+        // A part of a segment completed while the part was in flight: not
+        // in that segment's list of parts to delete.
+        let mut late = None;
         if let Some(end) = done.journal {
             self.journal.supported = Some(end.supported);
             let (tli, segno) = (self.cur.tli, self.cur.segno);
             let current = |id: &WalObjectId| id.tli == tli && id.segno == segno;
-            // A part stored in place of an append of a segment that has
-            // been completed meanwhile is left for the next start to delete.
-            if let Some((part, summary)) = end.fallback.filter(|(p, _)| current(p)) {
+            match end.fallback {
                 // Stored once `done.result` is Ok (else the session ends):
                 // one of the segment's parts, so merges see every byte.
-                if done.result.is_ok() {
-                    self.cur.hold_stored_part(part, summary);
-                } else {
-                    self.cur.note_object(part);
+                Some((part, summary)) if current(&part) && done.result.is_ok() => {
+                    self.cur.hold_stored_part(part, summary)
                 }
+                Some((part, _)) if current(&part) => self.cur.note_object(part),
+                Some((part, _)) => late = Some(part),
+                None => {}
             }
             self.journal.open = end.open.filter(|j| current(&j.id));
         }
@@ -963,20 +969,24 @@ impl State {
         let mut superseded = done.superseded;
         match done.id.kind {
             WalObjectKind::Part { .. } if self.cur.mark_stored(&done.id) => self.start_due_merge(),
-            // A part of a segment stored whole before the part was: its
-            // deletion with the segment's other parts came too early.
-            WalObjectKind::Part { .. }
-                if self.recent_complete.contains(&WalObjectId::segment(done.id.tli, done.id.segno)) =>
-            {
-                superseded.push(done.id)
-            }
+            WalObjectKind::Part { .. } => late = Some(done.id),
             WalObjectKind::Segment => {
                 if self.recent_complete.len() == RECENT_COMPLETE {
                     self.recent_complete.remove(0);
                 }
                 self.recent_complete.push(done.id);
+                let (tli, segno) = (done.id.tli, done.id.segno);
+                superseded.extend(self.late_parts.extract_if(.., |p| p.tli == tli && p.segno == segno));
             }
             _ => {}
+        }
+        if let Some(part) = late {
+            // Deleted now if its segment is stored whole, else with it.
+            if self.recent_complete.contains(&WalObjectId::segment(part.tli, part.segno)) {
+                superseded.push(part);
+            } else {
+                self.late_parts.push(part);
+            }
         }
         self.upload_latency = (self.upload_latency * 7 + took) / 8;
         self.stats.uploads.fetch_add(1, Ordering::Relaxed);
