@@ -250,3 +250,15 @@ pub fn backup_cmd(pg: &pgpitr_testkit::PgCluster, backend: &Backend, extra: &[&s
         .env("PGPASSWORD", pgpitr_testkit::REPL_PASSWORD);
     cmd
 }
+
+/// pgbench against `pg` as the superuser over its socket, with `args`
+/// (options, then the database), on a thread of its own.
+pub fn pgbench_thread(pg: &pgpitr_testkit::PgCluster, args: &[&str]) -> std::thread::JoinHandle<Output> {
+    let mut cmd = Command::new(pg.bin("pgbench"));
+    cmd.args(["-U", pgpitr_testkit::SUPERUSER, "-h"])
+        .arg(pg.sockdir())
+        .args(["-p", &pg.port().to_string()])
+        .args(args)
+        .stdout(std::process::Stdio::null());
+    std::thread::spawn(move || cmd.output().expect("pgbench"))
+}

@@ -10,7 +10,7 @@ use crate::common::*;
 use pgpitr_repo::backup::BackupInfo;
 use pgpitr_testkit::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -164,18 +164,7 @@ pub(crate) async fn pitr_is_exact(backend: Backend, random_targets: usize, major
     wait_streaming(&pg, "pgpitr");
     let info = take_backup(&pg, &backend);
 
-    let bench = {
-        let (bin, sock, port) = (pg.bin("pgbench"), pg.sockdir(), pg.port());
-        std::thread::spawn(move || {
-            Command::new(bin)
-                .args(["-U", SUPERUSER, "-h"])
-                .arg(sock)
-                .args(["-p", &port.to_string(), "-n", "-c", "2", "-T", "8", "postgres"])
-                .stdout(Stdio::null())
-                .output()
-                .expect("pgbench")
-        })
-    };
+    let bench = pgbench_thread(&pg, &["-n", "-c", "2", "-T", "8", "postgres"]);
     let mut id = 0;
     while !bench.is_finished() {
         id += 1;

@@ -153,18 +153,7 @@ pub(crate) async fn kill9_during_load_loses_nothing(backend: Backend, extra: &[&
     let storage = backend.storage().await;
     let mut s = StreamProc::start(&pg, &backend, extra);
     wait_streaming(&pg, "pgpitr");
-    let bench = {
-        let (sock, port) = (pg.sockdir(), pg.port());
-        let bin = pg.bin("pgbench");
-        std::thread::spawn(move || {
-            std::process::Command::new(bin)
-                .args(["-U", SUPERUSER, "-h"])
-                .arg(sock)
-                .args(["-p", &port.to_string(), "-c", "2", "-T", "12", "-n", "postgres"])
-                .output()
-                .expect("pgbench")
-        })
-    };
+    let bench = pgbench_thread(&pg, &["-c", "2", "-T", "12", "-n", "postgres"]);
     for (i, delay) in [700u64, 1900, 300].into_iter().enumerate() {
         tokio::time::sleep(Duration::from_millis(delay)).await;
         pg.sql(&format!("INSERT INTO marks (id) VALUES ({i})"));
@@ -523,17 +512,7 @@ async fn flush_never_ahead_of_repository(backend: Backend, mode: pgpitr_storage:
         pgpitr_stream::StreamConfig { status_interval: Duration::from_millis(300), synchronous, ..Default::default() };
     let (cancel, task) = start_archiver(&pg, faulty, cfg).await;
 
-    let bench = {
-        let (bin, sock, port) = (pg.bin("pgbench"), pg.sockdir(), pg.port());
-        std::thread::spawn(move || {
-            std::process::Command::new(bin)
-                .args(["-U", SUPERUSER, "-h"])
-                .arg(sock)
-                .args(["-p", &port.to_string(), "-c", "2", "-T", "6", "-n", "postgres"])
-                .output()
-                .expect("pgbench")
-        })
-    };
+    let bench = pgbench_thread(&pg, &["-c", "2", "-T", "6", "-n", "postgres"]);
     let mut checked = 0;
     while !bench.is_finished() {
         // Read the server's view first: the repository only grows after it.

@@ -51,19 +51,7 @@ async fn synchronous_commits_leave_a_handful_of_objects_and_a_quick_resume_s3() 
     pg.set_and_reload("synchronous_standby_names", "pgpitr");
     let script = pg.scratch_dir().join("insert.sql");
     std::fs::write(&script, "INSERT INTO t VALUES (1);\n").unwrap();
-    let bench = {
-        let (bin, sock, port) = (pg.bin("pgbench"), pg.sockdir(), pg.port());
-        std::thread::spawn(move || {
-            std::process::Command::new(bin)
-                .args(["-U", SUPERUSER, "-h"])
-                .arg(sock)
-                .args(["-p", &port.to_string(), "-c", "1", "-t", "3000", "-n", "-f"])
-                .arg(script)
-                .arg("postgres")
-                .output()
-                .expect("pgbench")
-        })
-    };
+    let bench = pgbench_thread(&pg, &["-c", "1", "-t", "3000", "-n", "-f", &script.display().to_string(), "postgres"]);
     // The cover is read by a resume; the parts inside it are only being
     // deleted (their merges are stored).
     let (mut most_cover, mut most) = (0, 0);
