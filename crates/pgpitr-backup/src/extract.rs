@@ -305,16 +305,16 @@ async fn extract_archive(
         }
         Ok::<(), BackupError>(())
     };
-    // Server-compressed archives pass through an lz4 frame decoder on a
-    // thread of its own, so decoding overlaps with writing files.
+    // Server-compressed archives pass through a frame decoder on a thread
+    // of its own, so decoding overlaps with writing files.
     let (rx, decoder) = match archive.compression {
         ArchiveCompression::None => (rx, None),
-        ArchiveCompression::Lz4 => {
+        kind @ (ArchiveCompression::Lz4 | ArchiveCompression::Zstd) => {
             let (dtx, drx) = tokio::sync::mpsc::channel::<(usize, Bytes)>(4);
             let keys: Vec<String> = archive.parts.iter().map(|p| id.part_key(&archive.name, p.index)).collect();
             let reader = ChannelReader { rx, cur: Bytes::new(), part: None };
             let backup_id = id.to_string();
-            let task = tokio::task::spawn_blocking(move || decode_lz4(reader, &dtx, &keys, &backup_id));
+            let task = tokio::task::spawn_blocking(move || decode_frames(kind, reader, &dtx, &keys, &backup_id));
             (drx, Some(task))
         }
     };
@@ -347,44 +347,67 @@ async fn extract_archive(
     Ok(ex)
 }
 
-/// Decodes the concatenated lz4 frames of an archive's parts into chunks of
-/// the tar. Stops quietly when the tar reader has what it needs; an error
-/// names the part the failing bytes came from.
-fn decode_lz4(
+/// Decodes the concatenated lz4 or zstd frames of an archive's parts into
+/// chunks of the tar. Stops quietly when the tar reader has what it needs;
+/// an error names the part the failing bytes came from.
+fn decode_frames(
+    kind: ArchiveCompression,
     reader: ChannelReader,
     tx: &tokio::sync::mpsc::Sender<(usize, Bytes)>,
     keys: &[String],
     backup_id: &str,
 ) -> Result<(), BackupError> {
-    let mut dec = lz4_flex::frame::FrameDecoder::new(reader);
-    loop {
-        let mut buf = vec![0u8; DECODED_CHUNK];
-        let mut n = 0;
-        while n < buf.len() {
-            match dec.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let part = dec.get_ref().part;
-                    let what = part
-                        .and_then(|i| keys.get(i))
-                        .cloned()
-                        .unwrap_or_else(|| keys.first().cloned().unwrap_or_else(|| "an archive".into()));
-                    let reason = match e.kind() {
-                        io::ErrorKind::UnexpectedEof => "the lz4 stream ends inside a frame".to_string(),
-                        _ => format!("the lz4 stream does not decode: {e}"),
-                    };
-                    return Err(BackupError::Corrupt { id: backup_id.to_string(), what, reason });
+    let out = Decoded { tx, keys, backup_id };
+    match kind {
+        ArchiveCompression::Zstd => {
+            let dec = zstd::stream::read::Decoder::with_buffer(reader)
+                .map_err(|e| BackupError::Invalid(format!("internal error: zstd decoder: {e}")))?;
+            out.pump(dec, "zstd", |d| d.get_ref().part)
+        }
+        ArchiveCompression::Lz4 | ArchiveCompression::None => {
+            out.pump(lz4_flex::frame::FrameDecoder::new(reader), "lz4", |d| d.get_ref().part)
+        }
+    }
+}
+
+/// Where [`decode_frames`] sends the tar, and what names its errors.
+struct Decoded<'a> {
+    tx: &'a tokio::sync::mpsc::Sender<(usize, Bytes)>,
+    keys: &'a [String],
+    backup_id: &'a str,
+}
+
+impl Decoded<'_> {
+    fn pump<D: Read>(&self, mut dec: D, name: &str, part: impl Fn(&D) -> Option<usize>) -> Result<(), BackupError> {
+        loop {
+            let mut buf = vec![0u8; DECODED_CHUNK];
+            let mut n = 0;
+            while n < buf.len() {
+                match dec.read(&mut buf[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let what = part(&dec)
+                            .and_then(|i| self.keys.get(i))
+                            .or(self.keys.first())
+                            .cloned()
+                            .unwrap_or_else(|| "an archive".into());
+                        let reason = match e.kind() {
+                            io::ErrorKind::UnexpectedEof => format!("the {name} stream ends inside a frame"),
+                            _ => format!("the {name} stream does not decode: {e}"),
+                        };
+                        return Err(BackupError::Corrupt { id: self.backup_id.to_string(), what, reason });
+                    }
                 }
             }
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        buf.truncate(n);
-        if tx.blocking_send((0, Bytes::from(buf))).is_err() {
-            return Ok(()); // the tar reader stopped; its result says why
+            if n == 0 {
+                return Ok(());
+            }
+            buf.truncate(n);
+            if self.tx.blocking_send((0, Bytes::from(buf))).is_err() {
+                return Ok(()); // the tar reader stopped; its result says why
+            }
         }
     }
 }
@@ -795,17 +818,22 @@ mod tests {
         out
     }
 
-    /// Runs `decode_lz4` over `parts` as they would arrive from storage.
-    fn decode_parts(parts: Vec<Vec<u8>>) -> (Vec<u8>, Result<(), BackupError>) {
+    /// zstd frames, as server-side zstd writes them, several concatenated.
+    fn zstd_frames(data: &[u8], frames: usize) -> Vec<u8> {
+        data.chunks(data.len().div_ceil(frames)).flat_map(|c| zstd::encode_all(c, 1).unwrap()).collect()
+    }
+
+    /// Runs `decode_frames` over `parts` as they would arrive from storage.
+    fn decode_parts(kind: ArchiveCompression, parts: Vec<Vec<u8>>) -> (Vec<u8>, Result<(), BackupError>) {
         let keys: Vec<String> = (0..parts.len()).map(|i| format!("backups/X/base/{i:06}")).collect();
         let (tx, rx) = tokio::sync::mpsc::channel(parts.len().max(1));
         for (i, p) in parts.into_iter().enumerate() {
             tx.try_send((i, Bytes::from(p))).unwrap();
         }
         drop(tx);
-        let (dtx, mut drx) = tokio::sync::mpsc::channel(4);
+        let (dtx, mut drx) = tokio::sync::mpsc::channel::<(usize, Bytes)>(4);
         let t = std::thread::spawn(move || {
-            decode_lz4(ChannelReader { rx, cur: Bytes::new(), part: None }, &dtx, &keys, "X")
+            decode_frames(kind, ChannelReader { rx, cur: Bytes::new(), part: None }, &dtx, &keys, "X")
         });
         let mut out = Vec::new();
         while let Some((_, b)) = drx.blocking_recv() {
@@ -815,36 +843,41 @@ mod tests {
     }
 
     #[test]
-    fn lz4_frames_split_into_parts_decode_to_the_tar() {
+    fn frames_split_into_parts_decode_to_the_tar() {
         let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8 ^ (i >> 13) as u8).collect();
         let tar = tar_of(&[("base/1/2", b'0', &big), ("global/pg_control", b'0', b"ctl")]);
-        let z = lz4_frames(&tar, 2);
-        assert!(z.len() < tar.len());
-        // Cut anywhere, even inside a frame header.
-        let cuts = [0, 3, 1000, z.len() / 2, z.len()];
-        let parts: Vec<Vec<u8>> = cuts.windows(2).map(|w| z[w[0]..w[1]].to_vec()).collect();
-        let (out, r) = decode_parts(parts.clone());
-        r.unwrap();
-        assert_eq!(out, tar);
-        let dir = tempfile::tempdir().unwrap();
-        let mut ex = extractor(&[("base/1/2", &big), ("global/pg_control", b"ctl")]);
-        ex.archive(&mut &out[..], dir.path(), b"").unwrap();
-        assert_eq!(fs::read(dir.path().join("base/1/2")).unwrap(), big);
+        for (kind, name, z) in [
+            (ArchiveCompression::Lz4, "lz4", lz4_frames(&tar, 2)),
+            (ArchiveCompression::Zstd, "zstd", zstd_frames(&tar, 2)),
+        ] {
+            assert!(z.len() < tar.len());
+            // Cut anywhere, even inside a frame header.
+            let cuts = [0, 3, 1000, z.len() / 2, z.len()];
+            let parts: Vec<Vec<u8>> = cuts.windows(2).map(|w| z[w[0]..w[1]].to_vec()).collect();
+            let (out, r) = decode_parts(kind, parts.clone());
+            r.unwrap();
+            assert_eq!(out, tar, "{name}");
+            let dir = tempfile::tempdir().unwrap();
+            let mut ex = extractor(&[("base/1/2", &big), ("global/pg_control", b"ctl")]);
+            ex.archive(&mut &out[..], dir.path(), b"").unwrap();
+            assert_eq!(fs::read(dir.path().join("base/1/2")).unwrap(), big);
 
-        // A part of garbage: an error naming that part. (Garbage lz4 can
-        // also decode to wrong bytes: there are no lz4 checksums, and the
-        // manifest's CRCs catch those.)
-        let mut bad = parts.clone();
-        let last = bad.len() - 1;
-        bad[last].iter_mut().for_each(|b| *b = 0xff);
-        let err = decode_parts(bad).1.unwrap_err().to_string();
-        assert!(err.starts_with(&format!("backup X: corrupt backups/X/base/{last:06}: the lz4 stream")), "{err}");
-        // A stream cut inside a frame is an error too, not a short tar.
-        let mut cut = parts;
-        let half = cut[last].len() / 2;
-        cut[last].truncate(half);
-        let err = decode_parts(cut).1.unwrap_err().to_string();
-        assert!(err.contains(&format!("base/{last:06}: the lz4 stream ends inside a frame")), "{err}");
+            // A part of garbage: an error naming that part. (Garbage lz4 can
+            // also decode to wrong bytes: there are no lz4 checksums, and the
+            // manifest's CRCs catch those.)
+            let mut bad = parts.clone();
+            let last = bad.len() - 1;
+            bad[last].iter_mut().for_each(|b| *b = 0xff);
+            let err = decode_parts(kind, bad).1.unwrap_err().to_string();
+            let named = format!("backup X: corrupt backups/X/base/{last:06}: the {name} stream");
+            assert!(err.starts_with(&named), "{err}");
+            // A stream cut inside a frame is an error too, not a short tar.
+            let mut cut = parts;
+            let half = cut[last].len() / 2;
+            cut[last].truncate(half);
+            let err = decode_parts(kind, cut).1.unwrap_err().to_string();
+            assert!(err.contains(&format!("base/{last:06}: the {name} stream ends inside a frame")), "{err}");
+        }
     }
 
     #[test]

@@ -74,18 +74,36 @@ pub enum WalMode {
     Stream,
 }
 
+/// A compression algorithm for backup archives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Fastest, least CPU.
+    Lz4,
+    /// About half of lz4's size at level 1, for more CPU.
+    Zstd,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Lz4 => "lz4",
+            Algorithm::Zstd => "zstd",
+        }
+    }
+}
+
 /// How the archives are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     /// `server-lz4` when the server supports it, else `client-lz4` (with a warning).
     Auto,
-    /// The server compresses (`COMPRESSION 'lz4'`); pgpitr stores the lz4
-    /// frames as they arrive, without touching them. Fails when the server
-    /// was built without lz4.
-    ServerLz4,
-    /// The server sends the plain tar; pgpitr compresses each part with lz4
-    /// on its own cores, sparing the server's CPU.
-    ClientLz4,
+    /// The server compresses (`COMPRESSION 'lz4'` or `'zstd'`); pgpitr
+    /// stores the frames as they arrive, without touching them. Fails when
+    /// the server was built without the algorithm.
+    Server(Algorithm),
+    /// The server sends the plain tar; pgpitr compresses each part on its
+    /// own cores, sparing the server's CPU.
+    Client(Algorithm),
     /// The plain tar, uncompressed.
     None,
 }
@@ -94,8 +112,10 @@ impl Compression {
     pub fn as_str(self) -> &'static str {
         match self {
             Compression::Auto => "auto",
-            Compression::ServerLz4 => "server-lz4",
-            Compression::ClientLz4 => "client-lz4",
+            Compression::Server(Algorithm::Lz4) => "server-lz4",
+            Compression::Server(Algorithm::Zstd) => "server-zstd",
+            Compression::Client(Algorithm::Lz4) => "client-lz4",
+            Compression::Client(Algorithm::Zstd) => "client-zstd",
             Compression::None => "none",
         }
     }
@@ -112,6 +132,8 @@ pub struct BackupOptions {
     pub wal_timeout: Duration,
     pub wal_mode: WalMode,
     pub compression: Compression,
+    /// The zstd level (1 to 19), server-side or client-side.
+    pub zstd_level: i32,
     /// Raw bytes per stored part (at most 1 GiB).
     pub part_size: usize,
     /// Parts compressed and uploaded at once.
@@ -136,6 +158,7 @@ impl Default for BackupOptions {
             wal_timeout: Duration::from_secs(600),
             wal_mode: WalMode::Auto,
             compression: Compression::Auto,
+            zstd_level: pgpitr_repo::object::ZSTD_LEVEL,
             part_size: 16 << 20,
             max_in_flight: 4,
             upload_timeout: Duration::from_secs(600),

@@ -6,7 +6,7 @@ use crate::notice::{DATA_CORRUPTED, parse_checksum_notice};
 use crate::progress::{BackupPhase, BackupProgress};
 use crate::upload::{PartJob, Uploader, encode_part, put_retrying};
 use crate::walrange::{WalFetcher, WalNeed, ensure_wal, stored_end};
-use crate::{BackupError, BackupOptions, Compression, MAX_PART_SIZE, WalMode};
+use crate::{Algorithm, BackupError, BackupOptions, Compression, MAX_PART_SIZE, WalMode};
 use bytes::{Bytes, BytesMut};
 use pgpitr_pgwire::{BaseBackupMessage, ConnConfig, ReplicationConnection, quote_literal};
 use pgpitr_repo::backup::{
@@ -48,10 +48,13 @@ pub async fn take_backup(
         wal_segment_size: conn.wal_segment_size().await?,
     };
     repo.check_cluster(&identity)?;
-    if !repo.major().server_compression() && opts.compression == Compression::ServerLz4 {
+    if let Compression::Server(a) = opts.compression
+        && !repo.major().server_compression()
+    {
         return Err(BackupError::Invalid(format!(
-            "PostgreSQL {} cannot compress base backups on the server; use --compress client-lz4",
-            repo.major()
+            "PostgreSQL {} cannot compress base backups on the server; use --compress client-{}",
+            repo.major(),
+            a.as_str()
         )));
     }
     let storage = repo.storage().clone();
@@ -104,6 +107,9 @@ fn validate(opts: &BackupOptions) -> Result<(), BackupError> {
         && !(32..=1_048_576).contains(&r)
     {
         return Err(BackupError::Invalid(format!("max rate {r} kB/s is out of range (32 to 1048576)")));
+    }
+    if !(1..=19).contains(&opts.zstd_level) {
+        return Err(BackupError::Invalid(format!("zstd level {} is out of range (1 to 19)", opts.zstd_level)));
     }
     Ok(())
 }
@@ -210,8 +216,8 @@ struct Source {
 /// How the archives arrive, and how their parts are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// lz4 frames from the server, stored as they are (container codec none).
-    ServerLz4,
+    /// Frames from the server, stored as they are (container codec none).
+    Server(Algorithm),
     /// The plain tar, each part stored with this container codec.
     Plain(Codec),
 }
@@ -220,32 +226,46 @@ impl Mode {
     fn first(c: Compression, major: PgMajor) -> Mode {
         match c {
             Compression::Auto if !major.server_compression() => Mode::Plain(Codec::Lz4),
-            Compression::Auto | Compression::ServerLz4 => Mode::ServerLz4,
-            Compression::ClientLz4 => Mode::Plain(Codec::Lz4),
+            Compression::Auto => Mode::Server(Algorithm::Lz4),
+            Compression::Server(a) => Mode::Server(a),
+            Compression::Client(a) => Mode::Plain(client_codec(a)),
             Compression::None => Mode::Plain(Codec::None),
         }
     }
 
+    fn is_server(self) -> bool {
+        matches!(self, Mode::Server(_))
+    }
+
     fn codec(self) -> Codec {
         match self {
-            Mode::ServerLz4 => Codec::None,
+            Mode::Server(_) => Codec::None,
             Mode::Plain(c) => c,
         }
     }
 
-    fn name(self) -> &'static str {
+    fn compression(self) -> Compression {
         match self {
-            Mode::ServerLz4 => Compression::ServerLz4.as_str(),
-            Mode::Plain(Codec::None) => Compression::None.as_str(),
-            Mode::Plain(_) => Compression::ClientLz4.as_str(),
+            Mode::Server(a) => Compression::Server(a),
+            Mode::Plain(Codec::None) => Compression::None,
+            Mode::Plain(Codec::Zstd) => Compression::Client(Algorithm::Zstd),
+            Mode::Plain(_) => Compression::Client(Algorithm::Lz4),
         }
     }
 
     fn archive_compression(self) -> ArchiveCompression {
         match self {
-            Mode::ServerLz4 => ArchiveCompression::Lz4,
+            Mode::Server(Algorithm::Lz4) => ArchiveCompression::Lz4,
+            Mode::Server(Algorithm::Zstd) => ArchiveCompression::Zstd,
             Mode::Plain(_) => ArchiveCompression::None,
         }
+    }
+}
+
+fn client_codec(a: Algorithm) -> Codec {
+    match a {
+        Algorithm::Lz4 => Codec::Lz4,
+        Algorithm::Zstd => Codec::Zstd,
     }
 }
 
@@ -295,7 +315,7 @@ impl Received {
     /// tar size of a compressed archive.
     fn close_archive(&mut self) -> Option<PartJob> {
         let mut a = self.open.take()?;
-        if self.mode == Mode::ServerLz4
+        if self.mode.is_server()
             && let Some(info) = self.archives.get_mut(a.idx)
         {
             info.tar_bytes = self.tar_progress.checked_sub(a.tar_start).filter(|&n| n > 0);
@@ -315,7 +335,7 @@ impl Received {
             offset: a.offset,
             raw,
             codec: self.mode.codec(),
-            tar_mark: (self.mode == Mode::ServerLz4).then_some(self.tar_progress),
+            tar_mark: self.mode.is_server().then_some(self.tar_progress),
         };
         a.offset += job.raw.len() as u64;
         a.next_index += 1;
@@ -348,11 +368,15 @@ fn options(opts: &BackupOptions, mode: Mode, dialect: BaseBackupDialect) -> Stri
         quote_literal(&opts.label),
         opts.checkpoint.as_str()
     );
-    // With server-side lz4 the server's CPU compresses (faster than the
-    // network and storage in practice, and it frees ours); the frames are
-    // stored untouched. The manifest still arrives uncompressed.
-    if mode == Mode::ServerLz4 {
-        o.push_str(", COMPRESSION 'lz4'");
+    // With server-side compression the server's CPU compresses (faster
+    // than the network and storage in practice, and it frees ours); the
+    // frames are stored untouched. The manifest still arrives uncompressed.
+    match mode {
+        Mode::Server(Algorithm::Lz4) => o.push_str(", COMPRESSION 'lz4'"),
+        Mode::Server(Algorithm::Zstd) => {
+            o.push_str(&format!(", COMPRESSION 'zstd', COMPRESSION_DETAIL 'level={}'", opts.zstd_level))
+        }
+        Mode::Plain(_) => {}
     }
     if let Some(r) = opts.max_rate_kbps {
         o.push_str(&format!(", MAX_RATE {r}"));
@@ -361,15 +385,15 @@ fn options(opts: &BackupOptions, mode: Mode, dialect: BaseBackupDialect) -> Stri
     o
 }
 
-/// Whether the server refused lz4 compression because it was built without
-/// it: 15 says "lz4 compression is not supported by this build" (0A000),
-/// 16 and later "invalid compression specification: this build does not
-/// support compression with LZ4" (42601).
-fn lz4_unsupported(e: &BackupError) -> Option<String> {
+/// Whether the server refused to compress with `a` because it was built
+/// without it: 15 says "lz4 compression is not supported by this build"
+/// (0A000), 16 and later "invalid compression specification: this build
+/// does not support compression with LZ4" (42601).
+fn server_cannot(e: &BackupError, a: Algorithm) -> Option<String> {
     let BackupError::Pg(e) = e else { return None };
     let p = e.pg_error()?;
     let m = p.message.to_lowercase();
-    let refused = m.contains("lz4") && (m.contains("not supported") || m.contains("does not support"));
+    let refused = m.contains(a.as_str()) && (m.contains("not supported") || m.contains("does not support"));
     (matches!(p.code.as_str(), "0A000" | "42601") && refused).then(|| p.message.clone())
 }
 
@@ -396,24 +420,27 @@ async fn run(
     progress.set_phase(BackupPhase::Checkpoint);
     tracing::info!(checkpoint = opts.checkpoint.as_str(), "waiting for the server's backup checkpoint");
     let mut mode = Mode::first(opts.compression, repo.major());
-    if opts.compression == Compression::Auto && mode != Mode::ServerLz4 {
+    if opts.compression == Compression::Auto && !mode.is_server() {
         tracing::info!("PostgreSQL {} cannot compress base backups: compressing with lz4 here", repo.major());
     }
     let rx = loop {
-        match receive(repo, conn, id, opts, mode, cancel).await {
+        let err = match receive(repo, conn, id, opts, mode, cancel).await {
             Ok(rx) => break rx,
-            Err(e) => match lz4_unsupported(&e) {
-                Some(msg) if opts.compression == Compression::Auto && mode == Mode::ServerLz4 => {
-                    tracing::warn!("the server cannot compress ({msg}); compressing with lz4 here instead");
-                    mode = Mode::Plain(Codec::Lz4);
-                }
-                Some(msg) => {
-                    return Err(BackupError::Invalid(format!(
-                        "the server cannot compress the backup: {msg}; use --compress client-lz4"
-                    )));
-                }
-                None => return Err(e),
-            },
+            Err(e) => e,
+        };
+        let Mode::Server(a) = mode else { return Err(err) };
+        match server_cannot(&err, a) {
+            Some(msg) if opts.compression == Compression::Auto => {
+                tracing::warn!("the server cannot compress ({msg}); compressing with {} here instead", a.as_str());
+                mode = Mode::Plain(client_codec(a));
+            }
+            Some(msg) => {
+                return Err(BackupError::Invalid(format!(
+                    "the server cannot compress the backup: {msg}; use --compress client-{}",
+                    a.as_str()
+                )));
+            }
+            None => return Err(err),
         }
     };
     let storage = repo.storage().clone();
@@ -449,7 +476,7 @@ async fn run(
 
     let manifest_obj = {
         let raw = raw_manifest.clone();
-        tokio::task::spawn_blocking(move || encode_part(tli, 0, &raw, Codec::Lz4))
+        tokio::task::spawn_blocking(move || encode_part(tli, 0, &raw, Codec::Lz4, 0))
             .await
             .map_err(|e| BackupError::Invalid(format!("internal error: {e}")))?
     };
@@ -492,7 +519,7 @@ async fn run(
         file_count: manifest.files.len() as u64,
         checksum_failures: failures,
         wal_source,
-        compression: Some(mode.name().to_string()),
+        compression: Some(mode.compression().as_str().to_string()),
         pgpitr_version: format!("pgpitr {}", env!("CARGO_PKG_VERSION")),
     })
 }
@@ -551,6 +578,7 @@ async fn receive(
                 rx.start_time = Some(jiff::Timestamp::now());
                 rx.started_at = Some(std::time::Instant::now());
                 uploader = Some(Uploader::new(
+                    opts.zstd_level,
                     storage.clone(),
                     id.clone(),
                     tli,
@@ -600,7 +628,7 @@ async fn receive(
                 }
                 let up = uploader.as_mut().ok_or_else(|| proto("data before the backup started"))?;
                 let mut a = rx.open.take().ok_or_else(|| proto("data before any archive"))?;
-                if mode != Mode::ServerLz4 {
+                if !mode.is_server() {
                     BackupProgress::add(&progress.received, d.len() as u64);
                 }
                 while !d.is_empty() {
@@ -616,7 +644,7 @@ async fn receive(
             }
             BaseBackupMessage::Progress(n) => {
                 rx.tar_progress = n;
-                if mode == Mode::ServerLz4 {
+                if mode.is_server() {
                     BackupProgress::raise(&progress.received, n);
                 }
             }

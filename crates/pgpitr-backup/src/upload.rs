@@ -38,10 +38,10 @@ pub(crate) async fn put_retrying(
 }
 
 /// Encodes raw bytes as a stored backup object: a container with `codec`
-/// (lz4, or none for bytes the server already compressed), its "LSN range"
-/// being the byte range within the archive stream.
-pub(crate) fn encode_part(tli: TimelineId, offset: u64, raw: &[u8], codec: Codec) -> Bytes {
-    object::encode(tli, Lsn(offset), raw, codec, &WalSummary::default())
+/// (lz4 or zstd, or none for bytes the server already compressed), its
+/// "LSN range" being the byte range within the archive stream.
+pub(crate) fn encode_part(tli: TimelineId, offset: u64, raw: &[u8], codec: Codec, zstd_level: i32) -> Bytes {
+    object::encode_at_level(tli, Lsn(offset), raw, codec, zstd_level, &WalSummary::default())
 }
 
 fn internal(e: tokio::task::JoinError) -> BackupError {
@@ -65,6 +65,7 @@ pub(crate) struct PartJob {
 /// free slot, so whoever feeds it (the server connection) is slowed to the
 /// storage's pace and memory stays bounded.
 pub(crate) struct Uploader {
+    zstd_level: i32,
     storage: Arc<dyn Storage>,
     id: BackupId,
     tli: TimelineId,
@@ -77,6 +78,7 @@ pub(crate) struct Uploader {
 
 impl Uploader {
     pub fn new(
+        zstd_level: i32,
         storage: Arc<dyn Storage>,
         id: BackupId,
         tli: TimelineId,
@@ -84,7 +86,17 @@ impl Uploader {
         limit: Duration,
         progress: Arc<BackupProgress>,
     ) -> Self {
-        Uploader { storage, id, tli, max: max.max(1), limit, progress, set: JoinSet::new(), done: Vec::new() }
+        Uploader {
+            zstd_level,
+            storage,
+            id,
+            tli,
+            max: max.max(1),
+            limit,
+            progress,
+            set: JoinSet::new(),
+            done: Vec::new(),
+        }
     }
 
     fn collect(
@@ -109,12 +121,13 @@ impl Uploader {
         }
         let storage = self.storage.clone();
         let key = self.id.part_key(&job.archive_name, job.index);
-        let (tli, limit, progress) = (self.tli, self.limit, self.progress.clone());
+        let (tli, limit, progress, level) = (self.tli, self.limit, self.progress.clone(), self.zstd_level);
         self.set.spawn(async move {
             let raw_len = job.raw.len() as u64;
             let (raw, offset, codec) = (job.raw, job.offset, job.codec);
-            let obj =
-                tokio::task::spawn_blocking(move || encode_part(tli, offset, &raw, codec)).await.map_err(internal)?;
+            let obj = tokio::task::spawn_blocking(move || encode_part(tli, offset, &raw, codec, level))
+                .await
+                .map_err(internal)?;
             let header = object::decode_header(&obj)
                 .map_err(|e| BackupError::Invalid(format!("internal error: encoded part does not decode: {e}")))?;
             let stored_len = obj.len() as u64;

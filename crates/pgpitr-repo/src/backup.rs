@@ -121,12 +121,16 @@ impl PartialOrd for BackupId {
 }
 
 /// The archive name and stream compression for a server archive file name:
-/// `base.tar` → `base`, `16385.tar.lz4` → `16385` (lz4). `None` for
+/// `base.tar` → `base`, `16385.tar.lz4` → `16385` (lz4), `base.tar.zst`
+/// → `base` (zstd). `None` for
 /// anything else.
 pub fn archive_name(server_name: &str) -> Option<(&str, ArchiveCompression)> {
-    let (tar, compression) = match server_name.strip_suffix(".lz4") {
-        Some(t) => (t, ArchiveCompression::Lz4),
-        None => (server_name, ArchiveCompression::None),
+    let (tar, compression) = if let Some(t) = server_name.strip_suffix(".lz4") {
+        (t, ArchiveCompression::Lz4)
+    } else if let Some(t) = server_name.strip_suffix(".zst") {
+        (t, ArchiveCompression::Zstd)
+    } else {
+        (server_name, ArchiveCompression::None)
     };
     let stem = tar.strip_suffix(".tar")?;
     let valid = stem == BASE_ARCHIVE || (!stem.is_empty() && stem.parse::<u32>().is_ok_and(|o| o.to_string() == stem));
@@ -143,6 +147,8 @@ pub enum ArchiveCompression {
     None,
     /// LZ4 frames of the tar, compressed by the server (`COMPRESSION 'lz4'`).
     Lz4,
+    /// zstd frames of the tar, compressed by the server (`COMPRESSION 'zstd'`).
+    Zstd,
 }
 
 impl ArchiveCompression {
@@ -189,7 +195,7 @@ impl ArchiveInfo {
     pub fn tar_size(&self) -> u64 {
         match self.compression {
             ArchiveCompression::None => self.raw_bytes,
-            ArchiveCompression::Lz4 => self.tar_bytes.unwrap_or(self.raw_bytes),
+            ArchiveCompression::Lz4 | ArchiveCompression::Zstd => self.tar_bytes.unwrap_or(self.raw_bytes),
         }
     }
 }
@@ -547,8 +553,18 @@ mod tests {
         assert_eq!(archive_name("16385.tar"), Some(("16385", ArchiveCompression::None)));
         assert_eq!(archive_name("base.tar.lz4"), Some(("base", ArchiveCompression::Lz4)));
         assert_eq!(archive_name("16385.tar.lz4"), Some(("16385", ArchiveCompression::Lz4)));
-        for bad in ["base.tar.gz", "base.lz4", "x.tar", ".tar", "016385.tar", "base", "../base.tar", "base.tar.lz4.lz4"]
-        {
+        assert_eq!(archive_name("base.tar.zst"), Some(("base", ArchiveCompression::Zstd)));
+        for bad in [
+            "base.tar.gz",
+            "base.lz4",
+            "x.tar",
+            ".tar",
+            "016385.tar",
+            "base",
+            "../base.tar",
+            "base.tar.lz4.lz4",
+            "base.tar.zst.lz4",
+        ] {
             assert_eq!(archive_name(bad), None, "{bad}");
         }
     }

@@ -13,7 +13,9 @@ mod pg;
 mod s3;
 mod tls;
 
-pub use pg::{DEBIAN_MAJOR, PgCluster, PgClusterBuilder, pg_bindir, server_bindir, test_major, test_majors};
+pub use pg::{
+    DEBIAN_MAJOR, NO_LZ4_MAJOR, PgCluster, PgClusterBuilder, pg_bindir, server_bindir, test_major, test_majors,
+};
 pub use s3::S3Server;
 pub use tls::TestPki;
 

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-/// The major that Debian 12 packages: its client tools (psql, pgbench,
-/// pg_basebackup, pg_receivewal) serve the clusters of every major.
+/// The major that Debian 12 packages; `scripts/setup` puts the others
+/// under `$PGPITR_PG_DIR`.
 pub const DEBIAN_MAJOR: u32 = 15;
 
 /// The directory with Debian's PostgreSQL 15 binaries, server and client:
@@ -29,19 +29,23 @@ pub fn pg_bindir() -> PathBuf {
     panic!("PostgreSQL 15 server binaries not found (set PG_BINDIR or run scripts/setup)")
 }
 
-/// initdb, pg_ctl and postgres of `major`: Debian's for 15, else those
-/// `scripts/setup` put under `$PGPITR_PG_DIR` (/opt/pgpitr-pg) by major.
+/// The binaries (server and client tools) of `major`: Debian's for 15,
+/// else those `scripts/setup` put under `$PGPITR_PG_DIR` (/opt/pgpitr-pg).
 pub fn server_bindir(major: u32) -> PathBuf {
     if major == DEBIAN_MAJOR {
         return pg_bindir();
     }
+    setup_bindir(&major.to_string())
+}
+
+/// The server that `scripts/setup` installs built without lz4 and zstd
+/// (16; initdb, pg_ctl and postgres only), for the compression fallbacks.
+pub const NO_LZ4_MAJOR: u32 = 16;
+
+fn setup_bindir(name: &str) -> PathBuf {
     let root = std::env::var_os("PGPITR_PG_DIR").map_or_else(|| PathBuf::from("/opt/pgpitr-pg"), PathBuf::from);
-    let dir = root.join(major.to_string()).join("bin");
-    assert!(
-        dir.join("postgres").is_file(),
-        "PostgreSQL {major} server binaries not in {} (run scripts/setup)",
-        dir.display()
-    );
+    let dir = root.join(name).join("bin");
+    assert!(dir.join("postgres").is_file(), "PostgreSQL binaries {name} not in {} (run scripts/setup)", dir.display());
     dir
 }
 
@@ -62,9 +66,6 @@ pub fn test_majors() -> Vec<u32> {
         .collect()
 }
 
-/// Tools that must be the server's own major; the rest come from 15.
-const SERVER_TOOLS: &[&str] = &["initdb", "pg_ctl", "postgres"];
-
 /// The uid/gid of the `postgres` OS user, read from /etc/passwd.
 fn postgres_ids() -> (u32, u32) {
     let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
@@ -84,6 +85,7 @@ pub struct PgClusterBuilder {
     settings: Vec<(String, String)>,
     wal_segsize_mb: Option<u32>,
     data_checksums: bool,
+    no_lz4: bool,
 }
 
 impl PgClusterBuilder {
@@ -106,6 +108,14 @@ impl PgClusterBuilder {
 
     pub fn data_checksums(mut self, on: bool) -> Self {
         self.data_checksums = on;
+        self
+    }
+
+    /// A server of [`NO_LZ4_MAJOR`] built without lz4 and zstd (its client
+    /// tools are 15's).
+    pub fn without_lz4(mut self) -> Self {
+        self.major = NO_LZ4_MAJOR;
+        self.no_lz4 = true;
         self
     }
 
@@ -158,7 +168,8 @@ impl PgCluster {
     }
 
     fn create(opts: PgClusterBuilder) -> PgCluster {
-        let bindir = server_bindir(opts.major);
+        let bindir =
+            if opts.no_lz4 { setup_bindir(&format!("{NO_LZ4_MAJOR}-nolz4")) } else { server_bindir(opts.major) };
         let (dir, as_postgres) = Self::new_dirs();
         let mut c = PgCluster { dir, port: free_port(), major: opts.major, bindir, as_postgres, running: false };
         let data = c.datadir();
@@ -208,46 +219,10 @@ impl PgCluster {
         let (port, major, bindir) = (free_port(), self.major, self.bindir.clone());
         let mut s = PgCluster { dir, port, major, bindir, as_postgres, running: false };
         let data = s.datadir();
-        if self.major == DEBIAN_MAJOR {
-            let mut bb = s.command("pg_basebackup");
-            bb.arg("-D").arg(&data).args(["-R", "-X", "stream", "-c", "fast", "-U", SUPERUSER, "-h"]);
-            bb.arg(self.sockdir()).args(["-p", &self.port.to_string()]);
-            run(&mut bb, "pg_basebackup");
-        } else {
-            // 15's pg_basebackup refuses other majors: a copy of the data
-            // directory taken while the primary is cleanly stopped.
-            let pg_ctl = |action: &str| {
-                let mut c = self.command("pg_ctl");
-                c.arg("-D")
-                    .arg(self.datadir())
-                    .arg("-l")
-                    .arg(self.log_path())
-                    .args(["-w", "-t", "60", "-m", "fast", action]);
-                run(&mut c, "pg_ctl (primary, for a standby's copy)");
-            };
-            pg_ctl("stop");
-            let mut cp = Command::new("cp");
-            cp.arg("-a").arg(self.datadir().join(".")).arg(&data);
-            run(&mut cp, "copy the primary's data directory");
-            pg_ctl("start");
-            for stale in ["postmaster.pid", "postmaster.opts"] {
-                let _ = std::fs::remove_file(data.join(stale));
-            }
-            let signal = data.join("standby.signal");
-            std::fs::write(&signal, "").expect("write standby.signal");
-            if s.as_postgres {
-                let (uid, gid) = postgres_ids();
-                std::os::unix::fs::chown(&signal, Some(uid), Some(gid)).expect("chown standby.signal");
-            }
-            s.append_file(
-                "postgresql.auto.conf",
-                &format!(
-                    "\nprimary_conninfo = 'host={} port={} user={SUPERUSER} application_name=standby'\n",
-                    self.sockdir().display(),
-                    self.port
-                ),
-            );
-        }
+        let mut bb = s.command("pg_basebackup");
+        bb.arg("-D").arg(&data).args(["-R", "-X", "stream", "-c", "fast", "-U", SUPERUSER, "-h"]);
+        bb.arg(self.sockdir()).args(["-p", &self.port.to_string()]);
+        run(&mut bb, "pg_basebackup");
         s.append_file(
             "postgresql.conf",
             &format!("\nport = {}\nunix_socket_directories = '{}'\n", s.port, s.sockdir().display()),
@@ -353,9 +328,11 @@ impl PgCluster {
         self.dir.path().join("log/postgres.log")
     }
 
-    /// A server tool of this cluster's major, or a client tool from 15.
+    /// A tool of this cluster's major (15's client tools where the build has
+    /// none: [`PgClusterBuilder::without_lz4`]).
     pub fn bin(&self, name: &str) -> PathBuf {
-        if SERVER_TOOLS.contains(&name) { self.bindir.join(name) } else { pg_bindir().join(name) }
+        let own = self.bindir.join(name);
+        if own.is_file() { own } else { pg_bindir().join(name) }
     }
 
     /// `postgres://user:password@127.0.0.1:port/postgres`

@@ -229,13 +229,17 @@ pub enum Checkpoint {
     Spread,
 }
 
-/// Who compresses backup archives.
+/// Who compresses backup archives, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Compress {
     /// PostgreSQL, with lz4 (BASE_BACKUP COMPRESSION 'lz4').
     ServerLz4,
+    /// PostgreSQL, with zstd at --zstd-level.
+    ServerZstd,
     /// pgpitr, with lz4, part by part.
     ClientLz4,
+    /// pgpitr, with zstd at --zstd-level, part by part.
+    ClientZstd,
     /// Nobody.
     None,
 }
@@ -278,14 +282,20 @@ pub struct BackupArgs {
     /// position to become durable in the repository.
     #[arg(long, value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
     pub wal_timeout: std::time::Duration,
-    /// Who compresses the archives. `server-lz4`: PostgreSQL compresses
-    /// them with lz4 and pgpitr stores the frames as they arrive (fastest,
-    /// least client CPU); `client-lz4`: pgpitr compresses each part on its
-    /// own cores, sparing the server's CPU; `none`: stored as they are.
-    /// Default: server-lz4, or client-lz4 with a warning when the server was
-    /// built without lz4.
+    /// Who compresses the archives, and with what. `server-lz4` and
+    /// `server-zstd`: PostgreSQL compresses them and pgpitr stores the
+    /// frames as they arrive (least client CPU); `client-lz4` and
+    /// `client-zstd`: pgpitr compresses each part on its own cores, sparing
+    /// the server's CPU; `none`: stored as they are. zstd stores about half
+    /// of lz4's bytes for more CPU. Default: server-lz4, or client-lz4 with
+    /// one log line when the server cannot compress (14, or built without
+    /// lz4).
     #[arg(long, value_enum, value_name = "HOW")]
     pub compress: Option<Compress>,
+    /// The zstd level of `server-zstd` and `client-zstd` (1 to 19; higher
+    /// is smaller and slower).
+    #[arg(long, value_name = "LEVEL", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub zstd_level: i32,
     /// Bytes of the archive stream per stored part (64KiB to 1GiB).
     #[arg(long, value_parser = parse_size, default_value = "16MiB", value_name = "SIZE")]
     pub part_size: usize,

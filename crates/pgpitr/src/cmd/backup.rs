@@ -2,7 +2,7 @@ use crate::cli::{BackupArgs, Checkpoint, Compress, LogFormat};
 use crate::conn;
 use crate::progress::ProgressDisplay;
 use indicatif::HumanBytes;
-use pgpitr_backup::{BackupOptions, CheckpointMode, Compression};
+use pgpitr_backup::{Algorithm, BackupOptions, CheckpointMode, Compression};
 use pgpitr_repo::Repository;
 use pgpitr_repo::backup::{BackupInfo, WalSource};
 use pgpitr_storage::RepoUrl;
@@ -19,8 +19,10 @@ pub fn checkpoint_mode(c: Checkpoint) -> CheckpointMode {
 pub fn compression(c: Option<Compress>) -> Compression {
     match c {
         None => Compression::Auto,
-        Some(Compress::ServerLz4) => Compression::ServerLz4,
-        Some(Compress::ClientLz4) => Compression::ClientLz4,
+        Some(Compress::ServerLz4) => Compression::Server(Algorithm::Lz4),
+        Some(Compress::ServerZstd) => Compression::Server(Algorithm::Zstd),
+        Some(Compress::ClientLz4) => Compression::Client(Algorithm::Lz4),
+        Some(Compress::ClientZstd) => Compression::Client(Algorithm::Zstd),
         Some(Compress::None) => Compression::None,
     }
 }
@@ -38,6 +40,7 @@ pub async fn run(args: BackupArgs, log_format: LogFormat) -> anyhow::Result<u8> 
         max_in_flight: args.parallel as usize,
         max_rate_kbps: args.max_rate,
         compression: compression(args.compress),
+        zstd_level: args.zstd_level,
         ..BackupOptions::default()
     };
     let cancel = CancellationToken::new();
