@@ -111,11 +111,13 @@ async fn backup_under_load(backend: Backend) {
     assert_eq!(info.compression.as_deref(), Some(if by_server { "server-lz4" } else { "client-lz4" }));
     assert_eq!(info.format_version, rb::INFO_FORMAT_VERSION);
     let base = &info.archives[0];
-    assert_eq!(base.compression, ArchiveCompression::Lz4);
+    assert_eq!(base.compression, if by_server { ArchiveCompression::Lz4 } else { ArchiveCompression::None });
     assert!(base.parts.len() >= 3, "a ~30 MB database in 1 MiB parts of lz4: {}", base.parts.len());
     assert_eq!(base.raw_bytes, base.parts.iter().map(|p| p.raw_len).sum::<u64>());
-    let tar = server_tar(&backend, &info, base).await;
-    assert_eq!(base.tar_bytes, Some(tar.len() as u64), "the server's progress count is the tar's size");
+    if by_server {
+        let tar = server_tar(&backend, &info, base).await;
+        assert_eq!(base.tar_bytes, Some(tar.len() as u64), "the server's progress count is the tar's size");
+    }
     assert_eq!(info.size_bytes, info.archives.iter().map(|a| a.tar_size()).sum::<u64>());
     assert!(info.stored_bytes < info.size_bytes / 2, "lz4 shrinks a pgbench database");
     assert!(info.file_count > 900, "{}", info.file_count);
@@ -297,7 +299,11 @@ async fn backup_over_verified_tls_with_a_client_certificate() {
     let pki = TestPki::generate("pgpitr_cert");
     let pg = PgCluster::start_default();
     pg.sql("CREATE ROLE pgpitr_cert LOGIN REPLICATION");
-    pg.enable_tls(&pki, "hostssl replication pgpitr_cert 127.0.0.1/32 cert");
+    // 14 reads the backup's temporary slot over a connection to `postgres`.
+    pg.enable_tls(
+        &pki,
+        "hostssl replication pgpitr_cert 127.0.0.1/32 cert\nhostssl postgres pgpitr_cert 127.0.0.1/32 cert",
+    );
     pg.pgbench(&["-i", "-q", "-s", "1"]);
     let conninfo = format!("host=localhost hostaddr=127.0.0.1 port={} user=pgpitr_cert sslmode=verify-full", pg.port());
     let tls_env = |cmd: &mut Command| {
@@ -378,6 +384,12 @@ async fn server_zstd_backups_extract() {
         let out = run(&mut backup_cmd(&pg, &backend, &[&["--json"], args].concat())).ok();
         serde_json::from_str(&out.stdout).unwrap()
     };
+    if pg.major() == 14 {
+        // No compression on 14's server: a one-line error naming the other way.
+        let refused = run(&mut backup_cmd(&pg, &backend, &["--compress", "server-zstd"]));
+        refused.fails_with(&["PostgreSQL 14 cannot compress", "--compress client-zstd"]);
+        return;
+    }
     let lz4 = backup(&["--compress", "server-lz4"]);
     let zstd = backup(&["--compress", "server-zstd", "--zstd-level", "3"]);
     assert_eq!(zstd.compression.as_deref(), Some("server-zstd"));
@@ -430,7 +442,7 @@ async fn tablespaces_are_stored_and_relocated() {
     assert_eq!(stats.rewritten, ["tablespace_map"]);
     assert_eq!(stats.tablespaces, [(oid, new_ts.clone())]);
     let versioned: Vec<_> = std::fs::read_dir(&new_ts).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(versioned.iter().any(|n| n.to_string_lossy().starts_with("PG_15_")), "{versioned:?}");
+    assert!(versioned.iter().any(|n| n.to_string_lossy().starts_with(&format!("PG_{}_", pg.major()))), "{versioned:?}");
 
     // Refuses a non-empty target, and a relocation of a tablespace it lacks.
     let repo = backend.repo().await;

@@ -234,6 +234,75 @@ async fn pitr_is_exact_s3() {
     pitr_is_exact(Backend::s3(), 1, test_major()).await;
 }
 
+/// A stored object whose commit-time index is lost (as when the stream
+/// could not parse its WAL) never shortens a restore: with no indexed commit
+/// after the target, the plan leaves the stop point to PostgreSQL
+/// (recovery_target_time) and says why, rather than stopping at the last
+/// indexed commit before it. `list --index` and `verify` name the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_commit_index_never_shortens_a_restore() {
+    use pgpitr_repo::object::{self, WalSummary};
+    let backend = Backend::local();
+    share(&backend);
+    let pg = PgCluster::builder().setting("track_commit_timestamp", "on").start();
+    pg.sql("CREATE TABLE marks (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
+    let stream = StreamProc::start(&pg, &backend, &[]);
+    wait_streaming(&pg, "pgpitr");
+    take_backup(&pg, &backend);
+    for id in 1..=3 {
+        insert_marker(&pg, id);
+        pg.sql("SELECT pg_switch_wal()");
+    }
+    // Markers 4 and 5 share one segment, whose index is then lost.
+    insert_marker(&pg, 4);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    insert_marker(&pg, 5);
+    let end = lsn(&pg.sql("SELECT pg_current_wal_lsn()"));
+    pg.sql("SELECT pg_switch_wal()");
+    let storage = backend.storage().await;
+    wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(30)).await;
+    assert_eq!(stream.terminate().0, Some(0));
+    let all = markers(&pg);
+    let (t4, t5) = (all[3].1, all[4].1);
+
+    let (tls, _) = pgpitr_repo::wal::scan(storage.as_ref(), seg16()).await.unwrap();
+    let mut lost = None;
+    for (id, _) in &tls[&pgpitr_types::TimelineId(1)].objects {
+        let key = id.key(seg16());
+        let (h, raw) = object::decode(&storage.get(&key).await.unwrap()).unwrap();
+        if h.summary.last_commit.is_some_and(|c| c.time_us == t5) {
+            assert_eq!(h.summary.first_commit.map(|c| c.time_us), Some(t4), "4 and 5 in one object");
+            // As the stream stores WAL it could not parse: no commits, and
+            // when it was received.
+            let summary = WalSummary {
+                unindexed_before: Some(pgpitr_types::Lsn::MAX),
+                received_us: h.summary.received_us,
+                ..WalSummary::default()
+            };
+            storage.put(&key, object::encode(h.tli, h.start, &raw, h.codec, &summary)).await.unwrap();
+            lost = Some(key);
+        }
+    }
+    let lost = lost.expect("the object holding markers 4 and 5");
+
+    let target = rfc3339((t4 + t5) / 2);
+    let (restored, out) = restore_and_start(&backend, &["--target-time", &target]);
+    assert!(out.stdout.contains("recovery_target_time"), "{}", out.stdout);
+    assert!(out.stdout.contains("commit-time index") && out.stdout.contains(&lost), "{}", out.stdout);
+    assert_eq!(ids(&restored), vec![1, 2, 3, 4], "the restore reached marker 4 ({target})");
+
+    let list = run(pgpitr().args(["list", "--index", "--repo", &backend.url()])).ok().stdout;
+    assert!(list.lines().any(|l| l.contains("INDEX INCOMPLETE") && l.contains(&lost)), "{list}");
+    let json = run(pgpitr().args(["list", "--index", "--json", "--repo", &backend.url()])).ok().stdout;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let named: Vec<&str> = v["unindexed"].as_array().unwrap().iter().map(|u| u["object"].as_str().unwrap()).collect();
+    assert_eq!(named, vec![lost.as_str()]);
+    let plain = run(pgpitr().args(["list", "--json", "--repo", &backend.url()])).ok().stdout;
+    assert!(!plain.contains("unindexed"), "only --index reads every header");
+    let verify = run(pgpitr().args(["verify", "--repo", &backend.url()])).ok().stdout;
+    assert!(verify.lines().any(|l| l.starts_with("NOTE") && l.contains(&lost)), "{verify}");
+}
+
 fn wal_fetch(backend: &Backend, name: &str, dest: &Path, extra: &[&str]) -> Run {
     let mut cmd = pgpitr();
     backend.env(&mut cmd);

@@ -303,8 +303,15 @@ async fn synchronous_mode_commit_waits_for_repository() {
                 .args([
                     "-p",
                     &port.to_string(),
+                    // One -c each: psql before 15 prints only a string's last result.
                     "-c",
-                    "BEGIN; INSERT INTO t VALUES (42); SELECT txid_current(); COMMIT;",
+                    "BEGIN",
+                    "-c",
+                    "INSERT INTO t VALUES (42)",
+                    "-c",
+                    "SELECT txid_current()",
+                    "-c",
+                    "COMMIT",
                 ])
                 .output()
                 .expect("psql");

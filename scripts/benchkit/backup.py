@@ -1,5 +1,7 @@
-"""backup: pgpitr backup into the repository (local directory and S3) vs
-pg_basebackup -Ft (plain, client-lz4, server-lz4) to local disk vs a
+"""backup: pgpitr backup into the repository (local directory and S3; lz4
+by the server, and zstd -1 by the server and by pgpitr into the local
+directory) vs pg_basebackup -Ft (plain, client-lz4, server-lz4,
+server-zstd) to local disk vs a
 pgBackRest full backup (posix repository, process-max=2, lz4), on a pgbench
 database. Per run: wall time, MB/s (database size / wall time), CPU of the
 client process tree and of the server's walsenders, peak RSS of the client
@@ -11,11 +13,14 @@ import shutil
 from . import peers
 from .common import Cluster, S3Server, alternate, du, log, pgbin, run, run_measured, summarize
 
-PGPITR = ["pgpitr-local", "pgpitr-s3"]
-BASEBACKUP = ["pg_basebackup", "pg_basebackup-client-lz4", "pg_basebackup-server-lz4"]
+PGPITR = ["pgpitr-local", "pgpitr-s3", "pgpitr-local-server-zstd", "pgpitr-local-client-zstd"]
+PGPITR_COMPRESS = {"pgpitr-local-server-zstd": ["--compress", "server-zstd"],
+                   "pgpitr-local-client-zstd": ["--compress", "client-zstd"]}
+BASEBACKUP = ["pg_basebackup", "pg_basebackup-client-lz4", "pg_basebackup-server-lz4", "pg_basebackup-server-zstd"]
 PGBACKREST = ["pgbackrest"]
 BB_COMPRESS = {"pg_basebackup": [], "pg_basebackup-client-lz4": ["--compress=client-lz4"],
-               "pg_basebackup-server-lz4": ["--compress=server-lz4"]}
+               "pg_basebackup-server-lz4": ["--compress=server-lz4"],
+               "pg_basebackup-server-zstd": ["--compress=server-zstd:level=1"]}
 
 
 def sizes(ctx):
@@ -59,6 +64,9 @@ def main(ctx):
             brest.stanza_create()
         ctx.command("pgpitr", "pgpitr init --repo REPO -d 'host=127.0.0.1 port=PORT user=postgres' (not timed); "
                               "pgpitr backup --repo REPO -d 'host=127.0.0.1 port=PORT user=postgres' --checkpoint fast --json")
+        for c, extra in PGPITR_COMPRESS.items():
+            ctx.command(c, "pgpitr backup --repo $WORK/runs/RUN -d 'host=127.0.0.1 port=PORT user=postgres' "
+                           f"--checkpoint fast --json {' '.join(extra)}  (zstd level 1, the default)")
         for c, extra in BB_COMPRESS.items():
             ctx.command(c, ["pg_basebackup", "-D", "$WORK/runs/RUN", "-Ft", "-c", "fast", "-d",
                             "host=127.0.0.1 port=PORT user=postgres", *extra])
@@ -106,7 +114,8 @@ def one_run(ctx, pg, s3, brest, c, rep, size):
             repo = str(target)
         run([ctx.pgpitr, "init", "--repo", repo, "-d", conn], env=env)
         # --checkpoint fast like pg_basebackup -c fast and pgBackRest start-fast=y.
-        argv = [ctx.pgpitr, "backup", "--repo", repo, "-d", conn, "--checkpoint", "fast", "--json"]
+        argv = [ctx.pgpitr, "backup", "--repo", repo, "-d", conn, "--checkpoint", "fast", "--json",
+                *PGPITR_COMPRESS.get(c, [])]
     elif c.startswith("pg_basebackup"):
         argv = [pgbin("pg_basebackup"), "-D", str(target), "-Ft", "-c", "fast", "-d", conn, *BB_COMPRESS[c]]
     else:

@@ -33,7 +33,18 @@ def log(msg):
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+# The PostgreSQL major the clusters and the client tools (pg_receivewal,
+# pg_basebackup) are: scripts/bench --major N.
+DEBIAN_MAJOR = 15
+MAJOR = int(os.environ.get("PGPITR_BENCH_PG_MAJOR") or DEBIAN_MAJOR)
+
+
 def pg_bindir():
+    if MAJOR != DEBIAN_MAJOR:
+        d = Path(os.environ.get("PGPITR_PG_DIR") or "/opt/pgpitr-pg") / str(MAJOR) / "bin"
+        if not (d / "initdb").is_file():
+            sys.exit(f"bench: PostgreSQL {MAJOR} binaries not in {d} (run scripts/setup)")
+        return d
     if os.environ.get("PG_BINDIR"):
         return Path(os.environ["PG_BINDIR"])
     debian = Path("/usr/lib/postgresql/15/bin")
@@ -626,7 +637,8 @@ class Context:
     def __init__(self, part, mode, work, pgpitr, reps):
         self.part, self.mode, self.work, self.pgpitr, self.reps = part, mode, Path(work), pgpitr, reps
         self.quick = mode == "quick"
-        self.result = {"part": part, "mode": mode, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        self.result = {"part": part, "mode": mode, "pg_major": MAJOR,
+                       "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        "reps": reps, "commands": [], "notes": [], "skipped": [], "raw": [], "summary": {}}
         self.t0 = time.monotonic()
 
@@ -648,11 +660,16 @@ class Context:
 
     def save(self, results_dir):
         self.result["duration_s"] = round(time.monotonic() - self.t0, 1)
-        path = Path(results_dir) / f"{self.part}.json"
+        path = Path(results_dir) / result_file(self.part, MAJOR)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w") as f:
             json.dump(self.result, f, indent=1, default=str)
         log(f"{self.part}: results in {path}")
+
+
+def result_file(part, major):
+    """15's results are <part>.json; another major's <part>-pg<major>.json."""
+    return f"{part}.json" if major == DEBIAN_MAJOR else f"{part}-pg{major}.json"
 
 
 def alternate(contenders, rep):

@@ -52,6 +52,10 @@ def available():
     return shutil.which("pgbackrest") is not None
 
 
+def version():
+    return run(["pgbackrest", "version"], check=False).stdout.strip() or "unknown version"
+
+
 def walsender_pids(pg):
     """Children of the postmaster whose title says walsender."""
     try:

@@ -3,6 +3,9 @@ of each part. A table is only ever filled from a result file; a part without
 one is listed as not run, with the reason when the run recorded one."""
 
 import json
+import re
+
+from .common import result_file
 
 ORDER = ["micro", "stream", "rpo", "sync", "backup", "restore", "resume"]
 TITLES = {"micro": "Micro-benchmarks (criterion)", "stream": "stream: continuous archiving under load",
@@ -233,6 +236,79 @@ def goals(res):
     return table(["goal", "measured (median of runs unless said)", "status"], rows)
 
 
+# ---------------------------------------------------------------- majors
+
+MAJORS = [14, 15, 16, 17, 18]
+
+
+def load_majors(results):
+    """{major: {"stream": ..., "restore": ...}} from the per-major result files."""
+    out = {}
+    for m in MAJORS:
+        for part in ("stream", "restore"):
+            f = results / result_file(part, m)
+            if f.exists():
+                out.setdefault(m, {})[part] = json.loads(f.read_text())
+    return out
+
+
+def per_major(majors):
+    """One line per major: RPO p99 under TPC-B, CPU per GB against
+    pg_receivewal --compress=lz4 of the same major, restore time against the
+    floor; each against the goal that holds on 15."""
+    if not majors:
+        return "Not run yet (`scripts/bench stream restore --major N` for N in 14 to 18)."
+    rows = []
+    for m in MAJORS:
+        st, rs = majors.get(m, {}).get("stream"), majors.get(m, {}).get("restore")
+        if not st and not rs:
+            rows.append([m, "not run", "", "", "", ""])
+            continue
+        cells, ok = [], []
+        S = (st or {}).get("summary", {})
+        lag = [med(S.get(f"tpcb/{c}", {}).get("lag_p99")) for c in ("pgpitr-local", "pgpitr-s3")]
+        lagmax = [S.get(f"tpcb/{c}", {}).get("lag_max", {}).get("max") for c in ("pgpitr-local", "pgpitr-s3")]
+        if None in lag:
+            cells.append("–")
+        else:
+            cells.append(f"{lag[0]:.3g} s / {lag[1]:.3g} s (max {secs(max(x or 0 for x in lagmax))})")
+            ok.append(max(lag) <= 1.0 and max(x or 0 for x in lagmax) <= 2.0)
+        for wl in ("tpcb", "bulk"):
+            peer = S.get(f"{wl}/pg_receivewal-lz4")
+            rr = [ratio(med(S.get(f"{wl}/{c}", {}).get("cpu_s_per_gb")), med(peer["cpu_s_per_gb"]) if peer else None)
+                  for c in ("pgpitr-local", "pgpitr-s3")]
+            if None in rr:
+                cells.append("–")
+                continue
+            cells.append(f"{rtxt(rr[0])} / {rtxt(rr[1])}")
+            if wl == "bulk":
+                ok.append(max(rr) <= 1.0)
+        R = (rs or {}).get("summary", {})
+        fl = R.get("floor", {}).get("total_s")
+        rr = [ratio(med(R.get(c, {}).get("total_s")), med(fl)) for c in ("pgpitr-local", "pgpitr-s3")]
+        exact = all(R.get(c, {}).get("reached_ok") == R.get(c, {}).get("runs") for c in ("pgpitr-local", "pgpitr-s3")
+                    if R.get(c))
+        if None in rr:
+            cells.append("–")
+        else:
+            cells.append(f"{rtxt(rr[0])} / {rtxt(rr[1])}" + ("" if exact else " (**a run missed its target**)"))
+            ok.append(max(rr) <= 1.15 and exact)
+        server = ((st or rs).get("machine") or {}).get("postgres") or "?"
+        modes = sorted({r.get("mode") for r in (st, rs) if r})
+        failed = [f"{r['part']} failed" for r in (st, rs) if r and r.get("failed")]
+        when = max(r.get("started", "") for r in (st, rs) if r)
+        status = "**not met**" if False in ok else ("met" if ok else "not measured")
+        minor = re.search(r"\d+\.\d+", server)
+        rows.append([f"{m} ({minor.group(0) if minor else '?'})"] + cells +
+                    [f"{status}; {'/'.join(modes)}, {when}" + (f"; {', '.join(failed)}" if failed else "")])
+    return ("Goals as on 15: durable lag p99 ≤ 1 s and max ≤ 2 s under TPC-B; CPU per GB ≤ 1.0× "
+            "pg_receivewal --compress=lz4 of the same major on the bulk load (TPC-B is given, its goal is open on "
+            "15 too); restore ≤ 1.15× the floor and exact. Figures: pgpitr-local / pgpitr-s3, medians of the "
+            "runs.\n\n" + table(["major (server)", "RPO p99 under TPC-B", "CPU/GB vs pg_receivewal, TPC-B",
+                                  "CPU/GB vs pg_receivewal, bulk", "restore vs the floor", "status; mode, run"],
+                                 rows))
+
+
 # ---------------------------------------------------------------- sections
 
 
@@ -347,18 +423,17 @@ def sec_backup(r):
                      s.get("errors") or 0])
     out = [f"Database: {mib(size)} (pg_database_size of all databases).\n" if size else "",
            table(["tool", "wall", "MB/s", "client CPU s", "server CPU s", "peak RSS", "stored", "failed runs"], rows)]
+    pairs = [(c, p) for c in ("pgpitr-local", "pgpitr-s3")
+             for p in ("pg_basebackup", "pg_basebackup-client-lz4", "pg_basebackup-server-lz4", "pgbackrest")]
+    # zstd against lz4 (by the server), and against pg_basebackup's own server-zstd.
+    pairs += [("pgpitr-local-server-zstd", "pgpitr-local"), ("pgpitr-local-client-zstd", "pgpitr-local"),
+              ("pgpitr-local-server-zstd", "pg_basebackup-server-zstd")]
     rr = []
-    for c in ("pgpitr-local", "pgpitr-s3"):
-        s = S.get(c)
-        if not s or not s.get("mb_s"):
-            continue
-        for p in ("pg_basebackup", "pg_basebackup-client-lz4", "pg_basebackup-server-lz4", "pgbackrest"):
-            ps = S.get(p)
-            if ps and ps.get("mb_s"):
-                rr.append([f"{c} / {p}", rtxt(ratio(med(s["mb_s"]), med(ps["mb_s"]))),
-                           rtxt(ratio(med(s["client_cpu_s"]), med(ps["client_cpu_s"]))),
-                           rtxt(ratio(med(s["peak_rss"]), med(ps["peak_rss"]))),
-                           rtxt(ratio(med(s["stored_bytes"]), med(ps["stored_bytes"])))])
+    for c, p in pairs:
+        s, ps = S.get(c), S.get(p)
+        if s and s.get("mb_s") and ps and ps.get("mb_s"):
+            rr.append([f"{c} / {p}"] + [rtxt(ratio(med(s[k]), med(ps[k])))
+                                        for k in ("mb_s", "client_cpu_s", "peak_rss", "stored_bytes")])
     if rr:
         out.append("\nRatios of medians (MB/s: higher is better for pgpitr):\n")
         out.append(table(["pgpitr / peer", "MB/s", "client CPU", "peak RSS", "stored"], rr))
@@ -473,6 +548,10 @@ def write(results, out):
     parts.append(machine_block(res) + "\n")
     parts.append("## Goals (issues 3–6 and 17)\n")
     parts.append(goals(res) + "\n")
+    parts.append("## Every major (issue 18)\n")
+    parts.append("`scripts/bench stream restore --major N` (N = 14 to 18; 15's line comes from the 15 runs "
+                 "below), against PostgreSQL N's server and its own pg_receivewal.\n")
+    parts.append(per_major(load_majors(results)) + "\n")
     for p in ORDER:
         parts.append(f"## {TITLES[p]}\n")
         r = res.get(p)

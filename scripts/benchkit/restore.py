@@ -14,8 +14,8 @@ import time
 import psycopg2
 
 from . import peers
-from .common import (Cluster, S3Server, alternate, as_postgres, chown_postgres, free_port, log, lsn_int, pgbin,
-                     pgpitr_receiver, run, summarize, wait_streaming)
+from .common import (MAJOR, Cluster, S3Server, alternate, as_postgres, chown_postgres, free_port, log, lsn_int,
+                     pgbin, pgpitr_receiver, run, summarize, wait_streaming)
 
 RESTORE_TIMEOUT_S = 3600
 
@@ -37,7 +37,10 @@ def main(ctx):
     else:
         ctx.skip("pgpitr restore", "this pgpitr has no `backup`/`restore` commands yet (issues 4 and 5)")
     brest = None
-    if peers.available():
+    if peers.available() and MAJOR > 15:
+        ctx.skip("pgbackrest", f"not run on PostgreSQL {MAJOR}: this machine's pgBackRest ({peers.version()}, "
+                               "Debian 12's) was released before PostgreSQL 16 and does not know it")
+    elif peers.available():
         brest = peers.PgBackRest(ctx.work)
         contenders.append("pgbackrest")
     else:

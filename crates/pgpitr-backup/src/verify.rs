@@ -19,6 +19,7 @@ use crate::extract::{check_contents, fetch_part, read_manifest};
 use futures_util::StreamExt;
 use pgpitr_repo::Repository;
 use pgpitr_repo::backup::{self, BackupId, BackupInfo};
+use pgpitr_repo::status::Unindexed;
 use pgpitr_repo::wal::{self, WalObjectId, WalObjectKind};
 use pgpitr_types::{Lsn, TimelineId};
 use serde::Serialize;
@@ -47,6 +48,9 @@ pub struct Report {
     /// Bytes fetched and checked.
     pub bytes: u64,
     pub problems: Vec<Problem>,
+    /// WAL whose commit-time index is incomplete: no problem for restores
+    /// (they fall back to recovery_target_time there), but worth knowing.
+    pub unindexed: Vec<Unindexed>,
 }
 
 /// Checks the complete backups (only `only`, when given) and all WAL.
@@ -92,9 +96,10 @@ pub async fn verify(repo: &Repository, only: Option<&str>) -> Result<Report, Bac
     let mut failed = Vec::new();
     while let Some((id, result)) = checks.next().await {
         match result {
-            Ok(bytes) => {
+            Ok((bytes, unindexed)) => {
                 report.wal_objects += 1;
                 report.bytes += bytes;
+                report.unindexed.extend(unindexed);
             }
             Err(problem) => failed.push((id, problem)),
         }
@@ -149,6 +154,7 @@ pub async fn verify(repo: &Repository, only: Option<&str>) -> Result<Report, Bac
         }
     }
     report.problems.sort_by(|a, b| a.object.cmp(&b.object));
+    report.unindexed.sort_by_key(|u| (u.timeline, u.start_lsn));
     Ok(report)
 }
 
@@ -197,19 +203,22 @@ async fn check_objects(
 }
 
 /// Fetches one WAL object and checks its checksum and that it holds the
-/// range its key names. Returns the bytes of WAL it holds.
+/// range its key names. Returns the bytes of WAL it holds, and what of it
+/// the commit-time index lacks.
 async fn check_wal_object(
     storage: Arc<dyn pgpitr_storage::Storage>,
     seg: pgpitr_types::WalSegSize,
     id: WalObjectId,
-) -> Result<u64, String> {
+) -> Result<(u64, Vec<Unindexed>), String> {
     let key = id.key(seg);
     let (start, end) = id.range(seg);
     if let WalObjectKind::Journal { .. } = id.kind {
         // Frames carry their own checksums; the scan already stopped at the
         // first bad one, so what is left to check is that it is still there.
         return match wal::resolve_journal(storage.as_ref(), seg, id).await {
-            Ok(Some(_)) => Ok(start.distance_to(end)),
+            Ok(Some((_, j))) => {
+                Ok((start.distance_to(end), j.frames.iter().filter_map(|(h, _)| Unindexed::of(&key, h)).collect()))
+            }
             Ok(None) => Err("journal holds no valid WAL".to_string()),
             Err(pgpitr_repo::RepoError::Storage(s)) if s.is_not_found() => Err(MISSING.to_string()),
             Err(e) => Err(e.to_string()),
@@ -228,7 +237,7 @@ async fn check_wal_object(
             id.tli
         ));
     }
-    Ok(raw.len() as u64)
+    Ok((raw.len() as u64, Unindexed::of(&key, &header).into_iter().collect()))
 }
 
 fn problem_of(e: BackupError) -> String {

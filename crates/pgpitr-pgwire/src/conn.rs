@@ -762,10 +762,7 @@ impl ReplicationConnection {
         match reported {
             Some(lsn) if lsn.is_valid() => Ok(Some(lsn)),
             // Physical slots report no consistent point; ask the slot itself.
-            _ if major.has_read_replication_slot() => {
-                Ok(self.read_replication_slot(name).await?.and_then(|s| s.restart_lsn))
-            }
-            _ => Ok(None),
+            _ => Ok(self.read_replication_slot(name).await?.and_then(|s| s.restart_lsn)),
         }
     }
 

@@ -3,7 +3,7 @@
 use crate::RepoError;
 use crate::backup::{self, BackupSummary};
 use crate::lease::{self, StreamSummary};
-use crate::object::TimedLsn;
+use crate::object::{ObjectHeader, TimedLsn};
 use crate::wal::{self, TimelineWal};
 use crate::{Repository, Result};
 use futures_util::{StreamExt, TryStreamExt};
@@ -46,6 +46,51 @@ pub struct RepoStatus {
     /// `pgpitr stream` processes by their leases; `live: false` is what a
     /// killed stream left behind.
     pub streams: Vec<StreamSummary>,
+    /// WAL objects whose commit-time index is incomplete; `None` when not
+    /// looked for (`list --index`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unindexed: Option<Vec<Unindexed>>,
+}
+
+/// A stored WAL object whose commit-time index is incomplete: commits that
+/// start in `start_lsn..end_lsn` may be missing from it. A restore to a time
+/// after them lets PostgreSQL find the point (`recovery_target_time`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unindexed {
+    pub object: String,
+    pub timeline: TimelineId,
+    pub start_lsn: Lsn,
+    pub end_lsn: Lsn,
+}
+
+/// Every WAL object of `timelines` whose summary says its index is
+/// incomplete. Reads every object's header (a ranged GET each).
+pub async fn unindexed(repo: &Repository, timelines: &BTreeMap<TimelineId, TimelineWal>) -> Result<Vec<Unindexed>> {
+    const AT_ONCE: usize = 32;
+    let (storage, seg) = (repo.storage().as_ref(), repo.seg_size());
+    let keys = timelines.values().flat_map(|t| t.objects.iter().map(|(id, _)| id.key(seg)));
+    let headers: Vec<_> = futures_util::stream::iter(keys)
+        .map(|key| async move { wal::read_header(storage, &key).await.map(|h| (key, h)) })
+        .buffered(AT_ONCE)
+        .try_collect()
+        .await?;
+    Ok(headers.iter().filter_map(|(key, h)| Unindexed::of(key, h)).collect())
+}
+
+impl Unindexed {
+    /// What of the object (or journal frame) `h`, stored as `key`, is not
+    /// indexed, if anything.
+    pub fn of(key: &str, h: &ObjectHeader) -> Option<Unindexed> {
+        // Before the object's start: a record continued from the one
+        // before, which a resume scans from its own start.
+        let end = h.summary.unindexed_before?.min(h.end);
+        (end > h.start).then(|| Unindexed {
+            object: key.to_string(),
+            timeline: h.tli,
+            start_lsn: h.start,
+            end_lsn: end,
+        })
+    }
 }
 
 /// Unix microseconds to RFC 3339 (UTC, microsecond precision).
@@ -75,7 +120,9 @@ pub async fn latest_commit(repo: &Repository, tl: &TimelineWal) -> Result<Option
     Ok(None)
 }
 
-pub async fn status(repo: &Repository) -> Result<RepoStatus> {
+/// What `repo` holds; with `index`, also every object whose commit-time
+/// index is incomplete (which reads every WAL object's header).
+pub async fn status(repo: &Repository, index: bool) -> Result<RepoStatus> {
     crate::relisting(RepoError::is_not_found, || async {
         let (storage, seg) = (repo.storage().as_ref(), repo.seg_size());
         let (mut timelines, _leftovers) = wal::scan(storage, seg).await?;
@@ -88,7 +135,11 @@ pub async fn status(repo: &Repository) -> Result<RepoStatus> {
                 timelines = again;
             }
         }
-        status_from_scan(repo, &timelines).await
+        let mut st = status_from_scan(repo, &timelines).await?;
+        if index {
+            st.unindexed = Some(unindexed(repo, &timelines).await?);
+        }
+        Ok(st)
     })
     .await
 }
@@ -126,5 +177,6 @@ pub async fn status_from_scan(repo: &Repository, timelines: &BTreeMap<TimelineId
         timelines: out,
         latest_restorable_time: latest.map(format_time_us),
         streams,
+        unindexed: None,
     })
 }

@@ -363,6 +363,34 @@ impl<'a> Summaries<'a> {
         Ok(after.iter().find(gap).map(|o| o.id))
     }
 
+    /// When the newest WAL after `from` whose index is incomplete inside
+    /// the object was received: commits the index lacks there came before.
+    async fn unindexed_received(&mut self, objs: &[PathObject], from: Lsn) -> Result<Option<i64>> {
+        let after: Vec<PathObject> = objs.iter().filter(|o| o.hi > from).copied().collect();
+        self.load(&after).await?;
+        let seg = self.seg;
+        Ok(after
+            .iter()
+            .filter_map(|o| self.cache.get(&o.id).map(|s| (o.id.range(seg).0, s)))
+            // Only from the object's start: a record continued from before
+            // it, which a resume scans from its own start, is not a commit
+            // of its own.
+            .filter(|(start, s)| s.unindexed_before.is_some_and(|u| u > from && u > *start))
+            .map(|(_, s)| s.received_us)
+            .max())
+    }
+
+    /// The newest indexed commit, and the end of the restorable window: that
+    /// commit, the newest backup's stop, or when WAL with an incomplete index
+    /// after it was received, whichever is latest.
+    async fn window_end(&mut self, objs: &[PathObject], newest: &BackupPoint) -> Result<(Option<TimedLsn>, i64)> {
+        let last = self.last_commit(objs, Lsn::MAX).await?;
+        let from = last.map_or(newest.stop_lsn, |c| c.lsn);
+        let unindexed = self.unindexed_received(objs, from).await?;
+        let latest = [last.map(|c| c.time_us), unindexed].into_iter().flatten().fold(newest.stop_time_us, i64::max);
+        Ok((last, latest))
+    }
+
     fn restore_points(&self, o: &PathObject) -> Vec<RestorePoint> {
         let Some(s) = self.cache.get(&o.id) else { return Vec::new() };
         s.restore_points.iter().filter(|r| o.lo <= r.lsn && r.lsn < o.hi).cloned().collect()
@@ -548,9 +576,8 @@ async fn plan_on(sums: &mut Summaries<'_>, index: &RepoIndex, req: &PlanRequest,
     let objs = index.objects_on(&path);
     sums.read_ahead(&objs).await;
     let end = index.path_end(&path).unwrap_or(newest.stop_lsn);
-    let last = sums.last_commit(&objs, Lsn::MAX).await?;
+    let (last, latest_us) = sums.window_end(&objs, newest).await?;
     let earliest_us = oldest.stop_time_us;
-    let latest_us = last.map_or(newest.stop_time_us, |c| c.time_us.max(newest.stop_time_us));
     let mut plan = Plan {
         backup: newest.clone(),
         timeline: tli,
@@ -909,8 +936,7 @@ pub async fn windows(storage: &dyn Storage, index: &RepoIndex) -> Result<Vec<Win
         let (earliest, latest) = match (cands.first(), cands.last()) {
             (Some(o), Some(n)) => {
                 let objs = index.objects_on(&path);
-                let last = sums.last_commit(&objs, Lsn::MAX).await?;
-                (Some(o.stop_time_us), Some(last.map_or(n.stop_time_us, |c| c.time_us.max(n.stop_time_us))))
+                (Some(o.stop_time_us), Some(sums.window_end(&objs, n).await?.1))
             }
             _ => (None, None),
         };

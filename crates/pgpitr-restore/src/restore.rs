@@ -87,10 +87,22 @@ pub fn check_target_dir(dir: &Path) -> Result<(), RestoreError> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => match entries.next() {
             None => Ok(()),
-            Some(_) => Err(RestoreError::Invalid(format!(
-                "--pgdata {} is not empty; restore into an empty or new directory",
-                dir.display()
-            ))),
+            Some(_) => {
+                // Say whose data directory it is: often another major's, left
+                // by an upgrade.
+                let held = std::fs::read_to_string(dir.join("PG_VERSION"))
+                    .ok()
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| {
+                        !v.is_empty() && v.len() < 16 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
+                    })
+                    .map(|v| format!(" (it holds a PostgreSQL {v} data directory)"))
+                    .unwrap_or_default();
+                Err(RestoreError::Invalid(format!(
+                    "--pgdata {} is not empty{held}; restore into an empty or new directory",
+                    dir.display()
+                )))
+            }
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(RestoreError::Io { path: dir.display().to_string(), source: e }),
@@ -282,9 +294,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         assert!(check_target_dir(&d.path().join("new")).is_ok());
         assert!(check_target_dir(d.path()).is_ok());
-        std::fs::write(d.path().join("PG_VERSION"), "15").unwrap();
+        std::fs::write(d.path().join("PG_VERSION"), "16\n").unwrap();
         let e = check_target_dir(d.path()).unwrap_err().to_string();
-        assert!(e.contains("is not empty"), "{e}");
+        assert!(e.contains("is not empty (it holds a PostgreSQL 16 data directory)"), "{e}");
         assert!(check_target_dir(&d.path().join("PG_VERSION")).is_err());
     }
 }

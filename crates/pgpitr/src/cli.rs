@@ -363,6 +363,11 @@ pub struct VerifyArgs {
 pub struct ListArgs {
     #[command(flatten)]
     pub repo: RepoOpts,
+    /// Also name the WAL objects whose commit-time index is incomplete
+    /// (restores to a time after them use recovery_target_time). Reads
+    /// every WAL object's header.
+    #[arg(long)]
+    pub index: bool,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,

@@ -11,8 +11,12 @@ async fn base_backup_passes_pg_verifybackup() {
     let pg = PgCluster::start_default();
     pg.sql("CREATE TABLE t AS SELECT g, md5(g::text) AS h FROM generate_series(1, 10000) g");
     let mut conn = connect_repl(&pg).await;
-    let options =
-        format!("(LABEL {}, PROGRESS, CHECKPOINT 'fast', MANIFEST 'yes', WAIT false)", quote_literal("pgpitr's test"));
+    let label = quote_literal("pgpitr's test");
+    let options = if pg.major() == 14 {
+        format!("LABEL {label} PROGRESS FAST NOWAIT MANIFEST 'yes'")
+    } else {
+        format!("(LABEL {label}, PROGRESS, CHECKPOINT 'fast', MANIFEST 'yes', WAIT false)")
+    };
     let mut backup = conn.base_backup(&options).await.unwrap();
 
     let mut started = None;
@@ -53,7 +57,9 @@ async fn base_backup_passes_pg_verifybackup() {
     assert_eq!(archives.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["base.tar"]);
     assert!(!progress.is_empty() && progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
     let manifest = manifest.expect("a manifest");
-    assert!(manifest.starts_with(b"{ \"PostgreSQL-Backup-Manifest-Version\": 1,"));
+    // Version 2 (with the system identifier) from 17 on.
+    let version = if pg.major() >= 17 { 2 } else { 1 };
+    assert!(manifest.starts_with(format!("{{ \"PostgreSQL-Backup-Manifest-Version\": {version},").as_bytes()));
 
     // Unpack and let PostgreSQL's own tool check every file against the manifest.
     let dir = tempfile::tempdir().unwrap();

@@ -26,7 +26,7 @@ async fn settings_and_versions() {
     assert_eq!(conn.show("max_wal_senders").await.unwrap(), "10");
     let num: u32 = pg.sql("SHOW server_version_num").parse().unwrap();
     assert_eq!(conn.server_version_num().await.unwrap(), num);
-    assert!((150000..160000).contains(&num));
+    assert_eq!(num / 10000, pg.major(), "{num}");
     let err = conn.show("no_such_setting").await.unwrap_err();
     assert_eq!(err.code(), Some("42704"), "{err}");
     assert!(err.to_string().starts_with("SHOW on 127.0.0.1:"), "{err}");
@@ -72,7 +72,12 @@ async fn slot_lifecycle() {
     let info = conn.read_replication_slot("pgpitr_a").await.unwrap().unwrap();
     assert_eq!(
         info,
-        SlotInfo { slot_type: "physical".into(), restart_lsn: Some(reserved), restart_tli: Some(TimelineId(1)) }
+        // 14's slot comes from pg_replication_slots, which has no timeline.
+        SlotInfo {
+            slot_type: "physical".into(),
+            restart_lsn: Some(reserved),
+            restart_tli: (pg.major() >= 15).then_some(TimelineId(1))
+        }
     );
 
     let err = conn.create_physical_slot("pgpitr_a", true).await.unwrap_err();

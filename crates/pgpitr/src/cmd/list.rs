@@ -4,7 +4,7 @@ use pgpitr_repo::status;
 
 pub async fn run(args: ListArgs) -> anyhow::Result<u8> {
     let repo = super::open_repo(&args.repo.repo).await?;
-    let st = status::status(&repo).await?;
+    let st = status::status(&repo, args.index).await?;
     let windows = pgpitr_restore::restore::restorable_windows(&repo).await?;
     let window = |tli: pgpitr_types::TimelineId| windows.iter().find(|w| w.timeline == tli);
     if args.json {
@@ -81,6 +81,15 @@ pub async fn run(args: ListArgs) -> anyhow::Result<u8> {
         for g in &t.gaps {
             println!("  GAP: {} .. {} is missing", g.start_lsn, g.end_lsn);
         }
+        for u in st.unindexed.iter().flatten().filter(|u| u.timeline == t.timeline) {
+            println!(
+                "  INDEX INCOMPLETE: {} .. {} ({}): restores to a time after it use recovery_target_time",
+                u.start_lsn, u.end_lsn, u.object
+            );
+        }
+    }
+    if st.unindexed.as_ref().is_some_and(|u| u.is_empty()) {
+        println!("commit-time index: complete");
     }
     Ok(crate::exit::OK)
 }

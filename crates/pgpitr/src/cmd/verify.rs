@@ -19,6 +19,12 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<u8> {
         for p in &report.problems {
             println!("PROBLEM {}: {}", p.object, p.problem);
         }
+        for u in &report.unindexed {
+            println!(
+                "NOTE {}: commit-time index incomplete for {} .. {} (restores to a time after it use recovery_target_time)",
+                u.object, u.start_lsn, u.end_lsn
+            );
+        }
     }
     match report.problems.first() {
         None => Ok(crate::exit::OK),
