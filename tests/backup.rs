@@ -186,15 +186,7 @@ async fn server_stream(backend: &Backend, info: &BackupInfo, archive: &rb::Archi
     stream
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backup_under_load_passes_pg_verifybackup_local() {
-    backup_under_load(Backend::local()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backup_under_load_passes_pg_verifybackup_s3() {
-    backup_under_load(Backend::s3()).await;
-}
+on_both_backends!(backup_under_load_passes_pg_verifybackup, backup_under_load);
 
 /// The live stream leases in the repository.
 async fn live_leases(backend: &Backend) -> Vec<lease::StreamLease> {

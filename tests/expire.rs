@@ -103,15 +103,11 @@ pub(crate) async fn keeps_the_newest_backups_and_the_wal_they_need(backend: Back
     assert!(again["deleted"].is_null());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keeps_the_newest_backups_and_the_wal_they_need_local() {
-    keeps_the_newest_backups_and_the_wal_they_need(Backend::local(), test_major()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keeps_the_newest_backups_and_the_wal_they_need_s3() {
-    keeps_the_newest_backups_and_the_wal_they_need(Backend::s3(), test_major()).await;
-}
+on_both_backends!(
+    keeps_the_newest_backups_and_the_wal_they_need,
+    keeps_the_newest_backups_and_the_wal_they_need,
+    test_major()
+);
 
 /// `--keep-within` keeps the backups of the window and the last one before
 /// it; the text output says what went; bad policies are usage errors.

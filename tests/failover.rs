@@ -71,15 +71,10 @@ async fn failover_to_a_promoted_replica_needs_no_manual_slot_step(backend: Backe
     assert_eq!(rows(&restored), vec![1, 2, 3, 4, 5, 6], "{}", out.stdout);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failover_to_a_promoted_replica_needs_no_manual_slot_step_local() {
-    failover_to_a_promoted_replica_needs_no_manual_slot_step(Backend::local()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failover_to_a_promoted_replica_needs_no_manual_slot_step_s3() {
-    failover_to_a_promoted_replica_needs_no_manual_slot_step(Backend::s3()).await;
-}
+on_both_backends!(
+    failover_to_a_promoted_replica_needs_no_manual_slot_step,
+    failover_to_a_promoted_replica_needs_no_manual_slot_step
+);
 
 /// `--no-create-slot`: the old refusal, naming where the repository ends,
 /// and nothing created on the server.

@@ -403,15 +403,7 @@ async fn wal_fetch_serves_verified_files(backend: Backend) {
     drop(pg);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wal_fetch_serves_verified_files_local() {
-    wal_fetch_serves_verified_files(Backend::local()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wal_fetch_serves_verified_files_s3() {
-    wal_fetch_serves_verified_files(Backend::s3()).await;
-}
+on_both_backends!(wal_fetch_serves_verified_files, wal_fetch_serves_verified_files);
 
 /// CRC-32 (IEEE), as spool file names carry it.
 fn crc32(data: &[u8]) -> u32 {

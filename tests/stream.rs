@@ -23,15 +23,7 @@ async fn idle_commit_becomes_durable(backend: Backend) {
     assert_eq!(code, Some(0), "SIGTERM must exit 0: {stderr}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_commit_durable_within_seconds_local() {
-    idle_commit_becomes_durable(Backend::local()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_commit_durable_within_seconds_s3() {
-    idle_commit_becomes_durable(Backend::s3()).await;
-}
+on_both_backends!(idle_commit_durable_within_seconds, idle_commit_becomes_durable);
 
 /// Every complete segment that pg_receivewal wrote, rebuilt from the
 /// repository, must be byte-identical.
@@ -98,15 +90,7 @@ async fn byte_identical_with_pg_receivewal(backend: Backend) {
     assert!(compared >= 3, "only {compared} complete segments compared");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn segments_byte_identical_to_pg_receivewal_local() {
-    byte_identical_with_pg_receivewal(Backend::local()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn segments_byte_identical_to_pg_receivewal_s3() {
-    byte_identical_with_pg_receivewal(Backend::s3()).await;
-}
+on_both_backends!(segments_byte_identical_to_pg_receivewal, byte_identical_with_pg_receivewal);
 
 /// Reads every stored byte of timeline 1 in order and runs the WAL scanner
 /// over it: a gap, a duplicate that differs or a torn object breaks page
@@ -191,15 +175,7 @@ async fn kill9_at_several_points_loses_nothing_s3() {
     kill9_during_load_loses_nothing(Backend::s3(), &[], test_major()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn survives_postgres_crash_restart_local() {
-    survives_postgres_crash_restart(Backend::local()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn survives_postgres_crash_restart_s3() {
-    survives_postgres_crash_restart(Backend::s3()).await;
-}
+on_both_backends!(survives_postgres_crash_restart, survives_postgres_crash_restart);
 
 async fn survives_postgres_crash_restart(backend: Backend) {
     let mut pg = PgCluster::start_default();
@@ -217,15 +193,7 @@ async fn survives_postgres_crash_restart(backend: Backend) {
     verify_wal_continuity(&backend).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follows_promotion_to_timeline_2_local() {
-    follows_promotion_to_timeline_2(Backend::local(), test_major()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follows_promotion_to_timeline_2_s3() {
-    follows_promotion_to_timeline_2(Backend::s3(), test_major()).await;
-}
+on_both_backends!(follows_promotion_to_timeline_2, follows_promotion_to_timeline_2, test_major());
 
 pub(crate) async fn follows_promotion_to_timeline_2(backend: Backend, major: u32) {
     let primary = PgCluster::builder().major(major).start();

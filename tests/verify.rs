@@ -86,15 +86,7 @@ pub(crate) async fn verify_names_what_is_wrong(backend: Backend, major: u32) {
     verify(&backend, &["--backup", "20200101T000000Z"]).fails_with(&["no complete backup 20200101T000000Z"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verify_names_what_is_wrong_local() {
-    verify_names_what_is_wrong(Backend::local(), test_major()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verify_names_what_is_wrong_s3() {
-    verify_names_what_is_wrong(Backend::s3(), test_major()).await;
-}
+on_both_backends!(verify_names_what_is_wrong, verify_names_what_is_wrong, test_major());
 
 /// A part whose container is sound but whose archive content no longer
 /// matches the manifest (re-encoded with a changed byte, and backup.json

@@ -10,6 +10,7 @@ pg_receivewal, pg_basebackup) run as the invoking user.
 
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -73,10 +74,15 @@ def chown_postgres(path):
         shutil.chown(path, "postgres", "postgres")
 
 
+def redact(text):
+    """The command line with secret values (NAME_SECRET...=, PASSWORD=) masked, for errors that end up in results."""
+    return re.sub(r"((?:SECRET|PASSWORD)[A-Z_]*=)\S+", r"\1***", text)
+
+
 def run(argv, check=True, capture=True, env=None, timeout=None):
     r = subprocess.run(argv, capture_output=capture, text=True, env=env, timeout=timeout)
     if check and r.returncode != 0:
-        raise RuntimeError(f"{shlex.join(argv)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+        raise RuntimeError(f"{redact(shlex.join(argv))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r
 
 

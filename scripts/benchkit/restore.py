@@ -14,7 +14,7 @@ import time
 import psycopg2
 
 from . import peers
-from .common import (MAJOR, Cluster, S3Server, alternate, as_postgres, chown_postgres, free_port, log, lsn_int,
+from .common import (BINDIR, MAJOR, Cluster, S3Server, alternate, as_postgres, chown_postgres, free_port, log, lsn_int,
                      pgbin, pgpitr_receiver, run, summarize, wait_streaming)
 
 RESTORE_TIMEOUT_S = 3600
@@ -297,7 +297,8 @@ def one_run(ctx, c, rep, target, repos, brest, floor):
             envargs = [f"{k}={env[k]}" for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
                                                    "AWS_EC2_METADATA_DISABLED")] if env else []
             argv = as_postgres(["env", *envargs, ctx.pgpitr, "restore", "--repo", url, "--target-time", target,
-                                "--pgdata", str(dest), "--start", "--wait", "--port", str(port), "--json"])
+                                "--pgdata", str(dest), "--start", "--wait", "--port", str(port), "--json",
+                                "--pg-bindir", str(BINDIR)])
             r = run(argv, timeout=RESTORE_TIMEOUT_S)
             total = time.monotonic() - t0
             j = json.loads(r.stdout)

@@ -41,12 +41,7 @@ pub async fn take_backup(
     let progress = opts.progress.clone();
     progress.reset();
     let mut conn = ReplicationConnection::connect(conn_cfg).await?;
-    let sys = conn.identify_system().await?;
-    let identity = ClusterIdentity {
-        system_identifier: sys.system_id,
-        pg_version_num: conn.server_version_num().await?,
-        wal_segment_size: conn.wal_segment_size().await?,
-    };
+    let (sys, identity) = conn.cluster_identity().await?;
     repo.check_cluster(&identity)?;
     if let Compression::Server(a) = opts.compression
         && !repo.major().server_compression()

@@ -7,7 +7,7 @@ use crate::error::{Error, ErrorKind, Op, PgError};
 use crate::transport::{self, Transport};
 use bytes::{Buf, Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
-use pgpitr_types::{Lsn, PgMajor, TimelineId, WalSegSize};
+use pgpitr_types::{ClusterIdentity, Lsn, PgMajor, TimelineId, WalSegSize};
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::backend::{DataRowBody, ErrorResponseBody, Message, RowDescriptionBody};
 use postgres_protocol::message::frontend;
@@ -668,6 +668,18 @@ impl ReplicationConnection {
                 }
             }
         }
+    }
+
+    /// IDENTIFY_SYSTEM, the server's version and its WAL segment size:
+    /// what binds a repository to this cluster, read in one place.
+    pub async fn cluster_identity(&mut self) -> Result<(SystemInfo, ClusterIdentity), Error> {
+        let sys = self.identify_system().await?;
+        let identity = ClusterIdentity {
+            system_identifier: sys.system_id,
+            pg_version_num: self.server_version_num().await?,
+            wal_segment_size: self.wal_segment_size().await?,
+        };
+        Ok((sys, identity))
     }
 
     /// IDENTIFY_SYSTEM: the cluster's identity, timeline and WAL position.

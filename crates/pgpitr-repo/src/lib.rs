@@ -16,6 +16,7 @@ pub mod wal;
 
 use bytes::Bytes;
 use pgpitr_storage::{PutOutcome, Storage, StorageError};
+pub use pgpitr_types::ClusterIdentity;
 use pgpitr_types::{PgMajor, WalSegSize};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -81,26 +82,6 @@ where
             }
             r => return r,
         }
-    }
-}
-
-/// What identifies the cluster a repository serves, as read from the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClusterIdentity {
-    pub system_identifier: u64,
-    /// `server_version_num`, e.g. 150018.
-    pub pg_version_num: u32,
-    pub wal_segment_size: WalSegSize,
-}
-
-impl ClusterIdentity {
-    pub fn pg_major(&self) -> u32 {
-        self.pg_version_num / 10_000
-    }
-
-    /// The server's major, if pgpitr supports it.
-    pub fn major(&self) -> Result<PgMajor, pgpitr_types::UnsupportedMajor> {
-        PgMajor::from_version_num(self.pg_version_num)
     }
 }
 

@@ -23,12 +23,11 @@
 
 use pgpitr_repo::wal::{self, AssembledSegment, TimelineWal, WalObjectId, WalObjectKind};
 use pgpitr_repo::{RepoError, Repository};
-use pgpitr_storage::{LocalStorage, ObjectMeta, RepoUrl, RetryPolicy, RetryingStorage, S3Storage, Storage};
+use pgpitr_storage::{ObjectMeta, RepoUrl, RetryPolicy, Storage};
 use pgpitr_types::{SegNo, TimelineHistory, TimelineId, WalFileName, WalSegSize};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Segments the prefetcher keeps ready by default.
@@ -96,12 +95,7 @@ pub struct FetchRequest {
 /// Opens the repository without the up-front `check`: every call costs a
 /// process start, and the first read reports the same failures.
 pub async fn open_repo(url: &RepoUrl) -> Result<Repository, FetchError> {
-    let policy = RetryPolicy::default();
-    let storage: Arc<dyn Storage> = match url {
-        RepoUrl::Local(path) => Arc::new(RetryingStorage::new(LocalStorage::new(path), policy)),
-        RepoUrl::S3(s3) => Arc::new(RetryingStorage::new(S3Storage::new(s3.options()).await?, policy)),
-    };
-    Ok(Repository::open(storage).await?)
+    Ok(Repository::open(pgpitr_storage::connect(url, RetryPolicy::default()).await?).await?)
 }
 
 /// A segment file name (`%f` of a segment is 24 hex digits); anything else

@@ -212,6 +212,48 @@ pub async fn list_many(s: &dyn Storage) {
     assert_eq!(keys(s, "conf/many/k001").await, sub);
 }
 
+/// `list_page` lists a range of keys in pages that join up to `list`.
+pub async fn list_pages(s: &dyn Storage) {
+    let prefix = "conf/pages/";
+    let want: Vec<String> = (0..MANY).map(|i| format!("{prefix}d{}/k{i:05}", i / 300)).collect();
+    put_all(s, &want).await;
+    let page = |after: Option<&'static str>, max: usize| async move {
+        ok(s.list_page(prefix, after, max).await, &format!("list_page after {after:?}, {max}"))
+    };
+    let names = |p: &crate::ListPage| p.objects.iter().map(|m| m.key.clone()).collect::<Vec<_>>();
+    for max in [crate::MAX_PAGE, 250] {
+        let (mut got, mut after) = (Vec::new(), None::<String>);
+        loop {
+            let p = ok(s.list_page(prefix, after.as_deref(), max).await, "list_page");
+            assert!(p.objects.len() <= max, "{} keys in a page of {max}", p.objects.len());
+            got.extend(names(&p));
+            match p.next {
+                Some(next) => {
+                    assert_eq!(Some(&next), got.last(), "the next page starts after this one's last key");
+                    after = Some(next);
+                }
+                None => break,
+            }
+        }
+        assert_eq!(got, want, "pages of {max} join up to the listing");
+    }
+    // From the middle: after a key that exists, one that does not, a directory.
+    let p = page(Some("conf/pages/d1/k00450"), 3).await;
+    assert_eq!(names(&p), want[451..454]);
+    assert_eq!(p.next.as_deref(), Some(want[453].as_str()));
+    assert_eq!(names(&page(Some("conf/pages/d1/k00450x"), 2).await), want[451..453]);
+    assert_eq!(names(&page(Some("conf/pages/d2"), 1).await), want[600..601]);
+    assert_eq!(names(&page(Some("conf/"), 2).await), want[..2], "a start before the prefix lists from its start");
+    let last = page(Some("conf/pages/d3/k01099"), 10).await;
+    assert!(last.objects.is_empty() && last.next.is_none(), "{last:?}");
+    let tail = page(Some("conf/pages/d3/k01095"), 4).await;
+    assert_eq!(names(&tail), want[1096..]);
+    assert!(tail.next.is_none() || names(&page(Some("conf/pages/d3/k01099"), 1).await).is_empty());
+    for max in [0, crate::MAX_PAGE + 1] {
+        assert!(s.list_page(prefix, None, max).await.is_err(), "a page of {max} keys is refused");
+    }
+}
+
 /// `list_dirs` returns the prefixes one level down that hold objects.
 pub async fn list_dirs(s: &dyn Storage) {
     for k in ["conf/dirs/x/1", "conf/dirs/x/2", "conf/dirs/y/z/3", "conf/dirs/file", "conf/dirsx/9"] {

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::{Op, Result, StorageError};
-use crate::{Journal, JournalOpen, ObjectMeta, ObjectStream, PutOutcome, Storage, Upload};
+use crate::{Journal, JournalOpen, ListPage, ObjectMeta, ObjectStream, PutOutcome, Storage, Upload};
 
 /// Which calls [`FaultyStorage`] fails, and how.
 #[derive(Debug, Clone, Copy)]
@@ -201,6 +201,9 @@ impl<S: Storage> Storage for FaultyStorage<S> {
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         self.shared.run(Op::List, prefix, self.inner.list(prefix)).await
+    }
+    async fn list_page(&self, prefix: &str, start_after: Option<&str>, max: usize) -> Result<ListPage> {
+        self.shared.run(Op::List, prefix, self.inner.list_page(prefix, start_after, max)).await
     }
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
         self.shared.run(Op::ListDirs, prefix, self.inner.list_dirs(prefix)).await

@@ -46,7 +46,7 @@ pub use error::{Op, Result, StorageError};
 pub use faulty::{FaultMode, FaultyStorage};
 pub use key::{MAX_KEY_LEN, TEMP_PREFIX, validate_key, validate_prefix};
 pub use local::LocalStorage;
-pub use repo_url::{RepoUrl, S3Url, open, open_with_policy};
+pub use repo_url::{RepoUrl, S3Url, connect, open, open_with_policy};
 pub use retry::{RetryPolicy, RetryingStorage, retry};
 pub use s3::{DEFAULT_PART_SIZE, MIN_PART_SIZE, S3Options, S3Storage};
 
@@ -71,6 +71,32 @@ pub struct ObjectMeta {
     pub size: u64,
     /// Last modification time, when the backend reports one.
     pub last_modified: Option<SystemTime>,
+}
+
+/// One page of a listing: see [`Storage::list_page`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ListPage {
+    /// Keys after the page's start, in key order.
+    pub objects: Vec<ObjectMeta>,
+    /// Where the next page starts (its `start_after`), or `None` when the
+    /// listing is complete. A page may be short and still not the last.
+    pub next: Option<String>,
+}
+
+/// The most keys one [`Storage::list_page`] returns (S3's page size).
+pub const MAX_PAGE: usize = 1000;
+
+/// Refuses a page size outside 1..=[`MAX_PAGE`].
+fn check_page_size(max: usize, prefix: &str, location: String) -> Result<()> {
+    if (1..=MAX_PAGE).contains(&max) {
+        return Ok(());
+    }
+    Err(StorageError::permanent(
+        error::Op::List,
+        prefix,
+        location,
+        format!("a listing page holds 1 to {MAX_PAGE} keys, not {max}"),
+    ))
 }
 
 /// An object store holding the repository.
@@ -119,6 +145,12 @@ pub trait Storage: Send + Sync {
     /// All objects whose key starts with `prefix` (a plain string prefix;
     /// `""` lists everything), sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+
+    /// Up to `max` (1 to [`MAX_PAGE`]) objects whose key starts with
+    /// `prefix` and sorts after `start_after` (byte order), in key order: a
+    /// range of keys is listed without listing what comes before it. A
+    /// failed page is an error, never a short listing.
+    async fn list_page(&self, prefix: &str, start_after: Option<&str>, max: usize) -> Result<ListPage>;
 
     /// The "directories" one level below `prefix`: for every object whose
     /// key continues past `prefix` with a `/`, the key up to and including
@@ -254,6 +286,9 @@ impl<T: Storage + ?Sized> Storage for Arc<T> {
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         (**self).list(prefix).await
+    }
+    async fn list_page(&self, prefix: &str, start_after: Option<&str>, max: usize) -> Result<ListPage> {
+        (**self).list_page(prefix, start_after, max).await
     }
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
         (**self).list_dirs(prefix).await

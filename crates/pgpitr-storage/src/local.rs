@@ -21,7 +21,10 @@ use tokio::io::AsyncReadExt;
 
 use crate::error::{Op, Result, StorageError};
 use crate::key::{TEMP_PREFIX, validate_key, validate_prefix};
-use crate::{Journal, JournalOpen, ObjectMeta, ObjectStream, PutOutcome, Storage, Upload, summarize_failures};
+use crate::{
+    Journal, JournalOpen, ListPage, ObjectMeta, ObjectStream, PutOutcome, Storage, Upload, check_page_size,
+    summarize_failures,
+};
 
 /// Zeros written per call when preallocating a journal: two pages. The page
 /// cache sizes its folios by the write that creates them, and a large folio
@@ -281,7 +284,14 @@ fn entry_name(entry: &fs::DirEntry) -> Option<String> {
 }
 
 fn list_sync(root: &Path, prefix: &str) -> IoRes<Vec<ObjectMeta>> {
+    list_sync_after(root, prefix, None)
+}
+
+/// The objects under `prefix` whose keys sort after `after`, in key order;
+/// directories whose keys all sort before it are not read.
+fn list_sync_after(root: &Path, prefix: &str, after: Option<&str>) -> IoRes<Vec<ObjectMeta>> {
     let base = dir_part(prefix);
+    let before = |dir_key: &str| after.is_some_and(|a| dir_key < a && !a.starts_with(dir_key));
     let mut out = Vec::new();
     let mut stack = vec![(root.join(base), base.to_owned())];
     while let Some((dir, dir_key)) = stack.pop() {
@@ -303,10 +313,10 @@ fn list_sync(root: &Path, prefix: &str) -> IoRes<Vec<ObjectMeta>> {
             let key = format!("{dir_key}{name}");
             if meta.is_dir() {
                 let sub = format!("{key}/");
-                if sub.starts_with(prefix) || prefix.starts_with(&sub) {
+                if (sub.starts_with(prefix) || prefix.starts_with(&sub)) && !before(&sub) {
                     stack.push((path, sub));
                 }
-            } else if meta.is_file() && key.starts_with(prefix) {
+            } else if meta.is_file() && key.starts_with(prefix) && after.is_none_or(|a| key.as_str() > a) {
                 out.push(meta_of(key, &meta));
             }
         }
@@ -476,6 +486,21 @@ impl Storage for LocalStorage {
         let root = self.root.clone();
         let prefix = prefix.to_owned();
         self.blocking(self.ctx(Op::List, &prefix), move |ctx| list_sync(&root, &prefix).map_err(|f| ctx.err(f))).await
+    }
+
+    async fn list_page(&self, prefix: &str, start_after: Option<&str>, max: usize) -> Result<ListPage> {
+        validate_prefix(prefix)?;
+        check_page_size(max, prefix, self.describe())?;
+        let root = self.root.clone();
+        let (prefix, after) = (prefix.to_owned(), start_after.map(str::to_owned));
+        self.blocking(self.ctx(Op::List, &prefix), move |ctx| {
+            let mut objects = list_sync_after(&root, &prefix, after.as_deref()).map_err(|f| ctx.err(f))?;
+            let more = objects.len() > max;
+            objects.truncate(max);
+            let next = if more { objects.last().map(|o| o.key.clone()) } else { None };
+            Ok(ListPage { objects, next })
+        })
+        .await
     }
 
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {

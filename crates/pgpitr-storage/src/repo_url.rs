@@ -298,10 +298,16 @@ pub async fn open(url: &RepoUrl) -> Result<Arc<dyn Storage>> {
 
 /// Like [`open`] with an explicit retry policy.
 pub async fn open_with_policy(url: &RepoUrl, policy: RetryPolicy) -> Result<Arc<dyn Storage>> {
-    let storage: Arc<dyn Storage> = match url {
-        RepoUrl::Local(path) => Arc::new(RetryingStorage::new(LocalStorage::new(path), policy)),
-        RepoUrl::S3(s3) => Arc::new(RetryingStorage::new(S3Storage::new(s3.options()).await?, policy)),
-    };
+    let storage = connect(url, policy).await?;
     storage.check().await?;
     Ok(storage)
+}
+
+/// The storage at `url` behind retries, without [`Storage::check`] (which
+/// writes): for readers of a repository they may not write to.
+pub async fn connect(url: &RepoUrl, policy: RetryPolicy) -> Result<Arc<dyn Storage>> {
+    Ok(match url {
+        RepoUrl::Local(path) => Arc::new(RetryingStorage::new(LocalStorage::new(path), policy)),
+        RepoUrl::S3(s3) => Arc::new(RetryingStorage::new(S3Storage::new(s3.options()).await?, policy)),
+    })
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::{Op, Result, StorageError};
-use crate::{JournalOpen, ObjectMeta, ObjectStream, PutOutcome, Storage, Upload};
+use crate::{JournalOpen, ListPage, ObjectMeta, ObjectStream, PutOutcome, Storage, Upload};
 
 /// How often and how patiently to retry transient errors.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +182,10 @@ impl<S: Storage> Storage for RetryingStorage<S> {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         retry(&self.policy, Op::List.name(), || self.inner.list(prefix)).await
+    }
+
+    async fn list_page(&self, prefix: &str, start_after: Option<&str>, max: usize) -> Result<ListPage> {
+        retry(&self.policy, Op::List.name(), || self.inner.list_page(prefix, start_after, max)).await
     }
 
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {

@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use crate::error::{Op, Result, StorageError, one_line};
 use crate::key::{validate_key, validate_prefix};
 use crate::repo_url::{validate_bucket, validate_endpoint};
-use crate::{ObjectMeta, ObjectStream, PutOutcome, Storage, Upload, summarize_failures};
+use crate::{ListPage, ObjectMeta, ObjectStream, PutOutcome, Storage, Upload, check_page_size, summarize_failures};
 
 /// Smallest part S3 accepts for all but the last part of a multipart upload.
 pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
@@ -573,6 +573,50 @@ impl Storage for S3Storage {
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    async fn list_page(&self, prefix: &str, start_after: Option<&str>, max: usize) -> Result<ListPage> {
+        validate_prefix(prefix)?;
+        let s = &self.shared;
+        check_page_size(max, prefix, s.location.clone())?;
+        let page = s
+            .client
+            .list_objects_v2()
+            .bucket(&s.bucket)
+            .prefix(s.full_key(prefix))
+            .set_start_after(start_after.map(|k| s.full_key(k)))
+            .max_keys(max as i32)
+            .send()
+            .await
+            .map_err(|e| s.sdk_error(Op::List, prefix, &e))?;
+        let mut objects = Vec::new();
+        for obj in page.contents() {
+            let Some(key) = obj.key().and_then(|k| s.strip(k)) else { continue };
+            objects.push(ObjectMeta {
+                key: key.to_owned(),
+                size: size_of(Op::List, key, &s.location, obj.size())?,
+                last_modified: system_time(obj.last_modified()),
+            });
+        }
+        let next = match page.is_truncated() {
+            // The page's last key, even one skipped above, is where the next starts.
+            Some(true) => {
+                match page.contents().last().and_then(|o| o.key()).and_then(|k| k.strip_prefix(s.prefix.as_str())) {
+                    Some(last) => Some(last.to_owned()),
+                    None => {
+                        return Err(StorageError::permanent(
+                            Op::List,
+                            prefix,
+                            s.location.clone(),
+                            "server returned a truncated listing page without keys",
+                        ));
+                    }
+                }
+            }
+            _ => None,
+        };
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(ListPage { objects, next })
     }
 
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {

@@ -18,9 +18,9 @@ use crate::upload::{self, Blocks, Buffers, SpareSegments, WalUpload};
 use crate::{StreamConfig, StreamError, StreamStats};
 use bytes::Bytes;
 use pgpitr_pgwire::{ConnConfig, ReplicationConnection, ReplicationStream, StreamMessage};
+use pgpitr_repo::Repository;
 use pgpitr_repo::object::{self, BufPool, Codec, RestorePoint, TimedLsn, WalSummary};
 use pgpitr_repo::wal::{WalObjectId, WalObjectKind};
-use pgpitr_repo::{ClusterIdentity, Repository};
 use pgpitr_storage::{Journal, JournalOpen, Storage};
 use pgpitr_types::{Lsn, TimelineHistory, TimelineId, WalSegSize};
 use pgpitr_walscan::{WalEvent, WalFormat, WalScanner};
@@ -341,12 +341,7 @@ impl Archiver {
         let (repo, conn_cfg, cfg) = (&self.repo, &self.conn_cfg, &self.cfg);
         let setup = async {
             let mut conn = ReplicationConnection::connect(conn_cfg).await?;
-            let sys = conn.identify_system().await?;
-            let identity = ClusterIdentity {
-                system_identifier: sys.system_id,
-                pg_version_num: conn.server_version_num().await?,
-                wal_segment_size: conn.wal_segment_size().await?,
-            };
+            let (sys, identity) = conn.cluster_identity().await?;
             repo.check_cluster(&identity)?;
             // A listing is not a snapshot: an object it named may be gone by
             // the time it is read (a previous session's last deletes).

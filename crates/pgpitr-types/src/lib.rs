@@ -6,11 +6,13 @@
 //! two between 1 MiB and 1 GiB.
 
 mod history;
+mod identity;
 mod lsn;
 mod major;
 mod segment;
 
 pub use history::{HistoryEntry, TimelineHistory};
+pub use identity::ClusterIdentity;
 pub use lsn::Lsn;
 pub use major::{BaseBackupDialect, PgMajor, UnsupportedMajor, WalFormat, supported_list};
 pub use segment::{SegNo, WalFileName, WalSegSize};

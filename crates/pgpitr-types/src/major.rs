@@ -113,13 +113,18 @@ pub fn supported_list() -> String {
     }
 }
 
+/// The major of a `server_version_num` (10 and later: 150018 is 15).
+pub(crate) fn major_number(num: u32) -> u32 {
+    num / 10_000
+}
+
 impl PgMajor {
     /// From `server_version_num` (e.g. 150018).
     pub fn from_version_num(num: u32) -> Result<PgMajor, UnsupportedMajor> {
         if num < 100_000 {
-            return Err(UnsupportedMajor { found: format!("{}.{}", num / 10_000, num / 100 % 100) });
+            return Err(UnsupportedMajor { found: format!("{}.{}", major_number(num), num / 100 % 100) });
         }
-        Self::from_major(num / 10_000)
+        Self::from_major(major_number(num))
     }
 
     /// From a major number (e.g. 15, as a repository records it).

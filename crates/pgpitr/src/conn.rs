@@ -45,10 +45,7 @@ pub async fn connect(cfg: &ConnConfig) -> anyhow::Result<(ReplicationConnection,
     if wal_level == "minimal" {
         bail!("{target}: wal_level is minimal; point-in-time recovery needs wal_level = replica (or logical)");
     }
-    let sys = conn.identify_system().await.with_context(|| format!("{target}: IDENTIFY_SYSTEM"))?;
-    let seg = conn.wal_segment_size().await.with_context(|| format!("{target}: SHOW wal_segment_size"))?;
-    let version = conn.server_version_num().await.with_context(|| format!("{target}: server version"))?;
-    pgpitr_types::PgMajor::from_version_num(version).with_context(|| target.to_string())?;
-    let identity = ClusterIdentity { system_identifier: sys.system_id, pg_version_num: version, wal_segment_size: seg };
+    let (_, identity) = conn.cluster_identity().await.with_context(|| format!("{target}: cluster identity"))?;
+    identity.major().with_context(|| target.to_string())?;
     Ok((conn, identity))
 }
