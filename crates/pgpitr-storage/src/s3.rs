@@ -536,43 +536,16 @@ impl Storage for S3Storage {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        validate_prefix(prefix)?;
-        let s = &self.shared;
         let mut out = Vec::new();
-        let mut token: Option<String> = None;
+        let mut after: Option<String> = None;
         loop {
-            let page = s
-                .client
-                .list_objects_v2()
-                .bucket(&s.bucket)
-                .prefix(s.full_key(prefix))
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| s.sdk_error(Op::List, prefix, &e))?;
-            for obj in page.contents() {
-                let Some(key) = obj.key().and_then(|k| s.strip(k)) else { continue };
-                out.push(ObjectMeta {
-                    key: key.to_owned(),
-                    size: size_of(Op::List, key, &s.location, obj.size())?,
-                    last_modified: system_time(obj.last_modified()),
-                });
-            }
-            match (page.is_truncated(), page.next_continuation_token()) {
-                (Some(true), Some(t)) => token = Some(t.to_owned()),
-                (Some(true), None) => {
-                    return Err(StorageError::permanent(
-                        Op::List,
-                        prefix,
-                        s.location.clone(),
-                        "server returned a truncated listing without a continuation token",
-                    ));
-                }
-                _ => break,
+            let page = self.list_page(prefix, after.as_deref(), crate::MAX_PAGE).await?;
+            out.extend(page.objects);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(out),
             }
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
     }
 
     async fn list_page(&self, prefix: &str, start_after: Option<&str>, max: usize) -> Result<ListPage> {
