@@ -13,10 +13,13 @@ import json
 import shutil
 import time
 
-from .common import (Cluster, ReplSampler, S3Server, alternate, lag_series, lag_stats, log, lsn_int,
+from .common import (MAJOR, Cluster, ReplSampler, S3Server, alternate, lag_series, lag_stats, log, lsn_int,
                      pgpitr_receiver, proc_status, receivewal_receiver, run, summarize, wait_streaming)
 
 CONTENDERS = ["pgpitr-s3", "pgpitr-local", "pg_receivewal", "pg_receivewal-lz4"]
+# pg_receivewal --compress=lz4 is 15 and later (14's --compress is a gzip level).
+if MAJOR < 15:
+    CONTENDERS.remove("pg_receivewal-lz4")
 # pg_receivewal reports its flush position every --status-interval (10 s by
 # default) and fsyncs only at the end of a segment; wait a bit more than one
 # interval after the load so the report of the last completed segment is seen.
