@@ -109,7 +109,7 @@ async fn backup_under_load(backend: Backend) {
     // stored untouched.
     let by_server = pg.major() > 14;
     assert_eq!(info.compression.as_deref(), Some(if by_server { "server-lz4" } else { "client-lz4" }));
-    assert_eq!(info.format_version, rb::INFO_FORMAT_VERSION);
+    assert_eq!(info.format_version, rb::INFO_FORMAT_VERSION_NO_ZSTD, "readable by pgpitr before zstd");
     let base = &info.archives[0];
     assert_eq!(base.compression, if by_server { ArchiveCompression::Lz4 } else { ArchiveCompression::None });
     assert!(base.parts.len() >= 3, "a ~30 MB database in 1 MiB parts of lz4: {}", base.parts.len());
@@ -362,6 +362,12 @@ async fn client_compressed_and_format_1_backups_extract() {
         .unwrap_err();
     let want = format!("format version {}", rb::INFO_FORMAT_VERSION + 1);
     assert!(err.to_string().contains(&want), "{err}");
+    // Stored that way, it is refused by its version before anything else is read.
+    let mut v = serde_json::to_value(&future).unwrap();
+    v["archives"][0]["compression"] = "brotli".into();
+    storage.put(&key, serde_json::to_vec_pretty(&v).unwrap().into()).await.unwrap();
+    let err = rb::read_info(storage.as_ref(), &client.backup_id().unwrap()).await.unwrap_err().to_string();
+    assert!(err.contains(&want) && err.contains("use a newer pgpitr"), "{err}");
 }
 
 /// `--compress server-zstd`: the server's zstd frames are stored as they
@@ -385,6 +391,7 @@ async fn server_zstd_backups_extract() {
     let lz4 = backup(&["--compress", "server-lz4"]);
     let zstd = backup(&["--compress", "server-zstd", "--zstd-level", "3"]);
     assert_eq!(zstd.compression.as_deref(), Some("server-zstd"));
+    assert_eq!(zstd.format_version, rb::INFO_FORMAT_VERSION, "a format that says zstd");
     let base = &zstd.archives[0];
     assert_eq!(base.compression, ArchiveCompression::Zstd);
     let frames = server_stream(&backend, &zstd, base).await;

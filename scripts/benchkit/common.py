@@ -75,14 +75,17 @@ def chown_postgres(path):
 
 
 def redact(text):
-    """The command line with secret values (NAME_SECRET...=, PASSWORD=) masked, for errors that end up in results."""
-    return re.sub(r"((?:SECRET|PASSWORD)[A-Z_]*=)\S+", r"\1***", text)
+    """Text with secret values (…SECRET…=, …PASSWORD…=) masked, for errors that end up in results."""
+    return re.sub(r"((?:secret|password)[a-z_]*=)[^\s']+", r"\1***", text, flags=re.I)
 
 
 def run(argv, check=True, capture=True, env=None, timeout=None):
-    r = subprocess.run(argv, capture_output=capture, text=True, env=env, timeout=timeout)
+    try:
+        r = subprocess.run(argv, capture_output=capture, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{redact(shlex.join(argv))} timed out after {timeout} s") from None
     if check and r.returncode != 0:
-        raise RuntimeError(f"{redact(shlex.join(argv))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+        raise RuntimeError(redact(f"{shlex.join(argv)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"))
     return r
 
 
@@ -668,8 +671,9 @@ class Context:
         self.result["duration_s"] = round(time.monotonic() - self.t0, 1)
         path = Path(results_dir) / result_file(self.part, MAJOR)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(self.result, f, indent=1, default=str)
+        # No path of this machine in the results: the scratch root becomes $SCRATCH.
+        text = json.dumps(self.result, indent=1, default=str).replace(str(self.work.parent), "$SCRATCH")
+        path.write_text(text)
         log(f"{self.part}: results in {path}")
 
 

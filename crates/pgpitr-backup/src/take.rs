@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use pgpitr_pgwire::{BaseBackupMessage, ConnConfig, ReplicationConnection, quote_literal};
 use pgpitr_repo::backup::{
     self, ArchiveCompression, ArchiveInfo, BackupId, BackupInfo, BackupStatus, ChecksumFailure, INFO_FORMAT_VERSION,
-    ManifestInfo, Marker,
+    INFO_FORMAT_VERSION_NO_ZSTD, ManifestInfo, Marker,
 };
 use pgpitr_repo::object::Codec;
 use pgpitr_repo::{ClusterIdentity, Repository};
@@ -495,8 +495,9 @@ async fn run(
 
     let size_bytes = rx.archives.iter().map(ArchiveInfo::tar_size).sum();
     let stored_bytes = rx.archives.iter().map(|a| a.stored_bytes).sum::<u64>() + manifest_stored;
+    let zstd = matches!(rx.mode, Mode::Server(Algorithm::Zstd) | Mode::Plain(Codec::Zstd));
     Ok(BackupInfo {
-        format_version: INFO_FORMAT_VERSION,
+        format_version: if zstd { INFO_FORMAT_VERSION } else { INFO_FORMAT_VERSION_NO_ZSTD },
         id: id.to_string(),
         label: opts.label.clone(),
         status: BackupStatus::Complete,

@@ -33,10 +33,14 @@ pub const BASE_ARCHIVE: &str = "base";
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 /// A marker not refreshed for this long belongs to an interrupted backup.
 pub const STALE_AFTER: Duration = Duration::from_secs(300);
-/// The `backup.json` format written. 2 added `compression` and `tar_bytes`
-/// to archives (absent in 1: a plain tar); readers take every version up to
-/// this one and refuse newer ones.
-pub const INFO_FORMAT_VERSION: u32 = 2;
+/// The newest `backup.json` format. 2 added `compression` and `tar_bytes`
+/// to archives (absent in 1: a plain tar); 3, zstd (archives of compression
+/// `zstd`, parts of container codec 3). Readers take every version up to
+/// this one and refuse newer ones, before reading the rest.
+pub const INFO_FORMAT_VERSION: u32 = 3;
+
+/// The format of a backup that uses no zstd: readers of version 2 read it.
+pub const INFO_FORMAT_VERSION_NO_ZSTD: u32 = 2;
 
 /// A backup's ID: its start time `YYYYMMDDTHHMMSSZ` (UTC), with `-N`
 /// appended when that second is taken. Orders by time, then by N.
@@ -435,9 +439,20 @@ async fn get_json<T: serde::de::DeserializeOwned>(storage: &dyn Storage, key: &s
     })
 }
 
-/// Reads `backup.json` of one backup; `None` when it is not complete.
+/// Reads `backup.json` of one backup; `None` when it is not complete. A
+/// newer format is refused by its version, not misread.
 pub async fn read_info(storage: &dyn Storage, id: &BackupId) -> Result<Option<BackupInfo>> {
-    get_json(storage, &id.info_key()).await
+    #[derive(Deserialize)]
+    struct Version {
+        format_version: u32,
+    }
+    let key = id.info_key();
+    let Some(v) = get_json::<Version>(storage, &key).await? else { return Ok(None) };
+    if v.format_version > INFO_FORMAT_VERSION {
+        let location = storage.describe();
+        return Err(RepoError::NewerFormat { location, key, found: v.format_version, reads: INFO_FORMAT_VERSION });
+    }
+    get_json(storage, &key).await
 }
 
 /// The IDs of every backup directory, oldest first. Foreign names are ignored.

@@ -46,6 +46,10 @@ pub enum RepoError {
     UnsupportedMajor { location: String, source: pgpitr_types::UnsupportedMajor },
     #[error("repository {location} has format version {found}; this pgpitr understands only {FORMAT_VERSION}")]
     Format { location: String, found: u32 },
+    #[error(
+        "repository {location}: {key} has format version {found}; this pgpitr reads up to {reads}: use a newer pgpitr"
+    )]
+    NewerFormat { location: String, key: String, found: u32, reads: u32 },
     #[error("repository {location}: corrupt object {key}: {reason}")]
     Corrupt { location: String, key: String, reason: String },
     #[error(transparent)]

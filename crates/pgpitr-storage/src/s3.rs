@@ -542,7 +542,16 @@ impl Storage for S3Storage {
             let page = self.list_page(prefix, after.as_deref(), crate::MAX_PAGE).await?;
             out.extend(page.objects);
             match page.next {
-                Some(next) => after = Some(next),
+                // A server that ignored StartAfter would repeat itself forever.
+                Some(next) if after.as_ref().is_none_or(|a| next > *a) => after = Some(next),
+                Some(next) => {
+                    return Err(StorageError::permanent(
+                        Op::List,
+                        prefix,
+                        self.shared.location.clone(),
+                        format!("the listing did not move past {next:?}: the server ignores StartAfter"),
+                    ));
+                }
                 None => return Ok(out),
             }
         }

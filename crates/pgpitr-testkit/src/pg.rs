@@ -134,6 +134,8 @@ pub struct PgCluster {
     bindir: PathBuf,
     as_postgres: bool,
     running: bool,
+    /// The build has only initdb, pg_ctl and postgres.
+    server_only: bool,
 }
 
 impl PgCluster {
@@ -171,7 +173,9 @@ impl PgCluster {
         let bindir =
             if opts.no_lz4 { setup_bindir(&format!("{NO_LZ4_MAJOR}-nolz4")) } else { server_bindir(opts.major) };
         let (dir, as_postgres) = Self::new_dirs();
-        let mut c = PgCluster { dir, port: free_port(), major: opts.major, bindir, as_postgres, running: false };
+        let server_only = opts.no_lz4;
+        let mut c =
+            PgCluster { dir, port: free_port(), major: opts.major, bindir, as_postgres, running: false, server_only };
         let data = c.datadir();
         let mut initdb = c.command("initdb");
         initdb.arg("-D").arg(&data).args(["-U", SUPERUSER, "-E", "UTF8", "--locale=C", "--auth-local=trust"]);
@@ -217,7 +221,8 @@ impl PgCluster {
     pub fn start_standby(&self) -> PgCluster {
         let (dir, as_postgres) = Self::new_dirs();
         let (port, major, bindir) = (free_port(), self.major, self.bindir.clone());
-        let mut s = PgCluster { dir, port, major, bindir, as_postgres, running: false };
+        let server_only = self.server_only;
+        let mut s = PgCluster { dir, port, major, bindir, as_postgres, running: false, server_only };
         let data = s.datadir();
         let mut bb = s.command("pg_basebackup");
         bb.arg("-D").arg(&data).args(["-R", "-X", "stream", "-c", "fast", "-U", SUPERUSER, "-h"]);
@@ -241,7 +246,15 @@ impl PgCluster {
     /// Like [`PgCluster::empty`], for a restore of `major`.
     pub fn empty_of(major: u32) -> PgCluster {
         let (dir, as_postgres) = Self::new_dirs();
-        PgCluster { dir, port: free_port(), major, bindir: server_bindir(major), as_postgres, running: false }
+        PgCluster {
+            dir,
+            port: free_port(),
+            major,
+            bindir: server_bindir(major),
+            as_postgres,
+            running: false,
+            server_only: false,
+        }
     }
 
     pub fn major(&self) -> u32 {
@@ -328,11 +341,11 @@ impl PgCluster {
         self.dir.path().join("log/postgres.log")
     }
 
-    /// A tool of this cluster's major (15's client tools where the build has
-    /// none: [`PgClusterBuilder::without_lz4`]).
+    /// A tool of this cluster's major (15's client tools for the build that
+    /// has none: [`PgClusterBuilder::without_lz4`]).
     pub fn bin(&self, name: &str) -> PathBuf {
         let own = self.bindir.join(name);
-        if own.is_file() { own } else { pg_bindir().join(name) }
+        if own.is_file() || !self.server_only { own } else { pg_bindir().join(name) }
     }
 
     /// `postgres://user:password@127.0.0.1:port/postgres`

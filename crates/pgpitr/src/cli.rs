@@ -294,7 +294,7 @@ pub struct BackupArgs {
     pub compress: Option<Compress>,
     /// The zstd level of `server-zstd` and `client-zstd` (1 to 19; higher
     /// is smaller and slower).
-    #[arg(long, value_name = "LEVEL", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=19))]
+    #[arg(long, value_name = "LEVEL", default_value_t = pgpitr_repo::object::ZSTD_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub zstd_level: i32,
     /// Bytes of the archive stream per stored part (64KiB to 1GiB).
     #[arg(long, value_parser = parse_size, default_value = "16MiB", value_name = "SIZE")]
