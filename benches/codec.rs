@@ -33,6 +33,7 @@ fn summary() -> WalSummary {
         aborts: 3,
         restore_points: Vec::new(),
         received_us: 1_750_000_001_000_100,
+        unindexed_before: None,
     }
 }
 

@@ -25,6 +25,9 @@ pub struct Segment {
     pub bytes: Vec<u8>,
 }
 
+/// The PostgreSQL major whose WAL the fixture holds.
+pub const FIXTURE_MAJOR: u32 = 15;
+
 pub struct Fixture {
     pub seg_size: WalSegSize,
     /// Consecutive segments, oldest first.
@@ -41,6 +44,11 @@ impl Fixture {
 
     pub fn start(&self) -> Lsn {
         self.segments[0].start
+    }
+
+    /// How the fixture's WAL is laid out.
+    pub fn format(&self) -> pgpitr_types::WalFormat {
+        pgpitr_types::PgMajor::from_major(FIXTURE_MAJOR).expect("the fixture's major is supported").wal_format()
     }
 }
 
@@ -90,7 +98,11 @@ fn load(dir: &Path) -> Option<Fixture> {
 
 fn generate(out: &Path) {
     eprintln!("pgpitr-benches: making real WAL with a throwaway cluster and pgbench (once; cached in {out:?})");
-    let pg = PgCluster::builder().setting("max_wal_size", "2GB").setting("checkpoint_timeout", "30min").start();
+    let pg = PgCluster::builder()
+        .major(FIXTURE_MAJOR)
+        .setting("max_wal_size", "2GB")
+        .setting("checkpoint_timeout", "30min")
+        .start();
     pg.pgbench(&["-i", "-q", "-s", "10"]);
     let seg_bytes: u64 =
         pg.sql("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'").parse().expect("int");

@@ -10,10 +10,10 @@ use std::hint::black_box;
 fn scan(c: &mut Criterion) {
     let fx = pgpitr_benches::fixture();
     let wal = fx.wal();
-    let (start, seg) = (fx.start(), fx.seg_size);
+    let (start, seg, format) = (fx.start(), fx.seg_size, fx.format());
 
     let mut events = Vec::new();
-    let mut s = WalScanner::new(start, seg);
+    let mut s = WalScanner::new(start, seg, format);
     s.feed(&wal, &mut events).expect("the fixture WAL scans cleanly");
     let commits = events.iter().filter(|e| matches!(e, WalEvent::Commit { .. })).count();
     eprintln!("walscan: {} MiB of WAL from {start}: {} records, {commits} commits", wal.len() >> 20, s.records());
@@ -27,7 +27,7 @@ fn scan(c: &mut Criterion) {
                 let mut events = Vec::with_capacity(1 << 16);
                 b.iter(|| {
                     events.clear();
-                    let mut s = WalScanner::new(start, seg).verify_crc(verify);
+                    let mut s = WalScanner::new(start, seg, format).verify_crc(verify);
                     for piece in wal.chunks(chunk) {
                         s.feed(black_box(piece), &mut events).expect("scans");
                     }

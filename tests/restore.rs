@@ -565,6 +565,8 @@ async fn unreachable_targets_are_refused_and_nothing_is_written() {
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     let latest = v["timelines"][0]["latest_restorable_time"].as_str().expect("a window per timeline").to_string();
     assert_eq!(v["timelines"][0]["earliest_restorable_time"].as_str(), Some(rfc3339(stop).as_str()));
+    // One definition: the repository's latest restorable time is its timeline's.
+    assert_eq!(v["latest_restorable_time"].as_str(), Some(latest.as_str()));
     refuse(&["--target-time", &latest], &[&gap, "the latest reachable time is"]);
 }
 

@@ -364,7 +364,7 @@ async fn dropped_slot_and_busy_slot_and_other_cluster_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_reports_ranges_gaps_and_latest_restorable_time() {
+async fn list_reports_ranges_gaps_and_latest_commit_time() {
     let backend = Backend::local();
     let pg = PgCluster::builder().setting("track_commit_timestamp", "on").start();
     pg.sql("CREATE TABLE t (x int)");
@@ -387,7 +387,9 @@ async fn list_reports_ranges_gaps_and_latest_restorable_time() {
     let out = run(pgpitr().args(["list", "--json", "--repo", &backend.url()])).ok();
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["system_identifier"], pg.sql("SELECT system_identifier FROM pg_control_system()"));
-    assert_eq!(v["latest_restorable_time"], commit_time.as_str());
+    assert_eq!(v["latest_commit_time"], commit_time.as_str());
+    // Nothing is restorable before a base backup, whatever WAL is stored.
+    assert!(v["latest_restorable_time"].is_null(), "{v}");
     let tl = &v["timelines"][0];
     assert_eq!(tl["timeline"], 1);
     assert!(lsn(tl["end_lsn"].as_str().unwrap()) >= end);

@@ -8,11 +8,11 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import backup, machine, micro, report, restore, resume, rpo, stream, sync
+from . import backup, catalog, machine, micro, report, restore, resume, rpo, stream, sync
 from .common import Context, log
 
 PARTS = {"micro": micro, "stream": stream, "rpo": rpo, "sync": sync, "backup": backup, "restore": restore,
-         "resume": resume}
+         "resume": resume, "catalog": catalog}
 
 
 def main():

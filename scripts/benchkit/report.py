@@ -7,14 +7,15 @@ import re
 
 from .common import result_file
 
-ORDER = ["micro", "stream", "rpo", "sync", "backup", "restore", "resume"]
+ORDER = ["micro", "stream", "rpo", "sync", "backup", "restore", "resume", "catalog"]
 TITLES = {"micro": "Micro-benchmarks (criterion)", "stream": "stream: continuous archiving under load",
           "rpo": "rpo: commit → durable on an idle server", "sync": "sync: primary throughput with a synchronous "
           "archiver", "backup": "backup: base backup throughput", "restore": "restore: point-in-time restore",
-          "resume": "Resume and the unfinished segment"}
+          "resume": "Resume and the unfinished segment",
+          "catalog": "catalog: reading the repository as it grows"}
 HOW = {"micro": "scripts/bench micro", "stream": "scripts/bench stream", "rpo": "scripts/bench rpo",
        "sync": "scripts/bench sync", "backup": "scripts/bench backup", "restore": "scripts/bench restore",
-       "resume": "scripts/bench resume"}
+       "resume": "scripts/bench resume", "catalog": "scripts/bench catalog"}
 
 
 def load(results):
@@ -233,6 +234,21 @@ def goals(res):
                      f"{secs(med(u.get('wall_s')))} ({num(med(u.get('objects')), digits=0)} objects) vs "
                      f"{secs(med(cpl.get('wall_s')))} = {rtxt(r)} (fastest {rtxt(S.get('wal-fetch/ratio_min'))}, "
                      f"CPU {rtxt(S.get('wal-fetch/ratio_cpu'))})", status(None if r is None else r <= 1.5, "resume")])
+    # catalog
+    m = missing("catalog")
+    if m:
+        rows.append(["restore --dry-run at 100,000 WAL objects ≤ 1.5× at 1,000; list --json ≤ 2 s", m, "not measured"])
+    else:
+        S = res["catalog"]["summary"]
+        big = max(S["by_size"], key=int)
+        for op, label in (("restore_early", "early"), ("restore_late", "late")):
+            r = S["ratio"].get(op)
+            rows.append([f"restore --dry-run ({label} target) at {int(big):,} WAL objects ≤ 1.5× its time at 1,000",
+                         f"{rtxt(r)} ({S['by_size'][big][op]['requests']} requests)",
+                         status(None if r is None else r <= 1.5, "catalog")])
+        t = S["by_size"][big]["list"]["s"]
+        rows.append([f"list --json at {int(big):,} WAL objects ≤ 2 s", secs(t),
+                     status(None if t is None else t <= 2.0, "catalog")])
     return table(["goal", "measured (median of runs unless said)", "status"], rows)
 
 
@@ -514,8 +530,24 @@ def sec_resume(r):
     return "\n".join(out)
 
 
+def sec_catalog(r):
+    S = r["summary"]
+    ops = [("list", "list --json"), ("restore_early", "restore --dry-run, early target"),
+           ("restore_late", "restore --dry-run, late target"), ("expire", "expire --dry-run"),
+           ("verify_backup", "verify --backup")]
+    sizes = sorted(S["by_size"], key=int)
+    rows = []
+    for op, label in ops:
+        cells = [f"{secs(S['by_size'][n][op]['s'])} / {S['by_size'][n][op]['requests']}" for n in sizes]
+        rows.append([label] + cells + [f"{rtxt(S['ratio'].get(op))} / {rtxt(S['request_ratio'].get(op))}"])
+    head = ["command"] + [f"{int(n):,} WAL objects: time / requests" for n in sizes] + [
+        f"{int(sizes[-1]):,} ÷ {int(sizes[0]):,}: time / requests"]
+    return (f"An S3 repository (s3s-fs) grown to each size; targets {r.get('distance_segments')} segments after "
+            "their backup at every size.\n\n" + table(head, rows))
+
+
 SECTIONS = {"micro": sec_micro, "stream": sec_stream, "rpo": sec_rpo, "sync": sec_sync, "backup": sec_backup,
-            "restore": sec_restore, "resume": sec_resume}
+            "restore": sec_restore, "resume": sec_resume, "catalog": sec_catalog}
 
 
 def machine_block(res):
@@ -548,7 +580,7 @@ def write(results, out):
                      "on a machine that may be busy; treat those figures as noisy indications, not as results.\n")
     parts.append("## Machine\n")
     parts.append(machine_block(res) + "\n")
-    parts.append("## Goals (issues 3–6 and 17)\n")
+    parts.append("## Goals (issues 3–6, 17 and 19)\n")
     parts.append(goals(res) + "\n")
     parts.append("## Every major (issue 18)\n")
     parts.append("`scripts/bench stream restore --major N` (N = 14 to 18; 15's line comes from the 15 runs "

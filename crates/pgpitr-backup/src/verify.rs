@@ -19,10 +19,12 @@ use crate::extract::{check_contents, fetch_part, read_manifest};
 use futures_util::StreamExt;
 use pgpitr_repo::Repository;
 use pgpitr_repo::backup::{self, BackupId, BackupInfo};
+use pgpitr_repo::catalog::Catalog;
 use pgpitr_repo::status::Unindexed;
 use pgpitr_repo::wal::{self, WalObjectId, WalObjectKind};
 use pgpitr_types::{Lsn, TimelineId};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Objects fetched at once.
@@ -53,7 +55,8 @@ pub struct Report {
     pub unindexed: Vec<Unindexed>,
 }
 
-/// Checks the complete backups (only `only`, when given) and all WAL.
+/// Checks the complete backups and all WAL, or only backup `only` and the
+/// WAL from its start to its stop.
 pub async fn verify(repo: &Repository, only: Option<&str>) -> Result<Report, BackupError> {
     let storage = repo.storage().clone();
     let mut report = Report::default();
@@ -85,8 +88,30 @@ pub async fn verify(repo: &Repository, only: Option<&str>) -> Result<Report, Bac
     }
 
     let seg = repo.seg_size();
-    let (timelines, _redundant) = wal::scan(storage.as_ref(), seg).await?;
-    let objects: Vec<WalObjectId> = timelines.values().flat_map(|t| t.objects.iter().map(|(id, _)| *id)).collect();
+    // One backup needs only its own WAL; the whole repository, all of it.
+    let scope = match only {
+        Some(_) => backups.first().map(|(_, i)| (i.timeline, i.start_lsn, i.stop_lsn)),
+        None => None,
+    };
+    let list_wal = || async move {
+        Ok::<_, BackupError>(match scope {
+            Some((tli, from, to)) => BTreeMap::from([(tli, Catalog::wal_range(repo, tli, from, to).await?)]),
+            None => Catalog::load_wal(repo).await?.timelines().clone(),
+        })
+    };
+    let timelines = list_wal().await?;
+    // A listing of a backup's log IDs holds more than its range: only that is checked.
+    let in_scope = |tli: TimelineId, from: Lsn, to: Lsn| {
+        scope.is_none_or(|(t, start, stop)| t == tli && from < stop && start < to)
+    };
+    let objects: Vec<WalObjectId> = timelines
+        .values()
+        .flat_map(|t| t.objects.iter().map(|(id, _)| *id))
+        .filter(|id| {
+            let (from, to) = id.range(seg);
+            in_scope(id.tli, from, to)
+        })
+        .collect();
     let mut checks = futures_util::stream::iter(objects)
         .map(|id| {
             let storage = storage.clone();
@@ -106,8 +131,11 @@ pub async fn verify(repo: &Repository, only: Option<&str>) -> Result<Report, Bac
     }
     drop(checks);
     // Parts inside a merged part (a merge cut short) must hold its bytes.
-    let mut overlapped: Vec<(TimelineId, pgpitr_types::SegNo)> =
-        timelines.iter().flat_map(|(tli, t)| t.covered.iter().map(|(id, _)| (*tli, id.segno))).collect();
+    let mut overlapped: Vec<(TimelineId, pgpitr_types::SegNo)> = timelines
+        .iter()
+        .flat_map(|(tli, t)| t.covered.iter().filter(|(id, _)| in_scope(*tli, id.range(seg).0, id.range(seg).1)))
+        .map(|(id, _)| (id.tli, id.segno))
+        .collect();
     overlapped.dedup();
     for (tli, segno) in overlapped {
         if let Err(e) = wal::assemble_segment(storage.as_ref(), seg, &timelines[&tli], segno).await
@@ -122,12 +150,13 @@ pub async fn verify(repo: &Repository, only: Option<&str>) -> Result<Report, Bac
         .iter()
         .flat_map(|(tli, t)| t.gaps().into_iter().map(move |(from, to)| (*tli, from, to)))
         .filter(|&(_, _, to)| horizon.is_some_and(|h| to > h))
+        .filter(|&(tli, from, to)| in_scope(tli, from, to))
         .collect();
     if !failed.is_empty() || !gaps.is_empty() {
         // A running stream deletes parts and journals once their segment is
         // stored whole, and a listing is not a snapshot: what is missing or
         // looked like a gap but is covered by a fresh listing is no problem.
-        let (now, _) = wal::scan(storage.as_ref(), seg).await?;
+        let now = list_wal().await?;
         let covered = |tli: TimelineId, from: Lsn, to: Lsn| now.get(&tli).is_some_and(|t| t.covers(from, to));
         for (tli, from, to) in gaps {
             if !covered(tli, from, to) {

@@ -7,8 +7,8 @@
 use crate::{BackupError, BackupOptions, WalMode};
 use pgpitr_pgwire::ReplicationConnection;
 use pgpitr_repo::backup::WalSource;
+use pgpitr_repo::catalog::Catalog;
 use pgpitr_repo::lease::{self, StreamLease};
-use pgpitr_repo::wal::{WalObjectId, WalObjectKind};
 use pgpitr_repo::{Repository, wal};
 use pgpitr_storage::PutOutcome;
 use pgpitr_types::{Lsn, TimelineId};
@@ -60,36 +60,8 @@ async fn stored_ranges(
     start: Lsn,
     stop: Lsn,
 ) -> Result<Vec<(Lsn, Lsn)>, BackupError> {
-    let seg = repo.seg_size();
-    let per = seg.segments_per_xlogid();
-    let (first, last) = (start.segment_number(seg).0 / per, stop.segment_number(seg).0 / per);
-    let mut found = Vec::new();
-    for log in first..=last {
-        let prefix = format!("{}{:08X}/{:08X}{:08X}", wal::PREFIX, tli.0, tli.0, log);
-        for m in repo.storage().list(&prefix).await? {
-            let Some(id) = WalObjectId::parse(&m.key, seg).filter(|id| id.tli == tli) else { continue };
-            if let WalObjectKind::Journal { .. } = id.kind {
-                // A journal's end is in its content (synchronous mode, local).
-                match wal::resolve_journal(repo.storage().as_ref(), seg, id).await {
-                    Ok(Some((resolved, _))) => found.push(resolved.range(seg)),
-                    Ok(None) => {}
-                    Err(pgpitr_repo::RepoError::Storage(e)) if e.is_not_found() => {}
-                    Err(e) => return Err(e.into()),
-                }
-            } else {
-                found.push(id.range(seg));
-            }
-        }
-    }
-    found.sort();
-    let mut ranges: Vec<(Lsn, Lsn)> = Vec::new();
-    for (s, e) in found {
-        match ranges.last_mut() {
-            Some(last) if s <= last.1 => last.1 = last.1.max(e),
-            _ => ranges.push((s, e)),
-        }
-    }
-    Ok(ranges)
+    let tl = Catalog::wal_range(repo, tli, start, stop).await?;
+    Ok(tl.ranges)
 }
 
 async fn coverage(repo: &Repository, tli: TimelineId, start: Lsn, stop: Lsn) -> Result<Coverage, BackupError> {

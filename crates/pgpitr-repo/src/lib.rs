@@ -7,6 +7,7 @@
 //! server it talks to with [`Repository::check_cluster`].
 
 pub mod backup;
+pub mod catalog;
 pub mod layout;
 pub mod lease;
 pub mod object;
@@ -15,7 +16,7 @@ pub mod status;
 pub mod wal;
 
 use bytes::Bytes;
-use pgpitr_storage::{PutOutcome, Storage, StorageError};
+use pgpitr_storage::{PutOutcome, RepoUrl, Storage, StorageError};
 pub use pgpitr_types::ClusterIdentity;
 use pgpitr_types::{PgMajor, WalSegSize};
 use serde::{Deserialize, Serialize};
@@ -114,6 +115,27 @@ mod u64_string {
     }
 }
 
+/// What a command does to the repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads only (`list`, `verify`, `restore`, `wal-fetch`): read-only
+    /// credentials suffice, and nothing is written to check them.
+    Read,
+    /// Writes (`init`, `stream`, `backup`, `expire`): the storage is first
+    /// checked to take writes ([`Storage::check`]), so that a bad bucket or
+    /// credentials fail the command at once, not at its first upload.
+    Write,
+}
+
+/// The storage at `url`, behind retries: every command's one way to it.
+pub async fn connect(url: &RepoUrl, access: Access) -> Result<Arc<dyn Storage>> {
+    let storage = pgpitr_storage::connect(url, pgpitr_storage::RetryPolicy::default()).await?;
+    if access == Access::Write {
+        storage.check().await?;
+    }
+    Ok(storage)
+}
+
 /// Whether `init` created the binding or found it already in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InitOutcome {
@@ -165,6 +187,11 @@ impl Repository {
                 Ok((repo, InitOutcome::AlreadyBound))
             }
         }
+    }
+
+    /// Opens the repository at `url` that `pgpitr init` has bound.
+    pub async fn open_url(url: &RepoUrl, access: Access) -> Result<Repository> {
+        Repository::open(connect(url, access).await?).await
     }
 
     /// Opens a repository that `pgpitr init` has bound.

@@ -224,6 +224,15 @@ impl WalSummary {
         self.received_us = self.received_us.max(other.received_us);
         self.unindexed_before = self.unindexed_before.max(other.unindexed_before);
     }
+
+    /// The WAL of an object holding `start..end` whose commits this summary
+    /// may lack, if any: the one definition of an incomplete index. A scan
+    /// that began inside a record ends its doubt at the object's start
+    /// (that record began before it and is not a commit of its own).
+    pub fn unindexed(&self, start: Lsn, end: Lsn) -> Option<(Lsn, Lsn)> {
+        let upto = self.unindexed_before?.min(end);
+        (upto > start).then_some((start, upto))
+    }
 }
 
 /// A decoded header, available from the first bytes of an object alone.
@@ -263,16 +272,18 @@ pub fn encode_at_level(
     summary: &WalSummary,
 ) -> Bytes {
     match codec {
-        Codec::None => assemble(tli, start, raw.len() as u64, crc32fast::hash(raw), Codec::None, &[raw], summary),
+        Codec::None => {
+            encode_compressed(tli, start, raw.len() as u64, crc32fast::hash(raw), Codec::None, &[raw], summary)
+        }
         Codec::Lz4 => {
             let block = lz4_flex::block::compress(raw);
-            assemble(tli, start, raw.len() as u64, crc32fast::hash(raw), Codec::Lz4, &[&block], summary)
+            encode_compressed(tli, start, raw.len() as u64, crc32fast::hash(raw), Codec::Lz4, &[&block], summary)
         }
         Codec::Lz4Chunks => encode_pieces(tli, start, &[Piece::Raw(raw)], crc32fast::hash(raw), summary, None).0,
         Codec::Zstd => {
             let level = zstd_level.clamp(1, zstd::zstd_safe::max_c_level());
             let frame = zstd::bulk::compress(raw, level).expect("zstd compresses any input at a level in its range");
-            assemble(tli, start, raw.len() as u64, crc32fast::hash(raw), Codec::Zstd, &[&frame], summary)
+            encode_compressed(tli, start, raw.len() as u64, crc32fast::hash(raw), Codec::Zstd, &[&frame], summary)
         }
     }
 }
@@ -365,7 +376,11 @@ fn header(
     out
 }
 
-fn assemble(
+/// A container around a payload already compressed: `payload`,
+/// concatenated, is `codec`'s encoding of `raw_len` raw bytes whose CRC-32
+/// is `raw_crc` (zstd frames may be several, one after another). Decoding
+/// checks both, so a payload that does not match is caught on every read.
+pub fn encode_compressed(
     tli: TimelineId,
     start: Lsn,
     raw_len: u64,

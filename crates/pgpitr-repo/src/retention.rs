@@ -17,7 +17,8 @@
 //!   are leftovers and go.
 
 use crate::backup::{self, BackupEntry, BackupStatus, BackupSummary, STALE_AFTER};
-use crate::wal::{self, WalObjectId};
+use crate::catalog::Catalog;
+use crate::wal::WalObjectId;
 use crate::{Repository, Result};
 use pgpitr_types::Lsn;
 use serde::Serialize;
@@ -60,10 +61,9 @@ impl Plan {
     }
 }
 
-/// Decides from the repository's current contents; deletes nothing.
-pub async fn plan(repo: &Repository, policy: &Policy, now: jiff::Timestamp) -> Result<Plan> {
-    let storage = repo.storage().as_ref();
-    let entries = backup::scan(storage).await?;
+/// Decides from the catalog's reading of the repository; deletes nothing.
+pub async fn plan(cat: &Catalog, policy: &Policy, now: jiff::Timestamp) -> Result<Plan> {
+    let entries = cat.backups();
     let complete: Vec<&BackupEntry> = entries.iter().filter(|e| e.info.is_some()).collect();
     let summaries: Vec<BackupSummary> = complete.iter().map(|e| e.summary(now, STALE_AFTER)).collect();
     let keep = select(&summaries, policy, now);
@@ -89,14 +89,20 @@ pub async fn plan(repo: &Repository, policy: &Policy, now: jiff::Timestamp) -> R
         .filter_map(|(e, _)| e.info.as_ref().map(|i| i.start_lsn))
         .min();
     let Some(horizon) = plan.wal_horizon else { return Ok(plan) };
-    let seg = repo.seg_size();
-    for meta in storage.list(wal::PREFIX).await? {
-        let Some(id) = WalObjectId::parse(&meta.key, seg) else { continue };
-        if id.segno.end_lsn(seg).is_some_and(|end| end <= horizon) {
-            plan.wal_objects += 1;
-            plan.wal_bytes += meta.size;
-            plan.wal_keys.push(meta.key);
-        }
+    let seg = cat.seg();
+    let below = |id: &WalObjectId| id.segno.end_lsn(seg).is_some_and(|end| end <= horizon);
+    let listed = cat.timelines().values().flat_map(|t| t.objects.iter().chain(&t.covered));
+    let mut doomed: Vec<(String, u64)> =
+        listed.filter(|(id, _)| below(id)).map(|(_, m)| (m.key.clone(), m.size)).collect();
+    // Parts of complete segments, awaiting deletion.
+    let leftovers = cat.leftovers().iter().filter(|m| WalObjectId::parse(&m.key, seg).is_some_and(|id| below(&id)));
+    doomed.extend(leftovers.map(|m| (m.key.clone(), m.size)));
+    // Key order is LSN order within a timeline: segment numbers are fixed-width hex.
+    doomed.sort();
+    for (key, size) in doomed {
+        plan.wal_objects += 1;
+        plan.wal_bytes += size;
+        plan.wal_keys.push(key);
     }
     Ok(plan)
 }
@@ -156,7 +162,6 @@ pub async fn apply(repo: &Repository, plan: &Plan) -> Result<Applied> {
         done.backups += 1;
         tracing::info!(backup = %id, "deleted backup");
     }
-    // The listing order is the key order: segment numbers are fixed-width hex.
     for chunk in plan.wal_keys.chunks(1000) {
         storage.delete_many(chunk).await?;
         done.wal_objects += chunk.len();

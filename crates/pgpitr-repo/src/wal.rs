@@ -195,9 +195,35 @@ impl TimelineWal {
 /// Lists all WAL objects, grouped per timeline, with their coverage.
 /// Parts made redundant by a complete segment are left out of `objects`
 /// (they are leftovers awaiting deletion) and returned separately.
-pub async fn scan(storage: &dyn Storage, seg: WalSegSize) -> Result<(BTreeMap<TimelineId, TimelineWal>, Vec<String>)> {
+pub async fn scan(
+    storage: &dyn Storage,
+    seg: WalSegSize,
+) -> Result<(BTreeMap<TimelineId, TimelineWal>, Vec<ObjectMeta>)> {
+    scan_prefixes(storage, seg, &[PREFIX.to_string()]).await
+}
+
+/// The key prefixes that hold the WAL of `tli` in `from..to`: one per log
+/// ID (4 GiB of WAL), so a range is listed without the rest.
+pub fn range_prefixes(tli: TimelineId, seg: WalSegSize, from: Lsn, to: Lsn) -> Vec<String> {
+    let per = seg.segments_per_xlogid();
+    let last = Lsn(to.0.saturating_sub(1).max(from.0));
+    let (first, last) = (from.segment_number(seg).0 / per, last.segment_number(seg).0 / per);
+    (first..=last).map(|log| format!("{PREFIX}{:08X}/{:08X}{:08X}", tli.0, tli.0, log)).collect()
+}
+
+/// [`scan`] of the keys under `prefixes` only (listed a few at a time).
+pub async fn scan_prefixes(
+    storage: &dyn Storage,
+    seg: WalSegSize,
+    prefixes: &[String],
+) -> Result<(BTreeMap<TimelineId, TimelineWal>, Vec<ObjectMeta>)> {
+    const AT_ONCE: usize = 8;
+    let mut listed = Vec::new();
+    for chunk in prefixes.chunks(AT_ONCE) {
+        listed.extend(futures_util::future::try_join_all(chunk.iter().map(|p| storage.list(p))).await?);
+    }
     let mut per_tli: BTreeMap<TimelineId, Vec<(WalObjectId, ObjectMeta)>> = BTreeMap::new();
-    for meta in storage.list(PREFIX).await? {
+    for meta in listed.into_iter().flatten() {
         if let Some(id) = WalObjectId::parse(&meta.key, seg) {
             per_tli.entry(id.tli).or_default().push((id, meta));
         }
@@ -210,7 +236,7 @@ pub async fn scan(storage: &dyn Storage, seg: WalSegSize) -> Result<(BTreeMap<Ti
         let mut kept = Vec::with_capacity(objs.len());
         for (mut id, meta) in objs {
             if id.kind != WalObjectKind::Segment && complete.contains(&id.segno) {
-                leftovers.push(meta.key);
+                leftovers.push(meta);
                 continue;
             }
             if let WalObjectKind::Journal { .. } = id.kind {
@@ -396,17 +422,8 @@ pub async fn assemble_segment(
     let objs: Vec<WalObjectId> =
         tl.objects.iter().chain(&tl.covered).map(|(id, _)| *id).filter(|id| id.segno == segno).collect();
     if let Some(id) = objs.iter().find(|id| id.kind == WalObjectKind::Segment) {
-        let key = id.key(seg);
-        let (header, raw) = read_object(storage, &key).await?;
-        if raw.len() as u64 != seg.bytes() {
-            return Err(RepoError::Corrupt {
-                location: storage.describe(),
-                key,
-                reason: format!("segment holds {} bytes, expected {}", raw.len(), seg.bytes()),
-            });
-        }
-        let used = vec![(*id, header.summary)];
-        return Ok(Some(AssembledSegment { data: raw, valid_len: seg.bytes(), complete: true, used }));
+        // Listed: gone since is an error (the caller may list again).
+        return complete_object(storage, seg, *id).await.map(Some);
     }
     if objs.is_empty() {
         return Ok(None);
@@ -448,6 +465,35 @@ pub async fn assemble_segment(
         return Ok(None);
     }
     Ok(Some(AssembledSegment { data: buf.freeze(), valid_len: valid, complete: false, used }))
+}
+
+/// Segment `segno` of `tli` from its complete object, verified; `None`
+/// when it is not stored complete.
+pub async fn read_complete(
+    storage: &dyn Storage,
+    seg: WalSegSize,
+    tli: TimelineId,
+    segno: SegNo,
+) -> Result<Option<AssembledSegment>> {
+    match complete_object(storage, seg, WalObjectId::segment(tli, segno)).await {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+async fn complete_object(storage: &dyn Storage, seg: WalSegSize, id: WalObjectId) -> Result<AssembledSegment> {
+    let key = id.key(seg);
+    let (header, raw) = read_object(storage, &key).await?;
+    if raw.len() as u64 != seg.bytes() {
+        return Err(RepoError::Corrupt {
+            location: storage.describe(),
+            key,
+            reason: format!("segment holds {} bytes, expected {}", raw.len(), seg.bytes()),
+        });
+    }
+    let used = vec![(id, header.summary)];
+    Ok(AssembledSegment { data: raw, valid_len: seg.bytes(), complete: true, used })
 }
 
 /// Segment offsets of a part or journal.

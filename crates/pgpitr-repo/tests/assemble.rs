@@ -58,6 +58,7 @@ async fn parts_overlaps_holes_and_complete_segments() {
     // A part made redundant by its complete segment is reported as leftover.
     put(&storage, WalObjectId::part(t, SegNo(2), 0, 10), &wal[..10]).await;
     let (_, leftovers) = scan(&storage, seg()).await.unwrap();
+    let leftovers: Vec<String> = leftovers.into_iter().map(|m| m.key).collect();
     assert_eq!(leftovers, vec!["wal/00000001/000000010000000000000002.00000000-0000000A.part".to_string()]);
 }
 
@@ -147,7 +148,8 @@ async fn journals_count_up_to_their_last_valid_frame() {
 
     // Once the segment is complete, every journal of it is a leftover.
     put(&storage, WalObjectId::segment(t, SegNo(5)), &wal).await;
-    let (tls, mut leftovers) = scan(&storage, seg()).await.unwrap();
+    let (tls, leftovers) = scan(&storage, seg()).await.unwrap();
+    let mut leftovers: Vec<String> = leftovers.into_iter().map(|m| m.key).collect();
     leftovers.sort();
     assert_eq!(leftovers.len(), 5, "{leftovers:?}");
     assert_eq!(leftovers.iter().filter(|k| k.ends_with(".journal")).count(), 3, "{leftovers:?}");

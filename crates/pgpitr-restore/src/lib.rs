@@ -17,7 +17,7 @@ pub mod server;
 pub mod target;
 pub mod walfetch;
 
-pub use plan::{BackupPoint, Plan, PlanError, PlanRequest, RecoveryTarget, RepoIndex, TimelinePath, Window};
+pub use plan::{BackupPoint, Plan, PlanError, PlanRequest, RecoveryTarget, TimelinePath};
 pub use restore::{RestoreError, RestoreOptions, Restored, restore};
 pub use server::{Reached, StartOptions};
 pub use target::{Target, TargetAction, TimelineTarget, format_time, parse_time, parse_xid};

@@ -1,12 +1,13 @@
 //! `pgpitr restore`: plan, extract the backup, write the recovery settings.
 
 use crate::conf::{self, RecoveryConf};
-use crate::plan::{self, BackupPoint, Plan, PlanRequest, RepoIndex};
+use crate::plan::{self, Plan, PlanRequest};
 use crate::target::{TargetAction, TimelineTarget, format_time};
 use crate::walfetch;
 use pgpitr_backup::{ExtractOptions, ExtractStats};
 use pgpitr_repo::Repository;
 use pgpitr_repo::backup::BackupInfo;
+use pgpitr_repo::catalog::Catalog;
 use pgpitr_storage::RepoUrl;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -109,58 +110,19 @@ pub fn check_target_dir(dir: &Path) -> Result<(), RestoreError> {
     }
 }
 
-/// The complete backups of a repository, with what planning needs.
-pub async fn complete_backups(repo: &Repository) -> Result<Vec<(BackupPoint, BackupInfo)>, RestoreError> {
-    let mut out = Vec::new();
-    for entry in pgpitr_repo::backup::scan(repo.storage().as_ref()).await? {
-        let Some(info) = entry.info else { continue };
-        let stop: jiff::Timestamp = info.stop_time.parse().map_err(|e| {
-            RestoreError::Invalid(format!("backup {}: stop_time {:?} is not RFC 3339: {e}", info.id, info.stop_time))
-        })?;
-        let point = BackupPoint {
-            id: info.id.clone(),
-            timeline: info.timeline,
-            start_lsn: info.start_lsn,
-            stop_lsn: info.stop_lsn,
-            stop_time_us: stop.as_microsecond(),
-        };
-        out.push((point, info));
-    }
-    Ok(out)
-}
-
-/// The complete backups and the WAL index, read at the same time (each
-/// is a few dependent requests: on S3 the waits overlap), with the headers
-/// on the history of `timeline` read ahead if it is known before the
-/// backups are.
-async fn load_index(
-    repo: &Repository,
-    timeline: Option<&TimelineTarget>,
-) -> Result<(Vec<(BackupPoint, BackupInfo)>, RepoIndex), RestoreError> {
-    let wal = async {
-        let mut index = RepoIndex::load(repo, Vec::new()).await?;
-        let tli = match timeline {
-            Some(TimelineTarget::Latest) => index.latest_timeline(),
-            Some(&TimelineTarget::Id(t)) => Some(t),
-            Some(TimelineTarget::Current) | None => None,
-        };
-        if let Some(tli) = tli {
-            index.read_ahead(repo.storage().as_ref(), tli).await;
-        }
-        Ok::<_, RestoreError>(index)
+/// The catalog, with the summaries on the history of `timeline` read
+/// ahead when it is known.
+async fn load_catalog(repo: &Repository, timeline: &TimelineTarget) -> Result<Catalog, RestoreError> {
+    let mut cat = Catalog::load(repo).await?;
+    let tli = match timeline {
+        TimelineTarget::Latest => cat.latest_timeline(),
+        &TimelineTarget::Id(t) => Some(t),
+        TimelineTarget::Current => None,
     };
-    let (backups, index) = futures_util::future::try_join(complete_backups(repo), wal).await?;
-    let index = index.with_backups(backups.iter().map(|(p, _)| p.clone()).collect());
-    Ok((backups, index))
-}
-
-/// The restorable window of every timeline, for `pgpitr list`.
-pub async fn restorable_windows(repo: &Repository) -> Result<Vec<plan::Window>, RestoreError> {
-    pgpitr_repo::relisting(RestoreError::is_not_found, || async {
-        let (_, index) = load_index(repo, None).await?;
-        Ok(plan::windows(repo.storage().as_ref(), &index).await?)
-    })
-    .await
+    if let Some(tli) = tli {
+        cat.read_ahead(tli).await;
+    }
+    Ok(cat)
 }
 
 /// Plans, then (unless a dry run) extracts and configures recovery.
@@ -170,10 +132,10 @@ pub async fn restore(repo: &Repository, opts: &RestoreOptions) -> Result<Restore
     for (_, new) in &opts.tablespace_map {
         check_target_dir(new)?;
     }
-    let (backups, plan) = pgpitr_repo::relisting(RestoreError::is_not_found, || async {
-        let (backups, index) = load_index(repo, Some(&opts.request.timeline)).await?;
-        let plan = plan::plan(repo.storage().as_ref(), &index, &opts.request).await?;
-        Ok((backups, plan))
+    let (cat, plan) = pgpitr_repo::relisting(RestoreError::is_not_found, || async {
+        let mut cat = load_catalog(repo, &opts.request.timeline).await?;
+        let plan = plan::plan(&mut cat, &opts.request).await?;
+        Ok((cat, plan))
     })
     .await?;
     let spool = opts.pgdata.join(SPOOL_DIR);
@@ -192,10 +154,9 @@ pub async fn restore(repo: &Repository, opts: &RestoreOptions) -> Result<Restore
     if opts.dry_run {
         return Ok(out);
     }
-    let info = backups
-        .iter()
-        .find(|(p, _)| p.id == plan.backup.id)
-        .map(|(_, i)| i.clone())
+    let info = cat
+        .info(&plan.backup.id)
+        .cloned()
         .ok_or_else(|| RestoreError::Invalid(format!("backup {} vanished while planning", plan.backup.id)))?;
     tracing::info!(backup = %info.id, pgdata = %opts.pgdata.display(), "extracting the backup");
     let t1 = Instant::now();

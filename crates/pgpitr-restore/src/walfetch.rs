@@ -21,9 +21,10 @@
 //! runtime, opens the repository or reads credentials. It costs a process
 //! start and one read of the file for its checksum.
 
-use pgpitr_repo::wal::{self, AssembledSegment, TimelineWal, WalObjectId, WalObjectKind};
+use pgpitr_repo::catalog::Catalog;
+use pgpitr_repo::wal::{self, WalObjectId, WalObjectKind};
 use pgpitr_repo::{RepoError, Repository};
-use pgpitr_storage::{ObjectMeta, RepoUrl, RetryPolicy, Storage};
+use pgpitr_storage::{ObjectMeta, RepoUrl, Storage};
 use pgpitr_types::{SegNo, TimelineHistory, TimelineId, WalFileName, WalSegSize};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
@@ -92,10 +93,8 @@ pub struct FetchRequest {
     pub prefetch: usize,
 }
 
-/// Opens the repository without the up-front `check`: every call costs a
-/// process start, and the first read reports the same failures.
-pub async fn open_repo(url: &RepoUrl) -> Result<Repository, FetchError> {
-    Ok(Repository::open(pgpitr_storage::connect(url, RetryPolicy::default()).await?).await?)
+async fn open_repo(url: &RepoUrl) -> Result<Repository, FetchError> {
+    Ok(Repository::open_url(url, pgpitr_repo::Access::Read).await?)
 }
 
 /// A segment file name (`%f` of a segment is 24 hex digits); anything else
@@ -171,82 +170,6 @@ async fn fetch_history(repo: &Repository, tli: TimelineId, dest: &Path) -> Resul
     Ok(Fetched::Repository)
 }
 
-/// The stored objects of one segment, found by listing only its own keys.
-async fn segment_objects(
-    repo: &Repository,
-    seg: WalSegSize,
-    tli: TimelineId,
-    segno: SegNo,
-) -> Result<TimelineWal, FetchError> {
-    let prefix = WalObjectId::segment(tli, segno).key(seg);
-    let mut objects: Vec<_> = repo
-        .storage()
-        .list(&prefix)
-        .await?
-        .into_iter()
-        .filter_map(|m| {
-            WalObjectId::parse(&m.key, seg).filter(|id| id.tli == tli && id.segno == segno).map(|id| (id, m))
-        })
-        .collect();
-    objects.sort_by_key(|(id, _)| (id.segno, id.kind));
-    Ok(TimelineWal { objects, ..Default::default() })
-}
-
-/// The complete object of a segment, as a one-object listing: its key says
-/// everything assembly needs.
-fn whole_segment(seg: WalSegSize, tli: TimelineId, segno: SegNo) -> TimelineWal {
-    let id = WalObjectId::segment(tli, segno);
-    let meta = ObjectMeta { key: id.key(seg), size: 0, last_modified: None };
-    TimelineWal { objects: vec![(id, meta)], ..Default::default() }
-}
-
-/// Segment `segno`, rebuilt and verified: read whole in one request when it
-/// is stored complete (the common case), otherwise assembled from the parts
-/// a listing of its keys finds. The listing is made beside the read of the
-/// complete object, not after it fails: an unfinished segment then costs one
-/// round trip more than a complete one, not two.
-async fn stored_segment(
-    repo: &Repository,
-    seg: WalSegSize,
-    tli: TimelineId,
-    segno: SegNo,
-) -> Result<Option<AssembledSegment>, FetchError> {
-    let storage = repo.storage().as_ref();
-    let complete = whole_segment(seg, tli, segno);
-    let (whole, listed) =
-        tokio::join!(wal::assemble_segment(storage, seg, &complete, segno), segment_objects(repo, seg, tli, segno));
-    match whole {
-        Ok(got) => return Ok(got),
-        Err(RepoError::Storage(e)) if e.is_not_found() => {}
-        Err(e) => return Err(e.into()),
-    }
-    let mut first = Some(listed);
-    let vanished = |e: &Relisted| matches!(e, Relisted::Repo(e) if e.is_not_found());
-    let got = pgpitr_repo::relisting(vanished, || {
-        let listed = first.take();
-        async move {
-            let tl = match listed {
-                Some(l) => l,
-                None => segment_objects(repo, seg, tli, segno).await,
-            }
-            .map_err(Relisted::Fetch)?;
-            wal::assemble_segment(storage, seg, &tl, segno).await.map_err(Relisted::Repo)
-        }
-    })
-    .await;
-    match got {
-        Ok(s) => Ok(s),
-        Err(Relisted::Repo(e)) => Err(e.into()),
-        Err(Relisted::Fetch(e)) => Err(e),
-    }
-}
-
-/// Why assembling from a listing failed: its parts may have been merged.
-enum Relisted {
-    Fetch(FetchError),
-    Repo(RepoError),
-}
-
 async fn fetch_segment(
     repo: &Repository,
     seg: WalSegSize,
@@ -254,8 +177,7 @@ async fn fetch_segment(
     segno: SegNo,
     dest: &Path,
 ) -> Result<Fetched, FetchError> {
-    let storage = repo.storage().as_ref();
-    match stored_segment(repo, seg, tli, segno).await? {
+    match Catalog::stored_segment(repo, tli, segno).await? {
         Some(s) => {
             write_atomically(dest, s.data).await?;
             Ok(Fetched::Repository)
@@ -263,13 +185,7 @@ async fn fetch_segment(
         None => {
             // Missing while later WAL of the timeline is stored is a hole,
             // not the end: ending recovery here would silently lose data.
-            let later = storage
-                .list(&format!("{}{:08X}/", wal::PREFIX, tli.0))
-                .await?
-                .iter()
-                .filter_map(|m| WalObjectId::parse(&m.key, seg))
-                .find(|id| id.segno > segno);
-            match later {
+            match Catalog::wal_after(repo, tli, segno).await? {
                 Some(id) => Err(FetchError::Storage(format!(
                     "{} is missing from {} although later WAL of timeline {tli} ({}) is stored: a gap",
                     WalFileName::segment(tli, segno).to_name(seg),
@@ -474,7 +390,7 @@ pub async fn prefetch_daemon(repo_url: &RepoUrl, spool: &Path, prefetch: usize) 
     }
     let repo = open_repo(repo_url).await?;
     let seg = repo.seg_size();
-    let mut listed: Option<(TimelineId, CompleteSegments, Instant)> = None;
+    let mut listed: Option<(TimelineId, CompleteSegments, std::ops::Range<u64>, Instant)> = None;
     let mut last_want: Option<(TimelineId, SegNo)> = None;
     let mut changed_at = Instant::now();
     let mut tasks: tokio::task::JoinSet<SegNo> = tokio::task::JoinSet::new();
@@ -499,20 +415,21 @@ pub async fn prefetch_daemon(repo_url: &RepoUrl, spool: &Path, prefetch: usize) 
         if let Some((tli, at)) = want {
             let window: Vec<SegNo> = (1..=prefetch as u64).map(|i| SegNo(at.0 + i)).collect();
             let stale = match &listed {
-                Some((t, set, when)) => {
+                Some((t, set, range, when)) => {
                     *t != tli
+                        || window.iter().any(|w| !range.contains(&w.0))
                         || (window.last().is_some_and(|w| set.keys().next_back().is_none_or(|l| l < w))
                             && when.elapsed() > Duration::from_secs(5))
                 }
                 None => true,
             };
             if stale {
-                match complete_segments(&repo, seg, tli).await {
-                    Ok(set) => listed = Some((tli, set, Instant::now())),
+                match complete_segments(&repo, seg, tli, SegNo(at.0 + 1), prefetch as u64).await {
+                    Ok((set, range)) => listed = Some((tli, set, range, Instant::now())),
                     Err(e) => break Err(e),
                 }
             }
-            let set = listed.as_ref().map(|(_, s, _)| s).expect("listed above");
+            let set = listed.as_ref().map(|(_, s, _, _)| s).expect("listed above");
             for s in window {
                 if running.len() >= PREFETCH_PARALLEL {
                     break;
@@ -527,7 +444,7 @@ pub async fn prefetch_daemon(repo_url: &RepoUrl, spool: &Path, prefetch: usize) 
                     continue;
                 }
                 running.insert(s);
-                let (repo, spool, object) = (repo.clone(), spool.to_path_buf(), object.clone());
+                let (repo, spool, object) = (repo.clone(), spool.to_path_buf(), object.0);
                 tasks.spawn(async move {
                     let dest = spool.join(&name);
                     match download(&repo, seg, object, &tmp, &dest).await {
@@ -560,23 +477,29 @@ pub async fn prefetch_daemon(repo_url: &RepoUrl, spool: &Path, prefetch: usize) 
     result
 }
 
-/// The complete segments of a timeline, with their objects.
+/// The complete segments of a timeline in a window, with their objects.
 type CompleteSegments = BTreeMap<SegNo, (WalObjectId, ObjectMeta)>;
 
+/// The complete segments of the log IDs (4 GiB of WAL each) that hold
+/// `tli`'s segments `from..from + count`, and the segment range listed.
 async fn complete_segments(
     repo: &Repository,
     seg: WalSegSize,
     tli: TimelineId,
-) -> Result<CompleteSegments, FetchError> {
-    Ok(repo
-        .storage()
-        .list(&format!("{}{:08X}/", wal::PREFIX, tli.0))
-        .await?
+    from: SegNo,
+    count: u64,
+) -> Result<(CompleteSegments, std::ops::Range<u64>), FetchError> {
+    let per = seg.segments_per_xlogid();
+    let listed = (from.0 / per * per)..((from.0 + count).div_ceil(per) * per);
+    let lsn = |segno: u64| pgpitr_types::Lsn(segno.saturating_mul(seg.bytes()));
+    let tl = Catalog::wal_range(repo, tli, lsn(listed.start), lsn(listed.end)).await?;
+    let set = tl
+        .objects
         .into_iter()
-        .filter_map(|m| WalObjectId::parse(&m.key, seg).map(|id| (id, m)))
-        .filter(|(id, _)| id.tli == tli && id.kind == WalObjectKind::Segment)
+        .filter(|(id, _)| id.kind == WalObjectKind::Segment)
         .map(|(id, m)| (id.segno, (id, m)))
-        .collect())
+        .collect();
+    Ok((set, listed))
 }
 
 /// Downloads one complete segment into the spool (through `tmp`, which
@@ -584,19 +507,13 @@ async fn complete_segments(
 async fn download(
     repo: &Repository,
     seg: WalSegSize,
-    object: (WalObjectId, ObjectMeta),
+    id: WalObjectId,
     tmp: &Path,
     dest: &Path,
 ) -> Result<bool, FetchError> {
-    let segno = object.0.segno;
-    // Listed already: no listing per segment.
-    let tl = TimelineWal { objects: vec![object], ..Default::default() };
-    let Some(s) = wal::assemble_segment(repo.storage().as_ref(), seg, &tl, segno).await? else {
+    let Some(s) = wal::read_complete(repo.storage().as_ref(), seg, id.tli, id.segno).await? else {
         return Ok(false);
     };
-    if !s.complete {
-        return Ok(false);
-    }
     let crc = crc32fast::hash(&s.data);
     let dest = dest.with_file_name(format!("{}.{crc:08x}", dest.file_name().unwrap_or_default().to_string_lossy()));
     let (tmp, shown) = (tmp.to_path_buf(), dest.clone());

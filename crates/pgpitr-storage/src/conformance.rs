@@ -274,6 +274,25 @@ pub async fn list_dirs(s: &dyn Storage) {
     assert_eq!(dirs("conf/dirs/").await, ["conf/dirs/x/"], "a directory without objects is not listed");
 }
 
+/// `list_shallow` lists one directory: not what lies deeper, nor beside it.
+pub async fn list_shallow(s: &dyn Storage) {
+    for k in ["conf/shallow/a/1", "conf/shallow/a/2", "conf/shallow/a/b/3", "conf/shallow/ax", "conf/shallow/c/4"] {
+        ok(s.put(k, Bytes::from_static(b"s")).await, k);
+    }
+    let shallow = |p: &'static str| async move {
+        let got = ok(s.list_shallow(p).await, &format!("list_shallow {p:?}"));
+        got.into_iter().map(|m| (m.key, m.size)).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        shallow("conf/shallow/a/").await,
+        [("conf/shallow/a/1".to_owned(), 1), ("conf/shallow/a/2".to_owned(), 1)]
+    );
+    assert_eq!(shallow("conf/shallow/a").await, [("conf/shallow/ax".to_owned(), 1)]);
+    assert_eq!(shallow("conf/shallow/").await, [("conf/shallow/ax".to_owned(), 1)]);
+    assert!(shallow("conf/shallow/none/").await.is_empty());
+    assert_eq!(shallow("conf/shallow/a/b/").await, [("conf/shallow/a/b/3".to_owned(), 1)]);
+}
+
 /// `delete` removes, and deleting a missing key succeeds.
 pub async fn delete_idempotent(s: &dyn Storage) {
     let key = "conf/del/obj";
@@ -399,6 +418,7 @@ pub async fn invalid_keys(s: &dyn Storage) {
     for prefix in ["/", "/a", "a//", "../x"] {
         assert_invalid_key(s.list(prefix).await, &format!("list {prefix:?}"));
         assert_invalid_key(s.list_dirs(prefix).await, &format!("list_dirs {prefix:?}"));
+        assert_invalid_key(s.list_shallow(prefix).await, &format!("list_shallow {prefix:?}"));
     }
 }
 
@@ -420,6 +440,9 @@ pub async fn no_temp_objects_listed(s: &dyn Storage) {
             }
             let dirs = ok(s.list_dirs("conf/tmp/").await, "list_dirs");
             assert!(dirs.is_empty(), "unexpected directories {dirs:?}");
+            for m in ok(s.list_shallow("conf/tmp/").await, "list_shallow") {
+                assert!(!m.key.contains(".tmp-") && m.key != key, "temporary or incomplete object listed: {}", m.key);
+            }
         }
     };
     tokio::join!(writes, lists);

@@ -208,6 +208,10 @@ impl<S: Storage> Storage for FaultyStorage<S> {
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
         self.shared.run(Op::ListDirs, prefix, self.inner.list_dirs(prefix)).await
     }
+
+    async fn list_shallow(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        self.shared.run(Op::List, prefix, self.inner.list_shallow(prefix)).await
+    }
     async fn delete(&self, key: &str) -> Result<()> {
         self.shared.run(Op::Delete, key, self.inner.delete(key)).await
     }

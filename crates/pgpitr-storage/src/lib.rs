@@ -31,6 +31,7 @@ mod faulty;
 mod key;
 mod local;
 mod repo_url;
+pub mod requests;
 mod retry;
 mod s3;
 
@@ -46,7 +47,7 @@ pub use error::{Op, Result, StorageError};
 pub use faulty::{FaultMode, FaultyStorage};
 pub use key::{MAX_KEY_LEN, TEMP_PREFIX, validate_key, validate_prefix};
 pub use local::LocalStorage;
-pub use repo_url::{RepoUrl, S3Url, connect, open, open_with_policy};
+pub use repo_url::{RepoUrl, S3Url, connect};
 pub use retry::{RetryPolicy, RetryingStorage, retry};
 pub use s3::{DEFAULT_PART_SIZE, MIN_PART_SIZE, S3Options, S3Storage};
 
@@ -158,6 +159,12 @@ pub trait Storage: Send + Sync {
     /// full prefixes such as `backups/2024-01-01/`, sorted, without
     /// duplicates. Empty directories never appear.
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>>;
+
+    /// The objects whose key starts with `prefix` and continues without a
+    /// `/`: one "directory" (`a/b/` lists `a/b/x` but not `a/b/c/y`), sorted
+    /// by key. A server that keeps objects in a tree (s3s-fs, a file system)
+    /// reads only that directory, whatever else the repository holds.
+    async fn list_shallow(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
 
     /// Deletes an object. Deleting a missing object succeeds.
     async fn delete(&self, key: &str) -> Result<()>;
@@ -292,6 +299,9 @@ impl<T: Storage + ?Sized> Storage for Arc<T> {
     }
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
         (**self).list_dirs(prefix).await
+    }
+    async fn list_shallow(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        (**self).list_shallow(prefix).await
     }
     async fn delete(&self, key: &str) -> Result<()> {
         (**self).delete(key).await

@@ -86,6 +86,7 @@ where
     T: Send + 'static,
     F: FnOnce(&Ctx) -> Result<T> + Send + 'static,
 {
+    crate::requests::count(ctx.op);
     let fallback = ctx.clone();
     match tokio::task::spawn_blocking(move || f(&ctx)).await {
         Ok(r) => r,
@@ -284,12 +285,13 @@ fn entry_name(entry: &fs::DirEntry) -> Option<String> {
 }
 
 fn list_sync(root: &Path, prefix: &str) -> IoRes<Vec<ObjectMeta>> {
-    list_sync_after(root, prefix, None)
+    list_sync_after(root, prefix, None, true)
 }
 
 /// The objects under `prefix` whose keys sort after `after`, in key order;
-/// directories whose keys all sort before it are not read.
-fn list_sync_after(root: &Path, prefix: &str, after: Option<&str>) -> IoRes<Vec<ObjectMeta>> {
+/// directories whose keys all sort before it are not read, and none below
+/// the prefix's own without `deep`.
+fn list_sync_after(root: &Path, prefix: &str, after: Option<&str>, deep: bool) -> IoRes<Vec<ObjectMeta>> {
     let base = dir_part(prefix);
     let before = |dir_key: &str| after.is_some_and(|a| dir_key < a && !a.starts_with(dir_key));
     let mut out = Vec::new();
@@ -313,7 +315,7 @@ fn list_sync_after(root: &Path, prefix: &str, after: Option<&str>) -> IoRes<Vec<
             let key = format!("{dir_key}{name}");
             if meta.is_dir() {
                 let sub = format!("{key}/");
-                if (sub.starts_with(prefix) || prefix.starts_with(&sub)) && !before(&sub) {
+                if (deep && sub.starts_with(prefix) || prefix.starts_with(&sub)) && !before(&sub) {
                     stack.push((path, sub));
                 }
             } else if meta.is_file() && key.starts_with(prefix) && after.is_none_or(|a| key.as_str() > a) {
@@ -494,7 +496,7 @@ impl Storage for LocalStorage {
         let root = self.root.clone();
         let (prefix, after) = (prefix.to_owned(), start_after.map(str::to_owned));
         self.blocking(self.ctx(Op::List, &prefix), move |ctx| {
-            let mut objects = list_sync_after(&root, &prefix, after.as_deref()).map_err(|f| ctx.err(f))?;
+            let mut objects = list_sync_after(&root, &prefix, after.as_deref(), true).map_err(|f| ctx.err(f))?;
             let more = objects.len() > max;
             objects.truncate(max);
             let next = if more { objects.last().map(|o| o.key.clone()) } else { None };
@@ -509,6 +511,16 @@ impl Storage for LocalStorage {
         let prefix = prefix.to_owned();
         self.blocking(self.ctx(Op::ListDirs, &prefix), move |ctx| {
             list_dirs_sync(&root, &prefix).map_err(|f| ctx.err(f))
+        })
+        .await
+    }
+
+    async fn list_shallow(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        validate_prefix(prefix)?;
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        self.blocking(self.ctx(Op::List, &prefix), move |ctx| {
+            list_sync_after(&root, &prefix, None, false).map_err(|f| ctx.err(f))
         })
         .await
     }

@@ -290,21 +290,8 @@ impl fmt::Display for RepoUrl {
     }
 }
 
-/// Opens the repository at `url` with the default [`RetryPolicy`] and
-/// verifies it with [`Storage::check`].
-pub async fn open(url: &RepoUrl) -> Result<Arc<dyn Storage>> {
-    open_with_policy(url, RetryPolicy::default()).await
-}
-
-/// Like [`open`] with an explicit retry policy.
-pub async fn open_with_policy(url: &RepoUrl, policy: RetryPolicy) -> Result<Arc<dyn Storage>> {
-    let storage = connect(url, policy).await?;
-    storage.check().await?;
-    Ok(storage)
-}
-
-/// The storage at `url` behind retries, without [`Storage::check`] (which
-/// writes): for readers of a repository they may not write to.
+/// The storage at `url` behind retries. Commands open it through
+/// `pgpitr_repo::connect`, which adds the write check where they write.
 pub async fn connect(url: &RepoUrl, policy: RetryPolicy) -> Result<Arc<dyn Storage>> {
     Ok(match url {
         RepoUrl::Local(path) => Arc::new(RetryingStorage::new(LocalStorage::new(path), policy)),

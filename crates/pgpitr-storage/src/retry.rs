@@ -192,6 +192,10 @@ impl<S: Storage> Storage for RetryingStorage<S> {
         retry(&self.policy, Op::ListDirs.name(), || self.inner.list_dirs(prefix)).await
     }
 
+    async fn list_shallow(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        retry(&self.policy, Op::List.name(), || self.inner.list_shallow(prefix)).await
+    }
+
     async fn delete(&self, key: &str) -> Result<()> {
         retry(&self.policy, Op::Delete.name(), || self.inner.delete(key)).await
     }

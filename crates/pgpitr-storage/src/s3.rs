@@ -202,6 +202,58 @@ impl S3Storage {
     pub fn bucket(&self) -> &str {
         &self.shared.bucket
     }
+
+    /// A listing with delimiter `/`, every page: the objects directly under
+    /// `prefix`, and the "directories" below it.
+    async fn delimited(&self, prefix: &str, op: Op) -> Result<(Vec<ObjectMeta>, Vec<String>)> {
+        validate_prefix(prefix)?;
+        let s = &self.shared;
+        let (mut objects, mut dirs) = (Vec::new(), Vec::new());
+        let mut token: Option<String> = None;
+        loop {
+            crate::requests::count(op);
+            let page = s
+                .client
+                .list_objects_v2()
+                .bucket(&s.bucket)
+                .prefix(s.full_key(prefix))
+                .delimiter("/")
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| s.sdk_error(op, prefix, &e))?;
+            for obj in page.contents() {
+                let Some(key) = obj.key().and_then(|k| s.strip(k)) else { continue };
+                objects.push(ObjectMeta {
+                    key: key.to_owned(),
+                    size: size_of(op, key, &s.location, obj.size())?,
+                    last_modified: system_time(obj.last_modified()),
+                });
+            }
+            for cp in page.common_prefixes() {
+                let Some(dir) = cp.prefix().and_then(|p| p.strip_prefix(s.prefix.as_str())) else { continue };
+                if dir.strip_suffix('/').is_some_and(|d| validate_key(d).is_ok()) {
+                    dirs.push(dir.to_owned());
+                }
+            }
+            match (page.is_truncated(), page.next_continuation_token()) {
+                (Some(true), Some(t)) => token = Some(t.to_owned()),
+                (Some(true), None) => {
+                    return Err(StorageError::permanent(
+                        op,
+                        prefix,
+                        s.location.clone(),
+                        "server returned a truncated listing without a continuation token",
+                    ));
+                }
+                _ => break,
+            }
+        }
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        dirs.sort();
+        dirs.dedup();
+        Ok((objects, dirs))
+    }
 }
 
 /// What an SDK error means for us.
@@ -391,6 +443,7 @@ impl Storage for S3Storage {
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {
         validate_key(key)?;
         let s = &self.shared;
+        crate::requests::count(Op::Put);
         s.client
             .put_object()
             .bucket(&s.bucket)
@@ -407,6 +460,7 @@ impl Storage for S3Storage {
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome> {
         validate_key(key)?;
         let s = &self.shared;
+        crate::requests::count(Op::PutIfAbsent);
         let res = s
             .client
             .put_object()
@@ -434,6 +488,7 @@ impl Storage for S3Storage {
     async fn get(&self, key: &str) -> Result<Bytes> {
         validate_key(key)?;
         let s = &self.shared;
+        crate::requests::count(Op::Get);
         let out = s
             .client
             .get_object()
@@ -465,6 +520,7 @@ impl Storage for S3Storage {
         } else {
             format!("bytes={}-{}", range.start, range.end - 1)
         };
+        crate::requests::count(Op::GetRange);
         let res = s.client.get_object().bucket(&s.bucket).key(s.full_key(key)).range(header).send().await;
         let out = match res {
             Ok(out) => out,
@@ -493,6 +549,7 @@ impl Storage for S3Storage {
     async fn get_stream(&self, key: &str) -> Result<ObjectStream> {
         validate_key(key)?;
         let s = self.shared.clone();
+        crate::requests::count(Op::GetStream);
         let out = s
             .client
             .get_object()
@@ -520,6 +577,7 @@ impl Storage for S3Storage {
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
         validate_key(key)?;
         let s = &self.shared;
+        crate::requests::count(Op::Head);
         let out = s
             .client
             .head_object()
@@ -561,6 +619,7 @@ impl Storage for S3Storage {
         validate_prefix(prefix)?;
         let s = &self.shared;
         check_page_size(max, prefix, s.location.clone())?;
+        crate::requests::count(Op::List);
         let page = s
             .client
             .list_objects_v2()
@@ -602,48 +661,17 @@ impl Storage for S3Storage {
     }
 
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
-        validate_prefix(prefix)?;
-        let s = &self.shared;
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = s
-                .client
-                .list_objects_v2()
-                .bucket(&s.bucket)
-                .prefix(s.full_key(prefix))
-                .delimiter("/")
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| s.sdk_error(Op::ListDirs, prefix, &e))?;
-            for cp in page.common_prefixes() {
-                let Some(dir) = cp.prefix().and_then(|p| p.strip_prefix(s.prefix.as_str())) else { continue };
-                if dir.strip_suffix('/').is_some_and(|d| validate_key(d).is_ok()) {
-                    out.push(dir.to_owned());
-                }
-            }
-            match (page.is_truncated(), page.next_continuation_token()) {
-                (Some(true), Some(t)) => token = Some(t.to_owned()),
-                (Some(true), None) => {
-                    return Err(StorageError::permanent(
-                        Op::ListDirs,
-                        prefix,
-                        s.location.clone(),
-                        "server returned a truncated listing without a continuation token",
-                    ));
-                }
-                _ => break,
-            }
-        }
-        out.sort();
-        out.dedup();
-        Ok(out)
+        Ok(self.delimited(prefix, Op::ListDirs).await?.1)
+    }
+
+    async fn list_shallow(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        Ok(self.delimited(prefix, Op::List).await?.0)
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
         validate_key(key)?;
         let s = &self.shared;
+        crate::requests::count(Op::Delete);
         match s.client.delete_object().bucket(&s.bucket).key(s.full_key(key)).send().await {
             Ok(_) => Ok(()),
             Err(e) => match failure(&e) {
@@ -667,6 +695,7 @@ impl Storage for S3Storage {
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .and_then(|ids| Delete::builder().set_objects(Some(ids)).quiet(true).build())
                 .map_err(|e| StorageError::permanent(Op::DeleteMany, "", s.location.clone(), e))?;
+            crate::requests::count(Op::DeleteMany);
             let out = s
                 .client
                 .delete_objects()
@@ -709,6 +738,7 @@ impl Storage for S3Storage {
 
     async fn check(&self) -> Result<()> {
         let s = &self.shared;
+        crate::requests::count(Op::Check);
         match s.client.head_bucket().bucket(&s.bucket).send().await {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -884,6 +914,7 @@ impl S3Upload {
         let (s, key, full_key) = (self.s.clone(), self.key.clone(), self.full_key.clone());
         let upload_id = self.upload_id.clone().unwrap_or_default();
         self.in_flight.spawn(async move {
+            crate::requests::count(Op::PutPart);
             let res = s
                 .client
                 .upload_part()
@@ -938,6 +969,7 @@ impl S3Upload {
 
     async fn create_multipart(&mut self) -> Result<()> {
         let s = &self.s;
+        crate::requests::count(Op::StartUpload);
         let out = s
             .client
             .create_multipart_upload()
@@ -959,6 +991,7 @@ impl S3Upload {
         let s = self.s.clone();
         let parts: Vec<CompletedPart> = self.done_parts.values().cloned().collect();
         self.complete_attempts += 1;
+        crate::requests::count(Op::CompleteUpload);
         let res = s
             .client
             .complete_multipart_upload()
@@ -977,6 +1010,7 @@ impl S3Upload {
         // response was lost; then the upload id is gone and the object has
         // our size.
         if f.kind == Kind::NoSuchUpload && self.complete_attempts > 1 {
+            crate::requests::count(Op::Head);
             let head = s.client.head_object().bucket(&s.bucket).key(&self.full_key).send().await;
             if let Ok(h) = head
                 && h.content_length().and_then(|n| u64::try_from(n).ok()) == Some(self.total)
@@ -1039,6 +1073,7 @@ impl Upload for S3Upload {
         if self.upload_id.is_none() {
             // Smaller than one part: a single PUT, which is atomic anyway.
             let s = &self.s;
+            crate::requests::count(Op::Put);
             s.client
                 .put_object()
                 .bucket(&s.bucket)
@@ -1083,6 +1118,7 @@ impl Upload for S3Upload {
         while self.in_flight.join_next().await.is_some() {}
         let Some(id) = self.upload_id.clone() else { return Ok(()) };
         let s = &self.s;
+        crate::requests::count(Op::AbortUpload);
         match s.client.abort_multipart_upload().bucket(&s.bucket).key(&self.full_key).upload_id(id).send().await {
             Ok(_) => {}
             Err(e) => match failure(&e) {
@@ -1111,6 +1147,7 @@ impl Drop for S3Upload {
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(async move {
+                    crate::requests::count(Op::AbortUpload);
                     let res =
                         s.client.abort_multipart_upload().bucket(&s.bucket).key(&full_key).upload_id(id).send().await;
                     if let Err(e) = res {

@@ -12,6 +12,7 @@ use crate::{StreamConfig, StreamError};
 use bytes::Bytes;
 use pgpitr_pgwire::{ReplicationConnection, SystemInfo};
 use pgpitr_repo::Repository;
+use pgpitr_repo::catalog::Catalog;
 use pgpitr_repo::object::{BufPool, WalSummary};
 use pgpitr_repo::wal::{self, WalObjectId, WalObjectKind};
 use pgpitr_storage::PutOutcome;
@@ -52,7 +53,9 @@ pub async fn plan(
 ) -> Result<ResumePlan, StreamError> {
     let storage = repo.storage().clone();
     let seg = repo.seg_size();
-    let (timelines, leftovers) = wal::scan(storage.as_ref(), seg).await?;
+    let cat = Catalog::load_wal(repo).await?;
+    let timelines = cat.timelines();
+    let leftovers: Vec<String> = cat.leftovers().iter().map(|m| m.key.clone()).collect();
     if !leftovers.is_empty() {
         // Parts made redundant by a complete segment before a crash.
         let storage = storage.clone();

@@ -351,7 +351,7 @@ pub fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub repo: RepoOpts,
-    /// Check only this backup's objects (WAL is always checked).
+    /// Check only this backup, and the WAL from its start to its stop.
     #[arg(long, value_name = "ID")]
     pub backup: Option<String>,
     /// Print the report as JSON on stdout.

@@ -45,7 +45,10 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    match runtime.block_on(cmd::run(cli)) {
+    let result = runtime.block_on(cmd::run(cli));
+    let made: Vec<String> = pgpitr_storage::requests::made().iter().map(|(op, n)| format!("{op}={n}")).collect();
+    tracing::debug!(target: "requests", "storage requests: {}", made.join(" "));
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             // `{:#}` joins the context chain with ": " into the one line users read.

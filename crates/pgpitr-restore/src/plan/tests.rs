@@ -4,8 +4,9 @@
 use super::*;
 use crate::target::Target;
 use bytes::Bytes;
-use pgpitr_repo::object::{self, Codec};
-use pgpitr_storage::LocalStorage;
+use pgpitr_repo::object::{self, Codec, WalSummary};
+use pgpitr_storage::{LocalStorage, Storage};
+use pgpitr_types::TimelineHistory;
 use std::sync::Arc;
 
 const T0: i64 = 1_795_000_000_000_000;
@@ -93,9 +94,9 @@ impl Repo {
         .await
         .unwrap()
         .0;
-        let index = RepoIndex::load(&repo, self.backups.clone()).await?;
+        let mut cat = Catalog::load(&repo).await?.with_points(self.backups.clone());
         let req = PlanRequest { target, inclusive, timeline: tl, backup: backup.map(String::from) };
-        plan(self.storage.as_ref(), &index, &req).await
+        plan(&mut cat, &req).await
     }
 }
 
@@ -275,7 +276,10 @@ async fn large_summaries_are_read_whole() {
     r.backup("B", 1, at(1, 0x28), at(1, 0x900), 15);
     let id = WalObjectId::segment(TimelineId(1), pgpitr_types::SegNo(3));
     let fixed = r.storage.get_range(&id.key(seg()), 0..object::HEADER_LEN as u64).await.unwrap();
-    assert!(object::header_len(&fixed).unwrap() as u64 > SUMMARY_READ, "the summary must not fit the first read");
+    assert!(
+        object::header_len(&fixed).unwrap() as u64 > pgpitr_repo::catalog::SUMMARY_READ,
+        "the summary must not fit the first read"
+    );
     let p = r.plan(Target::Name(names[77].clone()), true).await.unwrap();
     assert_eq!(p.recovery, RecoveryTarget::Name { name: names[77].clone() });
     assert_eq!(p.wal_end, Lsn(at(3, 0x100 + 77 * 8).0 + 0x40));
@@ -296,22 +300,19 @@ async fn reading_ahead_is_best_effort_and_changes_no_plan() {
     let broken = WalObjectId::segment(TimelineId(1), pgpitr_types::SegNo(3));
     let good = r.storage.get(&broken.key(seg())).await.unwrap();
     r.storage.put(&broken.key(seg()), Bytes::from_static(b"not a WAL object")).await.unwrap();
-    let mut index = RepoIndex::load(&repo, r.backups.clone()).await.unwrap();
-    index.read_ahead(r.storage.as_ref(), TimelineId(1)).await;
-    assert_eq!(index.summaries.len(), 10, "every object but the unreadable one");
-    assert!(!index.summaries.contains_key(&broken));
+    let mut cat = Catalog::load(&repo).await.unwrap().with_points(r.backups.clone());
+    cat.read_ahead(TimelineId(1)).await;
+    assert_eq!(cat.summaries.len(), 10, "every object but the unreadable one");
+    assert!(cat.summaries.get(&broken).is_none());
 
     r.storage.put(&broken.key(seg()), good).await.unwrap();
-    let cold = RepoIndex::load(&repo, r.backups.clone()).await.unwrap();
-    let mut warm = RepoIndex::load(&repo, r.backups.clone()).await.unwrap();
-    warm.read_ahead(r.storage.as_ref(), TimelineId(1)).await;
+    let mut warm = Catalog::load(&repo).await.unwrap().with_points(r.backups.clone());
+    warm.read_ahead(TimelineId(1)).await;
     assert_eq!(warm.summaries.len(), 11);
     for target in [Target::Time(secs(75)), Target::Time(secs(40)), Target::Latest, Target::Name("rp1".into())] {
         let req = PlanRequest { target, inclusive: true, timeline: TimelineTarget::Latest, backup: None };
-        let (a, b) = (
-            plan(r.storage.as_ref(), &cold, &req).await.unwrap(),
-            plan(r.storage.as_ref(), &warm, &req).await.unwrap(),
-        );
+        let mut cold = Catalog::load(&repo).await.unwrap().with_points(r.backups.clone());
+        let (a, b) = (plan(&mut cold, &req).await.unwrap(), plan(&mut warm, &req).await.unwrap());
         assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
     }
 }

@@ -5,7 +5,7 @@ macro_rules! suite {
     ($fixture:ident) => {
         suite!(@each $fixture;
             check_succeeds, put_get_roundtrip, overwrite, put_if_absent, get_range, head, not_found,
-            list_nested, list_many, list_pages, list_dirs, delete_idempotent, delete_many, multipart_upload,
+            list_nested, list_many, list_pages, list_dirs, list_shallow, delete_idempotent, delete_many, multipart_upload,
             small_upload, upload_abort, invalid_keys, no_temp_objects_listed, overwrite_while_reading);
     };
     (@each $fixture:ident; $($name:ident),*) => {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use pgpitr_storage::{RepoUrl, S3Url, StorageError, open};
+use pgpitr_storage::{RepoUrl, RetryPolicy, S3Url, Storage, StorageError, connect};
 
 fn s3(url: &str) -> S3Url {
     match RepoUrl::parse(url) {
@@ -118,11 +118,12 @@ fn credentials_in_urls_are_rejected_without_echo() {
 }
 
 #[tokio::test]
-async fn open_local_checks_and_wraps() {
+async fn connect_local_wraps_and_check_writes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("new/repo");
     let url = RepoUrl::parse(&format!("file://{}", root.display())).expect("parse");
-    let storage = open(&url).await.expect("open creates and checks the directory");
+    let storage = connect(&url, RetryPolicy::default()).await.expect("connect");
+    storage.check().await.expect("check creates the directory and writes to it");
     assert!(root.is_dir());
     assert_eq!(storage.describe(), root.display().to_string());
     storage.put("x/y", Bytes::from_static(b"z")).await.expect("put");
@@ -130,9 +131,10 @@ async fn open_local_checks_and_wraps() {
 
     let file = dir.path().join("file");
     std::fs::write(&file, b"").expect("write");
-    let err = match open(&RepoUrl::Local(file.join("repo"))).await {
+    let below = connect(&RepoUrl::Local(file.join("repo")), RetryPolicy::default()).await.expect("connect");
+    let err = match below.check().await {
         Err(e) => e,
-        Ok(_) => panic!("open below a regular file must fail"),
+        Ok(_) => panic!("a check below a regular file must fail"),
     };
     assert!(err.is_permanent() && err.to_string().to_lowercase().contains("not a directory"), "{err}");
 }

@@ -1,31 +1,29 @@
 use crate::cli::ListArgs;
 use indicatif::HumanBytes;
+use pgpitr_repo::RepoError;
+use pgpitr_repo::catalog::Catalog;
 use pgpitr_repo::status;
 
 pub async fn run(args: ListArgs) -> anyhow::Result<u8> {
-    let repo = super::open_repo(&args.repo.repo).await?;
-    let st = status::status(&repo, args.index).await?;
-    let windows = pgpitr_restore::restore::restorable_windows(&repo).await?;
-    let window = |tli: pgpitr_types::TimelineId| windows.iter().find(|w| w.timeline == tli);
+    let repo = super::open_repo(&args.repo.repo, pgpitr_repo::Access::Read).await?;
+    let st = pgpitr_repo::relisting(RepoError::is_not_found, || async {
+        let mut cat = Catalog::load(&repo).await?;
+        status::status(&mut cat, args.index).await
+    })
+    .await?;
     if args.json {
-        let mut v = serde_json::to_value(&st)?;
-        if let Some(tls) = v.get_mut("timelines").and_then(|t| t.as_array_mut()) {
-            for (t, s) in tls.iter_mut().zip(&st.timelines) {
-                if let (Some(obj), Some(w)) = (t.as_object_mut(), window(s.timeline)) {
-                    obj.insert("earliest_restorable_time".into(), serde_json::to_value(&w.earliest_restorable_time)?);
-                    obj.insert("latest_restorable_time".into(), serde_json::to_value(&w.latest_restorable_time)?);
-                }
-            }
-        }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&st)?);
         return Ok(crate::exit::OK);
     }
     println!("repository:     {}", repo.location());
     println!("cluster:        {} (PostgreSQL {})", st.system_identifier, st.pg_major);
     println!(
         "latest restorable time: {}",
-        st.latest_restorable_time.as_deref().unwrap_or("none (no commit stored yet)")
+        st.latest_restorable_time.as_deref().unwrap_or("none (no complete base backup yet)")
     );
+    if let Some(c) = &st.latest_commit_time {
+        println!("latest commit stored: {c}");
+    }
     println!(
         "earliest restorable time: {}",
         st.earliest_restorable_time.as_deref().unwrap_or("none (no complete base backup yet)")
@@ -73,9 +71,7 @@ pub async fn run(args: ListArgs) -> anyhow::Result<u8> {
             t.stored_bytes,
             t.latest_commit_time.as_ref().map(|c| format!(", latest commit {c}")).unwrap_or_default()
         );
-        if let Some(w) = window(t.timeline)
-            && let (Some(e), Some(l)) = (&w.earliest_restorable_time, &w.latest_restorable_time)
-        {
+        if let (Some(e), Some(l)) = (&t.earliest_restorable_time, &t.latest_restorable_time) {
             println!("  restorable: {e} .. {l}");
         }
         for g in &t.gaps {

@@ -24,10 +24,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
 }
 
 /// Opens an initialised repository.
-pub async fn open_repo(url: &str) -> anyhow::Result<pgpitr_repo::Repository> {
+pub async fn open_repo(url: &str, access: pgpitr_repo::Access) -> anyhow::Result<pgpitr_repo::Repository> {
     let url = pgpitr_storage::RepoUrl::parse(url)?;
-    let storage = pgpitr_storage::open(&url).await?;
-    Ok(pgpitr_repo::Repository::open(storage).await?)
+    Ok(pgpitr_repo::Repository::open_url(&url, access).await?)
 }
 
 /// Checks the server, opens the storage and binds the repository to the
@@ -39,7 +38,7 @@ pub async fn bind_repo(
     let (probe, identity) = crate::conn::connect(cfg).await?;
     // An idle walsender would show up in pg_stat_replication under our name.
     probe.close().await;
-    let storage = pgpitr_storage::open(url).await?;
+    let storage = pgpitr_repo::connect(url, pgpitr_repo::Access::Write).await?;
     let (repo, outcome) = pgpitr_repo::Repository::init(storage, &identity).await?;
     if outcome == pgpitr_repo::InitOutcome::Created {
         tracing::info!(repo = %repo.location(), "initialised the repository for this cluster");

@@ -149,8 +149,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<u8> {
     let exe = std::env::current_exe().context("find this program's path for restore_command")?;
     let exe = exe.canonicalize().unwrap_or(exe);
     pgpitr_restore::restore::check_target_dir(&pgdata)?;
-    // Read access is enough: no write check, so read-only repositories work.
-    let repo = pgpitr_restore::walfetch::open_repo(&url).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let repo = pgpitr_repo::Repository::open_url(&url, pgpitr_repo::Access::Read).await?;
     let opts = RestoreOptions {
         repo_url: url.clone(),
         pgdata: pgdata.clone(),

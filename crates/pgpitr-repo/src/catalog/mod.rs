@@ -1,0 +1,420 @@
+//! The catalog: one reading of the repository, under every command.
+//!
+//! It holds the WAL listing (per timeline: the cover of each segment, the
+//! covered ranges, leftovers), the timeline histories, the backups and a
+//! cache of object summaries, and it is the one home of what is derived
+//! from them:
+//!
+//! - the restorable window of a timeline ([`Catalog::window`]) and of the
+//!   repository ([`Catalog::latest_restorable_time`]);
+//! - the gaps along a history ([`Listing::first_gap`]);
+//! - which WAL has an incomplete commit-time index ([`Catalog::unindexed`],
+//!   by [`WalSummary::unindexed`](crate::object::WalSummary::unindexed));
+//! - a segment rebuilt from its objects ([`Catalog::segment`]).
+//!
+//! `list`, `expire`, `restore` and the planner read the repository only
+//! through it.
+
+mod path;
+mod summaries;
+
+pub use path::{BackupPoint, PathObject, PathStep, TimelinePath};
+pub use summaries::{SUMMARY_READ, Summaries};
+
+use crate::backup::{self, BackupEntry, BackupInfo};
+use crate::object::TimedLsn;
+use crate::status::format_time_us;
+use crate::wal::{self, AssembledSegment, TimelineWal, WalObjectId};
+use crate::{RepoError, Repository, Result};
+use pgpitr_storage::ObjectMeta;
+use pgpitr_types::{Lsn, SegNo, TimelineHistory, TimelineId, WalSegSize};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// What was listed and read up front: everything but the summaries.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    repo: Repository,
+    timelines: BTreeMap<TimelineId, TimelineWal>,
+    /// Parts and journals of segments that are stored complete.
+    leftovers: Vec<ObjectMeta>,
+    histories: BTreeMap<TimelineId, TimelineHistory>,
+    /// Every backup directory, oldest first, unfinished ones included.
+    backups: Vec<BackupEntry>,
+    /// The complete backups, by stop LSN.
+    points: Vec<BackupPoint>,
+}
+
+/// One reading of a repository: the [`Listing`] and the summaries read
+/// from it so far.
+pub struct Catalog {
+    listing: Listing,
+    pub summaries: Summaries,
+}
+
+impl std::ops::Deref for Catalog {
+    type Target = Listing;
+    fn deref(&self) -> &Listing {
+        &self.listing
+    }
+}
+
+/// The restorable window of one timeline: from the stop of the oldest
+/// complete backup on its history to its latest restorable time.
+#[derive(Debug, Clone, Serialize)]
+pub struct Window {
+    pub timeline: TimelineId,
+    /// RFC 3339 UTC; `None` when no complete backup is on the timeline's history.
+    pub earliest_restorable_time: Option<String>,
+    pub latest_restorable_time: Option<String>,
+    #[serde(skip)]
+    pub earliest_us: Option<i64>,
+    #[serde(skip)]
+    pub latest_us: Option<i64>,
+}
+
+/// A stored WAL object whose commit-time index is incomplete: commits that
+/// start in `start_lsn..end_lsn` may be missing from it. A restore to a time
+/// after them lets PostgreSQL find the point (`recovery_target_time`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unindexed {
+    pub object: String,
+    pub timeline: TimelineId,
+    pub start_lsn: Lsn,
+    pub end_lsn: Lsn,
+}
+
+impl Unindexed {
+    /// What of the object (or journal frame) `h`, stored as `key`, is not indexed.
+    pub fn of(key: &str, h: &crate::object::ObjectHeader) -> Option<Unindexed> {
+        let (start_lsn, end_lsn) = h.summary.unindexed(h.start, h.end)?;
+        Some(Unindexed { object: key.to_string(), timeline: h.tli, start_lsn, end_lsn })
+    }
+}
+
+impl Catalog {
+    /// Lists the WAL (twice where the first listing shows a gap: a listing
+    /// is not a snapshot, and a part merged during it looks like one), reads
+    /// the history of every timeline with WAL and every backup's metadata,
+    /// the two at once.
+    pub async fn load(repo: &Repository) -> Result<Catalog> {
+        Self::read(repo, true).await
+    }
+
+    /// [`Catalog::load`] without the backups, for the stream: what a
+    /// backup's metadata holds never stops the archiver.
+    pub async fn load_wal(repo: &Repository) -> Result<Catalog> {
+        Self::read(repo, false).await
+    }
+
+    async fn read(repo: &Repository, with_backups: bool) -> Result<Catalog> {
+        crate::relisting(RepoError::is_not_found, || async {
+            let backups =
+                async { if with_backups { backup::scan(repo.storage().as_ref()).await } else { Ok(Vec::new()) } };
+            let (wal, backups) = futures_util::future::try_join(read_wal(repo), backups).await?;
+            let (timelines, leftovers, histories) = wal;
+            let location = repo.location();
+            let mut points = backups
+                .iter()
+                .filter_map(|e| e.info.as_ref())
+                .map(|i| BackupPoint::of(i, &location))
+                .collect::<Result<Vec<_>>>()?;
+            sort_points(&mut points);
+            let listing = Listing { repo: repo.clone(), timelines, leftovers, histories, backups, points };
+            Ok(Catalog { summaries: Summaries::new(repo.storage().clone(), repo.seg_size()), listing })
+        })
+        .await
+    }
+
+    /// The stored WAL of `tli` around `from..to`, listing only the log IDs
+    /// that span it.
+    pub async fn wal_range(repo: &Repository, tli: TimelineId, from: Lsn, to: Lsn) -> Result<TimelineWal> {
+        let prefixes = wal::range_prefixes(tli, repo.seg_size(), from, to);
+        let (mut tls, _) = wal::scan_prefixes(repo.storage().as_ref(), repo.seg_size(), &prefixes).await?;
+        Ok(tls.remove(&tli).unwrap_or_default())
+    }
+
+    /// Segment `segno` of `tli`, as every reader gets one: its complete
+    /// object in one GET when it is stored complete, otherwise assembled
+    /// from what a listing of its own keys finds. The listing is made beside
+    /// the GET, so an unfinished segment costs one round trip more, not
+    /// two; it is made again when a listed part was merged away meanwhile.
+    pub async fn stored_segment(repo: &Repository, tli: TimelineId, segno: SegNo) -> Result<Option<AssembledSegment>> {
+        let (storage, seg) = (repo.storage().as_ref(), repo.seg_size());
+        let own = [WalObjectId::segment(tli, segno).key(seg)];
+        let listing = || async {
+            let (mut tls, _) = wal::scan_prefixes(storage, seg, &own).await?;
+            Ok::<_, RepoError>(tls.remove(&tli).unwrap_or_default())
+        };
+        let (whole, listed) = futures_util::future::join(wal::read_complete(storage, seg, tli, segno), listing()).await;
+        if let Some(s) = whole? {
+            return Ok(Some(s));
+        }
+        let mut first = Some(listed);
+        crate::relisting(RepoError::is_not_found, || {
+            let listed = first.take();
+            async move {
+                let tl = match listed {
+                    Some(l) => l?,
+                    None => listing().await?,
+                };
+                wal::assemble_segment(storage, seg, &tl, segno).await
+            }
+        })
+        .await
+    }
+
+    /// The first WAL object of `tli` stored after segment `segno`, found
+    /// with one short listing that starts there.
+    pub async fn wal_after(repo: &Repository, tli: TimelineId, segno: SegNo) -> Result<Option<WalObjectId>> {
+        let (storage, seg) = (repo.storage(), repo.seg_size());
+        let prefix = format!("{}{:08X}/", wal::PREFIX, tli.0);
+        // '/' sorts after the '.' of every key of `segno` and before the
+        // next segment's name.
+        let mut after = Some(format!("{}/", WalObjectId::segment(tli, segno).key(seg)));
+        while let Some(start) = after {
+            let page = storage.list_page(&prefix, Some(&start), 16).await?;
+            if let Some(id) = page.objects.iter().find_map(|m| WalObjectId::parse(&m.key, seg)) {
+                return Ok(Some(id));
+            }
+            after = page.next;
+        }
+        Ok(None)
+    }
+
+    /// The catalog with these complete backups instead of those stored.
+    pub fn with_points(mut self, mut points: Vec<BackupPoint>) -> Catalog {
+        sort_points(&mut points);
+        self.listing.points = points;
+        self
+    }
+
+    /// The listing and the summaries apart, to search the one while reading the other.
+    pub fn split(&mut self) -> (&Listing, &mut Summaries) {
+        (&self.listing, &mut self.summaries)
+    }
+
+    /// Reads the summaries of the objects on the history of `tli` ahead of
+    /// planning when there are few ([`Summaries::read_ahead`]).
+    pub async fn read_ahead(&mut self, tli: TimelineId) {
+        let Some(path) = self.listing.path(tli) else { return };
+        let objs = self.listing.objects_on(&path);
+        self.summaries.read_ahead(&objs).await;
+    }
+
+    /// The restorable window of `tli`. The latest restorable time is the
+    /// newest indexed commit on its history, the newest backup's stop when
+    /// that is later, or, where WAL after that commit has an incomplete
+    /// index, when that WAL was received (its commits came before).
+    pub async fn window(&mut self, tli: TimelineId) -> Result<Option<Window>> {
+        let Some(path) = self.listing.path(tli) else { return Ok(None) };
+        let (listing, sums) = self.split();
+        let cands: Vec<&BackupPoint> = listing.points.iter().filter(|b| path.holds_backup(b)).collect();
+        let (earliest, latest) = match (cands.first(), cands.last()) {
+            (Some(o), Some(n)) => {
+                let objs = listing.objects_on(&path);
+                (Some(o.stop_time_us), Some(sums.window_end(&objs, n).await?.1))
+            }
+            _ => (None, None),
+        };
+        Ok(Some(Window {
+            timeline: tli,
+            earliest_restorable_time: earliest.map(format_time_us),
+            latest_restorable_time: latest.map(format_time_us),
+            earliest_us: earliest,
+            latest_us: latest,
+        }))
+    }
+
+    /// The window of every timeline with WAL and a history.
+    pub async fn windows(&mut self) -> Result<Vec<Window>> {
+        let tlis: Vec<TimelineId> = self.listing.timelines.keys().copied().collect();
+        let mut out = Vec::new();
+        for tli in tlis {
+            out.extend(self.window(tli).await?);
+        }
+        Ok(out)
+    }
+
+    /// The latest time any restore can reach: the end of the latest window.
+    pub async fn latest_restorable_time(&mut self) -> Result<Option<i64>> {
+        Ok(self.windows().await?.iter().filter_map(|w| w.latest_us).max())
+    }
+
+    /// The newest indexed commit stored on `tli` itself.
+    pub async fn latest_commit(&mut self, tli: TimelineId) -> Result<Option<TimedLsn>> {
+        let objs = self.listing.objects_of(tli);
+        self.summaries.last_commit(&objs, Lsn::MAX).await
+    }
+
+    /// Every stored WAL object whose commit-time index is incomplete. Reads
+    /// every object's summary.
+    pub async fn unindexed(&mut self) -> Result<Vec<Unindexed>> {
+        let seg = self.listing.seg();
+        let tlis: Vec<TimelineId> = self.listing.timelines.keys().copied().collect();
+        let mut out = Vec::new();
+        for tli in tlis {
+            let objs = self.listing.objects_of(tli);
+            self.summaries.load(&objs).await?;
+            for o in &objs {
+                let (start, end) = o.id.range(seg);
+                if let Some((start_lsn, end_lsn)) = self.summaries.get(&o.id).and_then(|s| s.unindexed(start, end)) {
+                    out.push(Unindexed { object: o.id.key(seg), timeline: tli, start_lsn, end_lsn });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Segment `segno` of `tli`, rebuilt and verified from the objects listed
+    /// ([`wal::assemble_segment`]); `None` when nothing of it is stored.
+    pub async fn segment(&self, tli: TimelineId, segno: SegNo) -> Result<Option<AssembledSegment>> {
+        let empty = TimelineWal::default();
+        let tl = self.listing.timelines.get(&tli).unwrap_or(&empty);
+        wal::assemble_segment(self.listing.repo.storage().as_ref(), self.listing.seg(), tl, segno).await
+    }
+}
+
+impl Listing {
+    pub fn repo(&self) -> &Repository {
+        &self.repo
+    }
+
+    pub fn seg(&self) -> WalSegSize {
+        self.repo.seg_size()
+    }
+
+    /// The stored WAL per timeline.
+    pub fn timelines(&self) -> &BTreeMap<TimelineId, TimelineWal> {
+        &self.timelines
+    }
+
+    pub fn leftovers(&self) -> &[ObjectMeta] {
+        &self.leftovers
+    }
+
+    pub fn histories(&self) -> &BTreeMap<TimelineId, TimelineHistory> {
+        &self.histories
+    }
+
+    /// Every backup directory, oldest first.
+    pub fn backups(&self) -> &[BackupEntry] {
+        &self.backups
+    }
+
+    /// The complete backups, oldest (by stop LSN) first.
+    pub fn points(&self) -> &[BackupPoint] {
+        &self.points
+    }
+
+    /// The `backup.json` of a complete backup.
+    pub fn info(&self, id: &str) -> Option<&BackupInfo> {
+        self.backups.iter().filter_map(|e| e.info.as_ref()).find(|i| i.id == id)
+    }
+
+    /// The newest timeline with stored WAL.
+    pub fn latest_timeline(&self) -> Option<TimelineId> {
+        self.timelines.keys().next_back().copied()
+    }
+
+    /// The history recovery to `tli` follows; `None` when its history file
+    /// is not stored.
+    pub fn path(&self, tli: TimelineId) -> Option<TimelinePath> {
+        if tli == TimelineId::FIRST {
+            return Some(TimelinePath::first());
+        }
+        self.histories.get(&tli).map(TimelinePath::from_history)
+    }
+
+    /// The objects of the cover that lie on `path`, in LSN order.
+    pub fn objects_on(&self, path: &TimelinePath) -> Vec<PathObject> {
+        let seg = self.seg();
+        let mut out = Vec::new();
+        for s in &path.steps {
+            let Some(tl) = self.timelines.get(&s.timeline) else { continue };
+            for (id, _) in &tl.objects {
+                let (a, b) = id.range(seg);
+                let (lo, hi) = (a.max(s.begin), b.min(s.end_or_max()));
+                if lo < hi {
+                    out.push(PathObject { id: *id, lo, hi });
+                }
+            }
+        }
+        out
+    }
+
+    /// The objects of the cover of `tli` itself.
+    fn objects_of(&self, tli: TimelineId) -> Vec<PathObject> {
+        let seg = self.seg();
+        let objs = self.timelines.get(&tli).map_or(&[][..], |t| &t.objects[..]);
+        objs.iter()
+            .map(|(id, _)| {
+                let (lo, hi) = id.range(seg);
+                PathObject { id: *id, lo, hi }
+            })
+            .collect()
+    }
+
+    /// The first hole in `from..to` along `path`, as (timeline, start, end of
+    /// the hole or `None` when nothing follows).
+    pub fn first_gap(&self, path: &TimelinePath, from: Lsn, to: Lsn) -> Option<(TimelineId, Lsn, Option<Lsn>)> {
+        for (tli, lo, hi) in path.needed(self.seg(), from, to) {
+            let empty = TimelineWal::default();
+            let tl = self.timelines.get(&tli).unwrap_or(&empty);
+            if tl.covers(lo, hi) {
+                continue;
+            }
+            let start = tl.ranges.iter().find(|&&(s, e)| s <= lo && lo < e).map_or(lo, |&(_, e)| e);
+            let end = tl.ranges.iter().find(|&&(s, _)| s > start).map(|&(s, _)| s);
+            return Some((tli, start, end));
+        }
+        None
+    }
+
+    /// The end of the stored WAL on the path (of its newest timeline).
+    pub fn path_end(&self, path: &TimelinePath) -> Option<Lsn> {
+        let last = path.steps.last()?;
+        self.timelines.get(&last.timeline).and_then(|t| t.end()).filter(|&e| e > last.begin)
+    }
+}
+
+fn sort_points(points: &mut [BackupPoint]) {
+    points.sort_by(|a, b| (a.stop_lsn, &a.id).cmp(&(b.stop_lsn, &b.id)));
+}
+
+type WalListing = (BTreeMap<TimelineId, TimelineWal>, Vec<ObjectMeta>, BTreeMap<TimelineId, TimelineHistory>);
+
+async fn read_wal(repo: &Repository) -> Result<WalListing> {
+    let (storage, seg) = (repo.storage().as_ref(), repo.seg_size());
+    let (mut timelines, mut leftovers) = wal::scan(storage, seg).await?;
+    let gaps = |t: &BTreeMap<TimelineId, TimelineWal>| t.values().map(|t| t.gaps().len()).sum::<usize>();
+    if gaps(&timelines) > 0 {
+        // A gap that a second listing also shows is real.
+        let (again, l) = wal::scan(storage, seg).await?;
+        if gaps(&again) < gaps(&timelines) {
+            (timelines, leftovers) = (again, l);
+        }
+    }
+    let reads = timelines
+        .keys()
+        .filter(|t| **t != TimelineId::FIRST)
+        .map(|&tli| async move { Ok::<_, RepoError>(read_history(repo, tli).await?.map(|h| (tli, h))) });
+    let histories = futures_util::future::try_join_all(reads).await?.into_iter().flatten().collect();
+    Ok((timelines, leftovers, histories))
+}
+
+async fn read_history(repo: &Repository, tli: TimelineId) -> Result<Option<TimelineHistory>> {
+    let storage = repo.storage();
+    let key = wal::history_key(tli);
+    let raw = match storage.get(&key).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let text = String::from_utf8_lossy(&raw);
+    TimelineHistory::parse(tli, &text).map(Some).map_err(|e| RepoError::Corrupt {
+        location: storage.describe(),
+        key,
+        reason: e.to_string(),
+    })
+}
