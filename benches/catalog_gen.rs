@@ -172,6 +172,21 @@ fn segment(seg: WalSegSize, tli: TimelineId, segno: SegNo, time_us: i64, tail: &
     (body, commits[0])
 }
 
+/// Hard links every file under `from` (but `backup.json`) into `to`.
+fn link_tree(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    for entry in std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_type().map_err(|e| e.to_string())?.is_dir() {
+            link_tree(&src, &dst)?;
+        } else if entry.file_name() != "backup.json" && !dst.exists() {
+            std::fs::hard_link(&src, &dst).map_err(|e| format!("{}: {e}", dst.display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn write(root: &Path, key: &str, body: &[u8]) -> Result<(), String> {
     let path = root.join(key);
     if let Some(dir) = path.parent() {
@@ -186,18 +201,7 @@ fn copy_backup(root: &Path, template: &BackupInfo, at: TimedLsn, seq: u32) -> Re
     let stop = jiff::Timestamp::from_microsecond(at.time_us).map_err(|e| e.to_string())?;
     let id = BackupId::new(stop, seq);
     let dir = root.join(id.dir());
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for entry in std::fs::read_dir(root.join(old.dir())).map_err(|e| e.to_string())? {
-        let entry = entry.map_err(|e| e.to_string())?;
-        let name = entry.file_name();
-        if name == "backup.json" {
-            continue;
-        }
-        let to = dir.join(&name);
-        if !to.exists() {
-            std::fs::hard_link(entry.path(), &to).map_err(|e| format!("{}: {e}", to.display()))?;
-        }
-    }
+    link_tree(&root.join(old.dir()), &dir)?;
     let mut info = template.clone();
     info.id = id.to_string();
     info.label = format!("catalog-gen copy of {}", template.id);

@@ -17,6 +17,7 @@ import re
 import time
 
 import datetime
+from pathlib import Path
 
 from .common import Cluster, S3Server, log, lsn_int, pgpitr_receiver, run, summarize, wait_streaming
 
@@ -53,13 +54,12 @@ def measured(ctx, label, argv, env, ok_codes=(0,)):
 
 
 def main(ctx):
-    gen = ctx.pgpitr.replace("/pgpitr", "/catalog-gen")
+    gen = str(Path(ctx.pgpitr).with_name("catalog-gen"))
     s3 = S3Server(ctx.work)
     s3.bucket("bench")
     url, env = s3.repo_url("bench", "cat"), s3.env()
     repo_dir = s3.data / "bench" / "cat"
-    ctx.result["sizes"] = sizes(ctx)
-    ctx.result["distance_segments"] = DISTANCE
+    ctx.result["sizes"] = {"WAL objects": sizes(ctx), "backup to target (segments)": DISTANCE}
 
     # The real part: a cluster, its WAL and one base backup.
     pg = Cluster(ctx.work, "source")

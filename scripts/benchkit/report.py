@@ -542,7 +542,8 @@ def sec_catalog(r):
         rows.append([label] + cells + [f"{rtxt(S['ratio'].get(op))} / {rtxt(S['request_ratio'].get(op))}"])
     head = ["command"] + [f"{int(n):,} WAL objects: time / requests" for n in sizes] + [
         f"{int(sizes[-1]):,} ÷ {int(sizes[0]):,}: time / requests"]
-    return (f"An S3 repository (s3s-fs) grown to each size; targets {r.get('distance_segments')} segments after "
+    dist = r.get("sizes", {}).get("backup to target (segments)")
+    return (f"An S3 repository (s3s-fs) grown to each size; targets {dist} segments after "
             "their backup at every size.\n\n" + table(head, rows))
 
 
