@@ -30,6 +30,7 @@ mod failover;
 mod init;
 mod majors;
 mod metrics;
+mod migrate;
 mod restore;
 mod shutdown;
 mod stream;

@@ -57,7 +57,7 @@ async fn sigterm_while_resuming_stops_at_once() {
     let pg = PgCluster::start_default();
     init_repo(&pg, Arc::new(LocalStorage::new(dir.path()))).await;
     let slow = FaultyStorage::new(LocalStorage::new(dir.path()), FaultMode::FailFirst(0))
-        .slowed(|op, _| op == Op::List, Duration::from_secs(60));
+        .slowed(|op, _| matches!(op, Op::List | Op::ListDirs), Duration::from_secs(60));
     let (cancel, task) = spawn_archiver(&pg, Arc::new(slow), Default::default()).await;
     // Connecting takes milliseconds; then the listing hangs.
     tokio::time::sleep(Duration::from_secs(3)).await;

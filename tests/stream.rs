@@ -218,7 +218,8 @@ pub(crate) async fn follows_promotion_to_timeline_2(backend: Backend, major: u32
         assert!(t0.elapsed() < Duration::from_secs(30), "timeline 2 WAL not durable");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let history = storage.get("wal/00000002.history").await.expect("history file stored");
+    let history =
+        storage.get(&pgpitr_repo::wal::history_key(pgpitr_types::TimelineId(2))).await.expect("history file stored");
     assert!(String::from_utf8_lossy(&history).starts_with("1\t"), "{:?}", history);
     // The old timeline's tail stays: timeline 1 still ends at its switch point or later.
     let (tls, _) = pgpitr_repo::wal::scan(storage.as_ref(), seg16()).await.unwrap();

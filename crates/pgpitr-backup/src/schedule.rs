@@ -122,8 +122,7 @@ pub async fn run_scheduled(
 /// Returns whether it succeeded.
 async fn expire(repo: &Repository, policy: &Policy) -> bool {
     let result = async {
-        let cat = pgpitr_repo::catalog::Catalog::load(repo).await?;
-        let plan = retention::plan(&cat, policy, jiff::Timestamp::now()).await?;
+        let plan = retention::plan(repo, policy, jiff::Timestamp::now()).await?;
         let done = retention::apply(repo, &plan).await?;
         Ok::<_, pgpitr_repo::RepoError>((plan, done))
     }

@@ -8,8 +8,10 @@
 
 pub mod backup;
 pub mod catalog;
+pub mod flat;
 pub mod layout;
 pub mod lease;
+pub mod migrate;
 pub mod object;
 pub mod retention;
 pub mod status;
@@ -22,8 +24,12 @@ use pgpitr_types::{PgMajor, WalSegSize};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// Bumped when the object layout changes incompatibly.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped when the object layout changes incompatibly. Format 1 kept a
+/// timeline's WAL in one directory; it is still read and written, through
+/// [`flat::Flat`], and `pgpitr migrate` moves it to this one.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format this pgpitr reads.
+pub const OLDEST_FORMAT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -45,8 +51,12 @@ pub enum RepoError {
     OtherMajor { location: String, bound: u32, found: u32 },
     #[error("repository {location}: {source}")]
     UnsupportedMajor { location: String, source: pgpitr_types::UnsupportedMajor },
-    #[error("repository {location} has format version {found}; this pgpitr understands only {FORMAT_VERSION}")]
+    #[error(
+        "repository {location} has format version {found}; this pgpitr understands {OLDEST_FORMAT} to {FORMAT_VERSION}: use a newer pgpitr"
+    )]
     Format { location: String, found: u32 },
+    #[error("{0}")]
+    Busy(String),
     #[error(
         "repository {location}: {key} has format version {found}; this pgpitr reads up to {reads}: use a newer pgpitr"
     )]
@@ -207,9 +217,11 @@ impl Repository {
             key: layout::BINDING.to_string(),
             reason: e.to_string(),
         })?;
-        if binding.format_version != FORMAT_VERSION {
-            return Err(RepoError::Format { location, found: binding.format_version });
-        }
+        let storage: Arc<dyn Storage> = match binding.format_version {
+            FORMAT_VERSION => storage,
+            1 => Arc::new(flat::Flat::new(storage)),
+            found => return Err(RepoError::Format { location, found }),
+        };
         let major = Self::supported(&storage, binding.pg_major)?;
         Ok(Repository { storage, binding, major })
     }

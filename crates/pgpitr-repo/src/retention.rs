@@ -61,8 +61,28 @@ impl Plan {
     }
 }
 
-/// Decides from the catalog's reading of the repository; deletes nothing.
-pub async fn plan(cat: &Catalog, policy: &Policy, now: jiff::Timestamp) -> Result<Plan> {
+/// Decides, listing only the backups and the WAL below the horizon: the
+/// cost follows what is deleted, not what the repository holds. Deletes
+/// nothing.
+pub async fn plan(repo: &Repository, policy: &Policy, now: jiff::Timestamp) -> Result<Plan> {
+    let mut cat = Catalog::for_planning(repo).await?;
+    let horizon = horizon(cat.backups(), policy, now);
+    if let Some(h) = horizon {
+        cat.list_before(h).await?;
+    }
+    plan_from(&cat, policy, now)
+}
+
+/// The start of the oldest backup the policy keeps.
+fn horizon(entries: &[BackupEntry], policy: &Policy, now: jiff::Timestamp) -> Option<Lsn> {
+    let complete: Vec<&BackupEntry> = entries.iter().filter(|e| e.info.is_some()).collect();
+    let summaries: Vec<BackupSummary> = complete.iter().map(|e| e.summary(now, STALE_AFTER)).collect();
+    let keep = select(&summaries, policy, now);
+    complete.iter().zip(&keep).filter(|(_, k)| **k).filter_map(|(e, _)| e.info.as_ref().map(|i| i.start_lsn)).min()
+}
+
+/// [`plan`] from a catalog that holds the backups and at least the WAL below the horizon.
+fn plan_from(cat: &Catalog, policy: &Policy, now: jiff::Timestamp) -> Result<Plan> {
     let entries = cat.backups();
     let complete: Vec<&BackupEntry> = entries.iter().filter(|e| e.info.is_some()).collect();
     let summaries: Vec<BackupSummary> = complete.iter().map(|e| e.summary(now, STALE_AFTER)).collect();
@@ -82,12 +102,7 @@ pub async fn plan(cat: &Catalog, policy: &Policy, now: jiff::Timestamp) -> Resul
         plan.delete_ids.push(e.id.clone());
     }
     // No complete backup: the WAL may be all there is until one is taken.
-    plan.wal_horizon = complete
-        .iter()
-        .zip(&keep)
-        .filter(|(_, kept)| **kept)
-        .filter_map(|(e, _)| e.info.as_ref().map(|i| i.start_lsn))
-        .min();
+    plan.wal_horizon = horizon(entries, policy, now);
     let Some(horizon) = plan.wal_horizon else { return Ok(plan) };
     let seg = cat.seg();
     let below = |id: &WalObjectId| id.segno.end_lsn(seg).is_some_and(|end| end <= horizon);

@@ -1,13 +1,20 @@
 //! Where WAL lives in the repository, and what ranges it covers.
 //!
 //! ```text
-//! wal/<TLI>/<SEGMENT>                     a complete segment (one object)
-//! wal/<TLI>/<SEGMENT>.<FROM>-<TO>.part    bytes FROM..TO (segment offsets,
-//!                                         8 hex digits) of an unfinished one
-//! wal/<TLI>/<SEGMENT>.<FROM>.journal      bytes from FROM on, as appended
-//!                                         frames (synchronous mode, local)
-//! wal/<TLI>.history                       timeline history file, verbatim
+//! wal/<TLI>/<LOG>/<SEGMENT>                     a complete segment (one object)
+//! wal/<TLI>/<LOG>/<SEGMENT>.<FROM>-<TO>.part    bytes FROM..TO (segment offsets,
+//!                                               8 hex digits) of an unfinished one
+//! wal/<TLI>/<LOG>/<SEGMENT>.<FROM>.journal      bytes from FROM on, as appended
+//!                                               frames (synchronous mode, local)
+//! timelines/<TLI>.history                       timeline history file, verbatim
 //! ```
+//!
+//! `<LOG>` is the log ID, the middle 8 hex digits of the segment's name: a
+//! directory per 4 GiB of WAL, so that a range of WAL is listed without the
+//! rest, and a store that keeps keys in a tree (s3s-fs, a file system)
+//! reads only that directory ([`Storage::list_shallow`]). Repositories of
+//! format 1 kept every object of a timeline in one directory; they are read
+//! and written through [`crate::flat`], which maps those keys to these.
 //!
 //! Parts exist so that WAL is durable within a second even when a segment
 //! takes hours to fill. Together they start at offset 0 of their segment
@@ -34,6 +41,8 @@ use pgpitr_types::{Lsn, SegNo, TimelineId, WalFileName, WalSegSize};
 use std::collections::BTreeMap;
 
 pub const PREFIX: &str = "wal/";
+/// Where timeline history files are kept.
+pub const HISTORY_PREFIX: &str = "timelines/";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum WalObjectKind {
@@ -74,11 +83,12 @@ impl WalObjectId {
     }
 
     pub fn key(&self, seg: WalSegSize) -> String {
+        let dir = log_dir(self.tli, self.segno.0 / seg.segments_per_xlogid());
         let name = WalFileName::segment(self.tli, self.segno).to_name(seg);
         match self.kind {
-            WalObjectKind::Segment => format!("{PREFIX}{:08X}/{name}", self.tli.0),
-            WalObjectKind::Part { from, to } => format!("{PREFIX}{:08X}/{name}.{from:08X}-{to:08X}.part", self.tli.0),
-            WalObjectKind::Journal { from, .. } => format!("{PREFIX}{:08X}/{name}.{from:08X}.journal", self.tli.0),
+            WalObjectKind::Segment => format!("{dir}{name}"),
+            WalObjectKind::Part { from, to } => format!("{dir}{name}.{from:08X}-{to:08X}.part"),
+            WalObjectKind::Journal { from, .. } => format!("{dir}{name}.{from:08X}.journal"),
         }
     }
 
@@ -104,8 +114,9 @@ impl WalObjectId {
     /// Parses a key made by [`WalObjectId::key`]; anything else is `None`.
     pub fn parse(key: &str, seg: WalSegSize) -> Option<Self> {
         let rest = key.strip_prefix(PREFIX)?;
-        let (dir, file) = rest.split_once('/')?;
-        if dir.len() != 8 {
+        let (dir, rest) = rest.split_once('/')?;
+        let (log, file) = rest.split_once('/')?;
+        if dir.len() != 8 || log.len() != 8 || file.get(8..16).is_none_or(|l| l != log) {
             return None;
         }
         let tli_dir = u32::from_str_radix(dir, 16).ok()?;
@@ -151,7 +162,17 @@ impl WalObjectId {
 }
 
 pub fn history_key(tli: TimelineId) -> String {
-    format!("{PREFIX}{:08X}.history", tli.0)
+    format!("{HISTORY_PREFIX}{:08X}.history", tli.0)
+}
+
+/// The directory of one log ID (4 GiB of WAL) of a timeline.
+pub fn log_dir(tli: TimelineId, log: u64) -> String {
+    format!("{PREFIX}{:08X}/{log:08X}/", tli.0)
+}
+
+/// The directory of a timeline's log directories.
+pub fn timeline_dir(tli: TimelineId) -> String {
+    format!("{PREFIX}{:08X}/", tli.0)
 }
 
 /// Everything stored for one timeline.
@@ -199,19 +220,24 @@ pub async fn scan(
     storage: &dyn Storage,
     seg: WalSegSize,
 ) -> Result<(BTreeMap<TimelineId, TimelineWal>, Vec<ObjectMeta>)> {
-    scan_prefixes(storage, seg, &[PREFIX.to_string()]).await
+    let mut logs = Vec::new();
+    for tl in storage.list_dirs(PREFIX).await? {
+        logs.extend(storage.list_dirs(&tl).await?);
+    }
+    scan_prefixes(storage, seg, &logs).await
 }
 
-/// The key prefixes that hold the WAL of `tli` in `from..to`: one per log
-/// ID (4 GiB of WAL), so a range is listed without the rest.
+/// The log directories that hold the WAL of `tli` in `from..to`, so a
+/// range is listed without the rest.
 pub fn range_prefixes(tli: TimelineId, seg: WalSegSize, from: Lsn, to: Lsn) -> Vec<String> {
     let per = seg.segments_per_xlogid();
     let last = Lsn(to.0.saturating_sub(1).max(from.0));
     let (first, last) = (from.segment_number(seg).0 / per, last.segment_number(seg).0 / per);
-    (first..=last).map(|log| format!("{PREFIX}{:08X}/{:08X}{:08X}", tli.0, tli.0, log)).collect()
+    (first..=last).map(|log| log_dir(tli, log)).collect()
 }
 
-/// [`scan`] of the keys under `prefixes` only (listed a few at a time).
+/// [`scan`] of the keys under `prefixes` only, each within one log
+/// directory (listed a few at a time, each without what lies beside it).
 pub async fn scan_prefixes(
     storage: &dyn Storage,
     seg: WalSegSize,
@@ -220,7 +246,7 @@ pub async fn scan_prefixes(
     const AT_ONCE: usize = 8;
     let mut listed = Vec::new();
     for chunk in prefixes.chunks(AT_ONCE) {
-        listed.extend(futures_util::future::try_join_all(chunk.iter().map(|p| storage.list(p))).await?);
+        listed.extend(futures_util::future::try_join_all(chunk.iter().map(|p| storage.list_shallow(p))).await?);
     }
     let mut per_tli: BTreeMap<TimelineId, Vec<(WalObjectId, ObjectMeta)>> = BTreeMap::new();
     for meta in listed.into_iter().flatten() {
@@ -252,17 +278,34 @@ pub async fn scan_prefixes(
             kept.push((id, meta));
         }
         let (kept, covered) = split_cover(kept);
-        let mut ranges: Vec<(Lsn, Lsn)> = Vec::new();
-        for (id, _) in &kept {
-            let (s, e) = id.range(seg);
-            match ranges.last_mut() {
-                Some(last) if s <= last.1 => last.1 = last.1.max(e),
-                _ => ranges.push((s, e)),
-            }
-        }
+        let ranges = ranges_of(&kept, seg);
         out.insert(tli, TimelineWal { objects: kept, covered, ranges });
     }
     Ok((out, leftovers))
+}
+
+/// The merged ranges a cover holds.
+fn ranges_of(cover: &[(WalObjectId, ObjectMeta)], seg: WalSegSize) -> Vec<(Lsn, Lsn)> {
+    let mut ranges: Vec<(Lsn, Lsn)> = Vec::new();
+    for (id, _) in cover {
+        let (s, e) = id.range(seg);
+        match ranges.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => ranges.push((s, e)),
+        }
+    }
+    ranges
+}
+
+impl TimelineWal {
+    /// Adds the listing of other log directories of the same timeline.
+    pub fn merge(&mut self, other: TimelineWal, seg: WalSegSize) {
+        self.objects.extend(other.objects);
+        self.objects.sort_by_key(|(id, _)| id.order());
+        self.covered.extend(other.covered);
+        self.covered.sort_by_key(|(id, _)| id.order());
+        self.ranges = ranges_of(&self.objects, seg);
+    }
 }
 
 /// Objects with what came with them (listing metadata, or what was read).
@@ -550,29 +593,43 @@ mod tests {
             let k = id.key(seg());
             assert_eq!(WalObjectId::parse(&k, seg()), Some(id), "{k}");
         }
-        assert_eq!(ids[0].key(seg()), "wal/00000001/0000000100000001000000FF");
-        assert_eq!(ids[1].key(seg()), "wal/0000000A/0000000A0000000000000003.00000000-00002000.part");
+        assert_eq!(ids[0].key(seg()), "wal/00000001/00000001/0000000100000001000000FF");
+        assert_eq!(ids[1].key(seg()), "wal/0000000A/00000000/0000000A0000000000000003.00000000-00002000.part");
         assert_eq!(ids[1].range(seg()), (Lsn(0x300_0000), Lsn(0x300_2000)));
         let j = WalObjectId::journal(TimelineId(3), SegNo(0x10), 0x2000);
-        assert_eq!(j.key(seg()), "wal/00000003/000000030000000000000010.00002000.journal");
+        assert_eq!(j.key(seg()), "wal/00000003/00000000/000000030000000000000010.00002000.journal");
         assert_eq!(WalObjectId::parse(&j.key(seg()), seg()), Some(j));
         let grown = WalObjectId { kind: WalObjectKind::Journal { from: 0x2000, to: 0x5000 }, ..j };
         assert_eq!(grown.key(seg()), j.key(seg()), "the end is not in the key");
         assert!(grown.same_object(&j) && !grown.same_object(&WalObjectId::journal(TimelineId(3), SegNo(0x10), 0)));
         assert_eq!(grown.range(seg()).1.0 - grown.range(seg()).0.0, 0x3000);
+        // 1 GiB segments: four to a log ID.
+        let big = WalSegSize::new(1 << 30).unwrap();
+        assert_eq!(
+            WalObjectId::segment(TimelineId(1), SegNo(9)).key(big),
+            "wal/00000001/00000002/000000010000000200000001"
+        );
+        assert_eq!(history_key(TimelineId(2)), "timelines/00000002.history");
+        assert_eq!(
+            range_prefixes(TimelineId(1), seg(), Lsn(0xFF00_0000), Lsn(0x1_0000_0001)),
+            ["wal/00000001/00000000/", "wal/00000001/00000001/"]
+        );
     }
 
     #[test]
     fn foreign_keys_are_ignored() {
         for k in [
             "wal/00000001.history",
-            "wal/00000001/000000020000000000000001",
-            "wal/00000001/000000010000000000000001.00002000-00001000.part",
-            "wal/00000001/000000010000000000000001.00000000-01000001.part",
-            "wal/00000001/000000010000000000000001.tmp",
-            "wal/00000001/000000010000000000000001.01000000.journal",
-            "wal/00000001/000000010000000000000001.0000001.journal",
-            "wal/00000001/000000010000000000000001.journal",
+            "timelines/00000001.history",
+            "wal/00000001/000000010000000000000001",
+            "wal/00000001/00000000/000000020000000000000001",
+            "wal/00000001/00000001/000000010000000000000001",
+            "wal/00000001/00000000/000000010000000000000001.00002000-00001000.part",
+            "wal/00000001/00000000/000000010000000000000001.00000000-01000001.part",
+            "wal/00000001/00000000/000000010000000000000001.tmp",
+            "wal/00000001/00000000/000000010000000000000001.01000000.journal",
+            "wal/00000001/00000000/000000010000000000000001.0000001.journal",
+            "wal/00000001/00000000/000000010000000000000001.journal",
             "backups/x",
         ] {
             assert_eq!(WalObjectId::parse(k, seg()), None, "{k}");

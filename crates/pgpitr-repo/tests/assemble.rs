@@ -59,7 +59,7 @@ async fn parts_overlaps_holes_and_complete_segments() {
     put(&storage, WalObjectId::part(t, SegNo(2), 0, 10), &wal[..10]).await;
     let (_, leftovers) = scan(&storage, seg()).await.unwrap();
     let leftovers: Vec<String> = leftovers.into_iter().map(|m| m.key).collect();
-    assert_eq!(leftovers, vec!["wal/00000001/000000010000000000000002.00000000-0000000A.part".to_string()]);
+    assert_eq!(leftovers, vec!["wal/00000001/00000000/000000010000000000000002.00000000-0000000A.part".to_string()]);
 }
 
 #[tokio::test]

@@ -130,14 +130,13 @@ pub struct Plan {
 /// Plans a restore. Fails, naming the window or the gap, when the target
 /// cannot be reached exactly.
 pub async fn plan(cat: &mut Catalog, req: &PlanRequest) -> Result<Plan> {
-    let (index, sums) = cat.split();
     let tlis: Vec<Option<TimelineId>> = match req.timeline {
-        TimelineTarget::Latest => vec![index.latest_timeline()],
+        TimelineTarget::Latest => vec![cat.latest_timeline()],
         TimelineTarget::Id(t) => vec![Some(t)],
         // The backup's own timeline: try each timeline a backup is on, newest backup first.
         TimelineTarget::Current => {
             let mut v: Vec<Option<TimelineId>> = Vec::new();
-            for b in index.points().iter().rev().filter(|b| req.backup.as_ref().is_none_or(|id| &b.id == id)) {
+            for b in cat.points().iter().rev().filter(|b| req.backup.as_ref().is_none_or(|id| &b.id == id)) {
                 if !v.contains(&Some(b.timeline)) {
                     v.push(Some(b.timeline));
                 }
@@ -148,7 +147,7 @@ pub async fn plan(cat: &mut Catalog, req: &PlanRequest) -> Result<Plan> {
     let mut first_err = None;
     for tli in tlis {
         let Some(tli) = tli else { break };
-        match plan_on(sums, index, req, tli).await {
+        match plan_on(cat, req, tli).await {
             Ok(p) => return Ok(p),
             Err(e) if matches!(req.timeline, TimelineTarget::Current) => {
                 first_err.get_or_insert(e);
@@ -164,19 +163,53 @@ pub async fn plan(cat: &mut Catalog, req: &PlanRequest) -> Result<Plan> {
     }))
 }
 
-async fn plan_on(sums: &mut Summaries, index: &Listing, req: &PlanRequest, tli: TimelineId) -> Result<Plan> {
-    let Some(path) = index.path(tli) else {
+/// The first indexed commit on `path` from `from` on whose time passes
+/// `pred`, listing log directory after log directory from `start` (the
+/// chosen backup's start) until one is found or the WAL ends: what is read
+/// follows the distance to the target, not the repository's size.
+async fn first_commit_listing(
+    cat: &mut Catalog,
+    path: &TimelinePath,
+    start: Lsn,
+    from: Lsn,
+    pred: impl Fn(i64) -> bool,
+) -> Result<Option<TimedLsn>> {
+    loop {
+        let frontier = cat.listed_to(path, start);
+        let (index, sums) = cat.split();
+        let objs: Vec<PathObject> = index.objects_on(path).into_iter().filter(|o| o.lo < frontier).collect();
+        let found = sums.first_commit_where(&objs, from, &pred).await?;
+        if found.is_some() || frontier == Lsn::MAX {
+            return Ok(found);
+        }
+        cat.list_next(path, frontier).await?;
+    }
+}
+
+/// Lists the WAL of `path` from `from` up to `to`.
+async fn list_through(cat: &mut Catalog, path: &TimelinePath, from: Lsn, to: Lsn) -> Result<()> {
+    loop {
+        let frontier = cat.listed_to(path, from);
+        if frontier >= to {
+            return Ok(());
+        }
+        cat.list_next(path, frontier).await?;
+    }
+}
+
+async fn plan_on(cat: &mut Catalog, req: &PlanRequest, tli: TimelineId) -> Result<Plan> {
+    let Some(path) = cat.path(tli) else {
         return Err(PlanError::Unreachable(format!(
             "timeline {tli} has no history file ({}) in the repository",
             wal::history_key(tli)
         )));
     };
-    let mut cands: Vec<&BackupPoint> = index.points().iter().filter(|b| path.holds_backup(b)).collect();
+    let mut cands: Vec<BackupPoint> = cat.points().iter().filter(|b| path.holds_backup(b)).cloned().collect();
     if let Some(id) = &req.backup {
-        let Some(b) = index.points().iter().find(|b| &b.id == id) else {
+        let Some(b) = cat.points().iter().find(|b| &b.id == id).cloned() else {
             return Err(PlanError::Unreachable(format!("backup {id} is not a complete backup in the repository")));
         };
-        if !path.holds_backup(b) {
+        if !path.holds_backup(&b) {
             return Err(PlanError::Unreachable(format!(
                 "backup {id} (timeline {}, {}..{}) is not on the history of timeline {tli}",
                 b.timeline, b.start_lsn, b.stop_lsn
@@ -184,16 +217,23 @@ async fn plan_on(sums: &mut Summaries, index: &Listing, req: &PlanRequest, tli: 
         }
         cands = vec![b];
     }
-    let Some(&oldest) = cands.first() else {
+    let Some(oldest) = cands.first().cloned() else {
         return Err(PlanError::Unreachable(format!(
             "no complete backup on the history of timeline {tli} (run pgpitr backup first)"
         )));
     };
-    let newest = *cands.last().expect("non-empty");
+    let newest = cands.last().cloned().expect("non-empty");
+    // The window's end, and everything a latest target replays: from the
+    // newest backup on. Older WAL is listed only as far as a search needs.
+    cat.list_path(&path, newest.start_lsn).await?;
+    if matches!(req.target, Target::Xid(_) | Target::Name(_)) {
+        cat.list_path(&path, oldest.start_lsn).await?;
+    }
+    let (index, sums) = cat.split();
     let objs = index.objects_on(&path);
     sums.read_ahead(&objs).await;
     let end = index.path_end(&path).unwrap_or(newest.stop_lsn);
-    let (last, latest_us) = sums.window_end(&objs, newest).await?;
+    let (last, latest_us) = sums.window_end(&objs, &newest).await?;
     let earliest_us = oldest.stop_time_us;
     let mut plan = Plan {
         backup: newest.clone(),
@@ -231,14 +271,18 @@ async fn plan_on(sums: &mut Summaries, index: &Listing, req: &PlanRequest, tli: 
             let after = |time: i64| if req.inclusive { time > t } else { time >= t };
             for b in cands.iter().rev().filter(|b| b.stop_time_us <= t) {
                 // A stop before the backup is consistent would be fatal.
+                list_through(cat, &path, b.start_lsn, b.stop_lsn).await?;
+                let (index, sums) = cat.split();
                 let inside: Vec<PathObject> =
-                    objs.iter().filter(|o| o.hi > b.start_lsn && o.lo < b.stop_lsn).copied().collect();
+                    index.objects_on(&path).into_iter().filter(|o| o.hi > b.start_lsn && o.lo < b.stop_lsn).collect();
                 sums.load(&inside).await?;
                 if inside.iter().flat_map(|o| sums.commits(o)).any(|c| c.lsn < b.stop_lsn && after(c.time_us)) {
                     continue;
                 }
-                plan.backup = (*b).clone();
-                let stop = sums.first_commit_where(&objs, b.stop_lsn, after).await?;
+                plan.backup = b.clone();
+                let stop = first_commit_listing(cat, &path, b.start_lsn, b.stop_lsn, after).await?;
+                let (index, sums) = cat.split();
+                let objs = index.objects_on(&path);
                 let before = sums.last_commit(&objs, stop.map_or(Lsn::MAX, |c| c.lsn)).await?;
                 plan.last_commit = before.filter(|c| c.lsn >= b.start_lsn);
                 match stop {
@@ -269,17 +313,20 @@ async fn plan_on(sums: &mut Summaries, index: &Listing, req: &PlanRequest, tli: 
             })
         }
         &Target::Lsn(l) => {
-            let Some(b) = cands.iter().rev().find(|b| b.stop_lsn <= l) else {
+            let Some(b) = cands.iter().rev().find(|b| b.stop_lsn <= l).cloned() else {
                 return Err(PlanError::LsnBeforeEarliest { target: l, earliest: oldest.stop_lsn, tli });
             };
             if l > end {
                 return Err(PlanError::LsnAfterLatest { target: l, end, tli });
             }
-            plan.backup = (*b).clone();
+            plan.backup = b.clone();
             // Postgres must read a whole record at or after the target LSN;
             // the first stored commit there is one.
-            let at = sums.first_commit_where(&objs, l, |_| true).await?;
-            plan.last_commit = sums.last_commit(&objs, l).await?.filter(|c| c.lsn >= b.start_lsn);
+            let start = b.start_lsn;
+            let at = first_commit_listing(cat, &path, start, l, |_| true).await?;
+            let (index, sums) = cat.split();
+            let objs = index.objects_on(&path);
+            plan.last_commit = sums.last_commit(&objs, l).await?.filter(|c| c.lsn >= start);
             match at {
                 Some(c) => {
                     plan.recovery = RecoveryTarget::Lsn { lsn: l, inclusive: req.inclusive };
@@ -336,7 +383,7 @@ async fn plan_on(sums: &mut Summaries, index: &Listing, req: &PlanRequest, tli: 
                             ev.lsn, oldest.stop_lsn
                         )));
                     };
-                    plan.backup = (*b).clone();
+                    plan.backup = b.clone();
                     plan.wal_end = ev.end_lsn;
                     if req.inclusive && ev.commit {
                         plan.last_commit = Some(TimedLsn { lsn: ev.lsn, end_lsn: ev.end_lsn, time_us: ev.time_us });
@@ -374,7 +421,7 @@ async fn plan_on(sums: &mut Summaries, index: &Listing, req: &PlanRequest, tli: 
                 if p.lsn < b.stop_lsn {
                     continue;
                 }
-                plan.backup = (*b).clone();
+                plan.backup = b.clone();
                 plan.recovery = RecoveryTarget::Name { name: name.clone() };
                 plan.wal_end = p.end_lsn;
                 plan.last_commit = sums.last_commit(&objs, p.lsn).await?.filter(|c| c.lsn >= b.start_lsn);

@@ -2,7 +2,7 @@
 
 use crate::conf::{self, RecoveryConf};
 use crate::plan::{self, Plan, PlanRequest};
-use crate::target::{TargetAction, TimelineTarget, format_time};
+use crate::target::{TargetAction, format_time};
 use crate::walfetch;
 use pgpitr_backup::{ExtractOptions, ExtractStats};
 use pgpitr_repo::Repository;
@@ -110,19 +110,10 @@ pub fn check_target_dir(dir: &Path) -> Result<(), RestoreError> {
     }
 }
 
-/// The catalog, with the summaries on the history of `timeline` read
-/// ahead when it is known.
-async fn load_catalog(repo: &Repository, timeline: &TimelineTarget) -> Result<Catalog, RestoreError> {
-    let mut cat = Catalog::load(repo).await?;
-    let tli = match timeline {
-        TimelineTarget::Latest => cat.latest_timeline(),
-        &TimelineTarget::Id(t) => Some(t),
-        TimelineTarget::Current => None,
-    };
-    if let Some(tli) = tli {
-        cat.read_ahead(tli).await;
-    }
-    Ok(cat)
+/// The catalog for planning: backups and histories; the plan lists the WAL
+/// it needs as it goes.
+async fn load_catalog(repo: &Repository) -> Result<Catalog, RestoreError> {
+    Ok(Catalog::for_planning(repo).await?)
 }
 
 /// Plans, then (unless a dry run) extracts and configures recovery.
@@ -133,7 +124,7 @@ pub async fn restore(repo: &Repository, opts: &RestoreOptions) -> Result<Restore
         check_target_dir(new)?;
     }
     let (cat, plan) = pgpitr_repo::relisting(RestoreError::is_not_found, || async {
-        let mut cat = load_catalog(repo, &opts.request.timeline).await?;
+        let mut cat = load_catalog(repo).await?;
         let plan = plan::plan(&mut cat, &opts.request).await?;
         Ok((cat, plan))
     })

@@ -111,6 +111,27 @@ pub enum Command {
     /// Reads the whole repository: on S3 that is GET requests and transfer
     /// for every byte stored.
     Verify(VerifyArgs),
+    /// Move a repository written by an older pgpitr to today's layout.
+    ///
+    /// Format 1 kept each timeline's WAL in one directory, so every listing
+    /// read all of it; format 2 keeps a directory per 4 GiB of WAL, so a
+    /// restore or a backup lists only what it needs. Older repositories
+    /// still work as they are (this is about cost, not correctness). Copies
+    /// every WAL object and history file to its new key, switches the
+    /// repository to format 2, then deletes the old keys: readers see a
+    /// whole repository throughout, and an interrupted run is finished by
+    /// running it again. Refused while a `pgpitr stream` or a backup writes
+    /// to the repository. Nothing to do on a format-2 repository.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub repo: RepoOpts,
+    /// Print what was done as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -29,7 +29,7 @@ use crate::{RepoError, Repository, Result};
 use pgpitr_storage::ObjectMeta;
 use pgpitr_types::{Lsn, SegNo, TimelineHistory, TimelineId, WalSegSize};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What was listed and read up front: everything but the summaries.
 #[derive(Debug, Clone)]
@@ -43,6 +43,17 @@ pub struct Listing {
     backups: Vec<BackupEntry>,
     /// The complete backups, by stop LSN.
     points: Vec<BackupPoint>,
+    /// The log directories listed so far, per timeline; `None` when all WAL
+    /// was listed at once ([`Catalog::load`]).
+    listed: Option<BTreeMap<TimelineId, BTreeSet<u64>>>,
+    /// Per timeline, the first log ID from which on nothing is stored, once
+    /// [`Catalog::list_path`] found it.
+    ends: BTreeMap<TimelineId, u64>,
+}
+
+/// The log ID (4 GiB of WAL) an LSN is in.
+fn log_of(l: Lsn) -> u64 {
+    l.0 >> 32
 }
 
 /// One reading of a repository: the [`Listing`] and the summaries read
@@ -113,17 +124,168 @@ impl Catalog {
                 async { if with_backups { backup::scan(repo.storage().as_ref()).await } else { Ok(Vec::new()) } };
             let (wal, backups) = futures_util::future::try_join(read_wal(repo), backups).await?;
             let (timelines, leftovers, histories) = wal;
-            let location = repo.location();
-            let mut points = backups
-                .iter()
-                .filter_map(|e| e.info.as_ref())
-                .map(|i| BackupPoint::of(i, &location))
-                .collect::<Result<Vec<_>>>()?;
-            sort_points(&mut points);
-            let listing = Listing { repo: repo.clone(), timelines, leftovers, histories, backups, points };
-            Ok(Catalog { summaries: Summaries::new(repo.storage().clone(), repo.seg_size()), listing })
+            Self::made(repo, backups, histories, Some((timelines, leftovers)))
         })
         .await
+    }
+
+    /// A catalog of `backups` and `histories`, with all WAL listed, or none yet.
+    fn made(
+        repo: &Repository,
+        backups: Vec<BackupEntry>,
+        histories: BTreeMap<TimelineId, TimelineHistory>,
+        wal: Option<(BTreeMap<TimelineId, TimelineWal>, Vec<ObjectMeta>)>,
+    ) -> Result<Catalog> {
+        let location = repo.location();
+        let mut points = backups
+            .iter()
+            .filter_map(|e| e.info.as_ref())
+            .map(|i| BackupPoint::of(i, &location))
+            .collect::<Result<Vec<_>>>()?;
+        sort_points(&mut points);
+        let listed = wal.is_none().then(BTreeMap::new);
+        let (timelines, leftovers) = wal.unwrap_or_default();
+        let listing = Listing {
+            repo: repo.clone(),
+            timelines,
+            leftovers,
+            histories,
+            backups,
+            points,
+            listed,
+            ends: BTreeMap::new(),
+        };
+        Ok(Catalog { summaries: Summaries::new(repo.storage().clone(), repo.seg_size()), listing })
+    }
+
+    /// The backups and the timeline histories, and no WAL yet: a restore
+    /// lists the log directories its plan needs as it goes
+    /// ([`Catalog::list_path`]), so its cost follows the WAL between the
+    /// backup and the target, not what the repository holds.
+    pub async fn for_planning(repo: &Repository) -> Result<Catalog> {
+        let storage = repo.storage().as_ref();
+        let histories = async {
+            let names = storage.list_shallow(wal::HISTORY_PREFIX).await?;
+            let tlis = names.iter().filter_map(|m| {
+                let name = m.key.strip_prefix(wal::HISTORY_PREFIX)?.strip_suffix(".history")?;
+                u32::from_str_radix(name, 16).ok().filter(|_| name.len() == 8).map(TimelineId)
+            });
+            let reads =
+                tlis.map(|tli| async move { Ok::<_, RepoError>(read_history(repo, tli).await?.map(|h| (tli, h))) });
+            Ok::<_, RepoError>(futures_util::future::try_join_all(reads).await?.into_iter().flatten().collect())
+        };
+        let (histories, backups) = futures_util::future::try_join(histories, backup::scan(storage)).await?;
+        Self::made(repo, backups, histories, None)
+    }
+
+    /// Lists what is not listed yet of the log directories of `tli` that
+    /// hold `from..to`, all at once.
+    async fn list_logs(&mut self, tli: TimelineId, logs: impl Iterator<Item = u64>) -> Result<()> {
+        let (storage, seg) = (self.listing.repo.storage().clone(), self.listing.seg());
+        let Some(listed) = self.listing.listed.as_mut() else { return Ok(()) };
+        let done = listed.entry(tli).or_default();
+        let want: Vec<u64> = logs.filter(|l| !done.contains(l)).collect();
+        if want.is_empty() {
+            return Ok(());
+        }
+        let prefixes: Vec<String> = want.iter().map(|&l| wal::log_dir(tli, l)).collect();
+        let (mut tls, leftovers) = wal::scan_prefixes(storage.as_ref(), seg, &prefixes).await?;
+        listed.entry(tli).or_default().extend(want);
+        self.listing.leftovers.extend(leftovers);
+        if let Some(tl) = tls.remove(&tli) {
+            self.listing.timelines.entry(tli).or_default().merge(tl, seg);
+        }
+        Ok(())
+    }
+
+    /// Lists the WAL on `path` from `from` to its end: on each timeline of
+    /// the path up to where the next one begins, and on the last one log
+    /// directory after log directory until one is empty, then any that
+    /// follow a hole (found with one listing of the timeline's directories).
+    pub async fn list_path(&mut self, path: &TimelinePath, from: Lsn) -> Result<()> {
+        if self.listing.listed.is_none() {
+            return Ok(());
+        }
+        for step in &path.steps {
+            let lo = step.begin.max(from);
+            match step.end {
+                Some(end) if lo < end => self.list_logs(step.timeline, log_of(lo)..=log_of(Lsn(end.0 - 1))).await?,
+                Some(_) => {}
+                None => self.list_to_end(step.timeline, log_of(lo)).await?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_to_end(&mut self, tli: TimelineId, from_log: u64) -> Result<()> {
+        if self.listing.ends.get(&tli).is_some_and(|&e| e <= from_log) {
+            return Ok(());
+        }
+        let mut log = from_log;
+        loop {
+            self.list_logs(tli, std::iter::once(log)).await?;
+            let stored = self
+                .listing
+                .timelines
+                .get(&tli)
+                .is_some_and(|t| t.objects.iter().any(|(id, _)| log_of(id.range(self.listing.seg()).0) == log));
+            if !stored {
+                break;
+            }
+            log += 1;
+        }
+        let dir = wal::timeline_dir(tli);
+        let later: Vec<u64> = self
+            .listing
+            .repo
+            .storage()
+            .list_dirs(&dir)
+            .await?
+            .iter()
+            .filter_map(|d| u64::from_str_radix(d.strip_prefix(&dir)?.strip_suffix('/')?, 16).ok())
+            .filter(|&l| l > log)
+            .collect();
+        let end = later.iter().max().map_or(log, |&l| l + 1);
+        self.list_logs(tli, later.into_iter()).await?;
+        // Nothing between (empty) nor after.
+        if let Some(done) = self.listing.listed.as_mut().map(|l| l.entry(tli).or_default()) {
+            done.extend(log..end);
+        }
+        self.listing.ends.insert(tli, end);
+        Ok(())
+    }
+
+    /// Lists, on every timeline, the log directories that begin before
+    /// `lsn`: what retention may delete, without the rest.
+    pub async fn list_before(&mut self, lsn: Lsn) -> Result<()> {
+        if self.listing.listed.is_none() {
+            return Ok(());
+        }
+        let storage = self.listing.repo.storage().clone();
+        for tl_dir in storage.list_dirs(wal::PREFIX).await? {
+            let Some(tli) = tl_dir
+                .strip_prefix(wal::PREFIX)
+                .and_then(|d| d.strip_suffix('/'))
+                .and_then(|d| u32::from_str_radix(d, 16).ok().filter(|_| d.len() == 8))
+            else {
+                continue;
+            };
+            let logs: Vec<u64> = storage
+                .list_dirs(&tl_dir)
+                .await?
+                .iter()
+                .filter_map(|d| u64::from_str_radix(d.strip_prefix(&tl_dir)?.strip_suffix('/')?, 16).ok())
+                .filter(|&l| Lsn(l << 32) < lsn)
+                .collect();
+            self.list_logs(TimelineId(tli), logs.into_iter()).await?;
+        }
+        Ok(())
+    }
+
+    /// Lists the log directory of `path` that holds `at`.
+    pub async fn list_next(&mut self, path: &TimelinePath, at: Lsn) -> Result<()> {
+        let Some(step) = path.steps.iter().find(|s| s.begin <= at && at < s.end_or_max()) else { return Ok(()) };
+        self.list_logs(step.timeline, std::iter::once(log_of(at))).await
     }
 
     /// The stored WAL of `tli` around `from..to`, listing only the log IDs
@@ -312,9 +474,12 @@ impl Listing {
         self.backups.iter().filter_map(|e| e.info.as_ref()).find(|i| i.id == id)
     }
 
-    /// The newest timeline with stored WAL.
+    /// The newest timeline: with stored WAL or a stored history (timeline 1
+    /// has none); `None` in an empty repository.
     pub fn latest_timeline(&self) -> Option<TimelineId> {
-        self.timelines.keys().next_back().copied()
+        let wal = self.timelines.keys().next_back().copied();
+        let planning = self.listed.is_some().then_some(TimelineId::FIRST);
+        [wal, self.histories.keys().next_back().copied(), planning].into_iter().flatten().max()
     }
 
     /// The history recovery to `tli` follows; `None` when its history file
@@ -324,6 +489,32 @@ impl Listing {
             return Some(TimelinePath::first());
         }
         self.histories.get(&tli).map(TimelinePath::from_history)
+    }
+
+    /// How far the WAL of `path` is listed from `from` on without a hole in
+    /// the listing; `Lsn::MAX` when through its end.
+    pub fn listed_to(&self, path: &TimelinePath, from: Lsn) -> Lsn {
+        let Some(listed) = &self.listed else { return Lsn::MAX };
+        for step in &path.steps {
+            let (lo, hi) = (step.begin.max(from), step.end_or_max());
+            if lo >= hi {
+                continue;
+            }
+            let done = listed.get(&step.timeline);
+            let end = self.ends.get(&step.timeline).copied();
+            let mut log = log_of(lo);
+            while Lsn(log << 32) < hi {
+                if end.is_some_and(|e| log >= e) {
+                    if step.end.is_none() {
+                        return Lsn::MAX;
+                    }
+                } else if !done.is_some_and(|d| d.contains(&log)) {
+                    return Lsn(log << 32).max(lo);
+                }
+                log += 1;
+            }
+        }
+        Lsn::MAX
     }
 
     /// The objects of the cover that lie on `path`, in LSN order.

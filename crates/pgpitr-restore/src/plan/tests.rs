@@ -94,9 +94,18 @@ impl Repo {
         .await
         .unwrap()
         .0;
-        let mut cat = Catalog::load(&repo).await?.with_points(self.backups.clone());
         let req = PlanRequest { target, inclusive, timeline: tl, backup: backup.map(String::from) };
-        plan(&mut cat, &req).await
+        let mut full = Catalog::load(&repo).await?.with_points(self.backups.clone());
+        let planned = plan(&mut full, &req).await;
+        // A restore lists only what it needs, and must plan exactly the same.
+        let mut lazy = Catalog::for_planning(&repo).await?.with_points(self.backups.clone());
+        let lazily = plan(&mut lazy, &req).await;
+        let show = |p: &Result<Plan>| match p {
+            Ok(p) => serde_json::to_string(p).unwrap(),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(show(&planned), show(&lazily), "{req:?}");
+        planned
     }
 }
 
@@ -367,4 +376,48 @@ async fn an_object_with_an_incomplete_index_is_never_read_as_holding_no_commit()
     assert_eq!(p.wal_end, at(4, 0x4000), "all the stored WAL is needed");
     let p = r.plan(Target::Lsn(at(4, 0x3000)), true).await.unwrap();
     assert_eq!(p.recovery, RecoveryTarget::Lsn { lsn: at(4, 0x3000), inclusive: true });
+}
+
+/// WAL over four log IDs (4,096 segments of 1 MiB each): log 0 and 1
+/// without a hole, a hole, some of log 2, a hole, log 3. A restore lists
+/// only the log directories its search needs, and plans as a full listing
+/// does (`plan_with` compares every plan of these tests).
+#[tokio::test]
+async fn planning_lists_only_the_log_directories_it_needs() {
+    const LOG: u64 = 4096;
+    let mut r = Repo::new();
+    let segs: Vec<u64> = (LOG - 6..LOG + 5).chain(2 * LOG..2 * LOG + 3).chain(3 * LOG..3 * LOG + 4).collect();
+    for (i, &k) in segs.iter().enumerate() {
+        r.put(1, k, None, &[(at(k, 0x100), i as i64 * 10)], &[]).await;
+    }
+    let secs_of = |k: u64| segs.iter().position(|&s| s == k).unwrap() as i64 * 10;
+    r.backup("B1", 1, at(LOG - 6, 0x28), at(LOG - 6, 0x900), secs_of(LOG - 6) + 1);
+    r.backup("B2", 1, at(3 * LOG, 0x28), at(3 * LOG, 0x900), secs_of(3 * LOG) + 1);
+
+    // Past the log boundary, before the hole: B1, a commit in log 1.
+    let early = secs_of(LOG + 1) + 5;
+    let p = r.plan(Target::Time(secs(early)), true).await.unwrap();
+    assert_eq!((p.backup.id.as_str(), p.first_excluded.map(|c| c.lsn)), ("B1", Some(at(LOG + 2, 0x100))));
+    let repo = pgpitr_repo::Repository::open(r.storage.clone()).await.unwrap();
+    let mut lazy = Catalog::for_planning(&repo).await.unwrap().with_points(r.backups.clone());
+    let req = PlanRequest {
+        target: Target::Time(secs(early)),
+        inclusive: true,
+        timeline: TimelineTarget::Latest,
+        backup: None,
+    };
+    plan(&mut lazy, &req).await.unwrap();
+    let listed: Vec<u64> = lazy.timelines()[&TimelineId(1)].objects.iter().map(|(id, _)| id.segno.0 / LOG).collect();
+    assert!(!listed.contains(&2), "log 2 lies past the target and before B2: not listed ({listed:?})");
+    assert!(listed.contains(&0) && listed.contains(&1) && listed.contains(&3), "{listed:?}");
+
+    // In log 2: behind the first hole from B1.
+    let e = r.plan(Target::Time(secs(secs_of(2 * LOG + 1) + 5)), true).await.unwrap_err().to_string();
+    assert!(e.contains("missing from the repository (a gap)"), "{e}");
+    // After B2, and the end.
+    let p = r.plan(Target::Time(secs(secs_of(3 * LOG + 2) + 5)), true).await.unwrap();
+    assert_eq!(p.backup.id, "B2");
+    let p = r.plan(Target::Latest, true).await.unwrap();
+    assert_eq!(p.wal_end, at(3 * LOG + 4, 0));
+    assert_eq!(p.latest_us, secs(secs_of(3 * LOG + 3)));
 }

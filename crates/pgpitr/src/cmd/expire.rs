@@ -2,14 +2,12 @@
 
 use crate::cli::ExpireArgs;
 use indicatif::HumanBytes;
-use pgpitr_repo::catalog::Catalog;
 use pgpitr_repo::retention::{self, Policy};
 
 pub async fn run(args: ExpireArgs) -> anyhow::Result<u8> {
     let repo = super::open_repo(&args.repo.repo, pgpitr_repo::Access::Write).await?;
     let policy = Policy { keep_backups: args.keep_backups, keep_within: args.keep_within };
-    let cat = Catalog::load(&repo).await?;
-    let plan = retention::plan(&cat, &policy, jiff::Timestamp::now()).await?;
+    let plan = retention::plan(&repo, &policy, jiff::Timestamp::now()).await?;
     let applied = if args.dry_run || plan.is_empty() { None } else { Some(retention::apply(&repo, &plan).await?) };
     if args.json {
         let out = serde_json::json!({ "dry_run": args.dry_run, "plan": plan, "deleted": applied });

@@ -2,6 +2,7 @@ mod backup;
 mod expire;
 mod init;
 mod list;
+mod migrate;
 pub mod restore;
 mod stream;
 mod verify;
@@ -20,6 +21,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::WalFetch(args) => wal_fetch::run(args).await,
         Command::Expire(args) => expire::run(args).await,
         Command::Verify(args) => verify::run(args).await,
+        Command::Migrate(args) => migrate::run(args).await,
     }
 }
 
