@@ -120,9 +120,10 @@ pub struct Plan {
     pub last_commit: Option<TimedLsn>,
     /// The first commit it will not replay, when the target falls before it.
     pub first_excluded: Option<TimedLsn>,
-    /// The restorable window of the timeline (Unix µs).
+    /// The restorable window of the timeline (Unix µs); its end only when
+    /// the plan read it (a target with a stored commit after it does not).
     pub earliest_us: i64,
-    pub latest_us: i64,
+    pub latest_us: Option<i64>,
     /// Why the recovery settings differ from the literal request, if they do.
     pub note: Option<String>,
 }
@@ -197,6 +198,21 @@ async fn list_through(cat: &mut Catalog, path: &TimelinePath, from: Lsn, to: Lsn
     }
 }
 
+/// Reads the end of the window: lists the WAL of `path` from the newest
+/// backup on to its end, and sets the plan's WAL end, latest restorable
+/// time and newest indexed commit (in `last_commit`, for the caller).
+async fn window(cat: &mut Catalog, path: &TimelinePath, newest: &BackupPoint, plan: &mut Plan) -> Result<()> {
+    cat.list_path(path, newest.start_lsn).await?;
+    let (index, sums) = cat.split();
+    let objs = index.objects_on(path);
+    sums.read_ahead(&objs).await;
+    let (last, latest_us) = sums.window_end(&objs, newest).await?;
+    plan.wal_end = index.path_end(path).unwrap_or(newest.stop_lsn);
+    plan.latest_us = Some(latest_us);
+    plan.last_commit = last;
+    Ok(())
+}
+
 async fn plan_on(cat: &mut Catalog, req: &PlanRequest, tli: TimelineId) -> Result<Plan> {
     let Some(path) = cat.path(tli) else {
         return Err(PlanError::Unreachable(format!(
@@ -223,30 +239,32 @@ async fn plan_on(cat: &mut Catalog, req: &PlanRequest, tli: TimelineId) -> Resul
         )));
     };
     let newest = cands.last().cloned().expect("non-empty");
-    // The window's end, and everything a latest target replays: from the
-    // newest backup on. Older WAL is listed only as far as a search needs.
-    cat.list_path(&path, newest.start_lsn).await?;
-    if matches!(req.target, Target::Xid(_) | Target::Name(_)) {
-        cat.list_path(&path, oldest.start_lsn).await?;
-    }
-    let (index, sums) = cat.split();
-    let objs = index.objects_on(&path);
-    sums.read_ahead(&objs).await;
-    let end = index.path_end(&path).unwrap_or(newest.stop_lsn);
-    let (last, latest_us) = sums.window_end(&objs, &newest).await?;
     let earliest_us = oldest.stop_time_us;
     let mut plan = Plan {
         backup: newest.clone(),
         timeline: tli,
         path: path.clone(),
         recovery: RecoveryTarget::None,
-        wal_end: end,
+        wal_end: newest.stop_lsn,
         last_commit: None,
         first_excluded: None,
         earliest_us,
-        latest_us,
+        latest_us: None,
         note: None,
     };
+    // A time or LSN target lists WAL from its backup only until its stop
+    // commit; the others need the end of the WAL, and restore points and
+    // transactions all of it from the oldest backup.
+    if !matches!(req.target, Target::Time(_) | Target::Lsn(_)) {
+        window(cat, &path, &newest, &mut plan).await?;
+    }
+    if matches!(req.target, Target::Xid(_) | Target::Name(_)) {
+        cat.list_path(&path, oldest.start_lsn).await?;
+    }
+    let (index, sums) = cat.split();
+    let objs = index.objects_on(&path);
+    let end = plan.wal_end;
+    let last = plan.last_commit.take();
     match &req.target {
         Target::Latest => {
             plan.last_commit = last.filter(|c| c.lsn >= newest.stop_lsn);
@@ -263,9 +281,6 @@ async fn plan_on(cat: &mut Catalog, req: &PlanRequest, tli: TimelineId) -> Resul
             if t < earliest_us {
                 return Err(PlanError::BeforeEarliest { target: t, earliest: earliest_us, tli });
             }
-            if t > latest_us {
-                return Err(PlanError::AfterLatest { target: t, latest: latest_us, tli });
-            }
             // Postgres stops before the first commit later than the target
             // (at or later with --target-exclusive).
             let after = |time: i64| if req.inclusive { time > t } else { time >= t };
@@ -281,6 +296,14 @@ async fn plan_on(cat: &mut Catalog, req: &PlanRequest, tli: TimelineId) -> Resul
                 }
                 plan.backup = b.clone();
                 let stop = first_commit_listing(cat, &path, b.start_lsn, b.stop_lsn, after).await?;
+                if stop.is_none() {
+                    // No commit after the target: is it past the window?
+                    window(cat, &path, &newest, &mut plan).await?;
+                    let latest = plan.latest_us.unwrap_or(newest.stop_time_us);
+                    if t > latest {
+                        return Err(PlanError::AfterLatest { target: t, latest, tli });
+                    }
+                }
                 let (index, sums) = cat.split();
                 let objs = index.objects_on(&path);
                 let before = sums.last_commit(&objs, stop.map_or(Lsn::MAX, |c| c.lsn)).await?;
@@ -316,14 +339,17 @@ async fn plan_on(cat: &mut Catalog, req: &PlanRequest, tli: TimelineId) -> Resul
             let Some(b) = cands.iter().rev().find(|b| b.stop_lsn <= l).cloned() else {
                 return Err(PlanError::LsnBeforeEarliest { target: l, earliest: oldest.stop_lsn, tli });
             };
-            if l > end {
-                return Err(PlanError::LsnAfterLatest { target: l, end, tli });
-            }
-            plan.backup = b.clone();
             // Postgres must read a whole record at or after the target LSN;
             // the first stored commit there is one.
             let start = b.start_lsn;
             let at = first_commit_listing(cat, &path, start, l, |_| true).await?;
+            if at.is_none() {
+                window(cat, &path, &newest, &mut plan).await?;
+                if l > plan.wal_end {
+                    return Err(PlanError::LsnAfterLatest { target: l, end: plan.wal_end, tli });
+                }
+            }
+            plan.backup = b.clone();
             let (index, sums) = cat.split();
             let objs = index.objects_on(&path);
             plan.last_commit = sums.last_commit(&objs, l).await?.filter(|c| c.lsn >= start);

@@ -218,6 +218,12 @@ impl Catalog {
     }
 
     async fn list_to_end(&mut self, tli: TimelineId, from_log: u64) -> Result<()> {
+        self.list_to_end_from(tli, from_log, true).await
+    }
+
+    /// Lists log directory `from_log` of `tli`, and with `all` the ones
+    /// after it too; once one is empty, makes sure of the end.
+    async fn list_to_end_from(&mut self, tli: TimelineId, from_log: u64, all: bool) -> Result<()> {
         if self.listing.ends.get(&tli).is_some_and(|&e| e <= from_log) {
             return Ok(());
         }
@@ -231,6 +237,9 @@ impl Catalog {
                 .is_some_and(|t| t.objects.iter().any(|(id, _)| log_of(id.range(self.listing.seg()).0) == log));
             if !stored {
                 break;
+            }
+            if !all {
+                return Ok(());
             }
             log += 1;
         }
@@ -282,9 +291,14 @@ impl Catalog {
         Ok(())
     }
 
-    /// Lists the log directory of `path` that holds `at`.
+    /// Lists the log directory of `path` that holds `at`; on the path's
+    /// last timeline, an empty one is its end, made sure of as
+    /// [`Catalog::list_path`] does.
     pub async fn list_next(&mut self, path: &TimelinePath, at: Lsn) -> Result<()> {
         let Some(step) = path.steps.iter().find(|s| s.begin <= at && at < s.end_or_max()) else { return Ok(()) };
+        if step.end.is_none() {
+            return self.list_to_end_from(step.timeline, log_of(at), false).await;
+        }
         self.list_logs(step.timeline, std::iter::once(log_of(at))).await
     }
 

@@ -42,9 +42,10 @@ pub struct Summaries {
 }
 
 const PARALLEL_HEADERS: usize = 32;
-/// Paths with at most this many objects have all their headers read up
-/// front ([`Summaries::read_ahead`]).
-const PRELOAD_HEADERS: usize = 8 * PARALLEL_HEADERS;
+/// Paths with at most this many objects listed have all their headers read
+/// up front ([`Summaries::read_ahead`]): one round of waits instead of a few.
+/// More would read headers no search needs (`scripts/bench catalog`).
+const PRELOAD_HEADERS: usize = 2 * PARALLEL_HEADERS;
 
 impl Summaries {
     pub fn new(storage: Arc<dyn Storage>, seg: WalSegSize) -> Self {

@@ -133,7 +133,9 @@ async fn time_target_picks_newest_backup_and_stop_commit() {
     assert_eq!(p.first_excluded.unwrap().lsn, at(8, 0x100));
     assert_eq!(p.last_commit.unwrap().lsn, at(7, 0x800));
     assert_eq!(p.wal_end, at(8, 0x140));
-    assert_eq!((p.earliest_us, p.latest_us), (secs(26), secs(115)));
+    // A stored commit follows the target: the window's end is not read.
+    assert_eq!((p.earliest_us, p.latest_us), (secs(26), None));
+    assert_eq!(r.plan(Target::Latest, true).await.unwrap().latest_us, Some(secs(115)));
 
     let p = r.plan(Target::Time(secs(75)), false).await.unwrap();
     assert_eq!(p.first_excluded.unwrap().lsn, at(7, 0x800));
@@ -408,8 +410,9 @@ async fn planning_lists_only_the_log_directories_it_needs() {
     };
     plan(&mut lazy, &req).await.unwrap();
     let listed: Vec<u64> = lazy.timelines()[&TimelineId(1)].objects.iter().map(|(id, _)| id.segno.0 / LOG).collect();
-    assert!(!listed.contains(&2), "log 2 lies past the target and before B2: not listed ({listed:?})");
-    assert!(listed.contains(&0) && listed.contains(&1) && listed.contains(&3), "{listed:?}");
+    // Only what lies between B1 and the stop commit: not log 2 nor log 3 after it.
+    assert!(listed.contains(&0) && listed.contains(&1), "{listed:?}");
+    assert!(listed.iter().all(|&l| l < 2), "{listed:?}");
 
     // In log 2: behind the first hole from B1.
     let e = r.plan(Target::Time(secs(secs_of(2 * LOG + 1) + 5)), true).await.unwrap_err().to_string();
@@ -419,5 +422,26 @@ async fn planning_lists_only_the_log_directories_it_needs() {
     assert_eq!(p.backup.id, "B2");
     let p = r.plan(Target::Latest, true).await.unwrap();
     assert_eq!(p.wal_end, at(3 * LOG + 4, 0));
-    assert_eq!(p.latest_us, secs(secs_of(3 * LOG + 3)));
+    assert_eq!(p.latest_us, Some(secs(secs_of(3 * LOG + 3))));
+}
+
+/// A listing that fails while a plan reads the WAL fails the plan: it is
+/// never taken for the end of the WAL (which would shorten a restore).
+#[tokio::test]
+async fn a_failed_listing_fails_the_plan() {
+    use pgpitr_storage::{FaultMode, FaultyStorage, Op};
+    let r = linear().await;
+    r.plan(Target::Latest, true).await.unwrap();
+    let failing: Arc<dyn Storage> = Arc::new(FaultyStorage::new(
+        LocalStorage::new(r._dir.path()),
+        FaultMode::FailCalls(|op, key| op == Op::List && key.starts_with("wal/")),
+    ));
+    let repo = pgpitr_repo::Repository::open(failing).await.unwrap();
+    for target in [Target::Latest, Target::Time(secs(75)), Target::Lsn(at(8, 0))] {
+        let mut cat = Catalog::for_planning(&repo).await.unwrap().with_points(r.backups.clone());
+        let req =
+            PlanRequest { target: target.clone(), inclusive: true, timeline: TimelineTarget::Latest, backup: None };
+        let e = plan(&mut cat, &req).await.unwrap_err().to_string();
+        assert!(e.contains("wal/00000001/00000000/"), "{target:?}: {e}");
+    }
 }

@@ -213,12 +213,16 @@ fn print_plan(r: &Restored, opts: &RestoreOptions) {
         b.stop_lsn,
         format_time(b.stop_time_us)
     );
-    println!(
-        "window:  timeline {} is restorable from {} to {}",
-        p.timeline,
-        format_time(p.earliest_us),
-        format_time(p.latest_us)
-    );
+    match p.latest_us {
+        Some(latest) => println!(
+            "window:  timeline {} is restorable from {} to {}",
+            p.timeline,
+            format_time(p.earliest_us),
+            format_time(latest)
+        ),
+        // Its end was not read: a stored commit follows the target.
+        None => println!("window:  timeline {} is restorable from {}", p.timeline, format_time(p.earliest_us)),
+    }
     let how = match &p.recovery {
         RecoveryTarget::None => "to the end of the stored WAL".to_string(),
         RecoveryTarget::Immediate => "to the end of the backup".to_string(),
