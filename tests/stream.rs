@@ -159,20 +159,12 @@ pub(crate) async fn kill9_during_load_loses_nothing(backend: Backend, extra: &[&
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_at_several_points_loses_nothing_local() {
-    kill9_during_load_loses_nothing(Backend::local(), &[], test_major()).await;
-}
+on_both_backends!(kill9_at_several_points_loses_nothing, kill9_during_load_loses_nothing, &[], test_major());
 
 /// Synchronous mode leaves journals, some created ahead and still empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_at_several_points_loses_nothing_synchronous_local() {
     kill9_during_load_loses_nothing(Backend::local(), &["--synchronous"], test_major()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_at_several_points_loses_nothing_s3() {
-    kill9_during_load_loses_nothing(Backend::s3(), &[], test_major()).await;
 }
 
 on_both_backends!(survives_postgres_crash_restart, survives_postgres_crash_restart);

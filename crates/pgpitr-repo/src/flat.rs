@@ -167,7 +167,8 @@ impl<S: Storage> Storage for Flat<S> {
         Ok(ListPage { objects, next })
     }
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
-        if !Self::mapped_under(prefix) {
+        // Format 1 has the same timeline directories.
+        if !Self::mapped_under(prefix) || prefix == PREFIX {
             return self.inner.list_dirs(prefix).await;
         }
         pgpitr_storage::validate_prefix(prefix)?;
@@ -184,6 +185,14 @@ impl<S: Storage> Storage for Flat<S> {
     async fn list_shallow(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         if !Self::mapped_under(prefix) {
             return self.inner.list_shallow(prefix).await;
+        }
+        if prefix == HISTORY_PREFIX {
+            // Format 1 keeps the histories directly under wal/, beside the timelines' directories.
+            let flat = self.inner.list_shallow(PREFIX).await?;
+            return Ok(flat
+                .into_iter()
+                .filter_map(|m| Some(ObjectMeta { key: from_flat(&m.key).filter(|k| k.starts_with(prefix))?, ..m }))
+                .collect());
         }
         pgpitr_storage::validate_prefix(prefix)?;
         Ok(self.mapped(prefix).await?.into_iter().filter(|m| !m.key[prefix.len()..].contains('/')).collect())

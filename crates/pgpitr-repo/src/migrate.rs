@@ -9,23 +9,29 @@
 //!    format-1 repository do not see the copies ([`crate::flat`]);
 //! 2. the binding is rewritten with format 2: from now on readers see the
 //!    copies, which are complete;
-//! 3. the format-1 keys are deleted: nothing reads them any more.
+//! 3. after a few seconds (a `wal-fetch` that read the old binding just
+//!    before finishes), what is still missing is copied and the format-1
+//!    keys are deleted: nothing reads them any more.
 //!
 //! Run again after an interruption, it starts over at step 1 (format 1) or
 //! at step 3 (format 2). A running `pgpitr stream` or `pgpitr backup` would
-//! keep writing format-1 keys that step 3 deletes, so a live lease or a
-//! running backup refuses the migration.
+//! keep writing format-1 keys, so a live lease or a running backup refuses
+//! the migration, checked again just before the switch.
 
 use crate::flat::from_flat;
 use crate::{Binding, FORMAT_VERSION, RepoError, Result, backup, layout, lease};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use pgpitr_storage::Storage;
+use pgpitr_storage::{ObjectMeta, Storage};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Objects copied at once.
 const AT_ONCE: usize = 16;
+/// Between the switch and the deletions: a `wal-fetch` that read the old
+/// binding just before the switch finishes its reads of the old keys.
+const SWITCH_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Migrated {
@@ -56,6 +62,8 @@ pub async fn migrate(storage: Arc<dyn Storage>) -> Result<Migrated> {
     match binding.format_version {
         1 => {}
         FORMAT_VERSION => {
+            // An interrupted run after the switch: what is left of format 1.
+            copy_flat(&storage, &mut out).await?;
             out.deleted = delete_flat(storage.as_ref()).await?;
             return Ok(out);
         }
@@ -63,66 +71,85 @@ pub async fn migrate(storage: Arc<dyn Storage>) -> Result<Migrated> {
     }
     refuse_writers(storage.as_ref()).await?;
     // 1. Copy.
-    let moves: Vec<(String, String, u64)> = storage
-        .list(crate::wal::PREFIX)
-        .await?
-        .into_iter()
-        .filter_map(|m| {
-            let to = from_flat(&m.key)?;
-            (to != m.key).then_some((m.key, to, m.size))
-        })
-        .collect();
-    let done: Vec<bool> = futures_util::stream::iter(moves)
-        .map(|(from, to, size)| {
-            let storage = storage.clone();
-            async move {
-                match storage.head(&to).await {
-                    Ok(m) if m.size == size => return Ok::<_, RepoError>(false),
-                    Ok(_) => {}
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(e.into()),
-                }
-                let body = storage.get(&from).await?;
-                storage.put(&to, body).await?;
-                Ok(true)
-            }
-        })
-        .buffer_unordered(AT_ONCE)
-        .try_collect()
-        .await?;
-    out.copied = done.iter().filter(|c| **c).count();
-    out.already_copied = done.len() - out.copied;
-    // 2. Switch.
+    copy_flat(&storage, &mut out).await?;
+    // 2. Switch, if nothing started writing format 1 meanwhile; a copy of
+    // what such a writer stored would be missing.
+    refuse_writers(storage.as_ref()).await?;
+    copy_flat(&storage, &mut out).await?;
     binding.format_version = FORMAT_VERSION;
     let body = serde_json::to_vec_pretty(&binding).expect("binding serialises");
     storage.put(layout::BINDING, Bytes::from(body)).await?;
     // 3. Clean up.
+    tokio::time::sleep(SWITCH_GRACE).await;
+    copy_flat(&storage, &mut out).await?;
     out.deleted = delete_flat(storage.as_ref()).await?;
     Ok(out)
 }
 
-/// Deletes the format-1 keys of a repository already switched to format 2,
-/// each only once its copy is there.
-async fn delete_flat(storage: &dyn Storage) -> Result<usize> {
-    // History files directly under wal/, WAL directly under wal/<TLI>/.
+/// Every key of today's layout under `wal/` and `timelines/`, with its size.
+async fn copies(storage: &dyn Storage) -> Result<HashMap<String, u64>> {
+    let mut out = HashMap::new();
+    for prefix in [crate::wal::PREFIX, crate::wal::HISTORY_PREFIX] {
+        for m in storage.list(prefix).await? {
+            if from_flat(&m.key).is_none() || prefix == crate::wal::HISTORY_PREFIX {
+                out.insert(m.key, m.size);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The format-1 keys: history files directly under `wal/`, WAL directly
+/// under `wal/<TLI>/`.
+async fn flat_keys(storage: &dyn Storage) -> Result<Vec<ObjectMeta>> {
     let mut flat = storage.list_shallow(crate::wal::PREFIX).await?;
     for tl in storage.list_dirs(crate::wal::PREFIX).await? {
         flat.extend(storage.list_shallow(&tl).await?);
     }
-    let mut doomed = Vec::new();
-    for m in flat {
-        let Some(to) = from_flat(&m.key).filter(|k| *k != m.key) else { continue };
-        match storage.head(&to).await {
-            Ok(c) if c.size == m.size => doomed.push(m.key),
-            _ => {
-                return Err(RepoError::Corrupt {
-                    location: storage.describe(),
-                    key: m.key,
-                    reason: format!("its copy {to} is missing or differs; run `pgpitr migrate` again"),
-                });
-            }
+    flat.retain(|m| from_flat(&m.key).is_some_and(|k| k != m.key));
+    Ok(flat)
+}
+
+/// Copies every format-1 key that has no copy of the same size yet; the
+/// first pass also counts the copies already in place.
+async fn copy_flat(storage: &Arc<dyn Storage>, out: &mut Migrated) -> Result<()> {
+    let first = out.copied == 0 && out.already_copied == 0;
+    let have = copies(storage.as_ref()).await?;
+    let mut todo = Vec::new();
+    for m in flat_keys(storage.as_ref()).await? {
+        let Some(to) = from_flat(&m.key) else { continue };
+        if have.get(&to) == Some(&m.size) {
+            out.already_copied += usize::from(first);
+        } else {
+            todo.push((m.key, to));
         }
     }
+    let n = todo.len();
+    futures_util::stream::iter(todo)
+        .map(|(from, to)| {
+            let storage = storage.clone();
+            async move {
+                let body = storage.get(&from).await?;
+                storage.put(&to, body).await?;
+                Ok::<_, RepoError>(())
+            }
+        })
+        .buffer_unordered(AT_ONCE)
+        .try_collect::<Vec<()>>()
+        .await?;
+    out.copied += n;
+    Ok(())
+}
+
+/// Deletes the format-1 keys whose copy is in place.
+async fn delete_flat(storage: &dyn Storage) -> Result<usize> {
+    let have = copies(storage).await?;
+    let doomed: Vec<String> = flat_keys(storage)
+        .await?
+        .into_iter()
+        .filter(|m| from_flat(&m.key).and_then(|k| have.get(&k).copied()) == Some(m.size))
+        .map(|m| m.key)
+        .collect();
     for chunk in doomed.chunks(1000) {
         storage.delete_many(chunk).await?;
     }

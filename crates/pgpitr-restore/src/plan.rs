@@ -326,7 +326,10 @@ async fn plan_on(cat: &mut Catalog, req: &PlanRequest, tli: TimelineId) -> Resul
                         }
                     },
                 }
-                check_gaps(sums, index, &objs, &plan).await?;
+                // The stop commit's record may end in the next log directory.
+                list_through(cat, &path, b.start_lsn, plan.wal_end).await?;
+                let (index, sums) = cat.split();
+                check_gaps(sums, index, &index.objects_on(&path), &plan).await?;
                 return Ok(plan);
             }
             Err(PlanError::BeforeEarliest {
@@ -374,7 +377,9 @@ async fn plan_on(cat: &mut Catalog, req: &PlanRequest, tli: TimelineId) -> Resul
                     }
                 }
             }
-            check_gaps(sums, index, &objs, &plan).await?;
+            list_through(cat, &path, start, plan.wal_end).await?;
+            let (index, sums) = cat.split();
+            check_gaps(sums, index, &index.objects_on(&path), &plan).await?;
             Ok(plan)
         }
         &Target::Xid(xid) => {

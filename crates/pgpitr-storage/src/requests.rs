@@ -29,14 +29,37 @@ const OPS: [Op; 17] = [
 
 static COUNTS: [AtomicU64; OPS.len()] = [const { AtomicU64::new(0) }; OPS.len()];
 
+/// The counter of `op`: a match, so that a new operation cannot be left out.
+fn slot(op: Op) -> usize {
+    match op {
+        Op::Put => 0,
+        Op::PutIfAbsent => 1,
+        Op::Get => 2,
+        Op::GetRange => 3,
+        Op::GetStream => 4,
+        Op::Head => 5,
+        Op::List => 6,
+        Op::ListDirs => 7,
+        Op::Delete => 8,
+        Op::DeleteMany => 9,
+        Op::StartUpload => 10,
+        Op::PutPart => 11,
+        Op::CompleteUpload => 12,
+        Op::AbortUpload => 13,
+        Op::Check => 14,
+        Op::CreateJournal => 15,
+        Op::Append => 16,
+    }
+}
+
 /// Counts one request of `op`.
 pub(crate) fn count(op: Op) {
-    COUNTS[op as usize].fetch_add(1, Ordering::Relaxed);
+    COUNTS[slot(op)].fetch_add(1, Ordering::Relaxed);
 }
 
 /// The requests made so far, per operation (only those made at all).
 pub fn made() -> Vec<(&'static str, u64)> {
-    OPS.iter().map(|&op| (op.name(), COUNTS[op as usize].load(Ordering::Relaxed))).filter(|&(_, n)| n > 0).collect()
+    OPS.iter().map(|&op| (op.name(), COUNTS[slot(op)].load(Ordering::Relaxed))).filter(|&(_, n)| n > 0).collect()
 }
 
 #[cfg(test)]
@@ -46,7 +69,7 @@ mod tests {
     #[test]
     fn every_op_has_its_own_counter() {
         for (i, op) in OPS.iter().enumerate() {
-            assert_eq!(*op as usize, i, "{}", op.name());
+            assert_eq!(slot(*op), i, "{}", op.name());
         }
         let before = made().iter().find(|(n, _)| *n == "head").map_or(0, |(_, c)| *c);
         count(Op::Head);

@@ -336,13 +336,11 @@ pub async fn plan_range(
     to: Lsn,
 ) -> Result<Option<ResumePlan>, StreamError> {
     let seg = repo.seg_size();
-    let (timelines, _) = wal::scan(repo.storage().as_ref(), seg).await?;
     let floor = from.segment_floor(seg);
-    let empty = wal::TimelineWal::default();
-    let tl = timelines.get(&tli).unwrap_or(&empty);
+    let tl = Catalog::wal_range(repo, tli, floor, to).await?;
     match tl.ranges.iter().find(|&&(s, e)| s <= floor && floor <= e) {
         Some(&(_, e)) if e >= to => Ok(None),
-        Some(&(_, e)) => open_at(repo, tl, tli, tli, e, false).await.map(Some),
+        Some(&(_, e)) => open_at(repo, &tl, tli, tli, e, false).await.map(Some),
         None => Ok(Some(ResumePlan::fresh(tli, floor, seg))),
     }
 }

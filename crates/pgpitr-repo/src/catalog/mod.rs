@@ -164,17 +164,7 @@ impl Catalog {
     /// backup and the target, not what the repository holds.
     pub async fn for_planning(repo: &Repository) -> Result<Catalog> {
         let storage = repo.storage().as_ref();
-        let histories = async {
-            let names = storage.list_shallow(wal::HISTORY_PREFIX).await?;
-            let tlis = names.iter().filter_map(|m| {
-                let name = m.key.strip_prefix(wal::HISTORY_PREFIX)?.strip_suffix(".history")?;
-                u32::from_str_radix(name, 16).ok().filter(|_| name.len() == 8).map(TimelineId)
-            });
-            let reads =
-                tlis.map(|tli| async move { Ok::<_, RepoError>(read_history(repo, tli).await?.map(|h| (tli, h))) });
-            Ok::<_, RepoError>(futures_util::future::try_join_all(reads).await?.into_iter().flatten().collect())
-        };
-        let (histories, backups) = futures_util::future::try_join(histories, backup::scan(storage)).await?;
+        let (histories, backups) = futures_util::future::try_join(read_histories(repo), backup::scan(storage)).await?;
         Self::made(repo, backups, histories, None)
     }
 
@@ -244,16 +234,8 @@ impl Catalog {
             log += 1;
         }
         let dir = wal::timeline_dir(tli);
-        let later: Vec<u64> = self
-            .listing
-            .repo
-            .storage()
-            .list_dirs(&dir)
-            .await?
-            .iter()
-            .filter_map(|d| u64::from_str_radix(d.strip_prefix(&dir)?.strip_suffix('/')?, 16).ok())
-            .filter(|&l| l > log)
-            .collect();
+        let dirs = self.listing.repo.storage().list_dirs(&dir).await?;
+        let later: Vec<u64> = log_ids(&dirs, &dir).into_iter().filter(|&l| l > log).collect();
         let end = later.iter().max().map_or(log, |&l| l + 1);
         self.list_logs(tli, later.into_iter()).await?;
         // Nothing between (empty) nor after.
@@ -272,21 +254,13 @@ impl Catalog {
         }
         let storage = self.listing.repo.storage().clone();
         for tl_dir in storage.list_dirs(wal::PREFIX).await? {
-            let Some(tli) = tl_dir
-                .strip_prefix(wal::PREFIX)
-                .and_then(|d| d.strip_suffix('/'))
-                .and_then(|d| u32::from_str_radix(d, 16).ok().filter(|_| d.len() == 8))
-            else {
+            let Some(tli) = tl_dir.strip_prefix(wal::PREFIX).and_then(|d| hex8(d.strip_suffix('/')?)) else {
                 continue;
             };
-            let logs: Vec<u64> = storage
-                .list_dirs(&tl_dir)
-                .await?
-                .iter()
-                .filter_map(|d| u64::from_str_radix(d.strip_prefix(&tl_dir)?.strip_suffix('/')?, 16).ok())
-                .filter(|&l| Lsn(l << 32) < lsn)
-                .collect();
-            self.list_logs(TimelineId(tli), logs.into_iter()).await?;
+            let dirs = storage.list_dirs(&tl_dir).await?;
+            let logs: Vec<u64> = log_ids(&dirs, &tl_dir).into_iter().filter(|&l| Lsn(l << 32) < lsn).collect();
+            let tli = TimelineId(tli as u32);
+            self.list_logs(tli, logs.into_iter()).await?;
         }
         Ok(())
     }
@@ -344,16 +318,18 @@ impl Catalog {
     /// with one short listing that starts there.
     pub async fn wal_after(repo: &Repository, tli: TimelineId, segno: SegNo) -> Result<Option<WalObjectId>> {
         let (storage, seg) = (repo.storage(), repo.seg_size());
-        let prefix = format!("{}{:08X}/", wal::PREFIX, tli.0);
+        let prefix = wal::timeline_dir(tli);
         // '/' sorts after the '.' of every key of `segno` and before the
         // next segment's name.
         let mut after = Some(format!("{}/", WalObjectId::segment(tli, segno).key(seg)));
         while let Some(start) = after {
             let page = storage.list_page(&prefix, Some(&start), 16).await?;
-            if let Some(id) = page.objects.iter().find_map(|m| WalObjectId::parse(&m.key, seg)) {
+            let later = page.objects.iter().filter_map(|m| WalObjectId::parse(&m.key, seg));
+            if let Some(id) = later.into_iter().find(|id| id.segno > segno) {
                 return Ok(Some(id));
             }
-            after = page.next;
+            // A page must move on: a server that ignored the start would loop.
+            after = page.next.filter(|n| *n > start);
         }
         Ok(None)
     }
@@ -578,8 +554,12 @@ impl Listing {
 
     /// The end of the stored WAL on the path (of its newest timeline).
     pub fn path_end(&self, path: &TimelinePath) -> Option<Lsn> {
-        let last = path.steps.last()?;
-        self.timelines.get(&last.timeline).and_then(|t| t.end()).filter(|&e| e > last.begin)
+        // The newest timeline of the path may have no WAL yet (just after a
+        // promotion): then the end is its parent's, up to the switch.
+        path.steps.iter().rev().find_map(|s| {
+            let end = self.timelines.get(&s.timeline)?.end()?.min(s.end_or_max());
+            (end > s.begin).then_some(end)
+        })
     }
 }
 
@@ -600,12 +580,29 @@ async fn read_wal(repo: &Repository) -> Result<WalListing> {
             (timelines, leftovers) = (again, l);
         }
     }
-    let reads = timelines
-        .keys()
-        .filter(|t| **t != TimelineId::FIRST)
-        .map(|&tli| async move { Ok::<_, RepoError>(read_history(repo, tli).await?.map(|h| (tli, h))) });
-    let histories = futures_util::future::try_join_all(reads).await?.into_iter().flatten().collect();
-    Ok((timelines, leftovers, histories))
+    Ok((timelines, leftovers, read_histories(repo).await?))
+}
+
+/// Every stored timeline history, so that the full and the planning
+/// catalog know the same timelines.
+async fn read_histories(repo: &Repository) -> Result<BTreeMap<TimelineId, TimelineHistory>> {
+    let names = repo.storage().list_shallow(wal::HISTORY_PREFIX).await?;
+    let tlis = names.iter().filter_map(|m| {
+        let name = m.key.strip_prefix(wal::HISTORY_PREFIX)?.strip_suffix(".history")?;
+        hex8(name).map(|t| TimelineId(t as u32))
+    });
+    let reads = tlis.map(|tli| async move { Ok::<_, RepoError>(read_history(repo, tli).await?.map(|h| (tli, h))) });
+    Ok(futures_util::future::try_join_all(reads).await?.into_iter().flatten().collect())
+}
+
+/// An 8-hex-digit name (a timeline or a log ID), as the keys spell them.
+fn hex8(name: &str) -> Option<u64> {
+    (name.len() == 8).then(|| u64::from_str_radix(name, 16).ok()).flatten()
+}
+
+/// The log IDs of a timeline's log directories, as listed under `dir`.
+fn log_ids(dirs: &[String], dir: &str) -> Vec<u64> {
+    dirs.iter().filter_map(|d| hex8(d.strip_prefix(dir)?.strip_suffix('/')?)).collect()
 }
 
 async fn read_history(repo: &Repository, tli: TimelineId) -> Result<Option<TimelineHistory>> {

@@ -445,3 +445,34 @@ async fn a_failed_listing_fails_the_plan() {
         assert!(e.contains("wal/00000001/00000000/"), "{target:?}: {e}");
     }
 }
+
+/// Just after a promotion the new timeline's history is stored before any
+/// of its WAL: it is the latest timeline, and recovery to it replays its
+/// parent's WAL up to the end (the switch point at most), gaps checked.
+#[tokio::test]
+async fn a_new_timeline_without_wal_yet_ends_where_its_parent_does() {
+    let r = forked().await;
+    r.history(3, "1\t0/502000\tno recovery target specified\n2\t0/7000800\tno recovery target specified\n").await;
+    let p = r.plan(Target::Latest, true).await.unwrap();
+    assert_eq!(p.timeline, TimelineId(3));
+    assert_eq!(p.wal_end, at(7, 0x800), "the end of timeline 2's WAL");
+    assert_eq!(p.last_commit.map(|c| c.lsn), Some(at(7, 0x100)));
+}
+
+/// A stop commit whose record ends past a log ID boundary: the plan lists
+/// the next log directory before checking that its WAL is stored.
+#[tokio::test]
+async fn a_stop_record_across_a_log_boundary_is_found_stored() {
+    const LOG: u64 = 4096;
+    let mut r = Repo::new();
+    for (i, k) in (LOG - 3..LOG + 2).enumerate() {
+        // The last commit of segment LOG - 1 ends in the next segment.
+        let commits =
+            if k == LOG - 1 { vec![(at(k, S - 0x20), i as i64 * 10)] } else { vec![(at(k, 0x100), i as i64 * 10)] };
+        r.put(1, k, None, &commits, &[]).await;
+    }
+    r.backup("B", 1, at(LOG - 3, 0x28), at(LOG - 3, 0x900), 1);
+    let p = r.plan(Target::Time(secs(15)), true).await.unwrap();
+    assert_eq!(p.first_excluded.map(|c| c.lsn), Some(at(LOG - 1, S - 0x20)));
+    assert!(p.wal_end > at(LOG, 0), "the record ends in log 1: {}", p.wal_end);
+}

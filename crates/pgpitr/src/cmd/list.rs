@@ -6,6 +6,8 @@ use pgpitr_repo::status;
 
 pub async fn run(args: ListArgs) -> anyhow::Result<u8> {
     let repo = super::open_repo(&args.repo.repo, pgpitr_repo::Access::Read).await?;
+    // Loading lists again by itself; reading the summaries may meet an
+    // object merged away since, which a new reading settles.
     let st = pgpitr_repo::relisting(RepoError::is_not_found, || async {
         let mut cat = Catalog::load(&repo).await?;
         status::status(&mut cat, args.index).await
