@@ -248,8 +248,26 @@ pub async fn scan_prefixes(
     for chunk in prefixes.chunks(AT_ONCE) {
         listed.extend(futures_util::future::try_join_all(chunk.iter().map(|p| storage.list_shallow(p))).await?);
     }
+    of_listing(storage, seg, listed.into_iter().flatten().collect()).await
+}
+
+/// [`scan`] with one listing of all WAL: for a repository of format 1,
+/// whose timelines are each one directory ([`crate::flat`]).
+pub async fn scan_whole(
+    storage: &dyn Storage,
+    seg: WalSegSize,
+) -> Result<(BTreeMap<TimelineId, TimelineWal>, Vec<ObjectMeta>)> {
+    of_listing(storage, seg, storage.list(PREFIX).await?).await
+}
+
+/// The timelines' WAL from a listing of it (journals read for their ends).
+async fn of_listing(
+    storage: &dyn Storage,
+    seg: WalSegSize,
+    listed: Vec<ObjectMeta>,
+) -> Result<(BTreeMap<TimelineId, TimelineWal>, Vec<ObjectMeta>)> {
     let mut per_tli: BTreeMap<TimelineId, Vec<(WalObjectId, ObjectMeta)>> = BTreeMap::new();
-    for meta in listed.into_iter().flatten() {
+    for meta in listed {
         if let Some(id) = WalObjectId::parse(&meta.key, seg) {
             per_tli.entry(id.tli).or_default().push((id, meta));
         }

@@ -571,11 +571,16 @@ type WalListing = (BTreeMap<TimelineId, TimelineWal>, Vec<ObjectMeta>, BTreeMap<
 
 async fn read_wal(repo: &Repository) -> Result<WalListing> {
     let (storage, seg) = (repo.storage().as_ref(), repo.seg_size());
-    let (mut timelines, mut leftovers) = wal::scan(storage, seg).await?;
+    // Format 1 keeps each timeline in one directory, which every listing of
+    // one of its log IDs reads whole: one listing of everything is cheaper.
+    let whole = repo.binding().format_version == 1;
+    let scan =
+        || async move { if whole { wal::scan_whole(storage, seg).await } else { wal::scan(storage, seg).await } };
+    let (mut timelines, mut leftovers) = scan().await?;
     let gaps = |t: &BTreeMap<TimelineId, TimelineWal>| t.values().map(|t| t.gaps().len()).sum::<usize>();
     if gaps(&timelines) > 0 {
         // A gap that a second listing also shows is real.
-        let (again, l) = wal::scan(storage, seg).await?;
+        let (again, l) = scan().await?;
         if gaps(&again) < gaps(&timelines) {
             (timelines, leftovers) = (again, l);
         }
