@@ -146,6 +146,21 @@ pub async fn connect(url: &RepoUrl, access: Access) -> Result<Arc<dyn Storage>> 
     Ok(storage)
 }
 
+/// Reads and parses `pgpitr.json`, whatever its format.
+pub async fn read_binding(storage: &dyn Storage) -> Result<Binding> {
+    let location = storage.describe();
+    let raw = match storage.get(layout::BINDING).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Err(RepoError::NotInitialised { location }),
+        Err(e) => return Err(e.into()),
+    };
+    serde_json::from_slice(&raw).map_err(|e| RepoError::Corrupt {
+        location,
+        key: layout::BINDING.to_string(),
+        reason: e.to_string(),
+    })
+}
+
 /// Whether `init` created the binding or found it already in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InitOutcome {
@@ -207,16 +222,7 @@ impl Repository {
     /// Opens a repository that `pgpitr init` has bound.
     pub async fn open(storage: Arc<dyn Storage>) -> Result<Repository> {
         let location = storage.describe();
-        let raw = match storage.get(layout::BINDING).await {
-            Ok(b) => b,
-            Err(e) if e.is_not_found() => return Err(RepoError::NotInitialised { location }),
-            Err(e) => return Err(e.into()),
-        };
-        let binding: Binding = serde_json::from_slice(&raw).map_err(|e| RepoError::Corrupt {
-            location: location.clone(),
-            key: layout::BINDING.to_string(),
-            reason: e.to_string(),
-        })?;
+        let binding = read_binding(storage.as_ref()).await?;
         let storage: Arc<dyn Storage> = match binding.format_version {
             FORMAT_VERSION => storage,
             1 => Arc::new(flat::Flat::new(storage)),

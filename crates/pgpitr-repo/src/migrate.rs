@@ -19,7 +19,7 @@
 //! the migration, checked again just before the switch.
 
 use crate::flat::from_flat;
-use crate::{Binding, FORMAT_VERSION, RepoError, Result, backup, layout, lease};
+use crate::{FORMAT_VERSION, RepoError, Result, backup, layout, lease};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use pgpitr_storage::{ObjectMeta, Storage};
@@ -48,16 +48,7 @@ pub struct Migrated {
 /// repository opened on it) to [`FORMAT_VERSION`].
 pub async fn migrate(storage: Arc<dyn Storage>) -> Result<Migrated> {
     let location = storage.describe();
-    let raw = match storage.get(layout::BINDING).await {
-        Ok(b) => b,
-        Err(e) if e.is_not_found() => return Err(RepoError::NotInitialised { location }),
-        Err(e) => return Err(e.into()),
-    };
-    let mut binding: Binding = serde_json::from_slice(&raw).map_err(|e| RepoError::Corrupt {
-        location: location.clone(),
-        key: layout::BINDING.to_string(),
-        reason: e.to_string(),
-    })?;
+    let mut binding = crate::read_binding(storage.as_ref()).await?;
     let mut out = Migrated { from_format: binding.format_version, ..Migrated::default() };
     match binding.format_version {
         1 => {}
