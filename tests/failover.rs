@@ -102,8 +102,11 @@ async fn a_dropped_slot_is_recreated_and_a_lost_range_is_named() {
     let pg = PgCluster::builder().setting("wal_keep_size", "0").setting("min_wal_size", "32MB").start();
     pg.sql("CREATE TABLE t (x int)");
     let storage = backend.storage().await;
+    let first = lsn(&pg.sql("SELECT pg_current_wal_lsn()"));
     let s = StreamProc::start(&pg, &backend, &[]);
     wait_streaming(&pg, "pgpitr");
+    // Something must be stored, or the next start sees a new repository.
+    wait_durable(storage.as_ref(), seg16(), 1, first, Duration::from_secs(30)).await;
     assert_eq!(s.terminate().0, Some(0));
 
     pg.sql("SELECT pg_drop_replication_slot('pgpitr')");
