@@ -3,9 +3,9 @@
 //! PostgreSQL's `pg_verifybackup`.
 
 use crate::common::*;
-use pgpitr_backup::{ExtractOptions, ExtractStats};
 use pgpitr_repo::backup::{self as rb, ArchiveCompression, BackupInfo, BackupStatus, WalSource};
 use pgpitr_repo::lease;
+use pgpitr_restore::{ExtractOptions, Extracted};
 use pgpitr_testkit::*;
 use pgpitr_types::{SegNo, WalFileName};
 use std::path::{Path, PathBuf};
@@ -63,11 +63,11 @@ async fn extract_and_verify(
     info: &BackupInfo,
     map: &[(PathBuf, PathBuf)],
     ignore: &[&str],
-) -> (tempfile::TempDir, ExtractStats) {
+) -> (tempfile::TempDir, Extracted) {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("data");
     let repo = backend.repo().await;
-    let stats = pgpitr_backup::extract(&repo, info, &target, map, &ExtractOptions::default()).await.expect("extract");
+    let stats = pgpitr_restore::extract(&repo, info, &target, map, &ExtractOptions::default()).await.expect("extract");
     assert_eq!(stats.files, info.file_count + 1, "every manifest file and backup_manifest");
     let wal = dir.path().join("wal");
     std::fs::create_dir(&wal).unwrap();
@@ -149,7 +149,7 @@ async fn backup_under_load(backend: Backend) {
     obj[last] ^= 0x40;
     storage.put(&key, obj.into()).await.unwrap();
     let again = dir.path().join("again");
-    let err = pgpitr_backup::extract(&backend.repo().await, &info, &again, &[], &ExtractOptions::default())
+    let err = pgpitr_restore::extract(&backend.repo().await, &info, &again, &[], &ExtractOptions::default())
         .await
         .unwrap_err();
     assert!(err.to_string().contains(&key) && err.to_string().contains("corrupt"), "{err}");
@@ -357,7 +357,7 @@ async fn client_compressed_and_format_1_backups_extract() {
     // A newer format is refused rather than misread.
     let future = BackupInfo { format_version: rb::INFO_FORMAT_VERSION + 1, ..old };
     let dir = tempfile::tempdir().unwrap();
-    let err = pgpitr_backup::extract(&backend.repo().await, &future, dir.path(), &[], &ExtractOptions::default())
+    let err = pgpitr_restore::extract(&backend.repo().await, &future, dir.path(), &[], &ExtractOptions::default())
         .await
         .unwrap_err();
     let want = format!("format version {}", rb::INFO_FORMAT_VERSION + 1);
@@ -445,11 +445,11 @@ async fn tablespaces_are_stored_and_relocated() {
 
     // Refuses a non-empty target, and a relocation of a tablespace it lacks.
     let repo = backend.repo().await;
-    let err = pgpitr_backup::extract(&repo, &info, &data, &[], &ExtractOptions::default()).await.unwrap_err();
+    let err = pgpitr_restore::extract(&repo, &info, &data, &[], &ExtractOptions::default()).await.unwrap_err();
     assert!(err.to_string().contains("not empty"), "{err}");
     let empty = elsewhere.path().join("other");
     let bogus = [(PathBuf::from("/no/such/tablespace"), elsewhere.path().join("x"))];
-    let err = pgpitr_backup::extract(&repo, &info, &empty, &bogus, &ExtractOptions::default()).await.unwrap_err();
+    let err = pgpitr_restore::extract(&repo, &info, &empty, &bogus, &ExtractOptions::default()).await.unwrap_err();
     assert!(err.to_string().contains("no tablespace at /no/such/tablespace"), "{err}");
 }
 

@@ -22,19 +22,13 @@
 //!   against the manifest, and writes `global/pg_control` last, so a
 //!   half-extracted directory can never start.
 
-mod extract;
-mod manifest;
 mod notice;
 mod progress;
 mod schedule;
 mod take;
-mod tar;
 mod upload;
-pub mod verify;
 mod walrange;
 
-pub use extract::{ExtractOptions, ExtractStats, extract};
-pub use manifest::{Manifest, ManifestFile, WalRange};
 pub use notice::parse_checksum_notice;
 pub use progress::{BackupPhase, BackupProgress};
 pub use schedule::{Schedule, ScheduleStats, run_scheduled};
@@ -232,9 +226,5 @@ impl BackupError {
             BackupError::WalTimeout { .. } => true,
             _ => false,
         }
-    }
-
-    pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> BackupError {
-        BackupError::Io { path: path.as_ref().display().to_string(), source }
     }
 }

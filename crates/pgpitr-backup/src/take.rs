@@ -1,7 +1,6 @@
 //! Taking one base backup: claim an ID, stream the archives into parts,
 //! store the manifest, make the WAL durable, and only then `backup.json`.
 
-use crate::manifest::Manifest;
 use crate::notice::{DATA_CORRUPTED, parse_checksum_notice};
 use crate::progress::{BackupPhase, BackupProgress};
 use crate::upload::{PartJob, Uploader, encode_part, put_retrying};
@@ -14,6 +13,7 @@ use pgpitr_repo::backup::{
     INFO_FORMAT_VERSION_NO_ZSTD, ManifestInfo, Marker,
 };
 use pgpitr_repo::object::Codec;
+use pgpitr_repo::reader::Manifest;
 use pgpitr_repo::{ClusterIdentity, Repository};
 use pgpitr_storage::{PutOutcome, Storage};
 use pgpitr_types::{BaseBackupDialect, Lsn, PgMajor, TimelineId};

@@ -13,8 +13,10 @@ pub mod layout;
 pub mod lease;
 pub mod migrate;
 pub mod object;
+pub mod reader;
 pub mod retention;
 pub mod status;
+pub mod verify;
 pub mod wal;
 
 use bytes::Bytes;

@@ -11,12 +11,14 @@
 //! window, or behind a WAL gap, is refused with the window or the gap named.
 
 pub mod conf;
+pub mod datadir;
 pub mod plan;
 pub mod restore;
 pub mod server;
 pub mod target;
 pub mod walfetch;
 
+pub use datadir::{ExtractOptions, Extracted, extract};
 pub use plan::{BackupPoint, Plan, PlanError, PlanRequest, RecoveryTarget, TimelinePath};
 pub use restore::{RestoreError, RestoreOptions, Restored, restore};
 pub use server::{Reached, StartOptions};

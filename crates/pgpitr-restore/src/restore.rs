@@ -1,19 +1,17 @@
 //! `pgpitr restore`: plan, extract the backup, write the recovery settings.
 
 use crate::conf::{self, RecoveryConf};
+use crate::datadir::{self, ExtractOptions};
 use crate::plan::{self, Plan, PlanRequest};
 use crate::target::{TargetAction, format_time};
 use crate::walfetch;
-use pgpitr_backup::{ExtractOptions, ExtractStats};
 use pgpitr_repo::Repository;
-use pgpitr_repo::backup::BackupInfo;
 use pgpitr_repo::catalog::Catalog;
+use pgpitr_repo::reader::{ReadError, ReadProgress};
 use pgpitr_storage::RepoUrl;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Where prefetched WAL waits, inside `pg_wal` so that a spooled segment
 /// reaches `%p` by a rename, and base backups of the restored cluster skip it.
@@ -29,8 +27,8 @@ pub struct RestoreOptions {
     /// The binary `restore_command` calls (this one).
     pub exe: PathBuf,
     pub parallelism: usize,
-    /// Show a progress bar on stderr (when it is a terminal).
-    pub progress: bool,
+    /// Counters of the backup's read, for whoever shows progress.
+    pub progress: Arc<ReadProgress>,
     /// Plan only.
     pub dry_run: bool,
     /// Start the WAL prefetcher before returning, so that the first
@@ -44,7 +42,7 @@ pub enum RestoreError {
     #[error(transparent)]
     Plan(#[from] plan::PlanError),
     #[error(transparent)]
-    Backup(#[from] pgpitr_backup::BackupError),
+    Read(#[from] ReadError),
     #[error(transparent)]
     Repo(#[from] pgpitr_repo::RepoError),
     #[error(transparent)]
@@ -151,7 +149,8 @@ pub async fn restore(repo: &Repository, opts: &RestoreOptions) -> Result<Restore
         .ok_or_else(|| RestoreError::Invalid(format!("backup {} vanished while planning", plan.backup.id)))?;
     tracing::info!(backup = %info.id, pgdata = %opts.pgdata.display(), "extracting the backup");
     let t1 = Instant::now();
-    let stats = extract_with_progress(repo, &info, opts).await?;
+    let eopts = ExtractOptions { parallelism: opts.parallelism, fsync: true, progress: opts.progress.clone() };
+    let stats = datadir::extract(repo, &info, &opts.pgdata, &opts.tablespace_map, &eopts).await?;
     out.download_secs = t1.elapsed().as_secs_f64();
     out.files = stats.files;
     out.bytes = stats.bytes;
@@ -187,55 +186,6 @@ pub async fn restore(repo: &Repository, opts: &RestoreOptions) -> Result<Restore
 }
 
 use std::os::unix::fs::DirBuilderExt;
-
-/// Runs the extraction; on a terminal, draws a progress bar from the bytes
-/// already on disk (the extractor keeps no counters to read).
-async fn extract_with_progress(
-    repo: &Repository,
-    info: &BackupInfo,
-    opts: &RestoreOptions,
-) -> Result<ExtractStats, RestoreError> {
-    let done = Arc::new(AtomicBool::new(false));
-    let bar = (opts.progress && std::io::stderr().is_terminal()).then(|| {
-        let pb =
-            indicatif::ProgressBar::with_draw_target(Some(info.size_bytes), indicatif::ProgressDrawTarget::stderr());
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "restoring {bar:30} {percent:>3}% {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        ) {
-            pb.set_style(style);
-        }
-        let done = done.clone();
-        let dirs: Vec<PathBuf> =
-            std::iter::once(opts.pgdata.clone()).chain(opts.tablespace_map.iter().map(|(_, n)| n.clone())).collect();
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(300));
-                pb.set_position(dirs.iter().map(|d| disk_bytes(d)).sum());
-            }
-            pb.finish_and_clear();
-        })
-    });
-    let eopts = ExtractOptions { parallelism: opts.parallelism.max(1), ..ExtractOptions::default() };
-    let result = pgpitr_backup::extract(repo, info, &opts.pgdata, &opts.tablespace_map, &eopts).await;
-    done.store(true, Ordering::Relaxed);
-    if let Some(h) = bar {
-        let _ = h.join();
-    }
-    Ok(result?)
-}
-
-/// Bytes of regular files under `dir` (symlinks not followed).
-fn disk_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => disk_bytes(&e.path()),
-            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
-            _ => 0,
-        })
-        .sum()
-}
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,6 @@
 
 use crate::target::TargetAction;
 use pgpitr_types::Lsn;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,15 @@ pub struct StartOptions {
     pub action: TargetAction,
     /// Wait for recovery to finish (otherwise return once the server runs).
     pub wait: bool,
-    pub progress: bool,
+    /// Where replay stands while `wait` follows it, for whoever shows it.
+    pub progress: std::sync::Arc<std::sync::Mutex<Replaying>>,
+}
+
+/// The last replayed LSN and commit time seen while following recovery.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replaying {
+    pub lsn: Option<Lsn>,
+    pub commit_time: Option<String>,
 }
 
 /// Where recovery ended, as the server reports it.
@@ -126,7 +133,6 @@ pub async fn start(opts: &StartOptions) -> Result<Reached, ServerError> {
     let mut reached =
         Reached { state: "running".into(), port: opts.port, log_file: log_file.clone(), ..Default::default() };
     let mut seen_pid = false;
-    let tty = opts.progress && std::io::stderr().is_terminal();
     // One session, kept across polls (it survives promotion): polling often
     // then costs a query, not a backend started per poll while the server
     // replays.
@@ -181,12 +187,8 @@ pub async fn start(opts: &StartOptions) -> Result<Reached, ServerError> {
         };
         reached.last_replayed_lsn = row.replay_lsn;
         reached.last_replayed_commit_time = row.replay_time.clone();
-        if tty {
-            eprint!(
-                "\rreplaying: LSN {} last commit {}   ",
-                row.replay_lsn.map(|l| l.to_string()).unwrap_or_else(|| "?".into()),
-                row.replay_time.as_deref().unwrap_or("none yet")
-            );
+        if let Ok(mut p) = opts.progress.lock() {
+            *p = Replaying { lsn: row.replay_lsn, commit_time: row.replay_time.clone() };
         }
         let done = match opts.action {
             TargetAction::Promote => !row.in_recovery,
@@ -194,9 +196,6 @@ pub async fn start(opts: &StartOptions) -> Result<Reached, ServerError> {
             TargetAction::Shutdown => !row.in_recovery,
         };
         if done {
-            if tty {
-                eprintln!();
-            }
             reached.replay_secs = t0.elapsed().as_secs_f64();
             reached.timeline = row.timeline;
             reached.state = if row.in_recovery { "paused" } else { "promoted" }.into();

@@ -1,10 +1,13 @@
-//! Showing a backup's progress: a bar when stderr is a terminal, periodic
-//! log lines otherwise (daemons, CI, pipes).
+//! Showing progress from the libraries' counters: a backup's as a bar when
+//! stderr is a terminal, periodic log lines otherwise (daemons, CI, pipes);
+//! a restore's download and replay on a terminal only.
 
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pgpitr_backup::{BackupPhase, BackupProgress};
+use pgpitr_repo::reader::ReadProgress;
+use pgpitr_restore::server::Replaying;
 use std::io::IsTerminal;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -20,12 +23,38 @@ impl ProgressDisplay {
     /// Starts showing `progress`; a bar only when `allow_bar` and stderr is
     /// a terminal.
     pub fn start(progress: Arc<BackupProgress>, allow_bar: bool) -> ProgressDisplay {
-        let stop = CancellationToken::new();
-        let token = stop.clone();
         let bar = allow_bar && std::io::stderr().is_terminal();
-        let task = tokio::spawn(async move {
+        Self::spawn(move |token| async move {
             if bar { show_bar(progress, token).await } else { log_lines(progress, token).await }
-        });
+        })
+    }
+
+    /// A restore's download as a bar, when `show` and stderr is a terminal.
+    pub fn restore(progress: Arc<ReadProgress>, show: bool) -> ProgressDisplay {
+        let show = show && std::io::stderr().is_terminal();
+        Self::spawn(move |token| async move {
+            if show {
+                restore_bar(progress, token).await
+            }
+        })
+    }
+
+    /// Where replay stands, on one line, when `show` and stderr is a terminal.
+    pub fn replay(progress: Arc<Mutex<Replaying>>, show: bool) -> ProgressDisplay {
+        let show = show && std::io::stderr().is_terminal();
+        Self::spawn(move |token| async move {
+            if show {
+                replay_line(progress, token).await
+            }
+        })
+    }
+
+    fn spawn<F>(f: impl FnOnce(CancellationToken) -> F) -> ProgressDisplay
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(f(stop.clone()));
         ProgressDisplay { stop, task }
     }
 
@@ -88,5 +117,46 @@ async fn log_lines(progress: Arc<BackupProgress>, stop: CancellationToken) {
             HumanBytes(stored),
             HumanBytes(rate as u64)
         );
+    }
+}
+
+async fn restore_bar(progress: Arc<ReadProgress>, stop: CancellationToken) {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("restoring {bar:30} {percent:>3}% {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    loop {
+        let (done, total) = (ReadProgress::get(&progress.bytes), ReadProgress::get(&progress.total));
+        bar.set_length(total.max(done));
+        bar.set_position(done);
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+        }
+    }
+    bar.finish_and_clear();
+}
+
+async fn replay_line(progress: Arc<Mutex<Replaying>>, stop: CancellationToken) {
+    let mut shown = None;
+    loop {
+        let now = progress.lock().map(|p| p.clone()).unwrap_or_default();
+        if now != Replaying::default() && shown.as_ref() != Some(&now) {
+            eprint!(
+                "\rreplaying: LSN {} last commit {}   ",
+                now.lsn.map(|l| l.to_string()).unwrap_or_else(|| "?".into()),
+                now.commit_time.as_deref().unwrap_or("none yet")
+            );
+            shown = Some(now);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+    if shown.is_some() {
+        eprintln!();
     }
 }

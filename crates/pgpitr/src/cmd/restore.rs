@@ -163,7 +163,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<u8> {
         tablespace_map: args.tablespace_map.clone(),
         exe,
         parallelism: args.parallel as usize,
-        progress: !args.json,
+        progress: Default::default(),
         dry_run: args.dry_run,
         // Spooled files must be the server's: --start refuses root.
         prefetch_wal: (args.start || args.wait) && !server::running_as_root(),
@@ -174,13 +174,20 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<u8> {
     } else {
         None
     };
-    let restored = pgpitr_restore::restore(&repo, &opts).await?;
+    let display = crate::progress::ProgressDisplay::restore(opts.progress.clone(), !args.json);
+    let restored = pgpitr_restore::restore(&repo, &opts).await;
+    display.stop().await;
+    let restored = restored?;
     if !args.json {
         print_plan(&restored, &opts);
     }
     let reached = if let Some(bindir) = bindir {
-        let sopts = StartOptions { pgdata, bindir, port: args.port, action, wait: args.wait, progress: !args.json };
-        Some(server::start(&sopts).await?)
+        let sopts =
+            StartOptions { pgdata, bindir, port: args.port, action, wait: args.wait, progress: Default::default() };
+        let display = crate::progress::ProgressDisplay::replay(sopts.progress.clone(), !args.json);
+        let reached = server::start(&sopts).await;
+        display.stop().await;
+        Some(reached?)
     } else {
         None
     };

@@ -5,7 +5,7 @@ use indicatif::HumanBytes;
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<u8> {
     let repo = super::open_repo(&args.repo.repo, pgpitr_repo::Access::Read).await?;
-    let report = pgpitr_backup::verify::verify(&repo, args.backup.as_deref()).await?;
+    let report = pgpitr_repo::verify::verify(&repo, args.backup.as_deref()).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -14,14 +14,13 @@
 //! journal deleted since the listing because its segment is now stored
 //! whole is not a problem.
 
-use crate::BackupError;
-use crate::extract::{check_contents, fetch_part, read_manifest};
+use crate::Repository;
+use crate::backup::{self, BackupId, BackupInfo};
+use crate::catalog::Catalog;
+use crate::reader::{BackupReader, Discard, ReadError};
+use crate::status::Unindexed;
+use crate::wal::{self, WalObjectId, WalObjectKind};
 use futures_util::StreamExt;
-use pgpitr_repo::Repository;
-use pgpitr_repo::backup::{self, BackupId, BackupInfo};
-use pgpitr_repo::catalog::Catalog;
-use pgpitr_repo::status::Unindexed;
-use pgpitr_repo::wal::{self, WalObjectId, WalObjectKind};
 use pgpitr_types::{Lsn, TimelineId};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -57,7 +56,7 @@ pub struct Report {
 
 /// Checks the complete backups and all WAL, or only backup `only` and the
 /// WAL from its start to its stop.
-pub async fn verify(repo: &Repository, only: Option<&str>) -> Result<Report, BackupError> {
+pub async fn verify(repo: &Repository, only: Option<&str>) -> Result<Report, ReadError> {
     let storage = repo.storage().clone();
     let mut report = Report::default();
     let mut backups: Vec<(BackupId, BackupInfo)> =
@@ -65,20 +64,26 @@ pub async fn verify(repo: &Repository, only: Option<&str>) -> Result<Report, Bac
     if let Some(id) = only {
         backups.retain(|(b, _)| b.to_string() == id);
         if backups.is_empty() {
-            return Err(BackupError::Invalid(format!("no complete backup {id} in {}", repo.location())));
+            return Err(ReadError::Invalid(format!("no complete backup {id} in {}", repo.location())));
         }
     }
     for (id, info) in &backups {
         report.backups += 1;
-        match check_contents(repo, info, CONCURRENCY / 2).await {
-            Ok(stats) => {
+        let read = async { BackupReader::open(repo, info).await?.parallelism(CONCURRENCY / 2).read(Discard).await };
+        match read.await {
+            Ok((_, stats)) => {
                 report.backup_objects += stats.parts as usize + 1;
                 report.backup_files += stats.files;
                 report.bytes += stats.stored_bytes + info.manifest.size;
             }
             Err(e) => {
                 let before = report.problems.len();
-                check_objects(storage.clone(), id, info, &mut report).await;
+                let (sound, bytes, problems) = BackupReader::check_objects(repo, info, CONCURRENCY).await;
+                report.backup_objects += sound;
+                report.bytes += bytes;
+                report
+                    .problems
+                    .extend(problems.into_iter().map(|(object, e)| Problem { object, problem: problem_of(e) }));
                 // Every object is sound, so the content is wrong: say what.
                 if report.problems.len() == before {
                     report.problems.push(Problem { object: id.dir(), problem: e.to_string() });
@@ -94,7 +99,7 @@ pub async fn verify(repo: &Repository, only: Option<&str>) -> Result<Report, Bac
         None => None,
     };
     let list_wal = || async move {
-        Ok::<_, BackupError>(match scope {
+        Ok::<_, ReadError>(match scope {
             Some((tli, from, to)) => BTreeMap::from([(tli, Catalog::wal_range(repo, tli, from, to).await?)]),
             None => Catalog::load_wal(repo).await?.timelines().clone(),
         })
@@ -194,43 +199,6 @@ fn gap_problem(tli: TimelineId, from: Lsn, to: Lsn) -> Problem {
     }
 }
 
-/// The manifest and every part, one by one; problems go into `report`.
-async fn check_objects(
-    storage: Arc<dyn pgpitr_storage::Storage>,
-    id: &BackupId,
-    info: &BackupInfo,
-    report: &mut Report,
-) {
-    match read_manifest(storage.as_ref(), id, info).await {
-        Ok(_) => {
-            report.backup_objects += 1;
-            report.bytes += info.manifest.size;
-        }
-        Err(e) => report.problems.push(Problem { object: id.manifest_key(), problem: problem_of(e) }),
-    }
-    let mut jobs = Vec::new();
-    for archive in &info.archives {
-        let mut offset = 0u64;
-        for part in &archive.parts {
-            let key = id.part_key(&archive.name, part.index);
-            jobs.push((key.clone(), fetch_part(storage.clone(), key, part.clone(), offset)));
-            offset += part.raw_len;
-        }
-    }
-    let mut checks = futures_util::stream::iter(jobs)
-        .map(|(key, job)| async move { (key, job.await) })
-        .buffer_unordered(CONCURRENCY);
-    while let Some((key, result)) = checks.next().await {
-        match result {
-            Ok(raw) => {
-                report.backup_objects += 1;
-                report.bytes += raw.len() as u64;
-            }
-            Err(e) => report.problems.push(Problem { object: key, problem: problem_of(e) }),
-        }
-    }
-}
-
 /// Fetches one WAL object and checks its checksum and that it holds the
 /// range its key names. Returns the bytes of WAL it holds, and what of it
 /// the commit-time index lacks.
@@ -249,12 +217,12 @@ async fn check_wal_object(
                 Ok((start.distance_to(end), j.frames.iter().filter_map(|(h, _)| Unindexed::of(&key, h)).collect()))
             }
             Ok(None) => Err("journal holds no valid WAL".to_string()),
-            Err(pgpitr_repo::RepoError::Storage(s)) if s.is_not_found() => Err(MISSING.to_string()),
+            Err(crate::RepoError::Storage(s)) if s.is_not_found() => Err(MISSING.to_string()),
             Err(e) => Err(e.to_string()),
         };
     }
     let (header, raw) = wal::read_object(storage.as_ref(), &key).await.map_err(|e| match e {
-        pgpitr_repo::RepoError::Storage(s) if s.is_not_found() => MISSING.to_string(),
+        crate::RepoError::Storage(s) if s.is_not_found() => MISSING.to_string(),
         other => other.to_string(),
     })?;
     if header.tli != id.tli || header.start != start || raw.len() as u64 != start.distance_to(end) {
@@ -269,10 +237,10 @@ async fn check_wal_object(
     Ok((raw.len() as u64, Unindexed::of(&key, &header).into_iter().collect()))
 }
 
-fn problem_of(e: BackupError) -> String {
+fn problem_of(e: ReadError) -> String {
     match e {
-        BackupError::Storage(s) if s.is_not_found() => MISSING.to_string(),
-        BackupError::Corrupt { reason, .. } => reason,
+        e if e.is_not_found() => MISSING.to_string(),
+        ReadError::Corrupt { reason, .. } => reason,
         other => other.to_string(),
     }
 }
