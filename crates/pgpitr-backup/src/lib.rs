@@ -177,7 +177,7 @@ pub enum BackupError {
     #[error(transparent)]
     Repo(#[from] pgpitr_repo::RepoError),
     #[error("fetching WAL for the backup: {0}")]
-    Stream(#[from] pgpitr_stream::StreamError),
+    Stream(#[from] pgpitr_archive::StreamError),
     /// Postgres reported page checksum failures; the backup was not kept.
     #[error(
         "PostgreSQL reported page checksum failures during the backup{}; the backup was discarded \

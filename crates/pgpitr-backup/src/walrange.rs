@@ -189,10 +189,10 @@ pub(crate) async fn ensure_wal(
             tracing::info!(%tli, %start, %stop, "fetching the backup's WAL over its temporary slot: {reason}");
             let left = deadline.saturating_duration_since(Instant::now());
             store_history(repo, &mut f.conn, tli).await?;
-            let fetch = pgpitr_stream::archive_range(repo, &mut f.conn, Some(&f.slot), tli, start, stop, cancel);
+            let fetch = pgpitr_archive::archive_range(repo, &mut f.conn, Some(&f.slot), tli, start, stop, cancel);
             return match tokio::time::timeout(left, fetch).await {
                 Ok(Ok(())) => Ok(WalSource::Fetched),
-                Ok(Err(pgpitr_stream::StreamError::Cancelled)) => Err(BackupError::Cancelled),
+                Ok(Err(pgpitr_archive::StreamError::Cancelled)) => Err(BackupError::Cancelled),
                 Ok(Err(e)) => Err(e.into()),
                 Err(_) => Err(timeout("fetching it over the replication connection took too long".into())),
             };

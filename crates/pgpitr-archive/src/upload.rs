@@ -3,6 +3,7 @@
 
 use crate::StreamError;
 use crate::compact::Source;
+use crate::journal::AppendEnd;
 use crate::segment::{ChunkCell, PartChunk, segment_pieces};
 use bytes::{Bytes, BytesMut};
 use pgpitr_repo::object::{self, BufPool, Chunk, Piece, WalSummary};
@@ -230,6 +231,19 @@ fn encode_merge(
         let _ = cell.set(Chunk { raw_len, framed: encoded.slice(header.payload_offset..) });
     }
     (encoded, crc)
+}
+
+/// Result of one upload task.
+pub(crate) struct Done {
+    pub id: WalObjectId,
+    pub start: Lsn,
+    pub end: Lsn,
+    /// Parts made redundant once this (complete segment) is stored.
+    pub superseded: Vec<WalObjectId>,
+    /// The time the upload took.
+    pub result: Result<Duration, StreamError>,
+    /// For a journal append: what becomes of the journal.
+    pub journal: Option<AppendEnd>,
 }
 
 #[cfg(test)]

@@ -1,0 +1,823 @@
+//! The WAL writer's loop: one task owns all state and `select!`s over the
+//! replication stream, finished uploads, the flush deadline, the status
+//! timer and shutdown.
+//!
+//! ```text
+//!  Postgres ──XLogData──▶ OpenSegment ──part / segment──▶ upload tasks ──▶ Storage
+//!     ▲                      │ scanner (commit times)          │
+//!     └──── status (flush = durable) ◀── DurableTracker ◀──────┘
+//! ```
+
+use crate::compact::{self, Merged};
+use crate::durable::DurableTracker;
+use crate::freshness::Freshness;
+use crate::index::CommitIndex;
+use crate::journal::{AheadJournal, AppendJob, JournalSlot};
+use crate::schedule::{Mode, PartSchedule};
+use crate::segment::OpenSegment;
+use crate::start::{self, ResumePlan};
+use crate::upload::{self, Blocks, Buffers, Done, SpareSegments, WalUpload};
+use crate::{StreamConfig, StreamError, StreamStats};
+use bytes::Bytes;
+use pgpitr_pgwire::{ReplicationConnection, ReplicationStream, StreamMessage};
+use pgpitr_repo::Repository;
+use pgpitr_repo::object::BufPool;
+use pgpitr_repo::wal::{WalObjectId, WalObjectKind};
+use pgpitr_storage::Storage;
+use pgpitr_types::{Lsn, TimelineHistory, TimelineId, WalSegSize};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Spare segment buffers kept for reuse (reusing one avoids faulting in a
+/// fresh 16 MiB per segment). Two made a bulk load ~10% cheaper in CPU but
+/// put steady RSS over its 64 MiB bound, so one it is.
+const SPARE_BUFFERS: usize = 1;
+/// Encode buffers kept for reuse: one object being written while the next
+/// is encoded. Each pins up to one compressed segment of memory.
+const ENCODE_BUFFERS: usize = 2;
+
+/// How [`WalWriter::stream`] ended without an error.
+pub enum Flow {
+    Shutdown,
+    /// The stream ended at a timeline switch; the connection is idle again.
+    NextTimeline {
+        next_tli: TimelineId,
+        next_start: Lsn,
+    },
+}
+
+/// Everything one streaming session owns: the open segment, uploads in
+/// flight, the durable position.
+pub struct WalWriter {
+    repo: Repository,
+    seg: WalSegSize,
+    cfg: StreamConfig,
+    stats: Arc<StreamStats>,
+    tli: TimelineId,
+    /// Next LSN expected from the server.
+    received: Lsn,
+    cur: OpenSegment,
+    index: CommitIndex,
+    tracker: DurableTracker,
+    /// Until something is stored, a new repository has nothing to report.
+    report_floor: Lsn,
+    uploads: JoinSet<Done>,
+    segments_in_flight: usize,
+    parts_in_flight: usize,
+    /// When pending WAL is due to be stored.
+    schedule: PartSchedule,
+    /// Cancels uploads only when a shutdown runs out of time.
+    upload_cancel: CancellationToken,
+    /// For a bounded range: stop once WAL up to here is durable.
+    stop_at: Option<Lsn>,
+    /// Encode buffers and spare segment buffers, recycled.
+    bufs: Buffers,
+    journal: JournalSlot,
+    /// The append of a just-completed segment's last bytes to its journal,
+    /// run once the message that completed it is taken in.
+    tail: Option<AppendJob>,
+    /// An upload task was spawned since the stream last yielded.
+    spawned: bool,
+    fresh: Freshness,
+    /// The merge of the open segment's parts in flight (see `compact`).
+    merging: Option<Merging>,
+    /// A merge of the open segment failed: no more until the next one.
+    merge_failed: bool,
+    /// The segments most recently stored whole, newest last.
+    recent_complete: Vec<WalObjectId>,
+    /// Parts stored after their segment was completed, before it was
+    /// stored: deleted once it is.
+    late_parts: Vec<WalObjectId>,
+    /// Deletions of parts that stored segments or merges replaced; aborted
+    /// with the session.
+    cleanups: JoinSet<()>,
+    /// Storing what is pending before a shutdown or timeline switch: no
+    /// new merges (they never make WAL durable, so none is waited for).
+    draining: bool,
+}
+
+/// How long a shutdown waits for the last deletions of replaced parts.
+const CLEANUP_AT_EXIT: Duration = Duration::from_secs(2);
+
+/// Complete segments remembered for parts that are stored after them (a
+/// part is in flight while at most `max_segments_in_flight` segments are).
+const RECENT_COMPLETE: usize = 8;
+
+struct Merging {
+    id: WalObjectId,
+    task: tokio::task::JoinHandle<Merged>,
+}
+
+/// A merge ends with its session: it would otherwise store, beside the
+/// next session, a part that session's listing did not see.
+impl Drop for Merging {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Waits for the merge in flight, if any.
+async fn merge_done(merging: &mut Option<Merging>) -> Result<Merged, tokio::task::JoinError> {
+    match merging {
+        Some(m) => (&mut m.task).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl WalWriter {
+    pub fn new(
+        repo: &Repository,
+        cfg: &StreamConfig,
+        plan: ResumePlan,
+        stats: Arc<StreamStats>,
+        upload_cancel: CancellationToken,
+    ) -> Self {
+        let seg = repo.seg_size();
+        let index = CommitIndex::resume(plan.segment.start_lsn(), seg, repo.major().wal_format(), &plan.scan_prefix);
+        stats.durable_lsn.store(plan.start.0, Ordering::Relaxed);
+        stats.unstored_since_us.store(0, Ordering::Relaxed);
+        WalWriter {
+            repo: repo.clone(),
+            seg,
+            cfg: cfg.clone(),
+            stats,
+            tli: plan.tli,
+            received: plan.start,
+            cur: plan.segment,
+            index,
+            tracker: DurableTracker::new(plan.start),
+            report_floor: if plan.start_is_stored { Lsn::INVALID } else { plan.start },
+            uploads: JoinSet::new(),
+            segments_in_flight: 0,
+            parts_in_flight: 0,
+            schedule: PartSchedule::new(),
+            upload_cancel,
+            stop_at: None,
+            bufs: Buffers {
+                encode: BufPool::for_objects(ENCODE_BUFFERS, seg.bytes() as usize),
+                segments: SpareSegments::new(SPARE_BUFFERS, seg.bytes() as usize),
+            },
+            journal: JournalSlot::default(),
+            tail: None,
+            spawned: false,
+            fresh: Freshness::default(),
+            merging: None,
+            merge_failed: false,
+            recent_complete: Vec::with_capacity(RECENT_COMPLETE),
+            late_parts: Vec::new(),
+            cleanups: JoinSet::new(),
+            draining: false,
+        }
+    }
+
+    /// Next LSN expected from the server.
+    pub fn received(&self) -> Lsn {
+        self.received
+    }
+
+    pub fn tli(&self) -> TimelineId {
+        self.tli
+    }
+
+    fn durable(&self) -> Lsn {
+        self.tracker.durable()
+    }
+
+    /// The position to report as written and flushed: the durable one, or
+    /// "invalid" while nothing at all is stored yet.
+    fn reportable(&self) -> Lsn {
+        let d = self.tracker.durable();
+        if d > self.report_floor { d } else { Lsn::INVALID }
+    }
+
+    /// Backpressure: stop reading while too many segments are in flight, so
+    /// memory stays bounded whatever the WAL rate or storage latency.
+    fn can_accept(&self) -> bool {
+        self.segments_in_flight < self.cfg.max_segments_in_flight && !self.received_enough()
+    }
+
+    fn received_enough(&self) -> bool {
+        self.stop_at.is_some_and(|s| self.received >= s)
+    }
+
+    /// When the pending bytes must be handed to storage to be durable within
+    /// the flush interval of their arrival.
+    fn flush_deadline(&self) -> Option<Instant> {
+        let since = self.cur.pending_since();
+        if self.uses_journal() {
+            return self.schedule.due(Mode::Journal, since, usize::from(self.journal.busy));
+        }
+        if self.stores_at_once() {
+            return self.schedule.due(Mode::AtOnce, since, self.parts_in_flight);
+        }
+        self.schedule.due(Mode::Interval(self.cfg.flush_interval), since, self.parts_in_flight)
+    }
+
+    /// Streams until shutdown, the end of the timeline, or (with a range)
+    /// until WAL up to its end is durable.
+    pub async fn stream(
+        &mut self,
+        mut stream: ReplicationStream<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<Flow, StreamError> {
+        let mut status_tick = tokio::time::interval(self.cfg.status_interval);
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reported = Lsn::INVALID;
+        // The server sends keepalives at least every wal_sender_timeout / 2;
+        // silence much longer than that is a dead connection TCP did not notice.
+        let silence_limit = (self.cfg.status_interval * 3).max(Duration::from_secs(90));
+        let mut last_heard = Instant::now();
+        // Timers are re-armed only when their instant changes: registering
+        // new ones for every message was a measurable share of the CPU.
+        let silence = tokio::time::sleep(silence_limit);
+        tokio::pin!(silence);
+        let flush_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(flush_timer);
+        let mut armed: Option<Instant> = None;
+        // The token's future locks two mutexes at every poll, and the loop
+        // polls it at every wait for a message: a task waits on the token
+        // instead and fires a oneshot, whose poll is an atomic load.
+        let (cancel_tx, mut cancelled) = tokio::sync::oneshot::channel::<()>();
+        let token = cancel.clone();
+        let _watcher = AbortOnDrop(tokio::spawn(async move {
+            token.cancelled().await;
+            let _ = cancel_tx.send(());
+        }));
+        loop {
+            // A new upload task runs only when this one yields, and reading
+            // a busy socket yields only when tokio's budget runs out (every
+            // ~2 segments on a bulk load): until then the upload has not
+            // even started encoding, and its segment buffer is not free for
+            // reuse. So yield once after handing work to an upload.
+            if std::mem::take(&mut self.spawned) {
+                tokio::task::yield_now().await;
+            }
+            // In the modes that store at once, what is pending is submitted
+            // when the socket has nothing more to read, as pg_receivewal
+            // syncs: one append then carries every message that arrived
+            // while the last one was syncing, not just the first of them.
+            // A part still gathering commits is due on the timer instead.
+            let due = self.flush_deadline();
+            let (idle_due, deadline) = match due {
+                _ if !self.stores_at_once() => (false, due),
+                Some(d) if d > Instant::now() => (false, due),
+                Some(_) => (true, None),
+                None => (false, None),
+            };
+            if let Some(d) = deadline
+                && armed != deadline
+            {
+                flush_timer.as_mut().reset(d.into());
+                armed = deadline;
+            }
+            tokio::select! {
+                biased;
+                Some(done) = self.uploads.join_next(), if !self.uploads.is_empty() => {
+                    let done = done.map_err(|e| StreamError::Internal(format!("upload task failed: {e}")))?;
+                    let moved = self.finish_upload(done)?;
+                    if !self.stores_at_once() {
+                        self.submit_if_due(Instant::now());
+                    }
+                    if moved {
+                        report_advance(&mut stream, self.reportable(), &mut reported).await?;
+                    }
+                    if self.stop_at.is_some_and(|s| self.durable() >= s) {
+                        self.drain(Some(&mut stream)).await?;
+                        stream.finish().await.ok();
+                        return Ok(Flow::Shutdown);
+                    }
+                }
+                _ = &mut flush_timer, if deadline.is_some() => {
+                    armed = None;
+                    self.submit_part();
+                }
+                done = merge_done(&mut self.merging), if self.merging.is_some() => self.finish_merge(done),
+                msg = stream.next(), if self.can_accept() => {
+                    let now = Instant::now();
+                    last_heard = now;
+                    match msg? {
+                        StreamMessage::XLogData { start, data, .. } => {
+                            self.on_wal(start, data, now)?;
+                            if !self.stores_at_once() {
+                                self.submit_if_due(now);
+                            }
+                            if let Some(job) = self.tail.take()
+                                && self.append_now(job).await?
+                            {
+                                report_advance(&mut stream, self.reportable(), &mut reported).await?;
+                            }
+                        }
+                        StreamMessage::Keepalive { reply_requested, end_of_wal, .. } => {
+                            self.stats.server_lsn.store(end_of_wal.0, Ordering::Relaxed);
+                            if reply_requested {
+                                reported = self.reportable();
+                                stream.send_status(reported, reported, reported, false).await?;
+                            }
+                        }
+                        StreamMessage::EndOfTimeline { next_tli, next_tli_start } => {
+                            return Ok(Flow::NextTimeline { next_tli, next_start: next_tli_start });
+                        }
+                    }
+                }
+                // Only reached when no message is ready (or reading is
+                // paused): `biased` polls the branches in order.
+                _ = std::future::ready(()), if idle_due => {
+                    match self.append_inline().await? {
+                        Some(true) => report_advance(&mut stream, self.reportable(), &mut reported).await?,
+                        Some(false) => {}
+                        None => self.submit_part(),
+                    }
+                    self.create_next_journal_ahead();
+                }
+                // After the message branch: tokio's cooperative budget
+                // still yields to it under constant load.
+                _ = &mut cancelled => {
+                    self.drain(Some(&mut stream)).await?;
+                    stream.finish().await.ok();
+                    return Ok(Flow::Shutdown);
+                }
+                // After the message branch, so data already buffered wins.
+                _ = &mut silence, if self.can_accept() => {
+                    if last_heard.elapsed() < silence_limit {
+                        silence.as_mut().reset((last_heard + silence_limit).into());
+                        continue;
+                    }
+                    return Err(StreamError::Protocol(format!(
+                        "nothing heard from the server for {} s; assuming the connection is dead",
+                        silence_limit.as_secs()
+                    )));
+                }
+                _ = status_tick.tick() => {
+                    // Also keeps wal_sender_timeout from firing while storage is slow.
+                    reported = self.reportable();
+                    stream.send_status(reported, reported, reported, false).await?;
+                }
+            }
+        }
+    }
+
+    fn on_wal(&mut self, start: Lsn, mut data: Bytes, now: Instant) -> Result<(), StreamError> {
+        if start != self.received {
+            return Err(StreamError::Protocol(format!(
+                "server sent WAL at {start}, expected {} on timeline {}",
+                self.received, self.tli
+            )));
+        }
+        let received_us = jiff::Timestamp::now().as_microsecond();
+        while !data.is_empty() {
+            let take = data.len().min(self.cur.room());
+            let chunk = data.split_to(take);
+            self.cur.append(&chunk, now);
+            self.scan(&chunk, received_us);
+            self.received = Lsn(self.received.0 + take as u64);
+            if self.cur.is_full() {
+                self.submit_segment();
+            }
+        }
+        self.fresh.received(self.received, received_us);
+        self.stats.unstored_since_us.store(self.fresh.unstored_since(), Ordering::Relaxed);
+        debug_assert_eq!(self.cur.end_lsn(), self.received);
+        self.stats.received_lsn.store(self.received.0, Ordering::Relaxed);
+        self.stats.received_bytes.fetch_add(start.distance_to(self.received), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Indexes commit records into the pending summary (see [`CommitIndex`]).
+    fn scan(&mut self, chunk: &[u8], received_us: i64) {
+        let seg_start = self.cur.start_lsn();
+        let fresh = &mut self.fresh;
+        let ok = self
+            .index
+            .scan(chunk, seg_start, self.cur.pending_summary_mut(), received_us, |end, us| fresh.commit(end, us));
+        if !ok {
+            self.stats.scan_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn submit_segment(&mut self) {
+        let next = match self.bufs.segments.take() {
+            Some(buf) => OpenSegment::new_in(buf, self.tli, self.cur.segno.next(), self.seg, &[], true),
+            None => OpenSegment::new(self.tli, self.cur.segno.next(), self.seg, &[], true),
+        };
+        self.index.next_segment(next.start_lsn());
+        // The segment's last commits go to its journal at once: waiting for
+        // the complete segment to be compressed and stored would hold up
+        // every commit until then (tens of ms per segment).
+        if self.uses_journal()
+            && self.tail.is_none()
+            && self.journal.open.as_ref().is_some_and(|j| j.id.tli == self.cur.tli && j.id.segno == self.cur.segno)
+        {
+            self.tail = self.prepare_append();
+        }
+        let full = std::mem::replace(&mut self.cur, next);
+        self.journal.open = None;
+        // The complete segment replaces whatever a merge would have made.
+        let cut_short = self.merging.take().map(|m| m.id);
+        self.merge_failed = false;
+        let c = full.into_complete(cut_short);
+        self.segments_in_flight += 1;
+        let up =
+            WalUpload { id: c.id, start: c.start, raw: c.raw, summary: c.summary, blocks: Blocks::Segment(c.chunks) };
+        self.spawn_upload(up, c.superseded);
+    }
+
+    /// Synchronous mode and a bounded range store what arrives as soon as
+    /// the socket is drained, not on a timer.
+    fn stores_at_once(&self) -> bool {
+        self.cfg.synchronous || self.received_enough()
+    }
+
+    /// Submits now when the deadline has passed: a timer set for the past
+    /// fires only at the next millisecond tick, and in synchronous mode every
+    /// commit waits for that.
+    fn submit_if_due(&mut self, now: Instant) {
+        if self.flush_deadline().is_some_and(|d| d <= now) {
+            self.submit_part();
+        }
+    }
+
+    fn uses_journal(&self) -> bool {
+        self.cfg.synchronous && self.journal.supported != Some(false)
+    }
+
+    fn submit_part(&mut self) {
+        if self.uses_journal() {
+            return self.submit_append();
+        }
+        if let Some((id, start, raw, summary, cell)) = self.cur.cut_part() {
+            self.stats.open_segment_objects.store(self.cur.cover_len() as u64, Ordering::Relaxed);
+            self.parts_in_flight += 1;
+            self.spawn_upload(WalUpload { id, start, raw, summary, blocks: Blocks::Part(cell) }, Vec::new());
+        }
+    }
+
+    /// Appends what is pending to the open segment's journal (creating it
+    /// first); if the storage refuses, stores it as a part instead.
+    fn submit_append(&mut self) {
+        if let Some(job) = self.prepare_append() {
+            self.spawned = true;
+            self.uploads.spawn(job.run());
+        }
+    }
+
+    /// Cuts what is pending for the journal; `None` while an append is in
+    /// flight or nothing is pending.
+    fn prepare_append(&mut self) -> Option<AppendJob> {
+        if self.journal.busy {
+            return None;
+        }
+        let (tli, segno) = (self.cur.tli, self.cur.segno);
+        let open = self.journal.open.take().filter(|j| j.id.tli == tli && j.id.segno == segno);
+        let Some(cut) = self.cur.cut_pending() else {
+            self.journal.open = open;
+            return None;
+        };
+        let jfrom = open.as_ref().map_or(cut.from, |j| j.from);
+        let jid = WalObjectId::journal(tli, segno, jfrom);
+        self.cur.note_object(jid);
+        let ahead = match self.journal.ahead.take() {
+            Some(a) if open.is_none() && a.id.same_object(&jid) => Some(a),
+            other => {
+                self.journal.ahead = other;
+                None
+            }
+        };
+        self.journal.busy = true;
+        Some(AppendJob {
+            storage: self.repo.storage().clone(),
+            seg: self.seg,
+            cancel: self.upload_cancel.clone(),
+            bufs: self.bufs.clone(),
+            jid,
+            jfrom,
+            cut,
+            open,
+            ahead,
+            supported: true,
+        })
+    }
+
+    /// Once the segment is half full, starts creating the next one's
+    /// journal, where journals are known to work.
+    fn create_next_journal_ahead(&mut self) {
+        if self.journal.ahead.is_some()
+            || self.journal.supported != Some(true)
+            || !self.uses_journal()
+            || self.cur.filled() < self.seg.bytes() as usize / 2
+        {
+            return;
+        }
+        let id = WalObjectId::journal(self.cur.tli, self.cur.segno.next(), 0);
+        self.journal.ahead = Some(AheadJournal::spawn(self.repo.storage().clone(), self.seg, id));
+    }
+
+    /// Deletes a journal created ahead that will not be used (at shutdown
+    /// or a timeline switch), so no empty journal is left behind.
+    async fn discard_journal_ahead(&mut self) {
+        if let Some(a) = self.journal.ahead.take() {
+            a.discard(self.repo.storage().as_ref(), self.seg).await;
+        }
+    }
+
+    /// Appends what is pending to the open journal on this task, when one
+    /// is open: a spawned task per group commit (allocation, wake-up, a
+    /// trip through the scheduler) cost more than the append's own work.
+    /// Returns whether the durable position moved; `None` if it did not
+    /// apply (no open journal: [`WalWriter::submit_part`] handles it).
+    async fn append_inline(&mut self) -> Result<Option<bool>, StreamError> {
+        let (tli, segno) = (self.cur.tli, self.cur.segno);
+        let open = self.journal.open.as_ref().is_some_and(|j| j.id.tli == tli && j.id.segno == segno);
+        if !self.uses_journal() || !open {
+            return Ok(None);
+        }
+        let Some(job) = self.prepare_append() else { return Ok(Some(false)) };
+        self.append_now(job).await.map(Some)
+    }
+
+    /// Runs an append to an open journal on this task; returns whether the
+    /// durable position moved.
+    async fn append_now(&mut self, job: AppendJob) -> Result<bool, StreamError> {
+        match job.try_append().await {
+            Ok(done) => self.finish_upload(done),
+            Err(job) => {
+                // Storing a part retries for as long as storage fails: not
+                // on this task, which must keep the connection alive.
+                self.spawned = true;
+                self.uploads.spawn(job.store_part());
+                Ok(false)
+            }
+        }
+    }
+
+    fn spawn_upload(&mut self, up: WalUpload, superseded: Vec<WalObjectId>) {
+        let storage = self.repo.storage().clone();
+        let seg = self.seg;
+        let cancel = self.upload_cancel.clone();
+        let bufs = self.bufs.clone();
+        self.spawned = true;
+        self.uploads.spawn(async move {
+            let (id, start, end) = (up.id, up.start, up.end());
+            let result = upload::store(&storage, seg, up, bufs, &cancel).await.map(|s| s.took);
+            Done { id, start, end, superseded, result, journal: None }
+        });
+    }
+
+    /// Returns true when the durable position moved.
+    fn finish_upload(&mut self, done: Done) -> Result<bool, StreamError> {
+        match done.id.kind {
+            WalObjectKind::Segment => self.segments_in_flight -= 1,
+            WalObjectKind::Part { .. } => self.parts_in_flight -= 1,
+            WalObjectKind::Journal { .. } => self.journal.busy = false,
+        }
+        // A part of a segment completed while the part was in flight: not
+        // in that segment's list of parts to delete.
+        let mut late = None;
+        if let Some(end) = done.journal {
+            self.journal.supported = Some(end.supported);
+            let (tli, segno) = (self.cur.tli, self.cur.segno);
+            let current = |id: &WalObjectId| id.tli == tli && id.segno == segno;
+            match end.fallback {
+                // Stored once `done.result` is Ok (else the session ends):
+                // one of the segment's parts, so merges see every byte.
+                Some((part, summary)) if current(&part) && done.result.is_ok() => {
+                    self.cur.hold_stored_part(part, summary)
+                }
+                Some((part, _)) if current(&part) => self.cur.note_object(part),
+                Some((part, _)) => late = Some(part),
+                None => {}
+            }
+            self.journal.open = end.open.filter(|j| current(&j.id));
+        }
+        let took = done.result?;
+        let mut superseded = done.superseded;
+        match done.id.kind {
+            WalObjectKind::Part { .. } if self.cur.mark_stored(&done.id) => self.start_due_merge(),
+            WalObjectKind::Part { .. } => late = Some(done.id),
+            WalObjectKind::Segment => {
+                if self.recent_complete.len() == RECENT_COMPLETE {
+                    self.recent_complete.remove(0);
+                }
+                self.recent_complete.push(done.id);
+                let (tli, segno) = (done.id.tli, done.id.segno);
+                superseded.extend(self.late_parts.extract_if(.., |p| p.tli == tli && p.segno == segno));
+            }
+            _ => {}
+        }
+        if let Some(part) = late {
+            // Deleted now if its segment is stored whole, else with it.
+            if self.recent_complete.contains(&WalObjectId::segment(part.tli, part.segno)) {
+                superseded.push(part);
+            } else {
+                self.late_parts.push(part);
+            }
+        }
+        self.schedule.uploaded(took);
+        self.stats.uploads.fetch_add(1, Ordering::Relaxed);
+        while self.cleanups.try_join_next().is_some() {}
+        if !superseded.is_empty() {
+            let storage = self.repo.storage().clone();
+            let keys: Vec<String> = superseded.iter().map(|id| id.key(self.seg)).collect();
+            self.cleanups.spawn(async move {
+                if let Err(e) = storage.delete_many(&keys).await {
+                    tracing::warn!(
+                        "deleting {} parts of a stored segment failed (retried at next start): {e}",
+                        keys.len()
+                    );
+                }
+            });
+        }
+        let moved = self.tracker.complete(done.start, done.end);
+        if moved {
+            let durable = self.durable();
+            self.stats.durable_lsn.store(durable.0, Ordering::Relaxed);
+            if let Some(us) = self.fresh.durable(durable) {
+                self.stats.durable_commit_us.fetch_max(us, Ordering::Relaxed);
+            }
+            self.stats.unstored_since_us.store(self.fresh.unstored_since(), Ordering::Relaxed);
+            self.stats.durable_advanced_us.store(jiff::Timestamp::now().as_microsecond(), Ordering::Relaxed);
+            tracing::debug!(%durable, "durable position advanced");
+        }
+        Ok(moved)
+    }
+
+    /// Starts merging the open segment's stored parts when they are due.
+    fn start_due_merge(&mut self) {
+        // Where journals work, a segment is one journal but for failed
+        // appends: nothing to merge.
+        let journals = self.journal.supported == Some(true);
+        if self.merging.is_some() || self.merge_failed || self.draining || self.stop_at.is_some() || journals {
+            return;
+        }
+        let Some(merge) = self.cur.due_merge() else { return };
+        tracing::debug!(merged = %merge.id.key(self.seg), inputs = merge.inputs.len(), "merging parts");
+        let id = merge.id;
+        let task = tokio::spawn(compact::run(
+            self.repo.storage().clone(),
+            self.seg,
+            merge,
+            self.bufs.clone(),
+            self.upload_cancel.clone(),
+        ));
+        self.merging = Some(Merging { id, task });
+    }
+
+    /// Takes in an ended merge and starts the next one that is due. A merge
+    /// that failed is not retried in this session: its parts stay as they
+    /// are, and are merged at the next start or deleted with the segment.
+    fn finish_merge(&mut self, done: Result<Merged, tokio::task::JoinError>) {
+        self.merging = None;
+        match done {
+            Ok(Merged { id, inputs, result: Ok((chunk, crc)) }) => {
+                // Readers already take the merged part; the next merge need
+                // not wait for these deletes.
+                let (storage, seg) = (self.repo.storage().clone(), self.seg);
+                let keys: Vec<String> = inputs.iter().map(|p| p.key(seg)).collect();
+                self.cleanups.spawn(async move {
+                    if let Err(e) = storage.delete_many(&keys).await {
+                        tracing::warn!(merged = %id.key(seg), "deleting {} merged parts failed (done at next start): {e}", keys.len());
+                    }
+                });
+                if self.cur.merged(id, &inputs, chunk, crc) {
+                    self.stats.merges.fetch_add(1, Ordering::Relaxed);
+                    self.stats.open_segment_objects.store(self.cur.cover_len() as u64, Ordering::Relaxed);
+                    self.start_due_merge();
+                }
+            }
+            Ok(Merged { id, result: Err(e), .. }) => {
+                tracing::error!(merged = %id.key(self.seg), "merging parts failed; they stay as they are: {e}");
+                self.merge_failed = true;
+            }
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => tracing::error!("merge task failed: {e}"),
+        }
+    }
+
+    /// Hands everything received to storage and waits until it is durable,
+    /// up to the shutdown timeout.
+    async fn drain(&mut self, stream: Option<&mut ReplicationStream<'_>>) -> Result<(), StreamError> {
+        if let Some(job) = self.tail.take() {
+            self.append_now(job).await?;
+        }
+        self.draining = true;
+        self.merging = None;
+        self.submit_part();
+        let deadline = tokio::time::sleep(self.cfg.shutdown_timeout);
+        tokio::pin!(deadline);
+        while !self.uploads.is_empty() {
+            tokio::select! {
+                Some(done) = self.uploads.join_next() => {
+                    let done = done.map_err(|e| StreamError::Internal(format!("upload task failed: {e}")))?;
+                    self.finish_upload(done)?;
+                    // A journal takes one append at a time: the rest now.
+                    self.submit_part();
+                }
+                _ = &mut deadline => {
+                    self.upload_cancel.cancel();
+                    return Err(StreamError::Definite(format!(
+                        "storage did not accept the last {} bytes of WAL within {:?}; they stay on the server \
+                         (the slot keeps them) and are streamed again at the next start",
+                        self.durable().distance_to(self.received),
+                        self.cfg.shutdown_timeout
+                    )));
+                }
+            }
+        }
+        self.discard_journal_ahead().await;
+        if let Some(stream) = stream {
+            let d = self.reportable();
+            stream.send_status(d, d, d, false).await?;
+        }
+        // Parts a stored segment replaced: deleted now rather than left for
+        // the next start, unless storage keeps the shutdown waiting.
+        let _ =
+            tokio::time::timeout(CLEANUP_AT_EXIT, async { while self.cleanups.join_next().await.is_some() {} }).await;
+        self.draining = false;
+        Ok(())
+    }
+
+    /// Stores the old timeline's tail, then follows the server onto the
+    /// next timeline from where it starts.
+    pub async fn switch_timeline(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        next_tli: TimelineId,
+        next_start: Lsn,
+    ) -> Result<(), StreamError> {
+        if self.received != next_start {
+            return Err(StreamError::Protocol(format!(
+                "timeline {} ended at {next_start} but WAL was received up to {}",
+                self.tli, self.received
+            )));
+        }
+        // The old timeline's tail is stored as parts before anything else.
+        self.drain(None).await?;
+        let (name, content) = conn.timeline_history(next_tli).await?;
+        TimelineHistory::parse(next_tli, &String::from_utf8_lossy(&content))
+            .map_err(|e| StreamError::Definite(format!("server sent an unreadable {name}: {e}")))?;
+        start::store_history(&self.repo, next_tli, &content).await?;
+        let offset = next_start.segment_offset(self.seg) as usize;
+        let prefix = Bytes::copy_from_slice(self.cur.prefix(offset));
+        self.cur = OpenSegment::new(next_tli, next_start.segment_number(self.seg), self.seg, &prefix, false);
+        self.index = CommitIndex::resume(self.cur.start_lsn(), self.seg, self.repo.major().wal_format(), &prefix);
+        tracing::info!(from = %self.tli, to = %next_tli, at = %next_start, "following timeline switch");
+        self.tli = next_tli;
+        self.stats.timeline.store(next_tli.0, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Tells the server the durable position if it moved past what it was last
+/// told.
+async fn report_advance(
+    stream: &mut ReplicationStream<'_>,
+    durable: Lsn,
+    reported: &mut Lsn,
+) -> Result<(), StreamError> {
+    if durable > *reported {
+        *reported = durable;
+        stream.send_status(durable, durable, durable, false).await?;
+    }
+    Ok(())
+}
+
+/// Stores WAL `from..to` of timeline `tli` in the repository, streaming
+/// only what is not there yet, on a connection the caller owns (for example
+/// one holding a temporary slot that keeps the range on the server).
+/// Returns once all of it is durable.
+pub async fn archive_range(
+    repo: &Repository,
+    conn: &mut ReplicationConnection,
+    slot: Option<&str>,
+    tli: TimelineId,
+    from: Lsn,
+    to: Lsn,
+    cancel: &CancellationToken,
+) -> Result<(), StreamError> {
+    let Some(plan) = start::plan_range(repo, tli, from, to).await? else {
+        return Ok(());
+    };
+    let cfg = StreamConfig { flush_interval: Duration::from_millis(200), ..StreamConfig::default() };
+    tracing::info!(%tli, start = %plan.start, %to, "fetching WAL range into the repository");
+    let mut st = WalWriter::new(repo, &cfg, plan, Arc::new(StreamStats::default()), cancel.child_token());
+    st.stop_at = Some(to);
+    let stream = conn.start_physical(slot, st.received, tli).await?;
+    match st.stream(stream, cancel).await? {
+        Flow::Shutdown if st.durable() >= to => Ok(()),
+        Flow::Shutdown => Err(StreamError::Cancelled),
+        Flow::NextTimeline { next_start, .. } => Err(StreamError::Definite(format!(
+            "timeline {tli} ended at {next_start}, before {to}: the server was promoted during the operation"
+        ))),
+    }
+}
+
+/// Aborts a helper task when the stream that spawned it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
