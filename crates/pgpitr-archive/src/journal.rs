@@ -11,7 +11,7 @@ use pgpitr_repo::wal::{WalObjectId, WalObjectKind};
 use pgpitr_storage::{Journal, JournalOpen, Storage};
 use pgpitr_types::{Lsn, WalSegSize};
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The open segment's journal, in synchronous mode on storage that can

@@ -14,11 +14,13 @@ mod index;
 mod journal;
 mod schedule;
 mod segment;
+mod source;
 pub mod start;
 mod upload;
 mod writer;
 
 pub use durable::DurableTracker;
+pub use source::WalSource;
 pub use start::ResumePlan;
 pub use writer::{Flow, WalWriter, archive_range};
 

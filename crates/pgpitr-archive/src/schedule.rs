@@ -10,7 +10,8 @@
 //! - Journal (`--synchronous` on a local repository): one append at a time;
 //!   each takes what arrived while the previous one synced.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// How much earlier than its deadline a part is started at least: for the
 /// upload, the status message and the server's update of its flush

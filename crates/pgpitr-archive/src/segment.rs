@@ -7,7 +7,7 @@ use pgpitr_repo::object::{Chunk, Piece, WalSummary};
 use pgpitr_repo::wal::{WalObjectId, WalObjectKind};
 use pgpitr_types::{Lsn, SegNo, TimelineId, WalSegSize};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use tokio::time::Instant;
 
 /// Where a part's compressed block appears once its upload task made it, so
 /// the complete segment can reuse it instead of compressing again.

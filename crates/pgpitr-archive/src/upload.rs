@@ -11,7 +11,8 @@ use pgpitr_repo::wal::{WalObjectId, read_object};
 use pgpitr_storage::{PutOutcome, Storage};
 use pgpitr_types::{Lsn, WalSegSize};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// One object to store: `raw` is the WAL from `start`.

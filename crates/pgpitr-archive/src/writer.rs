@@ -15,11 +15,12 @@ use crate::index::CommitIndex;
 use crate::journal::{AheadJournal, AppendJob, JournalSlot};
 use crate::schedule::{Mode, PartSchedule};
 use crate::segment::OpenSegment;
+use crate::source::WalSource;
 use crate::start::{self, ResumePlan};
 use crate::upload::{self, Blocks, Buffers, Done, SpareSegments, WalUpload};
 use crate::{StreamConfig, StreamError, StreamStats};
 use bytes::Bytes;
-use pgpitr_pgwire::{ReplicationConnection, ReplicationStream, StreamMessage};
+use pgpitr_pgwire::{ReplicationConnection, StreamMessage};
 use pgpitr_repo::Repository;
 use pgpitr_repo::object::BufPool;
 use pgpitr_repo::wal::{WalObjectId, WalObjectKind};
@@ -27,8 +28,9 @@ use pgpitr_storage::Storage;
 use pgpitr_types::{Lsn, TimelineHistory, TimelineId, WalSegSize};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Spare segment buffers kept for reuse (reusing one avoids faulting in a
@@ -218,9 +220,9 @@ impl WalWriter {
 
     /// Streams until shutdown, the end of the timeline, or (with a range)
     /// until WAL up to its end is durable.
-    pub async fn stream(
+    pub async fn stream<S: WalSource>(
         &mut self,
-        mut stream: ReplicationStream<'_>,
+        mut stream: S,
         cancel: &CancellationToken,
     ) -> Result<Flow, StreamError> {
         let mut status_tick = tokio::time::interval(self.cfg.status_interval);
@@ -270,7 +272,7 @@ impl WalWriter {
             if let Some(d) = deadline
                 && armed != deadline
             {
-                flush_timer.as_mut().reset(d.into());
+                flush_timer.as_mut().reset(d);
                 armed = deadline;
             }
             tokio::select! {
@@ -286,7 +288,7 @@ impl WalWriter {
                     }
                     if self.stop_at.is_some_and(|s| self.durable() >= s) {
                         self.drain(Some(&mut stream)).await?;
-                        stream.finish().await.ok();
+                        stream.end().await.ok();
                         return Ok(Flow::Shutdown);
                     }
                 }
@@ -295,7 +297,7 @@ impl WalWriter {
                     self.submit_part();
                 }
                 done = merge_done(&mut self.merging), if self.merging.is_some() => self.finish_merge(done),
-                msg = stream.next(), if self.can_accept() => {
+                msg = stream.recv(), if self.can_accept() => {
                     let now = Instant::now();
                     last_heard = now;
                     match msg? {
@@ -314,7 +316,7 @@ impl WalWriter {
                             self.stats.server_lsn.store(end_of_wal.0, Ordering::Relaxed);
                             if reply_requested {
                                 reported = self.reportable();
-                                stream.send_status(reported, reported, reported, false).await?;
+                                stream.report(reported, reported, reported).await?;
                             }
                         }
                         StreamMessage::EndOfTimeline { next_tli, next_tli_start } => {
@@ -336,13 +338,13 @@ impl WalWriter {
                 // still yields to it under constant load.
                 _ = &mut cancelled => {
                     self.drain(Some(&mut stream)).await?;
-                    stream.finish().await.ok();
+                    stream.end().await.ok();
                     return Ok(Flow::Shutdown);
                 }
                 // After the message branch, so data already buffered wins.
                 _ = &mut silence, if self.can_accept() => {
                     if last_heard.elapsed() < silence_limit {
-                        silence.as_mut().reset((last_heard + silence_limit).into());
+                        silence.as_mut().reset(last_heard + silence_limit);
                         continue;
                     }
                     return Err(StreamError::Protocol(format!(
@@ -353,7 +355,7 @@ impl WalWriter {
                 _ = status_tick.tick() => {
                     // Also keeps wal_sender_timeout from firing while storage is slow.
                     reported = self.reportable();
-                    stream.send_status(reported, reported, reported, false).await?;
+                    stream.report(reported, reported, reported).await?;
                 }
             }
         }
@@ -697,7 +699,7 @@ impl WalWriter {
 
     /// Hands everything received to storage and waits until it is durable,
     /// up to the shutdown timeout.
-    async fn drain(&mut self, stream: Option<&mut ReplicationStream<'_>>) -> Result<(), StreamError> {
+    async fn drain<S: WalSource>(&mut self, stream: Option<&mut S>) -> Result<(), StreamError> {
         if let Some(job) = self.tail.take() {
             self.append_now(job).await?;
         }
@@ -728,7 +730,7 @@ impl WalWriter {
         self.discard_journal_ahead().await;
         if let Some(stream) = stream {
             let d = self.reportable();
-            stream.send_status(d, d, d, false).await?;
+            stream.report(d, d, d).await?;
         }
         // Parts a stored segment replaced: deleted now rather than left for
         // the next start, unless storage keeps the shutdown waiting.
@@ -753,7 +755,7 @@ impl WalWriter {
             )));
         }
         // The old timeline's tail is stored as parts before anything else.
-        self.drain(None).await?;
+        self.drain::<pgpitr_pgwire::ReplicationStream<'_>>(None).await?;
         let (name, content) = conn.timeline_history(next_tli).await?;
         TimelineHistory::parse(next_tli, &String::from_utf8_lossy(&content))
             .map_err(|e| StreamError::Definite(format!("server sent an unreadable {name}: {e}")))?;
@@ -771,14 +773,10 @@ impl WalWriter {
 
 /// Tells the server the durable position if it moved past what it was last
 /// told.
-async fn report_advance(
-    stream: &mut ReplicationStream<'_>,
-    durable: Lsn,
-    reported: &mut Lsn,
-) -> Result<(), StreamError> {
+async fn report_advance<S: WalSource>(stream: &mut S, durable: Lsn, reported: &mut Lsn) -> Result<(), StreamError> {
     if durable > *reported {
         *reported = durable;
-        stream.send_status(durable, durable, durable, false).await?;
+        stream.report(durable, durable, durable).await?;
     }
     Ok(())
 }

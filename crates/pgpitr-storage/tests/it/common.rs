@@ -26,6 +26,18 @@ pub async fn local() -> LocalFx {
     LocalFx { storage: LocalStorage::new(dir.path().join("repo")), _dir: dir }
 }
 
+pub struct MemoryFx {
+    pub storage: pgpitr_storage::MemoryStorage,
+}
+
+impl MemoryFx {
+    pub fn after(&self) {}
+}
+
+pub async fn memory() -> MemoryFx {
+    MemoryFx { storage: pgpitr_storage::MemoryStorage::new() }
+}
+
 pub struct S3Fx {
     pub storage: S3Storage,
     pub server: S3Server,

@@ -25,6 +25,12 @@ mod local {
     suite!(@each local; prefix_is_not_an_object, put_if_absent_race, concurrent_writers, journal);
 }
 
+// The simulations' backend holds every case the local one does.
+mod memory {
+    suite!(memory);
+    suite!(@each memory; prefix_is_not_an_object, put_if_absent_race, concurrent_writers, journal);
+}
+
 // `prefix_is_not_an_object`, `put_if_absent_race` and `concurrent_writers`
 // hold on AWS S3 but not on s3s-fs (HTTP 500 for a GET of a directory;
 // If-None-Match checked without a lock; data and checksum of racing PUTs
