@@ -224,15 +224,7 @@ pub(crate) async fn pitr_is_exact(backend: Backend, random_targets: usize, major
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pitr_is_exact_local() {
-    pitr_is_exact(Backend::local(), 3, test_major()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pitr_is_exact_s3() {
-    pitr_is_exact(Backend::s3(), 1, test_major()).await;
-}
+on_both_backends!(pitr_is_exact, pitr_is_exact, 2, test_major());
 
 /// A stored object whose commit-time index is lost (as when the stream
 /// could not parse its WAL) never shortens a restore: with no indexed commit

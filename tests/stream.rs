@@ -160,12 +160,14 @@ pub(crate) async fn kill9_during_load_loses_nothing(backend: Backend, extra: &[&
 }
 
 on_both_backends!(kill9_at_several_points_loses_nothing, kill9_during_load_loses_nothing, &[], test_major());
-
-/// Synchronous mode leaves journals, some created ahead and still empty.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_at_several_points_loses_nothing_synchronous_local() {
-    kill9_during_load_loses_nothing(Backend::local(), &["--synchronous"], test_major()).await;
-}
+// Synchronous mode leaves journals (some created ahead and still empty) on
+// local storage, and parts on S3.
+on_both_backends!(
+    kill9_at_several_points_loses_nothing_synchronous,
+    kill9_during_load_loses_nothing,
+    &["--synchronous"],
+    test_major()
+);
 
 on_both_backends!(survives_postgres_crash_restart, survives_postgres_crash_restart);
 
@@ -512,32 +514,31 @@ async fn flush_never_ahead_of_repository(backend: Backend, mode: pgpitr_storage:
     verify_wal_continuity(&backend).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flush_never_ahead_of_repository_lost_acks_local() {
-    flush_never_ahead_of_repository(Backend::local(), pgpitr_storage::FaultMode::LoseFirst(1), false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flush_never_ahead_of_repository_synchronous_journal_lost_acks_local() {
-    flush_never_ahead_of_repository(Backend::local(), pgpitr_storage::FaultMode::LoseFirst(1), true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flush_never_ahead_of_repository_synchronous_journal_random_failures_local() {
-    flush_never_ahead_of_repository(Backend::local(), pgpitr_storage::FaultMode::FailFraction(0.3), true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flush_never_ahead_of_repository_random_failures_s3() {
-    flush_never_ahead_of_repository(Backend::s3(), pgpitr_storage::FaultMode::FailFraction(0.3), false).await;
-}
-
-/// Synchronous mode on S3 stores parts, several in flight, each gathering
-/// the commits of its window.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flush_never_ahead_of_repository_synchronous_parts_random_failures_s3() {
-    flush_never_ahead_of_repository(Backend::s3(), pgpitr_storage::FaultMode::FailFraction(0.3), true).await;
-}
+on_both_backends!(
+    flush_never_ahead_with_lost_acks,
+    flush_never_ahead_of_repository,
+    pgpitr_storage::FaultMode::LoseFirst(1),
+    false
+);
+on_both_backends!(
+    flush_never_ahead_with_failures,
+    flush_never_ahead_of_repository,
+    pgpitr_storage::FaultMode::FailFraction(0.3),
+    false
+);
+// Synchronous: journals on local storage, parts several in flight on S3.
+on_both_backends!(
+    flush_never_ahead_synchronous_with_lost_acks,
+    flush_never_ahead_of_repository,
+    pgpitr_storage::FaultMode::LoseFirst(1),
+    true
+);
+on_both_backends!(
+    flush_never_ahead_synchronous_with_failures,
+    flush_never_ahead_of_repository,
+    pgpitr_storage::FaultMode::FailFraction(0.3),
+    true
+);
 
 /// The local repository of `backend`, counting every call, with each
 /// complete segment's object taking 8 s to store.
