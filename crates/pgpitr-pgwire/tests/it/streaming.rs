@@ -40,15 +40,29 @@ fn segment_file(pg: &PgCluster, seg: WalSegSize, lsn: Lsn) -> (String, Vec<u8>) 
     (name, bytes)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streamed_wal_equals_the_segment_file() {
+/// Where a stream on a fresh slot starts: the segment holding the slot's
+/// reserved position, on a cluster with 1 MiB segments.
+struct Slotted {
+    seg: WalSegSize,
+    sys: pgpitr_pgwire::SystemInfo,
+    start: Lsn,
+    end: Lsn,
+}
+
+async fn slotted() -> (PgCluster, ReplicationConnection, Slotted) {
     let pg = PgCluster::builder().wal_segsize_mb(1).start();
     let mut conn = connect_repl(&pg).await;
     let seg = conn.wal_segment_size().await.unwrap();
     let sys = conn.identify_system().await.unwrap();
     let reserved = conn.create_physical_slot("arch", true).await.unwrap().unwrap();
     let start = reserved.segment_floor(seg);
-    let seg_end = reserved.segment_number(seg).end_lsn(seg).unwrap();
+    let end = reserved.segment_number(seg).end_lsn(seg).unwrap();
+    (pg, conn, Slotted { seg, sys, start, end })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_wal_equals_the_segment_file() {
+    let (pg, mut conn, Slotted { seg, sys, start, end: seg_end }) = slotted().await;
 
     let mut stream = conn.start_physical(Some("arch"), start, sys.timeline).await.unwrap();
     pg.sql("CREATE TABLE t AS SELECT g, md5(g::text) AS h FROM generate_series(1, 5000) g; SELECT pg_switch_wal();");
@@ -75,13 +89,7 @@ async fn streamed_wal_equals_the_segment_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn next_is_cancel_safe_inside_select() {
-    let pg = PgCluster::builder().wal_segsize_mb(1).start();
-    let mut conn = connect_repl(&pg).await;
-    let seg = conn.wal_segment_size().await.unwrap();
-    let sys = conn.identify_system().await.unwrap();
-    let reserved = conn.create_physical_slot("arch", true).await.unwrap().unwrap();
-    let start = reserved.segment_floor(seg);
-    let end = reserved.segment_number(seg).end_lsn(seg).unwrap();
+    let (pg, mut conn, Slotted { seg, sys, start, end }) = slotted().await;
     let mut stream = conn.start_physical(Some("arch"), start, sys.timeline).await.unwrap();
 
     // Generate WAL in the background while the reader keeps abandoning next().
