@@ -9,7 +9,7 @@
 //! it (one file per key). It must hold the binding and at least one
 //! complete backup (the benchmark takes a real one first). The generator
 //! appends `N` complete segments on the newest timeline after the last
-//! complete segment stored, deleting the parts of any segment it writes.
+//! complete segment stored, deleting the pieces of any segment it writes.
 //!
 //! Each segment is real PostgreSQL 15 WAL in a real container: its first
 //! page holds a long page header, three commit records (a minute apart
@@ -25,7 +25,7 @@
 //! `--backup-at K` also stores, at the K-th new segment, a copy of the
 //! newest complete backup moved there: its `backup.json` with a new id,
 //! start and stop in that segment and the stop time of its first commit,
-//! and hard links to the original's parts and manifest, so it verifies.
+//! and hard links to the original's pieces and manifest, so it verifies.
 //! Files are written without fsync: a benchmark fixture, not a repository.
 
 use pgpitr_repo::backup::{BackupId, BackupInfo};
@@ -113,7 +113,7 @@ async fn run(args: &Args) -> Result<(), String> {
             copy_backup(&args.repo, &template, first_commit, k as u32)?;
         }
     }
-    // Parts of the segments now stored complete would be leftovers.
+    // Pieces of the segments now stored complete would be leftovers.
     for (id, meta) in tl.objects.iter().chain(&tl.covered) {
         if id.kind != WalObjectKind::Segment && id.segno.0 >= first && id.segno.0 < first + args.segments {
             storage.delete(&meta.key).await.map_err(|e| e.to_string())?;

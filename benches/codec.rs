@@ -5,15 +5,15 @@
 //! - `wal_object/encode/segment`: one complete 16 MiB segment, as `pgpitr
 //!   stream` stores it when a segment fills: CRC-32 of the raw bytes, then
 //!   64 KiB lz4 blocks compressed into a buffer from its pool (codec 2).
-//! - `wal_object/encode/part_*`: the unfinished tail of a segment, stored
-//!   within `--flush-interval` (part sizes of a quiet and of a busy server),
+//! - `wal_object/encode/piece_*`: the unfinished tail of a segment, stored
+//!   within `--flush-interval` (piece sizes of a quiet and of a busy server),
 //!   the same way.
 //! - `wal_object/decode/*`: what `wal-fetch` does before handing Postgres a
 //!   segment (decompress and verify).
 //! - `backup_part/*`: a backup part, the same container over data-file pages.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use pgpitr_repo::object::{self, BufPool, Codec, Piece, TimedLsn, WalSummary};
+use pgpitr_repo::object::{self, BufPool, Codec, Span, TimedLsn, WalSummary};
 use pgpitr_types::{Lsn, TimelineId};
 use std::hint::black_box;
 
@@ -43,11 +43,11 @@ fn wal_object(c: &mut Criterion) {
     let tli = TimelineId(1);
     let s = summary();
     let pool = BufPool::for_objects(1, seg.bytes.len());
-    // What `pgpitr_stream::upload::store` does with a part or a segment
-    // whose parts left no blocks to reuse.
+    // What `pgpitr_archive::upload::store` does with a tail piece or a segment
+    // whose pieces left no blocks to reuse.
     let encode = |raw: &[u8]| {
         let crc = crc32fast::hash(raw);
-        object::encode_pieces(tli, seg.start, &[Piece::Raw(raw)], crc, &s, Some(&pool)).0
+        object::encode_spans(tli, seg.start, &[Span::Raw(raw)], crc, &s, Some(&pool)).0
     };
     let stored = encode(&seg.bytes);
     assert_eq!(object::decode(&stored).expect("decodes").0.codec, Codec::Lz4Chunks);
@@ -63,7 +63,7 @@ fn wal_object(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new("decode", "segment_16MiB"), |b| {
         b.iter(|| object::decode(black_box(&stored)).expect("decodes"))
     });
-    for (label, len) in [("part_64KiB", 64usize << 10), ("part_1MiB", 1 << 20)] {
+    for (label, len) in [("piece_64KiB", 64usize << 10), ("piece_1MiB", 1 << 20)] {
         let raw = &seg.bytes[..len];
         let part = encode(raw);
         g.throughput(Throughput::Bytes(len as u64));

@@ -183,7 +183,7 @@ pub async fn durable_end(
     seg: pgpitr_types::WalSegSize,
     tli: u32,
 ) -> Option<pgpitr_types::Lsn> {
-    // s3s-fs fails a listing that races a delete (the stream deletes parts
+    // s3s-fs fails a listing that races a delete (the stream deletes pieces
     // once merged): a passing error, as RetryingStorage treats it.
     let mut tries = 0;
     let tls = loop {

@@ -51,7 +51,7 @@ pub(crate) async fn keeps_the_newest_backups_and_the_wal_they_need(backend: Back
     let end = lsn(&pg.sql("INSERT INTO t VALUES (0); SELECT pg_current_wal_lsn();"));
     let storage = backend.storage().await;
     wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(30)).await;
-    // Stopped, so the counts below are exact: the stream deletes the parts
+    // Stopped, so the counts below are exact: the stream deletes the pieces
     // of each segment it completes. (Expiry beside a running stream is
     // what `scheduled_backups_expire_what_the_policy_does_not_keep` does.)
     let (code, stderr) = s.terminate();

@@ -136,7 +136,7 @@ fn insert_marker(pg: &PgCluster, id: i32) {
 }
 
 /// PITR exactness: marker rows committed one per transaction while pgbench
-/// runs, then alone (the tail stays in unfinished segment parts). Every
+/// runs, then alone (the tail stays in unfinished segment pieces). Every
 /// restore must hold exactly the markers committed at or before its target.
 pub(crate) async fn pitr_is_exact(backend: Backend, random_targets: usize, major: u32) {
     share(&backend);
@@ -171,10 +171,10 @@ pub(crate) async fn pitr_is_exact(backend: Backend, random_targets: usize, major
     wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(30)).await;
     assert_eq!(stream.terminate().0, Some(0));
 
-    // The tail really is unfinished: stored as parts, not a complete segment.
+    // The tail really is unfinished: stored as pieces, not a complete segment.
     let (tls, _) = pgpitr_repo::wal::scan(storage.as_ref(), seg16()).await.unwrap();
     let last = tls[&pgpitr_types::TimelineId(1)].objects.last().unwrap().0;
-    assert!(matches!(last.kind, pgpitr_repo::wal::WalObjectKind::Part { .. }), "{last:?}");
+    assert!(matches!(last.kind, pgpitr_repo::wal::WalObjectKind::Piece { .. }), "{last:?}");
 
     let all = markers(&pg);
     let time_of = |id: i32| all.iter().find(|m| m.0 == id).unwrap().1;

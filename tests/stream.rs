@@ -98,7 +98,7 @@ on_both_backends!(segments_byte_identical_to_pg_receivewal, byte_identical_with_
 pub(crate) async fn verify_wal_continuity(backend: &Backend) -> Vec<u32> {
     let storage = backend.storage().await;
     // The deletes of a stream's last merges may still run: read as
-    // restore does, listing again when a listed part is gone.
+    // restore does, listing again when a listed piece is gone.
     let events = pgpitr_repo::relisting(pgpitr_repo::RepoError::is_not_found, || async {
         let (tls, _) = pgpitr_repo::wal::scan(storage.as_ref(), seg16()).await?;
         let tl = &tls[&pgpitr_types::TimelineId(1)];
@@ -161,7 +161,7 @@ pub(crate) async fn kill9_during_load_loses_nothing(backend: Backend, extra: &[&
 
 on_both_backends!(kill9_at_several_points_loses_nothing, kill9_during_load_loses_nothing, &[], test_major());
 // Synchronous mode leaves journals (some created ahead and still empty) on
-// local storage, and parts on S3.
+// local storage, and pieces on S3.
 on_both_backends!(
     kill9_at_several_points_loses_nothing_synchronous,
     kill9_during_load_loses_nothing,
@@ -458,7 +458,7 @@ pub(crate) async fn init_repo(pg: &PgCluster, storage: std::sync::Arc<dyn pgpitr
 /// their acknowledgements are lost, the flush position the server sees never
 /// passes what the repository really holds, and nothing is lost.
 /// With `synchronous` on local storage, the WAL goes through journals whose
-/// failed appends fall back to parts (lost acknowledgements leave the same
+/// failed appends fall back to pieces (lost acknowledgements leave the same
 /// bytes in both).
 async fn flush_never_ahead_of_repository(backend: Backend, mode: pgpitr_storage::FaultMode, synchronous: bool) {
     use pgpitr_storage::{FaultyStorage, LocalStorage, Op, S3Storage, Storage};
@@ -526,7 +526,7 @@ on_both_backends!(
     pgpitr_storage::FaultMode::FailFraction(0.3),
     false
 );
-// Synchronous: journals on local storage, parts several in flight on S3.
+// Synchronous: journals on local storage, pieces several in flight on S3.
 on_both_backends!(
     flush_never_ahead_synchronous_with_lost_acks,
     flush_never_ahead_of_repository,
@@ -658,7 +658,7 @@ async fn synchronous_commits_wait_neither_for_segments_nor_for_journal_creation(
 }
 
 /// A crash can leave WAL stored past a hole: here a segment's object is
-/// still being stored (slowed to 8 s) when the next segment's first part is
+/// still being stored (slowed to 8 s) when the next segment's first piece is
 /// stored. The restarted stream must stream the hole again, not resume
 /// after the last stored byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -681,7 +681,7 @@ async fn restart_fills_a_hole_left_before_later_wal() {
             tokio::task::block_in_place(|| rt.block_on(pgpitr_repo::wal::scan(storage.as_ref(), seg16()))).ok()?;
         tls.get(&pgpitr_types::TimelineId(1)).filter(|tl| !tl.gaps().is_empty()).map(|tl| tl.gaps())
     });
-    assert!(gap.is_some(), "the next segment's part was not stored before the slowed segment");
+    assert!(gap.is_some(), "the next segment's piece was not stored before the slowed segment");
     drop(cancel);
     task.abort();
 

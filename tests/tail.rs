@@ -38,7 +38,7 @@ async fn open_segment(storage: &dyn Storage) -> (SegNo, Vec<WalObjectId>, Vec<Wa
 }
 
 /// One commit per transaction, each acknowledged only once stored (a
-/// synchronous standby): in synchronous mode every commit is a part of its
+/// synchronous standby): in synchronous mode every commit is a piece of its
 /// own, thousands in one segment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synchronous_commits_leave_a_handful_of_objects_and_a_quick_resume_s3() {
@@ -52,7 +52,7 @@ async fn synchronous_commits_leave_a_handful_of_objects_and_a_quick_resume_s3() 
     let script = pg.scratch_dir().join("insert.sql");
     std::fs::write(&script, "INSERT INTO t VALUES (1);\n").unwrap();
     let bench = pgbench_thread(&pg, &["-c", "1", "-t", "3000", "-n", "-f", &script.display().to_string(), "postgres"]);
-    // The cover is read by a resume; the parts inside it are only being
+    // The cover is read by a resume; the pieces inside it are only being
     // deleted (their merges are stored).
     let (mut most_cover, mut most) = (0, 0);
     while !bench.is_finished() {
@@ -63,12 +63,12 @@ async fn synchronous_commits_leave_a_handful_of_objects_and_a_quick_resume_s3() 
     }
     assert!(bench.join().unwrap().status.success());
     eprintln!("the open segment was held in {most} objects at most, {most_cover} in its cover");
-    // At rest, plus up to 4 parts in flight and the merge being stored.
+    // At rest, plus up to 4 pieces in flight and the merge being stored.
     assert!(most_cover <= AT_REST + 5, "the open segment's cover reached {most_cover} objects");
     assert!(most <= 4 * AT_REST, "the open segment was held in {most} objects");
     let (segno, cover, _) = open_segment(storage.as_ref()).await;
     let merged = cover.iter().filter(|id| id.range(seg16()).0.distance_to(id.range(seg16()).1) > 64 * 1024).count();
-    assert!(merged > 0, "3000 commits were merged into larger parts: {cover:?}");
+    assert!(merged > 0, "3000 commits were merged into larger pieces: {cover:?}");
 
     // kill -9 and start again: the resume reads a handful of objects, and
     // the commits waiting meanwhile go through.
@@ -94,10 +94,10 @@ fn server_wal(pg: &PgCluster, segno: SegNo, len: usize) -> Vec<u8> {
 }
 
 /// A merge is stored, then its inputs are deleted: a kill between the two
-/// steps, or in the middle of the deletes, leaves parts inside a merged
-/// part. Readers take the merged part and check the others; the next
+/// steps, or in the middle of the deletes, leaves pieces inside a merged
+/// piece. Readers take the merged piece and check the others; the next
 /// stream checks and deletes them. One that disagrees stops it, naming
-/// both. (A kill before the merged part is stored leaves the parts as they
+/// both. (A kill before the merged piece is stored leaves the pieces as they
 /// were, which every resume handles.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merge_cut_short_at_each_step_restores_exactly_and_is_finished_next_start() {
@@ -130,20 +130,20 @@ async fn a_merge_cut_short_at_each_step_restores_exactly_and_is_finished_next_st
     let tl = &tls[&TimelineId(1)];
     let s = wal::assemble_segment(clean.as_ref(), seg16(), tl, segno).await.unwrap().unwrap();
     let valid = s.valid_len as usize;
-    assert_eq!(&s.data[..valid], &server_wal(&pg, segno, valid)[..], "the merged parts hold the server's bytes");
+    assert_eq!(&s.data[..valid], &server_wal(&pg, segno, valid)[..], "the merged pieces hold the server's bytes");
 
     // Half of the deletes done.
     let half: Vec<String> = covered.iter().step_by(2).map(|id| id.key(seg16())).collect();
     clean.delete_many(&half).await.unwrap();
     assert!(!open_segment(clean.as_ref()).await.2.is_empty());
     let reader_view = wal::assemble_segment(clean.as_ref(), seg16(), tl, segno).await;
-    assert!(reader_view.is_err(), "a reader that listed before the deletes finds a part gone, and lists again");
+    assert!(reader_view.is_err(), "a reader that listed before the deletes finds a piece gone, and lists again");
 
     // The next stream finishes the merge: checks, then deletes.
     let (cancel, task) = start_archiver(&pg, clean.clone(), cfg.clone()).await;
     let t0 = std::time::Instant::now();
     while !open_segment(clean.as_ref()).await.2.is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "parts inside merged parts were not deleted");
+        assert!(t0.elapsed() < Duration::from_secs(20), "pieces inside merged pieces were not deleted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let end = lsn(&pg.sql("INSERT INTO t VALUES (-1); SELECT pg_current_wal_lsn()"));
@@ -155,7 +155,7 @@ async fn a_merge_cut_short_at_each_step_restores_exactly_and_is_finished_next_st
     let valid = s.valid_len as usize;
     assert_eq!(&s.data[..valid], &server_wal(&pg, segno, valid)[..]);
 
-    // A part inside a merged part with other bytes: the stream refuses to
+    // A piece inside a merged piece with other bytes: the stream refuses to
     // resume, naming both objects, and `pgpitr verify` reports it.
     let (_, cover, _) = open_segment(clean.as_ref()).await;
     let merged = *cover.iter().find(|id| id.range(seg16()).0.distance_to(id.range(seg16()).1) > 200).unwrap();
@@ -164,7 +164,7 @@ async fn a_merge_cut_short_at_each_step_restores_exactly_and_is_finished_next_st
     let off = from.0 - base.0;
     let mut wrong = s.data[off as usize..off as usize + 100].to_vec();
     wrong[50] ^= 0xFF;
-    let inside = WalObjectId::part(TimelineId(1), segno, off as u32, off as u32 + 100);
+    let inside = WalObjectId::piece(TimelineId(1), segno, off as u32, off as u32 + 100);
     let obj =
         pgpitr_repo::object::encode(TimelineId(1), from, &wrong, pgpitr_repo::object::Codec::Lz4, &Default::default());
     clean.put(&inside.key(seg16()), obj).await.unwrap();

@@ -1,29 +1,29 @@
-//! Merging the unfinished segment's parts while it fills, so that it stays
+//! Merging the unfinished segment's pieces while it fills, so that it stays
 //! a handful of objects however it is written: a synchronous stream makes
-//! a part per group commit, a quiet server one per flush interval, and a
+//! a piece per group commit, a quiet server one per flush interval, and a
 //! segment may take days to fill. Resume and `wal-fetch` read every object
 //! of the segment, so they cost what this bounds.
 //!
 //! ```text
 //!  offset 0 ─▶ [ anchor ][ anchor ][anchor][a][p][p][p][p][p][p][p] ◀─ newest
-//!              each anchor ≥ RATIO × the next   └ staging: stored parts ┘
+//!              each anchor ≥ RATIO × the next   └ staging: stored pieces ┘
 //! ```
 //!
-//! A merge stores one part covering a run of stored parts (its key is an
-//! ordinary part key with the wider range), then deletes them: readers take
+//! A merge stores one piece covering a run of stored pieces (its key is an
+//! ordinary piece key with the wider range), then deletes them: readers take
 //! the widest object at each offset (`wal::split_cover`), so between the two
-//! steps they take the merged one, and a crash between them leaves parts
+//! steps they take the merged one, and a crash between them leaves pieces
 //! inside the merged one that the next start checks against it and deletes.
 //! Merges run one at a time off the stream task; a flush report never waits
 //! for one, because they only copy bytes that are already durable.
 //!
-//! The rule, applied when a part is stored or a merge ends: once
-//! [`STAGING`] stored parts follow the anchors, they are merged, together
+//! The rule, applied when a piece is stored or a merge ends: once
+//! [`STAGING`] stored pieces follow the anchors, they are merged, together
 //! with every trailing anchor smaller than [`RATIO`] times the result (so
-//! a byte is rewritten a few times, not once per part), and with as many
+//! a byte is rewritten a few times, not once per piece), and with as many
 //! more as keep the anchors at most [`MAX_ANCHORS`]. The stored cover of
 //! the open segment is therefore at most `MAX_ANCHORS + STAGING - 1` = 15
-//! objects once the merge in flight ends, plus the parts made meanwhile.
+//! objects once the merge in flight ends, plus the pieces made meanwhile.
 
 use crate::StreamError;
 use crate::upload::{self, Blocks, Buffers, WalUpload};
@@ -36,13 +36,13 @@ use std::ops::Range;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// Stored parts after the anchors that trigger a merge.
+/// Stored pieces after the anchors that trigger a merge.
 pub const STAGING: usize = 8;
 /// Most anchors (merged objects) kept.
 pub const MAX_ANCHORS: usize = 8;
 /// An anchor smaller than this many times the new merge joins it.
 const RATIO: u64 = 4;
-/// A part this large is an anchor from the start: merging it with small
+/// A piece this large is an anchor from the start: merging it with small
 /// ones would rewrite much to save one object.
 const ANCHOR_LEN: u64 = 64 * 1024;
 /// Below this an anchor's compressed blocks are compressed again rather
@@ -67,7 +67,7 @@ pub fn plan(cover: &[Entry]) -> Option<Range<usize>> {
     let end = anchors + staged;
     let mut first = match () {
         _ if staged >= STAGING => anchors,
-        // Too many anchors (large parts, or many found at resume): merge
+        // Too many anchors (large pieces, or many found at resume): merge
         // the newest, as few as keep the ratio.
         _ if anchors > MAX_ANCHORS => MAX_ANCHORS - 1,
         _ => return None,
@@ -95,7 +95,7 @@ impl Source {
     }
 }
 
-/// One merge: the part `id` from `start`, made of `sources`, replacing
+/// One merge: the piece `id` from `start`, made of `sources`, replacing
 /// `inputs`.
 pub struct Merge {
     pub id: WalObjectId,
@@ -105,7 +105,7 @@ pub struct Merge {
     pub inputs: Vec<WalObjectId>,
 }
 
-/// A merge that ended: the part stored (its blocks and CRC for the next
+/// A merge that ended: the piece stored (its blocks and CRC for the next
 /// merge), or why not.
 pub struct Merged {
     pub id: WalObjectId,
@@ -113,10 +113,10 @@ pub struct Merged {
     pub result: Result<(Chunk, u32), StreamError>,
 }
 
-/// Stores the merged part (create-if-absent; the same key is accepted only
+/// Stores the merged piece (create-if-absent; the same key is accepted only
 /// with the same WAL). The stream then deletes its inputs, beside the next
 /// merge: a failed or interrupted delete leaves them inside the merged
-/// part, for the next start to check and delete.
+/// piece, for the next start to check and delete.
 pub async fn run(
     storage: Arc<dyn Storage>,
     seg: WalSegSize,
@@ -152,17 +152,17 @@ async fn store(
 mod tests {
     use super::*;
 
-    fn part(len: u64) -> Entry {
+    fn piece(len: u64) -> Entry {
         Entry { len, anchor: false, stored: true }
     }
 
-    /// Drives the rule as the stream does: a part stored, then merges until
+    /// Drives the rule as the stream does: a piece stored, then merges until
     /// none is due; returns the most objects ever held and the bytes
     /// written per byte of WAL.
-    fn simulate(parts: impl IntoIterator<Item = u64>) -> (usize, f64) {
+    fn simulate(pieces: impl IntoIterator<Item = u64>) -> (usize, f64) {
         let (mut cover, mut most, mut written, mut wal) = (Vec::<Entry>::new(), 0, 0u64, 0u64);
-        for len in parts {
-            cover.push(part(len));
+        for len in pieces {
+            cover.push(piece(len));
             (written, wal) = (written + len, wal + len);
             most = most.max(cover.len());
             while let Some(r) = plan(&cover) {
@@ -175,7 +175,7 @@ mod tests {
     }
 
     #[test]
-    fn the_cover_stays_bounded_whatever_the_part_sizes() {
+    fn the_cover_stays_bounded_whatever_the_piece_sizes() {
         let seg = 16u64 << 20;
         for (name, size) in [("commit batches", 40u64), ("pgbench batches", 168), ("quiet", 8192), ("async", 1 << 20)] {
             let (most, amp) = simulate(std::iter::repeat_n(size, (seg / size) as usize));
@@ -188,12 +188,12 @@ mod tests {
     }
 
     #[test]
-    fn waits_for_staging_and_never_merges_unstored_parts() {
-        let mut cover = vec![part(10); STAGING - 1];
+    fn waits_for_staging_and_never_merges_unstored_pieces() {
+        let mut cover = vec![piece(10); STAGING - 1];
         assert_eq!(plan(&cover), None);
-        cover.push(Entry { stored: false, ..part(10) });
-        assert_eq!(plan(&cover), None, "the part in flight is not merged");
-        cover.push(part(10));
+        cover.push(Entry { stored: false, ..piece(10) });
+        assert_eq!(plan(&cover), None, "the piece in flight is not merged");
+        cover.push(piece(10));
         assert_eq!(plan(&cover), None, "nor what follows it");
         cover[STAGING - 1].stored = true;
         assert_eq!(plan(&cover), Some(0..STAGING + 1));
@@ -204,12 +204,12 @@ mod tests {
         let big = Entry { len: 1 << 20, anchor: true, stored: true };
         let small = Entry { len: 100, anchor: true, stored: true };
         let mut cover = vec![big, small];
-        cover.extend(std::iter::repeat_n(part(100), STAGING));
+        cover.extend(std::iter::repeat_n(piece(100), STAGING));
         assert_eq!(plan(&cover), Some(1..STAGING + 2));
     }
 
     #[test]
-    fn many_parts_found_at_resume_are_merged_down() {
+    fn many_pieces_found_at_resume_are_merged_down() {
         let cover = vec![Entry { len: 100, anchor: true, stored: true }; 2000];
         assert_eq!(plan(&cover), Some(0..2000), "small ones all at once");
         let mut cover = vec![Entry { len: 1 << 20, anchor: true, stored: true }; 2];
@@ -218,9 +218,9 @@ mod tests {
     }
 
     #[test]
-    fn a_large_part_is_not_rewritten_with_small_ones() {
-        let mut cover = vec![part(8 << 20)];
-        cover.extend(std::iter::repeat_n(part(100), STAGING));
+    fn a_large_piece_is_not_rewritten_with_small_ones() {
+        let mut cover = vec![piece(8 << 20)];
+        cover.extend(std::iter::repeat_n(piece(100), STAGING));
         assert_eq!(plan(&cover), Some(1..STAGING + 1));
     }
 }

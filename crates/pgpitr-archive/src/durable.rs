@@ -1,6 +1,6 @@
 //! The durable position: the LSN below which every byte is stored.
 //!
-//! Uploads finish out of order (segments and parts run in parallel), but the
+//! Uploads finish out of order (segments and pieces run in parallel), but the
 //! position reported to Postgres may only move over bytes that are all
 //! stored. Finished ranges are merged here, and the position advances only
 //! across a contiguous run starting at it.
@@ -73,7 +73,7 @@ mod tests {
         let mut t = DurableTracker::new(Lsn(0));
         assert!(!t.complete(Lsn(50), Lsn(60)));
         assert!(!t.complete(Lsn(55), Lsn(80)));
-        // A complete segment covering parts already stored.
+        // A complete segment covering pieces already stored.
         assert!(t.complete(Lsn(0), Lsn(70)));
         assert_eq!(t.durable(), Lsn(80));
         assert!(!t.complete(Lsn(10), Lsn(20)), "a range already durable changes nothing");

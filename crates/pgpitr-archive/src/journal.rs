@@ -74,7 +74,7 @@ pub(crate) struct OpenJournal {
 }
 
 /// One append to a segment's journal, with what it needs to create the
-/// journal first or to store a part instead.
+/// journal first or to store a piece instead.
 pub(crate) struct AppendJob {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) seg: WalSegSize,
@@ -102,7 +102,7 @@ impl AppendJob {
         }
         match self.try_append().await {
             Ok(done) => done,
-            Err(job) => job.store_part().await,
+            Err(job) => job.store_piece().await,
         }
     }
 
@@ -122,14 +122,14 @@ impl AppendJob {
             Ok(JournalOpen::AlreadyExists) => {
                 // Left empty by a crash right after its creation (else
                 // streaming would have resumed past it): never reuse it.
-                tracing::debug!(key = %jid.key(seg), "journal exists; storing a part instead");
+                tracing::debug!(key = %jid.key(seg), "journal exists; storing a piece instead");
             }
-            Err(e) => tracing::warn!("cannot create a WAL journal, storing a part instead: {e}"),
+            Err(e) => tracing::warn!("cannot create a WAL journal, storing a piece instead: {e}"),
         }
     }
 
     /// The append, if a journal is open; else (or if it fails) the job
-    /// back, without a journal, to store a part instead.
+    /// back, without a journal, to store a piece instead.
     pub(crate) async fn try_append(mut self) -> Result<Done, AppendJob> {
         let began = Instant::now();
         let (start, end) = self.range();
@@ -142,26 +142,26 @@ impl AppendJob {
                 Ok(Done { id, start, end, superseded: Vec::new(), result: Ok(began.elapsed()), journal })
             }
             Err(e) => {
-                tracing::warn!("appending to a WAL journal failed, storing a part instead: {e}");
+                tracing::warn!("appending to a WAL journal failed, storing a piece instead: {e}");
                 self.open = None;
                 Err(self)
             }
         }
     }
 
-    pub(crate) async fn store_part(self) -> Done {
+    pub(crate) async fn store_piece(self) -> Done {
         let (id, (start, end)) = (self.id(), self.range());
-        let part = WalObjectId::part(self.jid.tli, self.jid.segno, self.cut.from, self.cut.to);
+        let piece = WalObjectId::piece(self.jid.tli, self.jid.segno, self.cut.from, self.cut.to);
         let summary = self.cut.summary.clone();
         let up = WalUpload {
-            id: part,
+            id: piece,
             start,
             raw: self.cut.raw,
             summary: self.cut.summary,
-            blocks: Blocks::Part(Default::default()),
+            blocks: Blocks::Piece(Default::default()),
         };
         let result = upload::store(&self.storage, self.seg, up, self.bufs, &self.cancel).await.map(|s| s.took);
-        let journal = Some(AppendEnd { open: None, supported: self.supported, fallback: Some((part, summary)) });
+        let journal = Some(AppendEnd { open: None, supported: self.supported, fallback: Some((piece, summary)) });
         Done { id, start, end, superseded: Vec::new(), result, journal }
     }
 }
@@ -170,7 +170,7 @@ pub(crate) struct AppendEnd {
     /// The journal to append to next; `None` after a failed append.
     pub(crate) open: Option<OpenJournal>,
     pub(crate) supported: bool,
-    /// The part the bytes went into instead, if they did, with what they
+    /// The piece the bytes went into instead, if they did, with what they
     /// contain.
     pub(crate) fallback: Option<(WalObjectId, WalSummary)>,
 }

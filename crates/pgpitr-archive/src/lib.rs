@@ -89,7 +89,7 @@ pub struct StreamStats {
     pub durable_commit_us: AtomicI64,
     /// When the durable position last moved.
     pub durable_advanced_us: AtomicI64,
-    /// Parts merged while their segment filled, and how many objects hold
+    /// Pieces merged while their segment filled, and how many objects hold
     /// the open segment's bytes now (journals aside).
     pub merges: AtomicU64,
     pub open_segment_objects: AtomicU64,

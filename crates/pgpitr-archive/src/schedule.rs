@@ -1,35 +1,35 @@
 //! When the open segment's pending bytes are handed to storage: the
-//! schedule of its parts (and journal appends). Pure: time comes in as
+//! schedule of its pieces (and journal appends). Pure: time comes in as
 //! arguments, so the tests below drive it with a fake clock.
 //!
 //! - By interval (the default): WAL must be durable within the flush
-//!   interval of its arrival, so a part starts early enough for an upload
+//!   interval of its arrival, so a piece starts early enough for an upload
 //!   of twice the recent upload time to end in time.
 //! - At once (`--synchronous` on object storage, and a bounded range):
-//!   parts pipeline the storage round trips, up to [`SYNC_PARTS_IN_FLIGHT`].
+//!   pieces pipeline the storage round trips, up to [`SYNC_PIECES_IN_FLIGHT`].
 //! - Journal (`--synchronous` on a local repository): one append at a time;
 //!   each takes what arrived while the previous one synced.
 
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// How much earlier than its deadline a part is started at least: for the
+/// How much earlier than its deadline a piece is started at least: for the
 /// upload, the status message and the server's update of its flush
 /// position. With 100 ms, WAL was durable 0.90-1.00 s after it arrived (S3,
 /// TPC-B), on the bound; 150 ms leaves a margin for scheduling delays.
 pub(crate) const MIN_FLUSH_LEAD: Duration = Duration::from_millis(150);
 
-/// Parts stored at once in synchronous mode.
-pub(crate) const SYNC_PARTS_IN_FLIGHT: usize = 4;
+/// Pieces stored at once in synchronous mode.
+pub(crate) const SYNC_PIECES_IN_FLIGHT: usize = 4;
 
-/// In synchronous mode, how long WAL that arrives while a part is in flight
-/// waits for more commits to join it before it gets a part of its own. It
+/// In synchronous mode, how long WAL that arrives while a piece is in flight
+/// waits for more commits to join it before it gets a piece of its own. It
 /// is at most this much latency, and only while a store is slower than it;
-/// every part is a request the object store pays for in CPU or money. At 4
-/// in flight without it, most commits travelled alone (0.77 parts per
+/// every piece is a request the object store pays for in CPU or money. At 4
+/// in flight without it, most commits travelled alone (0.77 pieces per
 /// TPC-B transaction); with 1 ms, tps rose 1,099 → 1,303 and s3s-fs CPU per
 /// transaction fell 35% (FINDINGS.md, session 7).
-pub(crate) const SYNC_PART_GATHER: Duration = Duration::from_millis(1);
+pub(crate) const SYNC_PIECE_GATHER: Duration = Duration::from_millis(1);
 
 /// The upload time assumed before any upload has finished.
 const INITIAL_LATENCY: Duration = Duration::from_millis(20);
@@ -43,14 +43,14 @@ pub(crate) enum Mode {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct PartSchedule {
+pub(crate) struct PieceSchedule {
     /// Smoothed time one upload takes.
     latency: Duration,
 }
 
-impl PartSchedule {
-    pub(crate) fn new() -> PartSchedule {
-        PartSchedule { latency: INITIAL_LATENCY }
+impl PieceSchedule {
+    pub(crate) fn new() -> PieceSchedule {
+        PieceSchedule { latency: INITIAL_LATENCY }
     }
 
     /// Takes in the time an upload took.
@@ -59,18 +59,18 @@ impl PartSchedule {
     }
 
     /// When WAL pending since `since` is due to be handed to storage, with
-    /// `in_flight` parts (or appends) being stored; `None`: nothing is
+    /// `in_flight` pieces (or appends) being stored; `None`: nothing is
     /// pending, or it waits for one in flight to finish.
     pub(crate) fn due(&self, mode: Mode, since: Option<Instant>, in_flight: usize) -> Option<Instant> {
         let since = since?;
         match mode {
             Mode::Journal => (in_flight == 0).then_some(since),
-            // With nothing in flight, at once; otherwise a new part waits
-            // [`SYNC_PART_GATHER`], so that it carries every commit of that
+            // With nothing in flight, at once; otherwise a new piece waits
+            // [`SYNC_PIECE_GATHER`], so that it carries every commit of that
             // window, not only the first.
             Mode::AtOnce => match in_flight {
                 0 => Some(since),
-                n if n < SYNC_PARTS_IN_FLIGHT => Some(since + SYNC_PART_GATHER),
+                n if n < SYNC_PIECES_IN_FLIGHT => Some(since + SYNC_PIECE_GATHER),
                 _ => None,
             },
             Mode::Interval(interval) => {
@@ -90,12 +90,12 @@ mod tests {
     }
 
     #[test]
-    fn a_part_waits_to_gather_commits_only_while_another_is_in_flight() {
-        let (s, t) = (PartSchedule::new(), Instant::now());
+    fn a_piece_waits_to_gather_commits_only_while_another_is_in_flight() {
+        let (s, t) = (PieceSchedule::new(), Instant::now());
         assert_eq!(s.due(Mode::AtOnce, Some(t), 0), Some(t));
-        assert_eq!(s.due(Mode::AtOnce, Some(t), 1), Some(t + SYNC_PART_GATHER));
-        assert_eq!(s.due(Mode::AtOnce, Some(t), SYNC_PARTS_IN_FLIGHT - 1), Some(t + SYNC_PART_GATHER));
-        assert_eq!(s.due(Mode::AtOnce, Some(t), SYNC_PARTS_IN_FLIGHT), None);
+        assert_eq!(s.due(Mode::AtOnce, Some(t), 1), Some(t + SYNC_PIECE_GATHER));
+        assert_eq!(s.due(Mode::AtOnce, Some(t), SYNC_PIECES_IN_FLIGHT - 1), Some(t + SYNC_PIECE_GATHER));
+        assert_eq!(s.due(Mode::AtOnce, Some(t), SYNC_PIECES_IN_FLIGHT), None);
         assert_eq!(s.due(Mode::Journal, Some(t), 0), Some(t));
         assert_eq!(s.due(Mode::Journal, Some(t), 1), None);
         for mode in [Mode::AtOnce, Mode::Journal, Mode::Interval(ms(1000))] {
@@ -105,7 +105,7 @@ mod tests {
 
     #[test]
     fn the_lead_follows_the_upload_time_within_its_bounds() {
-        let (mut s, t) = (PartSchedule::new(), Instant::now());
+        let (mut s, t) = (PieceSchedule::new(), Instant::now());
         let second = Mode::Interval(ms(1000));
         assert_eq!(s.due(second, Some(t), 0), Some(t + ms(1000) - MIN_FLUSH_LEAD));
         for _ in 0..100 {
@@ -118,24 +118,24 @@ mod tests {
             s.uploaded(ms(5000));
         }
         // Never more than half the interval: slow storage cannot make
-        // every part start at once.
+        // every piece start at once.
         assert_eq!(s.due(second, Some(t), 0), Some(t + ms(500)));
     }
 
     /// A fake clock over arrivals every 7 ms and uploads that take what the
     /// storage's latency pattern says: with uploads steady at up to a
     /// quarter of the interval, every byte is durable within the interval
-    /// of its arrival, and parts are not cut more often than needed.
+    /// of its arrival, and pieces are not cut more often than needed.
     #[test]
     fn with_steady_storage_wal_is_durable_within_the_interval() {
         let interval = ms(1000);
         for latency_ms in [1, 20, 100, 180, 250] {
             let t0 = Instant::now();
-            let mut s = PartSchedule::new();
+            let mut s = PieceSchedule::new();
             let mut pending_since: Option<Instant> = None;
             // (finishes, oldest arrival it stores)
             let mut in_flight: Vec<(Instant, Instant)> = Vec::new();
-            let (mut worst, mut parts) = (Duration::ZERO, 0u32);
+            let (mut worst, mut pieces) = (Duration::ZERO, 0u32);
             let mut now = t0;
             let end = t0 + Duration::from_secs(60);
             while now < end {
@@ -157,13 +157,16 @@ mod tests {
                     && due <= now
                 {
                     in_flight.push((now + ms(latency_ms), pending_since.take().unwrap()));
-                    parts += 1;
+                    pieces += 1;
                 }
                 now += ms(1);
             }
             assert!(worst <= interval, "{latency_ms} ms uploads: WAL waited {worst:?}");
-            // One part per interval or so, not one per arrival.
-            assert!(parts <= 60 * 1000 / (1000 - 2 * latency_ms.max(75) as u32) + 1, "{latency_ms} ms: {parts} parts");
+            // One piece per interval or so, not one per arrival.
+            assert!(
+                pieces <= 60 * 1000 / (1000 - 2 * latency_ms.max(75) as u32) + 1,
+                "{latency_ms} ms: {pieces} pieces"
+            );
         }
     }
 }

@@ -1,27 +1,27 @@
 //! The segment being filled: its bytes so far, which of them have been
-//! handed to storage as parts, and what the scanner found in them.
+//! handed to storage as pieces, and what the scanner found in them.
 
 use crate::compact::{self, Merge, Source};
 use bytes::{Bytes, BytesMut};
-use pgpitr_repo::object::{Chunk, Piece, WalSummary};
+use pgpitr_repo::object::{Chunk, Span, WalSummary};
 use pgpitr_repo::wal::{WalObjectId, WalObjectKind};
 use pgpitr_types::{Lsn, SegNo, TimelineId, WalSegSize};
 use std::sync::{Arc, OnceLock};
 use tokio::time::Instant;
 
-/// Where a part's compressed block appears once its upload task made it, so
+/// Where a piece's compressed block appears once its upload task made it, so
 /// the complete segment can reuse it instead of compressing again.
 pub type ChunkCell = Arc<OnceLock<Chunk>>;
 
-/// A part of the segment: its offsets and (maybe) its compressed block.
+/// A piece of the segment: its offsets and (maybe) its compressed block.
 #[derive(Debug, Clone)]
-pub struct PartChunk {
+pub struct PieceChunk {
     pub from: u32,
     pub to: u32,
     pub cell: ChunkCell,
 }
 
-/// A part of the segment's cover (see [`compact`]): stored, or being stored.
+/// A piece of the segment's cover (see [`compact`]): stored, or being stored.
 #[derive(Debug, Clone)]
 struct Held {
     id: WalObjectId,
@@ -33,7 +33,7 @@ struct Held {
     stored: bool,
     /// Made by a merge, or found stored at resume.
     anchor: bool,
-    /// CRC-32 of its raw bytes, known for merged parts.
+    /// CRC-32 of its raw bytes, known for merged pieces.
     crc: Option<u32>,
 }
 
@@ -44,17 +44,17 @@ pub struct OpenSegment {
     seg: WalSegSize,
     /// Bytes `0..buf.len()` of the segment.
     buf: BytesMut,
-    /// Offset up to which parts have been submitted.
+    /// Offset up to which pieces have been submitted.
     cut: usize,
-    /// Parts covering `0..cut` in offset order, unless journals hold those
+    /// Pieces covering `0..cut` in offset order, unless journals hold those
     /// bytes.
     held: Vec<Held>,
-    /// Every other object of the segment (journals, parts stored after a
-    /// failed append, parts past a hole, merges cut short), deleted with
-    /// the parts once the complete segment is stored.
+    /// Every other object of the segment (journals, pieces stored after a
+    /// failed append, pieces past a hole, merges cut short), deleted with
+    /// the pieces once the complete segment is stored.
     others: Vec<WalObjectId>,
-    /// What the submitted parts contain.
-    parts_summary: WalSummary,
+    /// What the submitted pieces contain.
+    pieces_summary: WalSummary,
     /// What the bytes past `cut` contain.
     pending_summary: WalSummary,
     /// When the oldest byte past `cut` arrived.
@@ -63,9 +63,9 @@ pub struct OpenSegment {
 
 impl OpenSegment {
     /// A segment whose first `prefix.len()` bytes are known: `stored` when
-    /// they are this segment's stored parts; otherwise (a prefix inherited
-    /// from the parent timeline) they go into this segment's first part, so
-    /// that parts always start at offset 0.
+    /// they are this segment's stored pieces; otherwise (a prefix inherited
+    /// from the parent timeline) they go into this segment's first piece, so
+    /// that pieces always start at offset 0.
     pub fn new(tli: TimelineId, segno: SegNo, seg: WalSegSize, prefix: &[u8], stored: bool) -> Self {
         Self::new_in(BytesMut::with_capacity(seg.bytes() as usize), tli, segno, seg, prefix, stored)
     }
@@ -91,7 +91,7 @@ impl OpenSegment {
             cut: if stored { prefix.len() } else { 0 },
             held: Vec::new(),
             others: Vec::new(),
-            parts_summary: WalSummary::default(),
+            pieces_summary: WalSummary::default(),
             pending_summary: WalSummary::default(),
             pending_since: (!stored && !prefix.is_empty()).then(Instant::now),
         }
@@ -131,11 +131,11 @@ impl OpenSegment {
         &mut self.pending_summary
     }
 
-    /// Records an object found stored at resume, in offset order: a part
+    /// Records an object found stored at resume, in offset order: a piece
     /// becomes an anchor of the cover, anything else is deleted with it.
     pub fn adopt_stored(&mut self, id: WalObjectId, summary: &WalSummary) {
         match id.kind {
-            WalObjectKind::Part { from, to } => self.held.push(Held {
+            WalObjectKind::Piece { from, to } => self.held.push(Held {
                 id,
                 from,
                 to,
@@ -147,13 +147,13 @@ impl OpenSegment {
             }),
             _ => self.note_object(id),
         }
-        self.parts_summary.merge(summary);
+        self.pieces_summary.merge(summary);
     }
 
-    /// Records a stored part made outside [`OpenSegment::cut_part`] (the
+    /// Records a stored piece made outside [`OpenSegment::cut_piece`] (the
     /// bytes of a journal append that failed), in offset order.
-    pub fn hold_stored_part(&mut self, id: WalObjectId, summary: WalSummary) {
-        let WalObjectKind::Part { from, to } = id.kind else { return };
+    pub fn hold_stored_piece(&mut self, id: WalObjectId, summary: WalSummary) {
+        let WalObjectKind::Piece { from, to } = id.kind else { return };
         let at = self.held.partition_point(|h| h.from < from);
         let held = Held { id, from, to, summary, cell: ChunkCell::default(), stored: true, anchor: false, crc: None };
         self.held.insert(at, held);
@@ -166,7 +166,7 @@ impl OpenSegment {
         }
     }
 
-    /// Marks a part of this segment stored; false if it is not one of its
+    /// Marks a piece of this segment stored; false if it is not one of its
     /// cover.
     pub fn mark_stored(&mut self, id: &WalObjectId) -> bool {
         match self.held.iter_mut().find(|h| h.id == *id) {
@@ -180,8 +180,8 @@ impl OpenSegment {
 
     /// The run of the cover that is due to be merged, as a merge to run.
     pub fn due_merge(&self) -> Option<Merge> {
-        // Only a run without holes is merged: bytes between two parts (in a
-        // journal) are not the parts' to merge.
+        // Only a run without holes is merged: bytes between two pieces (in a
+        // journal) are not the pieces' to merge.
         let mut prev_to = self.held.first().map_or(0, |h| h.from);
         let entries: Vec<compact::Entry> = self
             .held
@@ -198,7 +198,7 @@ impl OpenSegment {
             |r: std::ops::Range<u32>| Source::Raw(Bytes::copy_from_slice(&self.buf[r.start as usize..r.end as usize]));
         let mut sources: Vec<Source> = Vec::new();
         let mut summary = WalSummary::default();
-        // Neighbouring parts without reusable blocks compress as one run.
+        // Neighbouring pieces without reusable blocks compress as one run.
         let mut raw_from: Option<u32> = None;
         for h in held {
             summary.merge(&h.summary);
@@ -215,11 +215,11 @@ impl OpenSegment {
         sources.extend(raw_from.map(|f| raw(f..to)));
         // Its name must say what it holds; a hole would break that.
         if sources.iter().map(Source::len).sum::<u64>() != u64::from(to - from) {
-            tracing::error!(%from, %to, "a merge's parts do not cover its range; not merging");
+            tracing::error!(%from, %to, "a merge's pieces do not cover its range; not merging");
             return None;
         }
         Some(Merge {
-            id: WalObjectId::part(self.tli, self.segno, from, to),
+            id: WalObjectId::piece(self.tli, self.segno, from, to),
             start: Lsn(self.start_lsn().0 + u64::from(from)),
             sources,
             summary,
@@ -230,7 +230,7 @@ impl OpenSegment {
     /// Puts a stored merge in place of its inputs; false (nothing changed)
     /// when they are no longer a run of this segment's cover.
     pub fn merged(&mut self, id: WalObjectId, inputs: &[WalObjectId], chunk: Chunk, crc: u32) -> bool {
-        let WalObjectKind::Part { from, to } = id.kind else { return false };
+        let WalObjectKind::Piece { from, to } = id.kind else { return false };
         let Some(at) = self.held.iter().position(|h| Some(&h.id) == inputs.first()) else { return false };
         let run = at..at + inputs.len();
         if run.end > self.held.len() || self.held[run.clone()].iter().zip(inputs).any(|(h, i)| h.id != *i) {
@@ -258,11 +258,11 @@ impl OpenSegment {
         self.pending_since
     }
 
-    /// Everything past the last cut, as a part to store, with the cell its
+    /// Everything past the last cut, as a piece to store, with the cell its
     /// upload fills with the compressed block.
-    pub fn cut_part(&mut self) -> Option<(WalObjectId, Lsn, Bytes, WalSummary, ChunkCell)> {
+    pub fn cut_piece(&mut self) -> Option<(WalObjectId, Lsn, Bytes, WalSummary, ChunkCell)> {
         let c = self.cut_pending()?;
-        let id = WalObjectId::part(self.tli, self.segno, c.from, c.to);
+        let id = WalObjectId::piece(self.tli, self.segno, c.from, c.to);
         let cell = ChunkCell::default();
         self.held.push(Held {
             id,
@@ -278,7 +278,7 @@ impl OpenSegment {
     }
 
     /// Everything past the last cut, for the caller to store and to record
-    /// in [`OpenSegment::parts`].
+    /// in [`OpenSegment::pieces`].
     pub fn cut_pending(&mut self) -> Option<Cut> {
         if self.pending_bytes() == 0 {
             return None;
@@ -286,7 +286,7 @@ impl OpenSegment {
         let (from, to) = (self.cut, self.buf.len());
         let raw = Bytes::copy_from_slice(&self.buf[from..to]);
         let summary = std::mem::take(&mut self.pending_summary);
-        self.parts_summary.merge(&summary);
+        self.pieces_summary.merge(&summary);
         self.cut = to;
         self.pending_since = None;
         Some(Cut { from: from as u32, to: to as u32, start: Lsn(self.start_lsn().0 + from as u64), raw, summary })
@@ -296,9 +296,9 @@ impl OpenSegment {
     /// `merging` is the output of a merge cut short, deleted with the rest.
     pub fn into_complete(mut self, merging: Option<WalObjectId>) -> Complete {
         debug_assert!(self.is_full());
-        let mut summary = std::mem::take(&mut self.parts_summary);
+        let mut summary = std::mem::take(&mut self.pieces_summary);
         summary.merge(&self.pending_summary);
-        let chunks = self.held.iter().map(|h| PartChunk { from: h.from, to: h.to, cell: h.cell.clone() }).collect();
+        let chunks = self.held.iter().map(|h| PieceChunk { from: h.from, to: h.to, cell: h.cell.clone() }).collect();
         let mut superseded: Vec<WalObjectId> = self.held.iter().map(|h| h.id).collect();
         superseded.extend(std::mem::take(&mut self.others));
         superseded.extend(merging);
@@ -334,34 +334,34 @@ pub struct Complete {
     pub start: Lsn,
     pub raw: Bytes,
     pub summary: WalSummary,
-    /// Parts made redundant once it is stored.
+    /// Pieces made redundant once it is stored.
     pub superseded: Vec<WalObjectId>,
-    pub chunks: Vec<PartChunk>,
+    pub chunks: Vec<PieceChunk>,
 }
 
-/// What the segment's payload is made of: the parts' own blocks where their
-/// uploads made them, raw bytes to compress for the rest (resumed parts,
+/// What the segment's payload is made of: the pieces' own blocks where their
+/// uploads made them, raw bytes to compress for the rest (resumed pieces,
 /// races, the tail).
-pub fn segment_pieces<'a>(raw: &'a [u8], parts: &'a [PartChunk]) -> Vec<Piece<'a>> {
-    let mut out = Vec::with_capacity(parts.len() + 1);
+pub fn segment_spans<'a>(raw: &'a [u8], pieces: &'a [PieceChunk]) -> Vec<Span<'a>> {
+    let mut out = Vec::with_capacity(pieces.len() + 1);
     let mut at = 0usize;
-    for p in parts {
+    for p in pieces {
         let (from, to) = (p.from as usize, p.to as usize);
         if from != at || to > raw.len() {
             continue; // not contiguous with what came before: recompress below
         }
         match (p.cell.get(), out.last_mut()) {
-            (Some(c), _) if c.raw_len as usize == to - from => out.push(Piece::Stored(c)),
+            (Some(c), _) if c.raw_len as usize == to - from => out.push(Span::Stored(c)),
             // Neighbouring raw ranges compress as one run of blocks.
-            (_, Some(Piece::Raw(prev))) => *prev = &raw[at - prev.len()..to],
-            _ => out.push(Piece::Raw(&raw[from..to])),
+            (_, Some(Span::Raw(prev))) => *prev = &raw[at - prev.len()..to],
+            _ => out.push(Span::Raw(&raw[from..to])),
         }
         at = to;
     }
     if at < raw.len() {
         match out.last_mut() {
-            Some(Piece::Raw(prev)) => *prev = &raw[at - prev.len()..],
-            _ => out.push(Piece::Raw(&raw[at..])),
+            Some(Span::Raw(prev)) => *prev = &raw[at - prev.len()..],
+            _ => out.push(Span::Raw(&raw[at..])),
         }
     }
     out
@@ -372,12 +372,12 @@ mod chunk_tests {
     use super::*;
 
     #[test]
-    fn segment_reuses_part_blocks_and_compresses_the_rest() {
+    fn segment_reuses_piece_blocks_and_compresses_the_rest() {
         let raw: Vec<u8> = (0..10_000u32).map(|i| (i % 97) as u8).collect();
-        let made = pgpitr_repo::object::encode_pieces(
+        let made = pgpitr_repo::object::encode_spans(
             TimelineId(1),
             Lsn(0),
-            &[Piece::Raw(&raw[0..3000])],
+            &[Span::Raw(&raw[0..3000])],
             0,
             &WalSummary::default(),
             None,
@@ -386,18 +386,18 @@ mod chunk_tests {
         .remove(0);
         let filled = ChunkCell::default();
         filled.set(made.clone()).unwrap();
-        let parts = vec![
-            PartChunk { from: 0, to: 3000, cell: filled },
-            PartChunk { from: 3000, to: 5000, cell: ChunkCell::default() },
+        let pieces = vec![
+            PieceChunk { from: 0, to: 3000, cell: filled },
+            PieceChunk { from: 3000, to: 5000, cell: ChunkCell::default() },
         ];
-        let pieces = segment_pieces(&raw, &parts);
-        assert_eq!(pieces.len(), 2, "the unfilled part and the tail compress as one run");
-        assert!(matches!(pieces[0], Piece::Stored(c) if *c == made), "the part's own block is reused");
-        assert!(matches!(pieces[1], Piece::Raw(r) if r == &raw[3000..]));
-        let (obj, _) = pgpitr_repo::object::encode_pieces(
+        let spans = segment_spans(&raw, &pieces);
+        assert_eq!(spans.len(), 2, "the unfilled piece and the tail compress as one run");
+        assert!(matches!(spans[0], Span::Stored(c) if *c == made), "the piece's own block is reused");
+        assert!(matches!(spans[1], Span::Raw(r) if r == &raw[3000..]));
+        let (obj, _) = pgpitr_repo::object::encode_spans(
             TimelineId(1),
             Lsn(0),
-            &pieces,
+            &spans,
             crc32fast::hash(&raw),
             &WalSummary::default(),
             None,
@@ -414,26 +414,26 @@ mod merge_tests {
         WalSegSize::new(1 << 20).unwrap()
     }
 
-    /// The first part of a synchronous session on S3 is stored in place of
+    /// The first piece of a synchronous session on S3 is stored in place of
     /// a journal append; held like any other, so a merge covers its bytes
     /// and its commits.
     #[test]
-    fn a_part_stored_for_a_failed_append_is_merged_like_the_others() {
+    fn a_piece_stored_for_a_failed_append_is_merged_like_the_others() {
         let mut s = OpenSegment::new(TimelineId(1), SegNo(3), seg(), &[], true);
         let now = Instant::now();
         s.append(&[7u8; 1000], now);
         let first = s.cut_pending().unwrap();
-        let part = WalObjectId::part(TimelineId(1), SegNo(3), first.from, first.to);
+        let piece = WalObjectId::piece(TimelineId(1), SegNo(3), first.from, first.to);
         for _ in 0..compact::STAGING {
             s.append(&[8u8; 100], now);
-            let (id, ..) = s.cut_part().unwrap();
+            let (id, ..) = s.cut_piece().unwrap();
             assert!(s.mark_stored(&id));
         }
-        assert!(s.due_merge().is_none_or(|m| m.id.range(seg()).0 > part.range(seg()).0), "not across the hole");
-        s.hold_stored_part(part, WalSummary { commits: 1, ..Default::default() });
+        assert!(s.due_merge().is_none_or(|m| m.id.range(seg()).0 > piece.range(seg()).0), "not across the hole");
+        s.hold_stored_piece(piece, WalSummary { commits: 1, ..Default::default() });
         let m = s.due_merge().expect("a merge is due");
-        assert_eq!(m.id, WalObjectId::part(TimelineId(1), SegNo(3), 0, 1000 + 100 * compact::STAGING as u32));
+        assert_eq!(m.id, WalObjectId::piece(TimelineId(1), SegNo(3), 0, 1000 + 100 * compact::STAGING as u32));
         assert_eq!(m.sources.iter().map(Source::len).sum::<u64>(), u64::from(1000 + 100 * compact::STAGING as u32));
-        assert_eq!(m.summary.commits, 1, "the held part's commits are in the merged summary");
+        assert_eq!(m.summary.commits, 1, "the held piece's commits are in the merged summary");
     }
 }

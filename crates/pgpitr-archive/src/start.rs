@@ -1,6 +1,6 @@
 //! Where a [`crate::WalWriter`] starts, from what the repository holds: the
-//! unfinished segment rebuilt from its stored parts, a range's first
-//! missing byte, segments left whole in parts stored as one object.
+//! unfinished segment rebuilt from its stored pieces, a range's first
+//! missing byte, segments left whole in pieces stored as one object.
 
 use crate::StreamError;
 use crate::segment::OpenSegment;
@@ -37,7 +37,7 @@ impl ResumePlan {
     }
 }
 
-/// Stores a segment that is whole in parts and journals as one object, then
+/// Stores a segment that is whole in pieces and journals as one object, then
 /// deletes them. A crash leaves such segments: in synchronous mode a
 /// segment's last bytes go to its journal while its object is still being
 /// compressed and stored. Runs beside the new session, which never touches
@@ -53,7 +53,7 @@ pub async fn compact_segment(
     if assembled.complete || assembled.valid_len != seg.bytes() {
         return Ok(());
     }
-    let parts: Vec<WalObjectId> =
+    let pieces: Vec<WalObjectId> =
         tl.objects.iter().chain(&tl.covered).map(|(id, _)| *id).filter(|id| id.segno == segno).collect();
     let mut summary = WalSummary::default();
     assembled.used.iter().for_each(|(_, s)| summary.merge(s));
@@ -65,9 +65,9 @@ pub async fn compact_segment(
         segments: SpareSegments::new(0, seg.bytes() as usize),
     };
     upload::store(storage, seg, up, bufs, &CancellationToken::new()).await?;
-    let keys: Vec<String> = parts.iter().map(|p| p.key(seg)).collect();
+    let keys: Vec<String> = pieces.iter().map(|p| p.key(seg)).collect();
     storage.delete_many(&keys).await?;
-    tracing::info!(%segno, parts = keys.len(), "stored a segment left in parts as one object");
+    tracing::info!(%segno, pieces = keys.len(), "stored a segment left in pieces as one object");
     Ok(())
 }
 
@@ -106,7 +106,7 @@ pub async fn open_at(
         for (id, summary) in &used {
             if id.range(seg).1 > start {
                 // Past a hole: its bytes are streamed again. Only deleted
-                // with the other parts once the segment is stored.
+                // with the other pieces once the segment is stored.
                 segment.note_object(*id);
             } else {
                 segment.adopt_stored(*id, summary);
@@ -120,11 +120,11 @@ pub async fn open_at(
         let covered: Vec<String> =
             tl.covered.iter().filter(|(id, _)| id.segno == segno).map(|(id, _)| id.key(seg)).collect();
         if !covered.is_empty() && !used.is_empty() {
-            tracing::info!(segno = %segno, objects = covered.len(), "finishing a merge cut short: deleting the parts inside it");
+            tracing::info!(segno = %segno, objects = covered.len(), "finishing a merge cut short: deleting the pieces inside it");
             let storage = storage.clone();
             tokio::spawn(async move {
                 if let Err(e) = storage.delete_many(&covered).await {
-                    tracing::warn!("deleting parts inside a merged part failed (retried at next start): {e}");
+                    tracing::warn!("deleting pieces inside a merged piece failed (retried at next start): {e}");
                 }
             });
         }

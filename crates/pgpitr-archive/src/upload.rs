@@ -4,9 +4,9 @@
 use crate::StreamError;
 use crate::compact::Source;
 use crate::journal::AppendEnd;
-use crate::segment::{ChunkCell, PartChunk, segment_pieces};
+use crate::segment::{ChunkCell, PieceChunk, segment_spans};
 use bytes::{Bytes, BytesMut};
-use pgpitr_repo::object::{self, BufPool, Chunk, Piece, WalSummary};
+use pgpitr_repo::object::{self, BufPool, Chunk, Span, WalSummary};
 use pgpitr_repo::wal::{WalObjectId, read_object};
 use pgpitr_storage::{PutOutcome, Storage};
 use pgpitr_types::{Lsn, WalSegSize};
@@ -28,11 +28,11 @@ pub struct WalUpload {
 /// How the payload's lz4 blocks come about.
 #[derive(Debug, Clone)]
 pub enum Blocks {
-    /// A part: compress it, and publish the block for its segment.
-    Part(ChunkCell),
-    /// A complete segment: reuse its parts' blocks where they exist.
-    Segment(Vec<PartChunk>),
-    /// A merged part, made of these instead of `raw` (which is empty); its
+    /// A piece: compress it, and publish the block for its segment.
+    Piece(ChunkCell),
+    /// A complete segment: reuse its pieces' blocks where they exist.
+    Segment(Vec<PieceChunk>),
+    /// A merged piece, made of these instead of `raw` (which is empty); its
     /// blocks are published in the cell for the next merge.
     Merge { sources: Vec<Source>, cell: ChunkCell },
 }
@@ -129,26 +129,26 @@ pub async fn store(
     let WalUpload { id, raw, summary, blocks, .. } = up;
     let encode = move || {
         let (encoded, crc) = match blocks {
-            Blocks::Part(cell) => {
+            Blocks::Piece(cell) => {
                 let crc = crc32fast::hash(&raw);
                 let (encoded, mut fresh) =
-                    object::encode_pieces(id.tli, start, &[Piece::Raw(&raw)], crc, &summary, Some(&bufs.encode));
+                    object::encode_spans(id.tli, start, &[Span::Raw(&raw)], crc, &summary, Some(&bufs.encode));
                 if let Some(chunk) = fresh.pop() {
                     let _ = cell.set(chunk);
                 }
                 (encoded, crc)
             }
-            Blocks::Segment(parts) => {
+            Blocks::Segment(pieces) => {
                 let crc = crc32fast::hash(&raw);
-                let pieces = segment_pieces(&raw, &parts);
-                (object::encode_pieces(id.tli, start, &pieces, crc, &summary, Some(&bufs.encode)).0, crc)
+                let spans = segment_spans(&raw, &pieces);
+                (object::encode_spans(id.tli, start, &spans, crc, &summary, Some(&bufs.encode)).0, crc)
             }
             Blocks::Merge { sources, cell } => encode_merge(id, start, &sources, &summary, cell),
         };
         bufs.segments.give(raw);
         (encoded, crc)
     };
-    // Small parts (synchronous mode, quiet servers) take microseconds to
+    // Small pieces (synchronous mode, quiet servers) take microseconds to
     // encode: a hop to the blocking pool would cost more than it saves.
     let (encoded, want_crc) = if (end.0 - start.0) <= INLINE_ENCODE_MAX {
         encode()
@@ -201,7 +201,7 @@ impl Source {
     }
 }
 
-/// Encodes a merged part: earlier blocks copied, raw runs compressed, the
+/// Encodes a merged piece: earlier blocks copied, raw runs compressed, the
 /// CRC of the whole combined from theirs. Publishes its blocks in `cell`.
 fn encode_merge(
     id: WalObjectId,
@@ -211,21 +211,21 @@ fn encode_merge(
     cell: ChunkCell,
 ) -> (Bytes, u32) {
     let mut crc = crc32fast::Hasher::new();
-    let pieces: Vec<Piece> = sources
+    let spans: Vec<Span> = sources
         .iter()
         .map(|s| match s {
             Source::Blocks { chunk, crc: c } => {
                 crc.combine(&crc32fast::Hasher::new_with_initial_len(*c, u64::from(chunk.raw_len)));
-                Piece::Stored(chunk)
+                Span::Stored(chunk)
             }
             Source::Raw(raw) => {
                 crc.update(raw);
-                Piece::Raw(raw)
+                Span::Raw(raw)
             }
         })
         .collect();
     let crc = crc.finalize();
-    let (encoded, _) = object::encode_pieces(id.tli, start, &pieces, crc, summary, None);
+    let (encoded, _) = object::encode_spans(id.tli, start, &spans, crc, summary, None);
     // The whole payload is one run of framed blocks: the next merge copies it.
     if let Ok(header) = object::decode_header(&encoded) {
         let raw_len = header.start.distance_to(header.end) as u32;
@@ -239,7 +239,7 @@ pub(crate) struct Done {
     pub id: WalObjectId,
     pub start: Lsn,
     pub end: Lsn,
-    /// Parts made redundant once this (complete segment) is stored.
+    /// Pieces made redundant once this (complete segment) is stored.
     pub superseded: Vec<WalObjectId>,
     /// The time the upload took.
     pub result: Result<Duration, StreamError>,
@@ -256,11 +256,11 @@ mod tests {
 
     fn up(fill: u8) -> WalUpload {
         WalUpload {
-            id: WalObjectId::part(TimelineId(1), SegNo(2), 0, 4096),
+            id: WalObjectId::piece(TimelineId(1), SegNo(2), 0, 4096),
             start: Lsn(2 << 20),
             raw: Bytes::from(vec![fill; 4096]),
             summary: WalSummary::default(),
-            blocks: Blocks::Part(ChunkCell::default()),
+            blocks: Blocks::Piece(ChunkCell::default()),
         }
     }
 

@@ -3,7 +3,7 @@
 //! timer and shutdown.
 //!
 //! ```text
-//!  Postgres ──XLogData──▶ OpenSegment ──part / segment──▶ upload tasks ──▶ Storage
+//!  Postgres ──XLogData──▶ OpenSegment ──piece / segment──▶ upload tasks ──▶ Storage
 //!     ▲                      │ scanner (commit times)          │
 //!     └──── status (flush = durable) ◀── DurableTracker ◀──────┘
 //! ```
@@ -13,7 +13,7 @@ use crate::durable::DurableTracker;
 use crate::freshness::Freshness;
 use crate::index::CommitIndex;
 use crate::journal::{AheadJournal, AppendJob, JournalSlot};
-use crate::schedule::{Mode, PartSchedule};
+use crate::schedule::{Mode, PieceSchedule};
 use crate::segment::OpenSegment;
 use crate::source::WalSource;
 use crate::start::{self, ResumePlan};
@@ -68,9 +68,9 @@ pub struct WalWriter {
     report_floor: Lsn,
     uploads: JoinSet<Done>,
     segments_in_flight: usize,
-    parts_in_flight: usize,
+    pieces_in_flight: usize,
     /// When pending WAL is due to be stored.
-    schedule: PartSchedule,
+    schedule: PieceSchedule,
     /// Cancels uploads only when a shutdown runs out of time.
     upload_cancel: CancellationToken,
     /// For a bounded range: stop once WAL up to here is durable.
@@ -84,16 +84,16 @@ pub struct WalWriter {
     /// An upload task was spawned since the stream last yielded.
     spawned: bool,
     fresh: Freshness,
-    /// The merge of the open segment's parts in flight (see `compact`).
+    /// The merge of the open segment's pieces in flight (see `compact`).
     merging: Option<Merging>,
     /// A merge of the open segment failed: no more until the next one.
     merge_failed: bool,
     /// The segments most recently stored whole, newest last.
     recent_complete: Vec<WalObjectId>,
-    /// Parts stored after their segment was completed, before it was
+    /// Pieces stored after their segment was completed, before it was
     /// stored: deleted once it is.
-    late_parts: Vec<WalObjectId>,
-    /// Deletions of parts that stored segments or merges replaced; aborted
+    late_pieces: Vec<WalObjectId>,
+    /// Deletions of pieces that stored segments or merges replaced; aborted
     /// with the session.
     cleanups: JoinSet<()>,
     /// Storing what is pending before a shutdown or timeline switch: no
@@ -101,11 +101,11 @@ pub struct WalWriter {
     draining: bool,
 }
 
-/// How long a shutdown waits for the last deletions of replaced parts.
+/// How long a shutdown waits for the last deletions of replaced pieces.
 const CLEANUP_AT_EXIT: Duration = Duration::from_secs(2);
 
-/// Complete segments remembered for parts that are stored after them (a
-/// part is in flight while at most `max_segments_in_flight` segments are).
+/// Complete segments remembered for pieces that are stored after them (a
+/// piece is in flight while at most `max_segments_in_flight` segments are).
 const RECENT_COMPLETE: usize = 8;
 
 struct Merging {
@@ -114,7 +114,7 @@ struct Merging {
 }
 
 /// A merge ends with its session: it would otherwise store, beside the
-/// next session, a part that session's listing did not see.
+/// next session, a piece that session's listing did not see.
 impl Drop for Merging {
     fn drop(&mut self) {
         self.task.abort();
@@ -154,8 +154,8 @@ impl WalWriter {
             report_floor: if plan.start_is_stored { Lsn::INVALID } else { plan.start },
             uploads: JoinSet::new(),
             segments_in_flight: 0,
-            parts_in_flight: 0,
-            schedule: PartSchedule::new(),
+            pieces_in_flight: 0,
+            schedule: PieceSchedule::new(),
             upload_cancel,
             stop_at: None,
             bufs: Buffers {
@@ -169,7 +169,7 @@ impl WalWriter {
             merging: None,
             merge_failed: false,
             recent_complete: Vec::with_capacity(RECENT_COMPLETE),
-            late_parts: Vec::new(),
+            late_pieces: Vec::new(),
             cleanups: JoinSet::new(),
             draining: false,
         }
@@ -213,9 +213,9 @@ impl WalWriter {
             return self.schedule.due(Mode::Journal, since, usize::from(self.journal.busy));
         }
         if self.stores_at_once() {
-            return self.schedule.due(Mode::AtOnce, since, self.parts_in_flight);
+            return self.schedule.due(Mode::AtOnce, since, self.pieces_in_flight);
         }
-        self.schedule.due(Mode::Interval(self.cfg.flush_interval), since, self.parts_in_flight)
+        self.schedule.due(Mode::Interval(self.cfg.flush_interval), since, self.pieces_in_flight)
     }
 
     /// Streams until shutdown, the end of the timeline, or (with a range)
@@ -261,7 +261,7 @@ impl WalWriter {
             // when the socket has nothing more to read, as pg_receivewal
             // syncs: one append then carries every message that arrived
             // while the last one was syncing, not just the first of them.
-            // A part still gathering commits is due on the timer instead.
+            // A piece still gathering commits is due on the timer instead.
             let due = self.flush_deadline();
             let (idle_due, deadline) = match due {
                 _ if !self.stores_at_once() => (false, due),
@@ -294,7 +294,7 @@ impl WalWriter {
                 }
                 _ = &mut flush_timer, if deadline.is_some() => {
                     armed = None;
-                    self.submit_part();
+                    self.submit_piece();
                 }
                 done = merge_done(&mut self.merging), if self.merging.is_some() => self.finish_merge(done),
                 msg = stream.recv(), if self.can_accept() => {
@@ -330,7 +330,7 @@ impl WalWriter {
                     match self.append_inline().await? {
                         Some(true) => report_advance(&mut stream, self.reportable(), &mut reported).await?,
                         Some(false) => {}
-                        None => self.submit_part(),
+                        None => self.submit_piece(),
                     }
                     self.create_next_journal_ahead();
                 }
@@ -437,7 +437,7 @@ impl WalWriter {
     /// commit waits for that.
     fn submit_if_due(&mut self, now: Instant) {
         if self.flush_deadline().is_some_and(|d| d <= now) {
-            self.submit_part();
+            self.submit_piece();
         }
     }
 
@@ -445,19 +445,19 @@ impl WalWriter {
         self.cfg.synchronous && self.journal.supported != Some(false)
     }
 
-    fn submit_part(&mut self) {
+    fn submit_piece(&mut self) {
         if self.uses_journal() {
             return self.submit_append();
         }
-        if let Some((id, start, raw, summary, cell)) = self.cur.cut_part() {
+        if let Some((id, start, raw, summary, cell)) = self.cur.cut_piece() {
             self.stats.open_segment_objects.store(self.cur.cover_len() as u64, Ordering::Relaxed);
-            self.parts_in_flight += 1;
-            self.spawn_upload(WalUpload { id, start, raw, summary, blocks: Blocks::Part(cell) }, Vec::new());
+            self.pieces_in_flight += 1;
+            self.spawn_upload(WalUpload { id, start, raw, summary, blocks: Blocks::Piece(cell) }, Vec::new());
         }
     }
 
     /// Appends what is pending to the open segment's journal (creating it
-    /// first); if the storage refuses, stores it as a part instead.
+    /// first); if the storage refuses, stores it as a piece instead.
     fn submit_append(&mut self) {
         if let Some(job) = self.prepare_append() {
             self.spawned = true;
@@ -528,7 +528,7 @@ impl WalWriter {
     /// is open: a spawned task per group commit (allocation, wake-up, a
     /// trip through the scheduler) cost more than the append's own work.
     /// Returns whether the durable position moved; `None` if it did not
-    /// apply (no open journal: [`WalWriter::submit_part`] handles it).
+    /// apply (no open journal: [`WalWriter::submit_piece`] handles it).
     async fn append_inline(&mut self) -> Result<Option<bool>, StreamError> {
         let (tli, segno) = (self.cur.tli, self.cur.segno);
         let open = self.journal.open.as_ref().is_some_and(|j| j.id.tli == tli && j.id.segno == segno);
@@ -545,10 +545,10 @@ impl WalWriter {
         match job.try_append().await {
             Ok(done) => self.finish_upload(done),
             Err(job) => {
-                // Storing a part retries for as long as storage fails: not
+                // Storing a piece retries for as long as storage fails: not
                 // on this task, which must keep the connection alive.
                 self.spawned = true;
-                self.uploads.spawn(job.store_part());
+                self.uploads.spawn(job.store_piece());
                 Ok(false)
             }
         }
@@ -571,11 +571,11 @@ impl WalWriter {
     fn finish_upload(&mut self, done: Done) -> Result<bool, StreamError> {
         match done.id.kind {
             WalObjectKind::Segment => self.segments_in_flight -= 1,
-            WalObjectKind::Part { .. } => self.parts_in_flight -= 1,
+            WalObjectKind::Piece { .. } => self.pieces_in_flight -= 1,
             WalObjectKind::Journal { .. } => self.journal.busy = false,
         }
-        // A part of a segment completed while the part was in flight: not
-        // in that segment's list of parts to delete.
+        // A piece of a segment completed while the piece was in flight: not
+        // in that segment's list of pieces to delete.
         let mut late = None;
         if let Some(end) = done.journal {
             self.journal.supported = Some(end.supported);
@@ -583,12 +583,12 @@ impl WalWriter {
             let current = |id: &WalObjectId| id.tli == tli && id.segno == segno;
             match end.fallback {
                 // Stored once `done.result` is Ok (else the session ends):
-                // one of the segment's parts, so merges see every byte.
-                Some((part, summary)) if current(&part) && done.result.is_ok() => {
-                    self.cur.hold_stored_part(part, summary)
+                // one of the segment's pieces, so merges see every byte.
+                Some((piece, summary)) if current(&piece) && done.result.is_ok() => {
+                    self.cur.hold_stored_piece(piece, summary)
                 }
-                Some((part, _)) if current(&part) => self.cur.note_object(part),
-                Some((part, _)) => late = Some(part),
+                Some((piece, _)) if current(&piece) => self.cur.note_object(piece),
+                Some((piece, _)) => late = Some(piece),
                 None => {}
             }
             self.journal.open = end.open.filter(|j| current(&j.id));
@@ -596,24 +596,24 @@ impl WalWriter {
         let took = done.result?;
         let mut superseded = done.superseded;
         match done.id.kind {
-            WalObjectKind::Part { .. } if self.cur.mark_stored(&done.id) => self.start_due_merge(),
-            WalObjectKind::Part { .. } => late = Some(done.id),
+            WalObjectKind::Piece { .. } if self.cur.mark_stored(&done.id) => self.start_due_merge(),
+            WalObjectKind::Piece { .. } => late = Some(done.id),
             WalObjectKind::Segment => {
                 if self.recent_complete.len() == RECENT_COMPLETE {
                     self.recent_complete.remove(0);
                 }
                 self.recent_complete.push(done.id);
                 let (tli, segno) = (done.id.tli, done.id.segno);
-                superseded.extend(self.late_parts.extract_if(.., |p| p.tli == tli && p.segno == segno));
+                superseded.extend(self.late_pieces.extract_if(.., |p| p.tli == tli && p.segno == segno));
             }
             _ => {}
         }
-        if let Some(part) = late {
+        if let Some(piece) = late {
             // Deleted now if its segment is stored whole, else with it.
-            if self.recent_complete.contains(&WalObjectId::segment(part.tli, part.segno)) {
-                superseded.push(part);
+            if self.recent_complete.contains(&WalObjectId::segment(piece.tli, piece.segno)) {
+                superseded.push(piece);
             } else {
-                self.late_parts.push(part);
+                self.late_pieces.push(piece);
             }
         }
         self.schedule.uploaded(took);
@@ -625,7 +625,7 @@ impl WalWriter {
             self.cleanups.spawn(async move {
                 if let Err(e) = storage.delete_many(&keys).await {
                     tracing::warn!(
-                        "deleting {} parts of a stored segment failed (retried at next start): {e}",
+                        "deleting {} pieces of a stored segment failed (retried at next start): {e}",
                         keys.len()
                     );
                 }
@@ -645,7 +645,7 @@ impl WalWriter {
         Ok(moved)
     }
 
-    /// Starts merging the open segment's stored parts when they are due.
+    /// Starts merging the open segment's stored pieces when they are due.
     fn start_due_merge(&mut self) {
         // Where journals work, a segment is one journal but for failed
         // appends: nothing to merge.
@@ -654,7 +654,7 @@ impl WalWriter {
             return;
         }
         let Some(merge) = self.cur.due_merge() else { return };
-        tracing::debug!(merged = %merge.id.key(self.seg), inputs = merge.inputs.len(), "merging parts");
+        tracing::debug!(merged = %merge.id.key(self.seg), inputs = merge.inputs.len(), "merging pieces");
         let id = merge.id;
         let task = tokio::spawn(compact::run(
             self.repo.storage().clone(),
@@ -667,19 +667,19 @@ impl WalWriter {
     }
 
     /// Takes in an ended merge and starts the next one that is due. A merge
-    /// that failed is not retried in this session: its parts stay as they
+    /// that failed is not retried in this session: its pieces stay as they
     /// are, and are merged at the next start or deleted with the segment.
     fn finish_merge(&mut self, done: Result<Merged, tokio::task::JoinError>) {
         self.merging = None;
         match done {
             Ok(Merged { id, inputs, result: Ok((chunk, crc)) }) => {
-                // Readers already take the merged part; the next merge need
+                // Readers already take the merged piece; the next merge need
                 // not wait for these deletes.
                 let (storage, seg) = (self.repo.storage().clone(), self.seg);
                 let keys: Vec<String> = inputs.iter().map(|p| p.key(seg)).collect();
                 self.cleanups.spawn(async move {
                     if let Err(e) = storage.delete_many(&keys).await {
-                        tracing::warn!(merged = %id.key(seg), "deleting {} merged parts failed (done at next start): {e}", keys.len());
+                        tracing::warn!(merged = %id.key(seg), "deleting {} merged pieces failed (done at next start): {e}", keys.len());
                     }
                 });
                 if self.cur.merged(id, &inputs, chunk, crc) {
@@ -689,7 +689,7 @@ impl WalWriter {
                 }
             }
             Ok(Merged { id, result: Err(e), .. }) => {
-                tracing::error!(merged = %id.key(self.seg), "merging parts failed; they stay as they are: {e}");
+                tracing::error!(merged = %id.key(self.seg), "merging pieces failed; they stay as they are: {e}");
                 self.merge_failed = true;
             }
             Err(e) if e.is_cancelled() => {}
@@ -705,7 +705,7 @@ impl WalWriter {
         }
         self.draining = true;
         self.merging = None;
-        self.submit_part();
+        self.submit_piece();
         let deadline = tokio::time::sleep(self.cfg.shutdown_timeout);
         tokio::pin!(deadline);
         while !self.uploads.is_empty() {
@@ -714,7 +714,7 @@ impl WalWriter {
                     let done = done.map_err(|e| StreamError::Internal(format!("upload task failed: {e}")))?;
                     self.finish_upload(done)?;
                     // A journal takes one append at a time: the rest now.
-                    self.submit_part();
+                    self.submit_piece();
                 }
                 _ = &mut deadline => {
                     self.upload_cancel.cancel();
@@ -732,7 +732,7 @@ impl WalWriter {
             let d = self.reportable();
             stream.report(d, d, d).await?;
         }
-        // Parts a stored segment replaced: deleted now rather than left for
+        // Pieces a stored segment replaced: deleted now rather than left for
         // the next start, unless storage keeps the shutdown waiting.
         let _ =
             tokio::time::timeout(CLEANUP_AT_EXIT, async { while self.cleanups.join_next().await.is_some() {} }).await;
@@ -754,7 +754,7 @@ impl WalWriter {
                 self.tli, self.received
             )));
         }
-        // The old timeline's tail is stored as parts before anything else.
+        // The old timeline's tail is stored as pieces before anything else.
         self.drain::<pgpitr_pgwire::ReplicationStream<'_>>(None).await?;
         let (name, content) = conn.timeline_history(next_tli).await?;
         TimelineHistory::parse(next_tli, &String::from_utf8_lossy(&content))

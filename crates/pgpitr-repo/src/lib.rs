@@ -83,8 +83,8 @@ const RELISTS: u32 = 3;
 
 /// Runs `read` (which lists the repository, then reads what it listed)
 /// again while it fails because a listed object was gone by the time it was
-/// read: a running stream deletes the parts of its unfinished segment once
-/// it has merged them, and complete segments' parts once they are stored.
+/// read: a running stream deletes the pieces of its unfinished segment once
+/// it has merged them, and complete segments' pieces once they are stored.
 /// `vanished` tells that error from others.
 pub async fn relisting<T, E, Fut>(vanished: impl Fn(&E) -> bool, mut read: impl FnMut() -> Fut) -> Result<T, E>
 where

@@ -19,7 +19,7 @@
 //!
 //! With codec 2 the payload is a sequence of independently compressed lz4
 //! blocks, each behind `u32 raw length, u32 stored length` (big-endian). It
-//! lets a complete segment reuse the blocks its parts were already
+//! lets a complete segment reuse the blocks its tail pieces were already
 //! compressed into, so streaming compresses each byte once. Writers cut
 //! blocks of at most [`BLOCK_RAW`] bytes; readers accept any size.
 //!
@@ -160,8 +160,8 @@ impl Drop for Pooled {
 }
 
 /// What a codec-2 payload is made of, in order.
-pub enum Piece<'a> {
-    /// Blocks compressed before (a part's, reused by its segment): copied.
+pub enum Span<'a> {
+    /// Blocks compressed before (a tail piece's, reused by its segment): copied.
     Stored(&'a Chunk),
     /// Raw bytes, compressed straight into the object.
     Raw(&'a [u8]),
@@ -279,7 +279,7 @@ pub fn encode_at_level(
             let block = lz4_flex::block::compress(raw);
             encode_compressed(tli, start, raw.len() as u64, crc32fast::hash(raw), Codec::Lz4, &[&block], summary)
         }
-        Codec::Lz4Chunks => encode_pieces(tli, start, &[Piece::Raw(raw)], crc32fast::hash(raw), summary, None).0,
+        Codec::Lz4Chunks => encode_spans(tli, start, &[Span::Raw(raw)], crc32fast::hash(raw), summary, None).0,
         Codec::Zstd => {
             let level = zstd_level.clamp(1, zstd::zstd_safe::max_c_level());
             let frame = zstd::bulk::compress(raw, level).expect("zstd compresses any input at a level in its range");
@@ -288,14 +288,14 @@ pub fn encode_at_level(
     }
 }
 
-/// Encodes a codec-2 object from `pieces` (whose raw bytes, concatenated,
+/// Encodes a codec-2 object from `spans` (whose raw bytes, concatenated,
 /// have CRC-32 `raw_crc`) into one buffer, from `pool` when it has one of
-/// the size. Returns the object and, for each [`Piece::Raw`], the chunk it
+/// the size. Returns the object and, for each [`Span::Raw`], the chunk it
 /// was compressed into: a view of the object, not a copy.
-pub fn encode_pieces(
+pub fn encode_spans(
     tli: TimelineId,
     start: Lsn,
-    pieces: &[Piece],
+    spans: &[Span],
     raw_crc: u32,
     summary: &WalSummary,
     pool: Option<&BufPool>,
@@ -303,11 +303,11 @@ pub fn encode_pieces(
     let summary_json = serde_json::to_vec(summary).expect("summary serialises");
     let payload_at = HEADER_LEN + summary_json.len();
     let need = payload_at
-        + pieces
+        + spans
             .iter()
             .map(|p| match p {
-                Piece::Stored(c) => c.framed.len(),
-                Piece::Raw(r) => framed_bound(r.len()),
+                Span::Stored(c) => c.framed.len(),
+                Span::Raw(r) => framed_bound(r.len()),
             })
             .sum::<usize>();
     let pooled = pool.and_then(|p| p.take(need).map(|b| (b, p.inner.clone())));
@@ -318,14 +318,14 @@ pub fn encode_pieces(
     let mut at = payload_at;
     let mut raw_len = 0u64;
     let mut fresh: Vec<(u32, Range<usize>)> = Vec::new();
-    for p in pieces {
+    for p in spans {
         match p {
-            Piece::Stored(c) => {
+            Span::Stored(c) => {
                 buf[at..at + c.framed.len()].copy_from_slice(&c.framed);
                 at += c.framed.len();
                 raw_len += c.raw_len as u64;
             }
-            Piece::Raw(r) => {
+            Span::Raw(r) => {
                 let n = compress_framed(r, &mut buf[at..]);
                 fresh.push((r.len() as u32, at..at + n));
                 at += n;
@@ -592,12 +592,12 @@ mod tests {
     use super::*;
 
     fn chunk(raw: &[u8]) -> Chunk {
-        encode_pieces(TimelineId(1), Lsn(0), &[Piece::Raw(raw)], 0, &WalSummary::default(), None).1.remove(0)
+        encode_spans(TimelineId(1), Lsn(0), &[Span::Raw(raw)], 0, &WalSummary::default(), None).1.remove(0)
     }
 
     fn encode_chunks(tli: TimelineId, start: Lsn, chunks: &[Chunk], raw_crc: u32, s: &WalSummary) -> Bytes {
-        let pieces: Vec<Piece> = chunks.iter().map(Piece::Stored).collect();
-        encode_pieces(tli, start, &pieces, raw_crc, s, None).0
+        let spans: Vec<Span> = chunks.iter().map(Span::Stored).collect();
+        encode_spans(tli, start, &spans, raw_crc, s, None).0
     }
 
     #[test]
@@ -760,10 +760,10 @@ mod tests {
         let (raw, s) = sample();
         let head = chunk(&raw[..1000]);
         let tail = &raw[1000..];
-        let (obj, fresh) = encode_pieces(
+        let (obj, fresh) = encode_spans(
             TimelineId(1),
             Lsn(0),
-            &[Piece::Stored(&head), Piece::Raw(tail)],
+            &[Span::Stored(&head), Span::Raw(tail)],
             crc32fast::hash(&raw),
             &s,
             None,
@@ -791,7 +791,7 @@ mod tests {
         let s = WalSummary::default();
         let pool = BufPool::for_objects(1, raw.len());
         let crc = crc32fast::hash(&raw);
-        let (obj, fresh) = encode_pieces(TimelineId(1), Lsn(0), &[Piece::Raw(&raw)], crc, &s, Some(&pool));
+        let (obj, fresh) = encode_spans(TimelineId(1), Lsn(0), &[Span::Raw(&raw)], crc, &s, Some(&pool));
         assert_eq!(&decode(&obj).unwrap().1[..], &raw[..]);
         drop(obj);
         assert_eq!(pool.idle(), 0, "the chunk still views the buffer");
@@ -801,14 +801,14 @@ mod tests {
         // must not leak into it.
         let short = &raw[..2_000_000];
         let (obj2, _) =
-            encode_pieces(TimelineId(1), Lsn(0), &[Piece::Raw(short)], crc32fast::hash(short), &s, Some(&pool));
+            encode_spans(TimelineId(1), Lsn(0), &[Span::Raw(short)], crc32fast::hash(short), &s, Some(&pool));
         assert_eq!(pool.idle(), 0, "taken from the pool");
         assert_eq!(&decode(&obj2).unwrap().1[..], short);
         // At most `max` are kept; small objects never touch the pool.
-        let (obj3, _) = encode_pieces(TimelineId(1), Lsn(0), &[Piece::Raw(&raw)], crc, &s, Some(&pool));
+        let (obj3, _) = encode_spans(TimelineId(1), Lsn(0), &[Span::Raw(&raw)], crc, &s, Some(&pool));
         drop((obj2, obj3));
         assert_eq!(pool.idle(), 1);
-        let (small, _) = encode_pieces(TimelineId(1), Lsn(0), &[Piece::Raw(&raw[..100])], 0, &s, Some(&pool));
+        let (small, _) = encode_spans(TimelineId(1), Lsn(0), &[Span::Raw(&raw[..100])], 0, &s, Some(&pool));
         assert_eq!(pool.idle(), 1);
         drop(small);
         assert_eq!(pool.idle(), 1);

@@ -10,7 +10,7 @@
 //! - A WAL object goes only when its whole segment ends at or before the
 //!   horizon, so a journal's end never has to be read to decide.
 //! - A backup loses its `backup.json` first ([`backup::delete_backup`]):
-//!   interrupted, it is left incomplete, never complete with parts missing.
+//!   interrupted, it is left incomplete, never complete with pieces missing.
 //!   Backups go before WAL, so an interruption never leaves a complete
 //!   backup without its WAL. Running again finishes the job.
 //! - Running backups are never touched; incomplete ones nobody works on
@@ -109,7 +109,7 @@ fn plan_from(cat: &Catalog, policy: &Policy, now: jiff::Timestamp) -> Result<Pla
     let listed = cat.timelines().values().flat_map(|t| t.objects.iter().chain(&t.covered));
     let mut doomed: Vec<(String, u64)> =
         listed.filter(|(id, _)| below(id)).map(|(_, m)| (m.key.clone(), m.size)).collect();
-    // Parts of complete segments, awaiting deletion.
+    // Pieces of complete segments, awaiting deletion.
     let leftovers = cat.leftovers().iter().filter(|m| WalObjectId::parse(&m.key, seg).is_some_and(|id| below(&id)));
     doomed.extend(leftovers.map(|m| (m.key.clone(), m.size)));
     // Key order is LSN order within a timeline: segment numbers are fixed-width hex.

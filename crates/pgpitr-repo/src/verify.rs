@@ -10,7 +10,7 @@
 //!
 //! A problem with one object does not stop the check: the report names
 //! every object that is missing or wrong. Only a failure to list the
-//! repository ends it early. It is safe beside a running stream: a part or
+//! repository ends it early. It is safe beside a running stream: a piece or
 //! journal deleted since the listing because its segment is now stored
 //! whole is not a problem.
 
@@ -135,7 +135,7 @@ pub async fn verify(repo: &Repository, only: Option<&str>) -> Result<Report, Rea
         }
     }
     drop(checks);
-    // Parts inside a merged part (a merge cut short) must hold its bytes.
+    // Pieces inside a merged piece (a merge cut short) must hold its bytes.
     let mut overlapped: Vec<(TimelineId, pgpitr_types::SegNo)> = timelines
         .iter()
         .flat_map(|(tli, t)| t.covered.iter().filter(|(id, _)| in_scope(*tli, id.range(seg).0, id.range(seg).1)))
@@ -158,7 +158,7 @@ pub async fn verify(repo: &Repository, only: Option<&str>) -> Result<Report, Rea
         .filter(|&(tli, from, to)| in_scope(tli, from, to))
         .collect();
     if !failed.is_empty() || !gaps.is_empty() {
-        // A running stream deletes parts and journals once their segment is
+        // A running stream deletes pieces and journals once their segment is
         // stored whole, and a listing is not a snapshot: what is missing or
         // looked like a gap but is covered by a fresh listing is no problem.
         let now = list_wal().await?;

@@ -16,18 +16,18 @@
 //! format 1 kept every object of a timeline in one directory; they are read
 //! and written through [`crate::flat`], which maps those keys to these.
 //!
-//! Parts exist so that WAL is durable within a second even when a segment
+//! Pieces exist so that WAL is durable within a second even when a segment
 //! takes hours to fill. Together they start at offset 0 of their segment
 //! and follow each other without gaps; once the complete segment is stored
-//! its parts are redundant and are deleted. While the segment fills, the
-//! stream merges stored parts into larger ones (a merged part is an
-//! ordinary part with a wider range), storing the merged one before
+//! its pieces are redundant and are deleted. While the segment fills, the
+//! stream merges stored pieces into larger ones (a merged piece is an
+//! ordinary piece with a wider range), storing the merged one before
 //! deleting what it replaces. Readers therefore take a segment's *cover*:
 //! each object that reaches further than those before it. An object inside
 //! the cover (what an interrupted merge left) is never used for its bytes,
 //! only checked against them.
 //!
-//! A journal is a part that grows: each frame is a complete object
+//! A journal is a piece that grows: each frame is a complete object
 //! ([`object::decode_journal`]), appended and synced before it is reported.
 //! Its end is known only by reading it, so [`scan`] reads the journals of
 //! unfinished segments (one per open segment, normally).
@@ -48,7 +48,7 @@ pub const HISTORY_PREFIX: &str = "timelines/";
 pub enum WalObjectKind {
     Segment,
     /// Offsets within the segment: `from..to`.
-    Part {
+    Piece {
         from: u32,
         to: u32,
     },
@@ -73,8 +73,8 @@ impl WalObjectId {
         WalObjectId { tli, segno, kind: WalObjectKind::Segment }
     }
 
-    pub fn part(tli: TimelineId, segno: SegNo, from: u32, to: u32) -> Self {
-        WalObjectId { tli, segno, kind: WalObjectKind::Part { from, to } }
+    pub fn piece(tli: TimelineId, segno: SegNo, from: u32, to: u32) -> Self {
+        WalObjectId { tli, segno, kind: WalObjectKind::Piece { from, to } }
     }
 
     /// A journal starting at segment offset `from`, not yet read.
@@ -87,7 +87,7 @@ impl WalObjectId {
         let name = WalFileName::segment(self.tli, self.segno).to_name(seg);
         match self.kind {
             WalObjectKind::Segment => format!("{dir}{name}"),
-            WalObjectKind::Part { from, to } => format!("{dir}{name}.{from:08X}-{to:08X}.part"),
+            WalObjectKind::Piece { from, to } => format!("{dir}{name}.{from:08X}-{to:08X}.part"),
             WalObjectKind::Journal { from, .. } => format!("{dir}{name}.{from:08X}.journal"),
         }
     }
@@ -103,11 +103,11 @@ impl WalObjectId {
     }
 
     /// Sort order within a timeline: segment by segment, a complete object
-    /// first, then parts and journals by offset.
+    /// first, then pieces and journals by offset.
     pub fn order(&self) -> (SegNo, bool, u32, u32) {
         match self.kind {
             WalObjectKind::Segment => (self.segno, false, 0, 0),
-            WalObjectKind::Part { from, to } | WalObjectKind::Journal { from, to } => (self.segno, true, from, to),
+            WalObjectKind::Piece { from, to } | WalObjectKind::Journal { from, to } => (self.segno, true, from, to),
         }
     }
 
@@ -140,7 +140,7 @@ impl WalObjectId {
                 if from >= to || to as u64 > seg.bytes() {
                     return None;
                 }
-                (name, WalObjectKind::Part { from, to })
+                (name, WalObjectKind::Piece { from, to })
             }
         };
         match WalFileName::parse(name, seg).ok()? {
@@ -154,7 +154,7 @@ impl WalObjectId {
         let base = self.segno.0 * seg.bytes();
         match self.kind {
             WalObjectKind::Segment => (Lsn(base), Lsn(base + seg.bytes())),
-            WalObjectKind::Part { from, to } | WalObjectKind::Journal { from, to } => {
+            WalObjectKind::Piece { from, to } | WalObjectKind::Journal { from, to } => {
                 (Lsn(base + from as u64), Lsn(base + to as u64))
             }
         }
@@ -178,10 +178,10 @@ pub fn timeline_dir(tli: TimelineId) -> String {
 /// Everything stored for one timeline.
 #[derive(Debug, Clone, Default)]
 pub struct TimelineWal {
-    /// The cover, sorted by (segment, kind); parts of a segment in offset
+    /// The cover, sorted by (segment, kind); pieces of a segment in offset
     /// order, each reaching further than the one before.
     pub objects: Vec<(WalObjectId, ObjectMeta)>,
-    /// Parts and journals wholly inside the cover of their segment: what an
+    /// Pieces and journals wholly inside the cover of their segment: what an
     /// interrupted merge left, to check against the cover and delete.
     pub covered: Vec<(WalObjectId, ObjectMeta)>,
     /// Merged, sorted, non-overlapping covered ranges.
@@ -214,7 +214,7 @@ impl TimelineWal {
 }
 
 /// Lists all WAL objects, grouped per timeline, with their coverage.
-/// Parts made redundant by a complete segment are left out of `objects`
+/// Pieces made redundant by a complete segment are left out of `objects`
 /// (they are leftovers awaiting deletion) and returned separately.
 pub async fn scan(
     storage: &dyn Storage,
@@ -339,9 +339,9 @@ pub fn split_cover<M>(mut objs: Vec<(WalObjectId, M)>) -> (Listed<M>, Listed<M>)
         (segno, partial, from, std::cmp::Reverse(to))
     });
     let (mut cover, mut covered) = (Vec::with_capacity(objs.len()), Vec::new());
-    // Only parts and segments make others redundant: a journal's end is read
+    // Only pieces and segments make others redundant: a journal's end is read
     // from its file, and a frame can be there, undurable, after its append
-    // failed (its bytes then went into a part, which must stay).
+    // failed (its bytes then went into a piece, which must stay).
     let mut reach: Option<(SegNo, u32)> = None;
     for (id, meta) in objs {
         let (segno, partial, _, to) = id.order();
@@ -557,7 +557,7 @@ async fn complete_object(storage: &dyn Storage, seg: WalSegSize, id: WalObjectId
     Ok(AssembledSegment { data: raw, valid_len: seg.bytes(), complete: true, used })
 }
 
-/// Segment offsets of a part or journal.
+/// Segment offsets of a piece or journal.
 fn offsets(seg: WalSegSize, id: &WalObjectId) -> (u64, u64) {
     let base = id.segno.0 * seg.bytes();
     let (from, to) = id.range(seg);
@@ -604,8 +604,8 @@ mod tests {
     fn keys_round_trip() {
         let ids = [
             WalObjectId::segment(TimelineId(1), SegNo(0x1FF)),
-            WalObjectId::part(TimelineId(0xA), SegNo(3), 0, 0x2000),
-            WalObjectId::part(TimelineId(2), SegNo(3), 0x2000, 0x100_0000),
+            WalObjectId::piece(TimelineId(0xA), SegNo(3), 0, 0x2000),
+            WalObjectId::piece(TimelineId(2), SegNo(3), 0x2000, 0x100_0000),
         ];
         for id in ids {
             let k = id.key(seg());

@@ -20,18 +20,18 @@ async fn put(storage: &LocalStorage, id: WalObjectId, data: &[u8]) {
 }
 
 #[tokio::test]
-async fn parts_overlaps_holes_and_complete_segments() {
+async fn pieces_overlaps_holes_and_complete_segments() {
     let dir = tempfile::tempdir().unwrap();
     let storage = LocalStorage::new(dir.path());
     let wal = wal_bytes();
     let t = TimelineId(1);
-    // Segment 3: parts 0..1000, 0..3000 (a second writer), 3000..5000.
-    put(&storage, WalObjectId::part(t, SegNo(3), 0, 1000), &wal[..1000]).await;
-    put(&storage, WalObjectId::part(t, SegNo(3), 0, 3000), &wal[..3000]).await;
-    put(&storage, WalObjectId::part(t, SegNo(3), 3000, 5000), &wal[3000..5000]).await;
+    // Segment 3: pieces 0..1000, 0..3000 (a second writer), 3000..5000.
+    put(&storage, WalObjectId::piece(t, SegNo(3), 0, 1000), &wal[..1000]).await;
+    put(&storage, WalObjectId::piece(t, SegNo(3), 0, 3000), &wal[..3000]).await;
+    put(&storage, WalObjectId::piece(t, SegNo(3), 3000, 5000), &wal[3000..5000]).await;
     // Segment 4: a hole at 100..200.
-    put(&storage, WalObjectId::part(t, SegNo(4), 0, 100), &wal[..100]).await;
-    put(&storage, WalObjectId::part(t, SegNo(4), 200, 300), &wal[200..300]).await;
+    put(&storage, WalObjectId::piece(t, SegNo(4), 0, 100), &wal[..100]).await;
+    put(&storage, WalObjectId::piece(t, SegNo(4), 200, 300), &wal[200..300]).await;
     // Segment 2: complete.
     put(&storage, WalObjectId::segment(t, SegNo(2)), &wal).await;
 
@@ -55,8 +55,8 @@ async fn parts_overlaps_holes_and_complete_segments() {
     let mib = 1u64 << 20;
     assert_eq!(tl.gaps(), vec![(Lsn(3 * mib + 5000), Lsn(4 * mib)), (Lsn(4 * mib + 100), Lsn(4 * mib + 200))]);
 
-    // A part made redundant by its complete segment is reported as leftover.
-    put(&storage, WalObjectId::part(t, SegNo(2), 0, 10), &wal[..10]).await;
+    // A piece made redundant by its complete segment is reported as leftover.
+    put(&storage, WalObjectId::piece(t, SegNo(2), 0, 10), &wal[..10]).await;
     let (_, leftovers) = scan(&storage, seg()).await.unwrap();
     let leftovers: Vec<String> = leftovers.into_iter().map(|m| m.key).collect();
     assert_eq!(leftovers, vec!["wal/00000001/00000000/000000010000000000000002.00000000-0000000A.part".to_string()]);
@@ -81,7 +81,7 @@ async fn corrupt_object_is_an_error_not_wrong_bytes() {
 }
 
 /// A journal: frames appended through the storage's own journal, a torn
-/// tail, a part continuing it after a failed append, and a journal that
+/// tail, a piece continuing it after a failed append, and a journal that
 /// never got a frame. Scan, headers and assembly all see the valid prefix.
 #[tokio::test]
 async fn journals_count_up_to_their_last_valid_frame() {
@@ -94,7 +94,7 @@ async fn journals_count_up_to_their_last_valid_frame() {
     let t = TimelineId(1);
     let mib = 1u64 << 20;
     let base = 5 * mib;
-    put(&storage, WalObjectId::part(t, SegNo(5), 0, 1000), &wal[..1000]).await;
+    put(&storage, WalObjectId::piece(t, SegNo(5), 0, 1000), &wal[..1000]).await;
     let jid = WalObjectId::journal(t, SegNo(5), 1000);
     let JournalOpen::Created(mut j) = storage.create_journal(&jid.key(seg()), 1 << 16).await.unwrap() else {
         panic!("local storage makes journals")
@@ -125,8 +125,8 @@ async fn journals_count_up_to_their_last_valid_frame() {
     assert_eq!(&s.data[..4000], &wal[..4000]);
     assert!(s.data[4000..].iter().all(|&b| b == 0));
 
-    // The append failed: the same bytes went into a part, then a new journal.
-    put(&storage, WalObjectId::part(t, SegNo(5), 4000, 6000), &wal[4000..6000]).await;
+    // The append failed: the same bytes went into a piece, then a new journal.
+    put(&storage, WalObjectId::piece(t, SegNo(5), 4000, 6000), &wal[4000..6000]).await;
     let JournalOpen::Created(mut j2) =
         storage.create_journal(&WalObjectId::journal(t, SegNo(5), 6000).key(seg()), 4096).await.unwrap()
     else {
@@ -156,35 +156,35 @@ async fn journals_count_up_to_their_last_valid_frame() {
     assert_eq!(tls[&t].objects.len(), 1);
 }
 
-/// A merge cut short leaves its inputs beside the merged part: readers take
-/// the merged part and check the others against it; one that holds other
+/// A merge cut short leaves its inputs beside the merged piece: readers take
+/// the merged piece and check the others against it; one that holds other
 /// bytes is an error naming both, never silently one of them.
 #[tokio::test]
-async fn parts_inside_a_merged_part_are_checked_not_used() {
+async fn pieces_inside_a_merged_piece_are_checked_not_used() {
     let dir = tempfile::tempdir().unwrap();
     let storage = LocalStorage::new(dir.path());
     let wal = wal_bytes();
     let t = TimelineId(1);
-    let merged = WalObjectId::part(t, SegNo(3), 0, 3000);
+    let merged = WalObjectId::piece(t, SegNo(3), 0, 3000);
     put(&storage, merged, &wal[..3000]).await;
-    put(&storage, WalObjectId::part(t, SegNo(3), 0, 1000), &wal[..1000]).await;
-    put(&storage, WalObjectId::part(t, SegNo(3), 1000, 2000), &wal[1000..2000]).await;
-    put(&storage, WalObjectId::part(t, SegNo(3), 3000, 3500), &wal[3000..3500]).await;
+    put(&storage, WalObjectId::piece(t, SegNo(3), 0, 1000), &wal[..1000]).await;
+    put(&storage, WalObjectId::piece(t, SegNo(3), 1000, 2000), &wal[1000..2000]).await;
+    put(&storage, WalObjectId::piece(t, SegNo(3), 3000, 3500), &wal[3000..3500]).await;
 
     let (tls, _) = scan(&storage, seg()).await.unwrap();
     let tl = &tls[&t];
     let cover: Vec<_> = tl.objects.iter().map(|(id, _)| *id).collect();
-    assert_eq!(cover, vec![merged, WalObjectId::part(t, SegNo(3), 3000, 3500)]);
+    assert_eq!(cover, vec![merged, WalObjectId::piece(t, SegNo(3), 3000, 3500)]);
     assert_eq!(tl.covered.len(), 2, "the merge's inputs are set aside");
     let s = assemble_segment(&storage, seg(), tl, SegNo(3)).await.unwrap().unwrap();
     assert_eq!(s.valid_len, 3500);
     assert_eq!(&s.data[..3500], &wal[..3500]);
     assert_eq!(s.used.iter().map(|(id, _)| *id).collect::<Vec<_>>(), cover, "each byte is taken once");
 
-    // An input that disagrees with the merged part.
+    // An input that disagrees with the merged piece.
     let mut other = wal[1000..2000].to_vec();
     other[500] ^= 1;
-    let bad = WalObjectId::part(t, SegNo(3), 1000, 2000);
+    let bad = WalObjectId::piece(t, SegNo(3), 1000, 2000);
     put(&storage, bad, &other).await;
     let err = assemble_segment(&storage, seg(), tl, SegNo(3)).await.unwrap_err().to_string();
     assert!(err.contains(&bad.key(seg())) && err.contains(&merged.key(seg())), "{err}");
@@ -192,22 +192,22 @@ async fn parts_inside_a_merged_part_are_checked_not_used() {
 }
 
 /// A journal's end is read from its file, where a frame whose sync failed
-/// can still be: the part that holds those bytes since is never set aside
+/// can still be: the piece that holds those bytes since is never set aside
 /// as redundant (nor deleted), however far the journal reaches.
 #[tokio::test]
-async fn a_journal_never_makes_a_part_redundant() {
+async fn a_journal_never_makes_a_piece_redundant() {
     use pgpitr_repo::wal::split_cover;
     let t = TimelineId(1);
     let journal = WalObjectId {
         kind: pgpitr_repo::wal::WalObjectKind::Journal { from: 0, to: 3000 },
         ..WalObjectId::journal(t, SegNo(5), 0)
     };
-    let part = WalObjectId::part(t, SegNo(5), 1000, 2000);
-    let (cover, covered) = split_cover(vec![(journal, ()), (part, ())]);
+    let piece = WalObjectId::piece(t, SegNo(5), 1000, 2000);
+    let (cover, covered) = split_cover(vec![(journal, ()), (piece, ())]);
     assert_eq!(cover.len(), 2, "{cover:?}");
     assert!(covered.is_empty());
-    // A part does make a journal inside it redundant.
+    // A piece does make a journal inside it redundant.
     let inner = WalObjectId { kind: pgpitr_repo::wal::WalObjectKind::Journal { from: 0, to: 500 }, ..journal };
-    let (_, covered) = split_cover(vec![(WalObjectId::part(t, SegNo(5), 0, 1000), ()), (inner, ())]);
+    let (_, covered) = split_cover(vec![(WalObjectId::piece(t, SegNo(5), 0, 1000), ()), (inner, ())]);
     assert_eq!(covered.len(), 1);
 }

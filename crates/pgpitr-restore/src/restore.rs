@@ -55,8 +55,8 @@ pub enum RestoreError {
 
 impl RestoreError {
     /// What a listing that is not a snapshot can cause while a stream
-    /// merges parts: a listed object gone when read, or a gap where a
-    /// merged part was made and its inputs deleted during the listing. A
+    /// merges pieces: a listed object gone when read, or a gap where a
+    /// merged piece was made and its inputs deleted during the listing. A
     /// new listing settles it (see `pgpitr_repo::relisting`); a real gap
     /// stays.
     pub fn is_not_found(&self) -> bool {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  postgres ──%f %p──▶ wal-fetch ──hit: check, link spool/<name>.<crc32> ──▶ %p   (no runtime, no repository)
-//!                         │ miss: get wal/<TLI>/<name> (else list its parts), verify, assemble ──▶ %p
+//!                         │ miss: get wal/<TLI>/<name> (else list its pieces), verify, assemble ──▶ %p
 //!                         └─ .want = <name>; start the prefetcher if none runs
 //!  prefetcher (one per spool, flock; `restore --start` starts it before Postgres)
 //!      ── next N complete segments, P at a time ──▶ spool/.<name>.tmp ──rename──▶ spool/<name>.<crc32>

@@ -3,7 +3,7 @@
 //! A new repository starts at the segment holding the slot's restart point
 //! (creating the slot with RESERVE_WAL first). An existing one continues
 //! exactly where its WAL ends, rebuilding the unfinished segment from its
-//! stored parts, or, when the server has since been promoted past that
+//! stored pieces, or, when the server has since been promoted past that
 //! point, on the child timeline at the switch point.
 
 use pgpitr_archive::start::{compact_segment, open_at, store_history};
@@ -29,12 +29,12 @@ pub async fn plan(
     let timelines = cat.timelines();
     let leftovers: Vec<String> = cat.leftovers().iter().map(|m| m.key.clone()).collect();
     if !leftovers.is_empty() {
-        // Parts made redundant by a complete segment before a crash.
+        // Pieces made redundant by a complete segment before a crash.
         let storage = storage.clone();
         tokio::spawn(async move {
             if let Err(e) = storage.delete_many(&leftovers).await {
                 tracing::warn!(
-                    "cleaning up {} redundant WAL parts failed (will retry at next start): {e}",
+                    "cleaning up {} redundant WAL pieces failed (will retry at next start): {e}",
                     leftovers.len()
                 );
             }
@@ -70,7 +70,7 @@ pub async fn plan(
     };
     // Continue where the stored range holding the slot's restart point
     // ends, not where the last range ends: a crash can leave WAL stored past
-    // a hole (the next segment's part or journal stored while this
+    // a hole (the next segment's piece or journal stored while this
     // segment's object was still being uploaded). The server was never told
     // the hole was flushed, so the slot still holds it: stream it again.
     let end = slot.restart_lsn.and_then(|r| tl.ranges.iter().find(|&&(_, e)| e >= r)).map_or(last_end, |r| r.1);
@@ -133,7 +133,7 @@ pub async fn plan(
     }
 
     tracing::info!(%tli, %start, "resuming where the repository ends");
-    // Only segments without a complete object have parts or journals here
+    // Only segments without a complete object have pieces or journals here
     // (`scan` sets those of complete segments aside as leftovers).
     let before = start.segment_number(seg);
     let whole: Vec<SegNo> = tl
@@ -150,7 +150,7 @@ pub async fn plan(
         tokio::spawn(async move {
             for segno in whole {
                 if let Err(e) = compact_segment(&repo, &tl, repo_tli, segno).await {
-                    tracing::warn!(%segno, "storing a segment held in parts as one object failed (retried at next start): {e}");
+                    tracing::warn!(%segno, "storing a segment held in pieces as one object failed (retried at next start): {e}");
                 }
             }
         });

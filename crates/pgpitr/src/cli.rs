@@ -81,7 +81,7 @@ pub enum Command {
     /// Serve one WAL file to PostgreSQL (its restore_command).
     ///
     /// Serves complete segments, timeline history files and the unfinished
-    /// tail assembled from its stored parts (zero-filled past the durable
+    /// tail assembled from its stored pieces (zero-filled past the durable
     /// end), each verified, via a temporary file that is synced and renamed.
     /// Exit 1 without output when the file is not stored (the end of WAL);
     /// exit 200 with a message when the repository cannot be read or holds

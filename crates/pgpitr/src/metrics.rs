@@ -125,11 +125,11 @@ impl Collector for Live {
         counter(&mut e, "pgpitr_stream_received_bytes", "WAL bytes received", load(&s.received_bytes))?;
         counter(&mut e, "pgpitr_stream_stored_objects", "WAL objects and journal appends stored", load(&s.uploads))?;
         counter(&mut e, "pgpitr_stream_reconnects", "Reconnections after an interrupted stream", load(&s.reconnects))?;
-        counter(&mut e, "pgpitr_stream_merges", "Merges of the unfinished segment's parts", load(&s.merges))?;
+        counter(&mut e, "pgpitr_stream_merges", "Merges of the unfinished segment's pieces", load(&s.merges))?;
         gauge(
             &mut e,
             "pgpitr_stream_open_segment_objects",
-            "Parts holding the unfinished segment (what a restart or wal-fetch reads)",
+            "Pieces holding the unfinished segment (what a restart or wal-fetch reads)",
             load(&s.open_segment_objects) as f64,
         )?;
         counter(

@@ -36,7 +36,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct Listing {
     repo: Repository,
     timelines: BTreeMap<TimelineId, TimelineWal>,
-    /// Parts and journals of segments that are stored complete.
+    /// Pieces and journals of segments that are stored complete.
     leftovers: Vec<ObjectMeta>,
     histories: BTreeMap<TimelineId, TimelineHistory>,
     /// Every backup directory, oldest first, unfinished ones included.
@@ -105,7 +105,7 @@ impl Unindexed {
 
 impl Catalog {
     /// Lists the WAL (twice where the first listing shows a gap: a listing
-    /// is not a snapshot, and a part merged during it looks like one), reads
+    /// is not a snapshot, and a piece merged during it looks like one), reads
     /// the history of every timeline with WAL and every backup's metadata,
     /// the two at once.
     pub async fn load(repo: &Repository) -> Result<Catalog> {
@@ -288,7 +288,7 @@ impl Catalog {
     /// object in one GET when it is stored complete, otherwise assembled
     /// from what a listing of its own keys finds. The listing is made beside
     /// the GET, so an unfinished segment costs one round trip more, not
-    /// two; it is made again when a listed part was merged away meanwhile.
+    /// two; it is made again when a listed piece was merged away meanwhile.
     pub async fn stored_segment(repo: &Repository, tli: TimelineId, segno: SegNo) -> Result<Option<AssembledSegment>> {
         let (storage, seg) = (repo.storage().as_ref(), repo.seg_size());
         let own = [WalObjectId::segment(tli, segno).key(seg)];

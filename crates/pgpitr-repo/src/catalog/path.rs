@@ -87,7 +87,7 @@ impl TimelinePath {
     /// a timeline is needed up to the segment holding its end only.
     pub fn needed(&self, seg: WalSegSize, from: Lsn, to: Lsn) -> Vec<(TimelineId, Lsn, Lsn)> {
         // Postgres reads segment k from the newest timeline on the path that
-        // began at or before k, and parts are stored from offset 0.
+        // began at or before k, and pieces are stored from offset 0.
         let first = from.segment_floor(seg);
         let mut out = Vec::new();
         for (i, s) in self.steps.iter().enumerate() {
@@ -102,7 +102,7 @@ impl TimelinePath {
     }
 }
 
-/// One stored object on a path, with the part of it that lies on the path.
+/// One stored object on a path, with the span of it that lies on the path.
 #[derive(Debug, Clone, Copy)]
 pub struct PathObject {
     pub id: crate::wal::WalObjectId,

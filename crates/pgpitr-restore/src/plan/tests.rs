@@ -38,11 +38,11 @@ impl Repo {
     }
 
     /// Stores an object; `commits` are (LSN, seconds after T0).
-    async fn put(&self, tli: u32, segno: u64, part: Option<(u32, u32)>, commits: &[(Lsn, i64)], rps: &[(&str, Lsn)]) {
+    async fn put(&self, tli: u32, segno: u64, piece: Option<(u32, u32)>, commits: &[(Lsn, i64)], rps: &[(&str, Lsn)]) {
         let tli = TimelineId(tli);
-        let id = match part {
+        let id = match piece {
             None => WalObjectId::segment(tli, pgpitr_types::SegNo(segno)),
-            Some((f, t)) => WalObjectId::part(tli, pgpitr_types::SegNo(segno), f, t),
+            Some((f, t)) => WalObjectId::piece(tli, pgpitr_types::SegNo(segno), f, t),
         };
         let tl = |&(lsn, s): &(Lsn, i64)| TimedLsn { lsn, end_lsn: Lsn(lsn.0 + 0x40), time_us: secs(s) };
         let summary = WalSummary {
@@ -115,9 +115,9 @@ impl Repo {
 async fn linear() -> Repo {
     let mut r = Repo::new();
     for k in 1..=11u64 {
-        let part = (k == 11).then_some((0, 0x1000));
+        let piece = (k == 11).then_some((0, 0x1000));
         let rps: Vec<(&str, Lsn)> = if k == 5 { vec![("rp1", at(5, 0x900))] } else { vec![] };
-        r.put(1, k, part, &[(at(k, 0x100), k as i64 * 10), (at(k, 0x800), k as i64 * 10 + 5)], &rps).await;
+        r.put(1, k, piece, &[(at(k, 0x100), k as i64 * 10), (at(k, 0x800), k as i64 * 10 + 5)], &rps).await;
     }
     r.backup("B1", 1, at(2, 0x28), at(2, 0x900), 26);
     r.backup("B2", 1, at(6, 0x28), at(6, 0x900), 66);
@@ -332,8 +332,8 @@ fn id_start(segno: u64) -> Lsn {
     at(segno, 0)
 }
 
-fn part4_key() -> String {
-    WalObjectId::part(TimelineId(1), pgpitr_types::SegNo(4), 0, 0x4000).key(seg())
+fn piece4_key() -> String {
+    WalObjectId::piece(TimelineId(1), pgpitr_types::SegNo(4), 0, 0x4000).key(seg())
 }
 
 /// A stored object whose commits could not be indexed (the scanner failed
@@ -354,7 +354,7 @@ async fn an_object_with_an_incomplete_index_is_never_read_as_holding_no_commit()
     assert_eq!(p.recovery, RecoveryTarget::Lsn { lsn: at(3, 0x100), inclusive: true });
 
     // The same object, its index incomplete.
-    let id = WalObjectId::part(TimelineId(1), pgpitr_types::SegNo(4), 0, 0x4000);
+    let id = WalObjectId::piece(TimelineId(1), pgpitr_types::SegNo(4), 0, 0x4000);
     // A record passed over at the start of the segment (a commit there
     // starts before 4/0) is no reason when a commit after it was indexed.
     let c = TimedLsn { lsn: at(4, 0x100), end_lsn: at(4, 0x140), time_us: secs(40) };
@@ -366,7 +366,7 @@ async fn an_object_with_an_incomplete_index_is_never_read_as_holding_no_commit()
         ..Default::default()
     };
     let body = object::encode(TimelineId(1), id_start(4), &vec![0u8; 0x4000], Codec::Lz4, &skipped);
-    r.storage.put(&part4_key(), body).await.unwrap();
+    r.storage.put(&piece4_key(), body).await.unwrap();
     let p = r.plan(Target::Time(secs(45)), true).await.unwrap();
     assert_eq!(p.recovery, RecoveryTarget::Lsn { lsn: at(4, 0x100), inclusive: true }, "{:?}", p.note);
     let summary = WalSummary { unindexed_before: Some(Lsn::MAX), ..Default::default() };
