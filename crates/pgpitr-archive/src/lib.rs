@@ -16,6 +16,7 @@ mod schedule;
 mod segment;
 mod source;
 pub mod start;
+mod tail;
 mod upload;
 mod writer;
 

@@ -8,38 +8,28 @@
 //!     └──── status (flush = durable) ◀── DurableTracker ◀──────┘
 //! ```
 
-use crate::compact::{self, Merged};
+use crate::compact::Merged;
 use crate::durable::DurableTracker;
 use crate::freshness::Freshness;
 use crate::index::CommitIndex;
 use crate::journal::{AheadJournal, AppendJob, JournalSlot};
-use crate::schedule::{Mode, PieceSchedule};
+use crate::schedule::Mode;
 use crate::segment::OpenSegment;
 use crate::source::WalSource;
 use crate::start::{self, ResumePlan};
-use crate::upload::{self, Blocks, Buffers, Done, SpareSegments, WalUpload};
+use crate::tail::Tail;
+use crate::upload::{Blocks, Done, Uploads, WalUpload};
 use crate::{StreamConfig, StreamError, StreamStats};
 use bytes::Bytes;
 use pgpitr_pgwire::{ReplicationConnection, StreamMessage};
 use pgpitr_repo::Repository;
-use pgpitr_repo::object::BufPool;
 use pgpitr_repo::wal::{WalObjectId, WalObjectKind};
-use pgpitr_storage::Storage;
 use pgpitr_types::{Lsn, TimelineHistory, TimelineId, WalSegSize};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-/// Spare segment buffers kept for reuse (reusing one avoids faulting in a
-/// fresh 16 MiB per segment). Two made a bulk load ~10% cheaper in CPU but
-/// put steady RSS over its 64 MiB bound, so one it is.
-const SPARE_BUFFERS: usize = 1;
-/// Encode buffers kept for reuse: one object being written while the next
-/// is encoded. Each pins up to one compressed segment of memory.
-const ENCODE_BUFFERS: usize = 2;
 
 /// How [`WalWriter::stream`] ended without an error.
 pub enum Flow {
@@ -66,36 +56,15 @@ pub struct WalWriter {
     tracker: DurableTracker,
     /// Until something is stored, a new repository has nothing to report.
     report_floor: Lsn,
-    uploads: JoinSet<Done>,
-    segments_in_flight: usize,
-    pieces_in_flight: usize,
-    /// When pending WAL is due to be stored.
-    schedule: PieceSchedule,
-    /// Cancels uploads only when a shutdown runs out of time.
-    upload_cancel: CancellationToken,
     /// For a bounded range: stop once WAL up to here is durable.
     stop_at: Option<Lsn>,
-    /// Encode buffers and spare segment buffers, recycled.
-    bufs: Buffers,
+    uploads: Uploads,
+    pieces: Tail,
     journal: JournalSlot,
     /// The append of a just-completed segment's last bytes to its journal,
     /// run once the message that completed it is taken in.
-    tail: Option<AppendJob>,
-    /// An upload task was spawned since the stream last yielded.
-    spawned: bool,
+    last_append: Option<AppendJob>,
     fresh: Freshness,
-    /// The merge of the open segment's pieces in flight (see `compact`).
-    merging: Option<Merging>,
-    /// A merge of the open segment failed: no more until the next one.
-    merge_failed: bool,
-    /// The segments most recently stored whole, newest last.
-    recent_complete: Vec<WalObjectId>,
-    /// Pieces stored after their segment was completed, before it was
-    /// stored: deleted once it is.
-    late_pieces: Vec<WalObjectId>,
-    /// Deletions of pieces that stored segments or merges replaced; aborted
-    /// with the session.
-    cleanups: JoinSet<()>,
     /// Storing what is pending before a shutdown or timeline switch: no
     /// new merges (they never make WAL durable, so none is waited for).
     draining: bool,
@@ -103,31 +72,6 @@ pub struct WalWriter {
 
 /// How long a shutdown waits for the last deletions of replaced pieces.
 const CLEANUP_AT_EXIT: Duration = Duration::from_secs(2);
-
-/// Complete segments remembered for pieces that are stored after them (a
-/// piece is in flight while at most `max_segments_in_flight` segments are).
-const RECENT_COMPLETE: usize = 8;
-
-struct Merging {
-    id: WalObjectId,
-    task: tokio::task::JoinHandle<Merged>,
-}
-
-/// A merge ends with its session: it would otherwise store, beside the
-/// next session, a piece that session's listing did not see.
-impl Drop for Merging {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Waits for the merge in flight, if any.
-async fn merge_done(merging: &mut Option<Merging>) -> Result<Merged, tokio::task::JoinError> {
-    match merging {
-        Some(m) => (&mut m.task).await,
-        None => std::future::pending().await,
-    }
-}
 
 impl WalWriter {
     pub fn new(
@@ -152,25 +96,12 @@ impl WalWriter {
             index,
             tracker: DurableTracker::new(plan.start),
             report_floor: if plan.start_is_stored { Lsn::INVALID } else { plan.start },
-            uploads: JoinSet::new(),
-            segments_in_flight: 0,
-            pieces_in_flight: 0,
-            schedule: PieceSchedule::new(),
-            upload_cancel,
             stop_at: None,
-            bufs: Buffers {
-                encode: BufPool::for_objects(ENCODE_BUFFERS, seg.bytes() as usize),
-                segments: SpareSegments::new(SPARE_BUFFERS, seg.bytes() as usize),
-            },
+            uploads: Uploads::new(repo.storage().clone(), seg, upload_cancel),
+            pieces: Tail::new(),
             journal: JournalSlot::default(),
-            tail: None,
-            spawned: false,
+            last_append: None,
             fresh: Freshness::default(),
-            merging: None,
-            merge_failed: false,
-            recent_complete: Vec::with_capacity(RECENT_COMPLETE),
-            late_pieces: Vec::new(),
-            cleanups: JoinSet::new(),
             draining: false,
         }
     }
@@ -198,7 +129,7 @@ impl WalWriter {
     /// Backpressure: stop reading while too many segments are in flight, so
     /// memory stays bounded whatever the WAL rate or storage latency.
     fn can_accept(&self) -> bool {
-        self.segments_in_flight < self.cfg.max_segments_in_flight && !self.received_enough()
+        self.uploads.segments < self.cfg.max_segments_in_flight && !self.received_enough()
     }
 
     fn received_enough(&self) -> bool {
@@ -209,13 +140,14 @@ impl WalWriter {
     /// the flush interval of their arrival.
     fn flush_deadline(&self) -> Option<Instant> {
         let since = self.cur.pending_since();
-        if self.uses_journal() {
-            return self.schedule.due(Mode::Journal, since, usize::from(self.journal.busy));
-        }
-        if self.stores_at_once() {
-            return self.schedule.due(Mode::AtOnce, since, self.pieces_in_flight);
-        }
-        self.schedule.due(Mode::Interval(self.cfg.flush_interval), since, self.pieces_in_flight)
+        let mode = if self.uses_journal() {
+            Mode::Journal
+        } else if self.stores_at_once() {
+            Mode::AtOnce
+        } else {
+            Mode::Interval(self.cfg.flush_interval)
+        };
+        self.pieces.due(mode, since, self.journal.busy)
     }
 
     /// Streams until shutdown, the end of the timeline, or (with a range)
@@ -254,7 +186,7 @@ impl WalWriter {
             // ~2 segments on a bulk load): until then the upload has not
             // even started encoding, and its segment buffer is not free for
             // reuse. So yield once after handing work to an upload.
-            if std::mem::take(&mut self.spawned) {
+            if self.uploads.take_spawned() {
                 tokio::task::yield_now().await;
             }
             // In the modes that store at once, what is pending is submitted
@@ -277,9 +209,8 @@ impl WalWriter {
             }
             tokio::select! {
                 biased;
-                Some(done) = self.uploads.join_next(), if !self.uploads.is_empty() => {
-                    let done = done.map_err(|e| StreamError::Internal(format!("upload task failed: {e}")))?;
-                    let moved = self.finish_upload(done)?;
+                Some(done) = self.uploads.next(), if !self.uploads.is_empty() => {
+                    let moved = self.finish_upload(done?)?;
                     if !self.stores_at_once() {
                         self.submit_if_due(Instant::now());
                     }
@@ -296,7 +227,7 @@ impl WalWriter {
                     armed = None;
                     self.submit_piece();
                 }
-                done = merge_done(&mut self.merging), if self.merging.is_some() => self.finish_merge(done),
+                done = self.pieces.merge_done(), if self.pieces.merging() => self.finish_merge(done),
                 msg = stream.recv(), if self.can_accept() => {
                     let now = Instant::now();
                     last_heard = now;
@@ -306,7 +237,7 @@ impl WalWriter {
                             if !self.stores_at_once() {
                                 self.submit_if_due(now);
                             }
-                            if let Some(job) = self.tail.take()
+                            if let Some(job) = self.last_append.take()
                                 && self.append_now(job).await?
                             {
                                 report_advance(&mut stream, self.reportable(), &mut reported).await?;
@@ -400,7 +331,7 @@ impl WalWriter {
     }
 
     fn submit_segment(&mut self) {
-        let next = match self.bufs.segments.take() {
+        let next = match self.uploads.bufs.segments.take() {
             Some(buf) => OpenSegment::new_in(buf, self.tli, self.cur.segno.next(), self.seg, &[], true),
             None => OpenSegment::new(self.tli, self.cur.segno.next(), self.seg, &[], true),
         };
@@ -409,21 +340,20 @@ impl WalWriter {
         // the complete segment to be compressed and stored would hold up
         // every commit until then (tens of ms per segment).
         if self.uses_journal()
-            && self.tail.is_none()
+            && self.last_append.is_none()
             && self.journal.open.as_ref().is_some_and(|j| j.id.tli == self.cur.tli && j.id.segno == self.cur.segno)
         {
-            self.tail = self.prepare_append();
+            self.last_append = self.prepare_append();
         }
         let full = std::mem::replace(&mut self.cur, next);
         self.journal.open = None;
         // The complete segment replaces whatever a merge would have made.
-        let cut_short = self.merging.take().map(|m| m.id);
-        self.merge_failed = false;
+        let cut_short = self.pieces.segment_completed();
         let c = full.into_complete(cut_short);
-        self.segments_in_flight += 1;
+        self.uploads.segments += 1;
         let up =
             WalUpload { id: c.id, start: c.start, raw: c.raw, summary: c.summary, blocks: Blocks::Segment(c.chunks) };
-        self.spawn_upload(up, c.superseded);
+        self.uploads.store(up, c.superseded);
     }
 
     /// Synchronous mode and a bounded range store what arrives as soon as
@@ -451,8 +381,8 @@ impl WalWriter {
         }
         if let Some((id, start, raw, summary, cell)) = self.cur.cut_piece() {
             self.stats.open_segment_objects.store(self.cur.cover_len() as u64, Ordering::Relaxed);
-            self.pieces_in_flight += 1;
-            self.spawn_upload(WalUpload { id, start, raw, summary, blocks: Blocks::Piece(cell) }, Vec::new());
+            self.pieces.in_flight += 1;
+            self.uploads.store(WalUpload { id, start, raw, summary, blocks: Blocks::Piece(cell) }, Vec::new());
         }
     }
 
@@ -460,7 +390,6 @@ impl WalWriter {
     /// first); if the storage refuses, stores it as a piece instead.
     fn submit_append(&mut self) {
         if let Some(job) = self.prepare_append() {
-            self.spawned = true;
             self.uploads.spawn(job.run());
         }
     }
@@ -491,8 +420,8 @@ impl WalWriter {
         Some(AppendJob {
             storage: self.repo.storage().clone(),
             seg: self.seg,
-            cancel: self.upload_cancel.clone(),
-            bufs: self.bufs.clone(),
+            cancel: self.uploads.cancel.clone(),
+            bufs: self.uploads.bufs.clone(),
             jid,
             jfrom,
             cut,
@@ -547,31 +476,17 @@ impl WalWriter {
             Err(job) => {
                 // Storing a piece retries for as long as storage fails: not
                 // on this task, which must keep the connection alive.
-                self.spawned = true;
                 self.uploads.spawn(job.store_piece());
                 Ok(false)
             }
         }
     }
 
-    fn spawn_upload(&mut self, up: WalUpload, superseded: Vec<WalObjectId>) {
-        let storage = self.repo.storage().clone();
-        let seg = self.seg;
-        let cancel = self.upload_cancel.clone();
-        let bufs = self.bufs.clone();
-        self.spawned = true;
-        self.uploads.spawn(async move {
-            let (id, start, end) = (up.id, up.start, up.end());
-            let result = upload::store(&storage, seg, up, bufs, &cancel).await.map(|s| s.took);
-            Done { id, start, end, superseded, result, journal: None }
-        });
-    }
-
     /// Returns true when the durable position moved.
     fn finish_upload(&mut self, done: Done) -> Result<bool, StreamError> {
         match done.id.kind {
-            WalObjectKind::Segment => self.segments_in_flight -= 1,
-            WalObjectKind::Piece { .. } => self.pieces_in_flight -= 1,
+            WalObjectKind::Segment => self.uploads.segments -= 1,
+            WalObjectKind::Piece { .. } => self.pieces.in_flight -= 1,
             WalObjectKind::Journal { .. } => self.journal.busy = false,
         }
         // A piece of a segment completed while the piece was in flight: not
@@ -598,39 +513,14 @@ impl WalWriter {
         match done.id.kind {
             WalObjectKind::Piece { .. } if self.cur.mark_stored(&done.id) => self.start_due_merge(),
             WalObjectKind::Piece { .. } => late = Some(done.id),
-            WalObjectKind::Segment => {
-                if self.recent_complete.len() == RECENT_COMPLETE {
-                    self.recent_complete.remove(0);
-                }
-                self.recent_complete.push(done.id);
-                let (tli, segno) = (done.id.tli, done.id.segno);
-                superseded.extend(self.late_pieces.extract_if(.., |p| p.tli == tli && p.segno == segno));
-            }
+            WalObjectKind::Segment => superseded.extend(self.pieces.segment_stored(done.id)),
             _ => {}
         }
-        if let Some(piece) = late {
-            // Deleted now if its segment is stored whole, else with it.
-            if self.recent_complete.contains(&WalObjectId::segment(piece.tli, piece.segno)) {
-                superseded.push(piece);
-            } else {
-                self.late_pieces.push(piece);
-            }
-        }
-        self.schedule.uploaded(took);
+        // Deleted now if its segment is stored whole, else with it.
+        superseded.extend(late.and_then(|piece| self.pieces.late_piece(piece)));
+        self.pieces.uploaded(took);
         self.stats.uploads.fetch_add(1, Ordering::Relaxed);
-        while self.cleanups.try_join_next().is_some() {}
-        if !superseded.is_empty() {
-            let storage = self.repo.storage().clone();
-            let keys: Vec<String> = superseded.iter().map(|id| id.key(self.seg)).collect();
-            self.cleanups.spawn(async move {
-                if let Err(e) = storage.delete_many(&keys).await {
-                    tracing::warn!(
-                        "deleting {} pieces of a stored segment failed (retried at next start): {e}",
-                        keys.len()
-                    );
-                }
-            });
-        }
+        self.uploads.delete_later(&superseded, "pieces of a stored segment");
         let moved = self.tracker.complete(done.start, done.end);
         if moved {
             let durable = self.durable();
@@ -650,74 +540,46 @@ impl WalWriter {
         // Where journals work, a segment is one journal but for failed
         // appends: nothing to merge.
         let journals = self.journal.supported == Some(true);
-        if self.merging.is_some() || self.merge_failed || self.draining || self.stop_at.is_some() || journals {
+        if self.draining || self.stop_at.is_some() || journals {
             return;
         }
-        let Some(merge) = self.cur.due_merge() else { return };
-        tracing::debug!(merged = %merge.id.key(self.seg), inputs = merge.inputs.len(), "merging pieces");
-        let id = merge.id;
-        let task = tokio::spawn(compact::run(
-            self.repo.storage().clone(),
-            self.seg,
-            merge,
-            self.bufs.clone(),
-            self.upload_cancel.clone(),
-        ));
-        self.merging = Some(Merging { id, task });
+        let (storage, u) = (self.repo.storage(), &self.uploads);
+        self.pieces.start_due_merge(&mut self.cur, storage, self.seg, &u.bufs, &u.cancel);
     }
 
-    /// Takes in an ended merge and starts the next one that is due. A merge
-    /// that failed is not retried in this session: its pieces stay as they
-    /// are, and are merged at the next start or deleted with the segment.
+    /// Takes in an ended merge and starts the next one that is due.
     fn finish_merge(&mut self, done: Result<Merged, tokio::task::JoinError>) {
-        self.merging = None;
-        match done {
-            Ok(Merged { id, inputs, result: Ok((chunk, crc)) }) => {
-                // Readers already take the merged piece; the next merge need
-                // not wait for these deletes.
-                let (storage, seg) = (self.repo.storage().clone(), self.seg);
-                let keys: Vec<String> = inputs.iter().map(|p| p.key(seg)).collect();
-                self.cleanups.spawn(async move {
-                    if let Err(e) = storage.delete_many(&keys).await {
-                        tracing::warn!(merged = %id.key(seg), "deleting {} merged pieces failed (done at next start): {e}", keys.len());
-                    }
-                });
-                if self.cur.merged(id, &inputs, chunk, crc) {
-                    self.stats.merges.fetch_add(1, Ordering::Relaxed);
-                    self.stats.open_segment_objects.store(self.cur.cover_len() as u64, Ordering::Relaxed);
-                    self.start_due_merge();
-                }
-            }
-            Ok(Merged { id, result: Err(e), .. }) => {
-                tracing::error!(merged = %id.key(self.seg), "merging pieces failed; they stay as they are: {e}");
-                self.merge_failed = true;
-            }
-            Err(e) if e.is_cancelled() => {}
-            Err(e) => tracing::error!("merge task failed: {e}"),
+        let Some((_, inputs, taken)) = self.pieces.merge_ended(&mut self.cur, self.seg, done) else { return };
+        // Readers already take the merged piece; the next merge need not
+        // wait for these deletes.
+        self.uploads.delete_later(&inputs, "merged pieces");
+        if taken {
+            self.stats.merges.fetch_add(1, Ordering::Relaxed);
+            self.stats.open_segment_objects.store(self.cur.cover_len() as u64, Ordering::Relaxed);
+            self.start_due_merge();
         }
     }
 
     /// Hands everything received to storage and waits until it is durable,
     /// up to the shutdown timeout.
     async fn drain<S: WalSource>(&mut self, stream: Option<&mut S>) -> Result<(), StreamError> {
-        if let Some(job) = self.tail.take() {
+        if let Some(job) = self.last_append.take() {
             self.append_now(job).await?;
         }
         self.draining = true;
-        self.merging = None;
+        self.pieces.stop_merging();
         self.submit_piece();
         let deadline = tokio::time::sleep(self.cfg.shutdown_timeout);
         tokio::pin!(deadline);
         while !self.uploads.is_empty() {
             tokio::select! {
-                Some(done) = self.uploads.join_next() => {
-                    let done = done.map_err(|e| StreamError::Internal(format!("upload task failed: {e}")))?;
-                    self.finish_upload(done)?;
+                Some(done) = self.uploads.next() => {
+                    self.finish_upload(done?)?;
                     // A journal takes one append at a time: the rest now.
                     self.submit_piece();
                 }
                 _ = &mut deadline => {
-                    self.upload_cancel.cancel();
+                    self.uploads.cancel.cancel();
                     return Err(StreamError::Definite(format!(
                         "storage did not accept the last {} bytes of WAL within {:?}; they stay on the server \
                          (the slot keeps them) and are streamed again at the next start",
@@ -734,8 +596,7 @@ impl WalWriter {
         }
         // Pieces a stored segment replaced: deleted now rather than left for
         // the next start, unless storage keeps the shutdown waiting.
-        let _ =
-            tokio::time::timeout(CLEANUP_AT_EXIT, async { while self.cleanups.join_next().await.is_some() {} }).await;
+        self.uploads.finish_cleanups(CLEANUP_AT_EXIT).await;
         self.draining = false;
         Ok(())
     }
