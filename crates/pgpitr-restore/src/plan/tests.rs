@@ -476,3 +476,23 @@ async fn a_stop_record_across_a_log_boundary_is_found_stored() {
     assert_eq!(p.first_excluded.map(|c| c.lsn), Some(at(LOG - 1, S - 0x20)));
     assert!(p.wal_end > at(LOG, 0), "the record ends in log 1: {}", p.wal_end);
 }
+
+/// A summary that claims commits its object does not hold (a stale or
+/// forged index) never makes a plan stop at WAL that is not stored: only
+/// commits whose records end within stored WAL count.
+#[tokio::test]
+async fn an_index_that_claims_wal_not_stored_is_not_trusted() {
+    let r = linear().await;
+    // Segment 11 holds 0..0x1000, but its summary claims a commit at 0x5000.
+    r.put(1, 11, Some((0, 0x1000)), &[(at(11, 0x100), 110), (at(11, 0x5000), 200)], &[]).await;
+    for t in [112, 150, 200] {
+        let e = r.plan(Target::Time(secs(t)), true).await.unwrap_err();
+        assert!(matches!(e, PlanError::AfterLatest { latest, .. } if latest == secs(110)), "{t}: {e}");
+    }
+    // At the newest stored commit: an LSN target there, not at 0x5000.
+    let p = r.plan(Target::Time(secs(110)), true).await.unwrap();
+    assert_eq!(p.recovery, RecoveryTarget::Lsn { lsn: at(11, 0x100), inclusive: true });
+    // Targets before the object are planned as before.
+    let p = r.plan(Target::Time(secs(101)), true).await.unwrap();
+    assert_eq!(p.recovery, RecoveryTarget::Time { time_us: secs(101), inclusive: true });
+}
