@@ -15,7 +15,6 @@ pub mod migrate;
 pub mod object;
 pub mod reader;
 pub mod retention;
-pub mod status;
 pub mod verify;
 pub mod wal;
 

@@ -17,8 +17,8 @@
 use crate::Repository;
 use crate::backup::{self, BackupId, BackupInfo};
 use crate::catalog::Catalog;
+use crate::catalog::Unindexed;
 use crate::reader::{BackupReader, Discard, ReadError};
-use crate::status::Unindexed;
 use crate::wal::{self, WalObjectId, WalObjectKind};
 use futures_util::StreamExt;
 use pgpitr_types::{Lsn, TimelineId};

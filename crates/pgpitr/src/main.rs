@@ -10,6 +10,7 @@ mod memory;
 mod metrics;
 mod progress;
 mod signals;
+mod status;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -23,7 +23,6 @@ pub use summaries::{SUMMARY_READ, Summaries};
 
 use crate::backup::{self, BackupEntry, BackupInfo};
 use crate::object::TimedLsn;
-use crate::status::format_time_us;
 use crate::wal::{self, AssembledSegment, TimelineWal, WalObjectId};
 use crate::{RepoError, Repository, Result};
 use pgpitr_storage::ObjectMeta;
@@ -624,4 +623,12 @@ async fn read_history(repo: &Repository, tli: TimelineId) -> Result<Option<Timel
         key,
         reason: e.to_string(),
     })
+}
+
+/// Unix microseconds to RFC 3339 (UTC, microsecond precision).
+pub fn format_time_us(us: i64) -> String {
+    match jiff::Timestamp::from_microsecond(us) {
+        Ok(t) => format!("{t:.6}"),
+        Err(_) => format!("(invalid time {us} µs)"),
+    }
 }

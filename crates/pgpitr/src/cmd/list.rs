@@ -1,8 +1,8 @@
 use crate::cli::ListArgs;
+use crate::status;
 use indicatif::HumanBytes;
 use pgpitr_repo::RepoError;
 use pgpitr_repo::catalog::Catalog;
-use pgpitr_repo::status;
 
 pub async fn run(args: ListArgs) -> anyhow::Result<u8> {
     let repo = super::open_repo(&args.repo.repo, pgpitr_repo::Access::Read).await?;

@@ -1,10 +1,10 @@
-//! What a repository holds, as `pgpitr list` reports it.
+//! What a repository holds, as `pgpitr list` shows it (the shape of its
+//! JSON), from the catalog.
 
-use crate::backup::BackupSummary;
-pub use crate::catalog::Unindexed;
-use crate::catalog::{Catalog, Window};
-use crate::lease::{self, StreamSummary};
-use crate::{Result, backup};
+use pgpitr_repo::Result;
+use pgpitr_repo::backup::{self, BackupSummary};
+use pgpitr_repo::catalog::{Catalog, Unindexed, Window, format_time_us};
+use pgpitr_repo::lease::{self, StreamSummary};
 use pgpitr_types::{Lsn, TimelineId};
 use serde::Serialize;
 
@@ -54,14 +54,6 @@ pub struct RepoStatus {
     /// looked for (`list --index`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unindexed: Option<Vec<Unindexed>>,
-}
-
-/// Unix microseconds to RFC 3339 (UTC, microsecond precision).
-pub fn format_time_us(us: i64) -> String {
-    match jiff::Timestamp::from_microsecond(us) {
-        Ok(t) => format!("{t:.6}"),
-        Err(_) => format!("(invalid time {us} µs)"),
-    }
 }
 
 /// What the catalog's repository holds; with `index`, also every object
