@@ -9,7 +9,9 @@
 
 use pgpitr_repo::Repository;
 use pgpitr_repo::backup::BackupInfo;
-use pgpitr_repo::reader::{BackupReader, EntrySink, PG_CONTROL, ReadError, ReadProgress, file_corrupt};
+use pgpitr_repo::reader::{
+    BackupReader, EntrySink, PG_CONTROL, ReadError, ReadProgress, SMALL_FILE_LIMIT, TABLESPACE_MAP, file_corrupt,
+};
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
@@ -17,10 +19,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-const TABLESPACE_MAP: &[u8] = b"tablespace_map";
-/// Files kept in memory to be written at the end; anything larger is suspect.
-const SMALL_FILE_LIMIT: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Extracted {
@@ -72,6 +70,7 @@ pub async fn extract(
         .await
         .map_err(|e| ReadError::Invalid(format!("internal error: {e}")))??;
     let sink = DataDir {
+        id: info.id.clone(),
         target: target.to_path_buf(),
         spaces,
         deferred: HashMap::new(),
@@ -148,6 +147,8 @@ fn sync_path(p: &Path) -> Result<(), ReadError> {
 
 /// The files of the target being written (on the reader's blocking thread).
 struct DataDir {
+    /// The backup's ID, for messages.
+    id: String,
     target: PathBuf,
     spaces: HashMap<u32, PathBuf>,
     /// Small files written at the end (pg_control, tablespace_map).
@@ -180,13 +181,15 @@ impl Write for Out {
 }
 
 impl DataDir {
-    fn path(&self, space: Option<u32>, rel: &[u8]) -> PathBuf {
+    fn path(&self, space: Option<u32>, rel: &[u8]) -> Result<PathBuf, ReadError> {
         let root = match space {
             None => &self.target,
-            // The reader only names tablespaces of the backup, all planned.
-            Some(oid) => self.spaces.get(&oid).unwrap_or(&self.target),
+            Some(oid) => self
+                .spaces
+                .get(&oid)
+                .ok_or_else(|| ReadError::Invalid(format!("tablespace {oid} of backup {} has no location", self.id)))?,
         };
-        root.join(std::ffi::OsStr::from_bytes(rel))
+        Ok(root.join(std::ffi::OsStr::from_bytes(rel)))
     }
 
     fn deferred(space: Option<u32>, rel: &[u8]) -> bool {
@@ -208,13 +211,13 @@ impl DataDir {
         out.tablespaces = spaces.clone();
         if let Some(map) = self.deferred.remove(TABLESPACE_MAP) {
             let new = rewrite_tablespace_map(&map, &spaces)
-                .map_err(|e| file_corrupt(TABLESPACE_MAP, format!("cannot be read: {e}")))?;
+                .map_err(|e| file_corrupt(&self.id, TABLESPACE_MAP, format!("cannot be read: {e}")))?;
             if new != map {
                 out.rewritten.push("tablespace_map".into());
             }
             self.write_new(&target.join("tablespace_map"), &new)?;
         } else if !spaces.is_empty() {
-            return Err(file_corrupt(TABLESPACE_MAP, "is missing from a backup with tablespaces".into()));
+            return Err(file_corrupt(&self.id, TABLESPACE_MAP, "is missing from a backup with tablespaces".into()));
         }
         self.write_new(&target.join("backup_manifest"), raw_manifest)?;
         out.files += 1;
@@ -222,7 +225,7 @@ impl DataDir {
         let control = self
             .deferred
             .remove(PG_CONTROL)
-            .ok_or_else(|| file_corrupt(PG_CONTROL, "is missing from the backup".into()))?;
+            .ok_or_else(|| file_corrupt(&self.id, PG_CONTROL, "is missing from the backup".into()))?;
         if self.fsync {
             for p in self.written.iter().rev() {
                 sync_path(p)?;
@@ -260,7 +263,7 @@ impl EntrySink for DataDir {
     type File = Out;
 
     fn directory(&mut self, space: Option<u32>, rel: &[u8]) -> Result<(), ReadError> {
-        let dest = self.path(space, rel);
+        let dest = self.path(space, rel)?;
         mkdirs(&dest)?;
         self.written.push(dest);
         Ok(())
@@ -268,12 +271,10 @@ impl EntrySink for DataDir {
 
     fn open(&mut self, space: Option<u32>, rel: &[u8], size: u64) -> Result<Out, ReadError> {
         if Self::deferred(space, rel) {
-            if size > SMALL_FILE_LIMIT {
-                return Err(file_corrupt(rel, format!("is implausibly large ({size} bytes)")));
-            }
-            return Ok(Out::Kept(Vec::with_capacity(size as usize)));
+            // The reader refuses such files above SMALL_FILE_LIMIT.
+            return Ok(Out::Kept(Vec::with_capacity(size.min(SMALL_FILE_LIMIT) as usize)));
         }
-        let dest = self.path(space, rel);
+        let dest = self.path(space, rel)?;
         if let Some(parent) = dest.parent()
             && self.last_dir.as_deref() != Some(parent)
         {
@@ -288,13 +289,16 @@ impl EntrySink for DataDir {
             Out::Kept(data) => {
                 self.deferred.insert(rel.to_vec(), data);
             }
-            Out::Disk(_) => self.written.push(self.path(space, rel)),
+            Out::Disk(_) => self.written.push(self.path(space, rel)?),
         }
         Ok(())
     }
 
     fn write_failed(&self, space: Option<u32>, rel: &[u8], e: io::Error) -> ReadError {
-        ReadError::io(self.path(space, rel), e)
+        match self.path(space, rel) {
+            Ok(p) => ReadError::io(p, e),
+            Err(no_location) => no_location,
+        }
     }
 }
 
@@ -375,6 +379,7 @@ mod tests {
         let target = dir.path().join("data");
         prepare_empty_dir(&target).unwrap();
         let mut d = DataDir {
+            id: "B".into(),
             target: target.clone(),
             spaces: HashMap::new(),
             deferred: HashMap::new(),
@@ -392,8 +397,8 @@ mod tests {
         assert_eq!(mode(&target.join("base/1/2")), 0o600);
         assert_eq!(mode(&target.join("base/1")), 0o700);
         assert_eq!(mode(&target), 0o700);
-        let big = d.open(None, TABLESPACE_MAP, SMALL_FILE_LIMIT + 1).err().unwrap();
-        assert!(big.to_string().contains("implausibly large"), "{big}");
+        let elsewhere = d.open(Some(99), b"PG_15/1", 1).err().unwrap();
+        assert!(elsewhere.to_string().contains("tablespace 99 of backup B has no location"), "{elsewhere}");
         let mut out = Extracted::default();
         d.finish(b"{}", &mut out).unwrap();
         assert_eq!(fs::read(target.join("global/pg_control")).unwrap(), b"ctl");

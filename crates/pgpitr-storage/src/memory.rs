@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -22,8 +23,14 @@ const STREAM_CHUNK: usize = 1 << 20;
 #[derive(Debug)]
 enum Data {
     Object(Bytes),
-    /// A journal grows in place.
-    Journal(Vec<u8>),
+    /// A journal grows in place; like a local one, it reads as zeros up to
+    /// its preallocated size. `id` tells it from a journal created again
+    /// under the same key.
+    Journal {
+        id: u64,
+        data: Vec<u8>,
+        hint: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -40,14 +47,18 @@ impl Entry {
     fn bytes(&self) -> Bytes {
         match &self.data {
             Data::Object(b) => b.clone(),
-            Data::Journal(v) => Bytes::copy_from_slice(v),
+            Data::Journal { data, hint, .. } => {
+                let mut v = vec![0u8; data.len().max(*hint)];
+                v[..data.len()].copy_from_slice(data);
+                Bytes::from(v)
+            }
         }
     }
 
     fn len(&self) -> usize {
         match &self.data {
             Data::Object(b) => b.len(),
-            Data::Journal(v) => v.len(),
+            Data::Journal { data, hint, .. } => data.len().max(*hint),
         }
     }
 }
@@ -194,14 +205,16 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
-    async fn create_journal(&self, key: &str, _size_hint: u64) -> Result<JournalOpen> {
+    async fn create_journal(&self, key: &str, size_hint: u64) -> Result<JournalOpen> {
         validate_key(key)?;
         let mut map = self.map();
         if map.contains_key(key) {
             return Ok(JournalOpen::AlreadyExists);
         }
-        map.insert(key.to_owned(), Entry { data: Data::Journal(Vec::new()), modified: SystemTime::now() });
-        Ok(JournalOpen::Created(Box::new(MemoryJournal { map: self.map.clone(), key: key.to_owned(), len: 0 })))
+        let id = JOURNALS.fetch_add(1, Ordering::Relaxed);
+        let data = Data::Journal { id, data: Vec::new(), hint: size_hint as usize };
+        map.insert(key.to_owned(), Entry { data, modified: SystemTime::now() });
+        Ok(JournalOpen::Created(Box::new(MemoryJournal { map: self.map.clone(), key: key.to_owned(), id, len: 0 })))
     }
 }
 
@@ -239,21 +252,26 @@ impl Upload for MemoryUpload {
     }
 }
 
+/// Tells journals apart across the process.
+static JOURNALS: AtomicU64 = AtomicU64::new(0);
+
 struct MemoryJournal {
     map: Map,
     key: String,
+    id: u64,
     len: u64,
 }
 
 #[async_trait]
 impl Journal for MemoryJournal {
     async fn append(&mut self, data: Bytes) -> Result<()> {
-        match lock(&self.map).get_mut(&self.key) {
-            Some(Entry { data: Data::Journal(v), modified }) => {
-                v.extend_from_slice(&data);
-                *modified = SystemTime::now();
-            }
-            _ => return Err(StorageError::not_found(Op::Append, &self.key, "memory")),
+        // Like a local journal's file once deleted (or replaced): the
+        // append succeeds, and nothing can read it.
+        if let Some(Entry { data: Data::Journal { id, data: v, .. }, modified }) = lock(&self.map).get_mut(&self.key)
+            && *id == self.id
+        {
+            v.extend_from_slice(&data);
+            *modified = SystemTime::now();
         }
         self.len += data.len() as u64;
         Ok(())

@@ -33,6 +33,11 @@ use tar::{BLOCK, Kind};
 /// The control file: a restore writes it last, and a backup without it is
 /// no backup.
 pub const PG_CONTROL: &[u8] = b"global/pg_control";
+/// Where tablespaces were, rewritten by a restore that relocates them.
+pub const TABLESPACE_MAP: &[u8] = b"tablespace_map";
+/// The largest `pg_control` or `tablespace_map` read: a restore keeps them
+/// in memory to write at the end, and anything larger is not one.
+pub const SMALL_FILE_LIMIT: u64 = 1 << 20;
 /// Decompressed bytes handed from the frame decoder to the tar reader at once.
 const DECODED_CHUNK: usize = 1 << 20;
 
@@ -73,9 +78,10 @@ fn corrupt(id: &BackupId, what: impl Into<String>, reason: impl Into<String>) ->
     ReadError::Corrupt { id: id.to_string(), what: what.into(), reason: reason.into() }
 }
 
-/// A file of the backup that is not what the manifest says.
-pub fn file_corrupt(path: &[u8], reason: String) -> ReadError {
-    ReadError::Corrupt { id: String::new(), what: format!("file {}", shown(path)), reason }
+/// A file of the backup that is not what the manifest says; `id` names
+/// the backup (empty where the caller adds it).
+pub fn file_corrupt(id: &str, path: &[u8], reason: String) -> ReadError {
+    ReadError::Corrupt { id: id.to_string(), what: format!("file {}", shown(path)), reason }
 }
 
 fn shown(p: &[u8]) -> String {
@@ -155,6 +161,16 @@ pub struct BackupReader {
 impl BackupReader {
     pub async fn open(repo: &Repository, info: &BackupInfo) -> Result<BackupReader, ReadError> {
         let id = readable_id(info)?;
+        for a in &info.archives {
+            let Some(oid) = a.tablespace_oid else { continue };
+            match a.tablespace_location.as_deref() {
+                Some(l) if std::path::Path::new(l).is_absolute() => {}
+                Some(l) => {
+                    return Err(invalid(format!("tablespace {oid} of backup {id} is at {l}, not an absolute path")));
+                }
+                None => return Err(invalid(format!("tablespace {oid} of backup {id} has no location"))),
+            }
+        }
         let storage = repo.storage().clone();
         let (raw_manifest, manifest) = read_manifest(storage.as_ref(), &id, info).await?;
         Ok(BackupReader {
@@ -215,7 +231,7 @@ impl BackupReader {
             ));
         }
         if !tr.seen.contains(PG_CONTROL) {
-            return Err(file_corrupt(PG_CONTROL, "is missing from the backup".into()));
+            return Err(file_corrupt(&self.info.id, PG_CONTROL, "is missing from the backup".into()));
         }
         Ok((tr.sink, tr.stats))
     }
@@ -517,9 +533,9 @@ impl<S: EntrySink> TarReader<S> {
         let mut block = [0u8; BLOCK];
         loop {
             if !tar::read_block(r, &mut block).map_err(stream_err)? {
-                return Err(file_corrupt(b"(archive)", "ends without the tar end marker".into()));
+                return Err(file_corrupt("", b"(archive)", "ends without the tar end marker".into()));
             }
-            let Some(h) = tar::parse_header(&block).map_err(|e| file_corrupt(b"(archive)", e))? else {
+            let Some(h) = tar::parse_header(&block).map_err(|e| file_corrupt("", b"(archive)", e))? else {
                 return Ok(()); // the end marker; any trailing blocks are padding
             };
             let mpath: Vec<u8> = [prefix, &h.path].concat();
@@ -527,6 +543,7 @@ impl<S: EntrySink> TarReader<S> {
                 Kind::Dir => self.sink.directory(space, &h.path)?,
                 Kind::Symlink(link) => {
                     return Err(file_corrupt(
+                        "",
                         &mpath,
                         format!("unexpected symlink to {} (backups are taken with TABLESPACE_MAP)", shown(&link)),
                     ));
@@ -535,12 +552,19 @@ impl<S: EntrySink> TarReader<S> {
                     let m = index
                         .get(mpath.as_slice())
                         .copied()
-                        .ok_or_else(|| file_corrupt(&mpath, "is not in the backup manifest".into()))?;
+                        .ok_or_else(|| file_corrupt("", &mpath, "is not in the backup manifest".into()))?;
                     if !self.seen.insert(mpath.clone()) {
-                        return Err(file_corrupt(&mpath, "appears twice in the backup".into()));
+                        return Err(file_corrupt("", &mpath, "appears twice in the backup".into()));
                     }
                     if h.size != m.size {
-                        return Err(file_corrupt(&mpath, format!("is {} bytes, the manifest says {}", h.size, m.size)));
+                        return Err(file_corrupt(
+                            "",
+                            &mpath,
+                            format!("is {} bytes, the manifest says {}", h.size, m.size),
+                        ));
+                    }
+                    if (mpath == PG_CONTROL || mpath == TABLESPACE_MAP) && h.size > SMALL_FILE_LIMIT {
+                        return Err(file_corrupt("", &mpath, format!("is implausibly large ({} bytes)", h.size)));
                     }
                     let mut file = self.sink.open(space, &h.path, h.size)?;
                     let crc = copy_checked(r, h.size, &mut file).map_err(|e| match e {
@@ -551,6 +575,7 @@ impl<S: EntrySink> TarReader<S> {
                         && !m.crc32c_matches(crc)
                     {
                         return Err(file_corrupt(
+                            "",
                             &mpath,
                             format!("CRC-32C is {:08x}, the manifest says {:08x}", crc.swap_bytes(), want.swap_bytes()),
                         ));
@@ -673,6 +698,12 @@ mod tests {
             );
             assert!(r.is_err(), "cut at {cut}");
         }
+        // pg_control and tablespace_map are kept in memory by a restore:
+        // larger than any real one is refused, by verify as by restore.
+        let huge = vec![0u8; SMALL_FILE_LIMIT as usize + 1];
+        let mut tr = reader(&[("global/pg_control", &huge)]);
+        let err = tr.archive(&mut &tar_of(&[("global/pg_control", b'0', &huge)])[..], None, b"").unwrap_err();
+        assert!(err.to_string().contains("implausibly large"), "{err}");
         // A tablespace's paths are the manifest's under pg_tblspc/<oid>/.
         let mut tr = reader(&[("pg_tblspc/7/PG_15/1/2", b"ts")]);
         tr.archive(&mut &tar_of(&[("PG_15/1/2", b'0', b"ts")])[..], Some(7), b"pg_tblspc/7/").unwrap();
