@@ -10,6 +10,8 @@
 //!   place), read up to the first one that does not open.
 //! - [`kek`]: where data keys are wrapped: a key file now, a KMS behind the
 //!   same trait.
+//! - [`keyring`]: data keys as the repository keeps them, wrapped once, or
+//!   twice while a rotation runs.
 //!
 //! AES-256-GCM from `ring`, already linked for SCRAM and TLS: hardware AES
 //! on x86-64 and arm64, constant-time, and well reviewed.
@@ -17,6 +19,7 @@
 pub mod envelope;
 pub mod journal;
 pub mod kek;
+pub mod keyring;
 
 use ring::aead;
 use zeroize::Zeroize;
