@@ -18,6 +18,8 @@ use crate::{Binding, CryptError, DataKey};
 use ring::aead::{Aad, NONCE_LEN, Nonce, Tag};
 
 pub const MAGIC: &[u8; 4] = b"PGPE";
+/// A journal's header differs only in its magic (see [`crate::journal`]).
+pub const MAGIC_JOURNAL: &[u8; 4] = b"PGPJ";
 const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 30;
 pub const TAG_LEN: usize = 16;
@@ -37,10 +39,19 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// Reads a header; `what` names the object in errors.
+    /// Reads an object's header; `what` names the object in errors.
     pub fn parse(header: &[u8], what: &str) -> Result<Envelope, CryptError> {
+        match Envelope::parse_any(header, what)? {
+            (env, false) => Ok(env),
+            (_, true) => Err(CryptError::Malformed { what: what.into(), reason: "a journal, not an object".into() }),
+        }
+    }
+
+    /// Reads an object's or a journal's header; true for a journal.
+    pub fn parse_any(header: &[u8], what: &str) -> Result<(Envelope, bool), CryptError> {
         let bad = |reason: &str| CryptError::Malformed { what: what.into(), reason: reason.into() };
-        if header.len() < HEADER_LEN || &header[..4] != MAGIC {
+        let journal = header.get(..4) == Some(MAGIC_JOURNAL.as_slice());
+        if header.len() < HEADER_LEN || !(journal || &header[..4] == MAGIC) {
             return Err(bad("not an encrypted object (no PGPE header)"));
         }
         if header[4] != VERSION {
@@ -53,7 +64,18 @@ impl Envelope {
         key_id.copy_from_slice(&header[6..22]);
         let mut nonce_prefix = [0u8; 8];
         nonce_prefix.copy_from_slice(&header[22..30]);
-        Ok(Envelope { key_id, nonce_prefix, chunk: 1 << header[5] })
+        Ok((Envelope { key_id, nonce_prefix, chunk: 1 << header[5] }, journal))
+    }
+
+    /// The plaintext length of an object of `stored` bytes sealed as
+    /// [`seal`] seals (chunks of 2^[`CHUNK_LOG2`] bytes).
+    pub fn plain_len_of(stored: u64) -> Option<u64> {
+        Envelope { key_id: [0; 16], nonce_prefix: [0; 8], chunk: 1 << CHUNK_LOG2 }.plain_len(stored)
+    }
+
+    /// Plaintext bytes per chunk.
+    pub fn chunk_len(&self) -> usize {
+        self.chunk
     }
 
     fn header(&self) -> [u8; HEADER_LEN] {
@@ -90,9 +112,10 @@ impl Envelope {
     pub fn range(&self, start: u64, end: u64) -> (std::ops::Range<u64>, u64) {
         let c = self.chunk as u64;
         let first = start / c;
-        let last = end.max(start + 1).div_ceil(c);
+        let last = end.max(start.saturating_add(1)).div_ceil(c);
         let s = self.sealed_chunk() as u64;
-        (HEADER_LEN as u64 + first * s..HEADER_LEN as u64 + last * s, first)
+        let at = |chunk: u64| (HEADER_LEN as u64).saturating_add(chunk.saturating_mul(s));
+        (at(first)..at(last), first)
     }
 
     /// Opens the chunks in `sealed` (the stored bytes from chunk `first`

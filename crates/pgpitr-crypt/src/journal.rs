@@ -1,7 +1,7 @@
 //! A journal, sealed one append at a time.
 //!
 //! ```text
-//! header (as an envelope's, 30 bytes), then records:
+//! header (an envelope's, with magic "PGPJ"; 30 bytes), then records:
 //! length of the sealed data (u32 BE) | AES-256-GCM(append) | tag
 //! ```
 //!
@@ -20,12 +20,19 @@ pub fn header(key_id: KeyId) -> Result<Vec<u8>, CryptError> {
     let mut nonce_prefix = [0u8; 8];
     crate::random(&mut nonce_prefix)?;
     let mut h = Vec::with_capacity(HEADER_LEN);
-    h.extend_from_slice(crate::envelope::MAGIC);
+    h.extend_from_slice(crate::envelope::MAGIC_JOURNAL);
     h.push(1);
     h.push(crate::envelope::CHUNK_LOG2);
     h.extend_from_slice(&key_id);
     h.extend_from_slice(&nonce_prefix);
     Ok(h)
+}
+
+fn journal_header(header: &[u8], what: &str) -> Result<Envelope, CryptError> {
+    match Envelope::parse_any(header, what)? {
+        (env, true) => Ok(env),
+        (_, false) => Err(CryptError::Malformed { what: what.into(), reason: "an object, not a journal".into() }),
+    }
 }
 
 /// Record `index` of the journal with `header`.
@@ -36,7 +43,7 @@ pub fn seal_record(
     index: u64,
     plain: &[u8],
 ) -> Result<Vec<u8>, CryptError> {
-    let env = Envelope::parse(header, binding.key)?;
+    let env = journal_header(header, binding.key)?;
     let mut out = Vec::with_capacity(4 + plain.len() + TAG_LEN);
     out.extend_from_slice(&((plain.len() + TAG_LEN) as u32).to_be_bytes());
     out.extend_from_slice(plain);
@@ -52,7 +59,7 @@ pub fn seal_record(
 /// The plaintext of every record that opens, in order, up to the first
 /// that does not; and how many records that is.
 pub fn open_prefix(dk: &DataKey, binding: Binding, stored: &[u8]) -> Result<(Vec<u8>, u64), CryptError> {
-    let env = Envelope::parse(stored, binding.key)?;
+    let env = journal_header(stored, binding.key)?;
     let header = &stored[..HEADER_LEN];
     let mut at = HEADER_LEN;
     let (mut out, mut index) = (Vec::new(), 0u64);

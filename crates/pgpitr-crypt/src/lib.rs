@@ -20,6 +20,7 @@ pub mod envelope;
 pub mod journal;
 pub mod kek;
 pub mod keyring;
+pub mod storage;
 
 use ring::aead;
 use zeroize::Zeroize;
