@@ -31,6 +31,12 @@ use std::sync::Arc;
 pub const FORMAT_VERSION: u32 = 2;
 /// The oldest format this pgpitr reads.
 pub const OLDEST_FORMAT: u32 = 1;
+/// Format 2 with every object sealed ([`Encryption`]): a pgpitr that does
+/// not know it refuses the repository instead of mixing plain objects in.
+pub const ENCRYPTED_FORMAT: u32 = 3;
+/// Names the key file of an encrypted repository, for every command (and
+/// for `wal-fetch`, from the server's environment).
+pub const KEY_FILE_ENV: &str = "PGPITR_KEY_FILE";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -53,7 +59,7 @@ pub enum RepoError {
     #[error("repository {location}: {source}")]
     UnsupportedMajor { location: String, source: pgpitr_types::UnsupportedMajor },
     #[error(
-        "repository {location} has format version {found}; this pgpitr understands {OLDEST_FORMAT} to {FORMAT_VERSION}: use a newer pgpitr"
+        "repository {location} has format version {found}; this pgpitr understands {OLDEST_FORMAT} to {ENCRYPTED_FORMAT}: use a newer pgpitr"
     )]
     Format { location: String, found: u32 },
     #[error("{0}")]
@@ -64,6 +70,8 @@ pub enum RepoError {
     NewerFormat { location: String, key: String, found: u32, reads: u32 },
     #[error("repository {location}: corrupt object {key}: {reason}")]
     Corrupt { location: String, key: String, reason: String },
+    #[error("repository {location}: {reason}")]
+    Encryption { location: String, reason: String },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -114,6 +122,33 @@ pub struct Binding {
     /// RFC 3339, UTC.
     pub created_at: String,
     pub created_by: String,
+    /// How the repository is encrypted; `None`: it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// An encrypted repository's binding says which key wraps its data keys
+/// (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    /// `aes-256-gcm`.
+    pub cipher: String,
+    pub kek: pgpitr_crypt::kek::KekId,
+}
+
+/// The key-encryption key a command was given, if any.
+pub type Kek = Option<Arc<dyn pgpitr_crypt::kek::KeyEncryptionKey>>;
+
+/// The key file named by [`KEY_FILE_ENV`], loaded.
+pub fn key_from_env() -> Result<Kek> {
+    match std::env::var_os(KEY_FILE_ENV) {
+        None => Ok(None),
+        Some(p) => {
+            let kek = pgpitr_crypt::kek::FileKek::load(std::path::Path::new(&p))
+                .map_err(|e| RepoError::Encryption { location: KEY_FILE_ENV.into(), reason: e.to_string() })?;
+            Ok(Some(Arc::new(kek)))
+        }
+    }
 }
 
 mod u64_string {
@@ -190,25 +225,37 @@ impl Repository {
     /// Binds an empty repository to `identity`, or confirms an existing
     /// binding to the same cluster. Never overwrites a binding.
     pub async fn init(storage: Arc<dyn Storage>, identity: &ClusterIdentity) -> Result<(Repository, InitOutcome)> {
+        Self::init_with(storage, identity, key_from_env()?).await
+    }
+
+    /// [`Repository::init`] with the key given: an encrypted repository
+    /// with `Some`.
+    pub async fn init_with(
+        storage: Arc<dyn Storage>,
+        identity: &ClusterIdentity,
+        kek: Kek,
+    ) -> Result<(Repository, InitOutcome)> {
         // Nothing is written for a major pgpitr cannot read.
         Self::supported(&storage, identity.pg_major())?;
+        let encryption = kek.as_ref().map(|k| Encryption { cipher: "aes-256-gcm".into(), kek: k.id() });
         let binding = Binding {
-            format_version: FORMAT_VERSION,
+            format_version: if encryption.is_some() { ENCRYPTED_FORMAT } else { FORMAT_VERSION },
             system_identifier: identity.system_identifier,
             pg_major: identity.pg_major(),
             pg_version_num: identity.pg_version_num,
             wal_segment_size: identity.wal_segment_size,
             created_at: jiff::Timestamp::now().to_string(),
             created_by: format!("pgpitr {}", env!("CARGO_PKG_VERSION")),
+            encryption,
         };
         let body = serde_json::to_vec_pretty(&binding).expect("binding serialises");
         match storage.put_if_absent(layout::BINDING, Bytes::from(body)).await? {
             PutOutcome::Created => {
-                let major = Self::supported(&storage, binding.pg_major)?;
-                Ok((Repository { storage, binding, major }, InitOutcome::Created))
+                let repo = Repository::open_with(storage, kek).await?;
+                Ok((repo, InitOutcome::Created))
             }
             PutOutcome::AlreadyExists => {
-                let repo = Repository::open(storage).await?;
+                let repo = Repository::open_with(storage, kek).await?;
                 repo.check_cluster(identity)?;
                 Ok((repo, InitOutcome::AlreadyBound))
             }
@@ -220,14 +267,51 @@ impl Repository {
         Repository::open(connect(url, access).await?).await
     }
 
-    /// Opens a repository that `pgpitr init` has bound.
+    /// Opens a repository that `pgpitr init` has bound, with the key that
+    /// [`KEY_FILE_ENV`] names, if any.
     pub async fn open(storage: Arc<dyn Storage>) -> Result<Repository> {
+        Self::open_with(storage, key_from_env()?).await
+    }
+
+    /// Opens a repository with the key given. An encrypted repository
+    /// needs its key; a plain one is refused a key: a repository is never
+    /// part plain, part encrypted.
+    pub async fn open_with(storage: Arc<dyn Storage>, kek: Kek) -> Result<Repository> {
         let location = storage.describe();
         let binding = read_binding(storage.as_ref()).await?;
-        let storage: Arc<dyn Storage> = match binding.format_version {
-            FORMAT_VERSION => storage,
-            1 => Arc::new(flat::Flat::new(storage)),
-            found => return Err(RepoError::Format { location, found }),
+        let storage: Arc<dyn Storage> = match (binding.format_version, &binding.encryption) {
+            (FORMAT_VERSION, None) => storage,
+            (1, None) => Arc::new(flat::Flat::new(storage)),
+            (ENCRYPTED_FORMAT, Some(_)) => storage,
+            (found, _) => return Err(RepoError::Format { location, found }),
+        };
+        let refuse = |reason: String| Err(RepoError::Encryption { location: location.clone(), reason });
+        let storage: Arc<dyn Storage> = match (&binding.encryption, kek) {
+            (None, None) => storage,
+            (None, Some(_)) => {
+                return refuse(format!(
+                    "it is not encrypted, but a key was given ({KEY_FILE_ENV}): unset it for this repository"
+                ));
+            }
+            (Some(e), None) => {
+                return refuse(format!(
+                    "it is encrypted (key {} {}): set {KEY_FILE_ENV} to its key file",
+                    e.kek.kind, e.kek.id
+                ));
+            }
+            (Some(e), Some(k)) if k.id() != e.kek => {
+                return refuse(format!(
+                    "it is encrypted with key {} {}, and the key given is {} {}",
+                    e.kek.kind,
+                    e.kek.id,
+                    k.id().kind,
+                    k.id().id
+                ));
+            }
+            (Some(_), Some(k)) => {
+                let keys = pgpitr_crypt::storage::Keys::new(vec![k], binding.system_identifier, Default::default());
+                Arc::new(pgpitr_crypt::storage::EncryptedStorage::new(storage, Arc::new(keys)))
+            }
         };
         let major = Self::supported(&storage, binding.pg_major)?;
         Ok(Repository { storage, binding, major })

@@ -58,6 +58,8 @@ pub async fn migrate(storage: Arc<dyn Storage>) -> Result<Migrated> {
             out.deleted = delete_flat(storage.as_ref()).await?;
             return Ok(out);
         }
+        // Encrypted repositories are made in the current layout.
+        crate::ENCRYPTED_FORMAT => return Ok(out),
         found => return Err(RepoError::Format { location, found }),
     }
     refuse_writers(storage.as_ref()).await?;
