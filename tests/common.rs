@@ -126,8 +126,19 @@ pub struct StreamProc {
 
 impl StreamProc {
     pub fn start(pg: &pgpitr_testkit::PgCluster, backend: &Backend, extra: &[&str]) -> StreamProc {
+        Self::start_env(pg, backend, extra, &[])
+    }
+
+    /// [`StreamProc::start`] with more environment.
+    pub fn start_env(
+        pg: &pgpitr_testkit::PgCluster,
+        backend: &Backend,
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> StreamProc {
         let mut cmd = pgpitr();
         backend.env(&mut cmd);
+        cmd.envs(env.iter().copied());
         cmd.args(["stream", "--repo", &backend.url(), "-d"])
             .arg(format!("host=127.0.0.1 port={} user={} dbname=postgres", pg.port(), pgpitr_testkit::REPL_USER))
             .args(extra)

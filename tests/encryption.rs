@@ -1,0 +1,96 @@
+//! Encrypted repositories end to end, on both backends: stream, backup and
+//! an exact restore to a time with a key file; every stored object sealed;
+//! the repository refused without its key or with another.
+
+use crate::common::*;
+use crate::restore::{restore_cmd, share};
+use pgpitr_testkit::*;
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+/// A key file the restored server (the `postgres` OS user under root) can
+/// read, and only it.
+struct KeyFile {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+fn key_file(hex_byte: &str) -> KeyFile {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("pgpitr.key");
+    std::fs::write(&path, format!("{}\n", hex_byte.repeat(32))).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if running_as_root() {
+        let st = Command::new("chown").arg("postgres:postgres").arg(&path).status().unwrap();
+        assert!(st.success(), "chown the key file");
+    }
+    KeyFile { _dir: dir, path }
+}
+
+fn with_key(cmd: &mut Command, key: &KeyFile) -> Run {
+    run(cmd.env("PGPITR_KEY_FILE", &key.path))
+}
+
+async fn encrypted_stream_backup_and_exact_restore(backend: Backend) {
+    share(&backend);
+    let key = key_file("5a");
+    let pg = PgCluster::start_default();
+    pg.sql("CREATE TABLE t (id int, note text)");
+    let stream = StreamProc::start_env(&pg, &backend, &[], &[("PGPITR_KEY_FILE", OsStr::new(&key.path))]);
+    wait_streaming(&pg, "pgpitr");
+    pg.sql("INSERT INTO t SELECT g, 'password hunter2 number ' || g FROM generate_series(1, 5000) g");
+    with_key(&mut backup_cmd(&pg, &backend, &["--json"]), &key).ok();
+    pg.sql("INSERT INTO t VALUES (-1, 'kept')");
+    let target = pg.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    std::thread::sleep(Duration::from_millis(1100));
+    let end = lsn(&pg.sql("INSERT INTO t VALUES (-2, 'after the target'); SELECT pg_current_wal_lsn()"));
+    let storage = backend.storage().await;
+    wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(30)).await;
+    let (code, stderr) = stream.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // Every stored object but the binding and the keyring is sealed.
+    let objects = storage.list("").await.unwrap();
+    let mut sealed = 0;
+    for o in &objects {
+        let head = storage.get_range(&o.key, 0..4).await.unwrap();
+        if o.key == "pgpitr.json" || o.key.starts_with("keyring/") {
+            continue;
+        }
+        assert!(head[..] == *b"PGPE" || head[..] == *b"PGPJ", "{} is not sealed", o.key);
+        sealed += 1;
+    }
+    assert!(sealed > 5, "{objects:?}");
+
+    // Without the key, or with another: refused, naming the key.
+    let mut list = pgpitr();
+    backend.env(&mut list);
+    list.args(["list", "--repo", &backend.url()]);
+    run(&mut list).fails_with(&["is encrypted (key file sha256:", "PGPITR_KEY_FILE"]);
+    let other = key_file("c3");
+    with_key(&mut list, &other).fails_with(&["and the key given is file sha256:"]);
+    let listed = with_key(&mut list, &key).ok();
+    assert!(listed.stdout.contains("[complete]"), "{}", listed.stdout);
+
+    // An exact restore to the time, wal-fetch reading with the key the
+    // server's environment names.
+    let mut restored = PgCluster::empty_of(test_major());
+    with_key(&mut restore_cmd(&backend, &restored.datadir(), &["--target-time", target.trim()]), &key).ok();
+    let conf = std::fs::read_to_string(restored.datadir().join("postgresql.auto.conf")).unwrap();
+    assert!(!conf.contains("pgpitr.key") && !conf.contains("5a5a"), "{conf}");
+    let mut env: Vec<(&str, String)> = match &backend {
+        Backend::S3(s3) => s3.env(),
+        Backend::Local(_) => Vec::new(),
+    };
+    env.push(("PGPITR_KEY_FILE", key.path.display().to_string()));
+    restored.start_restored(&env);
+    restored.wait_promoted(Duration::from_secs(120));
+    assert_eq!(restored.sql("SELECT count(*) FROM t"), "5001");
+    assert_eq!(restored.sql("SELECT string_agg(note, ',') FROM t WHERE id < 0"), "kept");
+}
+
+on_both_backends!(encrypted_repository_end_to_end, encrypted_stream_backup_and_exact_restore);
