@@ -94,3 +94,36 @@ async fn encrypted_stream_backup_and_exact_restore(backend: Backend) {
 }
 
 on_both_backends!(encrypted_repository_end_to_end, encrypted_stream_backup_and_exact_restore);
+
+/// Synchronous mode on a local repository writes journals, sealed append
+/// by append: every commit the primary saw returned is restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_synchronous_journals_restore_every_commit() {
+    let backend = Backend::local();
+    share(&backend);
+    let key = key_file("6b");
+    let pg = PgCluster::start_default();
+    pg.sql("CREATE TABLE t (id int)");
+    let stream =
+        StreamProc::start_env(&pg, &backend, &["--synchronous"], &[("PGPITR_KEY_FILE", OsStr::new(&key.path))]);
+    wait_streaming(&pg, "pgpitr");
+    pg.set_and_reload("synchronous_standby_names", "pgpitr");
+    with_key(&mut backup_cmd(&pg, &backend, &["--json"]), &key).ok();
+    for i in 0..50 {
+        pg.sql(&format!("INSERT INTO t VALUES ({i})"));
+    }
+    let storage = backend.storage().await;
+    let journals: Vec<String> =
+        storage.list("wal/").await.unwrap().into_iter().map(|o| o.key).filter(|k| k.ends_with(".journal")).collect();
+    assert!(!journals.is_empty(), "synchronous mode on a local repository writes journals");
+    for j in &journals {
+        assert_eq!(&storage.get_range(j, 0..4).await.unwrap()[..], b"PGPJ", "{j} is not sealed");
+    }
+    let (code, stderr) = stream.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    let mut restored = PgCluster::empty_of(test_major());
+    with_key(&mut restore_cmd(&backend, &restored.datadir(), &["--target", "latest"]), &key).ok();
+    restored.start_restored(&[("PGPITR_KEY_FILE", key.path.display().to_string())]);
+    restored.wait_promoted(Duration::from_secs(120));
+    assert_eq!(restored.sql("SELECT count(*), max(id) FROM t"), "50|49");
+}

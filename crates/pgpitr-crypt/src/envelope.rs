@@ -73,6 +73,18 @@ impl Envelope {
         Envelope { key_id: [0; 16], nonce_prefix: [0; 8], chunk: 1 << CHUNK_LOG2 }.plain_len(stored)
     }
 
+    /// The chunk holding plaintext offset `at`, as [`seal`] seals.
+    pub fn chunk_of(at: u64) -> u64 {
+        at >> CHUNK_LOG2
+    }
+
+    /// Where the stored chunks holding plaintext up to `end` end, as
+    /// [`seal`] seals (header included).
+    pub fn stored_end_of(end: u64) -> u64 {
+        let chunks = end.max(1).div_ceil(1 << CHUNK_LOG2);
+        (HEADER_LEN as u64).saturating_add(chunks.saturating_mul((1u64 << CHUNK_LOG2) + TAG_LEN as u64))
+    }
+
     /// Plaintext bytes per chunk.
     pub fn chunk_len(&self) -> usize {
         self.chunk

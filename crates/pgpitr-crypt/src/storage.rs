@@ -199,7 +199,11 @@ impl Storage for EncryptedStorage {
             self.head(key).await?;
             return Ok(Bytes::new());
         }
-        let head = self.inner.get_range(key, 0..HEADER_LEN as u64).await?;
+        // A range in the first chunk (a header and summary read) comes in
+        // one request with the envelope's header; any other in two.
+        let first_chunk = Envelope::chunk_of(range.start) == 0;
+        let want = if first_chunk { Envelope::stored_end_of(range.end) } else { HEADER_LEN as u64 };
+        let head = self.inner.get_range(key, 0..want).await?;
         let (env, is_journal) = Envelope::parse_any(&head, key).map_err(|e| open_error(Op::GetRange, key, e))?;
         if is_journal {
             // Journals open record by record, from the start.
@@ -208,7 +212,11 @@ impl Storage for EncryptedStorage {
             return Ok(all.slice((range.start as usize).min(end)..end));
         }
         let (stored_range, first) = env.range(range.start, range.end);
-        let sealed = self.inner.get_range(key, stored_range.clone()).await?;
+        let sealed = if first_chunk && env.chunk_len() == 1 << envelope::CHUNK_LOG2 {
+            head.slice(HEADER_LEN.min(head.len())..)
+        } else {
+            self.inner.get_range(key, stored_range.clone()).await?
+        };
         if sealed.is_empty() {
             return Ok(Bytes::new()); // the range starts past the object's end
         }
