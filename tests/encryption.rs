@@ -127,3 +127,84 @@ async fn encrypted_synchronous_journals_restore_every_commit() {
     restored.wait_promoted(Duration::from_secs(120));
     assert_eq!(restored.sql("SELECT count(*), max(id) FROM t"), "50|49");
 }
+
+fn key_cmd(backend: &Backend, key: &KeyFile, args: &[&str]) -> Run {
+    let mut cmd = pgpitr();
+    backend.env(&mut cmd);
+    cmd.args(["key"]).args(&args[..1]).args(["--repo", &backend.url()]).args(&args[1..]);
+    with_key(&mut cmd, key)
+}
+
+/// Rotation while a stream writes: every data key gets the new key's
+/// wrapping, nothing is rewritten, the old key is refused once retired,
+/// and a restore across the rotation needs only the new key.
+async fn rotation_while_streaming(backend: Backend) {
+    share(&backend);
+    let (old, new) = (key_file("5a"), key_file("7c"));
+    let pg = PgCluster::start_default();
+    pg.sql("CREATE TABLE t (id int)");
+    let stream = StreamProc::start_env(&pg, &backend, &[], &[("PGPITR_KEY_FILE", OsStr::new(&old.path))]);
+    wait_streaming(&pg, "pgpitr");
+    with_key(&mut backup_cmd(&pg, &backend, &["--json"]), &old).ok();
+    pg.sql("INSERT INTO t SELECT generate_series(1, 100)");
+    let storage = backend.storage().await;
+    // (Times from HEAD on both sides: s3s-fs lists them to the millisecond.)
+    let mut before = Vec::new();
+    for o in storage.list("").await.unwrap() {
+        if !o.key.starts_with("keyring/") && o.key != "pgpitr.json" {
+            before.push((o.key.clone(), storage.head(&o.key).await.unwrap().last_modified));
+        }
+    }
+
+    let new_path = new.path.display().to_string();
+    let rotated = key_cmd(&backend, &old, &["rotate", "--new-key-file", &new_path, "--json"]).ok();
+    let r: serde_json::Value = serde_json::from_str(&rotated.stdout).unwrap();
+    assert!(r["rewrapped"].as_u64().unwrap() >= 1, "{r}");
+    // Again: nothing left to do.
+    let again = key_cmd(&backend, &old, &["rotate", "--new-key-file", &new_path, "--json"]).ok();
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&again.stdout).unwrap()["rewrapped"], 0);
+    // No data object was rewritten (pieces may be merged away meanwhile).
+    for (key, modified) in &before {
+        if let Ok(m) = storage.head(key).await {
+            assert_eq!(&m.last_modified, modified, "{key} was rewritten");
+        }
+    }
+    pg.sql("INSERT INTO t SELECT generate_series(101, 200)");
+    let end = lsn(&pg.sql("SELECT pg_current_wal_lsn()"));
+    wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(30)).await;
+    let (code, stderr) = stream.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // Streams restart with the new key; the old one is then retired.
+    let stream = StreamProc::start_env(&pg, &backend, &[], &[("PGPITR_KEY_FILE", OsStr::new(&new.path))]);
+    wait_streaming(&pg, "pgpitr");
+    let end = lsn(&pg.sql("INSERT INTO t SELECT generate_series(201, 300); SELECT pg_current_wal_lsn()"));
+    wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(30)).await;
+    let (code, stderr) = stream.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    let listed: serde_json::Value =
+        serde_json::from_str(&key_cmd(&backend, &new, &["list", "--objects", "--json"]).ok().stdout).unwrap();
+    let old_id = listed["previous"][0]["id"].as_str().unwrap().to_string();
+    let current = listed["current"]["id"].as_str().unwrap().to_string();
+    assert!(listed["data_keys"][0]["objects"].as_u64().unwrap() > 0, "{listed}");
+    key_cmd(&backend, &new, &["retire", "--key", &current]).fails_with(&["is the current key"]);
+    key_cmd(&backend, &new, &["retire", "--key", &old_id]).ok();
+
+    // The old key is refused now; the new one restores everything.
+    let refused = PgCluster::empty_of(test_major());
+    run(restore_cmd(&backend, &refused.datadir(), &["--target", "latest"]).env("PGPITR_KEY_FILE", &old.path))
+        .fails_with(&["and the key given is file sha256:"]);
+    drop(refused.datadir());
+    let mut restored = PgCluster::empty_of(test_major());
+    with_key(&mut restore_cmd(&backend, &restored.datadir(), &["--target", "latest"]), &new).ok();
+    let mut env: Vec<(&str, String)> = match &backend {
+        Backend::S3(s3) => s3.env(),
+        Backend::Local(_) => Vec::new(),
+    };
+    env.push(("PGPITR_KEY_FILE", new.path.display().to_string()));
+    restored.start_restored(&env);
+    restored.wait_promoted(Duration::from_secs(120));
+    assert_eq!(restored.sql("SELECT count(*), max(id) FROM t"), "300|300");
+}
+
+on_both_backends!(key_rotation_while_streaming, rotation_while_streaming);

@@ -9,6 +9,7 @@
 pub mod backup;
 pub mod catalog;
 pub mod flat;
+pub mod keys;
 pub mod layout;
 pub mod lease;
 pub mod migrate;
@@ -133,7 +134,11 @@ pub struct Binding {
 pub struct Encryption {
     /// `aes-256-gcm`.
     pub cipher: String,
+    /// The key that wraps new data keys.
     pub kek: pgpitr_crypt::kek::KekId,
+    /// Keys rotated away from but not retired: still accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous: Vec<pgpitr_crypt::kek::KekId>,
 }
 
 /// The key-encryption key a command was given, if any.
@@ -237,7 +242,8 @@ impl Repository {
     ) -> Result<(Repository, InitOutcome)> {
         // Nothing is written for a major pgpitr cannot read.
         Self::supported(&storage, identity.pg_major())?;
-        let encryption = kek.as_ref().map(|k| Encryption { cipher: "aes-256-gcm".into(), kek: k.id() });
+        let encryption =
+            kek.as_ref().map(|k| Encryption { cipher: "aes-256-gcm".into(), kek: k.id(), previous: Vec::new() });
         let binding = Binding {
             format_version: if encryption.is_some() { ENCRYPTED_FORMAT } else { FORMAT_VERSION },
             system_identifier: identity.system_identifier,
@@ -299,7 +305,7 @@ impl Repository {
                     e.kek.kind, e.kek.id
                 ));
             }
-            (Some(e), Some(k)) if k.id() != e.kek => {
+            (Some(e), Some(k)) if k.id() != e.kek && !e.previous.contains(&k.id()) => {
                 return refuse(format!(
                     "it is encrypted with key {} {}, and the key given is {} {}",
                     e.kek.kind,

@@ -123,6 +123,51 @@ pub enum Command {
     /// running it again. Refused while a `pgpitr stream` or a backup writes
     /// to the repository. Nothing to do on a format-2 repository.
     Migrate(MigrateArgs),
+    /// Manage the keys of an encrypted repository.
+    ///
+    /// The key file named by PGPITR_KEY_FILE wraps the repository's data
+    /// keys (kept in keyring/). `rotate` wraps every data key by a new key
+    /// file as well and makes it the current key, rewriting no data; run it
+    /// again after restarting streams with the new key, to wrap what they
+    /// made meanwhile. `retire` then stops accepting the old key; it is
+    /// refused while any data key depends on that key alone.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// The current and previous key-encryption keys, and every data key
+    /// with what wraps it (--objects: and how many objects it seals).
+    List {
+        #[command(flatten)]
+        repo: RepoOpts,
+        /// Count the objects each data key seals (one ranged read each).
+        #[arg(long)]
+        objects: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wrap every data key by a new key file too, and make it current.
+    Rotate {
+        #[command(flatten)]
+        repo: RepoOpts,
+        /// The new key file (64 hex digits, mode 0600).
+        #[arg(long, env = "PGPITR_NEW_KEY_FILE", value_name = "PATH")]
+        new_key_file: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop accepting a key (by its ID, e.g. sha256:0f0c64ecad122e73).
+    Retire {
+        #[command(flatten)]
+        repo: RepoOpts,
+        /// The key's ID, as `pgpitr key list` shows it.
+        #[arg(long = "key", value_name = "ID")]
+        key: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
 mod backup;
 mod expire;
 mod init;
+mod key;
 mod list;
 mod migrate;
 pub mod restore;
@@ -22,6 +23,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Expire(args) => expire::run(args).await,
         Command::Verify(args) => verify::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
+        Command::Key(cmd) => key::run(cmd).await,
     }
 }
 
