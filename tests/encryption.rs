@@ -31,6 +31,18 @@ fn key_file(hex_byte: &str) -> KeyFile {
     KeyFile { _dir: dir, path }
 }
 
+/// Starts a restored cluster whose `wal-fetch` reads with `key`, and waits
+/// for its promotion.
+fn start_with_key(restored: &mut PgCluster, backend: &Backend, key: &KeyFile) {
+    let mut env: Vec<(&str, String)> = match backend {
+        Backend::S3(s3) => s3.env(),
+        Backend::Local(_) => Vec::new(),
+    };
+    env.push(("PGPITR_KEY_FILE", key.path.display().to_string()));
+    restored.start_restored(&env);
+    restored.wait_promoted(Duration::from_secs(120));
+}
+
 fn with_key(cmd: &mut Command, key: &KeyFile) -> Run {
     run(cmd.env("PGPITR_KEY_FILE", &key.path))
 }
@@ -82,13 +94,7 @@ async fn encrypted_stream_backup_and_exact_restore(backend: Backend) {
     with_key(&mut restore_cmd(&backend, &restored.datadir(), &["--target-time", target.trim()]), &key).ok();
     let conf = std::fs::read_to_string(restored.datadir().join("postgresql.auto.conf")).unwrap();
     assert!(!conf.contains("pgpitr.key") && !conf.contains("5a5a"), "{conf}");
-    let mut env: Vec<(&str, String)> = match &backend {
-        Backend::S3(s3) => s3.env(),
-        Backend::Local(_) => Vec::new(),
-    };
-    env.push(("PGPITR_KEY_FILE", key.path.display().to_string()));
-    restored.start_restored(&env);
-    restored.wait_promoted(Duration::from_secs(120));
+    start_with_key(&mut restored, &backend, &key);
     assert_eq!(restored.sql("SELECT count(*) FROM t"), "5001");
     assert_eq!(restored.sql("SELECT string_agg(note, ',') FROM t WHERE id < 0"), "kept");
 }
@@ -123,8 +129,7 @@ async fn encrypted_synchronous_journals_restore_every_commit() {
     assert_eq!(code, Some(0), "{stderr}");
     let mut restored = PgCluster::empty_of(test_major());
     with_key(&mut restore_cmd(&backend, &restored.datadir(), &["--target", "latest"]), &key).ok();
-    restored.start_restored(&[("PGPITR_KEY_FILE", key.path.display().to_string())]);
-    restored.wait_promoted(Duration::from_secs(120));
+    start_with_key(&mut restored, &backend, &key);
     assert_eq!(restored.sql("SELECT count(*), max(id) FROM t"), "50|49");
 }
 
@@ -197,13 +202,7 @@ async fn rotation_while_streaming(backend: Backend) {
     drop(refused.datadir());
     let mut restored = PgCluster::empty_of(test_major());
     with_key(&mut restore_cmd(&backend, &restored.datadir(), &["--target", "latest"]), &new).ok();
-    let mut env: Vec<(&str, String)> = match &backend {
-        Backend::S3(s3) => s3.env(),
-        Backend::Local(_) => Vec::new(),
-    };
-    env.push(("PGPITR_KEY_FILE", new.path.display().to_string()));
-    restored.start_restored(&env);
-    restored.wait_promoted(Duration::from_secs(120));
+    start_with_key(&mut restored, &backend, &new);
     assert_eq!(restored.sql("SELECT count(*), max(id) FROM t"), "300|300");
 }
 
