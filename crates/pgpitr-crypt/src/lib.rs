@@ -20,6 +20,7 @@ pub mod envelope;
 pub mod journal;
 pub mod kek;
 pub mod keyring;
+pub mod kms;
 pub mod storage;
 
 use ring::aead;
@@ -35,6 +36,15 @@ pub enum CryptError {
     Malformed { what: String, reason: String },
     #[error("{0}")]
     Key(String),
+    /// A key service did not answer: trying again later may work.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl CryptError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CryptError::Unavailable(_))
+    }
 }
 
 /// A 256-bit data key. Zeroed when dropped; never printed.

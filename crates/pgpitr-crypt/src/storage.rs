@@ -70,7 +70,7 @@ impl Keys {
             let kek = self.keks.first().ok_or_else(|| key_error(Op::Put, "", "no key-encryption key configured"))?;
             let (id, dk, entry) = KeyringEntry::create(kek.as_ref(), jiff_now())
                 .await
-                .map_err(|e| key_error(Op::Put, keyring::PREFIX, e))?;
+                .map_err(|e| open_error(Op::Put, keyring::PREFIX, e))?;
             let body = serde_json::to_vec_pretty(&entry).map_err(|e| key_error(Op::Put, keyring::PREFIX, e))?;
             inner.put_if_absent(&keyring::key_of(&id), Bytes::from(body)).await?;
             let key = Arc::new(dk);
@@ -96,7 +96,7 @@ impl Keys {
         };
         let entry = KeyringEntry::parse(&body, &key).map_err(|e| key_error(Op::Get, what, e))?;
         let keks: Vec<&dyn KeyEncryptionKey> = self.keks.iter().map(|k| k.as_ref()).collect();
-        let dk = Arc::new(entry.open(&keks).await.map_err(|e| key_error(Op::Get, what, e))?);
+        let dk = Arc::new(entry.open(&keks).await.map_err(|e| open_error(Op::Get, what, e))?);
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(*id, dk.clone());
         Ok(dk)
     }
@@ -115,7 +115,12 @@ fn key_error(op: Op, key: &str, e: impl std::fmt::Display) -> StorageError {
     StorageError::permanent(op, key, "encrypted repository", e)
 }
 
+/// A failure of the key service (KMS unreachable) is transient: the caller
+/// retries, as it does for storage; anything else is definite.
 fn open_error(op: Op, key: &str, e: CryptError) -> StorageError {
+    if e.is_transient() {
+        return StorageError::transient(op, key, "encrypted repository", e);
+    }
     key_error(op, key, e)
 }
 

@@ -9,10 +9,12 @@
 //! Postgres refuses to run as root; when the tests run as root, every server
 //! binary is started as the `postgres` OS user via `runuser`.
 
+mod kms;
 mod pg;
 mod s3;
 mod tls;
 
+pub use kms::KmsServer;
 pub use pg::{
     DEBIAN_MAJOR, NO_LZ4_MAJOR, PgCluster, PgClusterBuilder, pg_bindir, server_bindir, test_major, test_majors,
 };
@@ -36,6 +38,46 @@ pub const TRUST_USER: &str = "pgpitr_trust";
 /// A role that may log in but lacks REPLICATION.
 pub const NOREPL_USER: &str = "pgpitr_norepl";
 pub const NOREPL_PASSWORD: &str = "norepl-secret";
+
+/// Starts the server `command(port)` makes on a free port of 127.0.0.1,
+/// logging to `log`, and waits until it listens: another port if that one
+/// was taken meanwhile; a panic with its log if it cannot start.
+pub(crate) fn start_listening(
+    name: &str,
+    log: &std::path::Path,
+    mut command: impl FnMut(u16) -> std::process::Command,
+) -> (std::process::Child, u16) {
+    use std::time::{Duration, Instant};
+    for attempt in 0..5 {
+        let port = free_port();
+        let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        let mut child = command(port)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().expect("dup log"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return (child, port);
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                if attempt == 4 {
+                    let text = std::fs::read_to_string(log).unwrap_or_default();
+                    panic!("{name} exited with {status}: {text}");
+                }
+                break; // port taken in the meantime: try another
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{name} did not listen on 127.0.0.1:{port} within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    unreachable!("the loop above returns or panics")
+}
 
 /// A port on 127.0.0.1 that nothing listened on a moment ago.
 pub fn free_port() -> u16 {

@@ -1,8 +1,6 @@
-use crate::free_port;
-use std::net::TcpStream;
+use crate::start_listening;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
 
 /// A real S3-compatible server (s3s-fs) on 127.0.0.1, killed on drop.
 ///
@@ -45,38 +43,15 @@ impl S3Server {
         std::fs::create_dir_all(&data).expect("create s3s-fs data dir");
         let access_key = format!("AKTEST{:016X}", fastrand::u64(..));
         let secret_key = format!("secret-{:032x}", fastrand::u128(..));
-        for attempt in 0..5 {
-            let port = free_port();
-            let log = std::fs::File::create(dir.path().join("s3s-fs.log")).expect("create s3s-fs log");
-            let mut child = Command::new(&bin)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        let log = dir.path().join("s3s-fs.log");
+        let (child, port) = start_listening("s3s-fs", &log, |port| {
+            let mut c = Command::new(&bin);
+            c.args(["--host", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--access-key", &access_key, "--secret-key", &secret_key])
-                .arg(&data)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("dup log"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return S3Server { child, dir, port, access_key, secret_key };
-                }
-                if let Ok(Some(status)) = child.try_wait() {
-                    let log = std::fs::read_to_string(dir.path().join("s3s-fs.log")).unwrap_or_default();
-                    if attempt == 4 {
-                        panic!("s3s-fs exited with {status}: {log}");
-                    }
-                    break; // port taken in the meantime: try another
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    panic!("s3s-fs did not listen on 127.0.0.1:{port} within 10 s");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        unreachable!("the loop above returns or panics")
+                .arg(&data);
+            c
+        });
+        S3Server { child, dir, port, access_key, secret_key }
     }
 
     pub fn endpoint(&self) -> String {
