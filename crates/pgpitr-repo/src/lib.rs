@@ -144,15 +144,26 @@ pub struct Encryption {
 /// The key-encryption key a command was given, if any.
 pub type Kek = Option<Arc<dyn pgpitr_crypt::kek::KeyEncryptionKey>>;
 
-/// The key file named by [`KEY_FILE_ENV`], loaded.
-pub fn key_from_env() -> Result<Kek> {
-    match std::env::var_os(KEY_FILE_ENV) {
-        None => Ok(None),
-        Some(p) => {
+/// Names an AWS KMS key (ID, ARN or alias) that wraps the data keys of an
+/// encrypted repository, instead of a key file.
+pub const KMS_KEY_ENV: &str = "PGPITR_KMS_KEY_ID";
+
+/// The key-encryption key the environment names: a key file
+/// ([`KEY_FILE_ENV`]) or an AWS KMS key ([`KMS_KEY_ENV`], reached through
+/// the standard AWS chain), not both.
+pub async fn key_from_env() -> Result<Kek> {
+    let file = std::env::var_os(KEY_FILE_ENV).filter(|v| !v.is_empty());
+    let kms = std::env::var(KMS_KEY_ENV).ok().filter(|v| !v.is_empty());
+    let refuse = |reason: String| RepoError::Encryption { location: "the environment".into(), reason };
+    match (file, kms) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(refuse(format!("both {KEY_FILE_ENV} and {KMS_KEY_ENV} are set: set one"))),
+        (Some(p), None) => {
             let kek = pgpitr_crypt::kek::FileKek::load(std::path::Path::new(&p))
-                .map_err(|e| RepoError::Encryption { location: KEY_FILE_ENV.into(), reason: e.to_string() })?;
+                .map_err(|e| refuse(format!("{KEY_FILE_ENV}: {e}")))?;
             Ok(Some(Arc::new(kek)))
         }
+        (None, Some(id)) => Ok(Some(Arc::new(pgpitr_crypt::kms::KmsKek::new(&id).await))),
     }
 }
 
@@ -230,7 +241,7 @@ impl Repository {
     /// Binds an empty repository to `identity`, or confirms an existing
     /// binding to the same cluster. Never overwrites a binding.
     pub async fn init(storage: Arc<dyn Storage>, identity: &ClusterIdentity) -> Result<(Repository, InitOutcome)> {
-        Self::init_with(storage, identity, key_from_env()?).await
+        Self::init_with(storage, identity, key_from_env().await?).await
     }
 
     /// [`Repository::init`] with the key given: an encrypted repository
@@ -276,7 +287,7 @@ impl Repository {
     /// Opens a repository that `pgpitr init` has bound, with the key that
     /// [`KEY_FILE_ENV`] names, if any.
     pub async fn open(storage: Arc<dyn Storage>) -> Result<Repository> {
-        Self::open_with(storage, key_from_env()?).await
+        Self::open_with(storage, key_from_env().await?).await
     }
 
     /// Opens a repository with the key given. An encrypted repository
@@ -301,7 +312,7 @@ impl Repository {
             }
             (Some(e), None) => {
                 return refuse(format!(
-                    "it is encrypted (key {} {}): set {KEY_FILE_ENV} to its key file",
+                    "it is encrypted (key {} {}): set {KEY_FILE_ENV} to its key file, or {KMS_KEY_ENV} to its KMS key",
                     e.kek.kind, e.kek.id
                 ));
             }

@@ -154,7 +154,10 @@ pub enum KeyCommand {
         repo: RepoOpts,
         /// The new key file (64 hex digits, mode 0600).
         #[arg(long, env = "PGPITR_NEW_KEY_FILE", value_name = "PATH")]
-        new_key_file: std::path::PathBuf,
+        new_key_file: Option<std::path::PathBuf>,
+        /// Or the new AWS KMS key (ID, ARN or alias).
+        #[arg(long, env = "PGPITR_NEW_KMS_KEY_ID", value_name = "ID", conflicts_with = "new_key_file")]
+        new_kms_key_id: Option<String>,
         #[arg(long)]
         json: bool,
     },

@@ -24,11 +24,16 @@ pub async fn run(cmd: KeyCommand) -> anyhow::Result<u8> {
                 println!("data key {} made {}{objects}, wrapped by {}", d.id, d.created_at, by.join(" and "));
             }
         }
-        KeyCommand::Rotate { repo, new_key_file, json } => {
+        KeyCommand::Rotate { repo, new_key_file, new_kms_key_id, json } => {
             let storage = store(&repo.repo, pgpitr_repo::Access::Write).await?;
-            let old =
-                pgpitr_repo::key_from_env()?.context("set PGPITR_KEY_FILE to the repository's current key file")?;
-            let new: Arc<dyn KeyEncryptionKey> = Arc::new(FileKek::load(&new_key_file)?);
+            let old = pgpitr_repo::key_from_env()
+                .await?
+                .context("set PGPITR_KEY_FILE (or PGPITR_KMS_KEY_ID) to the repository's current key")?;
+            let new: Arc<dyn KeyEncryptionKey> = match (new_key_file, new_kms_key_id) {
+                (Some(f), None) => Arc::new(FileKek::load(&f)?),
+                (None, Some(id)) => Arc::new(pgpitr_crypt::kms::KmsKek::new(&id).await),
+                _ => anyhow::bail!("give the new key as --new-key-file or --new-kms-key-id"),
+            };
             let r = pgpitr_repo::keys::rotate(storage.as_ref(), old, new.clone()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
