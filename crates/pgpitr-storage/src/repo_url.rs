@@ -3,7 +3,7 @@
 //! Accepted forms:
 //! - `/abs/path`, `relative/path` (resolved against the current directory),
 //!   `file:///abs/path`;
-//! - `s3://bucket[/prefix][?endpoint=URL&region=R&path-style=true|false]`.
+//! - `s3://bucket[/prefix][?endpoint=URL&region=R&path-style=true|false&sse=…&wal-storage-class=…&backup-storage-class=…]`.
 //!
 //! Credentials are never part of a URL: they come from the standard AWS
 //! chain. Error messages never repeat the input wholesale, so a secret
@@ -40,6 +40,14 @@ pub struct S3Url {
     /// `?path-style=`; when absent, path-style is used exactly when an
     /// endpoint is overridden (here or by `AWS_ENDPOINT_URL[_S3]`).
     pub path_style: Option<bool>,
+    /// `?sse=`: server-side encryption of every object: `AES256` (SSE-S3),
+    /// `aws:kms` (SSE-KMS with the bucket's default key) or
+    /// `aws:kms:<key ID or ARN>`.
+    pub sse: Option<String>,
+    /// `?wal-storage-class=` and `?backup-storage-class=`: the S3 storage
+    /// class of WAL (and timeline histories) and of base backups.
+    pub wal_storage_class: Option<String>,
+    pub backup_storage_class: Option<String>,
 }
 
 fn invalid<T>(message: impl Into<String>) -> Result<T> {
@@ -145,7 +153,16 @@ fn parse_s3(rest: &str) -> Result<S3Url> {
         }
         Some(prefix.to_owned())
     };
-    let mut out = S3Url { bucket: bucket.to_owned(), prefix, endpoint: None, region: None, path_style: None };
+    let mut out = S3Url {
+        bucket: bucket.to_owned(),
+        prefix,
+        endpoint: None,
+        region: None,
+        path_style: None,
+        sse: None,
+        wal_storage_class: None,
+        backup_storage_class: None,
+    };
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let dup = || invalid(format!("query parameter {k:?} given twice"));
         match k.as_ref() {
@@ -175,10 +192,32 @@ fn parse_s3(rest: &str) -> Result<S3Url> {
                     _ => return invalid("path-style must be true or false"),
                 });
             }
+            "sse" => {
+                if out.sse.is_some() {
+                    return dup();
+                }
+                let ok = v == "AES256" || v == "aws:kms" || v.strip_prefix("aws:kms:").is_some_and(|k| !k.is_empty());
+                if !ok {
+                    return invalid(format!("sse must be AES256, aws:kms or aws:kms:<key ID or ARN>, not {v:?}"));
+                }
+                out.sse = Some(v.into_owned());
+            }
+            "wal-storage-class" | "backup-storage-class" => {
+                let slot =
+                    if k == "wal-storage-class" { &mut out.wal_storage_class } else { &mut out.backup_storage_class };
+                if slot.is_some() {
+                    return dup();
+                }
+                if v.is_empty() || !v.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+                    return invalid(format!("{k} must be an S3 storage class such as STANDARD_IA, not {v:?}"));
+                }
+                *slot = Some(v.into_owned());
+            }
             key if looks_like_credential(key) => return invalid(NO_CREDENTIALS),
             key => {
                 return invalid(format!(
-                    "unknown query parameter {key:?} in s3 URL; expected endpoint, region or path-style"
+                    "unknown query parameter {key:?} in s3 URL; expected endpoint, region, path-style, sse, \
+                     wal-storage-class or backup-storage-class"
                 ));
             }
         }
@@ -248,6 +287,9 @@ impl S3Url {
             endpoint: self.endpoint.clone(),
             region: self.region.clone(),
             path_style,
+            sse: self.sse.clone(),
+            wal_storage_class: self.wal_storage_class.clone(),
+            backup_storage_class: self.backup_storage_class.clone(),
             ..S3Options::new(self.bucket.clone())
         }
     }
@@ -273,6 +315,15 @@ impl fmt::Display for S3Url {
         }
         if let Some(p) = self.path_style {
             params.push(format!("path-style={p}"));
+        }
+        if let Some(v) = &self.sse {
+            params.push(format!("sse={}", query_value(v)));
+        }
+        if let Some(c) = &self.wal_storage_class {
+            params.push(format!("wal-storage-class={c}"));
+        }
+        if let Some(c) = &self.backup_storage_class {
+            params.push(format!("backup-storage-class={c}"));
         }
         if !params.is_empty() {
             write!(f, "?{}", params.join("&"))?;

@@ -21,7 +21,9 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, ServerSideEncryption, StorageClass,
+};
 use aws_smithy_http_client::tls;
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinSet;
@@ -64,6 +66,12 @@ pub struct S3Options {
     pub part_size: usize,
     /// Parts of one upload sent at the same time (at least 1).
     pub upload_concurrency: usize,
+    /// Server-side encryption: `AES256`, `aws:kms` or `aws:kms:<key>`.
+    pub sse: Option<String>,
+    /// Storage classes of WAL (`wal/`, `timelines/`) and of base backups
+    /// (`backups/`); the bucket's default elsewhere.
+    pub wal_storage_class: Option<String>,
+    pub backup_storage_class: Option<String>,
 }
 
 impl S3Options {
@@ -79,6 +87,9 @@ impl S3Options {
             static_credentials: None,
             part_size: DEFAULT_PART_SIZE,
             upload_concurrency: 4,
+            sse: None,
+            wal_storage_class: None,
+            backup_storage_class: None,
         }
     }
 }
@@ -115,6 +126,43 @@ struct Shared {
     endpoint: String,
     part_size: usize,
     concurrency: usize,
+    placement: Placement,
+}
+
+/// Where S3 keeps each object: its server-side encryption and storage
+/// class, sent with every PUT and multipart creation.
+#[derive(Debug, Clone, Default)]
+struct Placement {
+    sse: Option<ServerSideEncryption>,
+    sse_kms_key: Option<String>,
+    wal_class: Option<StorageClass>,
+    backup_class: Option<StorageClass>,
+}
+
+impl Placement {
+    fn new(opts: &S3Options) -> Placement {
+        let (sse, sse_kms_key) = match opts.sse.as_deref() {
+            None => (None, None),
+            Some("AES256") => (Some(ServerSideEncryption::Aes256), None),
+            Some(v) => (Some(ServerSideEncryption::AwsKms), v.strip_prefix("aws:kms:").map(str::to_owned)),
+        };
+        Placement {
+            sse,
+            sse_kms_key,
+            wal_class: opts.wal_storage_class.as_deref().map(StorageClass::from),
+            backup_class: opts.backup_storage_class.as_deref().map(StorageClass::from),
+        }
+    }
+
+    fn class(&self, key: &str) -> Option<StorageClass> {
+        if key.starts_with("wal/") || key.starts_with("timelines/") {
+            self.wal_class.clone()
+        } else if key.starts_with("backups/") {
+            self.backup_class.clone()
+        } else {
+            None
+        }
+    }
 }
 
 impl fmt::Debug for S3Storage {
@@ -185,6 +233,7 @@ impl S3Storage {
         if let Some(ep) = &opts.endpoint {
             location.push_str(&format!(" at {ep}"));
         }
+        let placement = Placement::new(&opts);
         Ok(S3Storage {
             shared: Arc::new(Shared {
                 client,
@@ -194,6 +243,7 @@ impl S3Storage {
                 endpoint,
                 part_size: opts.part_size.clamp(MIN_PART_SIZE, MAX_PART_SIZE),
                 concurrency: opts.upload_concurrency.max(1),
+                placement,
             }),
         })
     }
@@ -444,10 +494,14 @@ impl Storage for S3Storage {
         validate_key(key)?;
         let s = &self.shared;
         crate::requests::count(Op::Put);
+        let p = &s.placement;
         s.client
             .put_object()
             .bucket(&s.bucket)
             .key(s.full_key(key))
+            .set_server_side_encryption(p.sse.clone())
+            .set_ssekms_key_id(p.sse_kms_key.clone())
+            .set_storage_class(p.class(key))
             .body(ByteStream::from(data))
             .customize()
             .disable_payload_signing()
@@ -461,11 +515,15 @@ impl Storage for S3Storage {
         validate_key(key)?;
         let s = &self.shared;
         crate::requests::count(Op::PutIfAbsent);
+        let p = &s.placement;
         let res = s
             .client
             .put_object()
             .bucket(&s.bucket)
             .key(s.full_key(key))
+            .set_server_side_encryption(p.sse.clone())
+            .set_ssekms_key_id(p.sse_kms_key.clone())
+            .set_storage_class(p.class(key))
             .if_none_match("*")
             .body(ByteStream::from(data))
             .customize()
@@ -975,6 +1033,9 @@ impl S3Upload {
             .create_multipart_upload()
             .bucket(&s.bucket)
             .key(&self.full_key)
+            .set_server_side_encryption(s.placement.sse.clone())
+            .set_ssekms_key_id(s.placement.sse_kms_key.clone())
+            .set_storage_class(s.placement.class(&self.key))
             .send()
             .await
             .map_err(|e| s.sdk_error(Op::PutPart, &self.key, &e))?;
@@ -1078,6 +1139,9 @@ impl Upload for S3Upload {
                 .put_object()
                 .bucket(&s.bucket)
                 .key(&self.full_key)
+                .set_server_side_encryption(s.placement.sse.clone())
+                .set_ssekms_key_id(s.placement.sse_kms_key.clone())
+                .set_storage_class(s.placement.class(&self.key))
                 .body(ByteStream::from(self.buffer.concat()))
                 .customize()
                 .disable_payload_signing()

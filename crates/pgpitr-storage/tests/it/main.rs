@@ -6,6 +6,7 @@ mod common;
 mod conformance;
 mod errors;
 mod faults;
+mod placement;
 mod proxy;
 mod repo_url;
 mod s3_upload;

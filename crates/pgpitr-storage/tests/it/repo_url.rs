@@ -43,7 +43,17 @@ fn local_forms() {
 #[test]
 fn s3_forms() {
     let u = s3("s3://my-bucket");
-    assert_eq!(u, S3Url { bucket: "my-bucket".into(), prefix: None, endpoint: None, region: None, path_style: None });
+    let bare = S3Url {
+        bucket: "my-bucket".into(),
+        prefix: None,
+        endpoint: None,
+        region: None,
+        path_style: None,
+        sse: None,
+        wal_storage_class: None,
+        backup_storage_class: None,
+    };
+    assert_eq!(u, bare);
     assert_eq!(s3("s3://my-bucket/").prefix, None);
     assert_eq!(s3("s3://my-bucket/a/b/").prefix.as_deref(), Some("a/b"));
 
@@ -53,6 +63,29 @@ fn s3_forms() {
     assert_eq!(u.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
     assert_eq!(u.region.as_deref(), Some("eu-west-1"));
     assert_eq!(u.path_style, Some(true));
+
+    // Server-side encryption and storage classes, and back to a URL (what
+    // restore_command carries).
+    let text = "s3://bkt/p?sse=aws%3Akms%3Aarn%3Aaws%3Akms%3Aeu-west-1%3A1%3Akey%2Fk&wal-storage-class=STANDARD_IA&backup-storage-class=GLACIER_IR";
+    let u = s3(text);
+    assert_eq!(u.sse.as_deref(), Some("aws:kms:arn:aws:kms:eu-west-1:1:key/k"));
+    assert_eq!(u.wal_storage_class.as_deref(), Some("STANDARD_IA"));
+    assert_eq!(u.backup_storage_class.as_deref(), Some("GLACIER_IR"));
+    assert_eq!(s3(&u.to_string()), u);
+    let o = u.options();
+    assert_eq!(
+        (o.sse.as_deref(), o.backup_storage_class.as_deref()),
+        (Some("aws:kms:arn:aws:kms:eu-west-1:1:key/k"), Some("GLACIER_IR"))
+    );
+    assert_eq!(s3("s3://bkt?sse=AES256").sse.as_deref(), Some("AES256"));
+    for bad in [
+        "s3://bkt?sse=rot13",
+        "s3://bkt?sse=aws:kms:",
+        "s3://bkt?wal-storage-class=cold",
+        "s3://bkt?sse=AES256&sse=AES256",
+    ] {
+        assert!(RepoUrl::parse(bad).is_err(), "{bad}");
+    }
 
     // Path-style follows the endpoint override unless given explicitly.
     let opts = s3("s3://bucket?endpoint=https://minio.local:9000").options();
