@@ -192,3 +192,31 @@ fn s3_repository_init_and_refusals() {
     assert!(!line.contains("definitely-wrong"), "secret echoed: {line}");
     assert!(began.elapsed() < std::time::Duration::from_secs(20), "permanent errors must not be retried for long");
 }
+
+/// The S3 placement a repository was initialised with (server-side
+/// encryption, storage classes) is recorded, and writers must give the
+/// same: a stream or backup cannot store some objects otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_placement_is_recorded_and_kept() {
+    let pg = PgCluster::start_default();
+    let backend = crate::common::Backend::s3();
+    let placed = format!("{}&sse=AES256&wal-storage-class=STANDARD", backend.url());
+    let mut cmd = pgpitr();
+    backend.env(&mut cmd);
+    run(cmd.args(["init", "--repo", &placed, "-d", &conninfo(&pg, REPL_USER)]).env("PGPASSWORD", REPL_PASSWORD)).ok();
+    let storage = backend.storage().await;
+    let b: serde_json::Value = serde_json::from_slice(&storage.get("pgpitr.json").await.unwrap()).unwrap();
+    assert_eq!(b["s3_placement"]["sse"], "AES256");
+    assert_eq!(b["s3_placement"]["wal_storage_class"], "STANDARD");
+    // A writer without them: refused, naming both.
+    let mut cmd = pgpitr();
+    backend.env(&mut cmd);
+    run(cmd
+        .args(["backup", "--repo", &backend.url(), "-d", &conninfo(&pg, REPL_USER)])
+        .env("PGPASSWORD", REPL_PASSWORD))
+    .fails_with(&["stores objects with sse=AES256", "the URL gives sse=(none)"]);
+    // Readers need not repeat them.
+    let mut cmd = pgpitr();
+    backend.env(&mut cmd);
+    run(cmd.args(["list", "--repo", &backend.url()])).ok();
+}

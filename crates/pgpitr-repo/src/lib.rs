@@ -73,6 +73,11 @@ pub enum RepoError {
     Corrupt { location: String, key: String, reason: String },
     #[error("repository {location}: {reason}")]
     Encryption { location: String, reason: String },
+    #[error(
+        "repository {location} stores objects with {bound} (pgpitr.json), but the URL gives {found}: a writer must give \
+         the same S3 parameters"
+    )]
+    Placement { location: String, bound: String, found: String },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -126,6 +131,45 @@ pub struct Binding {
     /// How the repository is encrypted; `None`: it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
+    /// Where S3 keeps the objects, as the URL said at `init`: writers must
+    /// say the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_placement: Option<S3Placement>,
+}
+
+/// S3 server-side encryption and storage classes of a repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct S3Placement {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_storage_class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_storage_class: Option<String>,
+}
+
+impl S3Placement {
+    /// What `url` asks for; `None` for a local directory or plain S3.
+    pub fn of(url: &RepoUrl) -> Option<S3Placement> {
+        let RepoUrl::S3(s) = url else { return None };
+        let p = S3Placement {
+            sse: s.sse.clone(),
+            wal_storage_class: s.wal_storage_class.clone(),
+            backup_storage_class: s.backup_storage_class.clone(),
+        };
+        (p != S3Placement::default()).then_some(p)
+    }
+
+    fn describe(p: &Option<S3Placement>) -> String {
+        let p = p.clone().unwrap_or_default();
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+        format!(
+            "sse={} wal-storage-class={} backup-storage-class={}",
+            show(&p.sse),
+            show(&p.wal_storage_class),
+            show(&p.backup_storage_class)
+        )
+    }
 }
 
 /// An encrypted repository's binding says which key wraps its data keys
@@ -244,12 +288,38 @@ impl Repository {
         Self::init_with(storage, identity, key_from_env().await?).await
     }
 
+    /// [`Repository::init`] at `url` for a writer: the S3 placement the URL
+    /// asks for is recorded by a new binding, and must match an existing one.
+    pub async fn bind(url: &RepoUrl, identity: &ClusterIdentity) -> Result<(Repository, InitOutcome)> {
+        let storage = connect(url, Access::Write).await?;
+        let placement = S3Placement::of(url);
+        let (repo, outcome) =
+            Self::init_placed(storage.clone(), identity, key_from_env().await?, placement.clone()).await?;
+        if repo.binding.s3_placement != placement {
+            return Err(RepoError::Placement {
+                location: storage.describe(),
+                bound: S3Placement::describe(&repo.binding.s3_placement),
+                found: S3Placement::describe(&placement),
+            });
+        }
+        Ok((repo, outcome))
+    }
+
     /// [`Repository::init`] with the key given: an encrypted repository
     /// with `Some`.
     pub async fn init_with(
         storage: Arc<dyn Storage>,
         identity: &ClusterIdentity,
         kek: Kek,
+    ) -> Result<(Repository, InitOutcome)> {
+        Self::init_placed(storage, identity, kek, None).await
+    }
+
+    async fn init_placed(
+        storage: Arc<dyn Storage>,
+        identity: &ClusterIdentity,
+        kek: Kek,
+        s3_placement: Option<S3Placement>,
     ) -> Result<(Repository, InitOutcome)> {
         // Nothing is written for a major pgpitr cannot read.
         Self::supported(&storage, identity.pg_major())?;
@@ -264,6 +334,7 @@ impl Repository {
             created_at: jiff::Timestamp::now().to_string(),
             created_by: format!("pgpitr {}", env!("CARGO_PKG_VERSION")),
             encryption,
+            s3_placement,
         };
         let body = serde_json::to_vec_pretty(&binding).expect("binding serialises");
         match storage.put_if_absent(layout::BINDING, Bytes::from(body)).await? {

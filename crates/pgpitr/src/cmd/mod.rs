@@ -42,8 +42,7 @@ pub async fn bind_repo(
     let (probe, identity) = crate::conn::connect(cfg).await?;
     // An idle walsender would show up in pg_stat_replication under our name.
     probe.close().await;
-    let storage = pgpitr_repo::connect(url, pgpitr_repo::Access::Write).await?;
-    let (repo, outcome) = pgpitr_repo::Repository::init(storage, &identity).await?;
+    let (repo, outcome) = pgpitr_repo::Repository::bind(url, &identity).await?;
     if outcome == pgpitr_repo::InitOutcome::Created {
         tracing::info!(repo = %repo.location(), "initialised the repository for this cluster");
     }
