@@ -68,7 +68,7 @@ async fn extract_and_verify(
     let target = dir.path().join("data");
     let repo = backend.repo().await;
     let stats = pgpitr_restore::extract(&repo, info, &target, map, &ExtractOptions::default()).await.expect("extract");
-    assert_eq!(stats.files, info.file_count + 1, "every manifest file and backup_manifest");
+    assert_eq!(stats.read.files, info.file_count + 1, "every manifest file and backup_manifest");
     let wal = dir.path().join("wal");
     std::fs::create_dir(&wal).unwrap();
     wal_from_repo(backend, info, &wal).await;
@@ -139,7 +139,7 @@ async fn backup_under_load(backend: Backend) {
     assert_eq!(mode(&data.join("global/pg_control")), 0o600);
     assert_eq!(mode(&data.join("base")), 0o700);
     assert!(stats.rewritten.is_empty());
-    assert_eq!(stats.parts as usize, base.parts.len());
+    assert_eq!(stats.read.parts as usize, base.parts.len());
 
     // A damaged part is found, named, and nothing past it is trusted.
     let storage = backend.storage().await;

@@ -68,7 +68,7 @@ impl Keys {
         let fresh = cur.as_ref().is_some_and(|c| c.sealed < self.span.bytes && c.since.elapsed() < self.span.time);
         if !fresh {
             let kek = self.keks.first().ok_or_else(|| key_error(Op::Put, "", "no key-encryption key configured"))?;
-            let (id, dk, entry) = KeyringEntry::create(kek.as_ref(), jiff_now())
+            let (id, dk, entry) = KeyringEntry::create(kek.as_ref(), jiff::Timestamp::now().to_string())
                 .await
                 .map_err(|e| open_error(Op::Put, keyring::PREFIX, e))?;
             let body = serde_json::to_vec_pretty(&entry).map_err(|e| key_error(Op::Put, keyring::PREFIX, e))?;
@@ -106,10 +106,6 @@ impl Keys {
     }
 }
 
-fn jiff_now() -> String {
-    jiff::Timestamp::now().to_string()
-}
-
 /// A key or authentication failure: definite, never retried.
 fn key_error(op: Op, key: &str, e: impl std::fmt::Display) -> StorageError {
     StorageError::permanent(op, key, "encrypted repository", e)
@@ -124,6 +120,7 @@ fn open_error(op: Op, key: &str, e: CryptError) -> StorageError {
     key_error(op, key, e)
 }
 
+#[derive(Clone)]
 pub struct EncryptedStorage {
     inner: Arc<dyn Storage>,
     keys: Arc<Keys>,
@@ -314,13 +311,7 @@ impl Storage for EncryptedStorage {
     async fn start_upload(&self, key: &str) -> Result<Box<dyn Upload>> {
         // Sealed whole at completion: an object is at most a backup part.
         let inner = self.inner.start_upload(key).await?;
-        Ok(Box::new(SealedUpload {
-            storage: self.clone_handle(),
-            key: key.to_owned(),
-            inner,
-            data: Vec::new(),
-            sent: false,
-        }))
+        Ok(Box::new(SealedUpload { storage: self.clone(), key: key.to_owned(), inner, data: Vec::new(), sent: false }))
     }
 
     async fn check(&self) -> Result<()> {
@@ -347,12 +338,6 @@ impl Storage for EncryptedStorage {
             }
             other => Ok(other),
         }
-    }
-}
-
-impl EncryptedStorage {
-    fn clone_handle(&self) -> EncryptedStorage {
-        EncryptedStorage { inner: self.inner.clone(), keys: self.keys.clone() }
     }
 }
 

@@ -10,7 +10,8 @@
 use pgpitr_repo::Repository;
 use pgpitr_repo::backup::BackupInfo;
 use pgpitr_repo::reader::{
-    BackupReader, EntrySink, PG_CONTROL, ReadError, ReadProgress, SMALL_FILE_LIMIT, TABLESPACE_MAP, file_corrupt,
+    BackupReader, EntrySink, PG_CONTROL, ReadError, ReadProgress, ReadStats, SMALL_FILE_LIMIT, TABLESPACE_MAP,
+    file_corrupt,
 };
 use std::collections::HashMap;
 use std::fs;
@@ -22,13 +23,9 @@ use std::sync::Arc;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Extracted {
-    /// Files written (every file of the manifest, plus `backup_manifest`).
-    pub files: u64,
-    /// Bytes of file data written.
-    pub bytes: u64,
-    /// Parts downloaded and their stored size.
-    pub parts: u64,
-    pub stored_bytes: u64,
+    /// What was read and written: every file of the manifest, plus
+    /// `backup_manifest`.
+    pub read: ReadStats,
     /// Where each tablespace went: OID and directory.
     pub tablespaces: Vec<(u32, PathBuf)>,
     /// Files whose content deliberately differs from the manifest
@@ -80,13 +77,7 @@ pub async fn extract(
     };
     let (sink, stats) = reader.read(sink).await?;
     let raw_manifest = reader.raw_manifest().clone();
-    let mut out = Extracted {
-        files: stats.files,
-        bytes: stats.bytes,
-        parts: stats.parts,
-        stored_bytes: stats.stored_bytes,
-        ..Extracted::default()
-    };
+    let mut out = Extracted { read: stats, ..Extracted::default() };
     tokio::task::spawn_blocking(move || sink.finish(&raw_manifest, &mut out).map(|()| out))
         .await
         .map_err(|e| ReadError::Invalid(format!("internal error: {e}")))?
@@ -220,8 +211,8 @@ impl DataDir {
             return Err(file_corrupt(&self.id, TABLESPACE_MAP, "is missing from a backup with tablespaces".into()));
         }
         self.write_new(&target.join("backup_manifest"), raw_manifest)?;
-        out.files += 1;
-        out.bytes += raw_manifest.len() as u64;
+        out.read.files += 1;
+        out.read.bytes += raw_manifest.len() as u64;
         let control = self
             .deferred
             .remove(PG_CONTROL)

@@ -152,8 +152,8 @@ pub async fn restore(repo: &Repository, opts: &RestoreOptions) -> Result<Restore
     let eopts = ExtractOptions { parallelism: opts.parallelism, fsync: true, progress: opts.progress.clone() };
     let stats = datadir::extract(repo, &info, &opts.pgdata, &opts.tablespace_map, &eopts).await?;
     out.download_secs = t1.elapsed().as_secs_f64();
-    out.files = stats.files;
-    out.bytes = stats.bytes;
+    out.files = stats.read.files;
+    out.bytes = stats.read.bytes;
 
     std::fs::DirBuilder::new()
         .recursive(true)
