@@ -220,6 +220,16 @@ fn kms_env(kms: &KmsServer, key: &str, backend: &Backend) -> Vec<(&'static str, 
     env
 }
 
+/// Restores the latest point with `env`, starts the server with it and
+/// waits for its promotion.
+fn restore_latest(backend: &Backend, env: &[(&'static str, String)]) -> PgCluster {
+    let mut restored = PgCluster::empty_of(test_major());
+    run(restore_cmd(backend, &restored.datadir(), &["--target", "latest"]).envs(env.iter().cloned())).ok();
+    restored.start_restored(env);
+    restored.wait_promoted(Duration::from_secs(120));
+    restored
+}
+
 /// An AWS KMS key wraps the data keys: stream, backup and an exact restore
 /// through wal-fetch, with the KMS reached from the server's environment.
 async fn kms_encrypted_end_to_end(backend: Backend) {
@@ -242,10 +252,7 @@ async fn kms_encrypted_end_to_end(backend: Backend) {
     assert_eq!(binding["encryption"]["kek"]["kind"], "aws-kms");
     assert_eq!(binding["encryption"]["kek"]["id"], key.as_str());
 
-    let mut restored = PgCluster::empty_of(test_major());
-    run(restore_cmd(&backend, &restored.datadir(), &["--target", "latest"]).envs(env.iter().cloned())).ok();
-    restored.start_restored(&env);
-    restored.wait_promoted(Duration::from_secs(120));
+    let restored = restore_latest(&backend, &env);
     assert_eq!(restored.sql("SELECT count(*) FROM t"), "1000");
     // Without KMS access named: refused, naming the key.
     let mut list = pgpitr();
@@ -254,3 +261,120 @@ async fn kms_encrypted_end_to_end(backend: Backend) {
 }
 
 on_both_backends!(kms_encrypted_repository_end_to_end, kms_encrypted_end_to_end);
+
+/// `pgpitr init` for `pg` with `env` and `extra` arguments.
+fn init_cmd(pg: &PgCluster, backend: &Backend, env: &[(&'static str, String)], extra: &[&str]) -> Run {
+    let mut cmd = pgpitr();
+    backend.env(&mut cmd);
+    cmd.envs(env.iter().cloned())
+        .args(["init", "--repo", &backend.url(), "-d", &conninfo(pg)])
+        .args(extra)
+        .env("PGPASSWORD", pgpitr_testkit::REPL_PASSWORD);
+    run(&mut cmd)
+}
+
+/// KMS stops answering while WAL streams in: no new data key can be
+/// wrapped, so the stream waits and retries, tells the server nothing past
+/// what is stored, and once KMS answers again stores everything; the
+/// restore is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_unreachable_while_streaming_loses_and_acknowledges_nothing() {
+    let backend = Backend::local();
+    share(&backend);
+    let kms = KmsServer::start();
+    let key = kms.create_key();
+    let env = kms_env(&kms, &key, &backend);
+    let pg = PgCluster::start_default();
+    pg.sql("CREATE TABLE t (id int)");
+    // A new data key per MiB sealed: the outage below needs new ones.
+    let bound = init_cmd(&pg, &backend, &env, &["--data-key-bytes", "1MiB", "--json"]).ok();
+    let bound: serde_json::Value = serde_json::from_str(&bound.stdout).unwrap();
+    assert_eq!(bound["encryption"]["data_keys"], serde_json::json!({"max_bytes": 1 << 20, "max_age_seconds": 3600}));
+    init_cmd(&pg, &backend, &env, &["--data-key-age", "10m"])
+        .fails_with(&["makes a new data key per 1048576 bytes or 3600 s, not per 1073741824 bytes or 600 s as asked"]);
+    init_cmd(&pg, &backend, &[], &["--data-key-bytes", "4MiB"]).fails_with(&["data-key options need a key"]);
+    let small = init_cmd(&pg, &backend, &env, &["--data-key-bytes", "64KiB"]);
+    assert_eq!(small.code, Some(2), "a usage error: {}", small.stderr);
+    assert!(small.stderr.contains("below the smallest data-key span, 1MiB"), "{}", small.stderr);
+    let os_env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(v.as_str()))).collect();
+    let mut stream = StreamProc::start_env(&pg, &backend, &[], &os_env);
+    wait_streaming(&pg, "pgpitr");
+    run(backup_cmd(&pg, &backend, &["--json"]).envs(env.iter().cloned())).ok();
+    let storage = backend.storage().await;
+    let before = lsn(&pg.sql("INSERT INTO t VALUES (0); SELECT pg_current_wal_lsn()"));
+    wait_durable(storage.as_ref(), seg16(), 1, before, Duration::from_secs(30)).await;
+
+    kms.pause();
+    let end = lsn(&pg.sql("INSERT INTO t SELECT generate_series(1, 300000); SELECT pg_current_wal_lsn()"));
+    let t0 = std::time::Instant::now();
+    let mut samples = 0;
+    // Longer than one KMS call may take (12 s): the writer's own retries run.
+    while t0.elapsed() < Duration::from_secs(20) {
+        let flushed = pg.sql("SELECT flush_lsn FROM pg_stat_replication WHERE application_name = 'pgpitr'");
+        let stored = durable_end(storage.as_ref(), seg16(), 1).await.unwrap_or_default();
+        if !flushed.is_empty() {
+            let flushed = lsn(&flushed);
+            assert!(flushed <= stored, "the server was told {flushed} is flushed; the repository ends at {stored}");
+            samples += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(samples > 20, "{samples} samples");
+    let stored = durable_end(storage.as_ref(), seg16(), 1).await.unwrap();
+    assert!(stored < end, "all WAL was stored without KMS: the outage tested nothing");
+    assert!(stream.child.try_wait().unwrap().is_none(), "the stream gave up during the outage");
+
+    kms.resume();
+    wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(120)).await;
+    let (code, stderr) = stream.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("AWS KMS key") && stderr.contains("Encrypt failed"), "no KMS retry logged: {stderr}");
+
+    let restored = restore_latest(&backend, &env);
+    assert_eq!(restored.sql("SELECT count(*), max(id) FROM t"), "300001|300000");
+}
+
+/// KMS refuses: a reader whose IAM user may not Decrypt gets a one-line
+/// error naming the key and the refusal, and a restore writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_access_denied_is_named_and_a_restore_writes_nothing() {
+    let backend = Backend::local();
+    share(&backend);
+    let (kms, key, creds) =
+        KmsServer::start_authorizing(&[("writer", &["kms:Encrypt", "kms:Decrypt"]), ("reader", &["kms:Encrypt"])]);
+    let mut writer = kms.env_as(&creds[0]);
+    writer.push(("PGPITR_KMS_KEY_ID", key.clone()));
+    let mut reader = kms.env_as(&creds[1]);
+    reader.push(("PGPITR_KMS_KEY_ID", key.clone()));
+    let pg = PgCluster::start_default();
+    pg.sql("CREATE TABLE t AS SELECT generate_series(1, 1000) id");
+    init_cmd(&pg, &backend, &writer, &[]).ok();
+    run(backup_cmd(&pg, &backend, &["--json"]).envs(writer.iter().cloned())).ok();
+
+    let restored = PgCluster::empty_of(test_major());
+    let err = run(restore_cmd(&backend, &restored.datadir(), &["--target", "latest"]).envs(reader.iter().cloned()))
+        .fails_with(&[
+            "AWS KMS key",
+            &key,
+            "Decrypt failed: HTTP 403: AccessDenied: User:",
+            "not authorized to perform: kms:Decrypt",
+        ]);
+    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+    assert!(err.len() < 400 && !err.contains("ServiceError"), "not a readable line: {err}");
+    let left: Vec<_> = std::fs::read_dir(restored.datadir()).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(left.is_empty(), "the restore wrote {left:?}");
+    // Moto's own credentials are refused as well: not transient either.
+    let mut list = pgpitr();
+    backend.env(&mut list);
+    let mut stranger = kms.env();
+    stranger.push(("PGPITR_KMS_KEY_ID", key.clone()));
+    run(list.args(["list", "--repo", &backend.url()]).envs(stranger.iter().cloned())).fails_with(&[
+        "AWS KMS key",
+        "HTTP 403: InvalidClientTokenId: The security token included in the request is invalid",
+    ]);
+    // The writer still reads it.
+    let mut list = pgpitr();
+    backend.env(&mut list);
+    let listed = run(list.args(["list", "--repo", &backend.url()]).envs(writer.iter().cloned())).ok();
+    assert!(listed.stdout.contains("[complete]"), "{}", listed.stdout);
+}

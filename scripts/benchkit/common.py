@@ -650,6 +650,24 @@ class Context:
                        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        "reps": reps, "commands": [], "notes": [], "skipped": [], "raw": [], "summary": {}}
         self.t0 = time.monotonic()
+        self._key = None
+
+    def key_env(self, env=None):
+        """env (None: ours) plus PGPITR_KEY_FILE naming this part's key file
+        ($WORK/pgpitr.key), made on first use: 64 hex digits, mode 0600 (pgpitr
+        refuses more) and, under root, owned by postgres, because restored
+        servers read it for wal-fetch (root reads it regardless). $WORK is
+        0755, so postgres reaches it. Only the path ever goes on a command
+        line or into the results."""
+        if self._key is None:
+            path = self.work / "pgpitr.key"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+            os.chmod(path, 0o600)
+            chown_postgres(path)
+            self._key = path
+        return dict(os.environ if env is None else env, PGPITR_KEY_FILE=str(self._key))
 
     def command(self, label, argv_or_text):
         text = argv_or_text if isinstance(argv_or_text, str) else shlex.join(str(a) for a in argv_or_text)
@@ -675,6 +693,12 @@ class Context:
         text = json.dumps(self.result, indent=1, default=str).replace(str(self.work.parent), "$SCRATCH")
         path.write_text(text)
         log(f"{self.part}: results in {path}")
+
+
+# What makes pgpitr encrypt, or refuse a plain repository: never inherited
+# from the invoking shell (benchkit.__main__ drops them); the encrypted
+# contenders get PGPITR_KEY_FILE from Context.key_env.
+KEY_VARS = ("PGPITR_KEY_FILE", "PGPITR_KMS_KEY_ID")
 
 
 def result_file(part, major):

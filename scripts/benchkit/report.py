@@ -252,6 +252,68 @@ def goals(res):
     return table(["goal", "measured (median of runs unless said)", "status"], rows)
 
 
+# ---------------------------------------------------------------- encryption
+
+# (unencrypted, encrypted) twins, run side by side in the same part.
+ENC_PAIRS = (("pgpitr-local", "pgpitr-local-enc"), ("pgpitr-s3", "pgpitr-s3-enc"))
+PGPITR_REPOS = ["pgpitr-local", "pgpitr-s3", "pgpitr-local-enc", "pgpitr-s3-enc"]
+
+
+def encryption(res):
+    """Issue 20's goals: each encrypted contender against its unencrypted
+    twin of the same run. The S3 twin's line only once it has been run."""
+    rows = []
+
+    def status(ok, part):
+        q = " (quick run)" if res.get(part, {}).get("mode") == "quick" else ""
+        return "not measured" if ok is None else ("met" if ok else "**not met**") + q
+
+    def missing(part):
+        r = res.get(part)
+        if not r:
+            return f"not measured yet ({part} not run yet)"
+        if r.get("failed"):
+            return f"not measured yet ({part} failed)"
+        return None
+
+    # (part, what, workload or None, summary key, format, higher is better?, limit)
+    checks = [("stream", f"stream CPU s per GB of WAL, {title}", wl, "cpu_s_per_gb", num, False, 1.1)
+              for wl, title in (("tpcb", "TPC-B"), ("bulk", "bulk INSERT"))]
+    checks += [("backup", "backup MB/s", None, "mb_s", num, True, 0.9),
+               ("restore", "restore time (total)", None, "total_s", secs, False, 1.05)]
+    for part, what, wl, key, fmt, higher, lim in checks:
+        goal = f"{'≥' if higher else '≤'} {lim}×"
+        m = missing(part)
+        if m:
+            rows.append([what, "–", "–", "–", goal, m])
+            continue
+        S = res[part]["summary"]
+        for plain, enc in ENC_PAIRS:
+            name = f"{wl}/{enc}" if wl else enc
+            if name not in S and enc != "pgpitr-local-enc":
+                continue
+            label = f"{what}: {enc} / {plain}"
+            s, ps = S.get(name), S.get(f"{wl}/{plain}" if wl else plain)
+            if not s:
+                rows.append([label, rng((ps or {}).get(key), fmt), "–", "–", goal,
+                             f"not measured yet (the last `scripts/bench {part}` run had no encrypted contenders)"])
+                continue
+            a, b = med(s.get(key)), med((ps or {}).get(key))
+            r = ratio(a, b)
+            ok = None if r is None else (r >= lim if higher else r <= lim)
+            cell = rng(s.get(key), fmt)
+            if s.get("errors"):
+                cell += f"; {s['errors']} failed run(s)"
+            if part == "restore" and s.get("runs") and s.get("reached_ok") != s.get("runs"):
+                cell += " (**a run missed its target**)"
+                ok = False
+            # Three decimals: these goals are a few per cent wide, and
+            # "1.05×" could hide 1.054.
+            rows.append([label, rng((ps or {}).get(key), fmt), cell, "–" if r is None else f"{r:.3f}×", goal,
+                         status(ok, part)])
+    return table(["measure", "unencrypted", "encrypted", "encrypted / unencrypted", "goal", "status"], rows)
+
+
 # ---------------------------------------------------------------- majors
 
 MAJORS = [14, 15, 16, 17, 18]
@@ -347,7 +409,7 @@ def sec_stream(r):
     S = r["summary"]
     for wl, title in (("tpcb", "pgbench TPC-B, 8 clients"), ("bulk", "bulk INSERT")):
         rows = []
-        for c in ("pgpitr-local", "pgpitr-s3", "pg_receivewal", "pg_receivewal-lz4"):
+        for c in PGPITR_REPOS + STREAM_PEERS:
             s = S.get(f"{wl}/{c}")
             if not s:
                 continue
@@ -362,8 +424,8 @@ def sec_stream(r):
             rows.append([c, rng(s["wal_mb_s"]), rng(s["tps"]) if s.get("tps") else "–", cpu, rng(s["peak_rss"], mib),
                          rng(s["median_rss_under_load"], mib), rng(s["lag_p50"], secs), rng(s["lag_p99"], secs),
                          lagmax, cu, s.get("errors") or 0])
-        checked = sum(S.get(f"{wl}/{c}", {}).get("repo_checked", 0) for c in ("pgpitr-local", "pgpitr-s3"))
-        behind = sum(S.get(f"{wl}/{c}", {}).get("repo_behind_reported", 0) for c in ("pgpitr-local", "pgpitr-s3"))
+        checked = sum(S.get(f"{wl}/{c}", {}).get("repo_checked", 0) for c in PGPITR_REPOS)
+        behind = sum(S.get(f"{wl}/{c}", {}).get("repo_behind_reported", 0) for c in PGPITR_REPOS)
         out.append(f"**{title}**\n")
         if checked:
             out.append(f"Durability cross-check (`pgpitr list --json` end_lsn ≥ the highest flush_lsn pgpitr reported): "
@@ -373,11 +435,12 @@ def sec_stream(r):
                           "median RSS under load", "durable lag p50", "p99", "max", "catch-up after load",
                           "failed runs"], rows))
         rrows = []
-        for c in ("pgpitr-local", "pgpitr-s3"):
+        for c in PGPITR_REPOS:
             s = S.get(f"{wl}/{c}")
             if not s:
                 continue
-            for p in STREAM_PEERS:
+            # An encrypted stream also against its plain twin: what the encryption costs.
+            for p in STREAM_PEERS + ([c[:-len("-enc")]] if c.endswith("-enc") else []):
                 ps = S.get(f"{wl}/{p}")
                 if not ps:
                     continue
@@ -446,6 +509,7 @@ def sec_backup(r):
     # zstd against lz4 (by the server), and against pg_basebackup's own server-zstd.
     pairs += [("pgpitr-local-server-zstd", "pgpitr-local"), ("pgpitr-local-client-zstd", "pgpitr-local"),
               ("pgpitr-local-server-zstd", "pg_basebackup-server-zstd")]
+    pairs += [(enc, plain) for plain, enc in ENC_PAIRS]
     rr = []
     for c, p in pairs:
         s, ps = S.get(c), S.get(p)
@@ -470,11 +534,11 @@ def sec_restore(r):
     out = head + [table(["restore", "total"] + [f"phase: {p}" for p in allph] + ["reached the target exactly",
                                                                                   "failed runs"], rows)]
     rr = []
-    for c in ("pgpitr-local", "pgpitr-s3"):
+    for c in PGPITR_REPOS:
         s = S.get(c)
         if not s or not s.get("total_s"):
             continue
-        for p in ("floor", "pgbackrest"):
+        for p in ("floor", "pgbackrest") + ((c[:-len("-enc")],) if c.endswith("-enc") else ()):
             ps = S.get(p)
             if ps and ps.get("total_s"):
                 rr.append([f"{c} / {p}", rtxt(ratio(med(s["total_s"]), med(ps["total_s"])))])
@@ -583,6 +647,11 @@ def write(results, out):
     parts.append(machine_block(res) + "\n")
     parts.append("## Goals (issues 3–6, 17 and 19)\n")
     parts.append(goals(res) + "\n")
+    parts.append("## Encryption (issue 20)\n")
+    parts.append("Each `-enc` contender is its twin's repository initialised with `PGPITR_KEY_FILE` (AES-256-GCM, "
+                 "after compression), run in the same part and repetitions, order alternating. Medians of the "
+                 "runs, min–max in parentheses; the ratio is of the medians.\n")
+    parts.append(encryption(res) + "\n")
     parts.append("## Every major (issue 18)\n")
     parts.append("`scripts/bench stream restore --major N` (N = 14 to 18; 15's line comes from the 15 runs "
                  "below), against PostgreSQL N's server and its own pg_receivewal.\n")

@@ -1,5 +1,6 @@
-"""stream: pgpitr stream (S3 and local directory) vs pg_receivewal (plain
-and --compress=lz4, local disk) under pgbench TPC-B and a bulk INSERT.
+"""stream: pgpitr stream (S3 and local directory, each plain and encrypted)
+vs pg_receivewal (plain and --compress=lz4, local disk) under pgbench TPC-B
+and a bulk INSERT.
 
 Per run: receiver CPU seconds per GB of WAL (utime+stime from /proc/<pid>/stat
 between the start of the load and the end of the run), peak RSS (VmHWM) and
@@ -10,13 +11,16 @@ after the load (flush_lsn reaching the WAL position at the end of the load).
 """
 
 import json
+import shlex
 import shutil
 import time
 
 from .common import (MAJOR, Cluster, ReplSampler, S3Server, alternate, lag_series, lag_stats, log, lsn_int,
                      pgpitr_receiver, proc_status, receivewal_receiver, run, summarize, wait_streaming)
 
-CONTENDERS = ["pgpitr-s3", "pgpitr-local", "pg_receivewal", "pg_receivewal-lz4"]
+# -enc: the same repositories encrypted (issue 20: CPU per GB ≤ 1.1× plain).
+CONTENDERS = ["pgpitr-s3", "pgpitr-local", "pgpitr-s3-enc", "pgpitr-local-enc", "pg_receivewal",
+              "pg_receivewal-lz4"]
 # pg_receivewal --compress=lz4 is 15 and later (14's --compress is a gzip level).
 if MAJOR < 15:
     CONTENDERS.remove("pg_receivewal-lz4")
@@ -34,20 +38,23 @@ def sizes(ctx):
 
 
 def make_receiver(ctx, pg, s3, contender, app):
-    if contender == "pgpitr-s3":
-        r = pgpitr_receiver(ctx, pg, contender, s3.repo_url("bench", app), s3.env(), app)
-        r.cleanup = lambda: shutil.rmtree(s3.data / "bench" / app, ignore_errors=True)
-        ctx.command(contender, ["pgpitr", "stream", "--repo", "s3://bench/RUN?endpoint=...&region=us-east-1&path-style=true",
-                                "-d", "host=127.0.0.1 port=PORT user=postgres application_name=RUN", "--slot", "RUN",
-                                "--application-name", "RUN"])
-        return r
-    if contender == "pgpitr-local":
-        repo = ctx.work / "runs" / app
-        r = pgpitr_receiver(ctx, pg, contender, str(repo), None, app)
-        r.cleanup = lambda: shutil.rmtree(repo, ignore_errors=True)
-        ctx.command(contender, ["pgpitr", "stream", "--repo", "$WORK/runs/RUN", "-d",
-                                "host=127.0.0.1 port=PORT user=postgres application_name=RUN", "--slot", "RUN",
-                                "--application-name", "RUN"])
+    if contender.startswith("pgpitr"):
+        if contender.startswith("pgpitr-s3"):
+            repo, env, stored = s3.repo_url("bench", app), s3.env(), s3.data / "bench" / app
+            shown = "s3://bench/RUN?endpoint=...&region=us-east-1&path-style=true"
+        else:
+            repo, env, stored = str(ctx.work / "runs" / app), None, ctx.work / "runs" / app
+            shown = "$WORK/runs/RUN"
+        # The stream initialises its new repository (as `pgpitr init` would),
+        # encrypted when the key is in its environment; `list` gets it too (rcv.env).
+        enc = contender.endswith("-enc")
+        if enc:
+            env = ctx.key_env(env)
+        r = pgpitr_receiver(ctx, pg, contender, repo, env, app)
+        r.cleanup = lambda: shutil.rmtree(stored, ignore_errors=True)
+        ctx.command(contender, ("PGPITR_KEY_FILE=$WORK/pgpitr.key " if enc else "") + shlex.join(
+            ["pgpitr", "stream", "--repo", shown, "-d", "host=127.0.0.1 port=PORT user=postgres application_name=RUN",
+             "--slot", "RUN", "--application-name", "RUN"]))
         return r
     extra = ["--compress=lz4"] if contender == "pg_receivewal-lz4" else []
     ctx.command(contender, ["pg_receivewal", "-D", "$WORK/runs/RUN", "--slot", "RUN", "-d",
@@ -121,7 +128,7 @@ def one_run(ctx, pg, s3, contender, workload, rep, sz, bulk_rows):
             "wal_bytes": wal, "load_s": t_end - t0, "wal_mb_s": wal / 1e6 / (t_end - t0),
             "tps": tps,
             "cpu_s": cpu1 - cpu0, "cpu_s_per_gb": (cpu1 - cpu0) / (wal / 1e9), "window_s": t1 - t0,
-            "s3_server_cpu_s_per_gb": (s3cpu1 - s3cpu0) / (wal / 1e9) if contender == "pgpitr-s3" else None,
+            "s3_server_cpu_s_per_gb": (s3cpu1 - s3cpu0) / (wal / 1e9) if contender.startswith("pgpitr-s3") else None,
             "peak_rss": hwm, "median_rss_under_load": sorted(rss_load)[len(rss_load) // 2] if rss_load else None,
             "lag": lag_stats(series), "catchup_s": catchup, "repo_covers_reported_flush": repo_ok,
         }
@@ -169,6 +176,9 @@ def main(ctx):
                  f"count with the time they waited (a lower bound, share given as 'censored').")
         ctx.note("CPU is the receiver process only (all threads). For pgpitr-s3 the S3 server (s3s-fs, same "
                  "machine) used more CPU, given separately.")
+        ctx.note("pgpitr-*-enc: the same stream into a repository it initialises encrypted (PGPITR_KEY_FILE "
+                 "naming a 256-bit key file; AES-256-GCM after compression), in the same repetitions as the "
+                 "plain ones.")
         for rep in range(ctx.reps):
             for workload in ("tpcb", "bulk"):
                 for c in alternate(CONTENDERS, rep):

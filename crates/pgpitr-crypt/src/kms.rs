@@ -9,6 +9,7 @@ use crate::{CryptError, DataKey};
 use async_trait::async_trait;
 use aws_sdk_kms::primitives::Blob;
 use aws_smithy_http_client::tls;
+use std::time::Duration;
 use zeroize::Zeroizing;
 
 const CONTEXT: &str = "pgpitr-data-key";
@@ -34,7 +35,15 @@ impl KmsKek {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
             .build_https();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
+        // A KMS that accepts but never answers must not hang a writer: the
+        // attempt fails as transient and the writer's retry takes over.
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .operation_attempt_timeout(Duration::from_secs(5))
+            .operation_timeout(Duration::from_secs(12))
+            .build();
+        let mut loader =
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http).timeout_config(timeouts);
         if let Some((endpoint, creds)) = at {
             loader =
                 loader.endpoint_url(endpoint).credentials_provider(creds).region(aws_config::Region::new("us-east-1"));
@@ -45,17 +54,13 @@ impl KmsKek {
 
     fn failed<E>(&self, what: &str, e: aws_sdk_kms::error::SdkError<E>) -> CryptError
     where
-        E: std::error::Error + 'static,
+        E: aws_sdk_kms::error::ProvideErrorMetadata + std::error::Error + 'static,
     {
-        use aws_sdk_kms::error::SdkError;
-        let detail = aws_sdk_kms::error::DisplayErrorContext(&e).to_string();
+        // One judgement of AWS errors for S3 and KMS alike: no answer,
+        // throttling and 5xx are transient; a refusal is definite.
+        let (transient, detail) = pgpitr_storage::aws_error(&e);
         let reason = format!("AWS KMS key {}: {what} failed: {detail}", self.key_id);
-        match e {
-            // No answer: the next attempt may get one.
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => CryptError::Unavailable(reason),
-            SdkError::ServiceError(ref s) if s.raw().status().as_u16() >= 500 => CryptError::Unavailable(reason),
-            _ => CryptError::Key(reason),
-        }
+        if transient { CryptError::Unavailable(reason) } else { CryptError::Key(reason) }
     }
 }
 

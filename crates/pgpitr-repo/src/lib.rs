@@ -183,6 +183,34 @@ pub struct Encryption {
     /// Keys rotated away from but not retired: still accepted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous: Vec<pgpitr_crypt::kek::KekId>,
+    /// When writers make a new data key.
+    #[serde(default)]
+    pub data_keys: DataKeySpan,
+}
+
+/// A writer makes a new data key after sealing `max_bytes` with the
+/// current one or after `max_age_seconds`, whichever comes first: each
+/// new key is one call to the key-encryption key (KMS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataKeySpan {
+    pub max_bytes: u64,
+    pub max_age_seconds: u64,
+}
+
+impl Default for DataKeySpan {
+    fn default() -> Self {
+        let s = pgpitr_crypt::storage::Span::default();
+        DataKeySpan { max_bytes: s.bytes, max_age_seconds: s.time.as_secs() }
+    }
+}
+
+impl DataKeySpan {
+    fn span(&self) -> pgpitr_crypt::storage::Span {
+        pgpitr_crypt::storage::Span {
+            bytes: self.max_bytes,
+            time: std::time::Duration::from_secs(self.max_age_seconds),
+        }
+    }
 }
 
 /// The key-encryption key a command was given, if any.
@@ -290,11 +318,31 @@ impl Repository {
 
     /// [`Repository::init`] at `url` for a writer: the S3 placement the URL
     /// asks for is recorded by a new binding, and must match an existing one.
-    pub async fn bind(url: &RepoUrl, identity: &ClusterIdentity) -> Result<(Repository, InitOutcome)> {
+    /// `data_keys` is for a new encrypted repository; an existing one must
+    /// have been made with the same.
+    pub async fn bind(
+        url: &RepoUrl,
+        identity: &ClusterIdentity,
+        data_keys: Option<DataKeySpan>,
+    ) -> Result<(Repository, InitOutcome)> {
         let storage = connect(url, Access::Write).await?;
         let placement = S3Placement::of(url);
-        let (repo, outcome) =
-            Self::init_placed(storage.clone(), identity, key_from_env().await?, placement.clone()).await?;
+        let kek = key_from_env().await?;
+        let location = storage.describe();
+        let refuse = |reason: String| Err(RepoError::Encryption { location: location.clone(), reason });
+        if data_keys.is_some() && kek.is_none() {
+            return refuse(format!("data-key options need a key ({KEY_FILE_ENV} or {KMS_KEY_ENV})"));
+        }
+        let (repo, outcome) = Self::init_placed(storage.clone(), identity, kek, placement.clone(), data_keys).await?;
+        let bound = repo.binding.encryption.as_ref().map(|e| e.data_keys);
+        if let (Some(asked), Some(bound)) = (data_keys, bound)
+            && asked != bound
+        {
+            return refuse(format!(
+                "it makes a new data key per {} bytes or {} s, not per {} bytes or {} s as asked",
+                bound.max_bytes, bound.max_age_seconds, asked.max_bytes, asked.max_age_seconds
+            ));
+        }
         if repo.binding.s3_placement != placement {
             return Err(RepoError::Placement {
                 location: storage.describe(),
@@ -312,7 +360,7 @@ impl Repository {
         identity: &ClusterIdentity,
         kek: Kek,
     ) -> Result<(Repository, InitOutcome)> {
-        Self::init_placed(storage, identity, kek, None).await
+        Self::init_placed(storage, identity, kek, None, None).await
     }
 
     async fn init_placed(
@@ -320,11 +368,16 @@ impl Repository {
         identity: &ClusterIdentity,
         kek: Kek,
         s3_placement: Option<S3Placement>,
+        data_keys: Option<DataKeySpan>,
     ) -> Result<(Repository, InitOutcome)> {
         // Nothing is written for a major pgpitr cannot read.
         Self::supported(&storage, identity.pg_major())?;
-        let encryption =
-            kek.as_ref().map(|k| Encryption { cipher: "aes-256-gcm".into(), kek: k.id(), previous: Vec::new() });
+        let encryption = kek.as_ref().map(|k| Encryption {
+            cipher: "aes-256-gcm".into(),
+            kek: k.id(),
+            previous: Vec::new(),
+            data_keys: data_keys.unwrap_or_default(),
+        });
         let binding = Binding {
             format_version: if encryption.is_some() { ENCRYPTED_FORMAT } else { FORMAT_VERSION },
             system_identifier: identity.system_identifier,
@@ -396,8 +449,8 @@ impl Repository {
                     k.id().id
                 ));
             }
-            (Some(_), Some(k)) => {
-                let keys = pgpitr_crypt::storage::Keys::new(vec![k], binding.system_identifier, Default::default());
+            (Some(e), Some(k)) => {
+                let keys = pgpitr_crypt::storage::Keys::new(vec![k], binding.system_identifier, e.data_keys.span());
                 Arc::new(pgpitr_crypt::storage::EncryptedStorage::new(storage, Arc::new(keys)))
             }
         };

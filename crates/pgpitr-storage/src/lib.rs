@@ -51,7 +51,7 @@ pub use local::LocalStorage;
 pub use memory::MemoryStorage;
 pub use repo_url::{RepoUrl, S3Url, connect};
 pub use retry::{RetryPolicy, RetryingStorage, retry};
-pub use s3::{DEFAULT_PART_SIZE, MIN_PART_SIZE, S3Options, S3Storage};
+pub use s3::{DEFAULT_PART_SIZE, MIN_PART_SIZE, S3Options, S3Storage, aws_error};
 
 /// A stream of an object's bytes, in chunks.
 pub type ObjectStream = BoxStream<'static, Result<Bytes>>;

@@ -403,10 +403,15 @@ where
             }
             match err.message() {
                 Some(m) if !m.is_empty() => message.push_str(&format!(": {m}")),
-                _ if matches!(err, SdkError::ResponseError(_)) => {
-                    message.push_str(&format!(": {}", DisplayErrorContext(err)))
-                }
-                _ => {}
+                // A body the SDK could not read as this service's errors (a
+                // proxy's page, an XML error from a JSON service): its gist.
+                _ => match err.raw_response().and_then(|r| r.body().bytes()).and_then(body_gist) {
+                    Some(gist) => message.push_str(&format!(": {gist}")),
+                    None if matches!(err, SdkError::ResponseError(_)) => {
+                        message.push_str(&format!(": {}", DisplayErrorContext(err)))
+                    }
+                    None => {}
+                },
             }
             Failure { kind, message: one_line(message.trim_start()) }
         }
@@ -419,6 +424,32 @@ where
         // Connection refused/reset, DNS, TLS handshake, timeouts.
         _ => Failure { kind: Kind::Transient, message: one_line(DisplayErrorContext(err)) },
     }
+}
+
+/// The code and message of an XML error body, else its start.
+fn body_gist(body: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
+    let tag = |name: &str| {
+        let start = text.find(&format!("<{name}>"))? + name.len() + 2;
+        let len = text[start..].find(&format!("</{name}>"))?;
+        let inner = text[start..start + len].trim();
+        Some(inner.trim_start_matches("<![CDATA[").trim_end_matches("]]>").to_string())
+    };
+    let gist = match (tag("Code"), tag("Message")) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (c, m) => c.or(m).unwrap_or_else(|| text.split_whitespace().collect::<Vec<_>>().join(" ")),
+    };
+    (!gist.is_empty()).then(|| gist.chars().take(300).collect())
+}
+
+/// An AWS SDK error of any service (S3, KMS) in pgpitr's terms: whether a
+/// later attempt may succeed, and a one-line message without secrets.
+pub fn aws_error<E>(err: &SdkError<E, HttpResponse>) -> (bool, String)
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let f = failure(err);
+    (matches!(f.kind, Kind::Transient), f.message)
 }
 
 impl Shared {
@@ -1227,6 +1258,19 @@ impl Drop for S3Upload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_error_body_is_reduced_to_its_gist() {
+        let xml = b"<?xml version=\"1.0\"?>\n<ErrorResponse><Errors><Error>\n  <Code>AccessDenied</Code>\n  \
+                    <Message><![CDATA[User: u is not authorized]]></Message></Error></Errors></ErrorResponse>";
+        assert_eq!(body_gist(xml).unwrap(), "AccessDenied: User: u is not authorized");
+        assert_eq!(
+            body_gist(b"<html>\n <body>Bad   gateway</body></html>").unwrap(),
+            "<html> <body>Bad gateway</body></html>"
+        );
+        assert_eq!(body_gist(&[b'x'; 1000]).unwrap().len(), 300);
+        assert_eq!(body_gist(b" \n "), None);
+    }
 
     #[test]
     fn classification() {

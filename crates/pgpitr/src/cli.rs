@@ -217,6 +217,29 @@ pub struct InitArgs {
     /// Print the binding as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Encrypted repositories: make a new data key after sealing this much
+    /// with one (default 1GiB). Each new key is one call to the KMS.
+    #[arg(long, value_name = "SIZE", value_parser = parse_data_key_bytes)]
+    pub data_key_bytes: Option<usize>,
+    /// Encrypted repositories: make a new data key after this long (default 1h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_data_key_age)]
+    pub data_key_age: Option<std::time::Duration>,
+}
+
+fn parse_data_key_bytes(s: &str) -> Result<usize, String> {
+    let n = parse_size(s)?;
+    if n < 1 << 20 {
+        return Err(format!("{s:?} is below the smallest data-key span, 1MiB"));
+    }
+    Ok(n)
+}
+
+fn parse_data_key_age(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err(format!("{s:?} is below the smallest data-key age, 1s"));
+    }
+    Ok(d)
 }
 
 /// Parses durations such as `1s`, `250ms`, `10m`, `1h 30m`.

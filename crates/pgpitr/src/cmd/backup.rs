@@ -30,7 +30,7 @@ pub fn compression(c: Option<Compress>) -> Compression {
 pub async fn run(args: BackupArgs, log_format: LogFormat) -> anyhow::Result<u8> {
     let url = RepoUrl::parse(&args.repo.repo)?;
     let cfg = conn::config(&args.conn, "pgpitr_backup")?;
-    let (repo, _) = super::bind_repo(&url, &cfg).await?;
+    let (repo, _) = super::bind_repo(&url, &cfg, None).await?;
     let opts = BackupOptions {
         label: args.label.clone(),
         checkpoint: checkpoint_mode(args.checkpoint),

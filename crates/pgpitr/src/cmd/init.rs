@@ -7,7 +7,14 @@ pub async fn run(args: InitArgs) -> anyhow::Result<u8> {
     // Validate everything local before touching the network.
     let url = RepoUrl::parse(&args.repo.repo)?;
     let cfg = conn::config(&args.conn, "pgpitr")?;
-    let (repo, outcome) = super::bind_repo(&url, &cfg).await?;
+    let data_keys = (args.data_key_bytes.is_some() || args.data_key_age.is_some()).then(|| {
+        let d = pgpitr_repo::DataKeySpan::default();
+        pgpitr_repo::DataKeySpan {
+            max_bytes: args.data_key_bytes.map_or(d.max_bytes, |b| b as u64),
+            max_age_seconds: args.data_key_age.map_or(d.max_age_seconds, |a| a.as_secs()),
+        }
+    });
+    let (repo, outcome) = super::bind_repo(&url, &cfg, data_keys).await?;
     let b = repo.binding();
     if args.json {
         let mut v = serde_json::to_value(b)?;

@@ -35,14 +35,16 @@ pub async fn open_repo(url: &str, access: pgpitr_repo::Access) -> anyhow::Result
 
 /// Checks the server, opens the storage and binds the repository to the
 /// server's cluster (initialising an empty one), refusing another cluster's.
+/// `data_keys`: see [`pgpitr_repo::Repository::bind`].
 pub async fn bind_repo(
     url: &pgpitr_storage::RepoUrl,
     cfg: &pgpitr_pgwire::ConnConfig,
+    data_keys: Option<pgpitr_repo::DataKeySpan>,
 ) -> anyhow::Result<(pgpitr_repo::Repository, pgpitr_repo::InitOutcome)> {
     let (probe, identity) = crate::conn::connect(cfg).await?;
     // An idle walsender would show up in pg_stat_replication under our name.
     probe.close().await;
-    let (repo, outcome) = pgpitr_repo::Repository::bind(url, &identity).await?;
+    let (repo, outcome) = pgpitr_repo::Repository::bind(url, &identity, data_keys).await?;
     if outcome == pgpitr_repo::InitOutcome::Created {
         tracing::info!(repo = %repo.location(), "initialised the repository for this cluster");
     }

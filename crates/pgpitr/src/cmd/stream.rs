@@ -19,7 +19,7 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
     // Fail fast on bad settings, credentials or storage before daemonising;
     // a signal meanwhile (a server that does not answer) stops at once.
     let (repo, _) = tokio::select! {
-        r = super::bind_repo(&url, &cfg) => r?,
+        r = super::bind_repo(&url, &cfg, None) => r?,
         _ = cancel.cancelled() => {
             tracing::info!("stopped before streaming started");
             return Ok(crate::exit::OK);
