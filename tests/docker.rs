@@ -10,13 +10,20 @@ fn repo_file(rel: &str) -> String {
     std::fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
 }
 
+/// The `args:` of container `name` (a flow sequence of strings), and the
+/// text from that container on.
+fn container_args<'a>(yaml: &'a str, name: &str) -> (Vec<String>, &'a str) {
+    let after = yaml.split(&format!("- name: {name}")).nth(1).expect("the container");
+    let args_line = after.lines().find(|l| l.trim_start().starts_with("args:")).expect("args line");
+    let args = serde_json::from_str(args_line.trim_start().trim_start_matches("args:").trim())
+        .expect("args is a flow sequence of strings");
+    (args, after)
+}
+
 #[test]
 fn k8s_sidecar_arguments_are_accepted_by_the_binary() {
     let yaml = repo_file("docker/k8s-sidecar.yaml");
-    let after = yaml.split("- name: pgpitr").nth(1).expect("a pgpitr container");
-    let args_line = after.lines().find(|l| l.trim_start().starts_with("args:")).expect("args line");
-    let args: Vec<String> = serde_json::from_str(args_line.trim_start().trim_start_matches("args:").trim())
-        .expect("args is a flow sequence of strings");
+    let (args, after) = container_args(&yaml, "pgpitr");
     assert_eq!(args[0], "stream");
     // clap validates every flag before it reaches --help.
     let out = run(pgpitr().args(&args).arg("--help")).ok();
@@ -41,4 +48,25 @@ fn dockerfile_builds_this_package() {
     assert!(manifest.contains("name = \"pgpitr\""));
     let ignore = repo_file(".dockerignore");
     assert!(ignore.lines().any(|l| l.trim() == "target"), "the build context must not ship target/");
+}
+
+#[test]
+fn k8s_drill_cronjob_arguments_are_accepted_by_the_binary() {
+    let yaml = repo_file("docker/k8s-restore-drill-cronjob.yaml");
+    let (args, after) = container_args(&yaml, "drill");
+    assert_eq!(args[0], "drill");
+    let out = run(pgpitr().args(&args).arg("--help")).ok();
+    assert!(out.stdout.contains("Usage"), "{}", out.stdout);
+    assert!(after.contains("PGPITR_REPO") && yaml.contains("[[check]]"), "{yaml}");
+    // The checks file the ConfigMap carries parses as drill reads it.
+    let toml_text: String = yaml
+        .split("checks.toml: |")
+        .nth(1)
+        .expect("a checks.toml")
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let v: toml::Value = toml::from_str(&toml_text).expect("checks.toml parses");
+    assert_eq!(v["check"][0]["database"].as_str(), Some("app"));
 }

@@ -25,6 +25,7 @@ macro_rules! on_both_backends {
 mod backup;
 mod common;
 mod docker;
+mod drill;
 mod encryption;
 mod expire;
 mod failover;

@@ -6,13 +6,13 @@ use pgpitr_testkit::{PgCluster, free_port, wait_for};
 use std::io::{Read, Write};
 use std::time::Duration;
 
-struct Reply {
+pub(crate) struct Reply {
     status: u16,
     content_type: String,
-    body: String,
+    pub(crate) body: String,
 }
 
-fn get(port: u16, path: &str) -> Option<Reply> {
+pub(crate) fn get(port: u16, path: &str) -> Option<Reply> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
@@ -28,7 +28,7 @@ fn get(port: u16, path: &str) -> Option<Reply> {
 }
 
 /// The value of one sample, by its full name (labels excluded).
-fn sample(body: &str, name: &str) -> Option<f64> {
+pub(crate) fn sample(body: &str, name: &str) -> Option<f64> {
     body.lines().find_map(|l| {
         let (n, v) = l.split_once(' ')?;
         (n.split('{').next()? == name).then(|| v.parse().ok())?

@@ -17,7 +17,7 @@ use std::time::Duration;
 /// This build of pgpitr where the `postgres` OS user can run it (the
 /// target directory may sit under root's home): one hard link (or copy) per
 /// build, in a shared directory, so runs do not pile up copies.
-fn shared_binary() -> &'static Path {
+pub(crate) fn shared_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};

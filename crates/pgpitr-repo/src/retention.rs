@@ -18,6 +18,7 @@
 
 use crate::backup::{self, BackupEntry, BackupStatus, BackupSummary, STALE_AFTER};
 use crate::catalog::Catalog;
+use crate::drills;
 use crate::wal::WalObjectId;
 use crate::{Repository, Result};
 use pgpitr_types::Lsn;
@@ -49,15 +50,19 @@ pub struct Plan {
     pub wal_bytes: u64,
     /// The earliest time a restore can reach once the plan is applied.
     pub earliest_restorable_time: Option<String>,
+    /// Drill reports beyond the newest [`drills::KEEP_REPORTS`].
+    pub old_drill_reports: usize,
     #[serde(skip)]
     wal_keys: Vec<String>,
+    #[serde(skip)]
+    drill_keys: Vec<String>,
     #[serde(skip)]
     delete_ids: Vec<backup::BackupId>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.delete_ids.is_empty() && self.wal_keys.is_empty()
+        self.delete_ids.is_empty() && self.wal_keys.is_empty() && self.drill_keys.is_empty()
     }
 }
 
@@ -70,7 +75,12 @@ pub async fn plan(repo: &Repository, policy: &Policy, now: jiff::Timestamp) -> R
     if let Some(h) = horizon {
         cat.list_before(h).await?;
     }
-    plan_from(&cat, policy, now)
+    let mut plan = plan_from(&cat, policy, now)?;
+    let mut reports = repo.drill_keys().await?;
+    reports.truncate(reports.len().saturating_sub(drills::KEEP_REPORTS));
+    plan.old_drill_reports = reports.len();
+    plan.drill_keys = reports;
+    Ok(plan)
 }
 
 /// The start of the oldest backup the policy keeps.
@@ -181,6 +191,7 @@ pub async fn apply(repo: &Repository, plan: &Plan) -> Result<Applied> {
         storage.delete_many(chunk).await?;
         done.wal_objects += chunk.len();
     }
+    storage.delete_many(&plan.drill_keys).await?;
     Ok(done)
 }
 

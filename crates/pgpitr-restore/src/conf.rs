@@ -88,11 +88,7 @@ pub fn render(c: &RecoveryConf) -> String {
 /// `recovery.signal`, both 0600 and synced.
 pub fn write(pgdata: &Path, c: &RecoveryConf) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let auto = pgdata.join("postgresql.auto.conf");
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&auto)?;
-    let text = format!("\n{}", render(c));
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
+    append(pgdata, &render(c))?;
     let signal = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -101,6 +97,47 @@ pub fn write(pgdata: &Path, c: &RecoveryConf) -> std::io::Result<()> {
         .open(pgdata.join("recovery.signal"))?;
     signal.sync_all()?;
     std::fs::File::open(pgdata)?.sync_all()
+}
+
+/// The settings that keep a drill's server to itself, whatever the
+/// restored configuration says: no TCP, a private socket directory with
+/// trust on that socket alone (its own `hba_file`), no archiving into the
+/// production's archive, no waiting on the production's synchronous
+/// standbys, no TLS files, and its log where `pg_ctl -l` puts it.
+pub fn isolation(sockdir: &Path, hba_file: &Path, port: u16) -> Result<String, String> {
+    let path = |p: &Path| {
+        p.to_str()
+            .filter(|s| !s.contains(['\n', '\r', '\0']))
+            .map(conf_quote)
+            .ok_or_else(|| format!("{} cannot go into the configuration", p.display()))
+    };
+    let mut lines = vec!["# pgpitr drill: a scratch server, isolated".to_string()];
+    lines.push("listen_addresses = ''".to_string());
+    lines.push(format!("unix_socket_directories = {}", path(sockdir)?));
+    lines.push("unix_socket_permissions = 0700".to_string());
+    lines.push(format!("port = {port}"));
+    lines.push(format!("hba_file = {}", path(hba_file)?));
+    for (k, v) in [
+        ("archive_mode", "off"),
+        ("synchronous_standby_names", ""),
+        ("primary_conninfo", ""),
+        ("primary_slot_name", ""),
+        ("ssl", "off"),
+        ("logging_collector", "off"),
+        ("cluster_name", "pgpitr-drill"),
+    ] {
+        lines.push(format!("{k} = {}", conf_quote(v)));
+    }
+    Ok(lines.join("\n") + "\n")
+}
+
+/// Appends `text` to `postgresql.auto.conf`, synced.
+pub fn append(pgdata: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f =
+        std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(pgdata.join("postgresql.auto.conf"))?;
+    f.write_all(format!("\n{text}").as_bytes())?;
+    f.sync_all()
 }
 
 #[cfg(test)]
@@ -142,5 +179,21 @@ mod tests {
         assert!(render(&c).contains("recovery_target_lsn = '1/28'\n"));
         let c = RecoveryConf { target: RecoveryTarget::None, ..c };
         assert_eq!(render(&c).matches("= ''").count(), 5);
+    }
+
+    #[test]
+    fn a_drill_server_is_isolated() {
+        let text = isolation(Path::new("/tmp/s"), Path::new("/tmp/d/hba"), 5999).unwrap();
+        for line in [
+            "listen_addresses = ''",
+            "unix_socket_directories = '/tmp/s'",
+            "port = 5999",
+            "hba_file = '/tmp/d/hba'",
+            "archive_mode = 'off'",
+            "synchronous_standby_names = ''",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from {text}");
+        }
+        assert!(isolation(Path::new("/tmp/a\nb"), Path::new("/h"), 1).is_err());
     }
 }

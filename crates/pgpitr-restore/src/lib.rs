@@ -12,6 +12,7 @@
 
 pub mod conf;
 pub mod datadir;
+pub mod drill;
 pub mod plan;
 pub mod restore;
 pub mod server;

@@ -16,6 +16,32 @@ pub struct StartOptions {
     pub wait: bool,
     /// Where replay stands while `wait` follows it, for whoever shows it.
     pub progress: std::sync::Arc<std::sync::Mutex<Replaying>>,
+    /// Run the server as this OS user (through `runuser`, when pgpitr runs
+    /// as root); `None`: as this process's user, never root.
+    pub run_as: Option<String>,
+    /// The database user to follow recovery as (default: [`default_user`]).
+    pub db_user: Option<String>,
+}
+
+/// `PGUSER`, else the OS user (which peer and trust authentication accept).
+pub fn default_user() -> String {
+    ["PGUSER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "postgres".into())
+}
+
+/// `pg_ctl` of `bindir`, through `runuser -u USER --` when `run_as` is set.
+fn pg_ctl(bindir: &Path, run_as: Option<&str>) -> std::process::Command {
+    let ctl = bindir.join("pg_ctl");
+    match run_as {
+        Some(user) => {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", user, "--"]).arg(ctl);
+            c
+        }
+        None => std::process::Command::new(ctl),
+    }
 }
 
 /// The last replayed LSN and commit time seen while following recovery.
@@ -107,7 +133,7 @@ fn postmaster_pid(pgdata: &Path) -> Option<(u16, String)> {
 /// Starts the server on the restored directory and (with `wait`) follows
 /// recovery until the target action has happened.
 pub async fn start(opts: &StartOptions) -> Result<Reached, ServerError> {
-    if running_as_root() {
+    if running_as_root() && opts.run_as.is_none() {
         return Err(ServerError(
             "PostgreSQL refuses to run as root: run pgpitr restore --start as the data directory's owner \
              (e.g. runuser -u postgres -- pgpitr restore ...), or start it yourself with pg_ctl"
@@ -116,8 +142,18 @@ pub async fn start(opts: &StartOptions) -> Result<Reached, ServerError> {
     }
     let log_dir = opts.pgdata.join("log");
     std::fs::create_dir_all(&log_dir).map_err(|e| ServerError(format!("{}: {e}", log_dir.display())))?;
+    if let Some(user) = &opts.run_as {
+        let st = std::process::Command::new("chown")
+            .arg(format!("{user}:"))
+            .arg(&log_dir)
+            .status()
+            .map_err(|e| ServerError(format!("cannot run chown: {e}")))?;
+        if !st.success() {
+            return Err(ServerError(format!("cannot hand {} to {user}", log_dir.display())));
+        }
+    }
     let log_file = log_dir.join("pgpitr-recovery.log");
-    let mut cmd = std::process::Command::new(opts.bindir.join("pg_ctl"));
+    let mut cmd = pg_ctl(&opts.bindir, opts.run_as.as_deref());
     cmd.arg("-D").arg(&opts.pgdata).arg("-l").arg(&log_file).arg("-W");
     if let Some(p) = opts.port {
         cmd.arg("-o").arg(format!("-p {p}"));
@@ -154,7 +190,8 @@ pub async fn start(opts: &StartOptions) -> Result<Reached, ServerError> {
                 .lines()
                 .rev()
                 .find(|l| l.contains("FATAL:") || l.contains("PANIC:"))
-                .unwrap_or("no FATAL message in the log");
+                .or_else(|| log.lines().rev().find(|l| !l.trim().is_empty()))
+                .unwrap_or("the log is empty");
             return Err(ServerError(format!(
                 "PostgreSQL stopped during recovery: {} (log: {})",
                 why.trim(),
@@ -175,7 +212,9 @@ pub async fn start(opts: &StartOptions) -> Result<Reached, ServerError> {
                 continue;
             }
             tried = Some(Instant::now());
-            session = connect(&sockdir, port).await.ok();
+            let db = std::env::var("PGDATABASE").unwrap_or_else(|_| "postgres".into());
+            let user = opts.db_user.clone().unwrap_or_else(default_user);
+            session = connect(&sockdir, port, &db, &user).await.ok();
         }
         let Some(client) = &session else { continue };
         let row = match query_state(client).await {
@@ -225,20 +264,61 @@ const POLL: Duration = Duration::from_millis(20);
 /// How often it tries to connect while the server refuses connections.
 const CONNECT_EVERY: Duration = Duration::from_millis(100);
 
-/// Connects over the Unix socket as `PGUSER` (else the OS user, which peer
-/// and trust authentication accept).
-async fn connect(sockdir: &str, port: u16) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let user = ["PGUSER", "USER", "LOGNAME"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-        .unwrap_or_else(|| "postgres".into());
+/// Connects as `user` to database `dbname` of the server running on
+/// `pgdata`, over the socket its `postmaster.pid` names.
+pub async fn connect_to(pgdata: &Path, dbname: &str, user: &str) -> Result<tokio_postgres::Client, ServerError> {
+    let (port, sockdir) =
+        postmaster_pid(pgdata).ok_or_else(|| ServerError(format!("no server is running on {}", pgdata.display())))?;
+    connect(&sockdir, port, dbname, user)
+        .await
+        .map_err(|e| ServerError(format!("database {dbname:?}: {}", one_line(&e))))
+}
+
+/// A PostgreSQL error on one line, with its detail when it has one.
+pub fn one_line(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(d) => format!("{}: {} ({d})", db.severity(), db.message()),
+            None => format!("{}: {}", db.severity(), db.message()),
+        },
+        None => e.to_string().replace('\n', " "),
+    }
+}
+
+/// Stops the server running on `pgdata`, if one is (fast shutdown).
+pub fn stop(pgdata: &Path, bindir: &Path, run_as: Option<&str>) -> Result<(), ServerError> {
+    if postmaster_pid(pgdata).is_none() {
+        return Ok(());
+    }
+    let out = pg_ctl(bindir, run_as)
+        .arg("-D")
+        .arg(pgdata)
+        .args(["-m", "fast", "-w", "stop"])
+        .output()
+        .map_err(|e| ServerError(format!("cannot run pg_ctl: {e}")))?;
+    if !out.status.success() && postmaster_pid(pgdata).is_some() {
+        return Err(ServerError(format!(
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim().replace('\n', " ")
+        )));
+    }
+    Ok(())
+}
+
+/// Connects over the Unix socket (TCP to 127.0.0.1 when the server has none).
+async fn connect(
+    sockdir: &str,
+    port: u16,
+    dbname: &str,
+    user: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let mut cfg = tokio_postgres::Config::new();
     if sockdir.is_empty() {
         cfg.host("127.0.0.1");
     } else {
         cfg.host_path(sockdir);
     }
-    cfg.port(port).user(&user).dbname(std::env::var("PGDATABASE").as_deref().unwrap_or("postgres"));
+    cfg.port(port).user(user).dbname(dbname);
     if let Ok(p) = std::env::var("PGPASSWORD") {
         cfg.password(p);
     }

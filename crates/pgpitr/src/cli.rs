@@ -78,6 +78,20 @@ pub enum Command {
     /// recovery settings to postgresql.auto.conf, so that `pg_ctl start`
     /// replays to the target; --wait does that and reports what was reached.
     Restore(crate::cmd::restore::RestoreArgs),
+    /// Prove a restore: restore to a target, start the server, check it.
+    ///
+    /// Restores exactly as `restore --wait` does (to a random time in the
+    /// restorable window by default, or --target latest, or --target-time)
+    /// into a scratch directory, starts the server there on a private
+    /// socket (no TCP, no archiving, no synchronous standbys), and checks
+    /// that it promoted at the point the plan expected, that every database
+    /// accepts connections, amcheck (--amcheck) and the user's checks. Stops
+    /// the server, removes the scratch directory, and reports the RTO per
+    /// phase (plan, download, replay) and every check, on stdout and in the
+    /// repository (drills/<ID>.json, shown by `list`). Exit 1 when a check
+    /// fails, with the report; refusals (a target outside the window, a
+    /// non-empty --pgdata, no binaries of the backup's major) write nothing.
+    Drill(crate::cmd::drill::DrillArgs),
     /// Serve one WAL file to PostgreSQL (its restore_command).
     ///
     /// Serves complete segments, timeline history files and the unfinished
@@ -310,6 +324,68 @@ pub struct StreamArgs {
     /// storage, else 503), e.g. 0.0.0.0:9187.
     #[arg(long, env = "PGPITR_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
+    /// Run a restore drill (`pgpitr drill`) this often (e.g. 7d), one at a
+    /// time, at the lowest CPU priority; the next is due this long after
+    /// the newest stored drill began. The other --drill-* options and
+    /// --rto-objective are passed to it.
+    #[arg(long, value_parser = parse_retention, value_name = "DURATION")]
+    pub drill_every: Option<std::time::Duration>,
+    /// Scheduled drills' target (`drill --target`).
+    #[arg(long, value_enum, default_value_t = crate::cmd::drill::NamedDrillTarget::Random, requires = "drill_every")]
+    pub drill_target: crate::cmd::drill::NamedDrillTarget,
+    /// Scheduled drills' checks file (`drill --checks-file`).
+    #[arg(long, value_name = "FILE", requires = "drill_every")]
+    pub drill_checks_file: Option<std::path::PathBuf>,
+    /// Scheduled drills run amcheck (`drill --amcheck`).
+    #[arg(long, requires = "drill_every")]
+    pub drill_amcheck: bool,
+    /// Scheduled drills fail past this (`drill --time-limit`).
+    #[arg(long, value_parser = parse_retention, value_name = "DURATION", default_value = "6h", requires = "drill_every")]
+    pub drill_time_limit: std::time::Duration,
+    /// Scheduled drills refuse larger backups (`drill --max-disk`).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "drill_every")]
+    pub drill_max_disk: Option<usize>,
+    /// Where scheduled drills restore (`drill --scratch-dir`).
+    #[arg(long, value_name = "DIR", requires = "drill_every")]
+    pub drill_scratch_dir: Option<std::path::PathBuf>,
+    /// Binaries scheduled drills start (`drill --pg-bindir`).
+    #[arg(long, value_name = "DIR", requires = "drill_every")]
+    pub drill_pg_bindir: Option<std::path::PathBuf>,
+    /// A scheduled drill whose RTO is longer fails (`drill --rto-objective`).
+    #[arg(long, value_parser = parse_retention, value_name = "DURATION", requires = "drill_every")]
+    pub rto_objective: Option<std::time::Duration>,
+}
+
+impl StreamArgs {
+    /// `drill ...` as the scheduled drills run it.
+    pub fn drill_args(&self) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = vec!["drill".into(), "--repo".into(), self.repo.repo.clone().into()];
+        let target = match self.drill_target {
+            crate::cmd::drill::NamedDrillTarget::Latest => "latest",
+            crate::cmd::drill::NamedDrillTarget::Random => "random",
+        };
+        a.extend(["--target".into(), target.into()]);
+        a.extend(["--time-limit".into(), format!("{}s", self.drill_time_limit.as_secs()).into()]);
+        if let Some(f) = &self.drill_checks_file {
+            a.extend(["--checks-file".into(), f.clone().into()]);
+        }
+        if self.drill_amcheck {
+            a.push("--amcheck".into());
+        }
+        if let Some(m) = &self.drill_max_disk {
+            a.extend(["--max-disk".into(), m.to_string().into()]);
+        }
+        if let Some(d) = &self.drill_scratch_dir {
+            a.extend(["--scratch-dir".into(), d.clone().into()]);
+        }
+        if let Some(d) = &self.drill_pg_bindir {
+            a.extend(["--pg-bindir".into(), d.clone().into()]);
+        }
+        if let Some(o) = self.rto_objective {
+            a.extend(["--rto-objective".into(), format!("{}s", o.as_secs()).into()]);
+        }
+        a
+    }
 }
 
 /// How the server's backup checkpoint is done.

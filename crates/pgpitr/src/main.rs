@@ -5,6 +5,7 @@
 mod cli;
 mod cmd;
 mod conn;
+mod drills;
 mod logging;
 mod memory;
 mod metrics;

@@ -34,6 +34,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 pub struct Sources {
     pub stream: Arc<StreamStats>,
     pub schedule: Option<Arc<ScheduleStats>>,
+    pub drills: Option<Arc<crate::drills::DrillStats>>,
 }
 
 #[derive(Debug)]
@@ -160,6 +161,32 @@ impl Collector for Live {
                     "pgpitr_backup_last_duration_seconds",
                     "How long the last successful scheduled backup took",
                     load(&b.last_duration_ms) as f64 / 1e3,
+                )?;
+            }
+        }
+        if let Some(d) = &self.0.drills {
+            counter(
+                &mut e,
+                "pgpitr_drill_failed",
+                "Scheduled restore drills that failed or could not run",
+                load(&d.failed),
+            )?;
+            let last = d.last_success_us.load(Ordering::Relaxed);
+            if last != 0 {
+                gauge(
+                    &mut e,
+                    "pgpitr_drill_last_success_timestamp_seconds",
+                    "When the newest passed restore drill finished",
+                    secs(last),
+                )?;
+            }
+            let rto = load(&d.last_rto_ms);
+            if rto != 0 {
+                gauge(
+                    &mut e,
+                    "pgpitr_drill_last_rto_seconds",
+                    "RTO of the newest restore drill: plan, download and replay",
+                    rto as f64 / 1e3,
                 )?;
             }
         }

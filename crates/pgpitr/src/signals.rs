@@ -1,4 +1,5 @@
-//! SIGTERM and SIGINT ask for a clean stop: pending WAL is stored first.
+//! SIGTERM and SIGINT ask for a clean stop: a stream stores pending WAL
+//! first, a drill stops its server and removes its scratch directory.
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -7,8 +8,8 @@ pub fn cancel_on_signal(cancel: CancellationToken) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     tokio::spawn(async move {
         tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: storing pending WAL, then stopping"),
-            _ = int.recv() => tracing::info!("SIGINT: storing pending WAL, then stopping"),
+            _ = term.recv() => tracing::info!("SIGTERM: stopping cleanly"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping cleanly"),
         }
         cancel.cancel();
     });

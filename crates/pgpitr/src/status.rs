@@ -4,6 +4,7 @@
 use pgpitr_repo::Result;
 use pgpitr_repo::backup::{self, BackupSummary};
 use pgpitr_repo::catalog::{Catalog, Unindexed, Window, format_time_us};
+use pgpitr_repo::drills::DrillReport;
 use pgpitr_repo::lease::{self, StreamSummary};
 use pgpitr_types::{Lsn, TimelineId};
 use serde::Serialize;
@@ -54,7 +55,12 @@ pub struct RepoStatus {
     /// looked for (`list --index`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unindexed: Option<Vec<Unindexed>>,
+    /// The newest restore drills' reports, newest first.
+    pub drills: Vec<DrillReport>,
 }
+
+/// How many drills `list` shows.
+const DRILLS_SHOWN: usize = 5;
 
 /// What the catalog's repository holds; with `index`, also every object
 /// whose commit-time index is incomplete (which reads every WAL object's
@@ -91,6 +97,7 @@ pub async fn status(cat: &mut Catalog, index: bool) -> Result<RepoStatus> {
     let streams =
         lease::read_all(cat.repo().storage().as_ref()).await?.iter().map(|l| StreamSummary::of(l, now)).collect();
     let unindexed = if index { Some(cat.unindexed().await?) } else { None };
+    let drills = cat.repo().recent_drills(DRILLS_SHOWN).await?;
     let b = cat.repo().binding();
     Ok(RepoStatus {
         earliest_restorable_time: backup::earliest_restorable_time(&backups),
@@ -103,5 +110,6 @@ pub async fn status(cat: &mut Catalog, index: bool) -> Result<RepoStatus> {
         latest_commit_time: latest_commit.map(format_time_us),
         streams,
         unindexed,
+        drills,
     })
 }

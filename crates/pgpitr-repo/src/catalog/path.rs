@@ -15,6 +15,8 @@ pub struct BackupPoint {
     pub stop_lsn: Lsn,
     /// When the backup finished (Unix µs): every commit it contains is older.
     pub stop_time_us: i64,
+    /// What it takes on disk once restored (its tar archives' bytes).
+    pub size_bytes: u64,
 }
 
 impl BackupPoint {
@@ -31,6 +33,7 @@ impl BackupPoint {
             start_lsn: info.start_lsn,
             stop_lsn: info.stop_lsn,
             stop_time_us: stop.as_microsecond(),
+            size_bytes: info.size_bytes,
         })
     }
 }

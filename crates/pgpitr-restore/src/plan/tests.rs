@@ -73,6 +73,7 @@ impl Repo {
             start_lsn: start,
             stop_lsn: stop,
             stop_time_us: secs(stop_s),
+            size_bytes: 0,
         });
     }
 

@@ -33,6 +33,9 @@ pub async fn run(args: ExpireArgs) -> anyhow::Result<u8> {
         }
         _ => println!("no WAL to delete"),
     }
+    if plan.old_drill_reports > 0 {
+        println!("{verb} the {} oldest drill reports", plan.old_drill_reports);
+    }
     println!("earliest restorable time: {}", plan.earliest_restorable_time.as_deref().unwrap_or("none"));
     Ok(crate::exit::OK)
 }

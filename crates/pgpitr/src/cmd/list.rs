@@ -89,5 +89,16 @@ pub async fn run(args: ListArgs) -> anyhow::Result<u8> {
     if st.unindexed.as_ref().is_some_and(|u| u.is_empty()) {
         println!("commit-time index: complete");
     }
+    for d in &st.drills {
+        let failed = d.failed_checks();
+        let verdict = match (&d.error, d.ok) {
+            (_, true) => "passed".to_string(),
+            (Some(e), false) => format!("FAILED: {e}"),
+            (None, false) if !failed.is_empty() => format!("FAILED: {}", failed.join(", ")),
+            (None, false) => "FAILED: RTO above its objective".to_string(),
+        };
+        let rto = d.rto_seconds.map(|s| format!("RTO {s:.1} s")).unwrap_or_else(|| "no RTO".into());
+        println!("drill {} [{verdict}]: {} -> {}, {rto}, {} checks", d.id, d.target, d.recovery_target, d.checks.len());
+    }
     Ok(crate::exit::OK)
 }

@@ -182,8 +182,16 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<u8> {
         print_plan(&restored, &opts);
     }
     let reached = if let Some(bindir) = bindir {
-        let sopts =
-            StartOptions { pgdata, bindir, port: args.port, action, wait: args.wait, progress: Default::default() };
+        let sopts = StartOptions {
+            pgdata,
+            bindir,
+            port: args.port,
+            action,
+            wait: args.wait,
+            progress: Default::default(),
+            run_as: None,
+            db_user: None,
+        };
         let display = crate::progress::ProgressDisplay::replay(sopts.progress.clone(), !args.json);
         let reached = server::start(&sopts).await;
         display.stop().await;

@@ -49,10 +49,20 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
         "pgpitr stream starting"
     );
     let schedule_stats = args.backup_every.map(|_| Arc::new(pgpitr_backup::ScheduleStats::default()));
+    let drill_stats = args.drill_every.map(|_| Arc::new(crate::drills::DrillStats::default()));
     if let Some(listener) = metrics {
-        let sources = crate::metrics::Sources { stream: stats.clone(), schedule: schedule_stats.clone() };
+        let sources = crate::metrics::Sources {
+            stream: stats.clone(),
+            schedule: schedule_stats.clone(),
+            drills: drill_stats.clone(),
+        };
         crate::metrics::serve(listener, sources, &args.slot, cancel.clone());
     }
+    let drills = args.drill_every.zip(drill_stats).map(|(every, stats)| {
+        tracing::info!(every = ?every, "scheduled restore drills enabled");
+        let schedule = crate::drills::DrillSchedule { every, args: args.drill_args() };
+        tokio::spawn(crate::drills::run_scheduled(repo.clone(), schedule, stats, cancel.clone()))
+    });
     let scheduler = args.backup_every.zip(schedule_stats.clone()).map(|(every, outcomes)| {
         // Its own application_name: the backup's walsenders are no standby.
         let mut backup_cfg = cfg.clone();
@@ -112,6 +122,11 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
             tracing::warn!("the scheduled backup did not stop within 3 s; its leftovers are removed by the next one");
         }
         display.stop().await;
+    }
+    if let Some(task) = drills {
+        // A drill in progress is told to stop (its server, its scratch).
+        cancel.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(25), task).await;
     }
     result?;
     tracing::info!("stopped; everything received is durable in the repository");

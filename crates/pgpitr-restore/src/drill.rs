@@ -1,0 +1,451 @@
+//! `pgpitr drill`: a restore that proves itself. It restores into a scratch
+//! directory exactly as `restore --wait` does, starts the server there on a
+//! free port, checks it, stops it, and reports the RTO per phase and every
+//! check's outcome; the report is also stored in the repository.
+//!
+//! A drill that cannot start (a target outside the window, a scratch
+//! directory that is not empty, no binaries of the backup's major, a
+//! backup larger than the disk limit) is an error before anything is
+//! written. Once the restore has begun, every failure, the time limit
+//! included, ends in a report whose `ok` is false.
+
+use crate::restore::{RestoreError, RestoreOptions, check_target_dir, restore};
+use crate::server::{self, Replaying, ServerError, StartOptions};
+use crate::target::{Target, TargetAction, TimelineTarget, format_time, parse_time};
+use crate::{PlanRequest, Restored};
+use pgpitr_repo::Repository;
+use pgpitr_repo::drills::{CheckOutcome, DrillReached, DrillReport};
+use pgpitr_repo::reader::ReadProgress;
+use pgpitr_storage::RepoUrl;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Where a drill restores to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrillTarget {
+    /// Everything stored.
+    Latest,
+    /// A time drawn uniformly from the restorable window.
+    Random,
+    /// This commit time (Unix µs).
+    Time(i64),
+}
+
+/// A user check: `sql` in `database` returns one value, which must be
+/// `expect`, or true when no value is expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: String,
+    pub database: String,
+    pub sql: String,
+    pub expect: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DrillOptions {
+    pub repo_url: RepoUrl,
+    /// The binary `restore_command` calls (this one).
+    pub exe: PathBuf,
+    /// Binaries of the backup's major (checked by the caller).
+    pub bindir: PathBuf,
+    /// `--pgdata`: kept after the drill; otherwise a temporary directory,
+    /// removed after.
+    pub pgdata: Option<PathBuf>,
+    /// Where the temporary directory goes (default: the system's).
+    pub scratch_parent: Option<PathBuf>,
+    /// Its port (the socket is private: any port serves).
+    pub port: u16,
+    /// Run the server as this OS user (pgpitr running as root).
+    pub run_as: Option<String>,
+    /// The database user the checks connect as (trusted on the private
+    /// socket; it must exist in the restored cluster).
+    pub db_user: String,
+    pub target: DrillTarget,
+    pub checks: Vec<Check>,
+    pub amcheck: bool,
+    pub parallelism: usize,
+    /// The whole drill, checks included; past it the drill fails.
+    pub time_limit: Option<Duration>,
+    /// Refused before writing when the backup restores to more than this.
+    pub max_disk: Option<u64>,
+    /// A drill whose RTO exceeds this fails.
+    pub rto_objective: Option<Duration>,
+    pub progress: Arc<ReadProgress>,
+    pub replay: Arc<Mutex<Replaying>>,
+    /// Stops the drill (its server stopped, its scratch removed, a report).
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Runs a drill; see the module's description for what is an error and
+/// what is a failed report. The report is stored before it is returned.
+pub async fn drill(repo: &Repository, opts: &DrillOptions) -> Result<DrillReport, DrillError> {
+    let started = jiff::Timestamp::now();
+    let t0 = Instant::now();
+    let mut report = DrillReport {
+        id: started.strftime("%Y%m%dT%H%M%SZ").to_string(),
+        started_at: started.to_string(),
+        target: match opts.target {
+            DrillTarget::Latest => "latest".into(),
+            DrillTarget::Random => "random".into(),
+            DrillTarget::Time(t) => format_time(t),
+        },
+        rto_objective_seconds: opts.rto_objective.map(|d| d.as_secs_f64()),
+        pgpitr_version: format!("pgpitr {}", env!("CARGO_PKG_VERSION")),
+        ..Default::default()
+    };
+
+    // Everything that can refuse the drill, before anything is written.
+    if server::running_as_root() && opts.run_as.is_none() {
+        return Err(DrillError::Invalid("PostgreSQL refuses to run as root: give the server's OS user".into()));
+    }
+    let (scratch, pgdata) = match &opts.pgdata {
+        Some(d) => (None, d.clone()),
+        None => {
+            let mut b = tempfile::Builder::new();
+            b.prefix("pgpitr-drill-");
+            let dir = match &opts.scratch_parent {
+                Some(p) => b.tempdir_in(p),
+                None => b.tempdir(),
+            }
+            .map_err(|e| DrillError::Invalid(format!("cannot make a scratch directory: {e}")))?;
+            let pgdata = dir.path().join("pgdata");
+            (Some(dir), pgdata)
+        }
+    };
+    check_target_dir(&pgdata)?;
+    let target = resolve_target(repo, opts, &pgdata).await?;
+    let mut ropts = restore_options(opts, &pgdata, target.clone());
+    ropts.dry_run = true;
+    let planned = restore(repo, &ropts).await?;
+    if let Some(max) = opts.max_disk
+        && planned.plan.backup.size_bytes > max
+    {
+        return Err(DrillError::Invalid(format!(
+            "backup {} restores to {} bytes, more than --max-disk {max}",
+            planned.plan.backup.id, planned.plan.backup.size_bytes
+        )));
+    }
+    report.recovery_target = target.to_string();
+    // The server's socket, and its own pg_hba.conf: short paths, private.
+    let sock = tempfile::Builder::new()
+        .prefix("pgpitr-drill-sock-")
+        .tempdir()
+        .map_err(|e| DrillError::Invalid(format!("cannot make the drill's socket directory: {e}")))?;
+
+    let run = run_phases(repo, opts, &pgdata, sock.path(), target, &mut report);
+    let limit = async {
+        match opts.time_limit {
+            Some(l) => tokio::time::sleep(l.saturating_sub(t0.elapsed())).await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        r = run => r,
+        _ = limit => Err(format!(
+            "the drill passed its time limit of {} s",
+            opts.time_limit.map(|l| l.as_secs()).unwrap_or_default()
+        )),
+        _ = opts.cancel.cancelled() => Err("interrupted (SIGTERM or SIGINT)".to_string()),
+    };
+    if let Err(e) = outcome {
+        report.error = Some(e);
+    }
+    if let Err(e) = server::stop(&pgdata, &opts.bindir, opts.run_as.as_deref()) {
+        tracing::warn!(error = %e, "could not stop the drill's server");
+    }
+    drop(scratch);
+    report.rto_seconds = match (report.phases.plan, report.phases.download, report.phases.replay) {
+        (Some(p), Some(d), Some(r)) => Some(p + d + r),
+        _ => None,
+    };
+    let rto_met = match (report.rto_seconds, opts.rto_objective) {
+        (Some(rto), Some(obj)) => rto <= obj.as_secs_f64(),
+        _ => true,
+    };
+    report.ok = report.error.is_none() && rto_met && report.checks.iter().all(|c| c.ok);
+    report.finished_at = jiff::Timestamp::now().to_string();
+    repo.put_drill(&report).await.map_err(|e| DrillError::Invalid(format!("cannot store the drill report: {e}")))?;
+    Ok(report)
+}
+
+fn restore_options(opts: &DrillOptions, pgdata: &Path, target: Target) -> RestoreOptions {
+    RestoreOptions {
+        repo_url: opts.repo_url.clone(),
+        pgdata: pgdata.to_path_buf(),
+        request: PlanRequest { target, inclusive: true, timeline: TimelineTarget::Latest, backup: None },
+        action: TargetAction::Promote,
+        tablespace_map: Vec::new(),
+        exe: opts.exe.clone(),
+        parallelism: opts.parallelism,
+        progress: opts.progress.clone(),
+        dry_run: false,
+        prefetch_wal: !server::running_as_root(),
+    }
+}
+
+/// The target to plan for: a random time is drawn from the window that a
+/// plan to the latest point reports.
+async fn resolve_target(repo: &Repository, opts: &DrillOptions, pgdata: &Path) -> Result<Target, DrillError> {
+    match opts.target {
+        DrillTarget::Latest => Ok(Target::Latest),
+        DrillTarget::Time(t) => Ok(Target::Time(t)),
+        DrillTarget::Random => {
+            let mut ropts = restore_options(opts, pgdata, Target::Latest);
+            ropts.dry_run = true;
+            let plan = restore(repo, &ropts).await?.plan;
+            let latest = plan.latest_us.unwrap_or(plan.earliest_us);
+            Ok(Target::Time(random_in(plan.earliest_us, latest)))
+        }
+    }
+}
+
+/// A time in `earliest..=latest`, whole microseconds.
+fn random_in(earliest: i64, latest: i64) -> i64 {
+    if latest <= earliest { earliest } else { fastrand::i64(earliest..=latest) }
+}
+
+/// Restore, start and check; the phases' times go into `report` as they
+/// end, so a drill stopped by its time limit reports how far it came.
+async fn run_phases(
+    repo: &Repository,
+    opts: &DrillOptions,
+    pgdata: &Path,
+    sock: &Path,
+    target: Target,
+    report: &mut DrillReport,
+) -> Result<(), String> {
+    let ropts = restore_options(opts, pgdata, target);
+    let restored: Restored = restore(repo, &ropts).await.map_err(|e| e.to_string())?;
+    isolate(opts, pgdata, sock).map_err(|e| format!("cannot set the drill's server up: {e}"))?;
+    report.phases.plan = Some(restored.plan_secs);
+    report.phases.download = Some(restored.download_secs);
+    report.backup = Some(restored.plan.backup.id.clone());
+    report.backup_bytes = restored.bytes;
+    report.wal_bytes = restored.plan.wal_end.0.saturating_sub(restored.plan.backup.start_lsn.0);
+    report.expected_last_commit = restored.plan.last_commit.map(|c| format!("{} at {}", format_time(c.time_us), c.lsn));
+
+    let sopts = StartOptions {
+        pgdata: pgdata.to_path_buf(),
+        bindir: opts.bindir.clone(),
+        port: Some(opts.port),
+        action: TargetAction::Promote,
+        wait: true,
+        progress: opts.replay.clone(),
+        run_as: opts.run_as.clone(),
+        db_user: Some(opts.db_user.clone()),
+    };
+    let reached = server::start(&sopts).await.map_err(|e| e.to_string())?;
+    report.phases.replay = Some(reached.replay_secs);
+    report.reached = Some(DrillReached {
+        state: reached.state.clone(),
+        last_replayed_commit_time: reached.last_replayed_commit_time.clone(),
+        last_replayed_lsn: reached.last_replayed_lsn.map(|l| l.to_string()),
+        timeline: reached.timeline,
+    });
+
+    let t = Instant::now();
+    report.checks.push(point_check(&reached, restored.plan.last_commit.map(|c| c.time_us)));
+    let user = opts.db_user.as_str();
+    let databases = match databases(pgdata, user).await {
+        Ok(d) => d,
+        Err(e) => {
+            report.checks.push(outcome("databases accept connections", Err(e.0), t));
+            report.phases.checks = Some(t.elapsed().as_secs_f64());
+            return Ok(());
+        }
+    };
+    for db in &databases {
+        let t = Instant::now();
+        let r = match server::connect_to(pgdata, db, user).await {
+            Ok(c) => c
+                .simple_query("SELECT 1")
+                .await
+                .map(|_| "accepts connections".to_string())
+                .map_err(|e| server::one_line(&e)),
+            Err(e) => Err(e.0),
+        };
+        report.checks.push(outcome(&format!("connect {db}"), r, t));
+    }
+    if opts.amcheck {
+        for db in &databases {
+            let t = Instant::now();
+            report.checks.push(outcome(&format!("amcheck {db}"), amcheck(pgdata, db, user).await, t));
+        }
+    }
+    for c in &opts.checks {
+        let t = Instant::now();
+        report.checks.push(outcome(&c.name, user_check(pgdata, c, user).await, t));
+    }
+    report.phases.checks = Some(t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Points the restored configuration at the private socket and its own
+/// `pg_hba.conf`, and hands everything to the server's OS user.
+fn isolate(opts: &DrillOptions, pgdata: &Path, sock: &Path) -> Result<(), String> {
+    let hba = sock.join("pg_hba.conf");
+    std::fs::write(&hba, "# pgpitr drill: the private socket only\nlocal all all trust\n")
+        .map_err(|e| format!("{}: {e}", hba.display()))?;
+    let text = crate::conf::isolation(sock, &hba, opts.port)?;
+    crate::conf::append(pgdata, &text).map_err(|e| format!("{}: {e}", pgdata.display()))?;
+    if let Some(user) = &opts.run_as {
+        // The temporary scratch directory too (not a --pgdata's parent: it
+        // is the operator's).
+        let mut dirs = vec![pgdata, sock];
+        if opts.pgdata.is_none() {
+            dirs.extend(pgdata.parent());
+        }
+        for dir in dirs {
+            let out = std::process::Command::new("chown")
+                .args(["-R", &format!("{user}:")])
+                .arg(dir)
+                .output()
+                .map_err(|e| format!("cannot run chown: {e}"))?;
+            if !out.status.success() {
+                let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                return Err(format!("chown -R {user} {}: {why}", dir.display()));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn outcome(name: &str, r: Result<String, String>, t: Instant) -> CheckOutcome {
+    let seconds = t.elapsed().as_secs_f64();
+    match r {
+        Ok(detail) => CheckOutcome { name: name.into(), ok: true, detail, seconds },
+        Err(detail) => CheckOutcome { name: name.into(), ok: false, detail, seconds },
+    }
+}
+
+/// The server promoted, at the last commit the plan expected (when the
+/// plan knew one).
+fn point_check(reached: &server::Reached, expected_us: Option<i64>) -> CheckOutcome {
+    let name = "promoted at the planned point";
+    let replayed = reached.last_replayed_commit_time.as_deref();
+    let r = if reached.state != "promoted" {
+        Err(format!("the server is {}, not promoted", reached.state))
+    } else {
+        match (expected_us, replayed.map(|t| parse_time(t, Some("UTC")))) {
+            (None, _) => Ok(format!("promoted; last replayed commit {}", replayed.unwrap_or("none"))),
+            (Some(e), Some(Ok(got))) if got == e => Ok(format!("promoted; last replayed commit {}", format_time(got))),
+            (Some(e), Some(Ok(got))) => {
+                Err(format!("the last replayed commit is {}, the plan expected {}", format_time(got), format_time(e)))
+            }
+            (Some(e), _) => Err(format!(
+                "the plan expected a last commit at {}, the server reports {}",
+                format_time(e),
+                replayed.unwrap_or("none")
+            )),
+        }
+    };
+    outcome(name, r, Instant::now())
+}
+
+/// The databases that allow connections.
+async fn databases(pgdata: &Path, user: &str) -> Result<Vec<String>, ServerError> {
+    let c = server::connect_to(pgdata, "postgres", user).await?;
+    let rows = c
+        .query("SELECT datname::text FROM pg_database WHERE datallowconn ORDER BY datname", &[])
+        .await
+        .map_err(|e| ServerError(server::one_line(&e)))?;
+    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+}
+
+/// `bt_index_check` on every valid B-tree index of `db`, where the
+/// extension is installed on this server.
+async fn amcheck(pgdata: &Path, db: &str, user: &str) -> Result<String, String> {
+    let c = server::connect_to(pgdata, db, user).await.map_err(|e| e.0)?;
+    let q = |e: tokio_postgres::Error| server::one_line(&e);
+    let available =
+        c.query_opt("SELECT 1 FROM pg_available_extensions WHERE name = 'amcheck'", &[]).await.map_err(q)?.is_some();
+    if !available {
+        return Ok("skipped: amcheck is not installed on this server".into());
+    }
+    c.batch_execute("CREATE EXTENSION IF NOT EXISTS amcheck").await.map_err(q)?;
+    let indexes = c
+        .query(
+            "SELECT c.oid, c.oid::regclass::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'btree' AND i.indisvalid AND i.indisready \
+             AND c.relpersistence <> 't' ORDER BY 2",
+            &[],
+        )
+        .await
+        .map_err(q)?;
+    for row in &indexes {
+        let oid: u32 = row.get(0);
+        let name: String = row.get(1);
+        c.query("SELECT bt_index_check($1::oid::regclass)", &[&oid])
+            .await
+            .map_err(|e| format!("index {name}: {}", server::one_line(&e)))?;
+    }
+    Ok(format!("{} B-tree indexes checked", indexes.len()))
+}
+
+async fn user_check(pgdata: &Path, check: &Check, user: &str) -> Result<String, String> {
+    let c = server::connect_to(pgdata, &check.database, user).await.map_err(|e| e.0)?;
+    let msgs = c.simple_query(&check.sql).await.map_err(|e| match e.code() {
+        Some(s) if *s == tokio_postgres::error::SqlState::SYNTAX_ERROR => {
+            format!("not valid SQL: {}", server::one_line(&e))
+        }
+        _ => server::one_line(&e),
+    })?;
+    let rows: Vec<&tokio_postgres::SimpleQueryRow> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    let value = match rows.as_slice() {
+        [row] if row.len() == 1 => row.get(0).map(str::to_string),
+        _ => return Err(format!("returned {} rows; a check returns one row of one column", rows.len())),
+    };
+    let shown = value.clone().unwrap_or_else(|| "NULL".into());
+    match &check.expect {
+        None if value.as_deref() == Some("t") => Ok("true".into()),
+        None => Err(format!("returned {shown}, not true")),
+        Some(e) if value.as_deref() == Some(e.as_str()) => Ok(shown),
+        Some(e) => Err(format!("returned {shown}, expected {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_times_stay_in_the_window() {
+        for _ in 0..1000 {
+            let t = random_in(100, 200);
+            assert!((100..=200).contains(&t));
+        }
+        assert_eq!(random_in(5, 5), 5);
+        assert_eq!(random_in(9, 3), 9);
+    }
+
+    #[test]
+    fn the_point_check_compares_the_last_replayed_commit_with_the_plan() {
+        let reached = |state: &str, t: Option<&str>| server::Reached {
+            state: state.into(),
+            last_replayed_commit_time: t.map(str::to_string),
+            ..Default::default()
+        };
+        let us = parse_time("2026-12-06T10:42:16.123456Z", None).unwrap();
+        assert!(point_check(&reached("promoted", Some("2026-12-06T10:42:16.123456Z")), Some(us)).ok);
+        let late = point_check(&reached("promoted", Some("2026-12-06T10:42:17Z")), Some(us));
+        assert!(!late.ok && late.detail.contains("the plan expected"), "{}", late.detail);
+        assert!(!point_check(&reached("paused", None), None).ok);
+        assert!(!point_check(&reached("promoted", None), Some(us)).ok);
+        assert!(point_check(&reached("promoted", None), None).ok);
+    }
+}
