@@ -142,6 +142,8 @@ impl Envelope {
         to_end: bool,
     ) -> Result<Vec<u8>, CryptError> {
         let header = self.header();
+        // One copy: each chunk is opened in place where its plaintext ends
+        // up, and its tag cut off.
         let mut out = Vec::with_capacity(sealed.len());
         let pieces: Vec<&[u8]> =
             if sealed.is_empty() { vec![&[][..]] } else { sealed.chunks(self.sealed_chunk()).collect() };
@@ -152,13 +154,15 @@ impl Envelope {
             if c.len() < TAG_LEN {
                 return Err(CryptError::Unauthentic { what: binding.key.into() });
             }
-            let mut buf = c.to_vec();
+            let at = out.len();
+            out.extend_from_slice(c);
             let aad = binding.aad(&header, index, last);
-            let plain = dk
+            let plain_len = dk
                 .aead()
-                .open_in_place(self.nonce(index)?, Aad::from(aad), &mut buf)
-                .map_err(|_| CryptError::Unauthentic { what: binding.key.into() })?;
-            out.extend_from_slice(plain);
+                .open_in_place(self.nonce(index)?, Aad::from(aad), &mut out[at..])
+                .map_err(|_| CryptError::Unauthentic { what: binding.key.into() })?
+                .len();
+            out.truncate(at + plain_len);
         }
         Ok(out)
     }
@@ -166,17 +170,41 @@ impl Envelope {
 
 /// Seals `plain` as one object under `dk` (known as `key_id`).
 pub fn seal(dk: &DataKey, key_id: KeyId, binding: Binding, plain: &[u8]) -> Result<Vec<u8>, CryptError> {
+    seal_parts(dk, key_id, binding, &[plain])
+}
+
+/// Seals the concatenation of `parts` as one object: each byte is copied
+/// once, to its place in the output, and sealed there.
+pub fn seal_parts<B: AsRef<[u8]>>(
+    dk: &DataKey,
+    key_id: KeyId,
+    binding: Binding,
+    parts: &[B],
+) -> Result<Vec<u8>, CryptError> {
     let mut nonce_prefix = [0u8; 8];
     crate::random(&mut nonce_prefix)?;
     let env = Envelope { key_id, nonce_prefix, chunk: 1 << CHUNK_LOG2 };
     let header = env.header();
-    let chunks: Vec<&[u8]> = if plain.is_empty() { vec![&[][..]] } else { plain.chunks(env.chunk).collect() };
-    let mut out = Vec::with_capacity(HEADER_LEN + plain.len() + chunks.len() * TAG_LEN);
+    let total: usize = parts.iter().map(|p| p.as_ref().len()).sum();
+    let n = total.div_ceil(env.chunk).max(1);
+    let mut out = Vec::with_capacity(HEADER_LEN + total + n * TAG_LEN);
     out.extend_from_slice(&header);
-    let n = chunks.len();
-    for (i, c) in chunks.into_iter().enumerate() {
+    let mut rest = parts.iter().map(|p| p.as_ref());
+    let mut cur: &[u8] = &[];
+    for i in 0..n {
         let at = out.len();
-        out.extend_from_slice(c);
+        let mut want = env.chunk.min(total - i * env.chunk);
+        while want > 0 {
+            if cur.is_empty() {
+                let Some(next) = rest.next() else { break };
+                cur = next;
+                continue;
+            }
+            let take = want.min(cur.len());
+            out.extend_from_slice(&cur[..take]);
+            cur = &cur[take..];
+            want -= take;
+        }
         let aad = binding.aad(&header, i as u64, i + 1 == n);
         let tag: Tag = dk
             .aead()
@@ -205,6 +233,27 @@ mod tests {
 
     fn data(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn parts_seal_as_their_concatenation() {
+        let dk = DataKey::generate().unwrap();
+        let c = 1usize << CHUNK_LOG2;
+        let plain = data(3 * c + 17);
+        for cuts in [vec![], vec![0], vec![1], vec![c - 1, c + 1], vec![7, 7, 2 * c], vec![3 * c + 17]] {
+            let mut parts: Vec<&[u8]> = Vec::new();
+            let mut from = 0;
+            for &cut in &cuts {
+                parts.push(&plain[from..cut]);
+                from = cut;
+            }
+            parts.push(&plain[from..]);
+            let sealed = seal_parts(&dk, [3u8; 16], bind("k"), &parts).unwrap();
+            assert_eq!(sealed.len(), seal(&dk, [3u8; 16], bind("k"), &plain).unwrap().len());
+            assert_eq!(open(&dk, bind("k"), &sealed).unwrap(), plain, "{cuts:?}");
+        }
+        let empty: [&[u8]; 2] = [&[], &[]];
+        assert!(open(&dk, bind("k"), &seal_parts(&dk, [3u8; 16], bind("k"), &empty).unwrap()).unwrap().is_empty());
     }
 
     #[test]

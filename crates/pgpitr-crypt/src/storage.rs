@@ -135,9 +135,11 @@ impl EncryptedStorage {
         key == BINDING_KEY || key.starts_with(keyring::PREFIX)
     }
 
-    async fn seal(&self, op: Op, key: &str, data: &[u8]) -> Result<Bytes> {
-        let (id, dk) = self.keys.for_sealing(self.inner.as_ref(), data.len() as u64).await?;
-        envelope::seal(&dk, id, self.keys.binding(key), data).map(Bytes::from).map_err(|e| key_error(op, key, e))
+    /// Seals the concatenation of `parts` as the object `key`.
+    async fn seal(&self, op: Op, key: &str, parts: &[Bytes]) -> Result<Bytes> {
+        let len = parts.iter().map(|p| p.len() as u64).sum();
+        let (id, dk) = self.keys.for_sealing(self.inner.as_ref(), len).await?;
+        envelope::seal_parts(&dk, id, self.keys.binding(key), parts).map(Bytes::from).map_err(|e| key_error(op, key, e))
     }
 
     /// Opens a whole stored object (an envelope or a journal).
@@ -173,7 +175,7 @@ impl Storage for EncryptedStorage {
         if Self::plain(key) {
             return self.inner.put(key, data).await;
         }
-        let sealed = self.seal(Op::Put, key, &data).await?;
+        let sealed = self.seal(Op::Put, key, std::slice::from_ref(&data)).await?;
         self.inner.put(key, sealed).await
     }
 
@@ -181,7 +183,7 @@ impl Storage for EncryptedStorage {
         if Self::plain(key) {
             return self.inner.put_if_absent(key, data).await;
         }
-        let sealed = self.seal(Op::PutIfAbsent, key, &data).await?;
+        let sealed = self.seal(Op::PutIfAbsent, key, std::slice::from_ref(&data)).await?;
         self.inner.put_if_absent(key, sealed).await
     }
 
@@ -311,7 +313,7 @@ impl Storage for EncryptedStorage {
     async fn start_upload(&self, key: &str) -> Result<Box<dyn Upload>> {
         // Sealed whole at completion: an object is at most a backup part.
         let inner = self.inner.start_upload(key).await?;
-        Ok(Box::new(SealedUpload { storage: self.clone(), key: key.to_owned(), inner, data: Vec::new(), sent: false }))
+        Ok(Box::new(SealedUpload { storage: self.clone(), key: key.to_owned(), inner, parts: Vec::new(), sent: false }))
     }
 
     async fn check(&self) -> Result<()> {
@@ -400,28 +402,28 @@ struct SealedUpload {
     storage: EncryptedStorage,
     key: String,
     inner: Box<dyn Upload>,
-    /// The whole plaintext: sealed at completion (an object is at most a
-    /// backup part).
-    data: Vec<u8>,
+    /// The plaintext's parts: sealed at completion (an object is at most a
+    /// backup part), without first copying them into one buffer.
+    parts: Vec<Bytes>,
     sent: bool,
 }
 
 #[async_trait]
 impl Upload for SealedUpload {
     async fn put_part(&mut self, data: Bytes) -> Result<()> {
-        self.data.extend_from_slice(&data);
+        self.parts.push(data);
         Ok(())
     }
 
     async fn try_complete(&mut self) -> Result<u64> {
         if !self.sent {
-            let sealed = self.storage.seal(Op::CompleteUpload, &self.key, &self.data).await?;
+            let sealed = self.storage.seal(Op::CompleteUpload, &self.key, &self.parts).await?;
             // Not taken when it fails: sealed afresh next time.
             self.inner.put_part(sealed).await?;
             self.sent = true;
         }
         self.inner.try_complete().await?;
-        Ok(self.data.len() as u64)
+        Ok(self.parts.iter().map(|p| p.len() as u64).sum())
     }
 
     async fn try_abort(&mut self) -> Result<()> {
