@@ -18,6 +18,10 @@ fn drill_cmd(backend: &Backend, bindir: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// True on a drill's server: nothing reaches production from it.
+const ISOLATED: &str = "SELECT current_setting('archive_mode') = 'off' AND current_setting('listen_addresses') = '' \
+     AND current_setting('max_logical_replication_workers') = '0' AND current_setting('synchronous_standby_names') = ''";
+
 fn report(out: &Run) -> serde_json::Value {
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("drill --json: {e}: {}", out.stdout))
 }
@@ -41,6 +45,7 @@ async fn drill_while_streaming(backend: Backend) {
     share(&backend);
     let pg = PgCluster::start_default();
     pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
+    pg.pgbench(&["-i", "-q", "-s", "1"]);
     let stream = StreamProc::start(&pg, &backend, &[]);
     wait_streaming(&pg, "pgpitr");
     pg.sql("INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 1000) g");
@@ -59,21 +64,24 @@ async fn drill_while_streaming(backend: Backend) {
     )
     .unwrap();
     let work = tempfile::tempdir().unwrap();
+    // Commits go on while the drill runs: `latest` replays them too.
+    let load = pgbench_thread(&pg, &["-c", "2", "-T", "6", "-n", "postgres"]);
     let out = run(drill_cmd(
         &backend,
         pg.server_bindir(),
         &["--target", "latest", "--amcheck", "--json", "--rto-objective", "1h"],
     )
-    .args(["--check", "SELECT max(id) = 1500 FROM t", "--checks-file"])
+    .args(["--check", "SELECT max(id) = 1500 FROM t", "--check", ISOLATED, "--checks-file"])
     .arg(&checks)
     .arg("--scratch-dir")
     .arg(work.path()))
     .ok();
+    assert!(load.join().unwrap().status.success());
     let r = report(&out);
     assert_eq!(r["ok"], true, "{r:#}");
     assert_eq!(r["target"], "latest");
     assert_eq!(r["reached"]["state"], "promoted");
-    for name in ["promoted at the planned point", "connect postgres", "check 1", "rows", "late rows"] {
+    for name in ["promoted at the planned point", "connect postgres", "check 1", "check 2", "rows", "late rows"] {
         assert_eq!(check(&r, name)["ok"], true, "{name}: {r:#}");
     }
     assert_eq!(check(&r, "rows")["detail"], "1500");
@@ -213,4 +221,32 @@ async fn scheduled_drills_run_from_the_stream_and_show_in_metrics() {
     assert!(stored[0].ok && stored[0].checks.iter().any(|c| c.name == "amcheck postgres"), "{:?}", stored[0]);
     let (code, stderr) = stream.terminate();
     assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// A drill that passes its time limit while its server runs (a check that
+/// sleeps): exit 1 with the reason, the report stored, the server stopped
+/// and the scratch directory removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_past_its_time_limit_stops_its_server_and_removes_its_scratch() {
+    let backend = Backend::local();
+    share(&backend);
+    let pg = PgCluster::start_default();
+    pg.sql("CREATE TABLE t AS SELECT generate_series(1, 100) id");
+    run(&mut backup_cmd(&pg, &backend, &["--json"])).ok();
+    let work = tempfile::tempdir().unwrap();
+    let mut cmd = drill_cmd(&backend, pg.server_bindir(), &["--target", "latest", "--time-limit", "8s", "--json"]);
+    cmd.args(["--check", "SELECT pg_sleep(60) IS NOT NULL", "--scratch-dir"]).arg(work.path());
+    let t0 = std::time::Instant::now();
+    let out = run(&mut cmd);
+    out.fails_with(&["passed its time limit of 8 s"]);
+    assert!(t0.elapsed() < Duration::from_secs(40), "the drill ran {:?}", t0.elapsed());
+    let r = report(&out);
+    assert_eq!(r["ok"], false);
+    assert!(r["phases"]["replay"].as_f64().is_some(), "the server had started: {r:#}");
+    assert!(empty(work.path()), "the scratch directory was left");
+    let scratch = work.path().display().to_string();
+    let left = std::process::Command::new("pgrep").args(["-f", &scratch]).output().unwrap();
+    assert!(left.stdout.is_empty(), "processes of the drill are left: {}", String::from_utf8_lossy(&left.stdout));
+    let stored = backend.repo().await.recent_drills(1).await.unwrap();
+    assert_eq!(stored[0].error.as_deref(), Some("the drill passed its time limit of 8 s"));
 }

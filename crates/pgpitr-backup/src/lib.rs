@@ -141,6 +141,8 @@ pub struct BackupOptions {
     pub stale_after: Duration,
     /// Live counters for a progress display.
     pub progress: Arc<BackupProgress>,
+    /// Held from the start: no retention rule deletes it.
+    pub keep_forever: bool,
 }
 
 impl Default for BackupOptions {
@@ -160,6 +162,7 @@ impl Default for BackupOptions {
             heartbeat_interval: pgpitr_repo::backup::HEARTBEAT_INTERVAL,
             stale_after: pgpitr_repo::backup::STALE_AFTER,
             progress: Arc::default(),
+            keep_forever: false,
         }
     }
 }

@@ -517,6 +517,7 @@ async fn run(
         wal_source,
         compression: Some(mode.compression().as_str().to_string()),
         pgpitr_version: format!("pgpitr {}", env!("CARGO_PKG_VERSION")),
+        keep_forever: opts.keep_forever,
     })
 }
 

@@ -270,6 +270,10 @@ pub struct BackupInfo {
     pub compression: Option<String>,
     /// `pgpitr <version>` that took it.
     pub pgpitr_version: String,
+    /// A legal hold: no retention rule deletes it (`backup --keep-forever`,
+    /// `backup hold`/`release`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_forever: bool,
 }
 
 impl BackupInfo {
@@ -289,6 +293,7 @@ impl BackupInfo {
             size_bytes: Some(self.size_bytes),
             stored_bytes: Some(self.stored_bytes),
             status: self.status,
+            keep_forever: self.keep_forever,
         }
     }
 }
@@ -388,6 +393,9 @@ pub struct BackupSummary {
     pub size_bytes: Option<u64>,
     pub stored_bytes: Option<u64>,
     pub status: BackupStatus,
+    /// Held: kept whatever the retention policy says.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_forever: bool,
 }
 
 /// What one backup directory holds.
@@ -422,6 +430,7 @@ impl BackupEntry {
             size_bytes: None,
             stored_bytes: None,
             status: self.status(now, stale_after),
+            keep_forever: false,
         }
     }
 }
@@ -453,6 +462,18 @@ pub async fn read_info(storage: &dyn Storage, id: &BackupId) -> Result<Option<Ba
         return Err(RepoError::NewerFormat { location, key, found: v.format_version, reads: INFO_FORMAT_VERSION });
     }
     get_json(storage, &key).await
+}
+
+/// Sets or clears a complete backup's legal hold, rewriting its
+/// `backup.json` (one PUT: it stays complete throughout).
+pub async fn set_hold(storage: &dyn Storage, id: &BackupId, hold: bool) -> Result<BackupInfo> {
+    let Some(mut info) = read_info(storage, id).await? else {
+        return Err(RepoError::NoSuchBackup { location: storage.describe(), id: id.to_string() });
+    };
+    info.keep_forever = hold;
+    let body = serde_json::to_vec_pretty(&info).expect("backup.json serialises");
+    storage.put(&id.info_key(), bytes::Bytes::from(body)).await?;
+    Ok(info)
 }
 
 /// The IDs of every backup directory, oldest first. Foreign names are ignored.
@@ -496,12 +517,6 @@ pub async fn scan(storage: &dyn Storage) -> Result<Vec<BackupEntry>> {
 pub async fn list_backups(storage: &dyn Storage) -> Result<Vec<BackupSummary>> {
     let now = jiff::Timestamp::now();
     Ok(scan(storage).await?.iter().map(|e| e.summary(now, STALE_AFTER)).collect())
-}
-
-/// The stop time of the oldest complete backup: nothing before it can be
-/// restored.
-pub fn earliest_restorable_time(backups: &[BackupSummary]) -> Option<String> {
-    backups.iter().filter(|b| b.status == BackupStatus::Complete).find_map(|b| b.stop_time.clone())
 }
 
 /// Deletes everything under a backup's directory, the marker last, so that
@@ -621,6 +636,7 @@ mod tests {
             wal_source: WalSource::Fetched,
             compression: Some("server-lz4".into()),
             pgpitr_version: "pgpitr test".into(),
+            keep_forever: false,
         }
     }
 
@@ -665,7 +681,6 @@ mod tests {
                 (running.to_string(), BackupStatus::Running),
             ]
         );
-        assert_eq!(earliest_restorable_time(&list), Some(t(7100).to_string()));
         assert_eq!(list[2].label.as_deref(), Some("d"));
         assert_eq!(list[2].stop_lsn, None);
         let json = serde_json::to_value(&list[0]).unwrap();

@@ -10,6 +10,7 @@
 
 use crate::{Repository, Result};
 use bytes::Bytes;
+use pgpitr_storage::PutOutcome;
 use serde::{Deserialize, Serialize};
 
 pub const PREFIX: &str = "drills/";
@@ -87,11 +88,21 @@ impl DrillReport {
 }
 
 impl Repository {
-    /// Stores a drill's report (replacing one of the same ID).
-    pub async fn put_drill(&self, report: &DrillReport) -> Result<()> {
-        let body = serde_json::to_vec_pretty(report).expect("a drill report serialises");
-        self.storage().put(&report.key(), Bytes::from(body)).await?;
-        Ok(())
+    /// Stores a drill's report under a new key: a drill that started in
+    /// the same second (a CronJob beside the stream's schedule) gets its
+    /// ID suffixed (`-2`, `-3`, ...), never replacing the other's.
+    pub async fn put_drill(&self, report: &mut DrillReport) -> Result<()> {
+        let base = report.id.clone();
+        for n in 1..=100u32 {
+            if n > 1 {
+                report.id = format!("{base}-{n}");
+            }
+            let body = serde_json::to_vec_pretty(report).expect("a drill report serialises");
+            if self.storage().put_if_absent(&report.key(), Bytes::from(body)).await? == PutOutcome::Created {
+                return Ok(());
+            }
+        }
+        Err(crate::RepoError::Busy(format!("100 drill reports started in the second {base}")))
     }
 
     /// The keys of the stored drill reports, oldest first.
@@ -115,8 +126,12 @@ impl Repository {
         let mut out = Vec::new();
         for key in keys.iter().rev().take(n) {
             let body = match self.storage().get(key).await {
+                Ok(b) => b,
                 Err(e) if e.is_not_found() => continue,
-                r => r?,
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "skipping a drill report that cannot be read");
+                    continue;
+                }
             };
             match serde_json::from_slice::<DrillReport>(&body) {
                 Ok(r) => out.push(r),
@@ -144,14 +159,18 @@ mod tests {
         };
         let (repo, _) = Repository::init(storage.clone(), &identity).await.unwrap();
         for (id, ok) in [("20261201T000000Z", true), ("20261203T000000Z", false), ("20261202T000000Z", true)] {
-            let r = DrillReport { id: id.into(), ok, ..Default::default() };
-            repo.put_drill(&r).await.unwrap();
+            let mut r = DrillReport { id: id.into(), ok, ..Default::default() };
+            repo.put_drill(&mut r).await.unwrap();
         }
+        // The same second again: stored beside it, not over it.
+        let mut again = DrillReport { id: "20261201T000000Z".into(), ..Default::default() };
+        repo.put_drill(&mut again).await.unwrap();
+        assert_eq!(again.id, "20261201T000000Z-2");
         storage.put("drills/20261204T000000Z.json", Bytes::from_static(b"{not json")).await.unwrap();
         let recent = repo.recent_drills(3).await.unwrap();
         let ids: Vec<&str> = recent.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["20261203T000000Z", "20261202T000000Z"]);
         assert!(!recent[0].ok);
-        assert_eq!(repo.drill_keys().await.unwrap().len(), 4);
+        assert_eq!(repo.drill_keys().await.unwrap().len(), 5);
     }
 }

@@ -79,6 +79,8 @@ pub enum RepoError {
          the same S3 parameters"
     )]
     Placement { location: String, bound: String, found: String },
+    #[error("repository {location}: no complete backup {id}")]
+    NoSuchBackup { location: String, id: String },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }

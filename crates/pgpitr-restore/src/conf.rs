@@ -4,7 +4,7 @@
 
 use crate::plan::RecoveryTarget;
 use crate::target::{TargetAction, format_time};
-use pgpitr_types::TimelineId;
+use pgpitr_types::{Lsn, TimelineId};
 use std::io::Write;
 use std::path::Path;
 
@@ -27,7 +27,11 @@ pub fn shell_quote(s: &str) -> String {
 /// `restore_command` calling `exe wal-fetch`. Only the repository location
 /// goes in, never a credential: S3 credentials come from the server's
 /// environment. `%` is doubled because Postgres expands `%f`/`%p`.
-pub fn restore_command(exe: &Path, repo: &str, spool: Option<&Path>) -> Result<String, String> {
+/// With `until`, a segment missing past the one holding that LSN is the end
+/// of WAL, not a gap: a restore to a target reads nothing there, and
+/// PostgreSQL's read-ahead must not die on the gaps that retention tiers
+/// leave after old backups.
+pub fn restore_command(exe: &Path, repo: &str, spool: Option<&Path>, until: Option<Lsn>) -> Result<String, String> {
     let word = |s: &str| -> Result<String, String> {
         if s.contains(['\n', '\r', '\0']) {
             return Err(format!("{s:?} cannot be used in restore_command (it contains a line break or NUL)"));
@@ -39,6 +43,9 @@ pub fn restore_command(exe: &Path, repo: &str, spool: Option<&Path>) -> Result<S
     if let Some(spool) = spool {
         let spool = spool.to_str().ok_or_else(|| format!("{} is not valid UTF-8", spool.display()))?;
         cmd.push_str(&format!(" --spool {}", word(spool)?));
+    }
+    if let Some(u) = until {
+        cmd.push_str(&format!(" --until {u}"));
     }
     cmd.push_str(" %f %p");
     Ok(cmd)
@@ -101,17 +108,21 @@ pub fn write(pgdata: &Path, c: &RecoveryConf) -> std::io::Result<()> {
 
 /// The settings that keep a drill's server to itself, whatever the
 /// restored configuration says: no TCP, a private socket directory with
-/// trust on that socket alone (its own `hba_file`), no archiving into the
-/// production's archive, no waiting on the production's synchronous
-/// standbys, no TLS files, and its log where `pg_ctl -l` puts it.
-pub fn isolation(sockdir: &Path, hba_file: &Path, port: u16) -> Result<String, String> {
+/// trust on that socket alone (its own `hba_file`), no archiving or
+/// archive cleanup, no recovery-end command, no logical replication
+/// workers (they would consume the production subscriptions' slots), no
+/// waiting on the production's synchronous standbys, no external pid file,
+/// huge pages only if available, no TLS files, and its log where
+/// `pg_ctl -l` puts it. Background workers of `shared_preload_libraries`
+/// still start: `extra` settings (appended last) can turn them off.
+pub fn isolation(sockdir: &Path, hba_file: &Path, port: u16, extra: &[(String, String)]) -> Result<String, String> {
     let path = |p: &Path| {
         p.to_str()
             .filter(|s| !s.contains(['\n', '\r', '\0']))
             .map(conf_quote)
             .ok_or_else(|| format!("{} cannot go into the configuration", p.display()))
     };
-    let mut lines = vec!["# pgpitr drill: a scratch server, isolated".to_string()];
+    let mut lines = vec![ISOLATION_MARK.to_string()];
     lines.push("listen_addresses = ''".to_string());
     lines.push(format!("unix_socket_directories = {}", path(sockdir)?));
     lines.push("unix_socket_permissions = 0700".to_string());
@@ -119,16 +130,52 @@ pub fn isolation(sockdir: &Path, hba_file: &Path, port: u16) -> Result<String, S
     lines.push(format!("hba_file = {}", path(hba_file)?));
     for (k, v) in [
         ("archive_mode", "off"),
+        ("archive_command", ""),
+        ("archive_cleanup_command", ""),
+        ("recovery_end_command", ""),
         ("synchronous_standby_names", ""),
         ("primary_conninfo", ""),
         ("primary_slot_name", ""),
+        // Subscriptions would connect to their publishers and move the
+        // production subscriber's slot.
+        ("max_logical_replication_workers", "0"),
+        ("max_sync_workers_per_subscription", "0"),
+        ("external_pid_file", ""),
+        ("huge_pages", "try"),
         ("ssl", "off"),
         ("logging_collector", "off"),
         ("cluster_name", "pgpitr-drill"),
     ] {
         lines.push(format!("{k} = {}", conf_quote(v)));
     }
+    for (k, v) in extra {
+        if !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') || k.is_empty() {
+            return Err(format!("{k:?} is not a setting name"));
+        }
+        if v.contains(['\n', '\r', '\0']) {
+            return Err(format!("the value of {k} holds a line break"));
+        }
+        lines.push(format!("{k} = {}", conf_quote(v)));
+    }
     Ok(lines.join("\n") + "\n")
+}
+
+/// The first line of the isolation block.
+const ISOLATION_MARK: &str = "# pgpitr drill: a scratch server, isolated";
+
+/// Takes the isolation block out of `postgresql.auto.conf` again (a kept
+/// `--pgdata` then starts as restored).
+pub fn strip_isolation(pgdata: &Path) -> std::io::Result<()> {
+    let auto = pgdata.join("postgresql.auto.conf");
+    let text = match std::fs::read_to_string(&auto) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if let Some(at) = text.find(&format!("\n{ISOLATION_MARK}\n")) {
+        std::fs::write(&auto, &text[..at + 1])?;
+    }
+    Ok(())
 }
 
 /// Appends `text` to `postgresql.auto.conf`, synced.
@@ -147,16 +194,20 @@ mod tests {
 
     #[test]
     fn restore_command_quotes_for_shell_percent_and_conf() {
-        let cmd = restore_command(Path::new("/opt/pg pitr/pgpitr"), "s3://b/p?endpoint=http://h:1&region=x%2B", None)
-            .unwrap();
+        let cmd =
+            restore_command(Path::new("/opt/pg pitr/pgpitr"), "s3://b/p?endpoint=http://h:1&region=x%2B", None, None)
+                .unwrap();
         assert_eq!(cmd, "'/opt/pg pitr/pgpitr' wal-fetch --repo 's3://b/p?endpoint=http://h:1&region=x%%2B' %f %p");
-        let cmd = restore_command(Path::new("/x/it's"), "/repo", Some(Path::new("/d/pg_wal/pgpitr_spool"))).unwrap();
+        let cmd =
+            restore_command(Path::new("/x/it's"), "/repo", Some(Path::new("/d/pg_wal/pgpitr_spool")), None).unwrap();
         assert_eq!(cmd, r"'/x/it'\''s' wal-fetch --repo '/repo' --spool '/d/pg_wal/pgpitr_spool' %f %p");
         assert_eq!(
             conf_quote(&cmd),
             r"'''/x/it''\\''''s'' wal-fetch --repo ''/repo'' --spool ''/d/pg_wal/pgpitr_spool'' %f %p'"
         );
-        assert!(restore_command(Path::new("/x"), "/re\npo", None).is_err());
+        assert!(restore_command(Path::new("/x"), "/re\npo", None, None).is_err());
+        let bounded = restore_command(Path::new("/x"), "/r", None, Some(pgpitr_types::Lsn(0x3_0000_0028))).unwrap();
+        assert_eq!(bounded, "'/x' wal-fetch --repo '/r' --until 3/28 %f %p");
     }
 
     #[test]
@@ -183,7 +234,8 @@ mod tests {
 
     #[test]
     fn a_drill_server_is_isolated() {
-        let text = isolation(Path::new("/tmp/s"), Path::new("/tmp/d/hba"), 5999).unwrap();
+        let extra = [("shared_buffers".to_string(), "128MB".to_string())];
+        let text = isolation(Path::new("/tmp/s"), Path::new("/tmp/d/hba"), 5999, &extra).unwrap();
         for line in [
             "listen_addresses = ''",
             "unix_socket_directories = '/tmp/s'",
@@ -191,9 +243,20 @@ mod tests {
             "hba_file = '/tmp/d/hba'",
             "archive_mode = 'off'",
             "synchronous_standby_names = ''",
+            "max_logical_replication_workers = '0'",
+            "archive_cleanup_command = ''",
+            "shared_buffers = '128MB'",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from {text}");
         }
-        assert!(isolation(Path::new("/tmp/a\nb"), Path::new("/h"), 1).is_err());
+        assert!(isolation(Path::new("/tmp/a\nb"), Path::new("/h"), 1, &[]).is_err());
+        assert!(isolation(Path::new("/s"), Path::new("/h"), 1, &[("a = b\nc".into(), "x".into())]).is_err());
+        // The extra settings come last: they win.
+        assert!(text.trim_end().ends_with("shared_buffers = '128MB'"));
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("postgresql.auto.conf"), "a = 1\n").unwrap();
+        append(d.path(), &text).unwrap();
+        strip_isolation(d.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap(), "a = 1\n\n");
     }
 }

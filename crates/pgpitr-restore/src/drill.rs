@@ -71,6 +71,9 @@ pub struct DrillOptions {
     pub max_disk: Option<u64>,
     /// A drill whose RTO exceeds this fails.
     pub rto_objective: Option<Duration>,
+    /// Settings for the drill's server, after the isolation (e.g.
+    /// `shared_buffers`, or `shared_preload_libraries` without a scheduler).
+    pub server_settings: Vec<(String, String)>,
     pub progress: Arc<ReadProgress>,
     pub replay: Arc<Mutex<Replaying>>,
     /// Stops the drill (its server stopped, its scratch removed, a report).
@@ -122,18 +125,30 @@ pub async fn drill(repo: &Repository, opts: &DrillOptions) -> Result<DrillReport
         }
     };
     check_target_dir(&pgdata)?;
+    // Tablespaces go beside the data directory, never to the server's own
+    // locations (on the production host they are in use).
+    let tablespaces = match &scratch {
+        Some(dir) => dir.path().join("tablespaces"),
+        None => pgdata.with_file_name(format!(
+            "{}.tablespaces",
+            pgdata.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        )),
+    };
+    check_target_dir(&tablespaces)?;
     let target = resolve_target(repo, opts, &pgdata).await?;
-    let mut ropts = restore_options(opts, &pgdata, target.clone());
+    let mut ropts = restore_options(opts, &pgdata, target.clone(), None, Vec::new());
     ropts.dry_run = true;
     let planned = restore(repo, &ropts).await?;
+    let backup = planned.plan.backup.clone();
     if let Some(max) = opts.max_disk
-        && planned.plan.backup.size_bytes > max
+        && backup.size_bytes > max
     {
         return Err(DrillError::Invalid(format!(
             "backup {} restores to {} bytes, more than --max-disk {max}",
-            planned.plan.backup.id, planned.plan.backup.size_bytes
+            backup.id, backup.size_bytes
         )));
     }
+    let map = tablespace_map(repo, &backup.id, &tablespaces).await?;
     report.recovery_target = target.to_string();
     // The server's socket, and its own pg_hba.conf: short paths, private.
     let sock = tempfile::Builder::new()
@@ -141,28 +156,39 @@ pub async fn drill(repo: &Repository, opts: &DrillOptions) -> Result<DrillReport
         .tempdir()
         .map_err(|e| DrillError::Invalid(format!("cannot make the drill's socket directory: {e}")))?;
 
-    let run = run_phases(repo, opts, &pgdata, sock.path(), target, &mut report);
+    let ropts = restore_options(opts, &pgdata, target, Some(backup.id.clone()), map);
+    let run = run_phases(repo, opts, &ropts, sock.path(), &tablespaces, &mut report);
     let limit = async {
         match opts.time_limit {
             Some(l) => tokio::time::sleep(l.saturating_sub(t0.elapsed())).await,
             None => std::future::pending().await,
         }
     };
+    let mut interrupted = false;
     let outcome = tokio::select! {
         r = run => r,
         _ = limit => Err(format!(
             "the drill passed its time limit of {} s",
             opts.time_limit.map(|l| l.as_secs()).unwrap_or_default()
         )),
-        _ = opts.cancel.cancelled() => Err("interrupted (SIGTERM or SIGINT)".to_string()),
+        _ = opts.cancel.cancelled() => {
+            interrupted = true;
+            Err("interrupted (SIGTERM or SIGINT)".to_string())
+        }
     };
     if let Err(e) = outcome {
         report.error = Some(e);
     }
-    if let Err(e) = server::stop(&pgdata, &opts.bindir, opts.run_as.as_deref()) {
-        tracing::warn!(error = %e, "could not stop the drill's server");
+    if let Err(e) = clean_up(opts, &pgdata, scratch, &tablespaces).await {
+        tracing::warn!(error = %e, "the drill could not clean up after itself");
+        report.error.get_or_insert(format!("cleaning up: {e}"));
     }
-    drop(scratch);
+    if interrupted {
+        // No report: the schedule keeps its place and retries.
+        return Err(DrillError::Invalid(
+            "the drill was interrupted; its server is stopped and its scratch removed".into(),
+        ));
+    }
     report.rto_seconds = match (report.phases.plan, report.phases.download, report.phases.replay) {
         (Some(p), Some(d), Some(r)) => Some(p + d + r),
         _ => None,
@@ -173,17 +199,85 @@ pub async fn drill(repo: &Repository, opts: &DrillOptions) -> Result<DrillReport
     };
     report.ok = report.error.is_none() && rto_met && report.checks.iter().all(|c| c.ok);
     report.finished_at = jiff::Timestamp::now().to_string();
-    repo.put_drill(&report).await.map_err(|e| DrillError::Invalid(format!("cannot store the drill report: {e}")))?;
+    repo.put_drill(&mut report)
+        .await
+        .map_err(|e| DrillError::Invalid(format!("cannot store the drill report: {e}")))?;
     Ok(report)
 }
 
-fn restore_options(opts: &DrillOptions, pgdata: &Path, target: Target) -> RestoreOptions {
+/// Each tablespace of backup `id` into `root/<oid>`.
+async fn tablespace_map(repo: &Repository, id: &str, root: &Path) -> Result<Vec<(PathBuf, PathBuf)>, DrillError> {
+    let bid = pgpitr_repo::backup::BackupId::parse(id)
+        .ok_or_else(|| DrillError::Invalid(format!("backup ID {id:?} cannot be read")))?;
+    let info = pgpitr_repo::backup::read_info(repo.storage().as_ref(), &bid)
+        .await
+        .map_err(RestoreError::Repo)?
+        .ok_or_else(|| DrillError::Invalid(format!("backup {id} vanished while planning")))?;
+    Ok(info
+        .archives
+        .iter()
+        .filter_map(|a| {
+            Some((PathBuf::from(a.tablespace_location.as_ref()?), root.join(a.tablespace_oid?.to_string())))
+        })
+        .collect())
+}
+
+/// Stops the drill's server (immediately: nothing in it is kept), removes
+/// the scratch directory and the tablespaces, and takes the isolation out
+/// of a kept `--pgdata`, so that it starts as restored.
+async fn clean_up(
+    opts: &DrillOptions,
+    pgdata: &Path,
+    scratch: Option<tempfile::TempDir>,
+    tablespaces: &Path,
+) -> Result<(), String> {
+    // `pg_ctl start` returns before the postmaster writes its pid file.
+    if pgdata.join("log").join(server::RECOVERY_LOG).exists() {
+        for _ in 0..30 {
+            if pgdata.join("postmaster.pid").exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    server::stop(pgdata, &opts.bindir, opts.run_as.as_deref()).map_err(|e| e.0)?;
+    match scratch {
+        Some(dir) => remove_all(&dir.keep()).await,
+        None => {
+            remove_all(tablespaces).await?;
+            crate::conf::strip_isolation(pgdata).map_err(|e| format!("{}: {e}", pgdata.display()))
+        }
+    }
+}
+
+/// `remove_dir_all`, again while something (a prefetcher that has not yet
+/// seen its spool go) still writes there.
+async fn remove_all(dir: &Path) -> Result<(), String> {
+    let mut last = None;
+    for _ in 0..20 {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(format!("cannot remove {}: {}", dir.display(), last.map(|e| e.to_string()).unwrap_or_default()))
+}
+
+fn restore_options(
+    opts: &DrillOptions,
+    pgdata: &Path,
+    target: Target,
+    backup: Option<String>,
+    tablespace_map: Vec<(PathBuf, PathBuf)>,
+) -> RestoreOptions {
     RestoreOptions {
         repo_url: opts.repo_url.clone(),
         pgdata: pgdata.to_path_buf(),
-        request: PlanRequest { target, inclusive: true, timeline: TimelineTarget::Latest, backup: None },
+        request: PlanRequest { target, inclusive: true, timeline: TimelineTarget::Latest, backup },
         action: TargetAction::Promote,
-        tablespace_map: Vec::new(),
+        tablespace_map,
         exe: opts.exe.clone(),
         parallelism: opts.parallelism,
         progress: opts.progress.clone(),
@@ -199,11 +293,19 @@ async fn resolve_target(repo: &Repository, opts: &DrillOptions, pgdata: &Path) -
         DrillTarget::Latest => Ok(Target::Latest),
         DrillTarget::Time(t) => Ok(Target::Time(t)),
         DrillTarget::Random => {
-            let mut ropts = restore_options(opts, pgdata, Target::Latest);
+            let mut ropts = restore_options(opts, pgdata, Target::Latest, None, Vec::new());
             ropts.dry_run = true;
             let plan = restore(repo, &ropts).await?.plan;
             let latest = plan.latest_us.unwrap_or(plan.earliest_us);
-            Ok(Target::Time(random_in(plan.earliest_us, latest)))
+            let t = random_in(plan.earliest_us, latest);
+            // Retention tiers leave gaps between old backups, which restore
+            // to their end only; the newest backup's window has none.
+            let mut probe = restore_options(opts, pgdata, Target::Time(t), None, Vec::new());
+            probe.dry_run = true;
+            match restore(repo, &probe).await {
+                Ok(_) => Ok(Target::Time(t)),
+                Err(_) => Ok(Target::Time(random_in(plan.backup.stop_time_us, latest))),
+            }
         }
     }
 }
@@ -218,14 +320,14 @@ fn random_in(earliest: i64, latest: i64) -> i64 {
 async fn run_phases(
     repo: &Repository,
     opts: &DrillOptions,
-    pgdata: &Path,
+    ropts: &RestoreOptions,
     sock: &Path,
-    target: Target,
+    tablespaces: &Path,
     report: &mut DrillReport,
 ) -> Result<(), String> {
-    let ropts = restore_options(opts, pgdata, target);
-    let restored: Restored = restore(repo, &ropts).await.map_err(|e| e.to_string())?;
-    isolate(opts, pgdata, sock).map_err(|e| format!("cannot set the drill's server up: {e}"))?;
+    let pgdata = ropts.pgdata.as_path();
+    let restored: Restored = restore(repo, ropts).await.map_err(|e| e.to_string())?;
+    isolate(opts, pgdata, sock, tablespaces).map_err(|e| format!("cannot set the drill's server up: {e}"))?;
     report.phases.plan = Some(restored.plan_secs);
     report.phases.download = Some(restored.download_secs);
     report.backup = Some(restored.plan.backup.id.clone());
@@ -253,7 +355,11 @@ async fn run_phases(
     });
 
     let t = Instant::now();
-    report.checks.push(point_check(&reached, restored.plan.last_commit.map(|c| c.time_us)));
+    let until = match ropts.request.target {
+        Target::Time(t) => Some(t),
+        _ => None,
+    };
+    report.checks.push(point_check(&reached, restored.plan.last_commit.map(|c| c.time_us), until));
     let user = opts.db_user.as_str();
     let databases = match databases(pgdata, user).await {
         Ok(d) => d,
@@ -291,16 +397,19 @@ async fn run_phases(
 
 /// Points the restored configuration at the private socket and its own
 /// `pg_hba.conf`, and hands everything to the server's OS user.
-fn isolate(opts: &DrillOptions, pgdata: &Path, sock: &Path) -> Result<(), String> {
+fn isolate(opts: &DrillOptions, pgdata: &Path, sock: &Path, tablespaces: &Path) -> Result<(), String> {
     let hba = sock.join("pg_hba.conf");
     std::fs::write(&hba, "# pgpitr drill: the private socket only\nlocal all all trust\n")
         .map_err(|e| format!("{}: {e}", hba.display()))?;
-    let text = crate::conf::isolation(sock, &hba, opts.port)?;
+    let text = crate::conf::isolation(sock, &hba, opts.port, &opts.server_settings)?;
     crate::conf::append(pgdata, &text).map_err(|e| format!("{}: {e}", pgdata.display()))?;
     if let Some(user) = &opts.run_as {
         // The temporary scratch directory too (not a --pgdata's parent: it
         // is the operator's).
         let mut dirs = vec![pgdata, sock];
+        if tablespaces.exists() {
+            dirs.push(tablespaces);
+        }
         if opts.pgdata.is_none() {
             dirs.extend(pgdata.parent());
         }
@@ -327,25 +436,36 @@ fn outcome(name: &str, r: Result<String, String>, t: Instant) -> CheckOutcome {
     }
 }
 
-/// The server promoted, at the last commit the plan expected (when the
-/// plan knew one).
-fn point_check(reached: &server::Reached, expected_us: Option<i64>) -> CheckOutcome {
+/// The server promoted, and the last transaction it replayed lies where
+/// the plan said: not before the last commit the plan expected (an abort
+/// may follow it, and `latest` replays WAL stored since the plan), and not
+/// after a target time.
+fn point_check(reached: &server::Reached, expected_us: Option<i64>, until_us: Option<i64>) -> CheckOutcome {
     let name = "promoted at the planned point";
     let replayed = reached.last_replayed_commit_time.as_deref();
     let r = if reached.state != "promoted" {
         Err(format!("the server is {}, not promoted", reached.state))
     } else {
-        match (expected_us, replayed.map(|t| parse_time(t, Some("UTC")))) {
-            (None, _) => Ok(format!("promoted; last replayed commit {}", replayed.unwrap_or("none"))),
-            (Some(e), Some(Ok(got))) if got == e => Ok(format!("promoted; last replayed commit {}", format_time(got))),
-            (Some(e), Some(Ok(got))) => {
-                Err(format!("the last replayed commit is {}, the plan expected {}", format_time(got), format_time(e)))
-            }
-            (Some(e), _) => Err(format!(
-                "the plan expected a last commit at {}, the server reports {}",
-                format_time(e),
-                replayed.unwrap_or("none")
+        match replayed.map(|t| parse_time(t, Some("UTC"))) {
+            None if expected_us.is_some() => Err(format!(
+                "the plan expected a last commit at {}, the server replayed none",
+                format_time(expected_us.unwrap_or_default())
             )),
+            None => Ok("promoted; no transaction replayed after the backup".to_string()),
+            Some(Err(e)) => Err(format!("the server reports an unreadable replay time: {e}")),
+            Some(Ok(got)) => match (expected_us, until_us) {
+                (Some(e), _) if got < e => Err(format!(
+                    "the last replayed transaction is at {}, before the planned last commit at {}",
+                    format_time(got),
+                    format_time(e)
+                )),
+                (_, Some(u)) if got > u => Err(format!(
+                    "the last replayed transaction is at {}, after the target {}",
+                    format_time(got),
+                    format_time(u)
+                )),
+                _ => Ok(format!("promoted; last replayed transaction at {}", format_time(got))),
+            },
         }
     };
     outcome(name, r, Instant::now())
@@ -434,18 +554,26 @@ mod tests {
     }
 
     #[test]
-    fn the_point_check_compares_the_last_replayed_commit_with_the_plan() {
+    fn the_point_check_compares_the_last_replayed_transaction_with_the_plan() {
         let reached = |state: &str, t: Option<&str>| server::Reached {
             state: state.into(),
             last_replayed_commit_time: t.map(str::to_string),
             ..Default::default()
         };
         let us = parse_time("2026-12-06T10:42:16.123456Z", None).unwrap();
-        assert!(point_check(&reached("promoted", Some("2026-12-06T10:42:16.123456Z")), Some(us)).ok);
-        let late = point_check(&reached("promoted", Some("2026-12-06T10:42:17Z")), Some(us));
-        assert!(!late.ok && late.detail.contains("the plan expected"), "{}", late.detail);
-        assert!(!point_check(&reached("paused", None), None).ok);
-        assert!(!point_check(&reached("promoted", None), Some(us)).ok);
-        assert!(point_check(&reached("promoted", None), None).ok);
+        let target = parse_time("2026-12-06T10:43:00Z", None).unwrap();
+        let at = |t: &str| reached("promoted", Some(t));
+        assert!(point_check(&at("2026-12-06T10:42:16.123456Z"), Some(us), Some(target)).ok);
+        // An abort after the last commit, before the target.
+        assert!(point_check(&at("2026-12-06T10:42:30Z"), Some(us), Some(target)).ok);
+        let early = point_check(&at("2026-12-06T10:42:15Z"), Some(us), Some(target));
+        assert!(!early.ok && early.detail.contains("before the planned last commit"), "{}", early.detail);
+        let late = point_check(&at("2026-12-06T10:43:01Z"), Some(us), Some(target));
+        assert!(!late.ok && late.detail.contains("after the target"), "{}", late.detail);
+        // latest: WAL stored since the plan is replayed too.
+        assert!(point_check(&at("2026-12-06T11:00:00Z"), Some(us), None).ok);
+        assert!(!point_check(&reached("paused", None), None, None).ok);
+        assert!(!point_check(&reached("promoted", None), Some(us), None).ok);
+        assert!(point_check(&reached("promoted", None), None, None).ok);
     }
 }

@@ -23,6 +23,9 @@ pub struct StartOptions {
     pub db_user: Option<String>,
 }
 
+/// The server's log while pgpitr starts it, under `<pgdata>/log/`.
+pub const RECOVERY_LOG: &str = "pgpitr-recovery.log";
+
 /// `PGUSER`, else the OS user (which peer and trust authentication accept).
 pub fn default_user() -> String {
     ["PGUSER", "USER", "LOGNAME"]
@@ -152,7 +155,7 @@ pub async fn start(opts: &StartOptions) -> Result<Reached, ServerError> {
             return Err(ServerError(format!("cannot hand {} to {user}", log_dir.display())));
         }
     }
-    let log_file = log_dir.join("pgpitr-recovery.log");
+    let log_file = log_dir.join(RECOVERY_LOG);
     let mut cmd = pg_ctl(&opts.bindir, opts.run_as.as_deref());
     cmd.arg("-D").arg(&opts.pgdata).arg("-l").arg(&log_file).arg("-W");
     if let Some(p) = opts.port {
@@ -285,7 +288,9 @@ pub fn one_line(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// Stops the server running on `pgdata`, if one is (fast shutdown).
+/// Stops the server running on `pgdata`, if one is, at once (immediate
+/// shutdown: for scratch servers, whose data nobody keeps), and kills it
+/// if `pg_ctl` could not.
 pub fn stop(pgdata: &Path, bindir: &Path, run_as: Option<&str>) -> Result<(), ServerError> {
     if postmaster_pid(pgdata).is_none() {
         return Ok(());
@@ -293,16 +298,26 @@ pub fn stop(pgdata: &Path, bindir: &Path, run_as: Option<&str>) -> Result<(), Se
     let out = pg_ctl(bindir, run_as)
         .arg("-D")
         .arg(pgdata)
-        .args(["-m", "fast", "-w", "stop"])
+        .args(["-m", "immediate", "-w", "stop"])
         .output()
         .map_err(|e| ServerError(format!("cannot run pg_ctl: {e}")))?;
-    if !out.status.success() && postmaster_pid(pgdata).is_some() {
-        return Err(ServerError(format!(
-            "pg_ctl stop failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim().replace('\n', " ")
-        )));
+    if out.status.success() || postmaster_pid(pgdata).is_none() {
+        return Ok(());
     }
-    Ok(())
+    let pid = std::fs::read_to_string(pgdata.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next()?.trim().parse::<u32>().ok())
+        .ok_or_else(|| {
+            ServerError(format!(
+                "pg_ctl stop failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim().replace('\n', " ")
+            ))
+        })?;
+    let killed = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    match killed {
+        Ok(st) if st.success() => Ok(()),
+        _ => Err(ServerError(format!("cannot stop the server on {} (pid {pid})", pgdata.display()))),
+    }
 }
 
 /// Connects over the Unix socket (TCP to 127.0.0.1 when the server has none).

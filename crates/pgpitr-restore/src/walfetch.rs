@@ -91,6 +91,9 @@ pub struct FetchRequest {
     pub spool: Option<PathBuf>,
     /// Segments to prefetch into the spool (0: none).
     pub prefetch: usize,
+    /// A segment missing past the one holding this LSN is "not stored",
+    /// even with later WAL stored (see `conf::restore_command`).
+    pub until: Option<pgpitr_types::Lsn>,
 }
 
 async fn open_repo(url: &RepoUrl) -> Result<Repository, FetchError> {
@@ -125,7 +128,7 @@ pub async fn fetch_from_repository(req: &FetchRequest) -> Result<Fetched, FetchE
     let got = match file {
         WalFileName::History { tli } => fetch_history(&repo, tli, &req.dest).await?,
         WalFileName::Segment { tli, segno } => {
-            let got = fetch_segment(&repo, seg, tli, segno, &req.dest).await?;
+            let got = fetch_segment(&repo, seg, tli, segno, &req.dest, req.until).await?;
             if got != Fetched::NotFound
                 && let Some(spool) = &req.spool
             {
@@ -176,12 +179,14 @@ async fn fetch_segment(
     tli: TimelineId,
     segno: SegNo,
     dest: &Path,
+    until: Option<pgpitr_types::Lsn>,
 ) -> Result<Fetched, FetchError> {
     match Catalog::stored_segment(repo, tli, segno).await? {
         Some(s) => {
             write_atomically(dest, s.data).await?;
             Ok(Fetched::Repository)
         }
+        None if until.is_some_and(|u| segno.start_lsn(seg).is_some_and(|s| s > u)) => Ok(Fetched::NotFound),
         None => {
             // Missing while later WAL of the timeline is stored is a hole,
             // not the end: ending recovery here would silently lose data.
@@ -587,6 +592,7 @@ mod tests {
         let ready = spool.join(format!("{NAME}.{:08x}", crc32fast::hash(data)));
         std::fs::write(&ready, data).unwrap();
         let req = FetchRequest {
+            until: None,
             repo: RepoUrl::parse(dir.path().join("no-repo").to_str().unwrap()).unwrap(),
             name: NAME.into(),
             dest: dir.path().join("RECOVERYXLOG"),

@@ -338,7 +338,11 @@ fn classify(status: Option<u16>, code: Option<&str>) -> Kind {
             | "MissingSecurityHeader" => Some(Kind::AccessDenied),
             // Expired session credentials are refreshed by the provider, so a
             // later attempt can succeed.
+            // (KMS, a JSON service, names them with an `Exception` suffix.)
             "ExpiredToken"
+            | "ExpiredTokenException"
+            | "KMSInternalException"
+            | "DependencyTimeoutException"
             | "TokenRefreshRequired"
             | "RequestTimeout"
             | "SlowDown"
@@ -1281,6 +1285,8 @@ mod tests {
         assert_eq!(classify(Some(403), Some("SignatureDoesNotMatch")), Kind::AccessDenied);
         assert_eq!(classify(Some(403), Some("InvalidAccessKeyId")), Kind::AccessDenied);
         assert_eq!(classify(Some(400), Some("ExpiredToken")), Kind::Transient);
+        assert_eq!(classify(Some(400), Some("ExpiredTokenException")), Kind::Transient);
+        assert_eq!(classify(Some(400), Some("AccessDeniedException")), Kind::Permanent);
         assert_eq!(classify(Some(503), Some("SlowDown")), Kind::Transient);
         assert_eq!(classify(Some(500), None), Kind::Transient);
         assert_eq!(classify(Some(429), None), Kind::Transient);

@@ -313,12 +313,10 @@ pub struct StreamArgs {
     /// CHECKPOINT mode of scheduled backups (see `pgpitr backup --checkpoint`).
     #[arg(long, value_enum, default_value_t = Checkpoint::Spread, requires = "backup_every")]
     pub backup_checkpoint: Checkpoint,
-    /// After each scheduled backup, expire as `pgpitr expire --keep-backups N` does.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), requires = "backup_every")]
-    pub keep_backups: Option<u32>,
-    /// After each scheduled backup, expire as `pgpitr expire --keep-within DURATION` does.
-    #[arg(long, value_name = "DURATION", value_parser = parse_retention, requires = "backup_every")]
-    pub keep_within: Option<std::time::Duration>,
+    /// After each scheduled backup, expire as `pgpitr expire` does with
+    /// these rules (they need --backup-every).
+    #[command(flatten)]
+    pub retention: RetentionOpts,
     /// Serve Prometheus metrics on http://ADDR/metrics and a health check on
     /// /healthz (200 while streaming with no WAL waiting over 60 s for
     /// storage, else 503), e.g. 0.0.0.0:9187.
@@ -354,12 +352,28 @@ pub struct StreamArgs {
     /// A scheduled drill whose RTO is longer fails (`drill --rto-objective`).
     #[arg(long, value_parser = parse_retention, value_name = "DURATION", requires = "drill_every")]
     pub rto_objective: Option<std::time::Duration>,
+    /// The database user scheduled drills check as (`drill --db-user`;
+    /// not the stream's replication user: checks need a superuser).
+    #[arg(long, value_name = "USER", default_value = "postgres", requires = "drill_every")]
+    pub drill_db_user: String,
+    /// Settings of scheduled drills' servers (`drill --server-setting`).
+    #[arg(long, value_name = "NAME=VALUE", requires = "drill_every")]
+    pub drill_server_setting: Vec<String>,
 }
 
 impl StreamArgs {
     /// `drill ...` as the scheduled drills run it.
-    pub fn drill_args(&self) -> Vec<std::ffi::OsString> {
-        let mut a: Vec<std::ffi::OsString> = vec!["drill".into(), "--repo".into(), self.repo.repo.clone().into()];
+    /// The repository goes in the environment (`PGPITR_REPO`), not argv.
+    pub fn drill_args(&self, log_format: LogFormat) -> Vec<std::ffi::OsString> {
+        let format = match log_format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        let mut a: Vec<std::ffi::OsString> = vec!["--log-format".into(), format.into(), "drill".into()];
+        a.extend(["--db-user".into(), self.drill_db_user.clone().into()]);
+        for s in &self.drill_server_setting {
+            a.extend(["--server-setting".into(), s.into()]);
+        }
         let target = match self.drill_target {
             crate::cmd::drill::NamedDrillTarget::Latest => "latest",
             crate::cmd::drill::NamedDrillTarget::Random => "random",
@@ -430,8 +444,19 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
+    /// `hold ID` or `release ID`: set or lift a complete backup's legal
+    /// hold (no retention rule deletes a held backup) instead of taking one.
+    #[arg(value_enum, value_name = "hold|release", requires = "held_id")]
+    pub hold: Option<HoldAction>,
+    /// The backup to hold or release, as `pgpitr list` shows it.
+    #[arg(id = "held_id", value_name = "ID", requires = "hold")]
+    pub held_id: Option<String>,
     #[command(flatten)]
     pub repo: RepoOpts,
+    /// A legal hold from the start: no retention rule deletes this backup
+    /// (`pgpitr backup release ID` lifts it).
+    #[arg(long)]
+    pub keep_forever: bool,
     #[command(flatten)]
     pub conn: ConnOpts,
     /// Backup label (shown by `pgpitr list`, stored in backup_label).
@@ -479,17 +504,78 @@ pub struct BackupArgs {
     pub json: bool,
 }
 
+/// What `pgpitr backup hold|release ID` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HoldAction {
+    /// Put a legal hold on a complete backup: no retention rule deletes it.
+    Hold,
+    /// Lift it: the retention rules apply to the backup again.
+    Release,
+}
+
+/// The retention rules, shared by `expire` and `stream`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("policy").required(true).multiple(true).args(["keep_backups", "keep_within"])))]
+pub struct RetentionOpts {
+    /// Keep the newest N complete backups (N ≥ 1), with all WAL after them.
+    #[arg(long, value_name = "N", env = "PGPITR_KEEP_BACKUPS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_backups: Option<u32>,
+    /// Keep what restoring to any time in the last DURATION needs (e.g. 7d,
+    /// 36h): the point-in-time window.
+    #[arg(long, value_name = "DURATION", env = "PGPITR_KEEP_WITHIN", value_parser = parse_retention)]
+    pub keep_within: Option<std::time::Duration>,
+    /// Keep the newest backup of each of the last N days that have one
+    /// (restorable to its end; its WAL only).
+    #[arg(long, value_name = "N", env = "PGPITR_KEEP_DAILY", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_daily: Option<u32>,
+    /// The same per ISO week (from Monday).
+    #[arg(long, value_name = "N", env = "PGPITR_KEEP_WEEKLY", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_weekly: Option<u32>,
+    /// The same per calendar month.
+    #[arg(long, value_name = "N", env = "PGPITR_KEEP_MONTHLY", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_monthly: Option<u32>,
+    /// The same per calendar year.
+    #[arg(long, value_name = "N", env = "PGPITR_KEEP_YEARLY", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_yearly: Option<u32>,
+    /// Time zone (IANA name) of the days, weeks, months and years.
+    #[arg(long, value_name = "ZONE", env = "PGPITR_RETENTION_TIMEZONE", value_parser = parse_zone)]
+    pub retention_timezone: Option<String>,
+}
+
+fn parse_zone(s: &str) -> Result<String, String> {
+    jiff::tz::TimeZone::get(s).map(|_| s.to_string()).map_err(|e| format!("unknown time zone {s:?}: {e}"))
+}
+
+impl RetentionOpts {
+    /// The policy these rules make; `None` when no rule is given.
+    pub fn policy(&self) -> Option<pgpitr_repo::retention::Policy> {
+        let p = pgpitr_repo::retention::Policy {
+            keep_backups: self.keep_backups,
+            keep_within: self.keep_within,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            time_zone: self.retention_timezone.clone(),
+        };
+        let any = p.keep_backups.is_some()
+            || p.keep_within.is_some()
+            || p.keep_daily.is_some()
+            || p.keep_weekly.is_some()
+            || p.keep_monthly.is_some()
+            || p.keep_yearly.is_some();
+        any.then_some(p)
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("policy").required(true).multiple(true).args([
+    "keep_backups", "keep_within", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly"
+])))]
 pub struct ExpireArgs {
     #[command(flatten)]
     pub repo: RepoOpts,
-    /// Keep the newest N complete backups (N ≥ 1).
-    #[arg(long, value_name = "N", env = "PGPITR_KEEP_BACKUPS", value_parser = clap::value_parser!(u32).range(1..))]
-    pub keep_backups: Option<u32>,
-    /// Keep what restoring to any time in the last DURATION needs (e.g. 7d, 36h).
-    #[arg(long, value_name = "DURATION", env = "PGPITR_KEEP_WITHIN", value_parser = parse_retention)]
-    pub keep_within: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub retention: RetentionOpts,
     /// Print what would be deleted; delete nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -38,8 +38,10 @@ impl DrillStats {
 
 pub struct DrillSchedule {
     pub every: Duration,
-    /// `drill` and its arguments, the repository included.
+    /// `drill` and its arguments.
     pub args: Vec<OsString>,
+    /// The repository, passed as `PGPITR_REPO`.
+    pub repo: String,
 }
 
 /// A drill that could not run (no backup yet, say) is tried again after
@@ -115,7 +117,7 @@ async fn run_one(schedule: &DrillSchedule, cancel: &CancellationToken) -> Option
         }
     };
     let mut cmd = tokio::process::Command::new("nice");
-    cmd.args(["-n", "19"]).arg(exe).args(&schedule.args).arg("--json");
+    cmd.args(["-n", "19"]).arg(exe).args(&schedule.args).arg("--json").env("PGPITR_REPO", &schedule.repo);
     cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).kill_on_drop(true);
     tracing::info!("restore drill starting");
     let child = match cmd.spawn() {

@@ -6,6 +6,7 @@ use pgpitr_repo::backup::{self, BackupSummary};
 use pgpitr_repo::catalog::{Catalog, Unindexed, Window, format_time_us};
 use pgpitr_repo::drills::DrillReport;
 use pgpitr_repo::lease::{self, StreamSummary};
+use pgpitr_repo::retention;
 use pgpitr_types::{Lsn, TimelineId};
 use serde::Serialize;
 
@@ -46,7 +47,8 @@ pub struct RepoStatus {
     pub latest_commit_time: Option<String>,
     /// Base backups, oldest first, unfinished ones included (by status).
     pub backups: Vec<BackupSummary>,
-    /// The stop time of the oldest complete backup, RFC 3339 UTC.
+    /// The start of the earliest window ([`Catalog::window`]): the stop
+    /// time of the oldest backup the WAL runs on from, RFC 3339 UTC.
     pub earliest_restorable_time: Option<String>,
     /// `pgpitr stream` processes by their leases; `live: false` is what a
     /// killed stream left behind.
@@ -57,6 +59,22 @@ pub struct RepoStatus {
     pub unindexed: Option<Vec<Unindexed>>,
     /// The newest restore drills' reports, newest first.
     pub drills: Vec<DrillReport>,
+    /// Per complete backup: how far it restores, from the WAL stored, and
+    /// why the last applied retention policy keeps it.
+    pub retention: Vec<BackupRetention>,
+    /// The policy the last `expire` applied, if any.
+    pub retention_policy: Option<retention::Recorded>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupRetention {
+    pub id: String,
+    /// `point_in_time` (WAL stored from its start to the end of its
+    /// timeline), `to_its_end` (its own WAL only: a later gap), or
+    /// `not_restorable` (its own WAL is incomplete).
+    pub restorable: &'static str,
+    /// Why the recorded policy keeps it; empty: the next `expire` deletes it.
+    pub kept_by: Vec<retention::KeptBy>,
 }
 
 /// How many drills `list` shows.
@@ -98,9 +116,22 @@ pub async fn status(cat: &mut Catalog, index: bool) -> Result<RepoStatus> {
         lease::read_all(cat.repo().storage().as_ref()).await?.iter().map(|l| StreamSummary::of(l, now)).collect();
     let unindexed = if index { Some(cat.unindexed().await?) } else { None };
     let drills = cat.repo().recent_drills(DRILLS_SHOWN).await?;
+    let retention_policy = retention::recorded(cat.repo()).await?;
+    let complete: Vec<BackupSummary> =
+        backups.iter().filter(|b| b.status == backup::BackupStatus::Complete).cloned().collect();
+    let why = match &retention_policy {
+        Some(r) => retention::reasons(&complete, &r.policy, now),
+        None => vec![Vec::new(); complete.len()],
+    };
+    let (listing, _) = cat.split();
+    let retention = complete
+        .iter()
+        .zip(why)
+        .map(|(b, kept_by)| BackupRetention { id: b.id.clone(), restorable: reach(listing, b), kept_by })
+        .collect();
     let b = cat.repo().binding();
     Ok(RepoStatus {
-        earliest_restorable_time: backup::earliest_restorable_time(&backups),
+        earliest_restorable_time: windows.iter().filter_map(|w| w.earliest_us).min().map(format_time_us),
         backups,
         system_identifier: b.system_identifier.to_string(),
         pg_major: b.pg_major,
@@ -111,5 +142,20 @@ pub async fn status(cat: &mut Catalog, index: bool) -> Result<RepoStatus> {
         streams,
         unindexed,
         drills,
+        retention,
+        retention_policy,
     })
+}
+
+/// How far a complete backup restores with the WAL stored.
+fn reach(listing: &pgpitr_repo::catalog::Listing, b: &BackupSummary) -> &'static str {
+    let (Some(tli), Some(start), Some(stop)) = (b.timeline, b.start_lsn, b.stop_lsn) else { return "not_restorable" };
+    let Some(path) = listing.path(tli) else { return "not_restorable" };
+    if listing.first_gap(&path, start, stop).is_some() {
+        return "not_restorable";
+    }
+    match listing.path_end(&path) {
+        Some(end) if listing.first_gap(&path, start, end).is_none() => "point_in_time",
+        _ => "to_its_end",
+    }
 }

@@ -361,12 +361,16 @@ impl Catalog {
         let Some(path) = self.listing.path(tli) else { return Ok(None) };
         let (listing, sums) = self.split();
         let cands: Vec<&BackupPoint> = listing.points.iter().filter(|b| path.holds_backup(b)).collect();
-        let (earliest, latest) = match (cands.first(), cands.last()) {
-            (Some(o), Some(n)) => {
+        let (earliest, latest) = match cands.last() {
+            Some(n) => {
+                // The window starts at the oldest backup from which the WAL
+                // runs on without a gap: older ones (kept by a retention
+                // tier with their own WAL only) restore to their end alone.
+                let o = cands.iter().find(|o| listing.first_gap(&path, o.start_lsn, n.stop_lsn).is_none()).unwrap_or(n);
                 let objs = listing.objects_on(&path);
                 (Some(o.stop_time_us), Some(sums.window_end(&objs, n).await?.1))
             }
-            _ => (None, None),
+            None => (None, None),
         };
         Ok(Some(Window {
             timeline: tli,

@@ -27,12 +27,27 @@ pub fn compression(c: Option<Compress>) -> Compression {
     }
 }
 
+/// `backup hold|release ID`.
+async fn hold(repo: &str, id: &str, hold: bool) -> anyhow::Result<u8> {
+    let bid = pgpitr_repo::backup::BackupId::parse(id)
+        .ok_or_else(|| anyhow::anyhow!("{id:?} is not a backup ID (as `pgpitr list` shows them)"))?;
+    let repo = super::open_repo(repo, pgpitr_repo::Access::Write).await?;
+    let info = pgpitr_repo::backup::set_hold(repo.storage().as_ref(), &bid, hold).await?;
+    let what = if hold { "held: no retention rule deletes it" } else { "released: the retention rules apply to it" };
+    println!("backup {} (stopped {}) {what}", info.id, info.stop_time);
+    Ok(crate::exit::OK)
+}
+
 pub async fn run(args: BackupArgs, log_format: LogFormat) -> anyhow::Result<u8> {
+    if let (Some(action), Some(id)) = (args.hold, &args.held_id) {
+        return hold(&args.repo.repo, id, action == crate::cli::HoldAction::Hold).await;
+    }
     let url = RepoUrl::parse(&args.repo.repo)?;
     let cfg = conn::config(&args.conn, "pgpitr_backup")?;
     let (repo, _) = super::bind_repo(&url, &cfg, None).await?;
     let opts = BackupOptions {
         label: args.label.clone(),
+        keep_forever: args.keep_forever,
         checkpoint: checkpoint_mode(args.checkpoint),
         allow_checksum_failures: args.allow_checksum_failures,
         wal_timeout: args.wal_timeout,

@@ -76,12 +76,24 @@ pub struct DrillArgs {
     /// server's OS user).
     #[arg(long, value_name = "USER")]
     pub db_user: Option<String>,
+    /// A setting for the drill's server, after the isolation (repeatable):
+    /// e.g. shared_buffers=256MB on a small drill host, or
+    /// shared_preload_libraries=... without a job scheduler.
+    #[arg(long = "server-setting", value_name = "NAME=VALUE", value_parser = parse_setting)]
+    pub server_settings: Vec<(String, String)>,
     /// Backup parts downloaded and decompressed at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("expected NAME=VALUE, got {s:?}")),
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -190,6 +202,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<u8> {
         time_limit: args.time_limit,
         max_disk: args.max_disk.map(|b| b as u64),
         rto_objective: args.rto_objective,
+        server_settings: args.server_settings.clone(),
         progress: Default::default(),
         replay: Default::default(),
         cancel: tokio_util::sync::CancellationToken::new(),

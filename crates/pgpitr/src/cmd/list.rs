@@ -59,6 +59,23 @@ pub async fn run(args: ListArgs) -> anyhow::Result<u8> {
             b.size_bytes.map(|n| HumanBytes(n).to_string()).unwrap_or_else(dash),
             b.stored_bytes.map(|n| HumanBytes(n).to_string()).unwrap_or_else(dash),
         );
+        if let Some(r) = st.retention.iter().find(|r| r.id == b.id) {
+            let reach = match r.restorable {
+                "point_in_time" => "to any time from its end on",
+                "to_its_end" => "to its end only (no WAL after it)",
+                _ => "NOT restorable (its own WAL is incomplete)",
+            };
+            let kept = match (&st.retention_policy, r.kept_by.is_empty()) {
+                (None, _) => String::new(),
+                (Some(_), true) => "; the next expire deletes it".into(),
+                (Some(_), false) => {
+                    let why: Vec<String> = r.kept_by.iter().map(|k| k.describe()).collect();
+                    format!("; kept by {}", why.join(", "))
+                }
+            };
+            let held = if b.keep_forever { " [held]" } else { "" };
+            println!("  restorable {reach}{kept}{held}");
+        }
     }
     if st.timelines.is_empty() {
         println!("WAL: none stored yet");

@@ -16,7 +16,7 @@ use crate::cli::{Cli, Command};
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Init(args) => init::run(args).await,
-        Command::Stream(args) => stream::run(args).await,
+        Command::Stream(args) => stream::run(args, cli.global.log_format).await,
         Command::List(args) => list::run(args).await,
         Command::Backup(args) => backup::run(args, cli.global.log_format).await,
         Command::Restore(args) => restore::run(args).await,

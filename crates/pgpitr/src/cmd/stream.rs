@@ -7,12 +7,15 @@ use pgpitr_stream::{Archiver, StreamConfig, StreamStats};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
+pub async fn run(args: StreamArgs, log_format: crate::cli::LogFormat) -> anyhow::Result<u8> {
     let url = RepoUrl::parse(&args.repo.repo)?;
     let app_name = args.application_name.clone().unwrap_or_else(|| args.slot.clone());
     let mut cfg = conn::config(&args.conn, &app_name)?;
     if args.application_name.is_some() {
         cfg.set_application_name(app_name.clone());
+    }
+    if args.retention.policy().is_some() && args.backup_every.is_none() {
+        anyhow::bail!("the --keep-* rules of stream apply after scheduled backups: give --backup-every too");
     }
     let cancel = CancellationToken::new();
     crate::signals::cancel_on_signal(cancel.clone())?;
@@ -60,7 +63,8 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
     }
     let drills = args.drill_every.zip(drill_stats).map(|(every, stats)| {
         tracing::info!(every = ?every, "scheduled restore drills enabled");
-        let schedule = crate::drills::DrillSchedule { every, args: args.drill_args() };
+        let schedule =
+            crate::drills::DrillSchedule { every, args: args.drill_args(log_format), repo: args.repo.repo.clone() };
         tokio::spawn(crate::drills::run_scheduled(repo.clone(), schedule, stats, cancel.clone()))
     });
     let scheduler = args.backup_every.zip(schedule_stats.clone()).map(|(every, outcomes)| {
@@ -73,11 +77,7 @@ pub async fn run(args: StreamArgs) -> anyhow::Result<u8> {
             wal_mode: WalMode::Stream,
             ..BackupOptions::default()
         };
-        let retention =
-            (args.keep_backups.is_some() || args.keep_within.is_some()).then_some(pgpitr_repo::retention::Policy {
-                keep_backups: args.keep_backups,
-                keep_within: args.keep_within,
-            });
+        let retention = args.retention.policy();
         tracing::info!(every = ?every, ?retention, "scheduled base backups enabled");
         let display = ProgressDisplay::start(opts.progress.clone(), false);
         let schedule = pgpitr_backup::Schedule { every, retention, now: stream_cfg.backup_now.clone() };

@@ -6,6 +6,10 @@ use pgpitr_restore::walfetch::{self, FetchError, FetchRequest, Fetched};
 use pgpitr_storage::RepoUrl;
 use std::path::PathBuf;
 
+fn parse_lsn(s: &str) -> Result<pgpitr_types::Lsn, String> {
+    s.parse().map_err(|e: pgpitr_types::ParseError| e.to_string())
+}
+
 #[derive(Debug, Args)]
 pub struct WalFetchArgs {
     #[command(flatten)]
@@ -17,6 +21,10 @@ pub struct WalFetchArgs {
     /// Segments to keep prefetched in --spool (0: none).
     #[arg(long, default_value_t = walfetch::DEFAULT_PREFETCH, value_name = "N")]
     pub prefetch: usize,
+    /// A segment missing past the one holding this LSN is the end of WAL,
+    /// not a gap (restores to a target set it to the plan's end).
+    #[arg(long, value_name = "LSN", value_parser = parse_lsn)]
+    pub until: Option<pgpitr_types::Lsn>,
     /// Run as the spool's prefetcher (started by wal-fetch itself).
     #[arg(long, hide = true, requires = "spool")]
     pub prefetch_daemon: bool,
@@ -44,6 +52,7 @@ pub fn fast_path(args: &WalFetchArgs) -> Option<u8> {
         dest: dest.clone(),
         spool: Some(spool.clone()),
         prefetch: args.prefetch,
+        until: args.until,
     };
     let how = walfetch::serve_from_spool(&req)?;
     tracing::debug!(file = %name, from = ?how, "served");
@@ -72,7 +81,8 @@ pub async fn run(args: WalFetchArgs) -> anyhow::Result<u8> {
     let (Some(name), Some(dest)) = (args.walfile, args.dest) else {
         return fail("wal-fetch needs the WAL file name and the destination (%f %p)".into());
     };
-    let req = FetchRequest { repo, name: name.clone(), dest, spool: args.spool, prefetch: args.prefetch };
+    let req =
+        FetchRequest { repo, name: name.clone(), dest, spool: args.spool, prefetch: args.prefetch, until: args.until };
     // The spool was tried first, by `fast_path`.
     match walfetch::fetch_from_repository(&req).await {
         Ok(Fetched::NotFound) => {
