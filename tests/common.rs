@@ -77,6 +77,17 @@ impl Backend {
         Backend::S3(s3)
     }
 
+    /// Another S3 server with the credentials of `other`'s (when S3): one
+    /// process reaches both, as two regions of one account.
+    pub fn s3_beside(other: &Backend) -> Backend {
+        let s3 = match other {
+            Backend::S3(o) => pgpitr_testkit::S3Server::start_sharing(o),
+            Backend::Local(_) => pgpitr_testkit::S3Server::start(),
+        };
+        s3.create_bucket("pitr");
+        Backend::S3(s3)
+    }
+
     pub fn url(&self) -> String {
         match self {
             Backend::Local(d) => d.path().join("repo").display().to_string(),

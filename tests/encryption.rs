@@ -13,12 +13,12 @@ use std::time::Duration;
 
 /// A key file the restored server (the `postgres` OS user under root) can
 /// read, and only it.
-struct KeyFile {
+pub(crate) struct KeyFile {
     _dir: tempfile::TempDir,
-    path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
-fn key_file(hex_byte: &str) -> KeyFile {
+pub(crate) fn key_file(hex_byte: &str) -> KeyFile {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = dir.path().join("pgpitr.key");

@@ -24,6 +24,7 @@ macro_rules! on_both_backends {
 
 mod backup;
 mod common;
+mod copy;
 mod docker;
 mod drill;
 mod encryption;

@@ -179,7 +179,7 @@ pub async fn drill(repo: &Repository, opts: &DrillOptions) -> Result<DrillReport
     if let Err(e) = outcome {
         report.error = Some(e);
     }
-    if let Err(e) = clean_up(opts, &pgdata, scratch, &tablespaces).await {
+    if let Err(e) = clean_up(opts, &pgdata, scratch).await {
         tracing::warn!(error = %e, "the drill could not clean up after itself");
         report.error.get_or_insert(format!("cleaning up: {e}"));
     }
@@ -223,14 +223,9 @@ async fn tablespace_map(repo: &Repository, id: &str, root: &Path) -> Result<Vec<
 }
 
 /// Stops the drill's server (immediately: nothing in it is kept), removes
-/// the scratch directory and the tablespaces, and takes the isolation out
-/// of a kept `--pgdata`, so that it starts as restored.
-async fn clean_up(
-    opts: &DrillOptions,
-    pgdata: &Path,
-    scratch: Option<tempfile::TempDir>,
-    tablespaces: &Path,
-) -> Result<(), String> {
+/// the scratch directory (its tablespaces with it), and takes the isolation
+/// out of a kept `--pgdata`, so that it starts as restored.
+async fn clean_up(opts: &DrillOptions, pgdata: &Path, scratch: Option<tempfile::TempDir>) -> Result<(), String> {
     // `pg_ctl start` returns before the postmaster writes its pid file.
     if pgdata.join("log").join(server::RECOVERY_LOG).exists() {
         for _ in 0..30 {
@@ -243,10 +238,8 @@ async fn clean_up(
     server::stop(pgdata, &opts.bindir, opts.run_as.as_deref()).map_err(|e| e.0)?;
     match scratch {
         Some(dir) => remove_all(&dir.keep()).await,
-        None => {
-            remove_all(tablespaces).await?;
-            crate::conf::strip_isolation(pgdata).map_err(|e| format!("{}: {e}", pgdata.display()))
-        }
+        // Kept, with its tablespaces.
+        None => crate::conf::strip_isolation(pgdata).map_err(|e| format!("{}: {e}", pgdata.display())),
     }
 }
 

@@ -37,12 +37,20 @@ fn s3s_fs_binary() -> PathBuf {
 
 impl S3Server {
     pub fn start() -> S3Server {
+        Self::start_with(format!("AKTEST{:016X}", fastrand::u64(..)), format!("secret-{:032x}", fastrand::u128(..)))
+    }
+
+    /// A second server that takes `other`'s credentials, as two regions of
+    /// one account do.
+    pub fn start_sharing(other: &S3Server) -> S3Server {
+        Self::start_with(other.access_key.clone(), other.secret_key.clone())
+    }
+
+    fn start_with(access_key: String, secret_key: String) -> S3Server {
         let bin = s3s_fs_binary();
         let dir = tempfile::Builder::new().prefix("pgpitr-s3-").tempdir().expect("create temp dir for s3s-fs");
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).expect("create s3s-fs data dir");
-        let access_key = format!("AKTEST{:016X}", fastrand::u64(..));
-        let secret_key = format!("secret-{:032x}", fastrand::u128(..));
         let log = dir.path().join("s3s-fs.log");
         let (child, port) = start_listening("s3s-fs", &log, |port| {
             let mut c = Command::new(&bin);

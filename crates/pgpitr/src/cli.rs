@@ -92,6 +92,16 @@ pub enum Command {
     /// fails, with the report; refusals (a target outside the window, a
     /// non-empty --pgdata, no binaries of the backup's major) write nothing.
     Drill(crate::cmd::drill::DrillArgs),
+    /// Bring a second repository (another region) up to date with this one.
+    ///
+    /// Copies every object the target lacks, as stored (an encrypted
+    /// repository stays encrypted; no key is needed), in an order that keeps
+    /// the target a consistent repository throughout: keyring, binding,
+    /// timeline histories, WAL in order, then each complete backup with its
+    /// backup.json last. Each object is read back and its CRC-32 compared.
+    /// Incremental, idempotent and resumable: run it again after an
+    /// interruption. A target bound to another cluster is refused.
+    Copy(crate::cmd::copy::CopyArgs),
     /// Serve one WAL file to PostgreSQL (its restore_command).
     ///
     /// Serves complete segments, timeline history files and the unfinished

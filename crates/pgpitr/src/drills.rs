@@ -24,10 +24,11 @@ pub struct DrillStats {
 }
 
 impl DrillStats {
+    /// Takes in a drill newer than those recorded so far.
     fn record(&self, r: &DrillReport) {
-        if let Some(rto) = r.rto_seconds {
-            self.last_rto_ms.store((rto * 1e3) as u64, Ordering::Relaxed);
-        }
+        // A drill that stopped before its server promoted has no RTO: the
+        // gauge is then absent rather than an older drill's.
+        self.last_rto_ms.store(r.rto_seconds.map_or(0, |rto| (rto * 1e3) as u64), Ordering::Relaxed);
         if r.ok
             && let Ok(t) = r.finished_at.parse::<jiff::Timestamp>()
         {

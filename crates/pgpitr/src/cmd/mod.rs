@@ -1,4 +1,5 @@
 mod backup;
+pub mod copy;
 pub mod drill;
 mod expire;
 mod init;
@@ -21,6 +22,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Backup(args) => backup::run(args, cli.global.log_format).await,
         Command::Restore(args) => restore::run(args).await,
         Command::Drill(args) => drill::run(args).await,
+        Command::Copy(args) => copy::run(args).await,
         Command::WalFetch(args) => wal_fetch::run(args).await,
         Command::Expire(args) => expire::run(args).await,
         Command::Verify(args) => verify::run(args).await,

@@ -1,0 +1,216 @@
+//! `pgpitr copy`: a second repository (another region) kept in step with
+//! the first, object by object, as stored: an encrypted repository stays
+//! encrypted and the copy never needs its key.
+//!
+//! Order, so that the target is a consistent repository at every moment:
+//! the keyring, the binding (new, or changed by a key rotation), timeline
+//! histories, WAL in key order (LSN order within a timeline) one object at
+//! a time, then each complete backup's parts and manifest and its
+//! `backup.json` last; drill reports and the retention record after.
+//! Running backups, leases and leftovers are not copied. Every object is
+//! read back from the target and its CRC-32 compared with the source's
+//! before the next step relies on it. What the target already holds (same
+//! key, same size) is skipped, so a copy is incremental, idempotent and
+//! resumable. Tail pieces the source has merged away are deleted from the
+//! target once copied over; other deletions (expiry) are the target's own.
+
+use crate::backup::{self, BackupId};
+use crate::{RepoError, Result, layout, read_binding, wal};
+use futures_util::{StreamExt, TryStreamExt};
+use pgpitr_storage::Storage;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// What a copy did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CopyStats {
+    pub copied_objects: usize,
+    pub copied_bytes: u64,
+    /// Already in the target with the same size.
+    pub present_objects: usize,
+    /// Tail pieces the source merged away, deleted from the target.
+    pub deleted_pieces: usize,
+    pub backups: usize,
+}
+
+impl CopyStats {
+    fn add(&mut self, copied: Option<u64>) {
+        if let Some(n) = copied {
+            self.copied_objects += 1;
+            self.copied_bytes += n;
+        }
+    }
+}
+
+/// Copies what `to` lacks from `from`; both are raw storages (no keys).
+/// A pass that meets WAL merged away since its listing (a stream writes
+/// the source) lists again, up to a few times.
+pub async fn copy(from: Arc<dyn Storage>, to: Arc<dyn Storage>, parallel: usize) -> Result<CopyStats> {
+    let mut total = CopyStats::default();
+    for _ in 0..5 {
+        let (stats, done) = pass(from.clone(), to.clone(), parallel).await?;
+        total.copied_objects += stats.copied_objects;
+        total.copied_bytes += stats.copied_bytes;
+        total.present_objects = stats.present_objects;
+        total.deleted_pieces += stats.deleted_pieces;
+        total.backups += stats.backups;
+        if done {
+            return Ok(total);
+        }
+    }
+    Err(RepoError::Busy(format!(
+        "{} changed under every copy pass (WAL merged while it was copied): run the copy again",
+        from.describe()
+    )))
+}
+
+/// One pass; `false` when it stopped at WAL that vanished from the source.
+async fn pass(from: Arc<dyn Storage>, to: Arc<dyn Storage>, parallel: usize) -> Result<(CopyStats, bool)> {
+    let source = read_binding(from.as_ref()).await?;
+    match read_binding(to.as_ref()).await {
+        Ok(target) if target.system_identifier != source.system_identifier => {
+            return Err(RepoError::OtherCluster {
+                location: to.describe(),
+                bound: target.system_identifier,
+                found: source.system_identifier,
+            });
+        }
+        Ok(target) if target.encryption.is_some() != source.encryption.is_some() => {
+            return Err(RepoError::Mismatch {
+                location: to.describe(),
+                what: "encryption",
+                bound: describe_encryption(&target),
+                found: describe_encryption(&source),
+            });
+        }
+        Ok(_) | Err(RepoError::NotInitialised { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let have: BTreeMap<String, u64> = to.list("").await?.into_iter().map(|m| (m.key, m.size)).collect();
+    let mut listed = from.list("").await?;
+    listed.sort_by(|a, b| a.key.cmp(&b.key));
+    let sizes: BTreeMap<&str, u64> = listed.iter().map(|m| (m.key.as_str(), m.size)).collect();
+    let mut stats = CopyStats::default();
+    let missing = |key: &str| have.get(key) != sizes.get(key);
+
+    // The keyring, then the binding (new, or rotated to a key the keyring
+    // now wraps with), then histories, then WAL: in order, one at a time.
+    for m in listed.iter().filter(|m| m.key.starts_with(pgpitr_crypt::keyring::PREFIX)) {
+        if missing(&m.key) {
+            stats.add(copy_one(from.as_ref(), to.as_ref(), &m.key).await?);
+        } else {
+            stats.present_objects += 1;
+        }
+    }
+    let binding = from.get(layout::BINDING).await?;
+    let bound = match to.get(layout::BINDING).await {
+        Ok(b) => Some(b),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(e.into()),
+    };
+    if bound.as_ref() != Some(&binding) {
+        stats.add(copy_one(from.as_ref(), to.as_ref(), layout::BINDING).await?);
+    }
+    for prefix in [wal::HISTORY_PREFIX, wal::PREFIX] {
+        for m in listed.iter().filter(|m| m.key.starts_with(prefix)) {
+            if !missing(&m.key) {
+                stats.present_objects += 1;
+                continue;
+            }
+            let copied = copy_one(from.as_ref(), to.as_ref(), &m.key).await?;
+            if copied.is_none() && prefix == wal::PREFIX {
+                // Merged away since the listing: its segment object is
+                // newer than the listing. Stop here, so that the target
+                // ends where its WAL does, without a gap, and list again.
+                return Ok((stats, false));
+            }
+            stats.add(copied);
+        }
+    }
+    // Complete backups: everything but backup.json, `parallel` at a time, then it.
+    let complete: BTreeSet<&str> = listed
+        .iter()
+        .filter_map(|m| m.key.strip_prefix(backup::PREFIX)?.strip_suffix(&format!("/{}", backup::INFO)))
+        .filter(|id| BackupId::parse(id).is_some())
+        .collect();
+    for id in &complete {
+        let dir = format!("{}{id}/", backup::PREFIX);
+        let info = format!("{dir}{}", backup::INFO);
+        let marker = format!("{dir}{}", backup::MARKER);
+        let parts: Vec<&str> = listed
+            .iter()
+            .map(|m| m.key.as_str())
+            .filter(|k| k.starts_with(&dir) && *k != info && *k != marker)
+            .collect();
+        let todo: Vec<&str> = parts.iter().copied().filter(|k| missing(k)).collect();
+        stats.present_objects += parts.len() - todo.len();
+        let copied: Vec<Option<u64>> = futures_util::stream::iter(todo)
+            .map(|k| copy_one(from.as_ref(), to.as_ref(), k))
+            .buffer_unordered(parallel.max(1))
+            .try_collect()
+            .await?;
+        copied.into_iter().for_each(|c| stats.add(c));
+        if missing(&info) {
+            // Expiry deletes backup.json first: if it is still there, every
+            // part was.
+            let c = copy_one(from.as_ref(), to.as_ref(), &info).await?;
+            stats.backups += usize::from(c.is_some());
+            stats.add(c);
+        } else {
+            stats.present_objects += 1;
+        }
+    }
+    for m in listed.iter().filter(|m| m.key.starts_with(crate::drills::PREFIX) || m.key == crate::retention::RECORD_KEY)
+    {
+        if missing(&m.key) {
+            stats.add(copy_one(from.as_ref(), to.as_ref(), &m.key).await?);
+        }
+    }
+    // Pieces merged away in the source: their segment object is copied.
+    let stale: Vec<String> = have
+        .keys()
+        .filter(|k| k.starts_with(wal::PREFIX) && k.ends_with(".part") && !sizes.contains_key(k.as_str()))
+        .cloned()
+        .collect();
+    for chunk in stale.chunks(1000) {
+        to.delete_many(chunk).await?;
+    }
+    stats.deleted_pieces = stale.len();
+    Ok((stats, true))
+}
+
+fn describe_encryption(b: &crate::Binding) -> String {
+    match &b.encryption {
+        Some(e) => format!("key {} {}", e.kek.kind, e.kek.id),
+        None => "none".into(),
+    }
+}
+
+/// Copies one object and reads it back: the target must return exactly
+/// the bytes read from the source. Returns their size; `None` for an object
+/// the source deleted since its listing (a merged piece, an expired backup,
+/// whose `backup.json` goes first): the next copy sees what replaced it.
+async fn copy_one(from: &dyn Storage, to: &dyn Storage, key: &str) -> Result<Option<u64>> {
+    let data = match from.get(key).await {
+        Ok(d) => d,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let crc = crc32fast::hash(&data);
+    let len = data.len() as u64;
+    to.put(key, data).await?;
+    let back = to.get(key).await?;
+    if back.len() as u64 != len || crc32fast::hash(&back) != crc {
+        return Err(RepoError::Corrupt {
+            location: to.describe(),
+            key: key.to_string(),
+            reason: format!(
+                "the copy reads back as {} bytes with CRC-32 {:08x}, not the {len} bytes with {crc:08x} written",
+                back.len(),
+                crc32fast::hash(&back)
+            ),
+        });
+    }
+    Ok(Some(len))
+}
