@@ -56,7 +56,7 @@ async fn copy_between(from: Backend, to: Backend) {
         Backend::Local(d) => Arc::new(FaultyStorage::new(LocalStorage::new(d.path().join("repo")), mode)),
         Backend::S3(s3) => Arc::new(FaultyStorage::new(S3Storage::new(s3_options(s3)).await.unwrap(), mode)),
     };
-    let err = pgpitr_repo::copy::copy(from.storage().await, faulty, 2).await.expect_err("the copy was cut off");
+    let err = pgpitr_repo::copy::copy(from.storage().await, faulty, None, 2).await.expect_err("the copy was cut off");
     assert!(err.to_string().contains("put"), "{err}");
     let mut list = pgpitr();
     to.env(&mut list);

@@ -46,10 +46,17 @@ impl CopyStats {
 /// Copies what `to` lacks from `from`; both are raw storages (no keys).
 /// A pass that meets WAL merged away since its listing (a stream writes
 /// the source) lists again, up to a few times.
-pub async fn copy(from: Arc<dyn Storage>, to: Arc<dyn Storage>, parallel: usize) -> Result<CopyStats> {
+/// `placement` is the target's own S3 placement (from its URL), recorded in
+/// its binding instead of the source's.
+pub async fn copy(
+    from: Arc<dyn Storage>,
+    to: Arc<dyn Storage>,
+    placement: Option<crate::S3Placement>,
+    parallel: usize,
+) -> Result<CopyStats> {
     let mut total = CopyStats::default();
     for _ in 0..5 {
-        let (stats, done) = pass(from.clone(), to.clone(), parallel).await?;
+        let (stats, done) = pass(from.clone(), to.clone(), &placement, parallel).await?;
         total.copied_objects += stats.copied_objects;
         total.copied_bytes += stats.copied_bytes;
         total.present_objects = stats.present_objects;
@@ -66,7 +73,12 @@ pub async fn copy(from: Arc<dyn Storage>, to: Arc<dyn Storage>, parallel: usize)
 }
 
 /// One pass; `false` when it stopped at WAL that vanished from the source.
-async fn pass(from: Arc<dyn Storage>, to: Arc<dyn Storage>, parallel: usize) -> Result<(CopyStats, bool)> {
+async fn pass(
+    from: Arc<dyn Storage>,
+    to: Arc<dyn Storage>,
+    placement: &Option<crate::S3Placement>,
+    parallel: usize,
+) -> Result<(CopyStats, bool)> {
     let source = read_binding(from.as_ref()).await?;
     match read_binding(to.as_ref()).await {
         Ok(target) if target.system_identifier != source.system_identifier => {
@@ -84,6 +96,21 @@ async fn pass(from: Arc<dyn Storage>, to: Arc<dyn Storage>, parallel: usize) -> 
                 found: describe_encryption(&source),
             });
         }
+        // Bound to a key the source does not know: the copy would rebind it.
+        Ok(target)
+            if target
+                .encryption
+                .as_ref()
+                .zip(source.encryption.as_ref())
+                .is_some_and(|(t, s)| t.kek != s.kek && !s.previous.contains(&t.kek)) =>
+        {
+            return Err(RepoError::Mismatch {
+                location: to.describe(),
+                what: "encryption key",
+                bound: describe_encryption(&target),
+                found: describe_encryption(&source),
+            });
+        }
         Ok(_) | Err(RepoError::NotInitialised { .. }) => {}
         Err(e) => return Err(e),
     }
@@ -96,21 +123,28 @@ async fn pass(from: Arc<dyn Storage>, to: Arc<dyn Storage>, parallel: usize) -> 
 
     // The keyring, then the binding (new, or rotated to a key the keyring
     // now wraps with), then histories, then WAL: in order, one at a time.
+    // Keyring entries change in place (rotation adds a wrapping, retiring
+    // removes one), possibly at the same size: compared by content.
     for m in listed.iter().filter(|m| m.key.starts_with(pgpitr_crypt::keyring::PREFIX)) {
-        if missing(&m.key) {
+        if missing(&m.key) || differs(from.as_ref(), to.as_ref(), &m.key).await? {
             stats.add(copy_one(from.as_ref(), to.as_ref(), &m.key).await?);
         } else {
             stats.present_objects += 1;
         }
     }
-    let binding = from.get(layout::BINDING).await?;
-    let bound = match to.get(layout::BINDING).await {
-        Ok(b) => Some(b),
-        Err(e) if e.is_not_found() => None,
-        Err(e) => return Err(e.into()),
-    };
-    if bound.as_ref() != Some(&binding) {
-        stats.add(copy_one(from.as_ref(), to.as_ref(), layout::BINDING).await?);
+    let mut binding = source.clone();
+    binding.s3_placement = placement.clone();
+    let binding = bytes::Bytes::from(serde_json::to_vec_pretty(&binding).expect("a binding serialises"));
+    if get_opt(to.as_ref(), layout::BINDING).await?.as_ref() != Some(&binding) {
+        to.put(layout::BINDING, binding.clone()).await?;
+        if to.get(layout::BINDING).await? != binding {
+            return Err(RepoError::Corrupt {
+                location: to.describe(),
+                key: layout::BINDING.into(),
+                reason: "the binding reads back otherwise than written".into(),
+            });
+        }
+        stats.add(Some(binding.len() as u64));
     }
     for prefix in [wal::HISTORY_PREFIX, wal::PREFIX] {
         for m in listed.iter().filter(|m| m.key.starts_with(prefix)) {
@@ -151,9 +185,9 @@ async fn pass(from: Arc<dyn Storage>, to: Arc<dyn Storage>, parallel: usize) -> 
             .try_collect()
             .await?;
         copied.into_iter().for_each(|c| stats.add(c));
-        if missing(&info) {
+        if missing(&info) || differs(from.as_ref(), to.as_ref(), &info).await? {
             // Expiry deletes backup.json first: if it is still there, every
-            // part was.
+            // part was. (It changes in place when a hold is set.)
             let c = copy_one(from.as_ref(), to.as_ref(), &info).await?;
             stats.backups += usize::from(c.is_some());
             stats.add(c);
@@ -163,21 +197,66 @@ async fn pass(from: Arc<dyn Storage>, to: Arc<dyn Storage>, parallel: usize) -> 
     }
     for m in listed.iter().filter(|m| m.key.starts_with(crate::drills::PREFIX) || m.key == crate::retention::RECORD_KEY)
     {
-        if missing(&m.key) {
+        if missing(&m.key)
+            || (m.key == crate::retention::RECORD_KEY && differs(from.as_ref(), to.as_ref(), &m.key).await?)
+        {
             stats.add(copy_one(from.as_ref(), to.as_ref(), &m.key).await?);
         }
     }
-    // Pieces merged away in the source: their segment object is copied.
-    let stale: Vec<String> = have
-        .keys()
-        .filter(|k| k.starts_with(wal::PREFIX) && k.ends_with(".part") && !sizes.contains_key(k.as_str()))
-        .cloned()
-        .collect();
+    // Pieces merged away in the source, once the target holds what covers
+    // them; never while a stream writes the target (after a failover its
+    // pieces are its own).
+    let streamed = have.keys().any(|k| k.starts_with(crate::lease::PREFIX));
+    let stale = if streamed { Vec::new() } else { covered_pieces(to.as_ref(), &sizes).await? };
     for chunk in stale.chunks(1000) {
         to.delete_many(chunk).await?;
     }
     stats.deleted_pieces = stale.len();
     Ok((stats, true))
+}
+
+/// Tail pieces in the target that the source no longer lists and that
+/// another object of the target covers (the same timeline, a range
+/// holding theirs).
+async fn covered_pieces(to: &dyn Storage, source: &BTreeMap<&str, u64>) -> Result<Vec<String>> {
+    let seg = read_binding(to).await?.wal_segment_size;
+    let ids: Vec<(String, wal::WalObjectId)> = to
+        .list(wal::PREFIX)
+        .await?
+        .into_iter()
+        .filter_map(|m| Some((m.key.clone(), wal::WalObjectId::parse(&m.key, seg)?)))
+        .collect();
+    let mut stale = Vec::new();
+    for (key, id) in &ids {
+        if !key.ends_with(".part") || source.contains_key(key.as_str()) {
+            continue;
+        }
+        let (start, end) = id.range(seg);
+        let covered = ids.iter().any(|(k, o)| {
+            let (s, e) = o.range(seg);
+            k != key && o.tli == id.tli && s <= start && e >= end && !(s == start && e == end)
+        });
+        if covered {
+            stale.push(key.clone());
+        }
+    }
+    Ok(stale)
+}
+
+/// Whether the target's copy of a small object that changes in place
+/// differs from the source's (either missing counts as different).
+async fn differs(from: &dyn Storage, to: &dyn Storage, key: &str) -> Result<bool> {
+    let (a, b) = (get_opt(from, key).await?, get_opt(to, key).await?);
+    Ok(a.is_none() || a != b)
+}
+
+/// An object's bytes; `None` when it does not exist.
+async fn get_opt(s: &dyn Storage, key: &str) -> Result<Option<bytes::Bytes>> {
+    match s.get(key).await {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn describe_encryption(b: &crate::Binding) -> String {

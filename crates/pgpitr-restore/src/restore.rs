@@ -128,8 +128,11 @@ pub async fn restore(repo: &Repository, opts: &RestoreOptions) -> Result<Restore
     })
     .await?;
     let spool = opts.pgdata.join(SPOOL_DIR);
-    // With a target, recovery reads no WAL past the plan's end.
-    let until = (plan.recovery != plan::RecoveryTarget::None).then_some(plan.wal_end);
+    // With a target, recovery reads no WAL past the plan's end. Only when
+    // it promotes there: a paused or shut-down server may be sent further
+    // by hand, with this restore_command still in place.
+    let until =
+        (plan.recovery != plan::RecoveryTarget::None && opts.action == TargetAction::Promote).then_some(plan.wal_end);
     let restore_command = conf::restore_command(&opts.exe, &opts.repo_url.to_string(), Some(&spool), until)
         .map_err(RestoreError::Invalid)?;
     let plan_secs = t0.elapsed().as_secs_f64();

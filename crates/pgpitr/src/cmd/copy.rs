@@ -28,7 +28,8 @@ pub async fn run(args: CopyArgs) -> anyhow::Result<u8> {
     if from.describe() == to.describe() {
         anyhow::bail!("--from and --to name the same repository ({})", from.describe());
     }
-    let stats = pgpitr_repo::copy::copy(from.clone(), to.clone(), args.parallel as usize).await?;
+    let placement = pgpitr_repo::S3Placement::of(&to_url);
+    let stats = pgpitr_repo::copy::copy(from.clone(), to.clone(), placement, args.parallel as usize).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
     } else {

@@ -15,7 +15,10 @@ pub async fn run(args: StreamArgs, log_format: crate::cli::LogFormat) -> anyhow:
         cfg.set_application_name(app_name.clone());
     }
     if args.retention.policy().is_some() && args.backup_every.is_none() {
-        anyhow::bail!("the --keep-* rules of stream apply after scheduled backups: give --backup-every too");
+        // The PGPITR_KEEP_* variables may be set for `pgpitr expire` beside it.
+        tracing::warn!(
+            "retention rules (--keep-*, PGPITR_KEEP_*) apply after scheduled backups only: ignored without --backup-every"
+        );
     }
     let cancel = CancellationToken::new();
     crate::signals::cancel_on_signal(cancel.clone())?;
