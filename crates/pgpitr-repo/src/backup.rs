@@ -473,6 +473,14 @@ pub async fn set_hold(storage: &dyn Storage, id: &BackupId, hold: bool) -> Resul
     info.keep_forever = hold;
     let body = serde_json::to_vec_pretty(&info).expect("backup.json serialises");
     storage.put(&id.info_key(), bytes::Bytes::from(body)).await?;
+    // An expiry that deleted the backup meanwhile (backup.json first, then
+    // its data) must not leave a held backup.json with nothing under it.
+    let info_key = id.info_key();
+    let rest = storage.list(&id.dir()).await?.into_iter().filter(|m| m.key != info_key).count();
+    if rest == 0 {
+        storage.delete(&info_key).await?;
+        return Err(RepoError::NoSuchBackup { location: storage.describe(), id: id.to_string() });
+    }
     Ok(info)
 }
 
