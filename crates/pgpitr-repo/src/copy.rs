@@ -125,8 +125,11 @@ async fn pass(
     // now wraps with), then histories, then WAL: in order, one at a time.
     // Keyring entries change in place (rotation adds a wrapping, retiring
     // removes one), possibly at the same size: compared by content.
-    for m in listed.iter().filter(|m| m.key.starts_with(pgpitr_crypt::keyring::PREFIX)) {
-        if missing(&m.key) || differs(from.as_ref(), to.as_ref(), &m.key).await? {
+    // Listed again after the rest: a data key made while the rest was
+    // listed seals objects that listing holds.
+    let keyring = from.list(pgpitr_crypt::keyring::PREFIX).await?;
+    for m in &keyring {
+        if have.get(&m.key) != Some(&m.size) || differs(from.as_ref(), to.as_ref(), &m.key).await? {
             stats.add(copy_one(from.as_ref(), to.as_ref(), &m.key).await?);
         } else {
             stats.present_objects += 1;
