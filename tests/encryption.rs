@@ -230,15 +230,23 @@ fn restore_latest(backend: &Backend, env: &[(&'static str, String)]) -> PgCluste
     restored
 }
 
+/// A KMS server with a key, the environment that reaches both it and
+/// `backend`, and a cluster with an empty table `t`.
+fn kms_cluster(backend: &Backend) -> (KmsServer, String, Vec<(&'static str, String)>, PgCluster) {
+    share(backend);
+    let kms = KmsServer::start();
+    let key = kms.create_key();
+    let env = kms_env(&kms, &key, backend);
+    let pg = PgCluster::start_default();
+    pg.sql("CREATE TABLE t (id int)");
+    (kms, key, env, pg)
+}
+
 /// An AWS KMS key wraps the data keys: stream, backup and an exact restore
 /// through wal-fetch, with the KMS reached from the server's environment.
 async fn kms_encrypted_end_to_end(backend: Backend) {
-    share(&backend);
-    let kms = KmsServer::start();
-    let key = kms.create_key();
-    let env = kms_env(&kms, &key, &backend);
-    let pg = PgCluster::start_default();
-    pg.sql("CREATE TABLE t (id int)");
+    // The server lives as long as this binding.
+    let (_kms, key, env, pg) = kms_cluster(&backend);
     let os_env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(v.as_str()))).collect();
     let stream = StreamProc::start_env(&pg, &backend, &[], &os_env);
     wait_streaming(&pg, "pgpitr");
@@ -280,12 +288,7 @@ fn init_cmd(pg: &PgCluster, backend: &Backend, env: &[(&'static str, String)], e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kms_unreachable_while_streaming_loses_and_acknowledges_nothing() {
     let backend = Backend::local();
-    share(&backend);
-    let kms = KmsServer::start();
-    let key = kms.create_key();
-    let env = kms_env(&kms, &key, &backend);
-    let pg = PgCluster::start_default();
-    pg.sql("CREATE TABLE t (id int)");
+    let (kms, _key, env, pg) = kms_cluster(&backend);
     // A new data key per MiB sealed: the outage below needs new ones.
     let bound = init_cmd(&pg, &backend, &env, &["--data-key-bytes", "1MiB", "--json"]).ok();
     let bound: serde_json::Value = serde_json::from_str(&bound.stdout).unwrap();
