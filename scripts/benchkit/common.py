@@ -410,14 +410,20 @@ def s3s_fs_bin():
 
 
 class S3Server:
-    """s3s-fs on 127.0.0.1 with throwaway keys, as crates/pgpitr-testkit does."""
+    """s3s-fs on 127.0.0.1 with throwaway keys, as crates/pgpitr-testkit does.
+    `name` is its directory under work (two servers need two); `same_keys_as`
+    another server whose keys this one accepts too, so that one process
+    reaches both (two regions of one account)."""
 
-    def __init__(self, work):
-        self.dir = Path(work) / "s3"
+    def __init__(self, work, name="s3", same_keys_as=None):
+        self.dir = Path(work) / name
         self.data = self.dir / "data"
         self.data.mkdir(parents=True)
-        self.access_key = "AKBENCH" + secrets.token_hex(8).upper()
-        self.secret_key = "secret-" + secrets.token_hex(16)
+        if same_keys_as is not None:
+            self.access_key, self.secret_key = same_keys_as.access_key, same_keys_as.secret_key
+        else:
+            self.access_key = "AKBENCH" + secrets.token_hex(8).upper()
+            self.secret_key = "secret-" + secrets.token_hex(16)
         self.log = open(self.dir / "s3s-fs.log", "w")
         for _ in range(5):
             self.port = free_port()

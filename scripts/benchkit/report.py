@@ -7,15 +7,16 @@ import re
 
 from .common import result_file, summarize
 
-ORDER = ["micro", "stream", "rpo", "sync", "backup", "restore", "resume", "catalog"]
+ORDER = ["micro", "stream", "rpo", "sync", "backup", "restore", "resume", "catalog", "copy"]
 TITLES = {"micro": "Micro-benchmarks (criterion)", "stream": "stream: continuous archiving under load",
           "rpo": "rpo: commit → durable on an idle server", "sync": "sync: primary throughput with a synchronous "
           "archiver", "backup": "backup: base backup throughput", "restore": "restore: point-in-time restore",
           "resume": "Resume and the unfinished segment",
-          "catalog": "catalog: reading the repository as it grows"}
+          "catalog": "catalog: reading the repository as it grows",
+          "copy": "copy: a second repository in another region"}
 HOW = {"micro": "scripts/bench micro", "stream": "scripts/bench stream", "rpo": "scripts/bench rpo",
        "sync": "scripts/bench sync", "backup": "scripts/bench backup", "restore": "scripts/bench restore",
-       "resume": "scripts/bench resume", "catalog": "scripts/bench catalog"}
+       "resume": "scripts/bench resume", "catalog": "scripts/bench catalog", "copy": "scripts/bench copy"}
 
 
 def load(results):
@@ -85,6 +86,36 @@ def restore_rto(r, c):
                                                                  ("plan", "download", "replay")):
             vals.append(ph["plan"] + ph["download"] + ph["replay"])
     return summarize(vals)
+
+
+COPY_GOAL = "copy ≥ 0.9× an aws-s3-sync-like GET+PUT stream (issue 21): pgpitr-copy"
+
+
+def copy_goal(r):
+    """(measured, ok or None) of issue 21's copy goal: median MB/s of
+    pgpitr-copy over the s3-sync-like baseline's, same source, same runs.
+    r is the copy part's results, or None when it has not run."""
+    if not r:
+        return "not measured yet (copy not run yet)", None
+    if r.get("failed"):
+        return f"not measured yet (copy failed: {r['failed'][:120]})", None
+    S = r.get("summary") or {}
+    c, p = S.get("pgpitr-copy"), S.get("s3-sync-like")
+    if not c or not p:
+        why = "; ".join(f"{s['what']}: {s['why']}" for s in r.get("skipped", []))
+        return f"not measured yet ({why or 'no pgpitr-copy or s3-sync-like contender'})", None
+    if not c.get("mb_s") or not p.get("mb_s"):
+        return (f"no successful run ({c.get('errors') or 0} pgpitr-copy, {p.get('errors') or 0} s3-sync-like "
+                "failed)"), False if c.get("errors") and not c.get("mb_s") else None
+    a, b = med(c["mb_s"]), med(p["mb_s"])
+    rr = ratio(a, b)
+    cell = (f"{num(a)} vs {num(b)} MB/s = {'–' if rr is None else f'{rr:.3f}×'} (pgpitr copy also reads every "
+            "object back to verify it)")
+    ok = None if rr is None else rr >= 0.9
+    if c.get("errors"):
+        cell += f"; {c['errors']} failed pgpitr-copy run(s)"
+        ok = False
+    return cell, ok
 
 
 DRILL_GOAL = "Drill RTO ≤ 1.05× `restore --wait` of the same repository and target (issue 21): pgpitr-drill"
@@ -253,6 +284,9 @@ def goals(res):
                              f"= {rtxt(r)}", status(ok, "restore")])
         cell, ok = drill_goal(res["restore"])
         rows.append([DRILL_GOAL, cell, status(ok, "restore")])
+    # copy
+    cell, ok = copy_goal(res.get("copy"))
+    rows.append([COPY_GOAL, cell, status(ok, "copy")])
     # resume
     m = missing("resume")
     if m:
@@ -670,8 +704,26 @@ def sec_catalog(r):
             "their backup at every size.\n\n" + table(head, rows))
 
 
+def sec_copy(r):
+    S = r["summary"]
+    rows = []
+    for c, s in S.items():
+        rows.append([c, rng(s.get("wall_s"), secs), rng(s.get("bytes"), mib), rng(s.get("objects"), lambda x: num(x, digits=0)),
+                     rng(s.get("mb_s")), rng(s.get("client_cpu_s")), rng(s.get("servers_cpu_s")),
+                     rng(s.get("peak_rss"), mib), s.get("errors") or 0])
+    head = []
+    if r.get("source_bytes"):
+        head.append(f"Source repository: {mib(r['source_bytes'])} in {r.get('source_objects')} objects on server A "
+                    f"(database {mib(r.get('database_bytes'))}).\n")
+    out = head + [table(["copy", "wall", "copied", "objects", "MB/s", "client CPU s", "servers CPU s", "peak RSS",
+                         "failed runs"], rows)]
+    cell, _ = copy_goal(r)
+    out.append(f"\npgpitr-copy / s3-sync-like, median MB/s: {cell} (goal ≥ 0.9×).")
+    return "\n".join(out)
+
+
 SECTIONS = {"micro": sec_micro, "stream": sec_stream, "rpo": sec_rpo, "sync": sec_sync, "backup": sec_backup,
-            "restore": sec_restore, "resume": sec_resume, "catalog": sec_catalog}
+            "restore": sec_restore, "resume": sec_resume, "catalog": sec_catalog, "copy": sec_copy}
 
 
 def machine_block(res):
