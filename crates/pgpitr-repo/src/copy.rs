@@ -150,19 +150,41 @@ async fn pass(
         stats.add(Some(binding.len() as u64));
     }
     for prefix in [wal::HISTORY_PREFIX, wal::PREFIX] {
-        for m in listed.iter().filter(|m| m.key.starts_with(prefix)) {
-            if !missing(&m.key) {
-                stats.present_objects += 1;
+        let keys: Vec<&str> = listed.iter().map(|m| m.key.as_str()).filter(|k| k.starts_with(prefix)).collect();
+        let todo: Vec<&str> = keys.iter().copied().filter(|k| missing(k)).collect();
+        stats.present_objects += keys.len() - todo.len();
+        // Read ahead from the source, `parallel` at a time; write strictly
+        // in order, each verified before the next is written.
+        let source = from.as_ref();
+        let mut reads = futures_util::stream::iter(todo)
+            .map(|k| async move { Ok::<_, RepoError>((k, get_opt(source, k).await?)) })
+            .buffered(parallel.max(1));
+        // Read-backs run beside the next writes, `parallel` at most.
+        let target = to.as_ref();
+        let mut checks = futures_util::stream::FuturesUnordered::new();
+        while let Some(read) = reads.next().await {
+            let (key, data) = read?;
+            let Some(data) = data else {
+                if prefix == wal::PREFIX {
+                    // Merged away since the listing: its segment object is
+                    // newer than the listing. Stop here, so that the target
+                    // ends where its WAL does, without a gap, and list again.
+                    while let Some(c) = checks.next().await {
+                        stats.add(Some(c?));
+                    }
+                    return Ok((stats, false));
+                }
                 continue;
+            };
+            let (crc, len) = (crc32fast::hash(&data), data.len() as u64);
+            target.put(key, data).await?;
+            checks.push(verify(target, key, crc, len));
+            if checks.len() >= parallel.max(1) {
+                stats.add(checks.next().await.transpose()?);
             }
-            let copied = copy_one(from.as_ref(), to.as_ref(), &m.key).await?;
-            if copied.is_none() && prefix == wal::PREFIX {
-                // Merged away since the listing: its segment object is
-                // newer than the listing. Stop here, so that the target
-                // ends where its WAL does, without a gap, and list again.
-                return Ok((stats, false));
-            }
-            stats.add(copied);
+        }
+        while let Some(c) = checks.next().await {
+            stats.add(Some(c?));
         }
     }
     // Complete backups: everything but backup.json, `parallel` at a time, then it.
@@ -274,14 +296,22 @@ fn describe_encryption(b: &crate::Binding) -> String {
 /// the source deleted since its listing (a merged piece, an expired backup,
 /// whose `backup.json` goes first): the next copy sees what replaced it.
 async fn copy_one(from: &dyn Storage, to: &dyn Storage, key: &str) -> Result<Option<u64>> {
-    let data = match from.get(key).await {
-        Ok(d) => d,
-        Err(e) if e.is_not_found() => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let crc = crc32fast::hash(&data);
-    let len = data.len() as u64;
+    match get_opt(from, key).await? {
+        Some(data) => Ok(Some(put_verified(to, key, data).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Writes `data` as `key` and reads it back: the target must return
+/// exactly these bytes. Returns their size.
+async fn put_verified(to: &dyn Storage, key: &str, data: bytes::Bytes) -> Result<u64> {
+    let (crc, len) = (crc32fast::hash(&data), data.len() as u64);
     to.put(key, data).await?;
+    verify(to, key, crc, len).await
+}
+
+/// Reads `key` back from the target: `len` bytes with CRC-32 `crc`.
+async fn verify(to: &dyn Storage, key: &str, crc: u32, len: u64) -> Result<u64> {
     let back = to.get(key).await?;
     if back.len() as u64 != len || crc32fast::hash(&back) != crc {
         return Err(RepoError::Corrupt {
@@ -294,5 +324,5 @@ async fn copy_one(from: &dyn Storage, to: &dyn Storage, key: &str) -> Result<Opt
             ),
         });
     }
-    Ok(Some(len))
+    Ok(len)
 }
