@@ -117,9 +117,9 @@ def main(ctx):
                  "after the run. MB/s = the bytes the contender copied / its wall time: pgpitr's copied_bytes "
                  "(--json), the baseline's bytes read.")
         ctx.note("pgpitr copy does more than the baseline: it reads every object back from the target and compares "
-                 "its CRC-32 with the source's before going on, copies WAL one object at a time in LSN order (its "
-                 "--parallel applies to backup parts) and each backup's backup.json last, so the target is a "
-                 "consistent repository at every moment. It skips leases and leftovers the baseline copies.")
+                 "its CRC-32 with the source's, writes WAL one object at a time in LSN order (reading ahead and reading "
+                 "back --parallel at a time beside the writes; backup parts --parallel at a time) and each backup's "
+                 "backup.json last, so the target is a consistent repository at every moment. It skips leases and leftovers the baseline copies.")
         ctx.note("The baseline holds whole objects in memory (no multipart) and does 4 at a time, pgpitr copy's "
                  "default --parallel; the AWS CLI's own default is 10 concurrent requests. CPU: 'client' is the "
                  "copying process, 'servers' both s3s-fs (sampled from /proc).")

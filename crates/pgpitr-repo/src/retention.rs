@@ -295,7 +295,8 @@ fn plan_from(cat: &Catalog, policy: &Policy, now: jiff::Timestamp) -> Result<Pla
 
 /// Which of `backups` (complete, oldest first) the policy keeps. The
 /// newest is always kept.
-pub fn select(backups: &[BackupSummary], policy: &Policy, now: jiff::Timestamp) -> Vec<bool> {
+#[cfg(test)]
+fn select(backups: &[BackupSummary], policy: &Policy, now: jiff::Timestamp) -> Vec<bool> {
     reasons(backups, policy, now).iter().map(|r| !r.is_empty()).collect()
 }
 
