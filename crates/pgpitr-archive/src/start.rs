@@ -8,7 +8,7 @@ use crate::upload::{self, Blocks, Buffers, SpareSegments, WalUpload};
 use bytes::Bytes;
 use pgpitr_repo::Repository;
 use pgpitr_repo::catalog::Catalog;
-use pgpitr_repo::object::{BufPool, WalSummary};
+use pgpitr_repo::object::{self, WalSummary};
 use pgpitr_repo::wal::{self, WalObjectId};
 use pgpitr_storage::PutOutcome;
 use pgpitr_types::{Lsn, SegNo, TimelineId};
@@ -61,7 +61,7 @@ pub async fn compact_segment(
     let start = id.range(seg).0;
     let up = WalUpload { id, start, raw: assembled.data, summary, blocks: Blocks::Segment(Vec::new()) };
     let bufs = Buffers {
-        encode: BufPool::for_objects(1, seg.bytes() as usize),
+        encode: object::encode_pool(1, seg.bytes() as usize),
         segments: SpareSegments::new(0, seg.bytes() as usize),
     };
     upload::store(storage, seg, up, bufs, &CancellationToken::new()).await?;

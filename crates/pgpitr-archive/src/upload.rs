@@ -276,7 +276,7 @@ pub(crate) struct Uploads {
 impl Uploads {
     pub(crate) fn new(storage: Arc<dyn Storage>, seg: WalSegSize, cancel: CancellationToken) -> Uploads {
         let bufs = Buffers {
-            encode: BufPool::for_objects(ENCODE_BUFFERS, seg.bytes() as usize),
+            encode: object::encode_pool(ENCODE_BUFFERS, seg.bytes() as usize),
             segments: SpareSegments::new(SPARE_BUFFERS, seg.bytes() as usize),
         };
         Uploads {
@@ -363,7 +363,7 @@ mod tests {
     fn setup() -> (tempfile::TempDir, Arc<dyn Storage>, WalSegSize, CancellationToken, Buffers) {
         let dir = tempfile::tempdir().unwrap();
         let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path()));
-        let bufs = Buffers { encode: BufPool::for_objects(1, 1 << 20), segments: SpareSegments::new(1, 1 << 20) };
+        let bufs = Buffers { encode: object::encode_pool(1, 1 << 20), segments: SpareSegments::new(1, 1 << 20) };
         (dir, storage, WalSegSize::new(1 << 20).unwrap(), CancellationToken::new(), bufs)
     }
 

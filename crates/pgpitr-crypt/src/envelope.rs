@@ -173,6 +173,12 @@ pub fn seal(dk: &DataKey, key_id: KeyId, binding: Binding, plain: &[u8]) -> Resu
     seal_parts(dk, key_id, binding, &[plain])
 }
 
+/// The size of an object of `plain_len` bytes once sealed.
+pub fn sealed_len(plain_len: usize) -> usize {
+    let chunk = 1usize << CHUNK_LOG2;
+    HEADER_LEN + plain_len + plain_len.div_ceil(chunk).max(1) * TAG_LEN
+}
+
 /// Seals the concatenation of `parts` as one object: each byte is copied
 /// once, to its place in the output, and sealed there.
 pub fn seal_parts<B: AsRef<[u8]>>(
@@ -181,18 +187,37 @@ pub fn seal_parts<B: AsRef<[u8]>>(
     binding: Binding,
     parts: &[B],
 ) -> Result<Vec<u8>, CryptError> {
+    let mut out = vec![0u8; sealed_len(parts.iter().map(|p| p.as_ref().len()).sum())];
+    let n = seal_parts_into(dk, key_id, binding, parts, &mut out)?;
+    debug_assert_eq!(n, out.len());
+    Ok(out)
+}
+
+/// [`seal_parts`] into the start of `out` (at least [`sealed_len`] bytes,
+/// a recycled buffer, say); returns the sealed length.
+pub fn seal_parts_into<B: AsRef<[u8]>>(
+    dk: &DataKey,
+    key_id: KeyId,
+    binding: Binding,
+    parts: &[B],
+    out: &mut [u8],
+) -> Result<usize, CryptError> {
     let mut nonce_prefix = [0u8; 8];
     crate::random(&mut nonce_prefix)?;
     let env = Envelope { key_id, nonce_prefix, chunk: 1 << CHUNK_LOG2 };
     let header = env.header();
     let total: usize = parts.iter().map(|p| p.as_ref().len()).sum();
+    let need = sealed_len(total);
+    if out.len() < need {
+        return Err(CryptError::Key(format!("a sealing buffer of {} bytes cannot hold {need}", out.len())));
+    }
     let n = total.div_ceil(env.chunk).max(1);
-    let mut out = Vec::with_capacity(HEADER_LEN + total + n * TAG_LEN);
-    out.extend_from_slice(&header);
+    out[..HEADER_LEN].copy_from_slice(&header);
+    let mut at = HEADER_LEN;
     let mut rest = parts.iter().map(|p| p.as_ref());
     let mut cur: &[u8] = &[];
     for i in 0..n {
-        let at = out.len();
+        let begin = at;
         let mut want = env.chunk.min(total - i * env.chunk);
         while want > 0 {
             if cur.is_empty() {
@@ -201,18 +226,20 @@ pub fn seal_parts<B: AsRef<[u8]>>(
                 continue;
             }
             let take = want.min(cur.len());
-            out.extend_from_slice(&cur[..take]);
+            out[at..at + take].copy_from_slice(&cur[..take]);
+            at += take;
             cur = &cur[take..];
             want -= take;
         }
         let aad = binding.aad(&header, i as u64, i + 1 == n);
         let tag: Tag = dk
             .aead()
-            .seal_in_place_separate_tag(env.nonce(i as u64)?, Aad::from(aad), &mut out[at..])
+            .seal_in_place_separate_tag(env.nonce(i as u64)?, Aad::from(aad), &mut out[begin..at])
             .map_err(|_| CryptError::Key("sealing failed".into()))?;
-        out.extend_from_slice(tag.as_ref());
+        out[at..at + TAG_LEN].copy_from_slice(tag.as_ref());
+        at += TAG_LEN;
     }
-    Ok(out)
+    Ok(at)
 }
 
 /// Opens a whole sealed object.

@@ -16,7 +16,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use pgpitr_storage::{
-    Journal, JournalOpen, ListPage, ObjectMeta, ObjectStream, Op, PutOutcome, Result, Storage, StorageError, Upload,
+    BufPool, Journal, JournalOpen, ListPage, ObjectMeta, ObjectStream, Op, PutOutcome, Result, Storage, StorageError,
+    Upload,
 };
 use std::collections::HashMap;
 use std::ops::Range;
@@ -124,11 +125,24 @@ fn open_error(op: Op, key: &str, e: CryptError) -> StorageError {
 pub struct EncryptedStorage {
     inner: Arc<dyn Storage>,
     keys: Arc<Keys>,
+    /// Sealed objects' buffers, recycled (none by default).
+    sealed: BufPool,
 }
+
+/// Idle sealing buffers kept: one per upload in flight at the defaults.
+const SEALED_BUFFERS: usize = 2;
 
 impl EncryptedStorage {
     pub fn new(inner: Arc<dyn Storage>, keys: Arc<Keys>) -> EncryptedStorage {
-        EncryptedStorage { inner, keys }
+        EncryptedStorage { inner, keys, sealed: BufPool::new(0, 0) }
+    }
+
+    /// Recycles the buffers of sealed objects of up to `max_plain` bytes
+    /// (a writer's largest object): sealing into fresh megabytes faulted
+    /// every page in again, most of what encryption cost a bulk load.
+    pub fn recycling(mut self, max_plain: usize) -> EncryptedStorage {
+        self.sealed = BufPool::new(SEALED_BUFFERS, envelope::sealed_len(max_plain));
+        self
     }
 
     fn plain(key: &str) -> bool {
@@ -139,7 +153,10 @@ impl EncryptedStorage {
     async fn seal(&self, op: Op, key: &str, parts: &[Bytes]) -> Result<Bytes> {
         let len = parts.iter().map(|p| p.len() as u64).sum();
         let (id, dk) = self.keys.for_sealing(self.inner.as_ref(), len).await?;
-        envelope::seal_parts(&dk, id, self.keys.binding(key), parts).map(Bytes::from).map_err(|e| key_error(op, key, e))
+        let (mut buf, pooled) = self.sealed.take_or_alloc(envelope::sealed_len(len as usize));
+        let n = envelope::seal_parts_into(&dk, id, self.keys.binding(key), parts, &mut buf)
+            .map_err(|e| key_error(op, key, e))?;
+        Ok(self.sealed.finish(buf, n, pooled))
     }
 
     /// Opens a whole stored object (an envelope or a journal).

@@ -455,7 +455,9 @@ impl Repository {
             }
             (Some(e), Some(k)) => {
                 let keys = pgpitr_crypt::storage::Keys::new(vec![k], binding.system_identifier, e.data_keys.span());
-                Arc::new(pgpitr_crypt::storage::EncryptedStorage::new(storage, Arc::new(keys)))
+                // The largest object a writer seals: a segment's, encoded.
+                let largest = object::encode_pool(0, binding.wal_segment_size.bytes() as usize).buf_len();
+                Arc::new(pgpitr_crypt::storage::EncryptedStorage::new(storage, Arc::new(keys)).recycling(largest))
             }
         };
         let major = Self::supported(&storage, binding.pg_major)?;

@@ -31,7 +31,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use pgpitr_types::{Lsn, TimelineId};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
 
 pub const MAGIC: &[u8; 4] = b"PGPW";
 pub const VERSION: u8 = 1;
@@ -89,74 +88,15 @@ fn compress_framed(raw: &[u8], out: &mut [u8]) -> usize {
     at
 }
 
-/// Recycles the large buffers objects are encoded into. A fresh buffer of
-/// megabytes is a fresh mapping whose pages fault in as they are written:
-/// ~14% of the stream's CPU in the bulk-load profile.
-#[derive(Debug, Clone)]
-pub struct BufPool {
-    inner: Arc<PoolInner>,
-}
+/// The large buffers objects are encoded into, recycled: a fresh buffer of
+/// megabytes faulted in as it was written cost ~14% of the stream's CPU in
+/// the bulk-load profile.
+pub use pgpitr_storage::BufPool;
 
-#[derive(Debug)]
-struct PoolInner {
-    free: Mutex<Vec<Vec<u8>>>,
-    /// Size of every pooled buffer; larger requests are not pooled.
-    buf_len: usize,
-    max: usize,
-}
-
-/// Requests smaller than this come from the allocator: they are not mapped
-/// afresh, so pooling them gains nothing and would pin memory.
-const POOL_MIN: usize = 1 << 20;
-
-impl BufPool {
-    /// A pool keeping up to `max` buffers of `buf_len` bytes.
-    pub fn new(max: usize, buf_len: usize) -> BufPool {
-        BufPool { inner: Arc::new(PoolInner { free: Mutex::new(Vec::new()), buf_len, max }) }
-    }
-
-    /// A pool for objects of up to `raw_len` raw bytes (one segment).
-    pub fn for_objects(max: usize, raw_len: usize) -> BufPool {
-        BufPool::new(max, framed_bound(raw_len) + (64 << 10))
-    }
-
-    /// Buffers held for reuse.
-    pub fn idle(&self) -> usize {
-        self.inner.free.lock().map_or(0, |f| f.len())
-    }
-
-    fn take(&self, need: usize) -> Option<Vec<u8>> {
-        if need < POOL_MIN || need > self.inner.buf_len {
-            return None;
-        }
-        let reused = self.inner.free.lock().ok().and_then(|mut f| f.pop());
-        // Zeroed allocations come from fresh mappings without a memset.
-        Some(reused.unwrap_or_else(|| vec![0u8; self.inner.buf_len]))
-    }
-}
-
-/// A pooled buffer handed out as `Bytes`: it returns to its pool when the
-/// last view of it is dropped.
-struct Pooled {
-    buf: Vec<u8>,
-    len: usize,
-    pool: Arc<PoolInner>,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        if let Ok(mut free) = self.pool.free.lock()
-            && free.len() < self.pool.max
-        {
-            free.push(std::mem::take(&mut self.buf));
-        }
-    }
+/// A pool of `max` buffers for objects of up to `raw_len` raw bytes (one
+/// segment).
+pub fn encode_pool(max: usize, raw_len: usize) -> BufPool {
+    BufPool::new(max, framed_bound(raw_len) + (64 << 10))
 }
 
 /// What a codec-2 payload is made of, in order.
@@ -310,7 +250,7 @@ pub fn encode_spans(
                 Span::Raw(r) => framed_bound(r.len()),
             })
             .sum::<usize>();
-    let pooled = pool.and_then(|p| p.take(need).map(|b| (b, p.inner.clone())));
+    let pooled = pool.and_then(|p| p.take(need).map(|b| (b, p)));
     let (mut buf, home) = match pooled {
         Some((b, home)) => (b, Some(home)),
         None => (vec![0u8; need], None),
@@ -337,7 +277,7 @@ pub fn encode_spans(
     buf[..HEADER_LEN].copy_from_slice(&head);
     buf[HEADER_LEN..payload_at].copy_from_slice(&summary_json);
     let object = match home {
-        Some(pool) => Bytes::from_owner(Pooled { buf, len: at, pool }),
+        Some(pool) => pool.freeze(buf, at),
         None => {
             buf.truncate(at);
             Bytes::from(buf)
@@ -789,7 +729,7 @@ mod tests {
     fn pooled_buffers_come_back_once_every_view_is_gone() {
         let raw: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 / 5) as u8).collect();
         let s = WalSummary::default();
-        let pool = BufPool::for_objects(1, raw.len());
+        let pool = encode_pool(1, raw.len());
         let crc = crc32fast::hash(&raw);
         let (obj, fresh) = encode_spans(TimelineId(1), Lsn(0), &[Span::Raw(&raw)], crc, &s, Some(&pool));
         assert_eq!(&decode(&obj).unwrap().1[..], &raw[..]);
