@@ -46,6 +46,8 @@ async fn drill_while_streaming(backend: Backend) {
     let pg = PgCluster::start_default();
     pg.sql("CREATE TABLE t (id int PRIMARY KEY, note text)");
     pg.pgbench(&["-i", "-q", "-s", "1"]);
+    // The live comparison (-d) counts rows as this user.
+    pg.sql(&format!("GRANT pg_read_all_data TO {REPL_USER}"));
     let stream = StreamProc::start(&pg, &backend, &[]);
     wait_streaming(&pg, "pgpitr");
     pg.sql("INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 1000) g");
@@ -74,10 +76,22 @@ async fn drill_while_streaming(backend: Backend) {
     .args(["--check", "SELECT max(id) = 1500 FROM t", "--check", ISOLATED, "--checks-file"])
     .arg(&checks)
     .arg("--scratch-dir")
-    .arg(work.path()))
+    .arg(work.path())
+    .args(["-d", &conninfo(&pg)])
+    .env("PGPASSWORD", REPL_PASSWORD))
     .ok();
     assert!(load.join().unwrap().status.success());
     let r = report(&out);
+    // t and pgbench's accounts, branches and tellers held still; its
+    // history grew during the drill.
+    let live = check(&r, "row counts equal the live server's");
+    assert_eq!(live["ok"], true, "{r:#}");
+    assert_eq!(
+        live["detail"],
+        "4 tables hold the live server's row counts; 1 changed on it during the drill (not compared): \
+         postgres.public.pgbench_history",
+        "{r:#}"
+    );
     assert_eq!(r["ok"], true, "{r:#}");
     assert_eq!(r["target"], "latest");
     assert_eq!(r["reached"]["state"], "promoted");
@@ -115,6 +129,17 @@ async fn drill_while_streaming(backend: Backend) {
 
     let (code, stderr) = stream.terminate();
     assert_eq!(code, Some(0), "{stderr}");
+
+    // Rows the stopped stream never stored: the live comparison fails.
+    pg.sql("INSERT INTO t SELECT g, 'unstored' FROM generate_series(1501, 1600) g");
+    let out = run(drill_cmd(&backend, pg.server_bindir(), &["--target", "latest", "--json", "-d", &conninfo(&pg)])
+        .env("PGPASSWORD", REPL_PASSWORD));
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let r = report(&out);
+    let live = check(&r, "row counts equal the live server's");
+    assert_eq!(live["ok"], false, "{r:#}");
+    assert!(live["detail"].as_str().unwrap().contains("the stream is behind or stopped"), "{r:#}");
+    assert!(out.stderr.contains("failed checks: row counts equal the live server's"), "{}", out.stderr);
 }
 
 on_both_backends!(a_drill_while_streaming_passes_and_is_listed, drill_while_streaming);

@@ -35,7 +35,7 @@ pub(crate) fn sample(body: &str, name: &str) -> Option<f64> {
     })
 }
 
-fn scrape(port: u16) -> String {
+pub(crate) fn scrape(port: u16) -> String {
     let r = get(port, "/metrics").expect("scrape /metrics");
     assert_eq!(r.status, 200, "{}", r.body);
     r.body

@@ -55,7 +55,7 @@ pub(crate) fn share(backend: &Backend) {
     }
 }
 
-fn pg_env(backend: &Backend) -> Vec<(&'static str, String)> {
+pub(crate) fn pg_env(backend: &Backend) -> Vec<(&'static str, String)> {
     match backend {
         Backend::S3(s3) => s3.env(),
         Backend::Local(_) => Vec::new(),

@@ -545,38 +545,26 @@ def wait_streaming(pg, rcv, timeout=60):
     raise RuntimeError(f"{rcv.name} did not start streaming within {timeout} s")
 
 
-class ReplSampler:
-    """Every `interval` s: pg_current_wal_lsn() and, per application_name,
-    flush_lsn from pg_stat_replication, on one persistent connection; plus
-    pg_stat_archiver's last archived segment and any pids' RSS."""
+class Ticker:
+    """Calls tick() every `interval` s on a thread of its own, on a fixed
+    schedule (a slow tick does not shift the later ones), until stop()."""
 
-    def __init__(self, pg, apps, interval=0.1, rss_pids=(), archiver=False):
-        self.pg, self.apps, self.interval = pg, list(apps), interval
-        self.rss_pids = list(rss_pids)
-        self.archiver = archiver
-        self.samples = []  # (t, current_lsn, {app: flush_lsn}, archived_wal, {pid: rss})
+    def __init__(self, interval):
+        self.interval = interval
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._loop, daemon=True)
-        self.conn = pg.connect()
 
     def start(self):
         self._t.start()
         return self
 
+    def tick(self):
+        raise NotImplementedError
+
     def _loop(self):
-        cur = self.conn.cursor()
-        q = ("SELECT pg_current_wal_lsn()::text, (SELECT coalesce(json_object_agg(application_name, "
-             "flush_lsn::text), '{}') FROM pg_stat_replication)")
-        if self.archiver:
-            q += ", (SELECT last_archived_wal FROM pg_stat_archiver)"
         nxt = time.monotonic()
         while not self._stop.is_set():
-            t = time.monotonic()
-            cur.execute(q)
-            row = cur.fetchone()
-            flush = {a: lsn_int(row[1].get(a)) for a in self.apps}
-            rss = {p: proc_status(p, "VmRSS") for p in self.rss_pids}
-            self.samples.append((t, lsn_int(row[0]), flush, row[2] if self.archiver else None, rss))
+            self.tick()
             nxt += self.interval
             self._stop.wait(max(0.0, nxt - time.monotonic()))
 
@@ -587,6 +575,38 @@ class ReplSampler:
     def stop(self):
         self._stop.set()
         self._t.join()
+
+
+class ReplSampler(Ticker):
+    """Every `interval` s: pg_current_wal_lsn() and, per application_name,
+    flush_lsn from pg_stat_replication, on one persistent connection; plus
+    pg_stat_archiver's last archived segment and any pids' RSS."""
+
+    def __init__(self, pg, apps, interval=0.1, rss_pids=(), archiver=False):
+        super().__init__(interval)
+        self.pg, self.apps = pg, list(apps)
+        self.rss_pids = list(rss_pids)
+        self.archiver = archiver
+        self.samples = []  # (t, current_lsn, {app: flush_lsn}, archived_wal, {pid: rss})
+        self.conn = pg.connect()
+        self.cur = None
+        self.q = ("SELECT pg_current_wal_lsn()::text, (SELECT coalesce(json_object_agg(application_name, "
+                  "flush_lsn::text), '{}') FROM pg_stat_replication)")
+        if self.archiver:
+            self.q += ", (SELECT last_archived_wal FROM pg_stat_archiver)"
+
+    def tick(self):
+        if self.cur is None:
+            self.cur = self.conn.cursor()
+        t = time.monotonic()
+        self.cur.execute(self.q)
+        row = self.cur.fetchone()
+        flush = {a: lsn_int(row[1].get(a)) for a in self.apps}
+        rss = {p: proc_status(p, "VmRSS") for p in self.rss_pids}
+        self.samples.append((t, lsn_int(row[0]), flush, row[2] if self.archiver else None, rss))
+
+    def stop(self):
+        super().stop()
         self.conn.close()
 
 

@@ -118,6 +118,40 @@ def copy_goal(r):
     return cell, ok
 
 
+COPY_LAG_GOAL = "Continuous copy lag p99 ≤ 2 s under TPC-B (issue 21): pgpitr stream --copy-to"
+# The copy part's summary key (and raw contender) of its continuous copy lag.
+COPY_LAG = "pgpitr-copy-to"
+
+
+def copy_lag_goal(r):
+    """(measured, ok or None) of issue 21's continuous copy goal: the median
+    over runs of each run's p99 of pgpitr_copy_lag_seconds (scraped every
+    100 ms under TPC-B). r is the copy part's results, or None when it has
+    not run; results from before the measurement have no COPY_LAG summary."""
+    if not r:
+        return "not measured yet (copy not run yet)", None
+    if r.get("failed"):
+        return f"not measured yet (copy failed: {r['failed'][:120]})", None
+    s = (r.get("summary") or {}).get(COPY_LAG)
+    if not s:
+        why = "; ".join(f"{x['what']}: {x['why']}" for x in r.get("skipped", []) if "copy-to" in x["what"])
+        return f"not measured yet ({why or 'the last `scripts/bench copy` run had no stream --copy-to measurement'})", None
+    if not s.get("lag_p99_s"):
+        return f"no successful run ({s.get('errors') or 0} failed)", False if s.get("errors") else None
+    p99 = med(s["lag_p99_s"])
+    mx = s.get("lag_max_s")
+    cell = (f"p99 {secs(p99)} (worst run {secs(s['lag_p99_s']['max'])}), max {secs(mx['max'] if mx else None)} "
+            f"(worst run), up to {mib((s.get('lag_max_bytes') or {}).get('max'))} behind; catch-up after the load "
+            f"{secs(med(s.get('catchup_s')))}")
+    if s.get("catchup_missing"):
+        cell += f" ({s['catchup_missing']} run(s) not caught up)"
+    ok = p99 <= 2.0
+    if s.get("errors"):
+        cell += f"; {s['errors']} failed run(s)"
+        ok = False
+    return cell, ok
+
+
 DRILL_GOAL = "Drill RTO ≤ 1.05× `restore --wait` of the same repository and target (issue 21): pgpitr-drill"
 
 
@@ -287,6 +321,8 @@ def goals(res):
     # copy
     cell, ok = copy_goal(res.get("copy"))
     rows.append([COPY_GOAL, cell, status(ok, "copy")])
+    cell, ok = copy_lag_goal(res.get("copy"))
+    rows.append([COPY_LAG_GOAL, cell, status(ok, "copy")])
     # resume
     m = missing("resume")
     if m:
@@ -708,6 +744,8 @@ def sec_copy(r):
     S = r["summary"]
     rows = []
     for c, s in S.items():
+        if c == COPY_LAG:  # its own table below
+            continue
         rows.append([c, rng(s.get("wall_s"), secs), rng(s.get("bytes"), mib), rng(s.get("objects"), lambda x: num(x, digits=0)),
                      rng(s.get("mb_s")), rng(s.get("client_cpu_s")), rng(s.get("servers_cpu_s")),
                      rng(s.get("peak_rss"), mib), s.get("errors") or 0])
@@ -719,6 +757,24 @@ def sec_copy(r):
                          "failed runs"], rows)]
     cell, _ = copy_goal(r)
     out.append(f"\npgpitr-copy / s3-sync-like, median MB/s: {cell} (goal ≥ 0.9×).")
+    lag = S.get(COPY_LAG)
+    if lag:
+        tpcb = (r.get("sizes") or {}).get("lag_tpcb_s")
+        catchup = rng(lag.get("catchup_s"), secs)
+        if lag.get("catchup_missing"):
+            catchup += f" ({lag['catchup_missing']} run(s) not caught up)"
+        out.append(f"\nContinuous copy lag (stream --copy-to) under TPC-B (pgbench -n -c 8 -j 2"
+                   f"{f' -T {tpcb}' if tpcb else ''}): pgpitr_copy_lag_seconds and pgpitr_copy_lag_bytes scraped "
+                   "every 100 ms during the load; per run its p50/p99/max, then the median of runs (min–max):\n")
+        out.append(table(["stream --copy-to", "lag p50", "lag p99", "lag max", "max bytes behind",
+                          "catch-up after the load", "samples per run", "tps", "stream CPU s", "runs",
+                          "failed runs"],
+                         [[COPY_LAG, rng(lag.get("lag_p50_s"), secs), rng(lag.get("lag_p99_s"), secs),
+                           rng(lag.get("lag_max_s"), secs), rng(lag.get("lag_max_bytes"), mib), catchup,
+                           rng(lag.get("samples"), lambda x: num(x, digits=0)), rng(lag.get("tps")),
+                           rng(lag.get("cpu_s")), lag.get("runs", 0), lag.get("errors") or 0]]))
+        cell, _ = copy_lag_goal(r)
+        out.append(f"\nContinuous copy lag, median of runs: {cell} (goal p99 ≤ 2 s).")
     return "\n".join(out)
 
 

@@ -549,6 +549,11 @@ impl ConnConfig {
         }
     }
 
+    /// The database a SQL connection ([`ConnConfig::for_sql`]) goes to.
+    pub fn set_dbname(&mut self, name: impl Into<String>) {
+        self.dbname = Some(name.into());
+    }
+
     pub fn set_application_name(&mut self, name: impl Into<String>) {
         self.application_name = Some(name.into());
     }

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod layout;
 pub mod lease;
 pub mod migrate;
+pub mod mirror;
 pub mod object;
 pub mod reader;
 pub mod retention;

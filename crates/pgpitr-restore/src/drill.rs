@@ -13,10 +13,13 @@ use crate::restore::{RestoreError, RestoreOptions, check_target_dir, restore};
 use crate::server::{self, Replaying, ServerError, StartOptions};
 use crate::target::{Target, TargetAction, TimelineTarget, format_time, parse_time};
 use crate::{PlanRequest, Restored};
+use futures_util::future::BoxFuture;
 use pgpitr_repo::Repository;
 use pgpitr_repo::drills::{CheckOutcome, DrillReached, DrillReport};
 use pgpitr_repo::reader::ReadProgress;
 use pgpitr_storage::RepoUrl;
+use pgpitr_types::Lsn;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -78,6 +81,19 @@ pub struct DrillOptions {
     pub replay: Arc<Mutex<Replaying>>,
     /// Stops the drill (its server stopped, its scratch removed, a report).
     pub cancel: tokio_util::sync::CancellationToken,
+    /// Compare every table's row count with this server's (target `latest`).
+    pub live: Option<Arc<dyn LiveServer>>,
+}
+
+/// Rows of text, as the simple query protocol returns them.
+pub type TextRows = Vec<Vec<Option<String>>>;
+/// What [`LiveServer::query`] returns.
+pub type Rows<'a> = BoxFuture<'a, Result<TextRows, String>>;
+
+/// The live server a drill compares its row counts with (`drill -d`):
+/// runs SQL in a database of it.
+pub trait LiveServer: Send + Sync + std::fmt::Debug {
+    fn query<'a>(&'a self, database: &'a str, sql: &'a str) -> Rows<'a>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,10 +151,33 @@ pub async fn drill(repo: &Repository, opts: &DrillOptions) -> Result<DrillReport
         )),
     };
     check_target_dir(&tablespaces)?;
+    let live = match &opts.live {
+        Some(server) => {
+            if !matches!(opts.target, DrillTarget::Latest) {
+                return Err(DrillError::Invalid(
+                    "comparing row counts with the live server needs target latest".into(),
+                ));
+            }
+            // Counted first: every commit they hold is before this position.
+            let counts =
+                row_counts(server.as_ref()).await.map_err(|e| DrillError::Invalid(format!("live server: {e}")))?;
+            let lsn = live_lsn(server.as_ref()).await.map_err(|e| DrillError::Invalid(format!("live server: {e}")))?;
+            Some(LiveBefore { lsn, counts })
+        }
+        None => None,
+    };
     let target = resolve_target(repo, opts, &pgdata).await?;
     let mut ropts = restore_options(opts, &pgdata, target.clone(), None, Vec::new());
     ropts.dry_run = true;
-    let planned = restore(repo, &ropts).await?;
+    let mut planned = restore(repo, &ropts).await?;
+    if let Some(l) = &live {
+        // The stream stores what the server wrote within about a second.
+        let t = Instant::now();
+        while planned.plan.wal_end < l.lsn && t.elapsed() < LIVE_WAIT {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            planned = restore(repo, &ropts).await?;
+        }
+    }
     let backup = planned.plan.backup.clone();
     if let Some(max) = opts.max_disk
         && backup.size_bytes > max
@@ -157,7 +196,7 @@ pub async fn drill(repo: &Repository, opts: &DrillOptions) -> Result<DrillReport
         .map_err(|e| DrillError::Invalid(format!("cannot make the drill's socket directory: {e}")))?;
 
     let ropts = restore_options(opts, &pgdata, target, Some(backup.id.clone()), map);
-    let run = run_phases(repo, opts, &ropts, sock.path(), &tablespaces, &mut report);
+    let run = run_phases(repo, opts, &ropts, sock.path(), &tablespaces, live, &mut report);
     let limit = async {
         match opts.time_limit {
             Some(l) => tokio::time::sleep(l.saturating_sub(t0.elapsed())).await,
@@ -316,6 +355,7 @@ async fn run_phases(
     ropts: &RestoreOptions,
     sock: &Path,
     tablespaces: &Path,
+    live: Option<LiveBefore>,
     report: &mut DrillReport,
 ) -> Result<(), String> {
     let pgdata = ropts.pgdata.as_path();
@@ -383,6 +423,12 @@ async fn run_phases(
     for c in &opts.checks {
         let t = Instant::now();
         report.checks.push(outcome(&c.name, user_check(pgdata, c, user).await, t));
+    }
+    if let (Some(before), Some(server)) = (live, &opts.live) {
+        let t = Instant::now();
+        let restored_server = Scratch { pgdata, user };
+        let r = compare_live(&before, restored.plan.wal_end, server.as_ref(), &restored_server).await;
+        report.checks.push(outcome("row counts equal the live server's", r, t));
     }
     report.phases.checks = Some(t.elapsed().as_secs_f64());
     Ok(())
@@ -464,6 +510,144 @@ fn point_check(reached: &server::Reached, expected_us: Option<i64>, until_us: Op
     outcome(name, r, Instant::now())
 }
 
+/// How long a drill that compares with the live server waits, before
+/// planning, for the repository to reach the live server's WAL.
+const LIVE_WAIT: Duration = Duration::from_secs(10);
+
+/// The live server's row counts and end of WAL before the drill planned.
+struct LiveBefore {
+    lsn: Lsn,
+    counts: BTreeMap<String, i64>,
+}
+
+const DATABASES_SQL: &str = "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1";
+/// Permanent tables without row security (whose counts depend on the
+/// user: the drill's is a superuser, the live server's need not be).
+const TABLES_SQL: &str = "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+     JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND c.relpersistence = 'p' \
+     AND NOT c.relrowsecurity AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1";
+const LSN_SQL: &str =
+    "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text";
+
+async fn live_lsn(server: &dyn LiveServer) -> Result<Lsn, String> {
+    let rows = server.query("postgres", LSN_SQL).await?;
+    let text = rows.first().and_then(|r| r.first()).cloned().flatten().ok_or("no WAL position")?;
+    text.parse().map_err(|e| format!("WAL position {text:?}: {e}"))
+}
+
+fn first_column(rows: TextRows) -> Vec<String> {
+    rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect()
+}
+
+/// Rows of every permanent table of every database that takes
+/// connections (`database.schema.table`), each database in one snapshot.
+async fn row_counts(server: &dyn LiveServer) -> Result<BTreeMap<String, i64>, String> {
+    let mut out = BTreeMap::new();
+    for db in first_column(server.query("postgres", DATABASES_SQL).await?) {
+        let tables = first_column(server.query(&db, TABLES_SQL).await?);
+        if tables.is_empty() {
+            continue;
+        }
+        let mut sql = String::from("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;");
+        // Names come quoted by format('%I'); rows say which by position.
+        for (c, chunk) in tables.chunks(200).enumerate() {
+            let counts: Vec<String> =
+                chunk.iter().enumerate().map(|(i, t)| format!("SELECT {}, count(*) FROM {t}", c * 200 + i)).collect();
+            sql.push_str(&counts.join(" UNION ALL "));
+            sql.push(';');
+        }
+        sql.push_str("COMMIT");
+        for row in server.query(&db, &sql).await.map_err(|e| format!("counting rows in {db}: {e}"))? {
+            if let [Some(i), Some(n)] = row.as_slice() {
+                let t = i.parse::<usize>().ok().and_then(|i| tables.get(i)).ok_or(format!("a count for {i:?}"))?;
+                let n = n.parse().map_err(|e| format!("count {n:?} of {t}: {e}"))?;
+                out.insert(format!("{db}.{t}"), n);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Compares the restored server's row counts with the live server's: the
+/// repository must reach the live server's WAL at the drill's start, and
+/// every table whose count did not change on the live server during the
+/// drill must hold as many rows restored. Tables that changed are named
+/// as not compared (a restore to `latest` holds the state of its planning).
+async fn compare_live(
+    before: &LiveBefore,
+    restored_end: Lsn,
+    live: &dyn LiveServer,
+    restored: &dyn LiveServer,
+) -> Result<String, String> {
+    if restored_end < before.lsn {
+        return Err(format!(
+            "the repository ends at {restored_end}, before {}, the live server's WAL when the drill began: \
+             the stream is behind or stopped",
+            before.lsn
+        ));
+    }
+    let after = row_counts(live).await.map_err(|e| format!("live server: {e}"))?;
+    let got = row_counts(restored).await?;
+    compare_counts(&before.counts, &after, &got)
+}
+
+fn compare_counts(
+    before: &BTreeMap<String, i64>,
+    after: &BTreeMap<String, i64>,
+    restored: &BTreeMap<String, i64>,
+) -> Result<String, String> {
+    let (mut equal, mut changed, mut wrong) = (0, Vec::new(), Vec::new());
+    for (table, n) in before {
+        if after.get(table) != Some(n) {
+            changed.push(table.as_str());
+            continue;
+        }
+        match restored.get(table) {
+            Some(r) if r == n => equal += 1,
+            Some(r) => wrong.push(format!("{table}: {r} rows restored, {n} live")),
+            None => wrong.push(format!("{table}: missing restored, {n} rows live")),
+        }
+    }
+    if wrong.is_empty() {
+        let mut named = changed.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+        if changed.len() > 5 {
+            named.push_str(&format!(" and {} more", changed.len() - 5));
+        }
+        let not = if changed.is_empty() { String::new() } else { format!(": {named}") };
+        return Ok(format!(
+            "{equal} tables hold the live server's row counts; {} changed on it during the drill (not compared){not}",
+            changed.len()
+        ));
+    }
+    let shown: Vec<&str> = wrong.iter().take(5).map(String::as_str).collect();
+    Err(format!("{} of {} tables differ from the live server: {}", wrong.len(), wrong.len() + equal, shown.join("; ")))
+}
+
+/// The drill's own server, queried as the live one is.
+#[derive(Debug)]
+struct Scratch<'a> {
+    pgdata: &'a Path,
+    user: &'a str,
+}
+
+impl LiveServer for Scratch<'_> {
+    fn query<'a>(&'a self, database: &'a str, sql: &'a str) -> Rows<'a> {
+        Box::pin(async move {
+            let c = server::connect_to(self.pgdata, database, self.user).await.map_err(|e| e.0)?;
+            let msgs = c.simple_query(sql).await.map_err(|e| server::one_line(&e))?;
+            Ok(msgs
+                .iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+                    }
+                    _ => None,
+                })
+                .collect())
+        })
+    }
+}
+
 /// The databases that allow connections.
 async fn databases(pgdata: &Path, user: &str) -> Result<Vec<String>, ServerError> {
     let c = server::connect_to(pgdata, "postgres", user).await?;
@@ -535,6 +719,24 @@ async fn user_check(pgdata: &Path, check: &Check, user: &str) -> Result<String, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn row_counts_compare_where_the_live_server_held_still() {
+        let m = |v: &[(&str, i64)]| v.iter().map(|(k, n)| (k.to_string(), *n)).collect::<BTreeMap<_, _>>();
+        let before = m(&[("db.public.a", 10), ("db.public.b", 5), ("db.public.c", 7)]);
+        let after = m(&[("db.public.a", 10), ("db.public.b", 6), ("db.public.c", 7)]);
+        let same = compare_counts(&before, &after, &m(&[("db.public.a", 10), ("db.public.b", 1), ("db.public.c", 7)]));
+        assert_eq!(
+            same.unwrap(),
+            "2 tables hold the live server's row counts; 1 changed on it during the drill (not compared): db.public.b"
+        );
+        let err = compare_counts(&before, &after, &m(&[("db.public.a", 9)])).unwrap_err();
+        assert_eq!(
+            err,
+            "2 of 2 tables differ from the live server: db.public.a: 9 rows restored, 10 live; \
+             db.public.c: missing restored, 7 rows live"
+        );
+    }
 
     #[test]
     fn random_times_stay_in_the_window() {

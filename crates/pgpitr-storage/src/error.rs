@@ -30,6 +30,7 @@ pub enum Op {
     Check,
     CreateJournal,
     Append,
+    CopyObject,
 }
 
 impl Op {
@@ -53,6 +54,7 @@ impl Op {
             Op::Check => "check",
             Op::CreateJournal => "create_journal",
             Op::Append => "append",
+            Op::CopyObject => "copy_object",
         }
     }
 
@@ -74,6 +76,7 @@ impl Op {
             Op::Check => "use repository",
             Op::CreateJournal => "create the journal",
             Op::Append => "append to",
+            Op::CopyObject => "copy into",
         }
     }
 }

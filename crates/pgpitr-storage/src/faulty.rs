@@ -225,6 +225,15 @@ impl<S: Storage> Storage for FaultyStorage<S> {
     async fn check(&self) -> Result<()> {
         self.shared.run(Op::Check, "", self.inner.check()).await
     }
+    fn s3_site(&self) -> Option<crate::S3Site> {
+        self.inner.s3_site()
+    }
+    async fn stored_checksum(&self, key: &str) -> Result<(u64, u32)> {
+        self.shared.run(Op::Head, key, self.inner.stored_checksum(key)).await
+    }
+    async fn copy_object(&self, from: &crate::S3Site, key: &str) -> Result<Option<String>> {
+        self.shared.run(Op::CopyObject, key, self.inner.copy_object(from, key)).await
+    }
     async fn create_journal(&self, key: &str, size_hint: u64) -> Result<JournalOpen> {
         match self.shared.run(Op::CreateJournal, key, self.inner.create_journal(key, size_hint)).await? {
             JournalOpen::Created(inner) => Ok(JournalOpen::Created(Box::new(FaultyJournal {

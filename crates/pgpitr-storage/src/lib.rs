@@ -76,6 +76,22 @@ pub struct ObjectMeta {
     pub size: u64,
     /// Last modification time, when the backend reports one.
     pub last_modified: Option<SystemTime>,
+    /// S3's entity tag (quotes included), when the backend reports one:
+    /// for an object stored by one PUT, the MD5 of its bytes.
+    pub etag: Option<String>,
+}
+
+/// Where an S3 repository's objects are: another repository reached
+/// through the same endpoint (and credentials) can copy them without the
+/// bytes passing through this process ([`Storage::copy_object`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Site {
+    /// The endpoint, as the backend describes it (an override, or AWS's
+    /// endpoint of a region).
+    pub endpoint: String,
+    pub bucket: String,
+    /// `""` or `"some/prefix/"`.
+    pub prefix: String,
 }
 
 /// One page of a listing: see [`Storage::list_page`].
@@ -187,6 +203,35 @@ pub trait Storage: Send + Sync {
     /// bucket exists and the credentials are accepted; local: the directory
     /// exists or can be created, and is writable).
     async fn check(&self) -> Result<()>;
+
+    /// The size and CRC-32 (IEEE) of an object's stored bytes, to verify a
+    /// copy. S3 answers with the checksum its server computed as the
+    /// object arrived (one HEAD, when it kept one); others read it back.
+    async fn stored_checksum(&self, key: &str) -> Result<(u64, u32)> {
+        let data = self.get(key).await?;
+        Ok((data.len() as u64, crc32fast::hash(&data)))
+    }
+
+    /// Where this repository is, when another one can copy from it
+    /// server-side ([`Storage::copy_object`]); `None` for all but S3.
+    fn s3_site(&self) -> Option<S3Site> {
+        None
+    }
+
+    /// Copies the object `key` of the repository at `from` to `key` here,
+    /// inside the object store (S3 CopyObject: the bytes never pass through
+    /// this process), with this repository's S3 placement. Returns the new
+    /// object's entity tag. A missing source object is `NotFound`; backends
+    /// that cannot copy answer a permanent error.
+    async fn copy_object(&self, from: &S3Site, key: &str) -> Result<Option<String>> {
+        validate_key(key)?;
+        Err(StorageError::permanent(
+            Op::CopyObject,
+            key,
+            self.describe(),
+            format!("cannot copy from {}/{}{} inside the store", from.bucket, from.prefix, key),
+        ))
+    }
 
     /// Creates an empty [`Journal`] under `key`, never replacing an existing
     /// object. Backends that cannot make an append durable in place (S3)
@@ -321,6 +366,15 @@ impl<T: Storage + ?Sized> Storage for Arc<T> {
     }
     async fn create_journal(&self, key: &str, size_hint: u64) -> Result<JournalOpen> {
         (**self).create_journal(key, size_hint).await
+    }
+    async fn stored_checksum(&self, key: &str) -> Result<(u64, u32)> {
+        (**self).stored_checksum(key).await
+    }
+    fn s3_site(&self) -> Option<S3Site> {
+        (**self).s3_site()
+    }
+    async fn copy_object(&self, from: &S3Site, key: &str) -> Result<Option<String>> {
+        (**self).copy_object(from, key).await
     }
 }
 

@@ -265,7 +265,7 @@ fn write_object(path: &Path, data: &[u8], replace: bool) -> IoRes<PutOutcome> {
 }
 
 fn meta_of(key: String, m: &fs::Metadata) -> ObjectMeta {
-    ObjectMeta { key, size: m.len(), last_modified: m.modified().ok() }
+    ObjectMeta { key, size: m.len(), last_modified: m.modified().ok(), etag: None }
 }
 
 /// The part of `prefix` up to and including its last `/` (the directory a

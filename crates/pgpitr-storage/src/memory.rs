@@ -80,7 +80,7 @@ impl MemoryStorage {
     }
 
     fn meta(key: &str, e: &Entry) -> ObjectMeta {
-        ObjectMeta { key: key.to_owned(), size: e.len() as u64, last_modified: Some(e.modified) }
+        ObjectMeta { key: key.to_owned(), size: e.len() as u64, last_modified: Some(e.modified), etag: None }
     }
 
     fn not_found(&self, op: Op, key: &str) -> StorageError {

@@ -60,7 +60,9 @@ impl BufPool {
         Bytes::from_owner(Pooled { buf, len, pool: self.inner.clone() })
     }
 
-    /// `need` zeroed bytes: pooled when the pool serves that size.
+    /// A buffer of at least `need` bytes (their content is unspecified:
+    /// a recycled one holds an earlier object's): pooled when the pool
+    /// serves that size.
     pub fn take_or_alloc(&self, need: usize) -> (Vec<u8>, bool) {
         match self.take(need) {
             Some(b) => (b, true),

@@ -7,7 +7,7 @@
 use crate::Op;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const OPS: [Op; 17] = [
+const OPS: [Op; 18] = [
     Op::Put,
     Op::PutIfAbsent,
     Op::Get,
@@ -25,6 +25,7 @@ const OPS: [Op; 17] = [
     Op::Check,
     Op::CreateJournal,
     Op::Append,
+    Op::CopyObject,
 ];
 
 static COUNTS: [AtomicU64; OPS.len()] = [const { AtomicU64::new(0) }; OPS.len()];
@@ -49,6 +50,7 @@ fn slot(op: Op) -> usize {
         Op::Check => 14,
         Op::CreateJournal => 15,
         Op::Append => 16,
+        Op::CopyObject => 17,
     }
 }
 

@@ -214,6 +214,18 @@ impl<S: Storage> Storage for RetryingStorage<S> {
         retry(&self.policy, Op::Check.name(), || self.inner.check()).await
     }
 
+    fn s3_site(&self) -> Option<crate::S3Site> {
+        self.inner.s3_site()
+    }
+
+    async fn stored_checksum(&self, key: &str) -> Result<(u64, u32)> {
+        retry(&self.policy, Op::Head.name(), || self.inner.stored_checksum(key)).await
+    }
+
+    async fn copy_object(&self, from: &crate::S3Site, key: &str) -> Result<Option<String>> {
+        retry(&self.policy, Op::CopyObject.name(), || self.inner.copy_object(from, key)).await
+    }
+
     /// Creation is retried like `put_if_absent`; appends are not (see [`Journal`]).
     async fn create_journal(&self, key: &str, size_hint: u64) -> Result<JournalOpen> {
         let mut attempts = Attempts::new(&self.policy, Op::CreateJournal.name());

@@ -172,6 +172,24 @@ impl fmt::Debug for S3Storage {
 }
 
 impl S3Storage {
+    /// HEAD of `key`, with its stored checksums when `checksums` says so.
+    async fn head_object(
+        &self,
+        key: &str,
+        checksums: Option<aws_sdk_s3::types::ChecksumMode>,
+    ) -> Result<aws_sdk_s3::operation::head_object::HeadObjectOutput> {
+        validate_key(key)?;
+        let s = &self.shared;
+        crate::requests::count(Op::Head);
+        s.client
+            .head_object()
+            .bucket(&s.bucket)
+            .key(s.full_key(key))
+            .set_checksum_mode(checksums)
+            .send()
+            .await
+            .map_err(|e| s.sdk_error(Op::Head, key, &e))
+    }
     /// Builds the client. Does no network I/O apart from what the region
     /// and credential providers need; call [`Storage::check`] to verify the
     /// bucket is reachable.
@@ -278,6 +296,7 @@ impl S3Storage {
                     key: key.to_owned(),
                     size: size_of(op, key, &s.location, obj.size())?,
                     last_modified: system_time(obj.last_modified()),
+                    etag: obj.e_tag().map(str::to_owned),
                 });
             }
             for cp in page.common_prefixes() {
@@ -667,22 +686,58 @@ impl Storage for S3Storage {
         Ok(Box::pin(stream))
     }
 
-    async fn head(&self, key: &str) -> Result<ObjectMeta> {
+    async fn stored_checksum(&self, key: &str) -> Result<(u64, u32)> {
+        let s = &self.shared;
+        let out = self.head_object(key, Some(aws_sdk_s3::types::ChecksumMode::Enabled)).await?;
+        let size = size_of(Op::Head, key, &s.location, out.content_length())?;
+        // A multipart object's checksum covers its parts' checksums, not its bytes.
+        let composite = out.checksum_type().is_some_and(|t| *t != aws_sdk_s3::types::ChecksumType::FullObject);
+        match out.checksum_crc32().filter(|_| !composite).and_then(crc32_of_header) {
+            Some(crc) => Ok((size, crc)),
+            None => {
+                let data = self.get(key).await?;
+                Ok((data.len() as u64, crc32fast::hash(&data)))
+            }
+        }
+    }
+
+    fn s3_site(&self) -> Option<crate::S3Site> {
+        let s = &self.shared;
+        Some(crate::S3Site { endpoint: s.endpoint.clone(), bucket: s.bucket.clone(), prefix: s.prefix.clone() })
+    }
+
+    async fn copy_object(&self, from: &crate::S3Site, key: &str) -> Result<Option<String>> {
         validate_key(key)?;
         let s = &self.shared;
-        crate::requests::count(Op::Head);
+        crate::requests::count(Op::CopyObject);
+        let p = &s.placement;
+        let source = copy_source(&from.bucket, &format!("{}{key}", from.prefix));
         let out = s
             .client
-            .head_object()
+            .copy_object()
             .bucket(&s.bucket)
             .key(s.full_key(key))
+            .copy_source(source)
+            // The copy's own CRC-32, computed by the server: what verifies
+            // it where entity tags are no checksums (SSE-KMS).
+            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32)
+            .set_server_side_encryption(p.sse.clone())
+            .set_ssekms_key_id(p.sse_kms_key.clone())
+            .set_storage_class(p.class(key))
             .send()
             .await
-            .map_err(|e| s.sdk_error(Op::Head, key, &e))?;
+            .map_err(|e| s.sdk_error(Op::CopyObject, key, &e))?;
+        Ok(out.copy_object_result().and_then(|r| r.e_tag()).map(str::to_owned))
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta> {
+        let s = &self.shared;
+        let out = self.head_object(key, None).await?;
         Ok(ObjectMeta {
             key: key.to_owned(),
             size: size_of(Op::Head, key, &s.location, out.content_length())?,
             last_modified: system_time(out.last_modified()),
+            etag: out.e_tag().map(str::to_owned),
         })
     }
 
@@ -730,6 +785,7 @@ impl Storage for S3Storage {
                 key: key.to_owned(),
                 size: size_of(Op::List, key, &s.location, obj.size())?,
                 last_modified: system_time(obj.last_modified()),
+                etag: obj.e_tag().map(str::to_owned),
             });
         }
         let next = match page.is_truncated() {
@@ -1259,6 +1315,34 @@ impl Drop for S3Upload {
     }
 }
 
+/// An `x-amz-checksum-crc32` value: 4 bytes, big-endian, in base64.
+fn crc32_of_header(b64: &str) -> Option<u32> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let text = b64.as_bytes();
+    if text.len() != 8 || &text[6..] != b"==" {
+        return None;
+    }
+    let mut bits = 0u64;
+    for &c in &text[..6] {
+        bits = (bits << 6) | ALPHABET.iter().position(|&a| a == c)? as u64;
+    }
+    // 36 bits: the 32 of the value, then 4 zero bits.
+    (bits & 0xf == 0).then_some((bits >> 4) as u32)
+}
+
+/// CopyObject's `x-amz-copy-source`: `bucket/key`, URL-encoded.
+fn copy_source(bucket: &str, key: &str) -> String {
+    let mut out = String::with_capacity(bucket.len() + key.len() + 1);
+    for b in bucket.bytes().chain(std::iter::once(b'/')).chain(key.bytes()) {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1274,6 +1358,22 @@ mod tests {
         );
         assert_eq!(body_gist(&[b'x'; 1000]).unwrap().len(), 300);
         assert_eq!(body_gist(b" \n "), None);
+    }
+
+    #[test]
+    fn crc32_headers_decode() {
+        // The CRC-32 of "123456789" is cbf43926.
+        assert_eq!(crc32_of_header("y/Q5Jg=="), Some(0xcbf4_3926));
+        assert_eq!(crc32_of_header("AAAAAA=="), Some(0));
+        assert_eq!(crc32_of_header("y/Q5Jg==-2"), None);
+        assert_eq!(crc32_of_header("y/Q5Jh=="), None, "stray low bits");
+        assert_eq!(crc32_of_header("y/Q5J!=="), None);
+    }
+
+    #[test]
+    fn copy_sources_are_encoded() {
+        assert_eq!(copy_source("b", "p/wal/0000000100000000000000A1"), "b/p/wal/0000000100000000000000A1");
+        assert_eq!(copy_source("b", "a b/ü+%"), "b/a%20b/%C3%BC%2B%25");
     }
 
     #[test]

@@ -92,20 +92,14 @@ impl KmsServer {
         (server, key, creds)
     }
 
-    /// Stops answering (SIGSTOP): the kernel still accepts connections, and
-    /// requests wait, as behind a network path that went dead.
+    /// Stops answering (SIGSTOP): see [`crate::signal`].
     pub fn pause(&self) {
-        self.signal("-STOP");
+        crate::signal(&self.child, "-STOP", "moto");
     }
 
     /// Answers again (SIGCONT), the waiting requests first.
     pub fn resume(&self) {
-        self.signal("-CONT");
-    }
-
-    fn signal(&self, sig: &str) {
-        let st = Command::new("kill").args([sig, &self.child.id().to_string()]).status().expect("run kill");
-        assert!(st.success(), "kill {sig} moto");
+        crate::signal(&self.child, "-CONT", "moto");
     }
 
     pub fn endpoint(&self) -> String {

@@ -79,6 +79,14 @@ pub(crate) fn start_listening(
     unreachable!("the loop above returns or panics")
 }
 
+/// Sends `sig` (`-STOP`, `-CONT`) to a test server: a stopped server still
+/// accepts connections, and requests wait, as behind a network path that
+/// went dead.
+pub(crate) fn signal(child: &std::process::Child, sig: &str, what: &str) {
+    let st = std::process::Command::new("kill").args([sig, &child.id().to_string()]).status().expect("run kill");
+    assert!(st.success(), "kill {sig} {what}");
+}
+
 /// A port on 127.0.0.1 that nothing listened on a moment ago.
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");

@@ -62,6 +62,16 @@ impl S3Server {
         S3Server { child, dir, port, access_key, secret_key }
     }
 
+    /// Stops answering (SIGSTOP): see [`crate::signal`].
+    pub fn pause(&self) {
+        crate::signal(&self.child, "-STOP", "s3s-fs");
+    }
+
+    /// Answers again (SIGCONT), the waiting requests first.
+    pub fn resume(&self) {
+        crate::signal(&self.child, "-CONT", "s3s-fs");
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

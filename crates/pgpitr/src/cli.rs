@@ -369,6 +369,22 @@ pub struct StreamArgs {
     /// Settings of scheduled drills' servers (`drill --server-setting`).
     #[arg(long, value_name = "NAME=VALUE", requires = "drill_every")]
     pub drill_server_setting: Vec<String>,
+    /// Keep a second repository (another region) in step: every object is
+    /// written there too, after the primary acknowledged it, in the same
+    /// order; what this stream did not write (other processes, downtime)
+    /// follows by `pgpitr copy` passes at start and every
+    /// --copy-pass-every. Bound to the same cluster; never needs the key.
+    #[arg(long, env = "PGPITR_COPY_TO", value_name = "URL")]
+    pub copy_to: Option<String>,
+    /// Report WAL flushed only once the copy holds it too (with
+    /// --synchronous: RPO 0 across both repositories). A copy that does
+    /// not answer then holds up the flush position, as the primary does.
+    #[arg(long, requires = "copy_to")]
+    pub copy_sync: bool,
+    /// How often a full `pgpitr copy` pass checks the copy against the
+    /// primary (it lists both) and copies what it lacks.
+    #[arg(long, value_parser = parse_retention, value_name = "DURATION", default_value = "1h", requires = "copy_to")]
+    pub copy_pass_every: std::time::Duration,
 }
 
 impl StreamArgs {

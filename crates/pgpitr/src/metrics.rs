@@ -35,6 +35,7 @@ pub struct Sources {
     pub stream: Arc<StreamStats>,
     pub schedule: Option<Arc<ScheduleStats>>,
     pub drills: Option<Arc<crate::drills::DrillStats>>,
+    pub copy: Option<Arc<pgpitr_repo::mirror::MirrorStats>>,
 }
 
 #[derive(Debug)]
@@ -190,8 +191,42 @@ impl Collector for Live {
                 )?;
             }
         }
+        if let Some(c) = &self.0.copy {
+            copy_metrics(&mut e, c, now)?;
+        }
         Ok(())
     }
+}
+
+/// `--copy-to`: how far the second repository is behind.
+fn copy_metrics(e: &mut DescriptorEncoder, c: &pgpitr_repo::mirror::MirrorStats, now: i64) -> std::fmt::Result {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let oldest = c.oldest_pending_us.load(Ordering::Relaxed);
+    gauge(
+        e,
+        "pgpitr_copy_lag_seconds",
+        "How long the oldest write the copy lacks has been stored in the primary; 0 when in step",
+        if oldest == 0 { 0.0 } else { secs((now - oldest).max(0)) },
+    )?;
+    gauge(e, "pgpitr_copy_lag_bytes", "Bytes stored in the primary that the copy lacks", load(&c.lag_bytes) as f64)?;
+    counter(
+        e,
+        "pgpitr_copy_copied_bytes",
+        "Bytes written to the copy as the primary was written",
+        load(&c.copied_bytes),
+    )?;
+    counter(e, "pgpitr_copy_failures", "Writes to the copy that failed (each is retried)", load(&c.failures))?;
+    gauge(
+        e,
+        "pgpitr_copy_pass_running",
+        "1 while a full copy pass (at start, then every --copy-pass-every) runs",
+        i64::from(c.catching_up.load(Ordering::Relaxed)),
+    )?;
+    let last = c.last_pass_us.load(Ordering::Relaxed);
+    if last != 0 {
+        gauge(e, "pgpitr_copy_last_pass_timestamp_seconds", "When the last full copy pass completed", secs(last))?;
+    }
+    Ok(())
 }
 
 /// Binds the listener before streaming starts, so a taken or bad address

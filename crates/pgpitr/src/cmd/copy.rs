@@ -34,11 +34,12 @@ pub async fn run(args: CopyArgs) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&stats)?);
     } else {
         println!(
-            "copied {} objects ({}) from {} to {}, {} of them backups' metadata; {} already there; {} merged pieces deleted",
+            "copied {} objects ({}) from {} to {}{}, {} of them backups' metadata; {} already there; {} merged pieces deleted",
             stats.copied_objects,
             HumanBytes(stats.copied_bytes),
             from.describe(),
             to.describe(),
+            if stats.server_side { " inside the store (S3 CopyObject)" } else { "" },
             stats.backups,
             stats.present_objects,
             stats.deleted_pieces

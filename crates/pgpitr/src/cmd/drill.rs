@@ -9,6 +9,7 @@ use pgpitr_restore::drill::{Check, DrillOptions, DrillTarget};
 use pgpitr_restore::server;
 use pgpitr_storage::RepoUrl;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -87,6 +88,31 @@ pub struct DrillArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// The live server, as a libpq connection string (PGHOST, PGPORT,
+    /// PGUSER, PGPASSWORD and PGPASSFILE fill the gaps): with --target
+    /// latest, every table's row count restored must equal the live
+    /// server's where it did not change during the drill (one count(*) per
+    /// table on the live server before and after; the user needs SELECT).
+    #[arg(short = 'd', long = "dbname", value_name = "CONNSTR")]
+    pub live: Option<String>,
+}
+
+/// The live server of `drill -d`: SQL over our client, one connection per
+/// query (a drill asks a handful).
+#[derive(Debug)]
+struct Live(pgpitr_pgwire::ConnConfig);
+
+impl pgpitr_restore::drill::LiveServer for Live {
+    fn query<'a>(&'a self, database: &'a str, sql: &'a str) -> pgpitr_restore::drill::Rows<'a> {
+        Box::pin(async move {
+            let mut cfg = self.0.for_sql();
+            cfg.set_dbname(database);
+            let mut c = pgpitr_pgwire::ReplicationConnection::connect(&cfg).await.map_err(|e| e.to_string())?;
+            let rows = c.simple_query(sql).await.map_err(|e| e.to_string());
+            c.close().await;
+            Ok(rows?.iter().map(|r| (0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect()).collect())
+        })
+    }
 }
 
 fn parse_setting(s: &str) -> Result<(String, String), String> {
@@ -167,6 +193,17 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<u8> {
         },
     };
     let checks = load_checks(&args)?;
+    let live = match &args.live {
+        Some(conninfo) => {
+            if args.target_time.is_some() || !matches!(args.target, NamedDrillTarget::Latest) {
+                anyhow::bail!("comparing row counts with the live server (-d) needs --target latest");
+            }
+            let opts = crate::cli::ConnOpts { dbname: Some(conninfo.clone()), host: None, port: None, username: None };
+            let cfg = crate::conn::config(&opts, "pgpitr drill")?;
+            Some(Arc::new(Live(cfg)) as Arc<dyn pgpitr_restore::drill::LiveServer>)
+        }
+        None => None,
+    };
     let url = RepoUrl::parse(&args.repo.repo)?;
     let pgdata = match &args.pgdata {
         Some(d) => Some(std::path::absolute(d).context("resolve --pgdata")?),
@@ -206,6 +243,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<u8> {
         progress: Default::default(),
         replay: Default::default(),
         cancel: tokio_util::sync::CancellationToken::new(),
+        live,
     };
     crate::signals::cancel_on_signal(opts.cancel.clone())?;
     let display = crate::progress::ProgressDisplay::restore(opts.progress.clone(), !args.json);

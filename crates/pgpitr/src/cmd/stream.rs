@@ -2,9 +2,12 @@ use crate::cli::StreamArgs;
 use crate::conn;
 use crate::progress::ProgressDisplay;
 use pgpitr_backup::{BackupOptions, WalMode};
+use pgpitr_repo::mirror::Mirror;
 use pgpitr_storage::RepoUrl;
 use pgpitr_stream::{Archiver, StreamConfig, StreamStats};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub async fn run(args: StreamArgs, log_format: crate::cli::LogFormat) -> anyhow::Result<u8> {
@@ -30,6 +33,23 @@ pub async fn run(args: StreamArgs, log_format: crate::cli::LogFormat) -> anyhow:
             tracing::info!("stopped before streaming started");
             return Ok(crate::exit::OK);
         }
+    };
+    let copying = match &args.copy_to {
+        Some(to) => {
+            let copy = tokio::select! {
+                r = mirrored(&url, to, &repo, args.copy_sync) => r?,
+                _ = cancel.cancelled() => {
+                    tracing::info!("stopped before streaming started");
+                    return Ok(crate::exit::OK);
+                }
+            };
+            Some(copy)
+        }
+        None => None,
+    };
+    let repo = match &copying {
+        Some(c) => c.repo.clone(),
+        None => repo,
     };
     let metrics = match &args.metrics_addr {
         Some(addr) => Some(crate::metrics::bind(addr).await?),
@@ -61,6 +81,7 @@ pub async fn run(args: StreamArgs, log_format: crate::cli::LogFormat) -> anyhow:
             stream: stats.clone(),
             schedule: schedule_stats.clone(),
             drills: drill_stats.clone(),
+            copy: copying.as_ref().map(|c| c.mirror.stats()),
         };
         crate::metrics::serve(listener, sources, &args.slot, cancel.clone());
     }
@@ -94,6 +115,10 @@ pub async fn run(args: StreamArgs, log_format: crate::cli::LogFormat) -> anyhow:
         ));
         (task, display)
     });
+    let passes = copying.as_ref().map(|c| {
+        tokio::spawn(copy_passes(c.mirror.clone(), c.placement.clone(), args.copy_pass_every, cancel.clone()))
+    });
+    let shutdown_timeout = stream_cfg.shutdown_timeout;
     let mut archiver = Archiver::new(repo, cfg, stream_cfg, cancel.clone(), stats);
     // A thread with its own single-threaded runtime: the socket's readiness,
     // the loop and the small uploads then run where the message arrived. On
@@ -131,7 +156,91 @@ pub async fn run(args: StreamArgs, log_format: crate::cli::LogFormat) -> anyhow:
         cancel.cancel();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(25), task).await;
     }
+    if let Some(c) = &copying {
+        cancel.cancel();
+        if let Some(task) = passes {
+            task.abort();
+        }
+        if !c.mirror.drain(shutdown_timeout).await {
+            let behind = c.mirror.stats().lag_bytes.load(std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                copy = %c.mirror.copy().describe(),
+                behind_bytes = behind,
+                "the copy did not catch up before exit; the next start copies the rest"
+            );
+        }
+    }
     result?;
     tracing::info!("stopped; everything received is durable in the repository");
     Ok(crate::exit::OK)
+}
+
+/// A stream that keeps a copy in step: the repository it writes through.
+struct Copying {
+    repo: pgpitr_repo::Repository,
+    mirror: Mirror,
+    placement: Option<pgpitr_repo::S3Placement>,
+}
+
+/// Opens `repo` again over a [`Mirror`] of its storage and the copy at
+/// `to`, once the copy is bound to the same cluster (refused otherwise).
+async fn mirrored(url: &RepoUrl, to: &str, repo: &pgpitr_repo::Repository, sync: bool) -> anyhow::Result<Copying> {
+    let to_url = RepoUrl::parse(to)?;
+    if repo.binding().format_version == 1 {
+        anyhow::bail!(
+            "--copy-to needs a repository of format 2 or later; {} has format 1: run `pgpitr migrate` first",
+            repo.location()
+        );
+    }
+    let primary = pgpitr_repo::connect(url, pgpitr_repo::Access::Write).await?;
+    let copy = pgpitr_repo::connect(&to_url, pgpitr_repo::Access::Write).await?;
+    if primary.describe() == copy.describe() {
+        anyhow::bail!("--copy-to names the repository itself ({})", copy.describe());
+    }
+    let placement = pgpitr_repo::S3Placement::of(&to_url);
+    pgpitr_repo::copy::prepare(primary.as_ref(), copy.as_ref(), &placement).await?;
+    let mirror = Mirror::new(primary, copy, repo.seg_size(), sync);
+    let repo = pgpitr_repo::Repository::open(Arc::new(mirror.clone())).await?;
+    tracing::info!(copy = %mirror.copy().describe(), synchronous = sync, "keeping a copy in step");
+    Ok(Copying { repo, mirror, placement })
+}
+
+/// Full copy passes: at start (what the copy missed while no stream wrote
+/// it), then every `every` (what other processes wrote); a failed pass is
+/// tried again within a minute.
+async fn copy_passes(
+    mirror: Mirror,
+    placement: Option<pgpitr_repo::S3Placement>,
+    every: Duration,
+    cancel: CancellationToken,
+) {
+    let stats = mirror.stats();
+    loop {
+        stats.catching_up.store(true, Ordering::Relaxed);
+        let began = std::time::Instant::now();
+        let pause =
+            match pgpitr_repo::copy::copy_beside_mirror(mirror.primary(), mirror.copy(), placement.clone(), 4).await {
+                Ok(done) => {
+                    stats.passes.fetch_add(1, Ordering::Relaxed);
+                    stats.last_pass_us.store(jiff::Timestamp::now().as_microsecond(), Ordering::Relaxed);
+                    tracing::info!(
+                        copy = %mirror.copy().describe(),
+                        objects = done.copied_objects,
+                        bytes = done.copied_bytes,
+                        took = ?began.elapsed(),
+                        "copy pass complete"
+                    );
+                    every
+                }
+                Err(e) => {
+                    tracing::warn!(copy = %mirror.copy().describe(), "copy pass failed, trying again in a minute: {e}");
+                    every.min(Duration::from_secs(60))
+                }
+            };
+        stats.catching_up.store(false, Ordering::Relaxed);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
 }
