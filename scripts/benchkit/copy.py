@@ -144,9 +144,9 @@ def main(ctx):
                  "every run copies the same source repository into a fresh, empty prefix of server B, deleted "
                  "after the run. MB/s = the bytes the contender copied / its wall time: pgpitr's copied_bytes "
                  "(--json), the baseline's bytes read.")
-        ctx.note("pgpitr copy does more than the baseline: it reads every object back from the target and compares "
-                 "its CRC-32 with the source's, writes WAL one object at a time in LSN order (reading ahead and reading "
-                 "back --parallel at a time beside the writes; backup parts --parallel at a time) and each backup's "
+        ctx.note("pgpitr copy does more than the baseline: it compares every object's CRC-32 as the target stored it "
+                 "(a HEAD returning the checksum s3s-fs computed on arrival) with the source bytes', writes WAL one object at a time in LSN order (reading ahead and checking "
+                 "--parallel at a time beside the writes; backup parts --parallel at a time) and each backup's "
                  "backup.json last, so the target is a consistent repository at every moment. It skips leases and leftovers the baseline copies.")
         ctx.note("The baseline holds whole objects in memory (no multipart) and does 4 at a time, pgpitr copy's "
                  "default --parallel; the AWS CLI's own default is 10 concurrent requests. CPU: 'client' is the "
