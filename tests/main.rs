@@ -23,6 +23,7 @@ macro_rules! on_both_backends {
 }
 
 mod backup;
+mod check;
 mod common;
 mod copy;
 mod docker;

@@ -98,10 +98,24 @@ pub enum Command {
     /// repository stays encrypted; no key is needed), in an order that keeps
     /// the target a consistent repository throughout: keyring, binding,
     /// timeline histories, WAL in order, then each complete backup with its
-    /// backup.json last. Each object is read back and its CRC-32 compared.
+    /// backup.json last. Each object's CRC-32 as stored is compared with the
+    /// source's (S3: the checksum its server computed on arrival); between
+    /// two repositories behind one S3 endpoint the copy runs in the store.
     /// Incremental, idempotent and resumable: run it again after an
     /// interruption. A target bound to another cluster is refused.
     Copy(crate::cmd::copy::CopyArgs),
+    /// Check that the setup works, end to end: server, slot, repository,
+    /// the stream, backups, drills.
+    ///
+    /// Connects as the stream does and checks the REPLICATION attribute,
+    /// wal_level, a free walsender, the slot (state, WAL it retains), that
+    /// the repository is reachable, writable and bound to this cluster,
+    /// that a fresh commit (with --switch-wal: a segment switch) becomes
+    /// durable in the repository within --timeout through the running
+    /// stream, the newest backup's age and the newest drill's result. One
+    /// line per finding (ok, warn, fail) or --json; exit 0 only when all
+    /// are ok (1 when one fails, 3 when some only warn).
+    Check(crate::cmd::check::CheckArgs),
     /// Serve one WAL file to PostgreSQL (its restore_command).
     ///
     /// Serves complete segments, timeline history files and the unfinished

@@ -28,6 +28,8 @@ pub mod exit {
     /// wrong. Postgres aborts recovery on codes above 125 instead of taking
     /// the file as missing, so an outage never looks like the end of WAL.
     pub const STORAGE: u8 = 200;
+    /// `check`: no finding failed, but some warn.
+    pub const WARNINGS: u8 = 3;
 }
 
 fn main() -> ExitCode {

@@ -1,4 +1,5 @@
 mod backup;
+pub mod check;
 pub mod copy;
 pub mod drill;
 mod expire;
@@ -23,6 +24,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Restore(args) => restore::run(args).await,
         Command::Drill(args) => drill::run(args).await,
         Command::Copy(args) => copy::run(args).await,
+        Command::Check(args) => check::run(args).await,
         Command::WalFetch(args) => wal_fetch::run(args).await,
         Command::Expire(args) => expire::run(args).await,
         Command::Verify(args) => verify::run(args).await,
