@@ -70,3 +70,28 @@ fn k8s_drill_cronjob_arguments_are_accepted_by_the_binary() {
     let v: toml::Value = toml::from_str(&toml_text).expect("checks.toml parses");
     assert_eq!(v["check"][0]["database"].as_str(), Some("app"));
 }
+
+/// Shell completions name every command; the man pages cover the program
+/// and each command.
+#[test]
+fn completions_and_man_pages_cover_every_command() {
+    let commands = ["init", "stream", "backup", "restore", "drill", "copy", "check", "wal-fetch", "expire", "verify"];
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(pgpitr().args(["completions", shell])).ok();
+        for c in commands {
+            assert!(out.stdout.contains(c), "{shell} completions lack {c}");
+        }
+        assert!(out.stdout.contains("copy-to"), "{shell} completions lack stream's flags");
+    }
+    let page = run(pgpitr().arg("man")).ok();
+    assert!(page.stdout.contains(".TH pgpitr 1"), "{}", page.stdout);
+    let dir = tempfile::tempdir().unwrap();
+    run(pgpitr().arg("man").arg("--dir").arg(dir.path())).ok();
+    for c in commands {
+        let p = std::fs::read_to_string(dir.path().join(format!("pgpitr-{c}.1"))).unwrap();
+        assert!(p.contains(&format!(".TH pgpitr-{c} 1")), "pgpitr-{c}.1: {p}");
+    }
+    let bad = run(pgpitr().args(["completions", "tcsh"]));
+    assert_eq!(bad.code, Some(2), "{}", bad.stderr);
+    assert!(bad.stderr.contains("invalid value 'tcsh'"), "{}", bad.stderr);
+}

@@ -171,6 +171,18 @@ pub enum Command {
     /// refused while any data key depends on that key alone.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Print shell completions: `pgpitr completions bash >
+    /// /etc/bash_completion.d/pgpitr` (zsh, fish, elvish and powershell too).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page pgpitr(1), or with --dir write it and one page per
+    /// command (pgpitr-stream(1), ...) into DIR.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -30,6 +30,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Verify(args) => verify::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
         Command::Key(cmd) => key::run(cmd).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "pgpitr", &mut std::io::stdout());
+            Ok(crate::exit::OK)
+        }
+        Command::Man { dir } => man(dir.as_deref()),
     }
 }
 
@@ -55,4 +61,28 @@ pub async fn bind_repo(
         tracing::info!(repo = %repo.location(), "initialised the repository for this cluster");
     }
     Ok((repo, outcome))
+}
+
+/// `pgpitr man`: the page of the whole program on stdout, or every page
+/// (the program's and each command's, `pgpitr-<command>.1`) into `dir`.
+fn man(dir: Option<&std::path::Path>) -> anyhow::Result<u8> {
+    use anyhow::Context as _;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let Some(dir) = dir else {
+        clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+        return Ok(crate::exit::OK);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut pages = vec![("pgpitr".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands() {
+        let name = format!("pgpitr-{}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name)));
+    }
+    for (name, page) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page).render(&mut out)?;
+        std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(crate::exit::OK)
 }
