@@ -22,6 +22,7 @@ macro_rules! on_both_backends {
     };
 }
 
+mod archive;
 mod backup;
 mod check;
 mod common;

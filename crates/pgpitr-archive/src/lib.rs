@@ -12,6 +12,7 @@ mod durable;
 mod freshness;
 mod index;
 mod journal;
+pub mod push;
 mod schedule;
 mod segment;
 mod source;

@@ -33,7 +33,7 @@ mod time;
 
 pub use error::ScanError;
 pub use event::WalEvent;
-pub use format::XLOG_BLCKSZ;
+pub use format::{PageHeader, SIZE_OF_LONG_PHD, XLOG_BLCKSZ, XLP_LONG_HEADER};
 pub use pgpitr_types::WalFormat;
 pub use scanner::WalScanner;
 pub use summary::{CommitPoint, RestorePointInfo, ScanSummary};

@@ -104,6 +104,16 @@ pub enum Command {
     /// Incremental, idempotent and resumable: run it again after an
     /// interruption. A target bound to another cluster is refused.
     Copy(crate::cmd::copy::CopyArgs),
+    /// Archive one WAL file (PostgreSQL's archive_command): `pgpitr
+    /// wal-push --repo URL %p`.
+    ///
+    /// Stores a complete segment, checked against the repository's cluster
+    /// (page magic, system identifier, segment size, timeline, address) and
+    /// indexed by commit time, or a timeline history file, exactly as the
+    /// stream stores them, so restore and wal-fetch serve them. Idempotent:
+    /// the same WAL again succeeds; different WAL for a stored segment is
+    /// refused (exit 1). Segment RPO: use `stream` for seconds.
+    WalPush(crate::cmd::wal_push::WalPushArgs),
     /// Check that the setup works, end to end: server, slot, repository,
     /// the stream, backups, drills.
     ///

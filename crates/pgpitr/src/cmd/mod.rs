@@ -11,6 +11,7 @@ pub mod restore;
 mod stream;
 mod verify;
 pub mod wal_fetch;
+pub mod wal_push;
 
 use crate::cli::{Cli, Command};
 
@@ -26,6 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Copy(args) => copy::run(args).await,
         Command::Check(args) => check::run(args).await,
         Command::WalFetch(args) => wal_fetch::run(args).await,
+        Command::WalPush(args) => wal_push::run(args).await,
         Command::Expire(args) => expire::run(args).await,
         Command::Verify(args) => verify::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
