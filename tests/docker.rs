@@ -95,3 +95,73 @@ fn completions_and_man_pages_cover_every_command() {
     assert_eq!(bad.code, Some(2), "{}", bad.stderr);
     assert!(bad.stderr.contains("invalid value 'tcsh'"), "{}", bad.stderr);
 }
+
+/// The systemd units pass `systemd-analyze verify` (their man: page among
+/// the generated ones), and their command is one the binary accepts.
+#[test]
+fn systemd_units_verify_and_run_an_accepted_command() {
+    let bin = env!("CARGO_BIN_EXE_pgpitr");
+    let dir = tempfile::tempdir().unwrap();
+    run(pgpitr().arg("man").arg("--dir").arg(dir.path().join("man/man1"))).ok();
+    for (unit, name) in [("docker/pgpitr.service", "pgpitr.service"), ("docker/pgpitr@.service", "pgpitr@db1.service")]
+    {
+        let text = repo_file(unit);
+        let exec = text.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("ExecStart");
+        let mut words = exec.split_whitespace();
+        assert_eq!(words.next(), Some("/usr/local/bin/pgpitr"), "{unit}");
+        let args: Vec<&str> = words.collect();
+        let out = run(pgpitr().args(&args).arg("--help")).ok();
+        assert!(out.stdout.contains("Usage"), "{unit}: {}", out.stdout);
+        for hardening in ["NoNewPrivileges=yes", "ProtectSystem=strict", "User=pgpitr", "EnvironmentFile="] {
+            assert!(text.contains(hardening), "{unit} lacks {hardening}");
+        }
+        std::fs::write(dir.path().join(name), text.replace("/usr/local/bin/pgpitr", bin)).unwrap();
+        let out = run(std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(dir.path().join(name))
+            .env("MANPATH", dir.path().join("man")));
+        assert_eq!(out.code, Some(0), "{unit}: {}{}", out.stdout, out.stderr);
+    }
+}
+
+/// The compose file's pgpitr command is accepted, and each PGPITR_*
+/// variable it sets is one `stream` reads.
+#[test]
+fn compose_command_and_variables_are_accepted() {
+    let yaml = repo_file("docker/compose.yaml");
+    let service = yaml.split("\n  pgpitr:\n").nth(1).expect("the pgpitr service");
+    let line = service.lines().find(|l| l.trim_start().starts_with("command:")).expect("command");
+    let args: Vec<String> = serde_json::from_str(line.trim_start().trim_start_matches("command:").trim()).unwrap();
+    assert_eq!(args[0], "stream");
+    let help = run(pgpitr().args(&args).arg("--help")).ok().stdout;
+    let vars: Vec<&str> =
+        yaml.lines().filter_map(|l| l.trim_start().split(':').next()).filter(|k| k.starts_with("PGPITR_")).collect();
+    assert!(vars.len() >= 3, "{vars:?}");
+    for v in vars {
+        assert!(help.contains(&format!("[env: {v}=")), "stream does not read {v}");
+    }
+    let hba = repo_file("docker/compose/replication-hba.sh");
+    assert!(hba.contains("host replication all all scram-sha-256"));
+}
+
+/// Every key of the example configuration file exists.
+#[test]
+fn the_example_configuration_file_is_accepted() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docker/pgpitr.toml");
+    for command in ["stream", "backup", "check", "expire", "restore"] {
+        let out = run(pgpitr().arg("--config").arg(&root).args(["config", "show", command])).ok();
+        assert!(out.stdout.contains("repo = s3://backups/db1"), "{command}: {}", out.stdout);
+    }
+}
+
+/// The restore Job's arguments are accepted by the binary.
+#[test]
+fn k8s_restore_job_arguments_are_accepted_by_the_binary() {
+    let yaml = repo_file("docker/k8s-restore-job.yaml");
+    let (args, after) = container_args(&yaml, "restore");
+    assert_eq!(args[0], "restore");
+    assert!(args.iter().any(|a| a == "--restore-command-binary"), "{args:?}");
+    let out = run(pgpitr().args(&args).arg("--help")).ok();
+    assert!(out.stdout.contains("Usage"), "{}", out.stdout);
+    assert!(after.contains("PGPITR_REPO"), "the repository comes from the environment");
+}

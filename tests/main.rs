@@ -26,6 +26,7 @@ mod archive;
 mod backup;
 mod check;
 mod common;
+mod config;
 mod copy;
 mod docker;
 mod drill;

@@ -7,16 +7,18 @@ import re
 
 from .common import result_file, summarize
 
-ORDER = ["micro", "stream", "rpo", "sync", "backup", "restore", "resume", "catalog", "copy"]
+ORDER = ["micro", "stream", "rpo", "sync", "backup", "restore", "resume", "catalog", "copy", "archive"]
 TITLES = {"micro": "Micro-benchmarks (criterion)", "stream": "stream: continuous archiving under load",
           "rpo": "rpo: commit → durable on an idle server", "sync": "sync: primary throughput with a synchronous "
           "archiver", "backup": "backup: base backup throughput", "restore": "restore: point-in-time restore",
           "resume": "Resume and the unfinished segment",
           "catalog": "catalog: reading the repository as it grows",
-          "copy": "copy: a second repository in another region"}
+          "copy": "copy: a second repository in another region",
+          "archive": "Archiving with archive_command (issue 22)"}
 HOW = {"micro": "scripts/bench micro", "stream": "scripts/bench stream", "rpo": "scripts/bench rpo",
        "sync": "scripts/bench sync", "backup": "scripts/bench backup", "restore": "scripts/bench restore",
-       "resume": "scripts/bench resume", "catalog": "scripts/bench catalog", "copy": "scripts/bench copy"}
+       "resume": "scripts/bench resume", "catalog": "scripts/bench catalog", "copy": "scripts/bench copy",
+       "archive": "scripts/bench archive"}
 
 
 def load(results):
@@ -148,6 +150,43 @@ def copy_lag_goal(r):
     ok = p99 <= 2.0
     if s.get("errors"):
         cell += f"; {s['errors']} failed run(s)"
+        ok = False
+    return cell, ok
+
+
+ARCHIVE_GOAL = "wal-push segments/s ≥ 1.0× pgbackrest archive-push"
+# pgpitr contender -> its pgBackRest peer; pgbackrest-s3 only once a run had one.
+ARCHIVE_PEERS = {"pgpitr-local": "pgbackrest-local", "pgpitr-s3": "pgbackrest-s3"}
+
+
+def archive_goal(r, c):
+    """(measured, ok or None) of issue 22's goal for pgpitr contender c:
+    median segments/s of its wal-push loop over pgBackRest archive-push's,
+    same segments, same runs. pgpitr-s3 goes against pgbackrest-s3 when the
+    run had it, else against pgbackrest-local (said in the cell). r is the
+    archive part's results, or None when it has not run."""
+    if not r:
+        return "not measured yet (archive not run yet)", None
+    if r.get("failed"):
+        return f"not measured yet (archive failed: {r['failed'][:120]})", None
+    S = r.get("summary") or {}
+    peer = ARCHIVE_PEERS[c]
+    note = ""
+    if peer not in S and peer != "pgbackrest-local":
+        peer, note = "pgbackrest-local", " (vs pgbackrest-local: no pgBackRest S3 run here)"
+    s, p = S.get(c), S.get(peer)
+    if not s or not p:
+        why = "; ".join(f"{x['what']}: {x['why']}" for x in r.get("skipped", []) if x["what"] != "pgbackrest-s3")
+        return f"not measured yet ({why or f'no {c} or {peer} contender'})", None
+    if not s.get("segments_s") or not p.get("segments_s"):
+        return (f"no successful run ({s.get('errors') or 0} {c}, {p.get('errors') or 0} {peer} failed)"), \
+            False if s.get("errors") and not s.get("segments_s") else None
+    a, b = med(s["segments_s"]), med(p["segments_s"])
+    rr = ratio(a, b)
+    cell = f"{num(a)} vs {num(b)} segments/s = {'–' if rr is None else f'{rr:.3f}×'}{note}"
+    ok = None if rr is None else rr >= 1.0
+    if s.get("errors"):
+        cell += f"; {s['errors']} failed {c} run(s)"
         ok = False
     return cell, ok
 
@@ -323,6 +362,10 @@ def goals(res):
     rows.append([COPY_GOAL, cell, status(ok, "copy")])
     cell, ok = copy_lag_goal(res.get("copy"))
     rows.append([COPY_LAG_GOAL, cell, status(ok, "copy")])
+    # archive
+    for c in ARCHIVE_PEERS:
+        cell, ok = archive_goal(res.get("archive"), c)
+        rows.append([f"{ARCHIVE_GOAL}: {c}", cell, status(ok, "archive")])
     # resume
     m = missing("resume")
     if m:
@@ -778,8 +821,46 @@ def sec_copy(r):
     return "\n".join(out)
 
 
+def sec_archive(r):
+    S = r["summary"]
+    seg = r.get("segment_bytes")
+
+    def count(x):
+        return num(x, digits=0)
+
+    rows = []
+    for c, s in S.items():
+        stored = rng(s.get("stored_bytes"), mib)
+        if med(s.get("stored_bytes")) and r.get("wal_bytes"):
+            stored += f" ({med(s['stored_bytes']) / r['wal_bytes']:.0%} of the WAL)"
+        cpu = rng(s.get("cpu_s_per_gb"))
+        if s.get("s3_server_cpu_s") and r.get("wal_bytes"):
+            cpu += f" (+{num(med(s['s3_server_cpu_s']) / (r['wal_bytes'] / 1e9))} s3s-fs)"
+        rows.append([c, rng(s.get("segments_s")), rng(s.get("mb_s")), rng(s.get("push_ms"), lambda x: num(x, " ms")),
+                     cpu, stored, rng(s.get("stored_files"), count), s.get("errors") or 0])
+    head = []
+    if r.get("segments"):
+        head.append(f"{r['segments']} WAL segments of {mib(seg)} ({mib(r.get('wal_bytes'))}, {r.get('first_segment')}"
+                    f"..{r.get('last_segment')}) as PostgreSQL's archiver handed them over, each pushed by its own "
+                    "process, one at a time, into a fresh repository per run.\n")
+    out = head + [table(["contender", "segments/s", "MB/s", "per push", "CPU s per GB", "stored", "files stored",
+                         "failed runs"], rows)]
+    again = [f"{c} {s.get('repush_ok', 0)}/{s.get('runs', 0)}"
+             + (f" (**{s['repush_added']} stored something more**)" if s.get("repush_added") else "")
+             for c, s in S.items() if "repush_ok" in s]
+    if again:
+        out.append(f"\nThe first segment pushed a second time after the loop (a retried archive_command), exit 0: "
+                   f"{', '.join(again)} runs.")
+    for c in ARCHIVE_PEERS:
+        if c in S:
+            cell, _ = archive_goal(r, c)
+            out.append(f"\n{c} / pgBackRest archive-push, median segments/s: {cell} (goal ≥ 1.0×).")
+    return "\n".join(out)
+
+
 SECTIONS = {"micro": sec_micro, "stream": sec_stream, "rpo": sec_rpo, "sync": sec_sync, "backup": sec_backup,
-            "restore": sec_restore, "resume": sec_resume, "catalog": sec_catalog, "copy": sec_copy}
+            "restore": sec_restore, "resume": sec_resume, "catalog": sec_catalog, "copy": sec_copy,
+            "archive": sec_archive}
 
 
 def machine_block(res):
@@ -812,7 +893,7 @@ def write(results, out):
                      "on a machine that may be busy; treat those figures as noisy indications, not as results.\n")
     parts.append("## Machine\n")
     parts.append(machine_block(res) + "\n")
-    parts.append("## Goals (issues 3–6, 17, 19 and 21)\n")
+    parts.append("## Goals (issues 3–6, 17, 19, 21 and 22)\n")
     parts.append(goals(res) + "\n")
     parts.append("## Encryption (issue 20)\n")
     parts.append("Each `-enc` contender is its twin's repository initialised with `PGPITR_KEY_FILE` (AES-256-GCM, "

@@ -24,6 +24,11 @@ pub struct GlobalOpts {
     /// More log output: -v info, -vv debug, -vvv trace (PGPITR_LOG overrides).
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
+    /// The configuration file (TOML; default /etc/pgpitr/pgpitr.toml when it
+    /// exists): every option, below the command line and PGPITR_<NAME>
+    /// variables (`pgpitr config show COMMAND` shows what applies).
+    #[arg(long, global = true, env = "PGPITR_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -181,6 +186,10 @@ pub enum Command {
     /// refused while any data key depends on that key alone.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Show the effective options of a command and where each comes from
+    /// (command line, environment, configuration file, default).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print shell completions: `pgpitr completions bash >
     /// /etc/bash_completion.d/pgpitr` (zsh, fish, elvish and powershell too).
     Completions {
@@ -240,6 +249,19 @@ pub struct MigrateArgs {
     /// Print what was done as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print every option of COMMAND (e.g. `stream`, `key rotate`) with its
+    /// value and source; passwords redacted.
+    Show {
+        /// The command.
+        command: Vec<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

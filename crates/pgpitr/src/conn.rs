@@ -14,7 +14,7 @@ pub fn config(opts: &ConnOpts, default_app_name: &str) -> anyhow::Result<ConnCon
         Some(d) => {
             // Everything on argv is visible in `ps` to every user of the host.
             let bare = ConnConfig::parse_with_env(d, |_| None).context("invalid connection string")?;
-            if bare.password().is_some() {
+            if bare.password().is_some() && crate::config::layers().dbname_on_argv {
                 bail!(
                     "refusing a password in the connection string on the command line (visible to every user \
                      in `ps`): use PGPASSWORD, PGPASSFILE or ~/.pgpass, or pass the string in PGPITR_DBNAME"

@@ -4,6 +4,7 @@
 
 mod cli;
 mod cmd;
+mod config;
 mod conn;
 mod drills;
 mod logging;
@@ -13,7 +14,6 @@ mod progress;
 mod signals;
 mod status;
 
-use clap::Parser;
 use std::process::ExitCode;
 
 /// Exit codes, documented in README.md.
@@ -34,7 +34,18 @@ pub mod exit {
 
 fn main() -> ExitCode {
     memory::tune_allocator();
-    let cli = cli::Cli::parse();
+    let cli = match config::parse(std::env::args_os().collect())
+        .and_then(|(m, layers)| Ok((<cli::Cli as clap::FromArgMatches>::from_arg_matches(&m)?, layers)))
+    {
+        Ok((cli, layers)) => {
+            config::keep(layers);
+            cli
+        }
+        Err(e) => {
+            eprintln!("pgpitr: error: {}", format!("{e:#}").replace('\n', " "));
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
     logging::init(&cli.global);
     // restore_command: a spooled segment needs no runtime.
     if let cli::Command::WalFetch(args) = &cli.command

@@ -38,6 +38,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(crate::exit::OK)
         }
         Command::Man { dir } => man(dir.as_deref()),
+        Command::Config(crate::cli::ConfigCommand::Show { command, json }) => {
+            crate::config::show(&command, crate::config::layers(), json)
+        }
     }
 }
 

@@ -101,6 +101,11 @@ pub struct RestoreArgs {
     /// Backup parts downloaded and decompressed at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
+    /// The pgpitr binary restore_command runs (default: this one), for a
+    /// server started elsewhere: a Kubernetes Job restores, the database
+    /// pod replays with the binary at another path.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["start", "wait"])]
+    pub restore_command_binary: Option<PathBuf>,
     /// Plan and print the plan; write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -146,8 +151,14 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<u8> {
     };
     let pgdata = std::path::absolute(&args.pgdata).context("resolve --pgdata")?;
     let url = RepoUrl::parse(&args.repo.repo)?;
-    let exe = std::env::current_exe().context("find this program's path for restore_command")?;
-    let exe = exe.canonicalize().unwrap_or(exe);
+    let exe = match &args.restore_command_binary {
+        Some(p) if p.is_absolute() => p.clone(),
+        Some(p) => anyhow::bail!("--restore-command-binary {}: give an absolute path", p.display()),
+        None => {
+            let exe = std::env::current_exe().context("find this program's path for restore_command")?;
+            exe.canonicalize().unwrap_or(exe)
+        }
+    };
     pgpitr_restore::restore::check_target_dir(&pgdata)?;
     let repo = pgpitr_repo::Repository::open_url(&url, pgpitr_repo::Access::Read).await?;
     let opts = RestoreOptions {
