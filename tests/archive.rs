@@ -83,9 +83,17 @@ async fn archive_command_restores(backend: Backend) {
     let (restored, _) = restore_and_start(&backend, &["--target", "latest"]);
     assert_eq!(restored.sql("SELECT count(*), max(id) FROM t"), "2500|2500");
 
-    // The same WAL again: success, nothing changes.
+    // The same WAL again: success, nothing changes; also for a segment of
+    // megabytes after compression (s3s-fs drops the connection when it
+    // refuses such a body).
     let copy: PathBuf = copies.path().join(&last);
     push(&backend, &copy).ok();
+    pg.sql("CREATE TABLE noise AS SELECT md5(random()::text) || md5(random()::text) AS x FROM generate_series(1, 250000)");
+    let full = pg.sql("SELECT pg_walfile_name(pg_current_wal_lsn() - 1024)");
+    switch_and_archive(&pg);
+    let stored = backend.storage().await.list("wal/").await.unwrap();
+    assert!(stored.iter().any(|m| m.key.ends_with(&full[8..]) && m.size > 4 << 20), "{full}: {stored:?}");
+    push(&backend, &copies.path().join(&full)).ok();
     // Different WAL under a stored segment's name: refused.
     let mut bytes = std::fs::read(&copy).unwrap();
     bytes[3 * 8192 + 100] ^= 0xff;

@@ -182,7 +182,7 @@ def make_segments(ctx, pg, wal, n):
     try:
         with c.cursor() as cur:
             while True:
-                cur.execute("INSERT INTO archive_load SELECT g, g % 100 + 1, (random() * 100000)::int - 50000, "
+                cur.execute("INSERT INTO archive_load SELECT g, g %% 100 + 1, (random() * 100000)::int - 50000, "
                             "md5(g::text || random()::text), '' FROM generate_series(%s, %s) g",
                             (k + 1, k + BATCH_ROWS))
                 k += BATCH_ROWS

@@ -6,11 +6,11 @@
 
 use crate::StreamError;
 use crate::index::CommitIndex;
+use crate::upload::{PutWal, put_wal};
 use bytes::Bytes;
 use pgpitr_repo::Repository;
 use pgpitr_repo::object::{self, Span, WalSummary};
 use pgpitr_repo::wal::{WalObjectId, read_object};
-use pgpitr_storage::PutOutcome;
 use pgpitr_types::{SegNo, TimelineId};
 use pgpitr_walscan::{PageHeader, SIZE_OF_LONG_PHD, XLP_LONG_HEADER};
 
@@ -68,21 +68,23 @@ pub async fn push_segment(
     let crc = crc32fast::hash(&raw);
     let (encoded, _) = object::encode_spans(tli, start, &[Span::Raw(&raw)], crc, &summary, None);
     let key = WalObjectId::segment(tli, segno).key(seg);
-    let storage = repo.storage();
-    match storage.put_if_absent(&key, encoded).await? {
-        PutOutcome::Created => Ok(Pushed::Stored),
-        PutOutcome::AlreadyExists => {
-            let (h, _) = read_object(storage.as_ref(), &key).await?;
-            if h.raw_crc == crc && h.start == start && h.end.0 == start.0 + seg.bytes() {
-                return Ok(Pushed::AlreadyStored);
-            }
-            Err(StreamError::Conflict {
-                key,
-                detail: format!(
-                    "the stored object covers {}..{} with checksum {:08x}; {name} has checksum {crc:08x}",
-                    h.start, h.end, h.raw_crc
-                ),
-            })
+    let end = pgpitr_types::Lsn(start.0 + seg.bytes());
+    // A retry of a stored segment (or one the stream stored): looked at
+    // before sending megabytes that would be refused.
+    let storage = repo.storage().as_ref();
+    let stored = storage.head(&key).await.is_ok();
+    let outcome = if stored {
+        match read_object(storage, &key).await {
+            Ok((h, _)) if h.raw_crc == crc && h.start == start && h.end == end => PutWal::Stored { created: false },
+            _ => put_wal(storage, &key, encoded, crc, start, end).await,
         }
+    } else {
+        put_wal(storage, &key, encoded, crc, start, end).await
+    };
+    match outcome {
+        PutWal::Stored { created: true } => Ok(Pushed::Stored),
+        PutWal::Stored { created: false } => Ok(Pushed::AlreadyStored),
+        PutWal::Conflict(detail) => Err(StreamError::Conflict { key, detail: format!("{name}: {detail}") }),
+        PutWal::Failed(msg) => Err(StreamError::Definite(format!("{name}: storing failed: {msg}"))),
     }
 }

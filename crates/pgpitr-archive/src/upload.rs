@@ -160,35 +160,60 @@ pub async fn store(
     let mut attempt = 0u32;
     loop {
         let began = Instant::now();
-        let result: Result<(), String> = match storage.put_if_absent(&key, encoded.clone()).await {
-            Ok(PutOutcome::Created) => return Ok(Stored { took: began.elapsed(), crc: want_crc }),
-            Ok(PutOutcome::AlreadyExists) => match read_object(storage.as_ref(), &key).await {
-                Ok((h, _)) if h.raw_crc == want_crc && h.start == start && h.end == end => {
-                    return Ok(Stored { took: began.elapsed(), crc: want_crc });
-                }
-                Ok((h, _)) => {
-                    return Err(StreamError::Conflict {
-                        key,
-                        detail: format!(
-                            "stored object covers {}..{} with checksum {:08x}, received WAL covers {}..{} with {:08x}",
-                            h.start, h.end, h.raw_crc, start, end, want_crc
-                        ),
-                    });
-                }
-                Err(e) => Err(e.to_string()),
-            },
-            Err(e) => Err(e.to_string()),
+        let msg = match put_wal(storage.as_ref(), &key, encoded.clone(), want_crc, start, end).await {
+            PutWal::Stored { .. } => return Ok(Stored { took: began.elapsed(), crc: want_crc }),
+            PutWal::Conflict(detail) => return Err(StreamError::Conflict { key, detail }),
+            PutWal::Failed(msg) => msg,
         };
-        if let Err(msg) = result {
-            attempt += 1;
-            let backoff = Duration::from_millis(200u64.saturating_mul(1 << (attempt - 1).min(8))).min(MAX_BACKOFF);
-            let jittered = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
-            tracing::warn!(key = %key, attempt, retry_in = ?jittered, "storing WAL failed, will retry: {msg}");
-            tokio::select! {
-                _ = cancel.cancelled() => return Err(StreamError::Cancelled),
-                _ = tokio::time::sleep(jittered) => {}
-            }
+        attempt += 1;
+        let backoff = Duration::from_millis(200u64.saturating_mul(1 << (attempt - 1).min(8))).min(MAX_BACKOFF);
+        let jittered = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
+        tracing::warn!(key = %key, attempt, retry_in = ?jittered, "storing WAL failed, will retry: {msg}");
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(StreamError::Cancelled),
+            _ = tokio::time::sleep(jittered) => {}
         }
+    }
+}
+
+/// What [`put_wal`] did.
+pub(crate) enum PutWal {
+    /// Stored, or already there with the same WAL (`created: false`).
+    Stored { created: bool },
+    /// An object with other WAL is there: never replaced.
+    Conflict(String),
+    /// Worth trying again.
+    Failed(String),
+}
+
+/// Stores a WAL object unless one is there, which must then hold the same
+/// WAL (range and CRC of the raw bytes). A store that answers "already
+/// there" by dropping the connection before it has read the body (s3s-fs,
+/// with objects of megabytes) fails as if transiently: the key is looked
+/// at then, and an object there is that answer.
+pub(crate) async fn put_wal(
+    storage: &dyn Storage,
+    key: &str,
+    encoded: Bytes,
+    crc: u32,
+    start: pgpitr_types::Lsn,
+    end: pgpitr_types::Lsn,
+) -> PutWal {
+    match storage.put_if_absent(key, encoded).await {
+        Ok(PutOutcome::Created) => return PutWal::Stored { created: true },
+        Ok(PutOutcome::AlreadyExists) => {}
+        Err(e) => match storage.head(key).await {
+            Ok(_) => {}
+            Err(_) => return PutWal::Failed(e.to_string()),
+        },
+    }
+    match read_object(storage, key).await {
+        Ok((h, _)) if h.raw_crc == crc && h.start == start && h.end == end => PutWal::Stored { created: false },
+        Ok((h, _)) => PutWal::Conflict(format!(
+            "stored object covers {}..{} with checksum {:08x}, the WAL to store covers {start}..{end} with {crc:08x}",
+            h.start, h.end, h.raw_crc
+        )),
+        Err(e) => PutWal::Failed(e.to_string()),
     }
 }
 
