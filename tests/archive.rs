@@ -88,7 +88,9 @@ async fn archive_command_restores(backend: Backend) {
     // refuses such a body).
     let copy: PathBuf = copies.path().join(&last);
     push(&backend, &copy).ok();
-    pg.sql("CREATE TABLE noise AS SELECT md5(random()::text) || md5(random()::text) AS x FROM generate_series(1, 250000)");
+    pg.sql(
+        "CREATE TABLE noise AS SELECT md5(random()::text) || md5(random()::text) AS x FROM generate_series(1, 250000)",
+    );
     let full = pg.sql("SELECT pg_walfile_name(pg_current_wal_lsn() - 1024)");
     switch_and_archive(&pg);
     let stored = backend.storage().await.list("wal/").await.unwrap();

