@@ -61,6 +61,14 @@ fn switch_and_archive(pg: &PgCluster) -> String {
     name
 }
 
+/// `file` copied under another name, in a directory of its own.
+fn forged_dir_copy(file: &Path, name: &str) -> PathBuf {
+    let dir = open_dir().keep();
+    let to = dir.join(name);
+    std::fs::copy(file, &to).unwrap();
+    to
+}
+
 fn push(backend: &Backend, file: &Path) -> Run {
     let mut cmd = pgpitr();
     backend.env(&mut cmd);
@@ -96,6 +104,20 @@ async fn archive_command_restores(backend: Backend) {
     let stored = backend.storage().await.list("wal/").await.unwrap();
     assert!(stored.iter().any(|m| m.key.ends_with(&full[8..]) && m.size > 4 << 20), "{full}: {stored:?}");
     push(&backend, &copies.path().join(&full)).ok();
+    // Rows of 64 bytes across segment ends: a record that goes on into the
+    // next segment is in no pushed summary, and its segment says so.
+    let mut list = pgpitr();
+    backend.env(&mut list);
+    let listed = run(list.args(["list", "--index", "--json", "--repo", &backend.url()])).ok();
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    let doubts = listed["unindexed"].as_array().unwrap();
+    assert!(!doubts.is_empty(), "{listed:#}");
+
+    // A new timeline's first segment starts as a copy of its parent's: its
+    // first page may carry the parent's timeline.
+    let first = copies.path().join(&last);
+    let renamed = forged_dir_copy(&first, &format!("00000002{}", &last[8..]));
+    push(&backend, &renamed).ok();
     // Different WAL under a stored segment's name: refused.
     let mut bytes = std::fs::read(&copy).unwrap();
     bytes[3 * 8192 + 100] ^= 0xff;

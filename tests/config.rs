@@ -73,7 +73,7 @@ fn a_backup_configured_by_the_file_alone() {
     let backend = Backend::local();
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "repo = \"{}\"\ndbname = \"host=127.0.0.1 port={} user={REPL_USER} password={REPL_PASSWORD}\"\n[backup]\ncheckpoint = \"fast\"\njson = true\n",
+        "repo = \"{}\"\ndbname = \"host=127.0.0.1 port={} user={REPL_USER} password={REPL_PASSWORD}\"\n[backup]\ncheckpoint = \"fast\"\njson = true\n[expire]\nkeep_within = \"7d\"\n[restore]\ntarget = \"latest\"\n",
         backend.url(),
         pg.port()
     );
@@ -93,17 +93,14 @@ fn a_backup_configured_by_the_file_alone() {
     // Kubernetes Job before the database pod), repository from the file.
     let target = tempfile::tempdir().unwrap();
     let mut restore = pgpitr();
-    restore.arg("--config").arg(&conf).args([
-        "restore",
-        "--target",
-        "latest",
-        "--restore-command-binary",
-        "/pgpitr/pgpitr",
-        "--pgdata",
-    ]);
+    restore.arg("--config").arg(&conf).args(["restore", "--restore-command-binary", "/pgpitr/pgpitr", "--pgdata"]);
     run(restore.arg(target.path().join("pgdata"))).ok();
     let auto = std::fs::read_to_string(target.path().join("pgdata/postgresql.auto.conf")).unwrap();
     assert!(auto.contains("restore_command = '''/pgpitr/pgpitr'' wal-fetch"), "{auto}");
+    // Options a command requires one of (a retention rule, a target) count
+    // as given when the file gives them.
+    let mut expire = pgpitr();
+    run(expire.arg("--config").arg(&conf).args(["expire", "--dry-run"])).ok();
     // The same file readable by others is refused.
     std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut cmd = pgpitr();
@@ -132,4 +129,21 @@ fn bad_files_are_one_line_each() {
     let mut cmd = pgpitr();
     cmd.args(["--config", "/nonexistent/pgpitr.toml", "list"]);
     run(&mut cmd).fails_with(&["cannot read /nonexistent/pgpitr.toml"]);
+}
+
+/// PostgreSQL runs wal-fetch: a configuration it cannot use fails it with
+/// 200, which stops recovery, never with a code that reads as "no such
+/// file" and would end recovery early.
+#[test]
+fn wal_fetch_fails_loudly_on_a_bad_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = file(dir.path(), "bad.toml", "repoo = \"/x\"\n", 0o600);
+    let mut cmd = pgpitr();
+    cmd.env("PGPITR_CONFIG", &conf).args(["wal-fetch", "--repo", "/x", "000000010000000000000001", "/tmp/nowhere"]);
+    let out = run(&mut cmd);
+    assert_eq!(out.code, Some(200), "{}", out.stderr);
+    assert!(out.stderr.contains("unknown key \"repoo\""), "{}", out.stderr);
+    let mut cmd = pgpitr();
+    cmd.args(["wal-fetch", "--repo", "/x", "--no-such-flag", "000000010000000000000001", "/tmp/nowhere"]);
+    assert_eq!(run(&mut cmd).code, Some(200));
 }

@@ -139,7 +139,7 @@ fn compose_command_and_variables_are_accepted() {
         yaml.lines().filter_map(|l| l.trim_start().split(':').next()).filter(|k| k.starts_with("PGPITR_")).collect();
     assert!(vars.len() >= 3, "{vars:?}");
     for v in vars {
-        assert!(help.contains(&format!("[env: {v}=")), "stream does not read {v}");
+        assert!(help.contains(&format!("[env: {v}")), "stream does not read {v}");
     }
     let hba = repo_file("docker/compose/replication-hba.sh");
     assert!(hba.contains("host replication all all scram-sha-256"));

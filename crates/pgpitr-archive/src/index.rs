@@ -35,6 +35,14 @@ impl CommitIndex {
         CommitIndex { scanner, events: Vec::new(), seg, format }
     }
 
+    /// Whether a record began before `end` and is not whole there (it goes
+    /// on past `end`). `false` after a scan error, which the summary says,
+    /// and after the zeros of a switched segment's rest.
+    pub(crate) fn record_open_at(&self, end: Lsn) -> bool {
+        let Some(s) = &self.scanner else { return false };
+        s.end_of_wal().is_none() && s.last_record_end().is_none_or(|e| e < end)
+    }
+
     /// A new segment starts at `start`: an index stopped by an error
     /// resumes here.
     pub(crate) fn next_segment(&mut self, start: Lsn) {

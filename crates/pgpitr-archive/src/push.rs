@@ -53,7 +53,9 @@ pub async fn push_segment(
         Some(format!("system identifier {} is not the repository's cluster ({})", l.sysid, binding.system_identifier))
     } else if long.is_none_or(|l| u64::from(l.seg_size) != seg.bytes()) {
         Some("the first page has no long header with this cluster's segment size".to_string())
-    } else if head.tli != tli.0 || head.pageaddr != start.0 {
+    } else if head.tli > tli.0 || head.pageaddr != start.0 {
+        // A new timeline's first segment starts as a copy of its parent's:
+        // its first page may carry an older timeline (as the stream sees it).
         Some(format!("its first page says timeline {} at {:X}, not the file's name", head.tli, head.pageaddr))
     } else {
         None
@@ -65,10 +67,16 @@ pub async fn push_segment(
     let mut summary = WalSummary::default();
     let mut index = CommitIndex::resume(start, seg, format, &[]);
     index.scan(&raw, start, &mut summary, jiff::Timestamp::now().as_microsecond(), |_, _| {});
+    let end = pgpitr_types::Lsn(start.0 + seg.bytes());
+    // A record that continues into the next segment: the next push scans
+    // that segment on its own and passes over it, so if it is a commit,
+    // no summary has it. Said here, where it begins.
+    if index.record_open_at(end) {
+        summary.unindexed_before = summary.unindexed_before.max(Some(end));
+    }
     let crc = crc32fast::hash(&raw);
     let (encoded, _) = object::encode_spans(tli, start, &[Span::Raw(&raw)], crc, &summary, None);
     let key = WalObjectId::segment(tli, segno).key(seg);
-    let end = pgpitr_types::Lsn(start.0 + seg.bytes());
     // A retry of a stored segment (or one the stream stored): looked at
     // before sending megabytes that would be refused.
     let storage = repo.storage().as_ref();

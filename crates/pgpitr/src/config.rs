@@ -24,7 +24,16 @@ pub const DEFAULT_FILE: &str = "/etc/pgpitr/pgpitr.toml";
 /// server to compare with): no variable, and only their command's section
 /// of the file sets them, so that a drill started by a configured stream
 /// does not take the stream's.
-const NO_VARIABLE: &[(&str, &str)] = &[("drill", "port"), ("drill", "dbname")];
+const NO_VARIABLE: &[(&str, &str)] = &[
+    ("drill", "port"),
+    ("drill", "dbname"),
+    ("drill", "pgdata"),
+    ("drill", "target"),
+    ("drill", "timezone"),
+    ("restore", "port"),
+    // Requires --target-time: a variable would break every other target.
+    ("restore", "timezone"),
+];
 
 static LAYERS: std::sync::OnceLock<Layers> = std::sync::OnceLock::new();
 
@@ -52,15 +61,38 @@ pub fn variable(long: &str) -> String {
 }
 
 /// The command line parsed over the variables and the file.
-pub fn parse(argv: Vec<OsString>) -> anyhow::Result<(clap::ArgMatches, Layers)> {
+pub fn parse(argv: Vec<OsString>) -> Result<(clap::ArgMatches, Layers), ParseError> {
     let base = <crate::cli::Cli as clap::CommandFactory>::command();
+    let invoked = invoked(&base, &argv);
+    let archive_side = invoked.first().is_some_and(|c| ARCHIVE_SIDE.contains(&c.as_str()));
+    parse_as(base, &invoked, argv, archive_side).map_err(|error| ParseError { error, archive_side })
+}
+
+/// What PostgreSQL runs (restore_command, archive_command): their command
+/// lines are complete, and the server's user may not read a private file;
+/// only an explicit `--config` / `PGPITR_CONFIG` applies to them.
+const ARCHIVE_SIDE: &[&str] = &["wal-fetch", "wal-push"];
+
+/// A command line or configuration that cannot be used; `archive_side`
+/// when PostgreSQL runs the command, which must then fail loudly (exit 200
+/// for wal-fetch: any lower code may end recovery as if WAL had run out).
+pub struct ParseError {
+    pub error: anyhow::Error,
+    pub archive_side: bool,
+}
+
+fn parse_as(
+    base: Command,
+    invoked: &[String],
+    argv: Vec<OsString>,
+    archive_side: bool,
+) -> anyhow::Result<(clap::ArgMatches, Layers)> {
     let path = file_path(&argv);
     let path = match path {
         Some(p) => Some(p),
-        None if Path::new(DEFAULT_FILE).exists() => Some(PathBuf::from(DEFAULT_FILE)),
+        None if !archive_side && Path::new(DEFAULT_FILE).exists() => Some(PathBuf::from(DEFAULT_FILE)),
         None => None,
     };
-    let invoked = invoked(&base, &argv);
     let mut layers = Layers { file: path.clone(), ..Layers::default() };
     let table = match &path {
         Some(p) => Some(load(p)?),
@@ -69,12 +101,13 @@ pub fn parse(argv: Vec<OsString>) -> anyhow::Result<(clap::ArgMatches, Layers)> 
     if let (Some(p), Some(t)) = (&path, &table) {
         check_keys(&base, t, p)?;
     }
-    let cmd = layered(base, &invoked, table.as_ref(), path.as_deref(), &mut layers)?;
+    let cmd = layered(base, invoked, table.as_ref(), path.as_deref(), &mut layers)?;
     let matches = match cmd.try_get_matches_from(argv) {
         Ok(m) => m,
         // clap names the option of a bad value, not the file that gave it.
         Err(e) => match (file_key(&e, &layers), &layers.file) {
             (Some(key), Some(file)) => bail!("{}: {key}: {}", file.display(), first_line(&e)),
+            _ if archive_side && e.use_stderr() => bail!("{}", first_line(&e)),
             _ => e.exit(),
         },
     };
@@ -82,8 +115,10 @@ pub fn parse(argv: Vec<OsString>) -> anyhow::Result<(clap::ArgMatches, Layers)> 
     while let Some((_, sub)) = leaf.subcommand() {
         leaf = sub;
     }
-    layers.dbname_on_argv = leaf.try_get_raw("dbname").ok().flatten().is_some()
-        && leaf.value_source("dbname") == Some(ValueSource::CommandLine);
+    // `-d` is `dbname` everywhere but drill, where it is the live server.
+    layers.dbname_on_argv = ["dbname", "live"].iter().any(|id| {
+        leaf.try_get_raw(id).ok().flatten().is_some() && leaf.value_source(id) == Some(ValueSource::CommandLine)
+    });
     Ok((matches, layers))
 }
 
@@ -331,7 +366,17 @@ fn apply(
         layers.from_file.insert(id.clone());
         layers.file_keys.insert(long.clone(), key);
         let values: Vec<clap::builder::OsStr> = values.into_iter().map(Into::into).collect();
-        // A required option the file gives is given.
+        // A required option (or group) the file gives is given.
+        let groups: Vec<String> = cmd
+            .get_groups()
+            .filter(|g| g.get_args().any(|a| a.as_str() == id.as_str()))
+            .map(|g| g.get_id().to_string())
+            .collect();
+        for g in groups {
+            cmd = cmd.mut_group(g, |g| g.required(false));
+        }
+        let secret = long == "dbname";
+        cmd = cmd.mut_arg(&id, |a| a.hide_default_value(secret));
         cmd = cmd.mut_arg(id, |a| match (a.get_action(), values.first()) {
             (ArgAction::Append, _) => a.required(false).default_values(values),
             (_, Some(v)) => a.required(false).default_value(v.clone()),
@@ -346,12 +391,19 @@ fn apply(
 fn with_variables(mut cmd: Command, name: &str) -> Command {
     let ids: Vec<(String, String)> = cmd
         .get_arguments()
-        .filter(|a| a.get_env().is_none() && !a.is_positional() && !matches!(a.get_action(), ArgAction::Count))
+        .filter(|a| {
+            a.get_env().is_none()
+                && !a.is_positional()
+                && !a.is_hide_set()
+                && !matches!(a.get_action(), ArgAction::Count)
+        })
         .filter_map(|a| Some((a.get_id().to_string(), a.get_long()?.to_string())))
         .filter(|(_, long)| !NO_VARIABLE.contains(&(name, long.as_str())))
         .collect();
     for (id, long) in ids {
-        cmd = cmd.mut_arg(id, |a| a.env(variable(&long)));
+        // Help shows the variable's name, never its value (a connection
+        // string may hold a password).
+        cmd = cmd.mut_arg(id, |a| a.env(variable(&long)).hide_env_values(true));
     }
     let subs: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
     for s in subs {

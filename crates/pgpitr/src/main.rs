@@ -34,16 +34,21 @@ pub mod exit {
 
 fn main() -> ExitCode {
     memory::tune_allocator();
-    let cli = match config::parse(std::env::args_os().collect())
-        .and_then(|(m, layers)| Ok((<cli::Cli as clap::FromArgMatches>::from_arg_matches(&m)?, layers)))
-    {
+    let parsed = config::parse(std::env::args_os().collect()).and_then(|(m, layers)| {
+        match <cli::Cli as clap::FromArgMatches>::from_arg_matches(&m) {
+            Ok(cli) => Ok((cli, layers)),
+            Err(e) => Err(config::ParseError { error: e.into(), archive_side: false }),
+        }
+    });
+    let cli = match parsed {
         Ok((cli, layers)) => {
             config::keep(layers);
             cli
         }
-        Err(e) => {
-            eprintln!("pgpitr: error: {}", format!("{e:#}").replace('\n', " "));
-            return ExitCode::from(exit::FAILURE);
+        Err(config::ParseError { error, archive_side }) => {
+            eprintln!("pgpitr: error: {}", format!("{error:#}").replace('\n', " "));
+            // restore_command: a low code may end recovery early.
+            return ExitCode::from(if archive_side { exit::STORAGE } else { exit::FAILURE });
         }
     };
     logging::init(&cli.global);
