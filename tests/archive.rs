@@ -91,6 +91,17 @@ async fn archive_command_restores(backend: Backend) {
     let (restored, _) = restore_and_start(&backend, &["--target", "latest"]);
     assert_eq!(restored.sql("SELECT count(*), max(id) FROM t"), "2500|2500");
 
+    // `check` sees archiving done by wal-push, with no stream and no slot.
+    let mut check = pgpitr();
+    backend.env(&mut check);
+    check.args(["check", "--repo", &backend.url(), "-d", &conninfo(&pg)]).env("PGPASSWORD", REPL_PASSWORD);
+    let out = run(&mut check).ok();
+    assert!(
+        out.stdout.contains("ok   archiving: archive_command stores into the repository: last archived"),
+        "{}",
+        out.stdout
+    );
+
     // The same WAL again: success, nothing changes; also for a segment of
     // megabytes after compression (s3s-fs drops the connection when it
     // refuses such a body).

@@ -154,12 +154,46 @@ async fn server_and_repository(args: &CheckArgs, report: &mut Report) {
     if let Some(repo) = &repo {
         if slot.active {
             durable(&mut sql, args, repo, system.timeline, report).await;
+        } else if let Some(detail) = archived_by_wal_push(&mut sql, repo).await {
+            // No slot is what such a setup has.
+            if let Some(f) = report.findings.iter_mut().find(|f| f.check == "slot" && f.status == Status::Warn) {
+                f.status = Status::Ok;
+                f.detail = format!("{} (none needed: archive_command archives)", f.detail);
+            }
+            report.ok("archiving", detail);
         } else {
-            report.fail("stream", format!("no stream is connected to slot {}: WAL is not being archived", args.slot));
+            report.fail(
+                "stream",
+                format!(
+                    "no stream is connected to slot {}, and archive_command stores nothing here: WAL is not being \
+                     archived",
+                    args.slot
+                ),
+            );
         }
         backups_and_drills(args, repo, report).await;
     }
     sql.close().await;
+}
+
+/// Archiving by archive_command (`pgpitr wal-push`) into this repository:
+/// its last archived segment is newer than its last failure, and stored.
+async fn archived_by_wal_push(sql: &mut ReplicationConnection, repo: &pgpitr_repo::Repository) -> Option<String> {
+    let q = "SELECT current_setting('archive_mode'), coalesce(last_archived_wal, ''), \
+             coalesce(last_archived_time::text, ''), \
+             (last_failed_time IS NULL OR last_failed_time < last_archived_time)::text FROM pg_stat_archiver";
+    let rows = sql.simple_query(q).await.ok()?;
+    let row = rows.first()?;
+    let last = row.get(1).filter(|w| !w.is_empty())?;
+    if row.get(0) == Some("off") || row.get(3) != Some("true") {
+        return None;
+    }
+    let seg = repo.seg_size();
+    let pgpitr_types::WalFileName::Segment { tli, segno } = pgpitr_types::WalFileName::parse(last, seg).ok()? else {
+        return None;
+    };
+    repo.storage().head(&WalObjectId::segment(tli, segno).key(seg)).await.ok()?;
+    Some(format!("archive_command stores into the repository: last archived {last} at {}", row.get(2).unwrap_or("?")))
 }
 
 #[derive(Debug, Default)]
