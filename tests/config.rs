@@ -53,6 +53,12 @@ fn command_line_then_environment_then_file_then_defaults() {
     let out = show(&[("PGPITR_FLUSH_INTERVAL", "3s"), ("PGPITR_REPO", "/srv/env")]);
     assert_eq!(shown(&out, "flush-interval"), ("3s".into(), "environment PGPITR_FLUSH_INTERVAL".into()));
     assert_eq!(shown(&out, "repo").0, "/srv/env");
+    // An option whose name means another thing elsewhere has its
+    // command's variable, not the shared one.
+    let mut drill = pgpitr();
+    drill.arg("--config").arg(&conf).args(["config", "show", "drill", "--json"]);
+    let out = run(drill.env("PGPITR_PORT", "5432").env("PGPITR_DRILL_PORT", "6543")).ok();
+    assert_eq!(shown(&out, "port"), ("6543".into(), "environment PGPITR_DRILL_PORT".into()));
     // Top-level keys reach other commands; the command line wins over all.
     let mut list = pgpitr();
     list.arg("--config").arg(&conf).arg("list").env("PGPITR_REPO", "/srv/env");

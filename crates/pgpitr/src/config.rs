@@ -21,9 +21,10 @@ pub const DEFAULT_FILE: &str = "/etc/pgpitr/pgpitr.toml";
 
 /// Options whose long name means something else than the same name of
 /// other commands (`drill --port` is its own server's, `drill -d` the live
-/// server to compare with): no variable, and only their command's section
-/// of the file sets them, so that a drill started by a configured stream
-/// does not take the stream's.
+/// server to compare with): their variable is named after their command
+/// too (`PGPITR_DRILL_PORT`), and only their command's section of the file
+/// sets them, so that a drill started by a configured stream does not take
+/// the stream's.
 const NO_VARIABLE: &[(&str, &str)] = &[
     ("drill", "port"),
     ("drill", "dbname"),
@@ -387,7 +388,7 @@ fn apply(
 }
 
 /// Every option without a variable gets `PGPITR_<LONG>` (not counts, not
-/// positionals, not [`NO_VARIABLE`]).
+/// positionals; [`NO_VARIABLE`]'s `PGPITR_<COMMAND>_<LONG>`).
 fn with_variables(mut cmd: Command, name: &str) -> Command {
     let ids: Vec<(String, String)> = cmd
         .get_arguments()
@@ -398,12 +399,18 @@ fn with_variables(mut cmd: Command, name: &str) -> Command {
                 && !matches!(a.get_action(), ArgAction::Count)
         })
         .filter_map(|a| Some((a.get_id().to_string(), a.get_long()?.to_string())))
-        .filter(|(_, long)| !NO_VARIABLE.contains(&(name, long.as_str())))
         .collect();
     for (id, long) in ids {
+        // Named after its command where the name alone means something
+        // else elsewhere: PGPITR_DRILL_PORT.
+        let var = if NO_VARIABLE.contains(&(name, long.as_str())) {
+            variable(&format!("{name}-{long}"))
+        } else {
+            variable(&long)
+        };
         // Help shows the variable's name, never its value (a connection
         // string may hold a password).
-        cmd = cmd.mut_arg(id, |a| a.env(variable(&long)).hide_env_values(true));
+        cmd = cmd.mut_arg(id, |a| a.env(var).hide_env_values(true));
     }
     let subs: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
     for s in subs {
