@@ -17,7 +17,7 @@ import shutil
 import time
 
 from . import peers
-from .common import (S3Server, Cluster, alternate, as_postgres, chown_postgres, du, log, lsn_int, run,
+from .common import (repetitions, S3Server, Cluster, as_postgres, chown_postgres, du, log, lsn_int, run,
                      run_measured, summarize)
 
 CONTENDERS = ["pgpitr-local", "pgpitr-s3", "pgbackrest-local"]
@@ -141,13 +141,7 @@ def main(ctx):
                  "pushed; for pgpitr-s3 the s3s-fs server's CPU over the loop is given apart. Stored: the "
                  "repository's bytes after the loop (metadata from init or stanza-create included), deleted "
                  "after each run.")
-        for rep in range(ctx.reps):
-            for c in alternate(contenders, rep):
-                try:
-                    ctx.result["raw"].append(one_run(ctx, pg, s3, conn, c, rep, files, listing, push_sh, total))
-                except Exception as e:
-                    log(f"archive rep {rep} {c} failed: {e}")
-                    ctx.result["raw"].append({"contender": c, "rep": rep, "error": str(e)[-800:]})
+        repetitions(ctx, "archive", contenders, lambda c, rep: one_run(ctx, pg, s3, conn, c, rep, files, listing, push_sh, total))
     finally:
         pg.stop("immediate")
         s3.stop()

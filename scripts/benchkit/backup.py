@@ -11,7 +11,7 @@ import json
 import shutil
 
 from . import peers
-from .common import Cluster, S3Server, alternate, du, log, pgbin, run, run_measured, summarize
+from .common import Cluster, S3Server, du, log, pgbin, repetitions, run, run_measured, summarize
 
 # -enc: into a repository initialised with a key (issue 20: MB/s ≥ 0.9× plain).
 PGPITR = ["pgpitr-local", "pgpitr-s3", "pgpitr-local-enc", "pgpitr-s3-enc", "pgpitr-local-server-zstd",
@@ -86,13 +86,7 @@ def main(ctx):
         ctx.note("Stored size: pgpitr = the repository (backup parts and the WAL the backup needs); "
                  "pg_basebackup = base.tar + pg_wal.tar (+ manifest); pgBackRest = the backup set (its WAL "
                  "archive not counted).")
-        for rep in range(ctx.reps):
-            for c in alternate(contenders, rep):
-                try:
-                    ctx.result["raw"].append(one_run(ctx, pg, s3, brest, c, rep, size))
-                except Exception as e:
-                    log(f"backup rep {rep} {c} failed: {e}")
-                    ctx.result["raw"].append({"contender": c, "rep": rep, "error": str(e)[-800:]})
+        repetitions(ctx, "backup", contenders, lambda c, rep: one_run(ctx, pg, s3, brest, c, rep, size))
     finally:
         pg.stop("immediate")
         s3.stop()

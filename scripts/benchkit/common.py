@@ -737,3 +737,16 @@ def alternate(contenders, rep):
     k = rep % len(contenders)
     order = contenders[k:] + contenders[:k]
     return order if rep % 2 == 0 else list(reversed(order))
+
+
+def repetitions(ctx, part, contenders, one_run):
+    """ctx.reps repetitions of one_run(contender, rep) in alternating order
+    into ctx.result["raw"]; a failed run is recorded with its error and the
+    others go on (one failure must not hide the other figures)."""
+    for rep in range(ctx.reps):
+        for c in alternate(contenders, rep):
+            try:
+                ctx.result["raw"].append(one_run(c, rep))
+            except Exception as e:
+                log(f"{part} rep {rep} {c} failed: {e}")
+                ctx.result["raw"].append({"contender": c, "rep": rep, "error": str(e)[-800:]})

@@ -27,7 +27,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .common import (S3Server, Cluster, alternate, free_port, log, lsn_int, parse_tps, pct, pgpitr_receiver,
+from .common import (repetitions, S3Server, Cluster, free_port, log, lsn_int, parse_tps, pct, pgpitr_receiver,
                      proc_cpu, proc_status, proc_tree, run, run_measured, summarize, wait_streaming, Ticker)
 
 CONTENDERS = ["pgpitr-copy", "s3-sync-like"]
@@ -151,13 +151,7 @@ def main(ctx):
         ctx.note("The baseline holds whole objects in memory (no multipart) and does 4 at a time, pgpitr copy's "
                  "default --parallel; the AWS CLI's own default is 10 concurrent requests. CPU: 'client' is the "
                  "copying process, 'servers' both s3s-fs (sampled from /proc).")
-        for rep in range(ctx.reps):
-            for c in alternate(contenders, rep):
-                try:
-                    ctx.result["raw"].append(one_run(ctx, a, b, env, [py, str(sync_script)], c, rep))
-                except Exception as e:
-                    log(f"copy rep {rep} {c} failed: {e}")
-                    ctx.result["raw"].append({"contender": c, "rep": rep, "error": str(e)[-800:]})
+        repetitions(ctx, "copy", contenders, lambda c, rep: one_run(ctx, a, b, env, [py, str(sync_script)], c, rep))
         if lag_ok:
             lag_part(ctx, pg, a, b, env, sz)
     finally:
