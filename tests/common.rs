@@ -95,6 +95,14 @@ impl Backend {
         }
     }
 
+    /// The repository's directory, for a local one.
+    pub fn local_path(&self) -> std::path::PathBuf {
+        match self {
+            Backend::Local(d) => d.path().join("repo"),
+            Backend::S3(_) => panic!("an S3 repository has no local path"),
+        }
+    }
+
     /// Applies what `pgpitr` needs to reach the repository.
     pub fn env(&self, cmd: &mut Command) {
         if let Backend::S3(s3) = self {

@@ -33,6 +33,7 @@ mod drill;
 mod encryption;
 mod expire;
 mod failover;
+mod incremental;
 mod init;
 mod majors;
 mod metrics;

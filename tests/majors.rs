@@ -105,7 +105,7 @@ macro_rules! on_every_major {
 }
 
 /// Whether `major` is to be tested; says so when it is not.
-fn wanted(major: u32) -> bool {
+pub(crate) fn wanted(major: u32) -> bool {
     let yes = test_majors().contains(&major);
     if !yes {
         eprintln!("PostgreSQL {major} is not in PGPITR_TEST_PG_MAJORS: not run");

@@ -103,7 +103,7 @@ const COMMIT_TS: &str =
     "to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
 
 /// Marker ids with their commit times (Unix µs), in id order.
-fn markers(pg: &PgCluster) -> Vec<(i32, i64)> {
+pub(crate) fn markers(pg: &PgCluster) -> Vec<(i32, i64)> {
     pg.sql(&format!("SELECT id, {COMMIT_TS} FROM marks ORDER BY id"))
         .lines()
         .map(|l| {
@@ -119,7 +119,7 @@ fn ids(pg: &PgCluster) -> Vec<i32> {
 
 /// Everything the cluster holds, to compare two clusters (pg_dumpall of the
 /// cluster's major).
-fn dumpall(pg: &PgCluster) -> String {
+pub(crate) fn dumpall(pg: &PgCluster) -> String {
     let out = Command::new(pg.bin("pg_dumpall"))
         .args(["-U", SUPERUSER, "-h"])
         .arg(pg.sockdir())
@@ -131,7 +131,7 @@ fn dumpall(pg: &PgCluster) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn insert_marker(pg: &PgCluster, id: i32) {
+pub(crate) fn insert_marker(pg: &PgCluster, id: i32) {
     pg.sql(&format!("INSERT INTO marks (id) VALUES ({id})"));
 }
 

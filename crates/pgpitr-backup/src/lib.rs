@@ -22,6 +22,7 @@
 //!   against the manifest, and writes `global/pg_control` last, so a
 //!   half-extracted directory can never start.
 
+mod incremental;
 mod notice;
 mod progress;
 mod schedule;
@@ -143,7 +144,29 @@ pub struct BackupOptions {
     pub progress: Arc<BackupProgress>,
     /// Held from the start: no retention rule deletes it.
     pub keep_forever: bool,
+    /// Whether to take an incremental backup.
+    pub incremental: IncrementalMode,
+    /// The most backups a chain may hold, its full backup included: past
+    /// it, a full backup is taken instead of an incremental one.
+    pub max_chain: u32,
 }
+
+/// Whether a backup builds on an earlier one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncrementalMode {
+    /// A full backup.
+    Off,
+    /// Incremental to the newest backup when the server and the repository
+    /// allow it, else a full backup with a warning saying why (scheduled
+    /// backups).
+    Prefer,
+    /// Incremental, or an error saying why not (`backup --incremental`).
+    /// A chain already `max_chain` long still gets a full backup.
+    Require,
+}
+
+/// `--max-chain`'s default: a full backup and six incrementals.
+pub const DEFAULT_MAX_CHAIN: u32 = 7;
 
 impl Default for BackupOptions {
     fn default() -> Self {
@@ -163,6 +186,8 @@ impl Default for BackupOptions {
             stale_after: pgpitr_repo::backup::STALE_AFTER,
             progress: Arc::default(),
             keep_forever: false,
+            incremental: IncrementalMode::Off,
+            max_chain: DEFAULT_MAX_CHAIN,
         }
     }
 }

@@ -1,10 +1,11 @@
 //! Scheduled backups inside `pgpitr stream`: one at start when the
 //! repository has no complete backup, then one every interval, measured
-//! from the newest backup's start. They run on their own connections and
+//! from the newest backup's start; with `full_every`, incremental ones
+//! between full ones. They run on their own connections and
 //! tasks, so WAL streaming never waits for them. With a retention policy,
 //! each completed backup is followed by expiry, as `pgpitr expire` does.
 
-use crate::{BackupError, BackupOptions, take_backup};
+use crate::{BackupError, BackupOptions, IncrementalMode, take_backup};
 use pgpitr_pgwire::ConnConfig;
 use pgpitr_repo::Repository;
 use pgpitr_repo::backup::{self, BackupStatus};
@@ -30,21 +31,46 @@ pub struct ScheduleStats {
     pub expire_failed: AtomicU64,
 }
 
-/// When the newest complete backup started, if there is one.
-async fn newest_start(repo: &Repository) -> Result<Option<jiff::Timestamp>, BackupError> {
+/// When the newest complete backup started, if there is one; only full
+/// ones with `full`.
+async fn newest_start(repo: &Repository, full: bool) -> Result<Option<jiff::Timestamp>, BackupError> {
     let now = jiff::Timestamp::now();
     let entries = backup::scan(repo.storage().as_ref()).await?;
     Ok(entries
         .iter()
         .rev()
         .filter(|e| e.status(now, backup::STALE_AFTER) == BackupStatus::Complete)
-        .find_map(|e| e.info.as_ref()?.start_time.parse().ok()))
+        .filter_map(|e| e.info.as_ref())
+        .filter(|i| !full || i.incremental.is_none())
+        .find_map(|i| i.start_time.parse().ok()))
+}
+
+/// How long ago `t` was (zero for the future).
+fn age(t: jiff::Timestamp) -> Duration {
+    Duration::try_from(jiff::Timestamp::now().duration_since(t)).unwrap_or_default()
+}
+
+/// Whether the next scheduled backup may be incremental: a full one is
+/// taken when none is younger than `full_every`.
+async fn incremental_due(repo: &Repository, full_every: Option<Duration>) -> IncrementalMode {
+    let Some(full_every) = full_every else { return IncrementalMode::Off };
+    match newest_start(repo, true).await {
+        Ok(Some(t)) if age(t) < full_every => IncrementalMode::Prefer,
+        Ok(_) => IncrementalMode::Off,
+        Err(e) => {
+            tracing::warn!("scheduled backups: cannot list backups, taking a full one: {e}");
+            IncrementalMode::Off
+        }
+    }
 }
 
 /// When backups are taken, and what follows each.
 #[derive(Debug, Clone)]
 pub struct Schedule {
     pub every: Duration,
+    /// With this set, backups are incremental (where the server allows it)
+    /// unless the newest full one is at least this old.
+    pub full_every: Option<Duration>,
     /// Expiry after each backup.
     pub retention: Option<Policy>,
     /// Notified when a backup is needed at once (the stream found a gap
@@ -63,18 +89,14 @@ pub async fn run_scheduled(
     stats: Arc<ScheduleStats>,
     cancel: CancellationToken,
 ) {
-    let Schedule { every, retention, now } = schedule;
+    let Schedule { every, full_every, retention, now } = schedule;
     let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
         let due = match retry_at.take() {
             Some(at) => at,
-            None => match newest_start(&repo).await {
+            None => match newest_start(&repo, false).await {
                 Ok(None) => tokio::time::Instant::now(),
-                Ok(Some(t)) => {
-                    let age = jiff::Timestamp::now().duration_since(t);
-                    let age = Duration::try_from(age).unwrap_or_default();
-                    tokio::time::Instant::now() + every.saturating_sub(age)
-                }
+                Ok(Some(t)) => tokio::time::Instant::now() + every.saturating_sub(age(t)),
                 Err(e) => {
                     tracing::warn!("scheduled backups: cannot list backups, trying again in 1 min: {e}");
                     tokio::time::Instant::now() + Duration::from_secs(60)
@@ -92,7 +114,8 @@ pub async fn run_scheduled(
             _ = tokio::time::sleep_until(due) => {}
             _ = wanted => tracing::info!("a base backup is needed at once: the WAL has a gap"),
         }
-        tracing::info!(every = ?every, "scheduled base backup starting");
+        let opts = BackupOptions { incremental: incremental_due(&repo, full_every).await, ..opts.clone() };
+        tracing::info!(every = ?every, incremental = opts.incremental != IncrementalMode::Off, "scheduled base backup starting");
         let began = Instant::now();
         match take_backup(&repo, &conn_cfg, &opts, &cancel).await {
             Ok(info) => {

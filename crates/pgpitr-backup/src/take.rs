@@ -1,16 +1,16 @@
 //! Taking one base backup: claim an ID, stream the archives into parts,
 //! store the manifest, make the WAL durable, and only then `backup.json`.
 
+use crate::incremental::{Parent, choose_parent};
 use crate::notice::{DATA_CORRUPTED, parse_checksum_notice};
 use crate::progress::{BackupPhase, BackupProgress};
 use crate::upload::{PartJob, Uploader, encode_part, put_retrying};
 use crate::walrange::{WalFetcher, WalNeed, ensure_wal, stored_end};
-use crate::{Algorithm, BackupError, BackupOptions, Compression, MAX_PART_SIZE, WalMode};
+use crate::{Algorithm, BackupError, BackupOptions, Compression, IncrementalMode, MAX_PART_SIZE, WalMode};
 use bytes::{Bytes, BytesMut};
 use pgpitr_pgwire::{BaseBackupMessage, ConnConfig, ReplicationConnection, quote_literal};
 use pgpitr_repo::backup::{
-    self, ArchiveCompression, ArchiveInfo, BackupId, BackupInfo, BackupStatus, ChecksumFailure, INFO_FORMAT_VERSION,
-    INFO_FORMAT_VERSION_NO_ZSTD, ManifestInfo, Marker,
+    self, ArchiveCompression, ArchiveInfo, BackupId, BackupInfo, BackupStatus, ChecksumFailure, ManifestInfo, Marker,
 };
 use pgpitr_repo::object::Codec;
 use pgpitr_repo::reader::Manifest;
@@ -52,6 +52,7 @@ pub async fn take_backup(
             a.as_str()
         )));
     }
+    let parent = choose_parent(repo, &mut conn, sys.timeline, opts).await?;
     let storage = repo.storage().clone();
     clean_leftovers(storage.as_ref(), opts).await;
 
@@ -59,7 +60,7 @@ pub async fn take_backup(
     let (id, marker) = claim_id(storage.as_ref(), began, &opts.label).await?;
     tracing::info!(backup = %id, server = %conn_cfg.display_target(), "base backup started");
     let heartbeat = Heartbeat::start(storage.clone(), id.clone(), marker, opts.heartbeat_interval);
-    let source = Source { identity, tli: sys.timeline, xlogpos: sys.xlogpos };
+    let source = Source { identity, tli: sys.timeline, xlogpos: sys.xlogpos, parent };
     let result = run(repo, &mut conn, conn_cfg, &source, &id, opts, cancel).await;
     heartbeat.stop().await;
     conn.close().await;
@@ -201,11 +202,12 @@ impl Heartbeat {
     }
 }
 
-/// The server, as seen before the backup.
+/// The server, as seen before the backup, and what the backup builds on.
 struct Source {
     identity: ClusterIdentity,
     tli: TimelineId,
     xlogpos: Lsn,
+    parent: Option<Parent>,
 }
 
 /// How the archives arrive, and how their parts are stored.
@@ -345,7 +347,7 @@ async fn submit(uploader: &mut Uploader, job: PartJob, cancel: &CancellationToke
     }
 }
 
-fn options(opts: &BackupOptions, mode: Mode, dialect: BaseBackupDialect) -> String {
+fn options(opts: &BackupOptions, mode: Mode, dialect: BaseBackupDialect, incremental: bool) -> String {
     if dialect == BaseBackupDialect::Keywords {
         // 14: no server compression (Mode::first chose ours).
         let mut o = format!("LABEL {} PROGRESS", quote_literal(&opts.label));
@@ -363,6 +365,9 @@ fn options(opts: &BackupOptions, mode: Mode, dialect: BaseBackupDialect) -> Stri
         quote_literal(&opts.label),
         opts.checkpoint.as_str()
     );
+    if incremental {
+        o.push_str(", INCREMENTAL");
+    }
     // With server-side compression the server's CPU compresses (faster
     // than the network and storage in practice, and it frees ours); the
     // frames are stored untouched. The manifest still arrives uncompressed.
@@ -402,6 +407,7 @@ async fn run(
     cancel: &CancellationToken,
 ) -> Result<BackupInfo, BackupError> {
     let progress = opts.progress.clone();
+    let mut parent = source.parent.clone();
     // The slot must exist before the backup's checkpoint, so that the WAL
     // from its redo point stays on the server until it is stored.
     let mut fetcher = match opts.wal_mode {
@@ -419,10 +425,25 @@ async fn run(
         tracing::info!("PostgreSQL {} cannot compress base backups: compressing with lz4 here", repo.major());
     }
     let rx = loop {
-        let err = match receive(repo, conn, id, opts, mode, cancel).await {
+        if let Some(p) = &parent {
+            // The server keeps an uploaded manifest for one BASE_BACKUP.
+            conn.upload_manifest(&p.manifest).await.map_err(|e| refused_parent(p, e.into()))?;
+        }
+        let err = match receive(repo, conn, id, opts, mode, parent.is_some(), cancel).await {
             Ok(rx) => break rx,
             Err(e) => e,
         };
+        if let Some(p) = &parent
+            && server_refused(&err)
+            && server_cannot(&err, mode_algorithm(mode)).is_none()
+        {
+            if opts.incremental == IncrementalMode::Require {
+                return Err(refused_parent(p, err));
+            }
+            tracing::warn!(parent = %p.info.id, "taking a full backup instead of an incremental one: {err}");
+            parent = None;
+            continue;
+        }
         let Mode::Server(a) = mode else { return Err(err) };
         match server_cannot(&err, a) {
             Some(msg) if opts.compression == Compression::Auto => {
@@ -497,7 +518,7 @@ async fn run(
     let stored_bytes = rx.archives.iter().map(|a| a.stored_bytes).sum::<u64>() + manifest_stored;
     let zstd = matches!(rx.mode, Mode::Server(Algorithm::Zstd) | Mode::Plain(Codec::Zstd));
     Ok(BackupInfo {
-        format_version: if zstd { INFO_FORMAT_VERSION } else { INFO_FORMAT_VERSION_NO_ZSTD },
+        format_version: backup::format_version(zstd, parent.is_some()),
         id: id.to_string(),
         label: opts.label.clone(),
         status: BackupStatus::Complete,
@@ -518,7 +539,32 @@ async fn run(
         compression: Some(mode.compression().as_str().to_string()),
         pgpitr_version: format!("pgpitr {}", env!("CARGO_PKG_VERSION")),
         keep_forever: opts.keep_forever,
+        incremental: parent.as_ref().map(Parent::incremental),
     })
+}
+
+fn mode_algorithm(mode: Mode) -> Algorithm {
+    match mode {
+        Mode::Server(a) => a,
+        Mode::Plain(_) => Algorithm::Lz4,
+    }
+}
+
+/// Whether the server answered the command with an error of its own
+/// (rather than the connection or storage failing).
+fn server_refused(e: &BackupError) -> bool {
+    matches!(e, BackupError::Pg(p) if p.pg_error().is_some() && !p.is_transient())
+}
+
+/// The server would not take an incremental backup from `p`.
+fn refused_parent(p: &Parent, e: BackupError) -> BackupError {
+    if !server_refused(&e) {
+        return e;
+    }
+    BackupError::Invalid(format!(
+        "the server refused an incremental backup from backup {} (start {} on timeline {}): {e}",
+        p.info.id, p.info.start_lsn, p.info.timeline
+    ))
 }
 
 /// Runs BASE_BACKUP and stores every archive part; returns once all parts
@@ -530,12 +576,13 @@ async fn receive(
     id: &BackupId,
     opts: &BackupOptions,
     mode: Mode,
+    incremental: bool,
     cancel: &CancellationToken,
 ) -> Result<Received, BackupError> {
     let progress = opts.progress.clone();
     let storage = repo.storage().clone();
     let mut rx = Received::new(mode);
-    let mut bb = conn.base_backup(&options(opts, mode, repo.major().base_backup())).await?;
+    let mut bb = conn.base_backup(&options(opts, mode, repo.major().base_backup(), incremental)).await?;
     // The timeline is known only once the backup has started.
     let mut uploader: Option<Uploader> = None;
     loop {

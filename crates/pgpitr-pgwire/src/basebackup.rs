@@ -24,6 +24,7 @@ use crate::error::{Error, ErrorKind, Op, PgError};
 use bytes::Bytes;
 use pgpitr_types::{BaseBackupDialect, Lsn, TimelineId};
 use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -129,6 +130,65 @@ impl ReplicationConnection {
             copied: 0,
             in_manifest: false,
         })
+    }
+}
+
+impl ReplicationConnection {
+    /// `UPLOAD_MANIFEST` (PostgreSQL 17 and later): hands the server a prior
+    /// backup's `backup_manifest`, so that a `BASE_BACKUP (INCREMENTAL)` next
+    /// on this connection sends only what changed since that backup.
+    ///
+    /// ```text
+    ///  UPLOAD_MANIFEST  →   ← CopyInResponse   CopyData … CopyDone →   ← CommandComplete, ReadyForQuery
+    /// ```
+    pub async fn upload_manifest(&mut self, manifest: &[u8]) -> Result<(), Error> {
+        let op = Op::Command("UPLOAD_MANIFEST");
+        self.send_query(op, "UPLOAD_MANIFEST").await?;
+        let r = self.copy_in(op, manifest).await;
+        if r.is_err() && self.state != State::Idle {
+            self.state = State::Broken;
+        }
+        r.map_err(|k| self.err(op, k))
+    }
+
+    async fn copy_in(&mut self, op: Op, data: &[u8]) -> Result<(), ErrorKind> {
+        const CHUNK: usize = 64 << 10;
+        let mut error: Option<ErrorKind> = None;
+        let mut sent = false;
+        loop {
+            let msg = match self.recv().await {
+                Ok(m) => m,
+                Err(k) => return Err(error.unwrap_or(k)),
+            };
+            match msg {
+                Backend::Other(Message::CopyInResponse(_)) if !sent => {
+                    sent = true;
+                    for chunk in data.chunks(CHUNK) {
+                        self.encode(
+                            |b| {
+                                frontend::CopyData::new(chunk)?.write(b);
+                                Ok(())
+                            },
+                            "manifest",
+                        )?;
+                        self.flush().await?;
+                    }
+                    frontend::copy_done(&mut self.wbuf);
+                    self.flush().await?;
+                }
+                Backend::Other(Message::CommandComplete(_)) => {}
+                Backend::Other(Message::ErrorResponse(body)) => error = Some(self.server_error(&body, op)),
+                Backend::Other(Message::ReadyForQuery(_)) => {
+                    self.state = State::Idle;
+                    return match (error, sent) {
+                        (Some(e), _) => Err(e),
+                        (None, false) => Err(ErrorKind::Protocol("the server never asked for the manifest".into())),
+                        (None, true) => Ok(()),
+                    };
+                }
+                other => return Err(unexpected(&other, "in reply to UPLOAD_MANIFEST")),
+            }
+        }
     }
 }
 

@@ -35,12 +35,20 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 pub const STALE_AFTER: Duration = Duration::from_secs(300);
 /// The newest `backup.json` format. 2 added `compression` and `tar_bytes`
 /// to archives (absent in 1: a plain tar); 3, zstd (archives of compression
-/// `zstd`, parts of container codec 3). Readers take every version up to
-/// this one and refuse newer ones, before reading the rest.
-pub const INFO_FORMAT_VERSION: u32 = 3;
+/// `zstd`, parts of container codec 3); 4, incremental backups
+/// (`incremental`). Readers take every version up to this one and refuse
+/// newer ones, before reading the rest.
+pub const INFO_FORMAT_VERSION: u32 = 4;
 
-/// The format of a backup that uses no zstd: readers of version 2 read it.
-pub const INFO_FORMAT_VERSION_NO_ZSTD: u32 = 2;
+/// The oldest format that describes a backup, so that a pgpitr that cannot
+/// read it refuses it instead of misreading it.
+pub fn format_version(zstd: bool, incremental: bool) -> u32 {
+    match (incremental, zstd) {
+        (true, _) => 4,
+        (false, true) => 3,
+        (false, false) => 2,
+    }
+}
 
 /// A backup's ID: its start time `YYYYMMDDTHHMMSSZ` (UTC), with `-N`
 /// appended when that second is taken. Orders by time, then by N.
@@ -274,9 +282,45 @@ pub struct BackupInfo {
     /// `backup hold`/`release`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_forever: bool,
+    /// Set when it holds only what changed since another backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<Incremental>,
+}
+
+/// What an incremental backup builds on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incremental {
+    /// The backup it is incremental to, full or incremental itself.
+    pub parent: String,
+    /// The parent's start, which its `backup_label` names as `INCREMENTAL
+    /// FROM LSN` and `INCREMENTAL FROM TLI`.
+    pub from_lsn: Lsn,
+    pub from_tli: TimelineId,
+    pub method: IncrementalMethod,
+    /// Backups a restore of it reads: itself, its parents and the full one.
+    pub chain_length: u32,
+}
+
+/// How an incremental backup was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncrementalMethod {
+    /// PostgreSQL 17+: `UPLOAD_MANIFEST`, then `BASE_BACKUP (INCREMENTAL)`.
+    /// Changed relation files arrive as `INCREMENTAL.<name>`.
+    Native,
 }
 
 impl BackupInfo {
+    /// The parent's ID, for an incremental backup.
+    pub fn parent(&self) -> Option<&str> {
+        self.incremental.as_ref().map(|i| i.parent.as_str())
+    }
+
+    /// Backups a restore of this one reads (1 for a full backup).
+    pub fn chain_length(&self) -> u32 {
+        self.incremental.as_ref().map_or(1, |i| i.chain_length)
+    }
+
     pub fn backup_id(&self) -> Option<BackupId> {
         BackupId::parse(&self.id)
     }
@@ -294,6 +338,7 @@ impl BackupInfo {
             stored_bytes: Some(self.stored_bytes),
             status: self.status,
             keep_forever: self.keep_forever,
+            parent: self.parent().map(str::to_string),
         }
     }
 }
@@ -396,6 +441,9 @@ pub struct BackupSummary {
     /// Held: kept whatever the retention policy says.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_forever: bool,
+    /// The backup this incremental one builds on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// What one backup directory holds.
@@ -431,6 +479,7 @@ impl BackupEntry {
             stored_bytes: None,
             status: self.status(now, stale_after),
             keep_forever: false,
+            parent: None,
         }
     }
 }
@@ -645,6 +694,7 @@ mod tests {
             compression: Some("server-lz4".into()),
             pgpitr_version: "pgpitr test".into(),
             keep_forever: false,
+            incremental: None,
         }
     }
 

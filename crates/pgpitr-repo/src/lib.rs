@@ -8,6 +8,7 @@
 
 pub mod backup;
 pub mod catalog;
+pub mod chain;
 pub mod copy;
 pub mod drills;
 pub mod flat;

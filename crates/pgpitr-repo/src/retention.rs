@@ -120,6 +120,10 @@ pub enum KeptBy {
     },
     /// A legal hold.
     KeepForever,
+    /// A kept incremental backup builds on it.
+    Parent {
+        of: String,
+    },
 }
 
 impl KeptBy {
@@ -135,6 +139,7 @@ impl KeptBy {
             KeptBy::KeepWithin => "keep-within".into(),
             KeptBy::Tier { tier, period } => format!("{} {period}", format!("{tier:?}").to_lowercase()),
             KeptBy::KeepForever => "keep-forever".into(),
+            KeptBy::Parent { of } => format!("parent of {of}"),
         }
     }
 }
@@ -256,7 +261,10 @@ fn plan_from(cat: &Catalog, policy: &Policy, now: jiff::Timestamp) -> Result<Pla
         let point_in_time = kept_by.iter().any(KeptBy::point_in_time);
         if point_in_time {
             plan.earliest_restorable_time.get_or_insert_with(|| summary.stop_time.clone().unwrap_or_default());
-        } else if let Some(i) = &entry.info {
+        } else if let Some(i) = &entry.info
+            && !kept_by.iter().all(|k| matches!(k, KeptBy::Parent { .. }))
+        {
+            // (A parent only restores through its child, which has its own WAL.)
             // And the next segment: recovery reads the record after the
             // stop to see that it has reached its end.
             own_wal.push((i.start_lsn, Lsn(i.stop_lsn.0.saturating_add(cat.seg().bytes()))));
@@ -359,6 +367,19 @@ pub fn reasons(backups: &[BackupSummary], policy: &Policy, now: jiff::Timestamp)
             why[i].push(KeptBy::KeepForever);
         }
     }
+    // A kept incremental backup keeps its chain: parents are older, so one
+    // pass from the newest reaches them all.
+    for i in (0..n).rev() {
+        let Some(parent) = backups[i].parent.as_deref() else { continue };
+        if why[i].is_empty() {
+            continue;
+        }
+        if let Some(j) = backups[..i].iter().rposition(|b| b.id == parent)
+            && !why[j].iter().any(|k| matches!(k, KeptBy::Parent { .. }))
+        {
+            why[j].push(KeptBy::Parent { of: backups[i].id.clone() });
+        }
+    }
     why
 }
 
@@ -414,8 +435,34 @@ mod tests {
                 stored_bytes: None,
                 status: BackupStatus::Complete,
                 keep_forever: false,
+                parent: None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_kept_incremental_keeps_its_whole_chain() {
+        // b0 full, b1 <- b2 <- b3 incrementals on b0; b4 full.
+        let mut b = backups(&[
+            "2026-01-01T00:00:00Z",
+            "2026-01-02T00:00:00Z",
+            "2026-01-03T00:00:00Z",
+            "2026-01-04T00:00:00Z",
+            "2026-01-05T00:00:00Z",
+        ]);
+        b[1].parent = Some("b0".into());
+        b[2].parent = Some("b1".into());
+        b[3].parent = Some("b2".into());
+        let now = at("2026-01-06T00:00:00Z");
+        let p = Policy { keep_backups: Some(2), ..Policy::default() };
+        // b3 and b4 by the rule; b3's chain b2, b1, b0 as its parents.
+        assert_eq!(select(&b, &p, now), [true, true, true, true, true]);
+        let why = reasons(&b, &p, now);
+        assert_eq!(why[0], [KeptBy::Parent { of: "b1".into() }]);
+        assert!(!why[0][0].point_in_time());
+        // Once the rule keeps only the full b4, the chain goes.
+        let p = Policy { keep_backups: Some(1), ..Policy::default() };
+        assert_eq!(select(&b, &p, now), [false, false, false, false, true]);
     }
 
     #[test]

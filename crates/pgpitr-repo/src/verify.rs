@@ -6,7 +6,9 @@
 //! fails are its objects checked one by one, to name each bad one. Every
 //! WAL object is fetched and its checksum checked, and WAL coverage is
 //! checked from each backup's start to its stop, and for gaps after the
-//! oldest backup's start.
+//! oldest backup's start. An incremental backup's chain must hold down to
+//! a full backup, every link as the child says (`verify --backup ID` reads
+//! the whole chain).
 //!
 //! A problem with one object does not stop the check: the report names
 //! every object that is missing or wrong. Only a failure to list the
@@ -18,6 +20,7 @@ use crate::Repository;
 use crate::backup::{self, BackupId, BackupInfo};
 use crate::catalog::Catalog;
 use crate::catalog::Unindexed;
+use crate::chain::Backups;
 use crate::reader::{BackupReader, Discard, ReadError};
 use crate::wal::{self, WalObjectId, WalObjectKind};
 use futures_util::StreamExt;
@@ -61,8 +64,26 @@ pub async fn verify(repo: &Repository, only: Option<&str>) -> Result<Report, Rea
     let mut report = Report::default();
     let mut backups: Vec<(BackupId, BackupInfo)> =
         backup::scan(storage.as_ref()).await?.into_iter().filter_map(|e| Some((e.id, e.info?))).collect();
+    // Each incremental backup's links, down to its full backup.
+    let all: Vec<BackupInfo> = backups.iter().map(|(_, i)| i.clone()).collect();
+    let chains = Backups::new(&all);
+    let mut members: Vec<String> = Vec::new();
+    for (id, info) in &backups {
+        if only.is_some_and(|o| o != info.id) {
+            continue;
+        }
+        match chains.chain(info) {
+            Ok(chain) => members.extend(chain.iter().map(|m| m.id.clone())),
+            Err(e) => report.problems.push(Problem { object: id.dir(), problem: e.to_string() }),
+        }
+    }
     if let Some(id) = only {
-        backups.retain(|(b, _)| b.to_string() == id);
+        // The backup, and the chain it restores with.
+        let newest = backups.iter().find(|(b, _)| b.to_string() == id).cloned();
+        backups.retain(|(b, _)| members.contains(&b.to_string()));
+        if backups.is_empty() {
+            backups.extend(newest);
+        }
         if backups.is_empty() {
             return Err(ReadError::Invalid(format!("no complete backup {id} in {}", repo.location())));
         }
@@ -95,7 +116,7 @@ pub async fn verify(repo: &Repository, only: Option<&str>) -> Result<Report, Rea
     let seg = repo.seg_size();
     // One backup needs only its own WAL; the whole repository, all of it.
     let scope = match only {
-        Some(_) => backups.first().map(|(_, i)| (i.timeline, i.start_lsn, i.stop_lsn)),
+        Some(o) => backups.iter().find(|(_, i)| i.id == o).map(|(_, i)| (i.timeline, i.start_lsn, i.stop_lsn)),
         None => None,
     };
     let list_wal = || async move {

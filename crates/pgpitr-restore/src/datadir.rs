@@ -66,25 +66,20 @@ pub async fn extract(
     tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|d| prepare_empty_dir(d)))
         .await
         .map_err(|e| ReadError::Invalid(format!("internal error: {e}")))??;
-    let sink = DataDir {
-        id: info.id.clone(),
-        target: target.to_path_buf(),
-        spaces,
-        deferred: HashMap::new(),
-        written: Vec::new(),
-        last_dir: None,
-        fsync: opts.fsync,
-    };
+    let sink = DataDir::new(&info.id, target, spaces, opts.fsync);
     let (sink, stats) = reader.read(sink).await?;
     let raw_manifest = reader.raw_manifest().clone();
     let mut out = Extracted { read: stats, ..Extracted::default() };
-    tokio::task::spawn_blocking(move || sink.finish(&raw_manifest, &mut out).map(|()| out))
+    tokio::task::spawn_blocking(move || sink.finish(Some(&raw_manifest), &mut out).map(|()| out))
         .await
         .map_err(|e| ReadError::Invalid(format!("internal error: {e}")))?
 }
 
 /// New location of every tablespace, by OID.
-fn plan_tablespaces(info: &BackupInfo, map: &[(PathBuf, PathBuf)]) -> Result<HashMap<u32, PathBuf>, ReadError> {
+pub(crate) fn plan_tablespaces(
+    info: &BackupInfo,
+    map: &[(PathBuf, PathBuf)],
+) -> Result<HashMap<u32, PathBuf>, ReadError> {
     let invalid = |m: String| ReadError::Invalid(m);
     let norm = |p: &Path| p.components().collect::<PathBuf>();
     let mut out = HashMap::new();
@@ -112,7 +107,7 @@ fn plan_tablespaces(info: &BackupInfo, map: &[(PathBuf, PathBuf)]) -> Result<Has
 }
 
 /// Creates `dir` (0700) or accepts it when empty; anything in it is refused.
-fn prepare_empty_dir(dir: &Path) -> Result<(), ReadError> {
+pub(crate) fn prepare_empty_dir(dir: &Path) -> Result<(), ReadError> {
     match fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -137,7 +132,7 @@ fn sync_path(p: &Path) -> Result<(), ReadError> {
 }
 
 /// The files of the target being written (on the reader's blocking thread).
-struct DataDir {
+pub(crate) struct DataDir {
     /// The backup's ID, for messages.
     id: String,
     target: PathBuf,
@@ -151,7 +146,7 @@ struct DataDir {
 }
 
 /// A file being written: on disk, or kept for the end.
-enum Out {
+pub(crate) enum Out {
     Disk(fs::File),
     Kept(Vec<u8>),
 }
@@ -172,7 +167,19 @@ impl Write for Out {
 }
 
 impl DataDir {
-    fn path(&self, space: Option<u32>, rel: &[u8]) -> Result<PathBuf, ReadError> {
+    pub(crate) fn new(id: &str, target: &Path, spaces: HashMap<u32, PathBuf>, fsync: bool) -> DataDir {
+        DataDir {
+            id: id.to_string(),
+            target: target.to_path_buf(),
+            spaces,
+            deferred: HashMap::new(),
+            written: Vec::new(),
+            last_dir: None,
+            fsync,
+        }
+    }
+
+    pub(crate) fn path(&self, space: Option<u32>, rel: &[u8]) -> Result<PathBuf, ReadError> {
         let root = match space {
             None => &self.target,
             Some(oid) => self
@@ -187,9 +194,9 @@ impl DataDir {
         space.is_none() && (rel == PG_CONTROL || rel == TABLESPACE_MAP)
     }
 
-    /// Links and maps tablespaces, writes the manifest, syncs everything,
-    /// then pg_control.
-    fn finish(mut self, raw_manifest: &[u8], out: &mut Extracted) -> Result<(), ReadError> {
+    /// Links and maps tablespaces, writes the manifest (if there is one),
+    /// syncs everything, then pg_control.
+    pub(crate) fn finish(mut self, raw_manifest: Option<&[u8]>, out: &mut Extracted) -> Result<(), ReadError> {
         let target = self.target.clone();
         let mut spaces: Vec<(u32, PathBuf)> = self.spaces.iter().map(|(o, p)| (*o, p.clone())).collect();
         spaces.sort();
@@ -210,9 +217,11 @@ impl DataDir {
         } else if !spaces.is_empty() {
             return Err(file_corrupt(&self.id, TABLESPACE_MAP, "is missing from a backup with tablespaces".into()));
         }
-        self.write_new(&target.join("backup_manifest"), raw_manifest)?;
-        out.read.files += 1;
-        out.read.bytes += raw_manifest.len() as u64;
+        if let Some(raw_manifest) = raw_manifest {
+            self.write_new(&target.join("backup_manifest"), raw_manifest)?;
+            out.read.files += 1;
+            out.read.bytes += raw_manifest.len() as u64;
+        }
         let control = self
             .deferred
             .remove(PG_CONTROL)
@@ -238,7 +247,12 @@ impl DataDir {
         Ok(())
     }
 
-    fn write_new(&mut self, path: &Path, data: &[u8]) -> Result<(), ReadError> {
+    /// Notes a file written outside the sink's own writes, for the final fsync.
+    pub(crate) fn wrote(&mut self, path: PathBuf) {
+        self.written.push(path);
+    }
+
+    pub(crate) fn write_new(&mut self, path: &Path, data: &[u8]) -> Result<(), ReadError> {
         let mut f = create(path)?;
         f.write_all(data).map_err(|e| ReadError::io(path, e))?;
         self.written.push(path.to_path_buf());
@@ -246,7 +260,7 @@ impl DataDir {
     }
 }
 
-fn create(path: &Path) -> Result<fs::File, ReadError> {
+pub(crate) fn create(path: &Path) -> Result<fs::File, ReadError> {
     fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| ReadError::io(path, e))
 }
 
@@ -369,15 +383,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("data");
         prepare_empty_dir(&target).unwrap();
-        let mut d = DataDir {
-            id: "B".into(),
-            target: target.clone(),
-            spaces: HashMap::new(),
-            deferred: HashMap::new(),
-            written: Vec::new(),
-            last_dir: None,
-            fsync: true,
-        };
+        let mut d = DataDir::new("B", &target, HashMap::new(), true);
         for (rel, data) in [(&b"base/1/2"[..], &b"hello"[..]), (PG_CONTROL, b"ctl")] {
             let mut f = d.open(None, rel, data.len() as u64).unwrap();
             f.write_all(data).unwrap();
@@ -391,7 +397,7 @@ mod tests {
         let elsewhere = d.open(Some(99), b"PG_15/1", 1).err().unwrap();
         assert!(elsewhere.to_string().contains("tablespace 99 of backup B has no location"), "{elsewhere}");
         let mut out = Extracted::default();
-        d.finish(b"{}", &mut out).unwrap();
+        d.finish(Some(b"{}"), &mut out).unwrap();
         assert_eq!(fs::read(target.join("global/pg_control")).unwrap(), b"ctl");
         assert_eq!(fs::read(target.join("backup_manifest")).unwrap(), b"{}");
         // A directory that is not empty is refused.

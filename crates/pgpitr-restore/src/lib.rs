@@ -1,7 +1,7 @@
 //! Restoring a cluster to a point in time, and serving WAL to its recovery.
 //!
 //! ```text
-//!  pgpitr restore ──plan (listing + commit index)──▶ extract backup ──▶ recovery.signal
+//!  pgpitr restore ──plan (listing + commit index)──▶ extract backup (or its chain) ──▶ recovery.signal
 //!                                                                      + postgresql.auto.conf
 //!  postgres (recovery) ──restore_command──▶ pgpitr wal-fetch ──spool / repository
 //!                                                  └─▶ prefetcher (next segments, in parallel)
@@ -10,6 +10,7 @@
 //! Nothing is written until the plan holds: a target outside the restorable
 //! window, or behind a WAL gap, is refused with the window or the gap named.
 
+pub mod chain;
 pub mod conf;
 pub mod datadir;
 pub mod drill;
@@ -19,6 +20,7 @@ pub mod server;
 pub mod target;
 pub mod walfetch;
 
+pub use chain::extract_chain;
 pub use datadir::{ExtractOptions, Extracted, extract};
 pub use plan::{BackupPoint, Plan, PlanError, PlanRequest, RecoveryTarget, TimelinePath};
 pub use restore::{RestoreError, RestoreOptions, Restored, restore};

@@ -27,6 +27,7 @@ use futures_util::StreamExt;
 use pgpitr_repo::RepoError;
 pub use pgpitr_repo::catalog::{BackupPoint, PathStep, TimelinePath};
 use pgpitr_repo::catalog::{Catalog, Listing, PathObject, Summaries};
+use pgpitr_repo::chain::Backups;
 use pgpitr_repo::object::{RestorePoint, TimedLsn};
 use pgpitr_repo::wal::{self, TimelineWal, WalObjectId};
 use pgpitr_types::{Lsn, TimelineId, WalSegSize};
@@ -109,6 +110,9 @@ pub enum RecoveryTarget {
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub backup: BackupPoint,
+    /// The backups a restore of `backup` reads, full one first: `backup`
+    /// alone, or its chain when it is incremental.
+    pub chain: Vec<String>,
     /// `recovery_target_timeline`, always a number so Postgres follows
     /// exactly the history that was checked.
     pub timeline: TimelineId,
@@ -149,7 +153,10 @@ pub async fn plan(cat: &mut Catalog, req: &PlanRequest) -> Result<Plan> {
     for tli in tlis {
         let Some(tli) = tli else { break };
         match plan_on(cat, req, tli).await {
-            Ok(p) => return Ok(p),
+            Ok(mut p) => {
+                p.chain = chain_of(cat, &p.backup.id)?;
+                return Ok(p);
+            }
             Err(e) if matches!(req.timeline, TimelineTarget::Current) => {
                 first_err.get_or_insert(e);
             }
@@ -162,6 +169,17 @@ pub async fn plan(cat: &mut Catalog, req: &PlanRequest) -> Result<Plan> {
             None => "the repository holds no complete backup (run pgpitr backup first)".to_string(),
         })
     }))
+}
+
+/// The IDs of the backups restoring `id` reads, full backup first; refused,
+/// naming the member, when a member is missing or a link does not hold.
+fn chain_of(cat: &Catalog, id: &str) -> Result<Vec<String>> {
+    let backups = Backups::new(cat.backups().iter().filter_map(|e| e.info.as_ref()));
+    let info = backups
+        .get(id)
+        .ok_or_else(|| PlanError::Unreachable(format!("backup {id} is not a complete backup in the repository")))?;
+    let chain = backups.chain(info).map_err(|e| PlanError::Unreachable(e.to_string()))?;
+    Ok(chain.iter().map(|i| i.id.clone()).collect())
 }
 
 /// The first indexed commit on `path` from `from` on whose time passes
@@ -242,6 +260,7 @@ async fn plan_on(cat: &mut Catalog, req: &PlanRequest, tli: TimelineId) -> Resul
     let earliest_us = oldest.stop_time_us;
     let mut plan = Plan {
         backup: newest.clone(),
+        chain: Vec::new(),
         timeline: tli,
         path: path.clone(),
         recovery: RecoveryTarget::None,

@@ -1,7 +1,8 @@
 //! `pgpitr restore`: plan, extract the backup, write the recovery settings.
 
+use crate::chain;
 use crate::conf::{self, RecoveryConf};
-use crate::datadir::{self, ExtractOptions};
+use crate::datadir::ExtractOptions;
 use crate::plan::{self, Plan, PlanRequest};
 use crate::target::{TargetAction, format_time};
 use crate::walfetch;
@@ -148,14 +149,20 @@ pub async fn restore(repo: &Repository, opts: &RestoreOptions) -> Result<Restore
     if opts.dry_run {
         return Ok(out);
     }
-    let info = cat
-        .info(&plan.backup.id)
-        .cloned()
-        .ok_or_else(|| RestoreError::Invalid(format!("backup {} vanished while planning", plan.backup.id)))?;
-    tracing::info!(backup = %info.id, pgdata = %opts.pgdata.display(), "extracting the backup");
+    let chain = plan
+        .chain
+        .iter()
+        .map(|id| {
+            cat.info(id).cloned().ok_or_else(|| RestoreError::Invalid(format!("backup {id} vanished while planning")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    tracing::info!(
+        backup = %plan.backup.id, chain = %plan.chain.join(" <- "), pgdata = %opts.pgdata.display(),
+        "extracting the backup"
+    );
     let t1 = Instant::now();
     let eopts = ExtractOptions { parallelism: opts.parallelism, fsync: true, progress: opts.progress.clone() };
-    let stats = datadir::extract(repo, &info, &opts.pgdata, &opts.tablespace_map, &eopts).await?;
+    let stats = chain::extract_chain(repo, &chain, &opts.pgdata, &opts.tablespace_map, &eopts).await?;
     out.download_secs = t1.elapsed().as_secs_f64();
     out.files = stats.read.files;
     out.bytes = stats.read.bytes;

@@ -15,6 +15,9 @@ struct Row {
     base_backup: BaseBackupDialect,
     manifest_version: u32,
     read_replication_slot: bool,
+    /// `UPLOAD_MANIFEST` and `BASE_BACKUP (INCREMENTAL)`, with
+    /// `summarize_wal` (`backup/basebackup_incremental.c`).
+    native_incremental: bool,
 }
 
 /// What the WAL scanner must know of a major's format.
@@ -60,6 +63,7 @@ const MAJORS: &[Row] = &[
         wal: wal(0xD10D, 0x02, None),
         base_backup: BaseBackupDialect::Keywords,
         manifest_version: 1,
+        native_incremental: false,
         read_replication_slot: false,
     },
     Row {
@@ -67,6 +71,7 @@ const MAJORS: &[Row] = &[
         wal: wal(0xD110, 0x04 | 0x08 | 0x10, Some(12)),
         base_backup: BaseBackupDialect::Options,
         manifest_version: 1,
+        native_incremental: false,
         read_replication_slot: true,
     },
     Row {
@@ -74,6 +79,7 @@ const MAJORS: &[Row] = &[
         wal: wal(0xD113, 0x04 | 0x08 | 0x10, Some(12)),
         base_backup: BaseBackupDialect::Options,
         manifest_version: 1,
+        native_incremental: false,
         read_replication_slot: true,
     },
     Row {
@@ -81,6 +87,7 @@ const MAJORS: &[Row] = &[
         wal: wal(0xD116, 0x04 | 0x08 | 0x10, Some(12)),
         base_backup: BaseBackupDialect::Options,
         manifest_version: 2,
+        native_incremental: true,
         read_replication_slot: true,
     },
     Row {
@@ -88,6 +95,7 @@ const MAJORS: &[Row] = &[
         wal: wal(0xD118, 0x04 | 0x08 | 0x10, Some(16)),
         base_backup: BaseBackupDialect::Options,
         manifest_version: 2,
+        native_incremental: true,
         read_replication_slot: true,
     },
 ];
@@ -162,6 +170,11 @@ impl PgMajor {
     /// the method).
     pub fn server_compression(self) -> bool {
         self.row().base_backup == BaseBackupDialect::Options
+    }
+
+    /// Whether the server takes incremental backups itself (17 and later).
+    pub fn native_incremental(self) -> bool {
+        self.row().native_incremental
     }
 
     /// The `PostgreSQL-Backup-Manifest-Version` the server writes (2 carries

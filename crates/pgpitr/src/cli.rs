@@ -381,6 +381,16 @@ pub struct StreamArgs {
     /// CHECKPOINT mode of scheduled backups (see `pgpitr backup --checkpoint`).
     #[arg(long, value_enum, default_value_t = Checkpoint::Spread, requires = "backup_every")]
     pub backup_checkpoint: Checkpoint,
+    /// Make scheduled backups incremental (PostgreSQL 17 and later, with
+    /// summarize_wal = on), with a full one whenever the newest full backup
+    /// is at least this old (e.g. 7d). Where an incremental cannot be
+    /// taken, a full one is, with a warning saying why.
+    #[arg(long, value_parser = parse_retention, value_name = "DURATION", requires = "backup_every")]
+    pub full_every: Option<std::time::Duration>,
+    /// The most backups a chain of scheduled backups may hold, its full
+    /// backup included (see `pgpitr backup --max-chain`).
+    #[arg(long, value_name = "N", default_value_t = pgpitr_backup::DEFAULT_MAX_CHAIN, value_parser = clap::value_parser!(u32).range(2..=100))]
+    pub max_chain: u32,
     /// After each scheduled backup, expire as `pgpitr expire` does with
     /// these rules (they need --backup-every).
     #[command(flatten)]
@@ -583,6 +593,16 @@ pub struct BackupArgs {
     /// its disks (with server-lz4 it limits the compressed bytes sent).
     #[arg(long, value_name = "KBPS", value_parser = clap::value_parser!(u32).range(32..=1_048_576))]
     pub max_rate: Option<u32>,
+    /// Take an incremental backup: only what changed since the newest
+    /// complete backup on this timeline's history (PostgreSQL 17 and later,
+    /// with summarize_wal = on). Fails, saying why, when none can be taken;
+    /// a full backup is taken when the chain already holds --max-chain backups.
+    #[arg(long)]
+    pub incremental: bool,
+    /// The most backups a chain may hold, its full backup included; past
+    /// it, --incremental takes a full backup.
+    #[arg(long, value_name = "N", default_value_t = pgpitr_backup::DEFAULT_MAX_CHAIN, value_parser = clap::value_parser!(u32).range(2..=100))]
+    pub max_chain: u32,
     /// Print the backup's metadata as JSON on stdout.
     #[arg(long)]
     pub json: bool,

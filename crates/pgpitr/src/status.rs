@@ -4,6 +4,7 @@
 use pgpitr_repo::Result;
 use pgpitr_repo::backup::{self, BackupSummary};
 use pgpitr_repo::catalog::{Catalog, Unindexed, Window, format_time_us};
+use pgpitr_repo::chain::Backups;
 use pgpitr_repo::drills::DrillReport;
 use pgpitr_repo::lease::{self, StreamSummary};
 use pgpitr_repo::retention;
@@ -71,10 +72,16 @@ pub struct BackupRetention {
     pub id: String,
     /// `point_in_time` (WAL stored from its start to the end of its
     /// timeline), `to_its_end` (its own WAL only: a later gap), or
-    /// `not_restorable` (its own WAL is incomplete).
+    /// `not_restorable` (its own WAL is incomplete, or its chain broken).
     pub restorable: &'static str,
     /// Why the recorded policy keeps it; empty: the next `expire` deletes it.
     pub kept_by: Vec<retention::KeptBy>,
+    /// The backups restoring it reads, full backup first (itself alone for
+    /// a full backup); empty when its chain is broken.
+    pub chain: Vec<String>,
+    /// Why its chain is broken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain_problem: Option<String>,
 }
 
 /// How many drills `list` shows.
@@ -124,10 +131,20 @@ pub async fn status(cat: &mut Catalog, index: bool) -> Result<RepoStatus> {
         None => vec![Vec::new(); complete.len()],
     };
     let (listing, _) = cat.split();
+    let chains = Backups::new(listing.backups().iter().filter_map(|e| e.info.as_ref()));
     let retention = complete
         .iter()
         .zip(why)
-        .map(|(b, kept_by)| BackupRetention { id: b.id.clone(), restorable: reach(listing, b), kept_by })
+        .map(|(b, kept_by)| {
+            let chain = chains.get(&b.id).map(|i| chains.chain(i));
+            let (chain, chain_problem) = match chain {
+                Some(Ok(c)) => (c.iter().map(|m| m.id.clone()).collect(), None),
+                Some(Err(e)) => (Vec::new(), Some(e.to_string())),
+                None => (Vec::new(), None),
+            };
+            let restorable = if chain_problem.is_some() { "not_restorable" } else { reach(listing, b) };
+            BackupRetention { id: b.id.clone(), restorable, kept_by, chain, chain_problem }
+        })
         .collect();
     let b = cat.repo().binding();
     Ok(RepoStatus {

@@ -2,7 +2,7 @@ use crate::cli::{BackupArgs, Checkpoint, Compress, LogFormat};
 use crate::conn;
 use crate::progress::ProgressDisplay;
 use indicatif::HumanBytes;
-use pgpitr_backup::{Algorithm, BackupOptions, CheckpointMode, Compression};
+use pgpitr_backup::{Algorithm, BackupOptions, CheckpointMode, Compression, IncrementalMode};
 use pgpitr_repo::Repository;
 use pgpitr_repo::backup::{BackupInfo, WalSource};
 use pgpitr_storage::RepoUrl;
@@ -56,6 +56,8 @@ pub async fn run(args: BackupArgs, log_format: LogFormat) -> anyhow::Result<u8> 
         max_rate_kbps: args.max_rate,
         compression: compression(args.compress),
         zstd_level: args.zstd_level,
+        incremental: if args.incremental { IncrementalMode::Require } else { IncrementalMode::Off },
+        max_chain: args.max_chain,
         ..BackupOptions::default()
     };
     let cancel = CancellationToken::new();
@@ -97,6 +99,13 @@ fn print_summary(info: &BackupInfo, repo: &Repository, took: std::time::Duration
         info.compression.as_deref().unwrap_or("client-lz4"),
         wal_source(info.wal_source)
     );
+    match &info.incremental {
+        Some(i) => println!(
+            "  kind:      incremental to {} (from {} on timeline {}), chain of {} backups",
+            i.parent, i.from_lsn, i.from_tli, i.chain_length
+        ),
+        None => println!("  kind:      full"),
+    }
     println!("  took:      {:.1} s", took.as_secs_f64());
     if !info.checksum_failures.is_empty() {
         println!("  WARNING:   {} page checksum failure(s) recorded", info.checksum_failures.len());

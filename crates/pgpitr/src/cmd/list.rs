@@ -74,7 +74,14 @@ pub async fn run(args: ListArgs) -> anyhow::Result<u8> {
                 }
             };
             let held = if b.keep_forever { " [held]" } else { "" };
-            println!("  restorable {reach}{kept}{held}");
+            let reach = match &r.chain_problem {
+                Some(p) => format!("NOT restorable: {p}"),
+                None => format!("restorable {reach}"),
+            };
+            println!("  {reach}{kept}{held}");
+            if r.chain.len() > 1 {
+                println!("  incremental: chain of {} backups, {}", r.chain.len(), r.chain.join(" <- "));
+            }
         }
     }
     if st.timelines.is_empty() {

@@ -239,6 +239,9 @@ fn print_plan(r: &Restored, opts: &RestoreOptions) {
         b.stop_lsn,
         format_time(b.stop_time_us)
     );
+    if p.chain.len() > 1 {
+        println!("chain:   {} (incremental; full backup first)", p.chain.join(" <- "));
+    }
     match p.latest_us {
         Some(latest) => println!(
             "window:  timeline {} is restorable from {} to {}",

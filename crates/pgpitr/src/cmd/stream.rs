@@ -99,12 +99,18 @@ pub async fn run(args: StreamArgs, log_format: crate::cli::LogFormat) -> anyhow:
             label: "pgpitr scheduled".to_string(),
             checkpoint: super::backup::checkpoint_mode(args.backup_checkpoint),
             wal_mode: WalMode::Stream,
+            max_chain: args.max_chain,
             ..BackupOptions::default()
         };
         let retention = args.retention.policy();
         tracing::info!(every = ?every, ?retention, "scheduled base backups enabled");
         let display = ProgressDisplay::start(opts.progress.clone(), false);
-        let schedule = pgpitr_backup::Schedule { every, retention, now: stream_cfg.backup_now.clone() };
+        let schedule = pgpitr_backup::Schedule {
+            every,
+            full_every: args.full_every,
+            retention,
+            now: stream_cfg.backup_now.clone(),
+        };
         let task = tokio::spawn(pgpitr_backup::run_scheduled(
             repo.clone(),
             backup_cfg,

@@ -1,0 +1,129 @@
+//! Choosing what a backup is incremental to. PostgreSQL 17 and later take
+//! incrementals natively: the parent's `backup_manifest` goes up with
+//! `UPLOAD_MANIFEST`, and `BASE_BACKUP (INCREMENTAL)` then sends changed
+//! relation files as `INCREMENTAL.<name>` (only the blocks that the
+//! server's WAL summaries say changed since the parent's start).
+
+use crate::{BackupError, BackupOptions, IncrementalMode};
+use bytes::Bytes;
+use pgpitr_pgwire::ReplicationConnection;
+use pgpitr_repo::Repository;
+use pgpitr_repo::backup::{BackupInfo, Incremental, IncrementalMethod};
+use pgpitr_repo::catalog::Catalog;
+use pgpitr_repo::reader::BackupReader;
+use pgpitr_types::TimelineId;
+
+/// The backup a new one builds on, with its manifest as stored.
+#[derive(Clone)]
+pub(crate) struct Parent {
+    pub info: BackupInfo,
+    pub manifest: Bytes,
+}
+
+impl Parent {
+    pub fn incremental(&self) -> Incremental {
+        Incremental {
+            parent: self.info.id.clone(),
+            from_lsn: self.info.start_lsn,
+            from_tli: self.info.timeline,
+            method: IncrementalMethod::Native,
+            chain_length: self.info.chain_length() + 1,
+        }
+    }
+}
+
+/// Why no incremental backup can be taken: an error when one was demanded,
+/// a warning before a full backup otherwise.
+fn refuse(opts: &BackupOptions, why: String) -> Result<Option<Parent>, BackupError> {
+    match opts.incremental {
+        IncrementalMode::Require => Err(BackupError::Invalid(format!("--incremental: {why}"))),
+        _ => {
+            tracing::warn!("taking a full backup instead of an incremental one: {why}");
+            Ok(None)
+        }
+    }
+}
+
+/// The parent for a backup of the server behind `conn` on timeline `tli`,
+/// or `None` for a full backup.
+pub(crate) async fn choose_parent(
+    repo: &Repository,
+    conn: &mut ReplicationConnection,
+    tli: TimelineId,
+    opts: &BackupOptions,
+) -> Result<Option<Parent>, BackupError> {
+    if opts.incremental == IncrementalMode::Off {
+        return Ok(None);
+    }
+    let major = repo.major();
+    if !major.native_incremental() {
+        return refuse(
+            opts,
+            format!(
+                "PostgreSQL {major} cannot take incremental backups (native incrementals need 17 or later); \
+                 take a full backup"
+            ),
+        );
+    }
+    if conn.show("summarize_wal").await? != "on" {
+        return refuse(
+            opts,
+            "the server does not summarize its WAL: set summarize_wal = on (ALTER SYSTEM SET summarize_wal = on; \
+             SELECT pg_reload_conf()), then take a full backup, which later incrementals build on"
+                .into(),
+        );
+    }
+    let cat = Catalog::for_planning(repo).await?;
+    let Some(path) = cat.path(tli) else {
+        return refuse(opts, format!("timeline {tli} has no history file in the repository"));
+    };
+    // The newest complete backup whose start this timeline's history holds.
+    let Some(newest) = cat.points().iter().rev().filter(|b| path.holds_backup(b)).max_by_key(|b| b.start_lsn) else {
+        return refuse(
+            opts,
+            format!("no complete backup on the history of timeline {tli} to build on; take a full backup first"),
+        );
+    };
+    let info = cat
+        .info(&newest.id)
+        .cloned()
+        .ok_or_else(|| BackupError::Invalid(format!("backup {} vanished while choosing a parent", newest.id)))?;
+    let sysid = repo.binding().system_identifier;
+    if info.system_identifier != sysid {
+        return Err(BackupError::Invalid(format!(
+            "backup {} is of another cluster (system identifier {}, this server's is {sysid}); it cannot be a parent",
+            info.id, info.system_identifier
+        )));
+    }
+    // Every member of its chain must still be there.
+    let mut member = &info;
+    while let Some(parent) = member.parent() {
+        member = match cat.info(parent) {
+            Some(p) => p,
+            None => {
+                return refuse(
+                    opts,
+                    format!("backup {}'s chain is broken: its parent {parent} is not a complete backup", member.id),
+                );
+            }
+        };
+    }
+    if info.chain_length() >= opts.max_chain {
+        tracing::info!(
+            parent = %info.id, chain = info.chain_length(), max = opts.max_chain,
+            "the chain is as long as --max-chain allows: taking a full backup"
+        );
+        return Ok(None);
+    }
+    let reader = BackupReader::open(repo, &info).await.map_err(|e| BackupError::Invalid(e.to_string()))?;
+    if let Some(m) = reader.manifest().system_identifier
+        && m != sysid
+    {
+        return Err(BackupError::Invalid(format!(
+            "backup {}'s manifest names system identifier {m}, this server's is {sysid}; it cannot be a parent",
+            info.id
+        )));
+    }
+    let manifest = reader.raw_manifest().clone();
+    Ok(Some(Parent { info, manifest }))
+}

@@ -1,0 +1,379 @@
+//! Incremental backups on PostgreSQL 17 and 18 (`summarize_wal = on`):
+//! chains taken between changes of every kind, restored exactly to a time
+//! after each member, rebuilt byte for byte as pg_combinebackup rebuilds
+//! them, and every way a chain can be refused.
+
+use crate::common::*;
+use crate::majors::wanted;
+use crate::restore::{dumpall, insert_marker, markers, pg_env, restore_cmd, rfc3339, share, take_backup};
+use pgpitr_repo::backup::BackupInfo;
+use pgpitr_restore::ExtractOptions;
+use pgpitr_testkit::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+fn summarizing(major: u32) -> PgCluster {
+    PgCluster::builder().major(major).setting("track_commit_timestamp", "on").setting("summarize_wal", "on").start()
+}
+
+fn incremental(pg: &PgCluster, backend: &Backend) -> BackupInfo {
+    let out = run(&mut backup_cmd(pg, backend, &["--incremental", "--json"])).ok();
+    serde_json::from_str(&out.stdout).expect("backup --json")
+}
+
+/// A directory for a server's files: owned by the server's OS user.
+fn server_dir(pg: &PgCluster, name: &str) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let d = pg.scratch_dir().join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let owner = std::fs::metadata(pg.scratch_dir()).unwrap();
+    std::os::unix::fs::chown(&d, Some(owner.uid()), Some(owner.gid())).unwrap();
+    d
+}
+
+/// Every file and directory under `root` (symlinks as their target), by
+/// relative path, except `skip`.
+fn tree(root: &Path, skip: &[&str]) -> BTreeMap<String, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if skip.contains(&rel.as_str()) {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                stack.push(p);
+                out.insert(rel, None);
+            } else if meta.file_type().is_symlink() {
+                out.insert(rel, Some(b"(symlink)".to_vec()));
+            } else {
+                out.insert(rel, Some(std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+fn assert_same_tree(ours: &Path, theirs: &Path, skip: &[&str], at_least: usize) {
+    let (a, b) = (tree(ours, skip), tree(theirs, skip));
+    let only_a: Vec<&String> = a.keys().filter(|k| !b.contains_key(*k)).collect();
+    let only_b: Vec<&String> = b.keys().filter(|k| !a.contains_key(*k)).collect();
+    assert!(
+        only_a.is_empty() && only_b.is_empty(),
+        "only in pgpitr's: {only_a:?}; only in pg_combinebackup's: {only_b:?}"
+    );
+    let differ: Vec<&String> = a.iter().filter(|(k, v)| b[*k] != **v).map(|(k, _)| k).collect();
+    assert!(differ.is_empty(), "files that differ from pg_combinebackup's: {differ:?}");
+    assert!(a.len() >= at_least, "{} holds only {} entries", ours.display(), a.len());
+}
+
+/// A full backup, then three incrementals with changes of every kind
+/// between them (new, dropped and truncated tables, updates, a new
+/// database, a tablespace); a restore to a quiet point after each is
+/// exactly the cluster as it was; the last chain, rebuilt by pgpitr, is
+/// byte for byte what pg_combinebackup makes of the same backups.
+async fn chain_restores_exactly(major: u32) {
+    if !wanted(major) {
+        return;
+    }
+    let backend = Backend::local();
+    share(&backend);
+    let pg = summarizing(major);
+    pg.pgbench(&["-i", "-q", "-s", "2"]);
+    pg.sql(
+        "CREATE TABLE marks (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp());\n\
+         CREATE TABLE doomed AS SELECT g FROM generate_series(1, 20000) g;\n\
+         CREATE TABLE emptied AS SELECT g, md5(g::text) h FROM generate_series(1, 20000) g;",
+    );
+    let stream = StreamProc::start(&pg, &backend, &[]);
+    wait_streaming(&pg, "pgpitr");
+    let full = take_backup(&pg, &backend);
+    assert!(full.incremental.is_none(), "the first backup is full");
+    let ts = server_dir(&pg, "ts");
+    let steps = [
+        "CREATE TABLE fresh AS SELECT g, md5(g::text) h FROM generate_series(1, 30000) g;\n\
+         UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 2000;"
+            .to_string(),
+        "DROP TABLE doomed;\n\
+         TRUNCATE emptied;\n\
+         CREATE DATABASE other;\n\
+         \\c other\n\
+         CREATE TABLE elsewhere AS SELECT g FROM generate_series(1, 5000) g;"
+            .to_string(),
+        format!(
+            "CREATE TABLESPACE ts LOCATION '{}';\n\
+             CREATE TABLE far TABLESPACE ts AS SELECT g, md5(g::text) h FROM generate_series(1, 40000) g;\n\
+             DELETE FROM fresh WHERE g % 2 = 0;\n\
+             VACUUM fresh;\n\
+             INSERT INTO emptied SELECT g, 'again' FROM generate_series(1, 100) g;",
+            ts.display()
+        ),
+    ];
+    let mut chain = vec![full.id.clone()];
+    let mut quiet = Vec::new();
+    let mut last = full.clone();
+    let mut marker = 0;
+    for step in &steps {
+        pg.sql(step);
+        let inc = incremental(&pg, &backend);
+        let link = inc.incremental.as_ref().expect("an incremental backup");
+        assert_eq!(link.parent, last.id);
+        assert_eq!((link.from_lsn, link.from_tli), (last.start_lsn, last.timeline));
+        assert_eq!(link.chain_length as usize, chain.len() + 1);
+        // The changes are small, but a new database is a whole copy, and
+        // so is a table whose hint bits were set since (checksums are on).
+        if inc.stored_bytes * 2 >= full.stored_bytes {
+            let repo = backend.repo().await;
+            let r = pgpitr_repo::reader::BackupReader::open(&repo, &inc).await.unwrap();
+            let mut files: Vec<_> =
+                r.manifest().files.iter().map(|f| (f.size, String::from_utf8_lossy(&f.path).into_owned())).collect();
+            files.sort();
+            files.reverse();
+            files.truncate(15);
+            panic!("an incremental stores {} bytes, the full one {}: {files:?}", inc.stored_bytes, full.stored_bytes);
+        }
+        chain.push(inc.id.clone());
+        marker += 1;
+        insert_marker(&pg, marker);
+        quiet.push((marker, dumpall(&pg), chain.clone()));
+        // Changes after the quiet point, which restores to it must not hold.
+        pg.sql("UPDATE pgbench_accounts SET abalance = abalance - 1 WHERE aid <= 500;");
+        marker += 1;
+        insert_marker(&pg, marker);
+        last = inc;
+    }
+    let end = lsn(&pg.sql("SELECT pg_current_wal_lsn()"));
+    let storage = backend.storage().await;
+    wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(30)).await;
+    assert_eq!(stream.terminate().0, Some(0));
+
+    let listed = run(pgpitr().args(["list", "--repo", &backend.url()])).ok().stdout;
+    assert!(listed.contains(&format!("incremental: chain of 4 backups, {}", chain.join(" <- "))), "{listed}");
+
+    let times = markers(&pg);
+    for (id, dump, members) in &quiet {
+        let t = times.iter().find(|m| m.0 == *id).unwrap().1;
+        let when = rfc3339(t);
+        let mut c = PgCluster::empty_of(major);
+        let new_ts = c.scratch_dir().join("ts-restored");
+        let map = format!("{}={}", ts.display(), new_ts.display());
+        let mut args = vec!["--target-time", &when];
+        if members.len() == 4 {
+            args.extend(["--tablespace-map", &map]);
+        }
+        let out = run(&mut restore_cmd(&backend, &c.datadir(), &args)).ok();
+        assert!(out.stdout.contains(&format!("chain:   {}", members.join(" <- "))), "{}", out.stdout);
+        if running_as_root() && new_ts.exists() {
+            assert!(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&new_ts).status().unwrap().success());
+        }
+        c.start_restored(&pg_env(&backend));
+        c.wait_promoted(Duration::from_secs(120));
+        // The tablespace was relocated, as asked.
+        let got = dumpall(&c).replace(&new_ts.display().to_string(), &ts.display().to_string());
+        if got != *dump {
+            let then: std::collections::HashSet<&str> = dump.lines().collect();
+            let now: std::collections::HashSet<&str> = got.lines().collect();
+            let diff: Vec<String> = got
+                .lines()
+                .filter(|l| !then.contains(l))
+                .map(|l| format!("+ {l}"))
+                .chain(dump.lines().filter(|l| !now.contains(l)).map(|l| format!("- {l}")))
+                .take(8)
+                .collect();
+            panic!("a restore to {when} (chain of {}) differs from the cluster then: {diff:#?}", members.len());
+        }
+    }
+
+    // pgpitr's rebuild of the newest chain against pg_combinebackup's, from
+    // the same backups extracted as they are stored.
+    let repo = backend.repo().await;
+    let work = tempfile::tempdir().unwrap();
+    let infos: Vec<BackupInfo> = chain
+        .iter()
+        .map(|id| {
+            let raw = std::fs::read(backend.local_path().join(format!("backups/{id}/backup.json"))).unwrap();
+            serde_json::from_slice(&raw).unwrap()
+        })
+        .collect();
+    let mut inputs = Vec::new();
+    let mut last_ts = PathBuf::new();
+    for (i, info) in infos.iter().enumerate() {
+        let dir = work.path().join(format!("b{i}"));
+        let has_ts = info.archives.iter().any(|a| a.tablespace_oid.is_some());
+        last_ts = work.path().join(format!("ts{i}"));
+        let map = if has_ts { vec![(ts.clone(), last_ts.clone())] } else { vec![] };
+        pgpitr_restore::extract(&repo, info, &dir, &map, &ExtractOptions::default()).await.expect("extract");
+        inputs.push(dir);
+    }
+    let combined = work.path().join("combined");
+    let combined_ts = work.path().join("combined-ts");
+    let out = Command::new(pg.bin("pg_combinebackup"))
+        .arg("-o")
+        .arg(&combined)
+        .arg("-T")
+        .arg(format!("{}={}", last_ts.display(), combined_ts.display()))
+        .args(&inputs)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_combinebackup: {}", String::from_utf8_lossy(&out.stderr));
+    let ours = work.path().join("ours");
+    let ours_ts = work.path().join("ours-ts");
+    let map = format!("{}={}", ts.display(), ours_ts.display());
+    let newest = chain.last().unwrap();
+    let args = ["--backup", newest, "--target", "immediate", "--tablespace-map", &map];
+    run(&mut restore_cmd(&backend, &ours, &args)).ok();
+    // What a restore adds (recovery settings, the WAL spool) and what each
+    // writes in its own way (the manifest, the relocated tablespace's map).
+    let skip = ["backup_manifest", "postgresql.auto.conf", "recovery.signal", "pg_wal/pgpitr_spool", "tablespace_map"];
+    assert_same_tree(&ours, &combined, &skip, 500);
+    // PG_<major>_<catalog version>/<database>/ and the table's files.
+    assert_same_tree(&ours_ts, &combined_ts, &[], 4);
+    let label = std::fs::read_to_string(ours.join("backup_label")).unwrap();
+    assert!(!label.contains("INCREMENTAL"), "{label}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_restores_exactly_on_17() {
+    chain_restores_exactly(17).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_restores_exactly_on_18() {
+    chain_restores_exactly(18).await;
+}
+
+fn complete_backups(backend: &Backend) -> usize {
+    let dir = backend.local_path().join("backups");
+    std::fs::read_dir(dir).map_or(0, |d| d.filter(|e| e.as_ref().unwrap().path().join("backup.json").exists()).count())
+}
+
+/// Every refusal, one line each, with nothing stored as complete: no
+/// parent; summarize_wal off; summaries that do not reach back to the
+/// parent; a parent deleted out of band (restore, verify, list and the next
+/// incremental all name it).
+async fn refusals(major: u32) {
+    if !wanted(major) {
+        return;
+    }
+    let backend = Backend::local();
+    share(&backend);
+    let pg = summarizing(major);
+    pg.pgbench(&["-i", "-q", "-s", "1"]);
+
+    let out = run(&mut backup_cmd(&pg, &backend, &["--incremental"]));
+    out.fails_with(&["--incremental: no complete backup on the history of timeline 1"]);
+    assert_eq!(complete_backups(&backend), 0);
+
+    pg.set_and_reload("summarize_wal", "off");
+    take_backup(&pg, &backend);
+    let out = run(&mut backup_cmd(&pg, &backend, &["--incremental"]));
+    out.fails_with(&["set summarize_wal = on"]);
+    // On now, but summaries begin at a later checkpoint: none reaches back
+    // to that backup's start.
+    pg.sql("CREATE TABLE later AS SELECT 1 AS x; SELECT pg_switch_wal(); CHECKPOINT;");
+    pg.set_and_reload("summarize_wal", "on");
+    let out = run(&mut backup_cmd(&pg, &backend, &["--incremental"]));
+    out.fails_with(&["the server refused an incremental backup from backup", "WAL summaries are required"]);
+    assert_eq!(complete_backups(&backend), 1, "nothing more stored as complete");
+
+    // A chain full <- a <- b, then a deleted by hand.
+    take_backup(&pg, &backend);
+    pg.sql("UPDATE pgbench_accounts SET abalance = 1 WHERE aid < 100");
+    let a = incremental(&pg, &backend);
+    pg.sql("UPDATE pgbench_accounts SET abalance = 2 WHERE aid < 100");
+    let b = incremental(&pg, &backend);
+    assert_eq!(b.incremental.as_ref().unwrap().parent, a.id);
+    std::fs::remove_dir_all(backend.local_path().join(format!("backups/{}", a.id))).unwrap();
+    let named = format!("backup {} is incremental to backup {}, which is not a complete backup", b.id, a.id);
+    let target = tempfile::tempdir().unwrap();
+    let data = target.path().join("data");
+    let out = run(&mut restore_cmd(&backend, &data, &["--backup", &b.id, "--target", "immediate"]));
+    out.fails_with(&[&named]);
+    assert!(!data.join("global/pg_control").exists());
+    // (verify also names the WAL gaps: no stream ran.)
+    let out = run(pgpitr().args(["verify", "--repo", &backend.url()]));
+    assert_ne!(out.code, Some(0));
+    assert!(out.stdout.contains(&named), "{}", out.stdout);
+    let listed = run(pgpitr().args(["list", "--repo", &backend.url()])).ok().stdout;
+    assert!(listed.contains(&format!("NOT restorable: {named}")), "{listed}");
+    let out = run(&mut backup_cmd(&pg, &backend, &["--incremental"]));
+    out.fails_with(&[&format!("its parent {} is not a complete backup", a.id)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_on_17() {
+    refusals(17).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_on_18() {
+    refusals(18).await;
+}
+
+/// Below 17 there are no native incrementals: `--incremental` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_17_incremental_is_refused() {
+    let backend = Backend::local();
+    let pg = PgCluster::start_default();
+    take_backup(&pg, &backend);
+    let major = pg.major();
+    let out = run(&mut backup_cmd(&pg, &backend, &["--incremental"]));
+    if major < 17 {
+        out.fails_with(&[&format!("PostgreSQL {major} cannot take incremental backups")]);
+        assert_eq!(complete_backups(&backend), 1);
+    } else {
+        out.fails_with(&["set summarize_wal = on"]);
+    }
+}
+
+/// A chain across a promotion: the full backup on timeline 1, the
+/// incremental from the promoted standby on timeline 2; restored to the
+/// latest point.
+async fn chain_across_a_timeline_switch(major: u32) {
+    if !wanted(major) {
+        return;
+    }
+    let backend = Backend::local();
+    share(&backend);
+    let primary = summarizing(major);
+    primary.sql("CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000);");
+    let standby = primary.start_standby();
+    let s = StreamProc::start(&standby, &backend, &[]);
+    wait_streaming(&standby, "pgpitr");
+    let full = take_backup(&primary, &backend);
+    primary.sql("INSERT INTO t SELECT generate_series(1001, 2000)");
+    let before = lsn(&primary.sql("SELECT pg_current_wal_lsn()"));
+    let storage = backend.storage().await;
+    wait_durable(storage.as_ref(), seg16(), 1, before, Duration::from_secs(30)).await;
+    standby.promote();
+    standby.sql("INSERT INTO t SELECT generate_series(2001, 3000)");
+    let inc = incremental(&standby, &backend);
+    assert_eq!(inc.timeline, pgpitr_types::TimelineId(2));
+    let link = inc.incremental.as_ref().unwrap();
+    assert_eq!((link.parent.as_str(), link.from_tli), (full.id.as_str(), pgpitr_types::TimelineId(1)));
+    let end = lsn(&standby.sql("INSERT INTO t VALUES (3001); SELECT pg_current_wal_lsn();"));
+    wait_durable(storage.as_ref(), seg16(), 2, end, Duration::from_secs(30)).await;
+    assert_eq!(s.terminate().0, Some(0));
+
+    let mut c = PgCluster::empty_of(major);
+    let out = run(&mut restore_cmd(&backend, &c.datadir(), &["--target", "latest"])).ok();
+    assert!(out.stdout.contains(&format!("chain:   {} <- {}", full.id, inc.id)), "{}", out.stdout);
+    c.start_restored(&pg_env(&backend));
+    c.wait_promoted(Duration::from_secs(120));
+    assert_eq!(c.sql("SELECT count(*), max(x) FROM t"), "3001|3001");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_across_a_timeline_switch_on_17() {
+    chain_across_a_timeline_switch(17).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_across_a_timeline_switch_on_18() {
+    chain_across_a_timeline_switch(18).await;
+}
