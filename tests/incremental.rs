@@ -1,7 +1,8 @@
-//! Incremental backups on PostgreSQL 17 and 18 (`summarize_wal = on`):
-//! chains taken between changes of every kind, restored exactly to a time
-//! after each member, rebuilt byte for byte as pg_combinebackup rebuilds
-//! them, and every way a chain can be refused.
+//! Incremental backups: native on PostgreSQL 17 and 18 (`summarize_wal =
+//! on`), block deltas on 14 to 16. Chains taken between changes of every
+//! kind, restored exactly to a time after each member, rebuilt byte for byte
+//! as pg_combinebackup rebuilds native ones, and every way a chain can be
+//! refused.
 
 use crate::common::*;
 use crate::majors::wanted;
@@ -14,8 +15,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+/// A cluster of `major`, summarizing its WAL where it can (17 and later).
 fn summarizing(major: u32) -> PgCluster {
-    PgCluster::builder().major(major).setting("track_commit_timestamp", "on").setting("summarize_wal", "on").start()
+    let b = PgCluster::builder().major(major).setting("track_commit_timestamp", "on");
+    if major >= 17 { b.setting("summarize_wal", "on") } else { b }.start()
+}
+
+/// How `--incremental` takes backups of `major`.
+fn method(major: u32) -> pgpitr_repo::backup::IncrementalMethod {
+    use pgpitr_repo::backup::IncrementalMethod::*;
+    if major >= 17 { Native } else { Delta }
 }
 
 fn incremental(pg: &PgCluster, backend: &Backend) -> BackupInfo {
@@ -125,6 +134,7 @@ async fn chain_restores_exactly(major: u32) {
         assert_eq!(link.parent, last.id);
         assert_eq!((link.from_lsn, link.from_tli), (last.start_lsn, last.timeline));
         assert_eq!(link.chain_length as usize, chain.len() + 1);
+        assert_eq!(link.method, method(major));
         // The changes are small, but a new database is a whole copy, and
         // so is a table whose hint bits were set since (checksums are on).
         if inc.stored_bytes * 2 >= full.stored_bytes {
@@ -189,6 +199,9 @@ async fn chain_restores_exactly(major: u32) {
         }
     }
 
+    if major < 17 {
+        return; // pg_combinebackup came with 17
+    }
     // pgpitr's rebuild of the newest chain against pg_combinebackup's, from
     // the same backups extracted as they are stored.
     let repo = backend.repo().await;
@@ -238,6 +251,21 @@ async fn chain_restores_exactly(major: u32) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_restores_exactly_on_14() {
+    chain_restores_exactly(14).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_restores_exactly_on_15() {
+    chain_restores_exactly(15).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_restores_exactly_on_16() {
+    chain_restores_exactly(16).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_restores_exactly_on_17() {
     chain_restores_exactly(17).await;
 }
@@ -253,7 +281,7 @@ fn complete_backups(backend: &Backend) -> usize {
 }
 
 /// Every refusal, one line each, with nothing stored as complete: no
-/// parent; summarize_wal off; summaries that do not reach back to the
+/// parent; (17+) summarize_wal off; summaries that do not reach back to the
 /// parent; a parent deleted out of band (restore, verify, list and the next
 /// incremental all name it).
 async fn refusals(major: u32) {
@@ -268,31 +296,41 @@ async fn refusals(major: u32) {
     let out = run(&mut backup_cmd(&pg, &backend, &["--incremental"]));
     out.fails_with(&["--incremental: no complete backup on the history of timeline 1"]);
     assert_eq!(complete_backups(&backend), 0);
+    if major >= 17 {
+        refusals_of_the_server(&pg, &backend);
+    }
+    deleted_parent(&pg, &backend);
+}
 
+/// 17+: summarize_wal off, then on but too late for the parent.
+fn refusals_of_the_server(pg: &PgCluster, backend: &Backend) {
+    let before = complete_backups(backend);
     pg.set_and_reload("summarize_wal", "off");
-    take_backup(&pg, &backend);
-    let out = run(&mut backup_cmd(&pg, &backend, &["--incremental"]));
+    take_backup(pg, backend);
+    let out = run(&mut backup_cmd(pg, backend, &["--incremental"]));
     out.fails_with(&["set summarize_wal = on"]);
     // On now, but summaries begin at a later checkpoint: none reaches back
     // to that backup's start.
     pg.sql("CREATE TABLE later AS SELECT 1 AS x; SELECT pg_switch_wal(); CHECKPOINT;");
     pg.set_and_reload("summarize_wal", "on");
-    let out = run(&mut backup_cmd(&pg, &backend, &["--incremental"]));
+    let out = run(&mut backup_cmd(pg, backend, &["--incremental"]));
     out.fails_with(&["the server refused an incremental backup from backup", "WAL summaries are required"]);
-    assert_eq!(complete_backups(&backend), 1, "nothing more stored as complete");
+    assert_eq!(complete_backups(backend), before + 1, "nothing more stored as complete");
+}
 
-    // A chain full <- a <- b, then a deleted by hand.
-    take_backup(&pg, &backend);
+/// A chain full <- a <- b, then a deleted by hand.
+fn deleted_parent(pg: &PgCluster, backend: &Backend) {
+    take_backup(pg, backend);
     pg.sql("UPDATE pgbench_accounts SET abalance = 1 WHERE aid < 100");
-    let a = incremental(&pg, &backend);
+    let a = incremental(pg, backend);
     pg.sql("UPDATE pgbench_accounts SET abalance = 2 WHERE aid < 100");
-    let b = incremental(&pg, &backend);
+    let b = incremental(pg, backend);
     assert_eq!(b.incremental.as_ref().unwrap().parent, a.id);
     std::fs::remove_dir_all(backend.local_path().join(format!("backups/{}", a.id))).unwrap();
     let named = format!("backup {} is incremental to backup {}, which is not a complete backup", b.id, a.id);
     let target = tempfile::tempdir().unwrap();
     let data = target.path().join("data");
-    let out = run(&mut restore_cmd(&backend, &data, &["--backup", &b.id, "--target", "immediate"]));
+    let out = run(&mut restore_cmd(backend, &data, &["--backup", &b.id, "--target", "immediate"]));
     out.fails_with(&[&named]);
     assert!(!data.join("global/pg_control").exists());
     // (verify also names the WAL gaps: no stream ran.)
@@ -301,8 +339,13 @@ async fn refusals(major: u32) {
     assert!(out.stdout.contains(&named), "{}", out.stdout);
     let listed = run(pgpitr().args(["list", "--repo", &backend.url()])).ok().stdout;
     assert!(listed.contains(&format!("NOT restorable: {named}")), "{listed}");
-    let out = run(&mut backup_cmd(&pg, &backend, &["--incremental"]));
+    let out = run(&mut backup_cmd(pg, backend, &["--incremental"]));
     out.fails_with(&[&format!("its parent {} is not a complete backup", a.id)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_on_15() {
+    refusals(15).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,20 +358,20 @@ async fn refusals_on_18() {
     refusals(18).await;
 }
 
-/// Below 17 there are no native incrementals: `--incremental` says so.
+/// Below 17 there are no native incrementals: `--incremental native`
+/// says so (and names the block delta).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn below_17_incremental_is_refused() {
-    let backend = Backend::local();
-    let pg = PgCluster::start_default();
-    take_backup(&pg, &backend);
-    let major = pg.major();
-    let out = run(&mut backup_cmd(&pg, &backend, &["--incremental"]));
-    if major < 17 {
-        out.fails_with(&[&format!("PostgreSQL {major} cannot take incremental backups")]);
-        assert_eq!(complete_backups(&backend), 1);
-    } else {
-        out.fails_with(&["set summarize_wal = on"]);
+async fn native_incrementals_are_refused_below_17() {
+    let major = 16;
+    if !wanted(major) {
+        return;
     }
+    let backend = Backend::local();
+    let pg = PgCluster::builder().major(major).start();
+    take_backup(&pg, &backend);
+    let out = run(&mut backup_cmd(&pg, &backend, &["--incremental", "native"]));
+    out.fails_with(&[&format!("PostgreSQL {major} cannot take native incremental backups"), "--incremental=delta"]);
+    assert_eq!(complete_backups(&backend), 1);
 }
 
 /// A chain across a promotion: the full backup on timeline 1, the
@@ -369,6 +412,11 @@ async fn chain_across_a_timeline_switch(major: u32) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_across_a_timeline_switch_on_16() {
+    chain_across_a_timeline_switch(16).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_across_a_timeline_switch_on_17() {
     chain_across_a_timeline_switch(17).await;
 }
@@ -376,4 +424,134 @@ async fn chain_across_a_timeline_switch_on_17() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_across_a_timeline_switch_on_18() {
     chain_across_a_timeline_switch(18).await;
+}
+
+/// `stream --backup-every --full-every --max-chain`: a full backup first,
+/// then incrementals, each on the one before, until the chain is full;
+/// then a full one again. `expire --keep-backups 1` keeps the newest
+/// incremental's whole chain, and that chain restores.
+async fn scheduled_chains(major: u32) {
+    if !wanted(major) {
+        return;
+    }
+    let backend = Backend::local();
+    share(&backend);
+    let pg = summarizing(major);
+    pg.sql("CREATE TABLE t (x int)");
+    let args = ["--backup-every", "1s", "--backup-checkpoint", "fast", "--full-every", "1h", "--max-chain", "3"];
+    let s = StreamProc::start(&pg, &backend, &args);
+    let infos = |backend: &Backend| -> Vec<BackupInfo> {
+        let dir = backend.local_path().join("backups");
+        let mut v: Vec<BackupInfo> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| std::fs::read(e.unwrap().path().join("backup.json")).ok())
+                    .map(|raw| serde_json::from_slice(&raw).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    };
+    let mut x = 0;
+    let four = wait_for(Duration::from_secs(120), || {
+        x += 1;
+        pg.sql(&format!("INSERT INTO t VALUES ({x})"));
+        std::thread::sleep(Duration::from_millis(200));
+        let v = infos(&backend);
+        (v.len() >= 4).then_some(v)
+    })
+    .expect("four scheduled backups within 2 minutes");
+    let end = lsn(&pg.sql("INSERT INTO t VALUES (0); SELECT pg_current_wal_lsn();"));
+    let storage = backend.storage().await;
+    wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(30)).await;
+    assert_eq!(s.terminate().0, Some(0));
+    let parents: Vec<Option<&str>> = four.iter().take(4).map(|i| i.parent()).collect();
+    assert_eq!(parents, [None, Some(four[0].id.as_str()), Some(four[1].id.as_str()), None], "full, inc, inc, full");
+    let all = infos(&backend);
+    let newest = all.last().unwrap();
+
+    // The newest is full: the first chain goes. Cut the repository back to
+    // the first chain to see an incremental keep its parents.
+    for i in &all[3..] {
+        std::fs::remove_dir_all(backend.local_path().join(format!("backups/{}", i.id))).unwrap();
+    }
+    let mut cmd = pgpitr();
+    let out = run(cmd.args(["expire", "--repo", &backend.url(), "--keep-backups", "1", "--json"])).ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["plan"]["kept_backups"], serde_json::json!([four[0].id, four[1].id, four[2].id]), "{v}");
+    assert_eq!(v["plan"]["kept"][0]["kept_by"][0], serde_json::json!({"rule": "parent", "of": four[1].id}), "{v}");
+    assert!(v["plan"]["expired_backups"].as_array().unwrap().is_empty(), "{v}");
+    assert_ne!(newest.id, four[2].id);
+
+    let mut c = PgCluster::empty_of(major);
+    let out = run(&mut restore_cmd(&backend, &c.datadir(), &["--target", "latest"])).ok();
+    assert!(
+        out.stdout.contains(&format!("chain:   {} <- {} <- {}", four[0].id, four[1].id, four[2].id)),
+        "{}",
+        out.stdout
+    );
+    c.start_restored(&pg_env(&backend));
+    c.wait_promoted(Duration::from_secs(120));
+    assert_eq!(c.sql("SELECT count(*) FROM t WHERE x = 0"), "1", "every commit up to the end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_chains_on_17() {
+    scheduled_chains(17).await;
+}
+
+/// An increment whose bytes do not match its manifest (the part around it
+/// re-sealed, so only the file's own checksum can tell) fails the restore
+/// naming the file; the target holds no pg_control.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_increment_fails_the_restore() {
+    use pgpitr_repo::object;
+    let major = 17;
+    if !wanted(major) {
+        return;
+    }
+    let backend = Backend::local();
+    let pg = summarizing(major);
+    pg.pgbench(&["-i", "-q", "-s", "1"]);
+    take_backup(&pg, &backend);
+    pg.sql("UPDATE pgbench_accounts SET abalance = 7 WHERE aid <= 3000");
+    // One uncompressed part: the test can find a file in it and re-seal it.
+    let mut cmd = pgpitr();
+    cmd.args(["backup", "--repo", &backend.url(), "-d", &conninfo(&pg), "--checkpoint", "fast"])
+        .args(["--incremental", "--json", "--compress", "none", "--part-size", "1GiB"])
+        .env("PGPASSWORD", REPL_PASSWORD);
+    let raw = run(&mut cmd).ok().stdout;
+    let mut inc: BackupInfo = serde_json::from_str(&raw).unwrap();
+    let base = inc.archives.iter().position(|a| a.name == "base").unwrap();
+    assert_eq!(inc.archives[base].parts.len(), 1);
+    let dir = backend.local_path().join(format!("backups/{}", inc.id));
+    let part = dir.join("base/000000");
+    let (header, tar) = object::decode(&std::fs::read(&part).unwrap()).unwrap();
+    let mut tar = tar.to_vec();
+    // The first increment with blocks: past its first 8 KiB (header and
+    // block numbers), a byte of block data.
+    let mut at = 0;
+    let (name, data) = loop {
+        let name = String::from_utf8_lossy(&tar[at..at + 100]).trim_end_matches('\0').to_string();
+        let size = u64::from_str_radix(String::from_utf8_lossy(&tar[at + 124..at + 135]).trim(), 8).unwrap() as usize;
+        assert!(!name.is_empty(), "no increment with blocks in the archive");
+        if name.contains("INCREMENTAL.") && size > 8192 {
+            break (name, at + 512);
+        }
+        at += 512 + size.div_ceil(512) * 512;
+    };
+    tar[data + 8192 + 100] ^= 0xff;
+    let sealed = object::encode(header.tli, header.start, &tar, object::Codec::None, &Default::default());
+    std::fs::write(&part, &sealed).unwrap();
+    inc.archives[base].parts[0].crc = crc32fast::hash(&tar);
+    inc.archives[base].parts[0].stored_len = sealed.len() as u64;
+    std::fs::write(dir.join("backup.json"), serde_json::to_vec_pretty(&inc).unwrap()).unwrap();
+
+    let target = tempfile::tempdir().unwrap();
+    let data_dir = target.path().join("data");
+    let out = run(&mut restore_cmd(&backend, &data_dir, &["--target", "immediate"]));
+    let name = name.trim_start_matches("./");
+    out.fails_with(&[&format!("backup {}", inc.id), name, "CRC-32C"]);
+    assert!(data_dir.join("base").exists(), "the restore had begun");
+    assert!(!data_dir.join("global/pg_control").exists(), "a failed restore leaves no pg_control");
 }

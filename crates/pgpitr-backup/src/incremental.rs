@@ -1,8 +1,9 @@
-//! Choosing what a backup is incremental to. PostgreSQL 17 and later take
-//! incrementals natively: the parent's `backup_manifest` goes up with
-//! `UPLOAD_MANIFEST`, and `BASE_BACKUP (INCREMENTAL)` then sends changed
-//! relation files as `INCREMENTAL.<name>` (only the blocks that the
-//! server's WAL summaries say changed since the parent's start).
+//! Choosing what a backup is incremental to, and how. PostgreSQL 17 and
+//! later take incrementals natively: the parent's `backup_manifest` goes up
+//! with `UPLOAD_MANIFEST`, and `BASE_BACKUP (INCREMENTAL)` then sends changed
+//! relation files as `INCREMENTAL.<name>` (only the blocks the server's WAL
+//! summaries say changed since the parent's start). Before 17, pgpitr keeps
+//! a block delta of the whole backup itself (`delta.rs`).
 
 use crate::{BackupError, BackupOptions, IncrementalMode};
 use bytes::Bytes;
@@ -10,14 +11,20 @@ use pgpitr_pgwire::ReplicationConnection;
 use pgpitr_repo::Repository;
 use pgpitr_repo::backup::{BackupInfo, Incremental, IncrementalMethod};
 use pgpitr_repo::catalog::Catalog;
+use pgpitr_repo::increment;
 use pgpitr_repo::reader::BackupReader;
 use pgpitr_types::TimelineId;
+use std::collections::HashSet;
+use std::sync::Arc;
 
 /// The backup a new one builds on, with its manifest as stored.
 #[derive(Clone)]
 pub(crate) struct Parent {
     pub info: BackupInfo,
     pub manifest: Bytes,
+    pub method: IncrementalMethod,
+    /// The files it holds, by their restored path (for a delta).
+    pub files: Arc<HashSet<Vec<u8>>>,
 }
 
 impl Parent {
@@ -26,7 +33,7 @@ impl Parent {
             parent: self.info.id.clone(),
             from_lsn: self.info.start_lsn,
             from_tli: self.info.timeline,
-            method: IncrementalMethod::Native,
+            method: self.method,
             chain_length: self.info.chain_length() + 1,
         }
     }
@@ -36,7 +43,7 @@ impl Parent {
 /// a warning before a full backup otherwise.
 fn refuse(opts: &BackupOptions, why: String) -> Result<Option<Parent>, BackupError> {
     match opts.incremental {
-        IncrementalMode::Require => Err(BackupError::Invalid(format!("--incremental: {why}"))),
+        IncrementalMode::Require(_) => Err(BackupError::Invalid(format!("--incremental: {why}"))),
         _ => {
             tracing::warn!("taking a full backup instead of an incremental one: {why}");
             Ok(None)
@@ -52,20 +59,25 @@ pub(crate) async fn choose_parent(
     tli: TimelineId,
     opts: &BackupOptions,
 ) -> Result<Option<Parent>, BackupError> {
-    if opts.incremental == IncrementalMode::Off {
-        return Ok(None);
-    }
     let major = repo.major();
-    if !major.native_incremental() {
+    let method = match opts.incremental {
+        IncrementalMode::Off => return Ok(None),
+        IncrementalMode::Prefer | IncrementalMode::Require(None) if major.native_incremental() => {
+            IncrementalMethod::Native
+        }
+        IncrementalMode::Prefer | IncrementalMode::Require(None) => IncrementalMethod::Delta,
+        IncrementalMode::Require(Some(m)) => m,
+    };
+    if method == IncrementalMethod::Native && !major.native_incremental() {
         return refuse(
             opts,
             format!(
-                "PostgreSQL {major} cannot take incremental backups (native incrementals need 17 or later); \
-                 take a full backup"
+                "PostgreSQL {major} cannot take native incremental backups (17 and later can); \
+                 --incremental=delta (the default before 17) keeps a block delta instead"
             ),
         );
     }
-    if conn.show("summarize_wal").await? != "on" {
+    if method == IncrementalMethod::Native && conn.show("summarize_wal").await? != "on" {
         return refuse(
             opts,
             "the server does not summarize its WAL: set summarize_wal = on (ALTER SYSTEM SET summarize_wal = on; \
@@ -78,7 +90,7 @@ pub(crate) async fn choose_parent(
         return refuse(opts, format!("timeline {tli} has no history file in the repository"));
     };
     // The newest complete backup whose start this timeline's history holds.
-    let Some(newest) = cat.points().iter().rev().filter(|b| path.holds_backup(b)).max_by_key(|b| b.start_lsn) else {
+    let Some(newest) = cat.points().iter().filter(|b| path.holds_backup(b)).max_by_key(|b| b.start_lsn) else {
         return refuse(
             opts,
             format!("no complete backup on the history of timeline {tli} to build on; take a full backup first"),
@@ -124,6 +136,7 @@ pub(crate) async fn choose_parent(
             info.id
         )));
     }
+    let files = reader.manifest().files.iter().map(|f| increment::output_name(None, &f.path).0).collect();
     let manifest = reader.raw_manifest().clone();
-    Ok(Some(Parent { info, manifest }))
+    Ok(Some(Parent { info, manifest, method, files: Arc::new(files) }))
 }

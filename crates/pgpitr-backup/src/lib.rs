@@ -22,6 +22,7 @@
 //!   against the manifest, and writes `global/pg_control` last, so a
 //!   half-extracted directory can never start.
 
+mod delta;
 mod incremental;
 mod notice;
 mod progress;
@@ -35,6 +36,7 @@ pub use progress::{BackupPhase, BackupProgress};
 pub use schedule::{Schedule, ScheduleStats, run_scheduled};
 pub use take::take_backup;
 
+pub use pgpitr_repo::backup::IncrementalMethod;
 use pgpitr_types::{Lsn, TimelineId};
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,12 +159,13 @@ pub enum IncrementalMode {
     /// A full backup.
     Off,
     /// Incremental to the newest backup when the server and the repository
-    /// allow it, else a full backup with a warning saying why (scheduled
-    /// backups).
+    /// allow it (natively from 17 on, by block delta before), else a full
+    /// backup with a warning saying why (scheduled backups).
     Prefer,
-    /// Incremental, or an error saying why not (`backup --incremental`).
-    /// A chain already `max_chain` long still gets a full backup.
-    Require,
+    /// Incremental, or an error saying why not (`backup --incremental`):
+    /// by this method, or (`None`) natively from 17 on and by block delta
+    /// before. A chain already `max_chain` long still gets a full backup.
+    Require(Option<IncrementalMethod>),
 }
 
 /// `--max-chain`'s default: a full backup and six incrementals.

@@ -1,12 +1,15 @@
 //! Taking one base backup: claim an ID, stream the archives into parts,
 //! store the manifest, make the WAL durable, and only then `backup.json`.
 
+use crate::delta::{DeltaFilter, DeltaStats, Replaced};
 use crate::incremental::{Parent, choose_parent};
 use crate::notice::{DATA_CORRUPTED, parse_checksum_notice};
 use crate::progress::{BackupPhase, BackupProgress};
 use crate::upload::{PartJob, Uploader, encode_part, put_retrying};
 use crate::walrange::{WalFetcher, WalNeed, ensure_wal, stored_end};
-use crate::{Algorithm, BackupError, BackupOptions, Compression, IncrementalMode, MAX_PART_SIZE, WalMode};
+use crate::{
+    Algorithm, BackupError, BackupOptions, Compression, IncrementalMethod, IncrementalMode, MAX_PART_SIZE, WalMode,
+};
 use bytes::{Bytes, BytesMut};
 use pgpitr_pgwire::{BaseBackupMessage, ConnConfig, ReplicationConnection, quote_literal};
 use pgpitr_repo::backup::{
@@ -230,6 +233,15 @@ impl Mode {
         }
     }
 
+    /// A block delta reads the plain tar: compression moves to this side.
+    fn for_delta(c: Compression) -> Mode {
+        match c {
+            Compression::Auto => Mode::Plain(Codec::Lz4),
+            Compression::Server(a) | Compression::Client(a) => Mode::Plain(client_codec(a)),
+            Compression::None => Mode::Plain(Codec::None),
+        }
+    }
+
     fn is_server(self) -> bool {
         matches!(self, Mode::Server(_))
     }
@@ -290,6 +302,16 @@ struct Received {
     /// The server's latest progress report: tar bytes sent so far.
     tar_progress: u64,
     failures: Vec<ChecksumFailure>,
+    /// A block delta's filter and what it kept.
+    delta: Option<DeltaState>,
+}
+
+#[derive(Default)]
+struct DeltaState {
+    /// The open archive's filter.
+    current: Option<DeltaFilter>,
+    replaced: Vec<Replaced>,
+    stats: DeltaStats,
 }
 
 impl Received {
@@ -305,22 +327,32 @@ impl Received {
             finished: None,
             tar_progress: 0,
             failures: Vec::new(),
+            delta: None,
         }
     }
 
     /// Cuts the open archive's buffered tail into a last part, and notes the
-    /// tar size of a compressed archive.
-    fn close_archive(&mut self) -> Option<PartJob> {
-        let mut a = self.open.take()?;
+    /// tar size of a compressed archive (and what its delta kept).
+    fn close_archive(&mut self) -> Result<Option<PartJob>, BackupError> {
+        if let Some(d) = self.delta.as_mut()
+            && let Some(f) = d.current.take()
+        {
+            f.finish().map_err(|e| proto(&format!("block delta: {e}")))?;
+            d.replaced.extend(f.replaced);
+            d.stats.files += f.stats.files;
+            d.stats.blocks_seen += f.stats.blocks_seen;
+            d.stats.blocks_kept += f.stats.blocks_kept;
+        }
+        let Some(mut a) = self.open.take() else { return Ok(None) };
         if self.mode.is_server()
             && let Some(info) = self.archives.get_mut(a.idx)
         {
             info.tar_bytes = self.tar_progress.checked_sub(a.tar_start).filter(|&n| n > 0);
         }
         if a.buf.is_empty() {
-            return None;
+            return Ok(None);
         }
-        Some(self.cut(&mut a))
+        Ok(Some(self.cut(&mut a)))
     }
 
     fn cut(&self, a: &mut OpenArchive) -> PartJob {
@@ -420,24 +452,27 @@ async fn run(
     };
     progress.set_phase(BackupPhase::Checkpoint);
     tracing::info!(checkpoint = opts.checkpoint.as_str(), "waiting for the server's backup checkpoint");
-    let mut mode = Mode::first(opts.compression, repo.major());
-    if opts.compression == Compression::Auto && !mode.is_server() {
+    let delta = parent.as_ref().is_some_and(|p| p.method == IncrementalMethod::Delta);
+    let mut mode = if delta { Mode::for_delta(opts.compression) } else { Mode::first(opts.compression, repo.major()) };
+    if opts.compression == Compression::Auto && !mode.is_server() && !delta {
         tracing::info!("PostgreSQL {} cannot compress base backups: compressing with lz4 here", repo.major());
     }
     let rx = loop {
-        if let Some(p) = &parent {
-            // The server keeps an uploaded manifest for one BASE_BACKUP.
+        let native = parent.as_ref().filter(|p| p.method == IncrementalMethod::Native);
+        if let Some(p) = native {
+            // Uploaded again for every attempt: one manifest, one BASE_BACKUP.
             conn.upload_manifest(&p.manifest).await.map_err(|e| refused_parent(p, e.into()))?;
         }
-        let err = match receive(repo, conn, id, opts, mode, parent.is_some(), cancel).await {
+        let job = Job { id, mode, native: native.is_some(), delta: parent.as_ref().filter(|_| delta) };
+        let err = match receive(repo, conn, &job, opts, cancel).await {
             Ok(rx) => break rx,
             Err(e) => e,
         };
-        if let Some(p) = &parent
+        if let Some(p) = native
             && server_refused(&err)
             && server_cannot(&err, mode_algorithm(mode)).is_none()
         {
-            if opts.incremental == IncrementalMode::Require {
+            if matches!(opts.incremental, IncrementalMode::Require(_)) {
                 return Err(refused_parent(p, err));
             }
             tracing::warn!(parent = %p.info.id, "taking a full backup instead of an incremental one: {err}");
@@ -463,6 +498,19 @@ async fn run(
     let failures = rx.failures;
     let (start_lsn, tli) = rx.started.ok_or_else(|| proto("the backup never started"))?;
     let raw_manifest = rx.manifest.ok_or_else(|| proto("the server sent no backup manifest"))?.freeze();
+    // A delta's manifest lists what is stored: the parts of files kept in part.
+    let raw_manifest = match &rx.delta {
+        Some(d) => {
+            tracing::info!(
+                files = d.stats.files,
+                blocks = d.stats.blocks_seen,
+                kept = d.stats.blocks_kept,
+                "block delta: relation files kept in part"
+            );
+            Bytes::from(crate::delta::rewrite_manifest(&raw_manifest, &d.replaced).map_err(|e| proto(&e))?)
+        }
+        None => raw_manifest,
+    };
     let manifest = Manifest::parse(&raw_manifest).map_err(|e| proto(&format!("backup manifest: {e}")))?;
     if let Some(sysid) = manifest.system_identifier
         && sysid != repo.binding().system_identifier
@@ -570,19 +618,32 @@ fn refused_parent(p: &Parent, e: BackupError) -> BackupError {
 /// Runs BASE_BACKUP and stores every archive part; returns once all parts
 /// are durable. Nothing is stored before the server has started the backup,
 /// so a refusal of the options can be retried with others.
+/// One attempt at the backup: where it goes, how it is compressed, and
+/// what it is incremental to.
+struct Job<'a> {
+    id: &'a BackupId,
+    mode: Mode,
+    /// `BASE_BACKUP (INCREMENTAL)`, the parent's manifest uploaded.
+    native: bool,
+    /// A block delta against this parent.
+    delta: Option<&'a Parent>,
+}
+
 async fn receive(
     repo: &Repository,
     conn: &mut ReplicationConnection,
-    id: &BackupId,
+    job: &Job<'_>,
     opts: &BackupOptions,
-    mode: Mode,
-    incremental: bool,
     cancel: &CancellationToken,
 ) -> Result<Received, BackupError> {
+    let (id, mode) = (job.id, job.mode);
     let progress = opts.progress.clone();
     let storage = repo.storage().clone();
     let mut rx = Received::new(mode);
-    let mut bb = conn.base_backup(&options(opts, mode, repo.major().base_backup(), incremental)).await?;
+    if job.delta.is_some() {
+        rx.delta = Some(DeltaState::default());
+    }
+    let mut bb = conn.base_backup(&options(opts, mode, repo.major().base_backup(), job.native)).await?;
     // The timeline is known only once the backup has started.
     let mut uploader: Option<Uploader> = None;
     loop {
@@ -633,7 +694,7 @@ async fn receive(
             }
             BaseBackupMessage::Archive { name, tablespace_location } => {
                 let up = uploader.as_mut().ok_or_else(|| proto("an archive began before the backup started"))?;
-                if let Some(job) = rx.close_archive() {
+                if let Some(job) = rx.close_archive()? {
                     submit(up, job, cancel).await?;
                 }
                 let (stem, compression) =
@@ -656,6 +717,9 @@ async fn receive(
                     compression,
                     tar_bytes: None,
                 });
+                if let (Some(d), Some(p)) = (rx.delta.as_mut(), job.delta) {
+                    d.current = Some(DeltaFilter::new(p.info.start_lsn, p.files.clone(), oid));
+                }
                 rx.open = Some(OpenArchive {
                     idx: rx.archives.len() - 1,
                     name: stem,
@@ -674,6 +738,11 @@ async fn receive(
                 let mut a = rx.open.take().ok_or_else(|| proto("data before any archive"))?;
                 if !mode.is_server() {
                     BackupProgress::add(&progress.received, d.len() as u64);
+                }
+                if let Some(f) = rx.delta.as_mut().and_then(|x| x.current.as_mut()) {
+                    let mut out = Vec::with_capacity(d.len() + 1024);
+                    f.feed(&d, &mut out).map_err(|e| proto(&format!("archive {}: {e}", a.name)))?;
+                    d = Bytes::from(out);
                 }
                 while !d.is_empty() {
                     let take = (opts.part_size - a.buf.len()).min(d.len());
@@ -694,7 +763,7 @@ async fn receive(
             }
             BaseBackupMessage::ManifestStart => {
                 let up = uploader.as_mut().ok_or_else(|| proto("manifest before the backup started"))?;
-                if let Some(job) = rx.close_archive() {
+                if let Some(job) = rx.close_archive()? {
                     submit(up, job, cancel).await?;
                 }
                 rx.manifest = Some(BytesMut::new());
@@ -709,7 +778,7 @@ async fn receive(
         "all archives received"
     );
     let mut uploader = uploader.ok_or_else(|| proto("the server sent no backup"))?;
-    if let Some(job) = rx.close_archive() {
+    if let Some(job) = rx.close_archive()? {
         submit(&mut uploader, job, cancel).await?;
     }
     let parts = tokio::select! {

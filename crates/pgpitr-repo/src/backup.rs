@@ -308,6 +308,20 @@ pub enum IncrementalMethod {
     /// PostgreSQL 17+: `UPLOAD_MANIFEST`, then `BASE_BACKUP (INCREMENTAL)`.
     /// Changed relation files arrive as `INCREMENTAL.<name>`.
     Native,
+    /// pgpitr's block delta (any major, the way for 14 to 16): the server
+    /// sends everything; relation files the parent holds are stored as
+    /// `PGPITR_DELTA.<k>.<name>`, the blocks with a page LSN at or past the
+    /// parent's start (`pgpitr_repo::increment`).
+    Delta,
+}
+
+impl IncrementalMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncrementalMethod::Native => "native",
+            IncrementalMethod::Delta => "delta",
+        }
+    }
 }
 
 impl BackupInfo {

@@ -12,6 +12,7 @@ pub mod chain;
 pub mod copy;
 pub mod drills;
 pub mod flat;
+pub mod increment;
 pub mod keys;
 pub mod layout;
 pub mod lease;

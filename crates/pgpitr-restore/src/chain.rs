@@ -23,7 +23,8 @@
 
 use crate::datadir::{DataDir, ExtractOptions, Extracted, Out, plan_tablespaces, prepare_empty_dir};
 use pgpitr_repo::Repository;
-use pgpitr_repo::backup::BackupInfo;
+use pgpitr_repo::backup::{BackupInfo, IncrementalMethod};
+use pgpitr_repo::increment::{BLCKSZ, MAGIC as INCREMENTAL_MAGIC, RELSEG_SIZE, output_name};
 use pgpitr_repo::reader::{BackupReader, EntrySink, ReadError, SMALL_FILE_LIMIT, file_corrupt};
 use pgpitr_types::{Lsn, TimelineId};
 use std::collections::{HashMap, HashSet};
@@ -33,30 +34,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-/// PostgreSQL's block size: increments are made of these.
-const BLCKSZ: u64 = 8192;
-/// Blocks per relation segment file: no increment holds more.
-const RELSEG_SIZE: u32 = 131_072;
-const INCREMENTAL_MAGIC: u32 = 0xd3ae_1f0d;
-const INCREMENTAL_PREFIX: &[u8] = b"INCREMENTAL.";
 const BACKUP_LABEL: &[u8] = b"backup_label";
 
 /// A file of the output: its tablespace (`None`: the data directory) and
 /// its path in that archive.
 type Key = (Option<u32>, Vec<u8>);
-
-/// The name a backup's file has in the output, and whether the backup
-/// holds it as an increment. Only relation files (under `base/`, `global/`
-/// or a tablespace) are increments, as for pg_combinebackup.
-fn output_name(space: Option<u32>, rel: &[u8]) -> (Vec<u8>, bool) {
-    let split = rel.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1);
-    let (dir, name) = rel.split_at(split);
-    let relation_dir = space.is_some() || rel.starts_with(b"base/") || rel.starts_with(b"global/");
-    match name.strip_prefix(INCREMENTAL_PREFIX) {
-        Some(n) if relation_dir && !n.is_empty() => ([dir, n].concat(), true),
-        _ => (rel.to_vec(), false),
-    }
-}
 
 /// What older backups still owe a file of the output.
 #[derive(Debug)]
@@ -233,11 +215,18 @@ impl Blocks {
             return Err(bad(format!("names block {b}, past a segment's {RELSEG_SIZE}")));
         }
         let Source::Increment { stage, newest } = &mut self.source else { return Ok(()) };
-        if let Some(id) = newest {
-            // As long as its truncation length, or its last block.
-            let blocks_len = blocks.iter().map(|&b| b + 1).max().unwrap_or(0).max(truncation);
-            self.file.set_len(u64::from(blocks_len) * BLCKSZ)?;
-            self.owed = Some(Owed::new(self.path.clone(), truncation, id));
+        match (newest, &self.owed) {
+            (Some(id), None) => {
+                // As long as its truncation length, or its last block.
+                let blocks_len = blocks.iter().map(|&b| b + 1).max().unwrap_or(0).max(truncation);
+                self.file.set_len(u64::from(blocks_len) * BLCKSZ)?;
+                self.owed = Some(Owed::new(self.path.clone(), truncation, id));
+            }
+            // A later part of the newest backup's delta of the file.
+            (Some(_), Some(o)) if o.limit != truncation => {
+                return Err(bad(format!("says the file is {truncation} blocks long, an earlier part {}", o.limit)));
+            }
+            _ => {}
         }
         let padding = if blocks.is_empty() { 0 } else { (BLCKSZ - (12 + 4 * blocks.len() as u64) % BLCKSZ) % BLCKSZ };
         *stage = match (blocks.is_empty(), padding) {
@@ -282,10 +271,10 @@ impl Blocks {
         Ok(buf.len())
     }
 
-    /// The member is read: what its file is still owed, if anything.
+    /// The member is read: what is known of what its file is owed.
     fn finish(self) -> io::Result<Option<Owed>> {
         match self.source {
-            Source::Increment { stage: Stage::Done, .. } => Ok(self.owed.filter(|o| !o.complete())),
+            Source::Increment { stage: Stage::Done, .. } => Ok(self.owed),
             Source::Increment { .. } => Err(bad("ends inside its increment".into())),
             // A whole copy ends the search: blocks it lacks are zeros.
             Source::Whole { .. } => Ok(None),
@@ -375,11 +364,17 @@ impl EntrySink for Newest {
         if !increment {
             return Ok(Entry::Plain(self.dir.open(space, rel, size)?));
         }
+        let path = self.dir.path(space, &name)?;
+        let source = Source::Increment { stage: Stage::Header(Vec::new()), newest: Some(self.info.id.clone()) };
+        // A block delta may hold a file in several parts: the first makes it.
+        if let Some(owed) = self.owed.remove(&(space, name.clone())) {
+            let file = fs::OpenOptions::new().write(true).open(&path).map_err(|e| ReadError::io(&path, e))?;
+            return Ok(Entry::Blocks(Box::new(Blocks { file, owed: Some(owed), path, size, source })));
+        }
         let Out::Disk(file) = self.dir.open(space, &name, size)? else {
             return Err(file_corrupt(&self.info.id, rel, "is an increment of a file kept for the end".into()));
         };
-        let path = self.dir.path(space, &name)?;
-        let source = Source::Increment { stage: Stage::Header(Vec::new()), newest: Some(self.info.id.clone()) };
+        self.dir.wrote(path.clone());
         Ok(Entry::Blocks(Box::new(Blocks { file, owed: None, path, size, source })))
     }
 
@@ -392,11 +387,10 @@ impl EntrySink for Newest {
                 self.dir.write_new(&path, &label)
             }
             Entry::Blocks(b) => {
-                let path = b.path.clone();
+                // Kept even when nothing is owed, for the file's later parts.
                 if let Some(owed) = b.finish().map_err(|e| failed(&self.info.id, space, rel, None, e))? {
                     self.owed.insert((space, output_name(space, rel).0), owed);
                 }
-                self.dir.wrote(path);
                 Ok(())
             }
             Entry::Skip => Ok(()),
@@ -446,6 +440,7 @@ impl EntrySink for Older {
     fn close(&mut self, space: Option<u32>, rel: &[u8], file: Entry) -> Result<(), ReadError> {
         if let Entry::Blocks(b) = file
             && let Some(owed) = b.finish().map_err(|e| failed(&self.id, space, rel, None, e))?
+            && !owed.complete()
         {
             self.owed.insert((space, output_name(space, rel).0), owed);
         }
@@ -462,6 +457,13 @@ impl EntrySink for Older {
 fn strip_label(info: &BackupInfo, label: &[u8]) -> Result<Vec<u8>, String> {
     let text = std::str::from_utf8(label).map_err(|_| "is not UTF-8".to_string())?;
     let inc = info.incremental.as_ref().ok_or("backup.json says it is a full backup")?;
+    if inc.method == IncrementalMethod::Delta {
+        // The server took a full backup: pgpitr made the delta.
+        if text.contains("INCREMENTAL FROM") {
+            return Err("has INCREMENTAL FROM lines, backup.json says it is a block delta".into());
+        }
+        return Ok(label.to_vec());
+    }
     let (mut lsn, mut tli) = (None, None);
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
@@ -521,6 +523,7 @@ pub async fn extract_chain(
     };
     let (sink, stats) = reader.read(sink).await?;
     let Newest { dir, mut owed, .. } = sink;
+    owed.retain(|_, o| !o.complete());
     let mut out = Extracted { read: stats, ..Extracted::default() };
     for (i, info) in older.iter().enumerate().rev() {
         if owed.is_empty() {
@@ -551,18 +554,4 @@ pub async fn extract_chain(
     tokio::task::spawn_blocking(move || dir.finish(None, &mut out).map(|()| out))
         .await
         .map_err(|e| ReadError::Invalid(format!("internal error: {e}")))?
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn increments_are_relation_files_only() {
-        assert_eq!(output_name(None, b"base/5/INCREMENTAL.16384"), (b"base/5/16384".to_vec(), true));
-        assert_eq!(output_name(None, b"global/INCREMENTAL.1262_vm"), (b"global/1262_vm".to_vec(), true));
-        assert_eq!(output_name(Some(16385), b"PG_17_1/5/INCREMENTAL.1.2"), (b"PG_17_1/5/1.2".to_vec(), true));
-        assert_eq!(output_name(None, b"pg_xact/INCREMENTAL.0000"), (b"pg_xact/INCREMENTAL.0000".to_vec(), false));
-        assert_eq!(output_name(None, b"base/5/16384"), (b"base/5/16384".to_vec(), false));
-    }
 }

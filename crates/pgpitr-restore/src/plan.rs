@@ -154,7 +154,10 @@ pub async fn plan(cat: &mut Catalog, req: &PlanRequest) -> Result<Plan> {
         let Some(tli) = tli else { break };
         match plan_on(cat, req, tli).await {
             Ok(mut p) => {
-                p.chain = chain_of(cat, &p.backup.id)?;
+                p.chain = match &p.backup.parent {
+                    None => vec![p.backup.id.clone()],
+                    Some(_) => chain_of(cat, &p.backup.id)?,
+                };
                 return Ok(p);
             }
             Err(e) if matches!(req.timeline, TimelineTarget::Current) => {

@@ -594,11 +594,14 @@ pub struct BackupArgs {
     #[arg(long, value_name = "KBPS", value_parser = clap::value_parser!(u32).range(32..=1_048_576))]
     pub max_rate: Option<u32>,
     /// Take an incremental backup: only what changed since the newest
-    /// complete backup on this timeline's history (PostgreSQL 17 and later,
-    /// with summarize_wal = on). Fails, saying why, when none can be taken;
-    /// a full backup is taken when the chain already holds --max-chain backups.
-    #[arg(long)]
-    pub incremental: bool,
+    /// complete backup on this timeline's history. `native` (the default on
+    /// 17 and later, with summarize_wal = on): the server sends only changed
+    /// blocks; `delta` (the default before 17): the server sends everything
+    /// and pgpitr keeps the blocks written since that backup. Fails, saying
+    /// why, when none can be taken; a full backup is taken when the chain
+    /// already holds --max-chain backups.
+    #[arg(long, value_enum, value_name = "METHOD", num_args = 0..=1, default_missing_value = "auto")]
+    pub incremental: Option<IncrementalArg>,
     /// The most backups a chain may hold, its full backup included; past
     /// it, --incremental takes a full backup.
     #[arg(long, value_name = "N", default_value_t = pgpitr_backup::DEFAULT_MAX_CHAIN, value_parser = clap::value_parser!(u32).range(2..=100))]
@@ -606,6 +609,17 @@ pub struct BackupArgs {
     /// Print the backup's metadata as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// How `backup --incremental` takes the backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IncrementalArg {
+    /// Natively from 17 on, by block delta before.
+    Auto,
+    /// `BASE_BACKUP (INCREMENTAL)` (17 and later, summarize_wal = on).
+    Native,
+    /// pgpitr's block delta (any major).
+    Delta,
 }
 
 /// What `pgpitr backup hold|release ID` does.

@@ -17,6 +17,9 @@ pub struct BackupPoint {
     pub stop_time_us: i64,
     /// What it takes on disk once restored (its tar archives' bytes).
     pub size_bytes: u64,
+    /// The backup it builds on, when incremental.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 impl BackupPoint {
@@ -34,6 +37,7 @@ impl BackupPoint {
             stop_lsn: info.stop_lsn,
             stop_time_us: stop.as_microsecond(),
             size_bytes: info.size_bytes,
+            parent: info.parent().map(str::to_string),
         })
     }
 }

@@ -14,7 +14,7 @@
 //! part being read.
 
 pub mod manifest;
-pub(crate) mod tar;
+pub mod tar;
 
 pub use manifest::{Manifest, ManifestFile, WalRange};
 

@@ -5,17 +5,17 @@
 
 use std::io::{self, BufRead};
 
-pub(crate) const BLOCK: usize = 512;
+pub const BLOCK: usize = 512;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
     File,
     Dir,
     Symlink(Vec<u8>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Header {
+pub struct Header {
     /// Normalised relative path: no `.`, `..` or empty components.
     pub path: Vec<u8>,
     pub kind: Kind,
@@ -52,7 +52,7 @@ fn number(b: &[u8], what: &str) -> Result<u64, String> {
 }
 
 /// Normalises an archive path; `None` when it leaves the archive's root.
-pub(crate) fn clean_path(raw: &[u8]) -> Option<Vec<u8>> {
+pub fn clean_path(raw: &[u8]) -> Option<Vec<u8>> {
     let mut out: Vec<u8> = Vec::with_capacity(raw.len());
     for part in raw.split(|&c| c == b'/') {
         match part {
@@ -70,7 +70,7 @@ pub(crate) fn clean_path(raw: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Parses one header block; `Ok(None)` for an all-zero block (the end).
-pub(crate) fn parse_header(b: &[u8; BLOCK]) -> Result<Option<Header>, String> {
+pub fn parse_header(b: &[u8; BLOCK]) -> Result<Option<Header>, String> {
     if b.iter().all(|&c| c == 0) {
         return Ok(None);
     }
@@ -106,12 +106,12 @@ pub(crate) fn parse_header(b: &[u8; BLOCK]) -> Result<Option<Header>, String> {
 }
 
 /// Rounds a data length up to whole blocks.
-pub(crate) fn padding(size: u64) -> u64 {
+pub fn padding(size: u64) -> u64 {
     (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64
 }
 
 /// Reads exactly one block; `Ok(false)` on a clean end of input before it.
-pub(crate) fn read_block(r: &mut impl BufRead, out: &mut [u8; BLOCK]) -> io::Result<bool> {
+pub fn read_block(r: &mut impl BufRead, out: &mut [u8; BLOCK]) -> io::Result<bool> {
     let mut got = 0;
     while got < BLOCK {
         let buf = r.fill_buf()?;
@@ -130,7 +130,7 @@ pub(crate) fn read_block(r: &mut impl BufRead, out: &mut [u8; BLOCK]) -> io::Res
 }
 
 /// Discards `n` bytes.
-pub(crate) fn skip(r: &mut impl BufRead, mut n: u64) -> io::Result<()> {
+pub fn skip(r: &mut impl BufRead, mut n: u64) -> io::Result<()> {
     while n > 0 {
         let buf = r.fill_buf()?;
         if buf.is_empty() {
@@ -141,6 +141,33 @@ pub(crate) fn skip(r: &mut impl BufRead, mut n: u64) -> io::Result<()> {
         n -= k as u64;
     }
     Ok(())
+}
+
+/// A header for a regular file of `size` bytes at `path` (mode 0600), as
+/// PostgreSQL writes them; a path over 100 bytes goes into ustar's prefix
+/// field. `None` for a path that fits neither way.
+pub fn file_header(path: &[u8], size: u64) -> Option<[u8; BLOCK]> {
+    let (prefix, name) = if path.len() <= 100 {
+        (&b""[..], path)
+    } else {
+        let cut = path.iter().rposition(|&c| c == b'/').filter(|&i| i <= 155 && path.len() - i - 1 <= 100)?;
+        (&path[..cut], &path[cut + 1..])
+    };
+    let mut b = [0u8; BLOCK];
+    b[..name.len()].copy_from_slice(name);
+    b[100..108].copy_from_slice(b"0000600\0");
+    b[108..116].copy_from_slice(b"0000000\0");
+    b[116..124].copy_from_slice(b"0000000\0");
+    b[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    b[136..148].copy_from_slice(b"00000000000\0");
+    b[156] = b'0';
+    b[257..263].copy_from_slice(b"ustar\0");
+    b[263..265].copy_from_slice(b"00");
+    b[345..345 + prefix.len()].copy_from_slice(prefix);
+    b[148..156].copy_from_slice(b"        ");
+    let sum: u32 = b.iter().map(|&c| u32::from(c)).sum();
+    b[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    Some(b)
 }
 
 #[cfg(test)]
@@ -173,6 +200,16 @@ pub(crate) mod tests {
         let h = parse_header(&header("pg_tblspc/16385", b'2', 0, "/srv/ts")).unwrap().unwrap();
         assert_eq!(h.kind, Kind::Symlink(b"/srv/ts".to_vec()));
         assert_eq!(parse_header(&[0u8; BLOCK]).unwrap(), None);
+    }
+
+    #[test]
+    fn file_headers_parse_back() {
+        let h = parse_header(&file_header(b"base/5/PGPITR_DELTA.0.16384", 8204).unwrap()).unwrap().unwrap();
+        assert_eq!((h.path.as_slice(), h.size, h.kind), (&b"base/5/PGPITR_DELTA.0.16384"[..], 8204, Kind::File));
+        let long = format!("PG_16_202307071/{}/{}", "1".repeat(60), "2".repeat(90));
+        let h = parse_header(&file_header(long.as_bytes(), 0).unwrap()).unwrap().unwrap();
+        assert_eq!(h.path, long.as_bytes());
+        assert!(file_header("x".repeat(101).as_bytes(), 0).is_none());
     }
 
     #[test]

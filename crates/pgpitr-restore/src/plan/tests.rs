@@ -74,6 +74,7 @@ impl Repo {
             stop_lsn: stop,
             stop_time_us: secs(stop_s),
             size_bytes: 0,
+            parent: None,
         });
     }
 

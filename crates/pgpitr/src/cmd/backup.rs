@@ -1,8 +1,8 @@
-use crate::cli::{BackupArgs, Checkpoint, Compress, LogFormat};
+use crate::cli::{BackupArgs, Checkpoint, Compress, IncrementalArg, LogFormat};
 use crate::conn;
 use crate::progress::ProgressDisplay;
 use indicatif::HumanBytes;
-use pgpitr_backup::{Algorithm, BackupOptions, CheckpointMode, Compression, IncrementalMode};
+use pgpitr_backup::{Algorithm, BackupOptions, CheckpointMode, Compression, IncrementalMethod, IncrementalMode};
 use pgpitr_repo::Repository;
 use pgpitr_repo::backup::{BackupInfo, WalSource};
 use pgpitr_storage::RepoUrl;
@@ -56,7 +56,12 @@ pub async fn run(args: BackupArgs, log_format: LogFormat) -> anyhow::Result<u8> 
         max_rate_kbps: args.max_rate,
         compression: compression(args.compress),
         zstd_level: args.zstd_level,
-        incremental: if args.incremental { IncrementalMode::Require } else { IncrementalMode::Off },
+        incremental: match args.incremental {
+            None => IncrementalMode::Off,
+            Some(IncrementalArg::Auto) => IncrementalMode::Require(None),
+            Some(IncrementalArg::Native) => IncrementalMode::Require(Some(IncrementalMethod::Native)),
+            Some(IncrementalArg::Delta) => IncrementalMode::Require(Some(IncrementalMethod::Delta)),
+        },
         max_chain: args.max_chain,
         ..BackupOptions::default()
     };
@@ -101,8 +106,12 @@ fn print_summary(info: &BackupInfo, repo: &Repository, took: std::time::Duration
     );
     match &info.incremental {
         Some(i) => println!(
-            "  kind:      incremental to {} (from {} on timeline {}), chain of {} backups",
-            i.parent, i.from_lsn, i.from_tli, i.chain_length
+            "  kind:      incremental ({}) to {} (from {} on timeline {}), chain of {} backups",
+            i.method.as_str(),
+            i.parent,
+            i.from_lsn,
+            i.from_tli,
+            i.chain_length
         ),
         None => println!("  kind:      full"),
     }
