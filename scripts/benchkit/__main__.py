@@ -9,11 +9,11 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import archive, backup, catalog, copy, machine, micro, report, restore, resume, rpo, stream, sync
+from . import archive, backup, catalog, copy, incremental, machine, micro, report, restore, resume, rpo, stream, sync
 from .common import KEY_VARS, Context, log
 
 PARTS = {"micro": micro, "stream": stream, "rpo": rpo, "sync": sync, "backup": backup, "restore": restore,
-         "resume": resume, "catalog": catalog, "copy": copy, "archive": archive}
+         "resume": resume, "catalog": catalog, "copy": copy, "archive": archive, "incremental": incremental}
 
 
 def main():

@@ -38,6 +38,9 @@ def log(msg):
 # pg_basebackup) are: scripts/bench --major N.
 DEBIAN_MAJOR = 15
 MAJOR = int(os.environ.get("PGPITR_BENCH_PG_MAJOR") or DEBIAN_MAJOR)
+# The incremental part runs here unless --major says otherwise: native
+# incremental backups came with 17.
+INCREMENTAL_MAJOR = 17
 
 
 def pg_bindir():

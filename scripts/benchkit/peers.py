@@ -13,9 +13,11 @@ from .common import as_postgres, chown_postgres, run
 class PgBackRest:
     """A posix repository in work/pgbackrest, process-max=2, lz4."""
 
-    def __init__(self, work, stanza="bench"):
+    def __init__(self, work, stanza="bench", binary="pgbackrest", extra=None):
         self.dir = Path(work) / "pgbackrest"
         self.stanza = stanza
+        self.binary = binary
+        self.extra = extra or {}
         for d in (self.dir, self.dir / "repo", self.dir / "lock", self.dir / "spool"):
             d.mkdir(parents=True, exist_ok=True)
             chown_postgres(d)
@@ -26,16 +28,17 @@ class PgBackRest:
         with open(self.conf, "w") as f:
             f.write(f"[global]\nrepo1-path={self.dir / 'repo'}\nrepo1-retention-full=100\nprocess-max=2\n"
                     f"compress-type=lz4\nstart-fast=y\nlog-level-console=warn\nlog-level-stderr=warn\n"
-                    f"log-level-file=off\nlock-path={self.dir / 'lock'}\nspool-path={self.dir / 'spool'}\n\n"
+                    f"log-level-file=off\nlock-path={self.dir / 'lock'}\nspool-path={self.dir / 'spool'}\n"
+                    + "".join(f"{k}={v}\n" for k, v in self.extra.items()) + "\n"
                     f"[{self.stanza}]\npg1-path={pg.data}\npg1-port={pg.port}\npg1-socket-path={pg.sock}\n"
                     f"pg1-user=postgres\n")
         os.chmod(self.conf, 0o644)
 
     def archive_command(self):
-        return f"pgbackrest --config={self.conf} --stanza={self.stanza} archive-push %p"
+        return f"{self.binary} --config={self.conf} --stanza={self.stanza} archive-push %p"
 
     def argv(self, *args):
-        return as_postgres(["pgbackrest", f"--config={self.conf}", f"--stanza={self.stanza}", *args])
+        return as_postgres([self.binary, f"--config={self.conf}", f"--stanza={self.stanza}", *args])
 
     def stanza_create(self):
         run(self.argv("stanza-create"))

@@ -5,26 +5,28 @@ one is listed as not run, with the reason when the run recorded one."""
 import json
 import re
 
-from .common import result_file, summarize
+from .common import INCREMENTAL_MAJOR, result_file, summarize
 
-ORDER = ["micro", "stream", "rpo", "sync", "backup", "restore", "resume", "catalog", "copy", "archive"]
+ORDER = ["micro", "stream", "rpo", "sync", "backup", "restore", "resume", "catalog", "copy", "archive", "incremental"]
 TITLES = {"micro": "Micro-benchmarks (criterion)", "stream": "stream: continuous archiving under load",
           "rpo": "rpo: commit → durable on an idle server", "sync": "sync: primary throughput with a synchronous "
           "archiver", "backup": "backup: base backup throughput", "restore": "restore: point-in-time restore",
           "resume": "Resume and the unfinished segment",
           "catalog": "catalog: reading the repository as it grows",
           "copy": "copy: a second repository in another region",
-          "archive": "Archiving with archive_command (issue 22)"}
+          "archive": "Archiving with archive_command (issue 22)",
+          "incremental": f"incremental: incremental backups and restores from a chain (issue 23, PostgreSQL "
+                         f"{INCREMENTAL_MAJOR})"}
 HOW = {"micro": "scripts/bench micro", "stream": "scripts/bench stream", "rpo": "scripts/bench rpo",
        "sync": "scripts/bench sync", "backup": "scripts/bench backup", "restore": "scripts/bench restore",
        "resume": "scripts/bench resume", "catalog": "scripts/bench catalog", "copy": "scripts/bench copy",
-       "archive": "scripts/bench archive"}
+       "archive": "scripts/bench archive", "incremental": "scripts/bench incremental"}
 
 
 def load(results):
     out = {}
     for p in ORDER:
-        f = results / f"{p}.json"
+        f = results / (result_file(p, INCREMENTAL_MAJOR) if p == "incremental" else f"{p}.json")
         if f.exists():
             out[p] = json.loads(f.read_text())
     return out
@@ -362,6 +364,8 @@ def goals(res):
     rows.append([COPY_GOAL, cell, status(ok, "copy")])
     cell, ok = copy_lag_goal(res.get("copy"))
     rows.append([COPY_LAG_GOAL, cell, status(ok, "copy")])
+    # incremental
+    rows.extend(incremental_goals(res.get("incremental"), status))
     # archive
     for c in ARCHIVE_PEERS:
         cell, ok = archive_goal(res.get("archive"), c)
@@ -858,9 +862,67 @@ def sec_archive(r):
     return "\n".join(out)
 
 
+INC_GOALS = (("size_ratio", "Incremental backup's stored bytes ≤ 5% of a full backup's", 0.05),
+             ("time_ratio", "Incremental backup's time ≤ 0.3× a full backup's (17+: the server reads only changed "
+                            "blocks)", 0.3),
+             ("restore_ratio", "Restore from a chain of 7 ≤ 1.2× a restore from a full backup of the same data", 1.2))
+
+
+def incremental_goals(r, status):
+    """Goal rows of issue 23 from the incremental part's results."""
+    rows = []
+    if not r or r.get("failed") or not r.get("summary"):
+        why = "incremental not run yet" if not r else f"incremental failed: {(r.get('failed') or '')[:120]}"
+        return [[g, why, "not measured"] for _, g, _ in INC_GOALS]
+    S = r["summary"]
+    for key, goal, limit in INC_GOALS:
+        for c in ("pgpitr-native", "pgpitr-delta"):
+            s = S.get(c)
+            if not s or key not in s:
+                continue
+            if key == "time_ratio" and c == "pgpitr-delta":
+                continue  # the server reads everything: not the goal's case
+            peer = S.get("pgbackrest-block", {}).get(key)
+            shown = f"{s[key]:.1%}" if key == "size_ratio" else rtxt(s[key])
+            if peer is not None:
+                shown += f" (pgBackRest block incremental: {peer:.1%})" if key == "size_ratio" \
+                    else f" (pgBackRest block incremental: {rtxt(peer)})"
+            rows.append([f"{goal}: {c}", shown, status(s[key] <= limit, "incremental")])
+    for c in ("pgpitr-native", "pgpitr-delta"):
+        s = S.get(c)
+        if not s:
+            continue
+        b = ratio(med(s["incremental"].get("peak_rss")), med(s["full"].get("peak_rss")))
+        rr = ratio(med(s["restore_chain"].get("peak_rss")), med(s["restore_full"].get("peak_rss")))
+        ok = None if b is None or rr is None else b <= 1.1 and rr <= 1.1
+        rows.append([f"Memory of incremental backups and chain restores within the full ones' (≤ 1.1×): {c}",
+                     f"backup {mib(med(s['incremental'].get('peak_rss')))} vs {mib(med(s['full'].get('peak_rss')))} "
+                     f"= {rtxt(b)}; restore {mib(med(s['restore_chain'].get('peak_rss')))} vs "
+                     f"{mib(med(s['restore_full'].get('peak_rss')))} = {rtxt(rr)}", status(ok, "incremental")])
+    return rows
+
+
+def sec_incremental(r):
+    S = r["summary"]
+    rows = []
+    for c, s in S.items():
+        f, i = s["full"], s["incremental"]
+        rows.append([c, rng(f.get("wall_s"), secs), rng(i.get("wall_s"), secs), rng(f.get("stored_bytes"), mib),
+                     rng(i.get("stored_bytes"), mib),
+                     "–" if s.get("size_ratio") is None else f"{s['size_ratio']:.1%}", rtxt(s.get("time_ratio")),
+                     rng(s["restore_full"].get("wall_s"), secs), rng(s["restore_chain"].get("wall_s"), secs),
+                     rtxt(s.get("restore_ratio")), rng(f.get("peak_rss"), mib), rng(i.get("peak_rss"), mib),
+                     rng(s["restore_chain"].get("peak_rss"), mib), s.get("errors") or 0])
+    head = [f"Database {mib(r.get('database_bytes'))}; {r.get('pgbackrest') or 'no pgBackRest'}.\n"]
+    return "\n".join(head + [table(["contender", "full backup", "incremental", "full stored", "incremental stored",
+                                     "size", "time", "restore full", "restore chain of 7", "restore ratio",
+                                     "backup RSS full", "backup RSS incr.", "restore RSS chain", "failed runs"],
+                                    rows)])
+
+
 SECTIONS = {"micro": sec_micro, "stream": sec_stream, "rpo": sec_rpo, "sync": sec_sync, "backup": sec_backup,
             "restore": sec_restore, "resume": sec_resume, "catalog": sec_catalog, "copy": sec_copy,
-            "archive": sec_archive}
+            "archive": sec_archive, "incremental": sec_incremental}
 
 
 def machine_block(res):
@@ -893,7 +955,7 @@ def write(results, out):
                      "on a machine that may be busy; treat those figures as noisy indications, not as results.\n")
     parts.append("## Machine\n")
     parts.append(machine_block(res) + "\n")
-    parts.append("## Goals (issues 3–6, 17, 19, 21 and 22)\n")
+    parts.append("## Goals (issues 3–6, 17, 19, 21, 22 and 23)\n")
     parts.append(goals(res) + "\n")
     parts.append("## Encryption (issue 20)\n")
     parts.append("Each `-enc` contender is its twin's repository initialised with `PGPITR_KEY_FILE` (AES-256-GCM, "
