@@ -298,8 +298,24 @@ async fn refusals(major: u32) {
     assert_eq!(complete_backups(&backend), 0);
     if major >= 17 {
         refusals_of_the_server(&pg, &backend);
+    } else {
+        recreated_database(&pg, &backend);
     }
     deleted_parent(&pg, &backend);
+}
+
+/// A block delta (15, 16) of a database dropped and made again under the
+/// same OID by copying its template's files (whose pages keep their old
+/// LSNs): refused naming the directory, nothing stored as complete.
+fn recreated_database(pg: &PgCluster, backend: &Backend) {
+    pg.sql("CREATE DATABASE again OID 40000 STRATEGY FILE_COPY; \\c again\nCREATE TABLE t AS SELECT 1 AS x;");
+    take_backup(pg, backend);
+    let before = complete_backups(backend);
+    std::thread::sleep(Duration::from_millis(1100)); // a new second for PG_VERSION's time
+    pg.sql("DROP DATABASE again; CREATE DATABASE again OID 40000 STRATEGY FILE_COPY;");
+    let out = run(&mut backup_cmd(pg, backend, &["--incremental"]));
+    out.fails_with(&["database directory base/40000 was made again since backup", "take a full backup"]);
+    assert_eq!(complete_backups(backend), before, "nothing stored as complete");
 }
 
 /// 17+: summarize_wal off, then on but too late for the parent.
@@ -340,7 +356,7 @@ fn deleted_parent(pg: &PgCluster, backend: &Backend) {
     let listed = run(pgpitr().args(["list", "--repo", &backend.url()])).ok().stdout;
     assert!(listed.contains(&format!("NOT restorable: {named}")), "{listed}");
     let out = run(&mut backup_cmd(pg, backend, &["--incremental"]));
-    out.fails_with(&[&format!("its parent {} is not a complete backup", a.id)]);
+    out.fails_with(&[&format!("the newest backup's chain is broken: {named}")]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,7 +375,8 @@ async fn refusals_on_18() {
 }
 
 /// Below 17 there are no native incrementals: `--incremental native`
-/// says so (and names the block delta).
+/// says so (and names the block delta). A block delta needs page LSNs that
+/// move with hint bits: data checksums or wal_log_hints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_incrementals_are_refused_below_17() {
     let major = 16;
@@ -367,10 +384,12 @@ async fn native_incrementals_are_refused_below_17() {
         return;
     }
     let backend = Backend::local();
-    let pg = PgCluster::builder().major(major).start();
+    let pg = PgCluster::builder().major(major).data_checksums(false).start();
     take_backup(&pg, &backend);
     let out = run(&mut backup_cmd(&pg, &backend, &["--incremental", "native"]));
     out.fails_with(&[&format!("PostgreSQL {major} cannot take native incremental backups"), "--incremental=delta"]);
+    let out = run(&mut backup_cmd(&pg, &backend, &["--incremental"]));
+    out.fails_with(&["a block delta needs data_checksums or wal_log_hints on", "set wal_log_hints = on"]);
     assert_eq!(complete_backups(&backend), 1);
 }
 
@@ -455,7 +474,8 @@ async fn scheduled_chains(major: u32) {
     let mut x = 0;
     let four = wait_for(Duration::from_secs(120), || {
         x += 1;
-        pg.sql(&format!("INSERT INTO t VALUES ({x})"));
+        // A segment each: expiry then has WAL below the kept chain to delete.
+        pg.sql(&format!("INSERT INTO t VALUES ({x}); SELECT pg_switch_wal();"));
         std::thread::sleep(Duration::from_millis(200));
         let v = infos(&backend);
         (v.len() >= 4).then_some(v)
@@ -481,7 +501,14 @@ async fn scheduled_chains(major: u32) {
     assert_eq!(v["plan"]["kept_backups"], serde_json::json!([four[0].id, four[1].id, four[2].id]), "{v}");
     assert_eq!(v["plan"]["kept"][0]["kept_by"][0], serde_json::json!({"rule": "parent", "of": four[1].id}), "{v}");
     assert!(v["plan"]["expired_backups"].as_array().unwrap().is_empty(), "{v}");
+    assert!(v["plan"]["wal_objects"].as_u64().unwrap() > 0, "the parents' own WAL goes: {v}");
     assert_ne!(newest.id, four[2].id);
+    let listed = run(pgpitr().args(["list", "--repo", &backend.url()])).ok().stdout;
+    assert!(listed.contains("restorable only through the incremental backups built on it"), "{listed}");
+    // The parents keep no WAL of their own: still a sound repository.
+    let out = run(pgpitr().args(["verify", "--repo", &backend.url()]));
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    run(pgpitr().args(["verify", "--repo", &backend.url(), "--backup", &four[2].id])).ok();
 
     let mut c = PgCluster::empty_of(major);
     let out = run(&mut restore_cmd(&backend, &c.datadir(), &["--target", "latest"])).ok();

@@ -2,26 +2,85 @@
 //! cannot take them themselves. The server sends the whole tar as usual;
 //! of each relation file the parent holds, pgpitr keeps only the blocks
 //! whose page LSN is at or past the parent's start (written since, or never
-//! WAL-logged: zero), in PostgreSQL 17's increment format, as
-//! `PGPITR_DELTA.<k>.<file>` parts of at most [`PART_BLOCKS`] blocks; every
-//! other file is stored whole. The server still reads everything: upload
-//! and storage shrink, not the primary's reads.
+//! WAL-logged: zero) and those past the end of the parent's copy, in
+//! PostgreSQL 17's increment format, as `PGPITR_DELTA.<k>.<file>` parts of
+//! at most [`PART_BLOCKS`] blocks; every other file is stored whole. The
+//! server still reads everything: upload and storage shrink, not the
+//! primary's reads.
 //!
 //! Why a block's LSN is enough: a page changed since the parent's start
 //! carries the LSN of that change, which is later; one not changed since
 //! was on disk, the same bytes, when the parent read it (its start
 //! checkpoint wrote every page dirtied before it). Pages changed while the
 //! backup reads are rewritten by WAL replay from the backup's start, as for
-//! any base backup; hint bits set without WAL are hints.
+//! any base backup. What changes a page without a new LSN is kept out of
+//! this reasoning: hint bits, the heap's all-visible flag among them, move
+//! the LSN only with data checksums or `wal_log_hints` (`incremental.rs`
+//! requires one); free-space and visibility maps are stored whole. Files
+//! the server copies whole keep their pages' old LSNs (`CREATE DATABASE`
+//! with `FILE_COPY`, `ALTER DATABASE SET TABLESPACE`): a copy the parent
+//! caught half-done is completed by the blocks past its end, and a database
+//! made again since the parent is found by [`recreated_databases`].
 
 use pgpitr_repo::increment::{self, BLCKSZ, RELSEG_SIZE};
+use pgpitr_repo::reader::Manifest;
 use pgpitr_repo::reader::tar::{self, BLOCK, Kind};
 use pgpitr_types::Lsn;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Blocks per stored part of one file's delta: 8 MiB held at most.
 pub(crate) const PART_BLOCKS: usize = 1024;
+
+/// How the parent holds a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ParentFile {
+    /// Whole, this many blocks long.
+    Whole { blocks: u32 },
+    /// In increments (its own chain holds the rest).
+    Increment,
+}
+
+/// The parent's files by restored path, from its manifest.
+pub(crate) fn parent_files(manifest: &Manifest) -> HashMap<Vec<u8>, ParentFile> {
+    manifest
+        .files
+        .iter()
+        .map(|f| match increment::output_name(None, &f.path) {
+            (name, true) => (name, ParentFile::Increment),
+            (name, false) => (name, ParentFile::Whole { blocks: (f.size / BLCKSZ).min(u64::from(u32::MAX)) as u32 }),
+        })
+        .collect()
+}
+
+/// The database directories (`base/<oid>` or `pg_tblspc/<oid>/<version>/<oid>`)
+/// whose `PG_VERSION` was written again since the parent copied it: a
+/// database dropped and made again under the same OID, or copied into
+/// place (`FILE_COPY`) while the parent read it. Their files' pages may
+/// carry LSNs older than the parent's start and still differ from the
+/// parent's copies, so a delta of them is not to be trusted. Compared by
+/// the manifests' `Last-Modified`, which the server takes from the files.
+pub(crate) fn recreated_databases(parent: &[u8], child: &[u8]) -> Result<Vec<String>, String> {
+    let modified = |raw: &[u8]| -> Result<HashMap<String, String>, String> {
+        let v: serde_json::Value = serde_json::from_slice(raw).map_err(|e| format!("backup manifest: {e}"))?;
+        let files = v.get("Files").and_then(|f| f.as_array()).ok_or("backup manifest: no Files")?;
+        Ok(files
+            .iter()
+            .filter_map(|f| {
+                let path = f.get("Path")?.as_str()?;
+                let dir = path.strip_suffix("/PG_VERSION")?;
+                let db = dir.starts_with("base/") || dir.starts_with("pg_tblspc/");
+                let modified = f.get("Last-Modified")?.as_str()?;
+                db.then(|| (dir.to_string(), modified.to_string()))
+            })
+            .collect())
+    };
+    let (before, now) = (modified(parent)?, modified(child)?);
+    let mut out: Vec<String> =
+        now.into_iter().filter(|(dir, t)| before.get(dir).is_some_and(|b| b != t)).map(|(dir, _)| dir).collect();
+    out.sort();
+    Ok(out)
+}
 
 /// A file stored as a delta: its manifest path, and its parts' manifest
 /// paths, sizes and CRC-32Cs.
@@ -44,7 +103,7 @@ pub(crate) struct DeltaFilter {
     /// Blocks with a page LSN at or past this are kept: the parent's start.
     threshold: Lsn,
     /// The files the parent holds, by their restored manifest path.
-    parent_files: Arc<HashSet<Vec<u8>>>,
+    parent_files: Arc<HashMap<Vec<u8>, ParentFile>>,
     /// `pg_tblspc/<oid>/` for a tablespace's archive: manifest paths.
     prefix: Vec<u8>,
     state: State,
@@ -68,6 +127,9 @@ struct DeltaFile {
     size: u64,
     pos: u64,
     truncation: u32,
+    /// Blocks from here on are kept whatever their LSN: the parent's copy
+    /// of the file ends before them.
+    parent_len: u32,
     block: Vec<u8>,
     blocks: Vec<u32>,
     data: Vec<u8>,
@@ -75,7 +137,11 @@ struct DeltaFile {
 }
 
 impl DeltaFilter {
-    pub fn new(threshold: Lsn, parent_files: Arc<HashSet<Vec<u8>>>, tablespace: Option<u32>) -> DeltaFilter {
+    pub fn new(
+        threshold: Lsn,
+        parent_files: Arc<HashMap<Vec<u8>, ParentFile>>,
+        tablespace: Option<u32>,
+    ) -> DeltaFilter {
         DeltaFilter {
             threshold,
             parent_files,
@@ -98,8 +164,11 @@ impl DeltaFilter {
     /// Whether the archive ended where a tar may end.
     pub fn finish(&self) -> Result<(), String> {
         match &self.state {
-            State::End | State::Header(_) => Ok(()),
-            State::Copy(_) | State::Delta(_) => Err("the archive ends inside a file".into()),
+            State::End => Ok(()),
+            State::Header(b) if b.is_empty() => Ok(()),
+            State::Header(_) => Err("the archive ends inside a tar header".into()),
+            State::Copy(_) => Err("the archive ends inside a file".into()),
+            State::Delta(f) => Err(format!("the archive ends inside {}", String::from_utf8_lossy(&f.mpath))),
         }
     }
 
@@ -136,7 +205,7 @@ impl DeltaFilter {
                     let b = ((f.pos - BLCKSZ) / BLCKSZ) as u32;
                     self.stats.blocks_seen += 1;
                     let lsn = increment::page_lsn(&f.block);
-                    if lsn >= self.threshold || lsn == Lsn(0) {
+                    if lsn >= self.threshold || lsn == Lsn(0) || b >= f.parent_len {
                         self.stats.blocks_kept += 1;
                         f.blocks.push(b);
                         f.data.extend_from_slice(&f.block);
@@ -169,15 +238,16 @@ impl DeltaFilter {
         };
         let mpath = [self.prefix.as_slice(), &h.path].concat();
         let blocks = h.size / BLCKSZ;
+        let parent = self.parent_files.get(&mpath).copied();
         let delta = h.kind == Kind::File
             && h.size > 0
             && h.size.is_multiple_of(BLCKSZ)
             && blocks <= u64::from(RELSEG_SIZE)
             && increment::delta_candidate(&mpath)
-            && self.parent_files.contains(&mpath);
+            && parent.is_some();
         if !delta {
             out.extend_from_slice(block);
-            let data = h.size + tar::padding(h.size);
+            let data = h.size.checked_add(tar::padding(h.size)).ok_or("a tar entry's size overflows")?;
             self.state = if data == 0 { State::Header(Vec::with_capacity(BLOCK)) } else { State::Copy(data) };
             return Ok(());
         }
@@ -187,6 +257,11 @@ impl DeltaFilter {
             size: h.size,
             pos: 0,
             truncation: blocks as u32,
+            parent_len: match parent {
+                Some(ParentFile::Whole { blocks }) => blocks,
+                // In increments there: its own chain made the file whole.
+                _ => u32::MAX,
+            },
             block: Vec::with_capacity(BLCKSZ as usize),
             blocks: Vec::new(),
             data: Vec::new(),
@@ -239,12 +314,14 @@ pub(crate) fn rewrite_manifest(raw: &[u8], replaced: &[Replaced]) -> Result<Vec<
     };
     let wanted: std::collections::HashMap<&[u8], &Replaced> = replaced.iter().map(|r| (r.path.as_slice(), r)).collect();
     let mut out: Vec<Value> = Vec::with_capacity(files.len() + replaced.len());
+    let mut listed: HashSet<&[u8]> = HashSet::new();
     let mut done = 0;
     for f in files.drain(..) {
         let Some(r) = path_of(&f).and_then(|p| wanted.get(p.as_slice()).copied()) else {
             out.push(f);
             continue;
         };
+        listed.insert(r.path.as_slice());
         done += 1;
         let modified = f.get("Last-Modified").cloned().unwrap_or(Value::Null);
         for (name, size, crc) in &r.parts {
@@ -261,7 +338,12 @@ pub(crate) fn rewrite_manifest(raw: &[u8], replaced: &[Replaced]) -> Result<Vec<
         }
     }
     if done != replaced.len() {
-        return Err(format!("backup manifest: {} files stored as deltas are not in it", replaced.len() - done));
+        let missing = replaced.iter().find(|r| !listed.contains(r.path.as_slice())).map(|r| r.path.as_slice());
+        return Err(format!(
+            "backup manifest: {} files stored as deltas are not in it, e.g. {}",
+            replaced.len() - done,
+            String::from_utf8_lossy(missing.unwrap_or_default())
+        ));
     }
     *files = out;
     m.remove("Manifest-Checksum");
@@ -299,7 +381,8 @@ mod tests {
                 _ if b == 7 => 0,
                 _ => 0x100_0000,
             };
-            if lsn >= 0x500_0000 || lsn == 0 {
+            // The parent's copy is 2,400 blocks long: the rest is kept whole.
+            if lsn >= 0x500_0000 || lsn == 0 || b >= 2400 {
                 kept.push(b);
             }
             rel.extend_from_slice(&page(lsn, b as u8));
@@ -309,8 +392,14 @@ mod tests {
         archive.extend(member("base/5/99999", &page(0x100_0000, 2)));
         archive.extend(member("PG_VERSION", b"15\n"));
         archive.extend([0u8; 2 * BLOCK]);
-        let parent: HashSet<Vec<u8>> =
-            ["base/5/16384", "base/5/16384_fsm", "PG_VERSION"].iter().map(|p| p.as_bytes().to_vec()).collect();
+        let parent: HashMap<Vec<u8>, ParentFile> = [
+            (&b"base/5/16384"[..], ParentFile::Whole { blocks: 2400 }),
+            (b"base/5/16384_fsm", ParentFile::Whole { blocks: 1 }),
+            (b"PG_VERSION", ParentFile::Whole { blocks: 0 }),
+        ]
+        .into_iter()
+        .map(|(p, f)| (p.to_vec(), f))
+        .collect();
         let mut f = DeltaFilter::new(Lsn(0x500_0000), Arc::new(parent), None);
         let mut out = Vec::new();
         // Fed in odd pieces: any chunking gives the same archive.
@@ -379,7 +468,8 @@ mod tests {
     fn an_unchanged_file_is_one_empty_part() {
         let mut archive = member("PG_16_1/5/16390", &page(0x100, 0));
         archive.extend([0u8; 2 * BLOCK]);
-        let parent: HashSet<Vec<u8>> = [b"pg_tblspc/7/PG_16_1/5/16390".to_vec()].into();
+        let parent: HashMap<Vec<u8>, ParentFile> =
+            [(b"pg_tblspc/7/PG_16_1/5/16390".to_vec(), ParentFile::Increment)].into();
         let mut f = DeltaFilter::new(Lsn(0x500_0000), Arc::new(parent), Some(7));
         let mut out = Vec::new();
         f.feed(&archive, &mut out).unwrap();
@@ -392,8 +482,30 @@ mod tests {
         let h = tar::parse_header(out[..BLOCK].try_into().unwrap()).unwrap().unwrap();
         assert_eq!((h.path.as_slice(), h.size), (&b"PG_16_1/5/PGPITR_DELTA.0.16390"[..], 12));
         // Cut inside a file: an error, not a short archive.
-        let mut g = DeltaFilter::new(Lsn(0), Arc::new(HashSet::new()), None);
+        let mut g = DeltaFilter::new(Lsn(0), Arc::new(HashMap::new()), None);
         g.feed(&member("PG_VERSION", b"16\n")[..600], &mut Vec::new()).unwrap();
         assert!(g.finish().is_err());
+        // And inside a header.
+        let mut g = DeltaFilter::new(Lsn(0), Arc::new(HashMap::new()), None);
+        g.feed(&member("PG_VERSION", b"16\n")[..100], &mut Vec::new()).unwrap();
+        assert!(g.finish().unwrap_err().contains("header"));
+    }
+
+    #[test]
+    fn a_database_made_again_since_the_parent_is_named() {
+        let manifest = |v5: &str, v6: &str| {
+            format!(
+                r#"{{ "PostgreSQL-Backup-Manifest-Version": 1, "Files": [
+{{ "Path": "base/5/PG_VERSION", "Size": 3, "Last-Modified": "{v5}" }},
+{{ "Path": "pg_tblspc/7/PG_16_1/6/PG_VERSION", "Size": 3, "Last-Modified": "{v6}" }},
+{{ "Path": "PG_VERSION", "Size": 3, "Last-Modified": "2026-01-03 00:00:00 GMT" }} ] }}"#
+            )
+        };
+        let parent = manifest("2026-01-01 00:00:00 GMT", "2026-01-01 00:00:00 GMT");
+        let same = manifest("2026-01-01 00:00:00 GMT", "2026-01-01 00:00:00 GMT");
+        assert!(recreated_databases(parent.as_bytes(), same.as_bytes()).unwrap().is_empty());
+        let again = manifest("2026-01-01 00:00:00 GMT", "2026-01-02 00:00:00 GMT");
+        assert_eq!(recreated_databases(parent.as_bytes(), again.as_bytes()).unwrap(), ["pg_tblspc/7/PG_16_1/6"]);
+        assert!(recreated_databases(b"{}", again.as_bytes()).is_err());
     }
 }

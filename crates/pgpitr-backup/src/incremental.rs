@@ -5,16 +5,17 @@
 //! summaries say changed since the parent's start). Before 17, pgpitr keeps
 //! a block delta of the whole backup itself (`delta.rs`).
 
+use crate::delta::ParentFile;
 use crate::{BackupError, BackupOptions, IncrementalMode};
 use bytes::Bytes;
 use pgpitr_pgwire::ReplicationConnection;
 use pgpitr_repo::Repository;
 use pgpitr_repo::backup::{BackupInfo, Incremental, IncrementalMethod};
 use pgpitr_repo::catalog::Catalog;
-use pgpitr_repo::increment;
+use pgpitr_repo::chain::Backups;
 use pgpitr_repo::reader::BackupReader;
 use pgpitr_types::TimelineId;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The backup a new one builds on, with its manifest as stored.
@@ -24,7 +25,7 @@ pub(crate) struct Parent {
     pub manifest: Bytes,
     pub method: IncrementalMethod,
     /// The files it holds, by their restored path (for a delta).
-    pub files: Arc<HashSet<Vec<u8>>>,
+    pub files: Arc<HashMap<Vec<u8>, ParentFile>>,
 }
 
 impl Parent {
@@ -77,6 +78,20 @@ pub(crate) async fn choose_parent(
             ),
         );
     }
+    if conn.show("block_size").await? != "8192" {
+        return refuse(opts, "the server's block size is not 8192 bytes, the only one pgpitr rebuilds".into());
+    }
+    if method == IncrementalMethod::Delta
+        && conn.show("data_checksums").await? != "on"
+        && conn.show("wal_log_hints").await? != "on"
+    {
+        return refuse(
+            opts,
+            "a block delta needs data_checksums or wal_log_hints on: without them hint bits, a heap page's \
+             all-visible flag among them, change pages without a new LSN; set wal_log_hints = on (a restart)"
+                .into(),
+        );
+    }
     if method == IncrementalMethod::Native && conn.show("summarize_wal").await? != "on" {
         return refuse(
             opts,
@@ -107,18 +122,10 @@ pub(crate) async fn choose_parent(
             info.id, info.system_identifier
         )));
     }
-    // Every member of its chain must still be there.
-    let mut member = &info;
-    while let Some(parent) = member.parent() {
-        member = match cat.info(parent) {
-            Some(p) => p,
-            None => {
-                return refuse(
-                    opts,
-                    format!("backup {}'s chain is broken: its parent {parent} is not a complete backup", member.id),
-                );
-            }
-        };
+    // Its chain must hold, as a restore will check it.
+    let all = Backups::new(cat.backups().iter().filter_map(|e| e.info.as_ref()));
+    if let Err(e) = all.chain(&info) {
+        return refuse(opts, format!("the newest backup's chain is broken: {e}"));
     }
     if info.chain_length() >= opts.max_chain {
         tracing::info!(
@@ -136,7 +143,7 @@ pub(crate) async fn choose_parent(
             info.id
         )));
     }
-    let files = reader.manifest().files.iter().map(|f| increment::output_name(None, &f.path).0).collect();
+    let files = crate::delta::parent_files(reader.manifest());
     let manifest = reader.raw_manifest().clone();
     Ok(Some(Parent { info, manifest, method, files: Arc::new(files) }))
 }

@@ -229,6 +229,11 @@ pub enum BackupError {
     Io { path: String, source: std::io::Error },
     #[error("{0}")]
     Invalid(String),
+    /// An incremental backup was taken but cannot be kept as one (say, a
+    /// database made again since its parent): nothing is kept; a full
+    /// backup is what to take.
+    #[error("{0}; take a full backup")]
+    IncrementalUnusable(String),
     #[error("cancelled")]
     Cancelled,
 }

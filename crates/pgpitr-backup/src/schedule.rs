@@ -91,6 +91,7 @@ pub async fn run_scheduled(
 ) {
     let Schedule { every, full_every, retention, now } = schedule;
     let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut force_full = false;
     loop {
         let due = match retry_at.take() {
             Some(at) => at,
@@ -114,7 +115,9 @@ pub async fn run_scheduled(
             _ = tokio::time::sleep_until(due) => {}
             _ = wanted => tracing::info!("a base backup is needed at once: the WAL has a gap"),
         }
-        let opts = BackupOptions { incremental: incremental_due(&repo, full_every).await, ..opts.clone() };
+        let incremental = if force_full { IncrementalMode::Off } else { incremental_due(&repo, full_every).await };
+        force_full = false;
+        let opts = BackupOptions { incremental, ..opts.clone() };
         tracing::info!(every = ?every, incremental = opts.incremental != IncrementalMode::Off, "scheduled base backup starting");
         let began = Instant::now();
         match take_backup(&repo, &conn_cfg, &opts, &cancel).await {
@@ -130,6 +133,11 @@ pub async fn run_scheduled(
                 }
             }
             Err(BackupError::Cancelled) => return,
+            Err(e @ BackupError::IncrementalUnusable(_)) => {
+                tracing::warn!("scheduled incremental backup not kept ({e}): taking a full one now");
+                force_full = true;
+                retry_at = Some(tokio::time::Instant::now());
+            }
             Err(e) => {
                 stats.failed.fetch_add(1, Ordering::Relaxed);
                 let wait = if e.is_transient() { every.min(RETRY_CAP) } else { every };

@@ -337,7 +337,8 @@ impl Received {
         if let Some(d) = self.delta.as_mut()
             && let Some(f) = d.current.take()
         {
-            f.finish().map_err(|e| proto(&format!("block delta: {e}")))?;
+            let name = self.open.as_ref().map(|a| a.name.as_str()).unwrap_or("?");
+            f.finish().map_err(|e| proto(&format!("block delta of archive {name}: {e}")))?;
             d.replaced.extend(f.replaced);
             d.stats.files += f.stats.files;
             d.stats.blocks_seen += f.stats.blocks_seen;
@@ -498,6 +499,9 @@ async fn run(
     let failures = rx.failures;
     let (start_lsn, tli) = rx.started.ok_or_else(|| proto("the backup never started"))?;
     let raw_manifest = rx.manifest.ok_or_else(|| proto("the server sent no backup manifest"))?.freeze();
+    if let Some(p) = &parent {
+        check_increment(p, start_lsn, &raw_manifest, rx.delta.is_some())?;
+    }
     // A delta's manifest lists what is stored: the parts of files kept in part.
     let raw_manifest = match &rx.delta {
         Some(d) => {
@@ -589,6 +593,31 @@ async fn run(
         keep_forever: opts.keep_forever,
         incremental: parent.as_ref().map(Parent::incremental),
     })
+}
+
+/// Whether a backup taken as an increment of `p` can be kept as one: it
+/// starts after its parent (not from a standby behind it), and a block
+/// delta holds no database made again since the parent.
+fn check_increment(p: &Parent, start: Lsn, raw_manifest: &[u8], delta: bool) -> Result<(), BackupError> {
+    if start <= p.info.start_lsn {
+        return Err(BackupError::IncrementalUnusable(format!(
+            "the backup starts at {start}, not after its parent {} (at {}): is the server a standby behind it?",
+            p.info.id, p.info.start_lsn
+        )));
+    }
+    if !delta {
+        return Ok(());
+    }
+    let again = crate::delta::recreated_databases(&p.manifest, raw_manifest).map_err(|e| proto(&e))?;
+    if let Some(first) = again.first() {
+        return Err(BackupError::IncrementalUnusable(format!(
+            "database directory {first} was made again since backup {} (a newer PG_VERSION{}): a block delta \
+             cannot hold it",
+            p.info.id,
+            if again.len() > 1 { format!("; {} directories in all", again.len()) } else { String::new() }
+        )));
+    }
+    Ok(())
 }
 
 fn mode_algorithm(mode: Mode) -> Algorithm {

@@ -72,10 +72,11 @@ pub fn delta_name(rel: &[u8], k: u32) -> Vec<u8> {
 }
 
 /// Whether `rel` (relative to the data directory) is a file a block delta
-/// may hold in part: a relation's main, visibility-map or init fork, any
-/// segment, in a database, `global` or a tablespace. Free-space maps are
-/// not WAL-logged page by page, so they are always stored whole (as the
-/// server does for its increments).
+/// may hold in part: a relation's main or init fork, any segment, in a
+/// database, `global` or a tablespace. Free-space and visibility maps are
+/// always stored whole: their pages change without a new page LSN (a
+/// free-space map is not WAL-logged page by page; clearing a visibility-map
+/// bit dirties its page but leaves its LSN), and they are small.
 pub fn delta_candidate(rel: &[u8]) -> bool {
     let parts: Vec<&[u8]> = rel.split(|&c| c == b'/').collect();
     let dir_ok = match parts.as_slice() {
@@ -96,7 +97,7 @@ pub fn delta_candidate(rel: &[u8]) -> bool {
         return false;
     }
     let rel_number = match stem.iter().position(|&c| c == b'_') {
-        Some(i) if matches!(&stem[i..], b"_vm" | b"_init") => &stem[..i],
+        Some(i) if &stem[i..] == b"_init" => &stem[..i],
         Some(_) => return false,
         None => stem,
     };
@@ -136,7 +137,7 @@ mod tests {
         for yes in [
             "base/5/16384",
             "base/5/16384.12",
-            "base/5/16384_vm",
+            "base/5/16384_init",
             "global/1262",
             "global/1262_init",
             "pg_tblspc/16385/PG_15_202209061/5/16390",
@@ -145,6 +146,7 @@ mod tests {
         }
         for no in [
             "base/5/16384_fsm",
+            "base/5/16384_vm",
             "base/5/PG_VERSION",
             "base/5/t3_16384",
             "global/pg_control",

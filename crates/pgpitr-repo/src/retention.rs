@@ -395,7 +395,11 @@ pub struct Applied {
 pub async fn apply(repo: &Repository, plan: &Plan) -> Result<Applied> {
     let storage = repo.storage().as_ref();
     let mut done = Applied::default();
-    for id in &plan.delete_ids {
+    // Newest first: an interrupted run never leaves an incremental backup
+    // whose parent is gone (parents are older).
+    let mut ids: Vec<&backup::BackupId> = plan.delete_ids.iter().collect();
+    ids.sort_by(|a, b| b.cmp(a));
+    for id in ids {
         done.backup_objects += backup::delete_backup(storage, id).await?;
         done.backups += 1;
         tracing::info!(backup = %id, "deleted backup");

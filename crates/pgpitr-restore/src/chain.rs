@@ -429,6 +429,13 @@ impl EntrySink for Older {
         }
         self.seen.insert(key);
         let file = fs::OpenOptions::new().write(true).open(&owed.path).map_err(|e| ReadError::io(&owed.path, e))?;
+        if !increment && !size.is_multiple_of(BLCKSZ) {
+            return Err(file_corrupt(
+                &self.id,
+                rel,
+                format!("is {size} bytes, not whole blocks, and a newer backup holds it as an increment"),
+            ));
+        }
         let source = match increment {
             true => Source::Increment { stage: Stage::Header(Vec::new()), newest: None },
             false => Source::Whole { pos: 0 },

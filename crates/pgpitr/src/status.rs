@@ -71,8 +71,10 @@ pub struct RepoStatus {
 pub struct BackupRetention {
     pub id: String,
     /// `point_in_time` (WAL stored from its start to the end of its
-    /// timeline), `to_its_end` (its own WAL only: a later gap), or
-    /// `not_restorable` (its own WAL is incomplete, or its chain broken).
+    /// timeline), `to_its_end` (its own WAL only: a later gap),
+    /// `as_a_parent` (its own WAL is gone, but an incremental backup builds
+    /// on it), or `not_restorable` (its own WAL is incomplete, or its chain
+    /// broken).
     pub restorable: &'static str,
     /// Why the recorded policy keeps it; empty: the next `expire` deletes it.
     pub kept_by: Vec<retention::KeptBy>,
@@ -142,7 +144,13 @@ pub async fn status(cat: &mut Catalog, index: bool) -> Result<RepoStatus> {
                 Some(Err(e)) => (Vec::new(), Some(e.to_string())),
                 None => (Vec::new(), None),
             };
-            let restorable = if chain_problem.is_some() { "not_restorable" } else { reach(listing, b) };
+            let child = complete.iter().any(|c| c.parent.as_deref() == Some(b.id.as_str()));
+            let restorable = match (&chain_problem, reach(listing, b)) {
+                (Some(_), _) => "not_restorable",
+                // Expiry keeps a parent for its child, not its own WAL.
+                (None, "not_restorable") if child => "as_a_parent",
+                (None, r) => r,
+            };
             BackupRetention { id: b.id.clone(), restorable, kept_by, chain, chain_problem }
         })
         .collect();

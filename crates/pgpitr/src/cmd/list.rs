@@ -63,6 +63,7 @@ pub async fn run(args: ListArgs) -> anyhow::Result<u8> {
             let reach = match r.restorable {
                 "point_in_time" => "to any time from its end on",
                 "to_its_end" => "to its end only (no WAL after it)",
+                "as_a_parent" => "only through the incremental backups built on it (its own WAL is gone)",
                 _ => "NOT restorable (its own WAL is incomplete)",
             };
             let kept = match (&st.retention_policy, r.kept_by.is_empty()) {
