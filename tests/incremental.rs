@@ -334,9 +334,18 @@ fn refusals_of_the_server(pg: &PgCluster, backend: &Backend) {
     assert_eq!(complete_backups(backend), before + 1, "nothing more stored as complete");
 }
 
-/// A chain full <- a <- b, then a deleted by hand.
+/// A chain full <- a <- b, then a deleted by hand. Before it, a parent
+/// whose metadata names another cluster (as if copied in from another
+/// repository) is refused.
 fn deleted_parent(pg: &PgCluster, backend: &Backend) {
-    take_backup(pg, backend);
+    let full = take_backup(pg, backend);
+    let info_path = backend.local_path().join(format!("backups/{}/backup.json", full.id));
+    let mine = std::fs::read_to_string(&info_path).unwrap();
+    let sysid = full.system_identifier.to_string();
+    std::fs::write(&info_path, mine.replace(&sysid, "7000000000000000001")).unwrap();
+    let out = run(&mut backup_cmd(pg, backend, &["--incremental"]));
+    out.fails_with(&[&format!("backup {} is of another cluster (system identifier 7000000000000000001", full.id)]);
+    std::fs::write(&info_path, mine).unwrap();
     pg.sql("UPDATE pgbench_accounts SET abalance = 1 WHERE aid < 100");
     let a = incremental(pg, backend);
     pg.sql("UPDATE pgbench_accounts SET abalance = 2 WHERE aid < 100");
