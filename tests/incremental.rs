@@ -592,53 +592,69 @@ async fn a_corrupt_increment_fails_the_restore() {
     assert!(!data_dir.join("global/pg_control").exists(), "a failed restore leaves no pg_control");
 }
 
-/// A chain in an S3 repository (native on 17, block delta on 15): stored
-/// and restored through the S3 backend, exactly.
-async fn chain_on_s3(major: u32) {
+/// A chain in an S3 repository (native on 17, block delta on 15), and in
+/// an encrypted one: stored and restored through the S3 backend and the
+/// encrypting layer, exactly.
+async fn chain_on_s3(major: u32, encrypted: bool) {
     if !wanted(major) {
         return;
     }
     let backend = Backend::s3();
+    let key = encrypted.then(|| crate::encryption::key_file("5a"));
+    let key_env: Vec<(&str, String)> = key.iter().map(|k| ("PGPITR_KEY_FILE", k.path.display().to_string())).collect();
+    let with_env = |mut cmd: Command| -> Command {
+        for (k, v) in &key_env {
+            cmd.env(k, v);
+        }
+        cmd
+    };
     let pg = summarizing(major);
     pg.pgbench(&["-i", "-q", "-s", "2"]);
-    let stream = StreamProc::start(&pg, &backend, &[]);
+    let env: Vec<(&str, &std::ffi::OsStr)> = key_env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(v))).collect();
+    let stream = StreamProc::start_env(&pg, &backend, &[], &env);
     wait_streaming(&pg, "pgpitr");
-    let full = take_backup(&pg, &backend);
+    let backup = |extra: &[&str]| -> BackupInfo {
+        let out = run(&mut with_env(backup_cmd(&pg, &backend, &[&["--json"], extra].concat()))).ok();
+        serde_json::from_str(&out.stdout).expect("backup --json")
+    };
+    let full = backup(&[]);
     let mut chain = vec![full.id.clone()];
     for k in 1..=2 {
         pg.sql(&format!(
             "UPDATE pgbench_accounts SET abalance = {k} WHERE aid <= 5000; CREATE TABLE t{k} AS SELECT 1;"
         ));
-        let inc = incremental(&pg, &backend);
+        let inc = backup(&["--incremental"]);
         assert_eq!(inc.incremental.as_ref().map(|i| i.method), Some(method(major)));
         chain.push(inc.id);
     }
     let dump = dumpall(&pg);
     let end = lsn(&pg.sql("SELECT pg_current_wal_lsn()"));
-    let storage = backend.storage().await;
-    wait_durable(storage.as_ref(), seg16(), 1, end, Duration::from_secs(30)).await;
+    wait_durable(backend.storage().await.as_ref(), seg16(), 1, end, Duration::from_secs(30)).await;
     assert_eq!(stream.terminate().0, Some(0));
-    run(pgpitr_env(&backend).args(["verify", "--repo", &backend.url()])).ok();
+    let mut verify = pgpitr();
+    backend.env(&mut verify);
+    run(with_env(verify).args(["verify", "--repo", &backend.url()])).ok();
     let mut c = PgCluster::empty_of(major);
-    let out = run(&mut restore_cmd(&backend, &c.datadir(), &["--target", "latest"])).ok();
+    let out = run(&mut with_env(restore_cmd(&backend, &c.datadir(), &["--target", "latest"]))).ok();
     assert!(out.stdout.contains(&format!("chain:   {}", chain.join(" <- "))), "{}", out.stdout);
-    c.start_restored(&pg_env(&backend));
+    let mut server_env = pg_env(&backend);
+    server_env.extend(key_env.iter().cloned());
+    c.start_restored(&server_env);
     c.wait_promoted(Duration::from_secs(120));
     assert!(dumpall(&c) == dump, "the restored chain differs from the cluster");
 }
 
-fn pgpitr_env(backend: &Backend) -> Command {
-    let mut cmd = pgpitr();
-    backend.env(&mut cmd);
-    cmd
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_on_s3_on_15() {
-    chain_on_s3(15).await;
+    chain_on_s3(15, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_on_s3_on_17() {
-    chain_on_s3(17).await;
+    chain_on_s3(17, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_on_s3_encrypted_on_17() {
+    chain_on_s3(17, true).await;
 }
