@@ -603,6 +603,10 @@ async fn targets_across_a_timeline_switch() {
     assert_eq!(v["reached"]["timeline"], 3, "{v}");
     assert!(lsn(v["reached"]["last_replayed_lsn"].as_str().unwrap()) >= end.segment_floor(seg16()), "{v}");
     assert!(v["timings"]["replay_secs"].as_f64().is_some() && v["timings"]["download_secs"].as_f64().is_some());
+    // How the spool served replay: every segment counted once.
+    let wf = &v["reached"]["wal_fetch"];
+    let served: u64 = ["hits", "waits", "misses"].iter().map(|k| wf[k].as_u64().unwrap()).sum();
+    assert!(served > 0, "{v}");
     assert!(!c.datadir().join("pg_wal/pgpitr_spool").exists(), "spool removed after promotion");
     c.stop();
     c.start_restored(&[]);

@@ -408,7 +408,10 @@ def one_run(ctx, c, rep, target, repos, brest, floor):
             extra = {}
         ids = reached(port)
         ok = list(ids) == [1]
-        log(f"restore rep {rep} {c}: {total:.1f} s {phases} reached markers {ids}")
+        wf = (extra.get("pgpitr_json") or {}).get("reached", {}).get("wal_fetch")
+        spool = (f" spool: {wf['hits']} ready, {wf['waits']} waited ({wf['waited_secs']:.2f} s), {wf['misses']} "
+                 f"fetched ({wf['miss_secs']:.2f} s)") if wf else ""
+        log(f"restore rep {rep} {c}: {total:.1f} s {phases} reached markers {ids}{spool}")
         return {"contender": c, "rep": rep, "total_s": total, "phases": phases, "reached": list(ids),
                 "reached_ok": ok, **extra}
     finally:

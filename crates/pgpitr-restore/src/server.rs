@@ -70,6 +70,10 @@ pub struct Reached {
     pub stop_message: Option<String>,
     pub replay_secs: f64,
     pub log_file: PathBuf,
+    /// How the WAL spool served replay: segments ready, waited for, or
+    /// fetched by `wal-fetch` itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal_fetch: Option<crate::walfetch::SpoolStats>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -244,9 +248,11 @@ pub async fn start(opts: &StartOptions) -> Result<Reached, ServerError> {
             let mut logged = Reached::default();
             from_log(&std::fs::read_to_string(&log_file).unwrap_or_default(), &mut logged);
             reached.stop_message = logged.stop_message;
+            let spool = opts.pgdata.join(crate::restore::SPOOL_DIR);
+            reached.wal_fetch = crate::walfetch::spool_stats(&spool);
             if !row.in_recovery {
                 // Recovery is over: the prefetcher sees its spool go and exits.
-                let _ = std::fs::remove_dir_all(opts.pgdata.join(crate::restore::SPOOL_DIR));
+                let _ = std::fs::remove_dir_all(&spool);
             }
             return Ok(reached);
         }

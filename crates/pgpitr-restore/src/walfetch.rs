@@ -46,6 +46,50 @@ const SPOOL_WAIT: Duration = Duration::from_secs(10);
 const CHECK_CHUNK: usize = 64 << 10;
 const WANT: &str = ".want";
 const LOCK: &str = ".lock";
+/// One line per segment served with a spool: `hit`, `wait` (for the
+/// prefetcher's download) or `miss` (fetched from the repository), and the
+/// milliseconds replay waited. `restore --wait` sums it up.
+const STATS: &str = ".stats";
+
+/// What the spool did for one recovery: how often replay found the next
+/// segment ready, waited for the prefetcher, or fetched it itself.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct SpoolStats {
+    pub hits: u64,
+    pub waits: u64,
+    pub waited_secs: f64,
+    pub misses: u64,
+    pub miss_secs: f64,
+}
+
+/// Appends one line to the spool's statistics; a failure costs only them.
+fn note(spool: &Path, what: &str, name: &str, waited: Duration) {
+    let line = format!("{what} {name} {}\n", waited.as_millis());
+    let file = std::fs::OpenOptions::new().append(true).create(true).open(spool.join(STATS));
+    if let Ok(mut f) = file {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+/// The spool's statistics so far, if it kept any.
+pub fn spool_stats(spool: &Path) -> Option<SpoolStats> {
+    let text = std::fs::read_to_string(spool.join(STATS)).ok()?;
+    let mut s = SpoolStats::default();
+    for line in text.lines() {
+        let mut f = line.split(' ');
+        let (Some(what), Some(_), Some(ms)) = (f.next(), f.next(), f.next().and_then(|m| m.parse::<u64>().ok())) else {
+            continue;
+        };
+        let secs = ms as f64 / 1000.0;
+        match what {
+            "hit" => s.hits += 1,
+            "wait" => (s.waits, s.waited_secs) = (s.waits + 1, s.waited_secs + secs),
+            "miss" => (s.misses, s.miss_secs) = (s.misses + 1, s.miss_secs + secs),
+            _ => {}
+        }
+    }
+    Some(s)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fetched {
@@ -118,6 +162,7 @@ pub async fn fetch(req: &FetchRequest) -> Result<Fetched, FetchError> {
 /// Serves one file from the repository (after [`serve_from_spool`] could
 /// not), and keeps the spool's prefetcher going.
 pub async fn fetch_from_repository(req: &FetchRequest) -> Result<Fetched, FetchError> {
+    let t0 = Instant::now();
     let name = req.name.as_str();
     if name.is_empty() || name.contains('/') || !name.is_ascii() {
         return Err(FetchError::Usage(format!("{name:?} is not a WAL file name")));
@@ -132,6 +177,7 @@ pub async fn fetch_from_repository(req: &FetchRequest) -> Result<Fetched, FetchE
             if got != Fetched::NotFound
                 && let Some(spool) = &req.spool
             {
+                note(spool, "miss", name, t0.elapsed());
                 start_prefetch(req, spool);
             }
             got
@@ -276,7 +322,8 @@ fn file_crc(path: &Path) -> std::io::Result<u32> {
 /// prefetcher is running for it, but not for a prefetcher that is gone.
 fn take_spooled(spool: &Path, name: &str, dest: &Path) -> Option<Fetched> {
     let partial = partial_path(spool, name);
-    let deadline = Instant::now() + SPOOL_WAIT;
+    let t0 = Instant::now();
+    let deadline = t0 + SPOOL_WAIT;
     let (ready, crc) = loop {
         // Looked at before the spool, so that a download finishing in
         // between is found there.
@@ -294,7 +341,10 @@ fn take_spooled(spool: &Path, name: &str, dest: &Path) -> Option<Fetched> {
         return None; // torn or unreadable: fetch from the repository
     }
     // The spool is on another file system, or refuses links: fetch.
-    hand_over(&ready, dest).ok().map(|()| Fetched::Spool)
+    hand_over(&ready, dest).ok()?;
+    let waited = t0.elapsed();
+    note(spool, if waited >= Duration::from_millis(5) { "wait" } else { "hit" }, name, waited);
+    Some(Fetched::Spool)
 }
 
 /// Gives Postgres the spooled file without copying it: a hard link, so
@@ -573,6 +623,20 @@ fn clear_spool(spool: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spool_statistics_add_up() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(spool_stats(d.path()), None);
+        note(d.path(), "hit", "000000010000000000000002", Duration::from_millis(1));
+        note(d.path(), "wait", "000000010000000000000003", Duration::from_millis(250));
+        note(d.path(), "miss", "000000010000000000000004", Duration::from_millis(40));
+        note(d.path(), "miss", "000000010000000000000005", Duration::from_millis(60));
+        std::fs::OpenOptions::new().append(true).open(d.path().join(STATS)).unwrap().write_all(b"torn li").unwrap();
+        let s = spool_stats(d.path()).unwrap();
+        assert_eq!((s.hits, s.waits, s.misses), (1, 1, 2));
+        assert!((s.waited_secs - 0.25).abs() < 1e-9 && (s.miss_secs - 0.1).abs() < 1e-9, "{s:?}");
+    }
 
     const NAME: &str = "000000010000000000000005";
 
