@@ -396,21 +396,29 @@ fn start_prefetch(req: &FetchRequest, spool: &Path) {
     spawn_prefetcher(&exe, &req.repo, spool, req.prefetch);
 }
 
+/// Starts the prefetcher at a lower CPU priority (`nice -n 10`, where
+/// there is a `nice`): while it keeps ahead, replay waits for nothing but
+/// the CPU, so downloads that can wait should not take a core from it.
 fn spawn_prefetcher(exe: &Path, repo: &RepoUrl, spool: &Path, prefetch: usize) {
-    let spawned = std::process::Command::new(exe)
-        .arg("wal-fetch")
-        .arg("--repo")
-        .arg(repo.to_string())
-        .arg("--spool")
-        .arg(spool)
-        .arg("--prefetch")
-        .arg(prefetch.to_string())
-        .arg("--prefetch-daemon")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn();
-    if let Err(e) = spawned {
+    let spawn = |mut cmd: std::process::Command| {
+        cmd.arg("wal-fetch")
+            .arg("--repo")
+            .arg(repo.to_string())
+            .arg("--spool")
+            .arg(spool)
+            .arg("--prefetch")
+            .arg(prefetch.to_string())
+            .arg("--prefetch-daemon")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+    };
+    let mut niced = std::process::Command::new("nice");
+    niced.args(["-n", "10"]).arg(exe);
+    if spawn(niced).is_err()
+        && let Err(e) = spawn(std::process::Command::new(exe))
+    {
         tracing::debug!("cannot start the WAL prefetcher: {e}");
     }
 }
