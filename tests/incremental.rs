@@ -414,6 +414,9 @@ async fn chain_across_a_timeline_switch(major: u32) {
     let primary = summarizing(major);
     primary.sql("CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000);");
     let standby = primary.start_standby();
+    // The standby's copies of the files are dated (to the second) before
+    // the full backup begins, as with any standby made before its backups.
+    std::thread::sleep(Duration::from_millis(1100));
     let s = StreamProc::start(&standby, &backend, &[]);
     wait_streaming(&standby, "pgpitr");
     let full = take_backup(&primary, &backend);

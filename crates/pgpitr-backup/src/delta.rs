@@ -54,12 +54,15 @@ pub(crate) fn parent_files(manifest: &Manifest) -> HashMap<Vec<u8>, ParentFile> 
 }
 
 /// The database directories (`base/<oid>` or `pg_tblspc/<oid>/<version>/<oid>`)
-/// whose `PG_VERSION` was written again since the parent copied it: a
-/// database dropped and made again under the same OID, or copied into
-/// place (`FILE_COPY`) while the parent read it. Their files' pages may
-/// carry LSNs older than the parent's start and still differ from the
-/// parent's copies, so a delta of them is not to be trusted. Compared by
-/// the manifests' `Last-Modified`, which the server takes from the files.
+/// whose `PG_VERSION` was written again after the parent began: a database
+/// dropped and made again under the same OID by copying its template's
+/// files (`FILE_COPY`). Their pages keep the template's old LSNs and still
+/// differ from the parent's copies, so a delta of them is not to be
+/// trusted. Compared by the manifests' `Last-Modified` (the server's clock,
+/// to the second): a `PG_VERSION` that differs from the parent's and is not
+/// older than the parent's `backup_label`, which the server dated when the
+/// parent began sending files. (A data directory copied before the parent,
+/// as a standby promoted since, has older, different times: not flagged.)
 pub(crate) fn recreated_databases(parent: &[u8], child: &[u8]) -> Result<Vec<String>, String> {
     let modified = |raw: &[u8]| -> Result<HashMap<String, String>, String> {
         let v: serde_json::Value = serde_json::from_slice(raw).map_err(|e| format!("backup manifest: {e}"))?;
@@ -68,16 +71,23 @@ pub(crate) fn recreated_databases(parent: &[u8], child: &[u8]) -> Result<Vec<Str
             .iter()
             .filter_map(|f| {
                 let path = f.get("Path")?.as_str()?;
-                let dir = path.strip_suffix("/PG_VERSION")?;
-                let db = dir.starts_with("base/") || dir.starts_with("pg_tblspc/");
-                let modified = f.get("Last-Modified")?.as_str()?;
-                db.then(|| (dir.to_string(), modified.to_string()))
+                let key = match path.strip_suffix("/PG_VERSION") {
+                    Some(dir) if dir.starts_with("base/") || dir.starts_with("pg_tblspc/") => dir,
+                    _ if path == "backup_label" => path,
+                    _ => return None,
+                };
+                Some((key.to_string(), f.get("Last-Modified")?.as_str()?.to_string()))
             })
             .collect())
     };
     let (before, now) = (modified(parent)?, modified(child)?);
-    let mut out: Vec<String> =
-        now.into_iter().filter(|(dir, t)| before.get(dir).is_some_and(|b| b != t)).map(|(dir, _)| dir).collect();
+    let began = before.get("backup_label").ok_or("the parent's backup manifest has no dated backup_label")?;
+    // "YYYY-MM-DD HH:MM:SS GMT" orders as text.
+    let mut out: Vec<String> = now
+        .into_iter()
+        .filter(|(dir, t)| dir != "backup_label" && t >= began && before.get(dir).is_some_and(|b| b != t))
+        .map(|(dir, _)| dir)
+        .collect();
     out.sort();
     Ok(out)
 }
@@ -493,19 +503,29 @@ mod tests {
 
     #[test]
     fn a_database_made_again_since_the_parent_is_named() {
-        let manifest = |v5: &str, v6: &str| {
+        let manifest = |v5: &str, v6: &str, label: &str| {
             format!(
                 r#"{{ "PostgreSQL-Backup-Manifest-Version": 1, "Files": [
+{{ "Path": "backup_label", "Size": 200, "Last-Modified": "{label}" }},
 {{ "Path": "base/5/PG_VERSION", "Size": 3, "Last-Modified": "{v5}" }},
 {{ "Path": "pg_tblspc/7/PG_16_1/6/PG_VERSION", "Size": 3, "Last-Modified": "{v6}" }},
 {{ "Path": "PG_VERSION", "Size": 3, "Last-Modified": "2026-01-03 00:00:00 GMT" }} ] }}"#
             )
         };
-        let parent = manifest("2026-01-01 00:00:00 GMT", "2026-01-01 00:00:00 GMT");
-        let same = manifest("2026-01-01 00:00:00 GMT", "2026-01-01 00:00:00 GMT");
+        let (jan1, jan2, jan3) = ("2026-01-01 00:00:00 GMT", "2026-01-02 00:00:00 GMT", "2026-01-03 00:00:00 GMT");
+        let parent = manifest(jan1, jan1, "2026-01-01 12:00:00 GMT");
+        let same = manifest(jan1, jan1, jan3);
         assert!(recreated_databases(parent.as_bytes(), same.as_bytes()).unwrap().is_empty());
-        let again = manifest("2026-01-01 00:00:00 GMT", "2026-01-02 00:00:00 GMT");
+        // Made again after the parent began: named.
+        let again = manifest(jan1, jan2, jan3);
         assert_eq!(recreated_databases(parent.as_bytes(), again.as_bytes()).unwrap(), ["pg_tblspc/7/PG_16_1/6"]);
+        // Other times from before the parent began (a standby's copy): not.
+        let standby = manifest("2026-01-01 06:00:00 GMT", "2026-01-01 06:00:00 GMT", jan3);
+        assert!(recreated_databases(parent.as_bytes(), standby.as_bytes()).unwrap().is_empty());
         assert!(recreated_databases(b"{}", again.as_bytes()).is_err());
+        assert!(
+            recreated_databases(manifest(jan1, jan1, jan1).replace("backup_label", "x").as_bytes(), again.as_bytes())
+                .is_err()
+        );
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! ```text
 //!  newest ──files, directories, backup_label (INCREMENTAL FROM lines checked, then dropped)──▶ target
-//!     │   INCREMENTAL.<name>: <name> created at its final length, its blocks written;
-//!     │   the blocks below its truncation length it lacks are owed
+//!     │   INCREMENTAL.<name> (or a block delta's PGPITR_DELTA.<k>.<name> parts): <name> created
+//!     │   at its final length, its blocks written; the blocks below its truncation length it
+//!     │   lacks are owed
 //!  parent ──owed blocks it holds (its own increments)──▶ pwrite into <name>
 //!   ...
 //!  full ──owed blocks of its whole copy──▶ pwrite; nothing may stay owed
