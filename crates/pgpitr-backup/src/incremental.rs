@@ -24,7 +24,8 @@ pub(crate) struct Parent {
     pub info: BackupInfo,
     pub manifest: Bytes,
     pub method: IncrementalMethod,
-    /// The files it holds, by their restored path (for a delta).
+    /// The files it holds, by their restored path (for a delta; empty for
+    /// a native incremental).
     pub files: Arc<HashMap<Vec<u8>, ParentFile>>,
 }
 
@@ -143,7 +144,10 @@ pub(crate) async fn choose_parent(
             info.id
         )));
     }
-    let files = crate::delta::parent_files(reader.manifest());
+    let files = match method {
+        IncrementalMethod::Delta => crate::delta::parent_files(reader.manifest()),
+        IncrementalMethod::Native => HashMap::new(), // the server compares with the manifest itself
+    };
     let manifest = reader.raw_manifest().clone();
     Ok(Some(Parent { info, manifest, method, files: Arc::new(files) }))
 }
