@@ -62,9 +62,15 @@ def main(ctx):
     else:
         ctx.skip("pgpitr restore", "this pgpitr has no `backup`/`restore` commands yet (issues 4 and 5)")
     brest = None
-    if peers.available() and MAJOR > 15:
-        ctx.skip("pgbackrest", f"not run on PostgreSQL {MAJOR}: this machine's pgBackRest ({peers.version()}, "
-                               "Debian 12's) was released before PostgreSQL 16 and does not know it")
+    newer = os.environ.get("PGPITR_BENCH_PGBACKREST")  # 2.55, from scripts/bench, for 16 and 17
+    if MAJOR > 15 and newer and MAJOR <= 17:
+        brest = peers.PgBackRest(ctx.work, binary=newer)
+        contenders.append("pgbackrest")
+        ctx.note(f"pgBackRest on PostgreSQL {MAJOR}: {run([newer, 'version'], check=False).stdout.strip()} "
+                 "(Debian trixie's package; Debian 12's 2.45 predates 16)")
+    elif peers.available() and MAJOR > 15:
+        ctx.skip("pgbackrest", f"not run on PostgreSQL {MAJOR}: neither this machine's pgBackRest ({peers.version()}, "
+                               "Debian 12's, which predates 16) nor 2.55 (which predates 18) knows it")
     elif peers.available():
         brest = peers.PgBackRest(ctx.work)
         contenders.append("pgbackrest")
