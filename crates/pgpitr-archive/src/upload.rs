@@ -130,18 +130,18 @@ pub async fn store(
     let encode = move || {
         let (encoded, crc) = match blocks {
             Blocks::Piece(cell) => {
-                let crc = crc32fast::hash(&raw);
-                let (encoded, mut fresh) =
-                    object::encode_spans(id.tli, start, &[Span::Raw(&raw)], crc, &summary, Some(&bufs.encode));
+                let (encoded, mut fresh, crc) =
+                    object::encode_spans_of(id.tli, start, &raw, &[Span::Raw(&raw)], &summary, Some(&bufs.encode));
                 if let Some(chunk) = fresh.pop() {
                     let _ = cell.set(chunk);
                 }
                 (encoded, crc)
             }
             Blocks::Segment(pieces) => {
-                let crc = crc32fast::hash(&raw);
                 let spans = segment_spans(&raw, &pieces);
-                (object::encode_spans(id.tli, start, &spans, crc, &summary, Some(&bufs.encode)).0, crc)
+                let (encoded, _, crc) =
+                    object::encode_spans_of(id.tli, start, &raw, &spans, &summary, Some(&bufs.encode));
+                (encoded, crc)
             }
             Blocks::Merge { sources, cell } => encode_merge(id, start, &sources, &summary, cell),
         };
