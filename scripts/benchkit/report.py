@@ -688,14 +688,17 @@ def sec_backup(r):
 def sec_restore(r):
     S = r["summary"]
     allph = sorted({p for s in S.values() for p in s.get("phases", {})})
+    s3cpu = any(s.get("s3_server_cpu_s") for s in S.values())
     rows = []
     for c, s in S.items():
         rows.append([c, rng(s.get("total_s"), secs)] + [rng(s["phases"].get(p), secs) for p in allph] +
-                    [f"{s.get('reached_ok', 0)}/{s.get('runs', 0)}", s.get("errors") or 0])
+                    [f"{s.get('reached_ok', 0)}/{s.get('runs', 0)}", s.get("errors") or 0] +
+                    ([rng(s.get("s3_server_cpu_s"), secs) if s.get("s3_server_cpu_s") else "–"] if s3cpu else []))
     head = [f"WAL replayed: about {mib(r.get('wal_bytes'))}; database {mib(r.get('database_bytes'))}; "
             f"target time {r.get('target_time')}.\n"] if r.get("wal_bytes") else []
     out = head + [table(["restore", "total"] + [f"phase: {p}" for p in allph] + ["reached the target exactly",
-                                                                                  "failed runs"], rows)]
+                                                                                  "failed runs"] +
+                        (["S3 server CPU (s3s-fs, on the same 2 cores)"] if s3cpu else []), rows)]
     rr = []
     for c in PGPITR_REPOS:
         s = S.get(c)

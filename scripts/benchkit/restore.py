@@ -247,7 +247,7 @@ def main(ctx):
                     if c == DRILL:
                         rec = drill_run(ctx, rep, target, repos, checks_file)
                     else:
-                        rec = one_run(ctx, c, rep, target, repos, brest, floor)
+                        rec = one_run(ctx, c, rep, target, repos, brest, floor, s3)
                 except Exception as e:
                     log(f"restore rep {rep} {c} failed: {e}")
                     rec = {"contender": c, "rep": rep, "error": str(e)[-800:]}
@@ -267,7 +267,7 @@ def main(ctx):
                   "runs": len(rows),
                   "errors": sum(1 for r in ctx.result["raw"] if r["contender"] == c and "error" in r)}
         # plan + download + replay (pgpitr's), and the drill's checks.
-        for key in ("rto_s", "checks_s"):
+        for key in ("rto_s", "checks_s", "s3_server_cpu_s"):
             if any(r.get(key) is not None for r in rows):
                 out[c][key] = summarize([r.get(key) for r in rows])
     ctx.result["summary"] = out
@@ -363,7 +363,7 @@ def phases_from_json(j):
     return out
 
 
-def one_run(ctx, c, rep, target, repos, brest, floor):
+def one_run(ctx, c, rep, target, repos, brest, floor, s3):
     name = f"{c.replace('-', '_')}_{rep}"
     dest = ctx.work / "restore" / name
     logf = ctx.work / "logs" / f"restore_{name}.log"
@@ -371,6 +371,9 @@ def one_run(ctx, c, rep, target, repos, brest, floor):
     chown_postgres(logf)
     port = free_port()
     phases = {}
+    # The S3 server shares the two cores with the restore and the replaying
+    # server (a real S3 would not): its CPU is given beside the times.
+    s3cpu0 = s3.cpu() if c.startswith("pgpitr-s3") else None
     t0 = time.monotonic()
     try:
         if c.startswith("pgpitr"):
@@ -412,12 +415,15 @@ def one_run(ctx, c, rep, target, repos, brest, floor):
             phases["replay"] = start_and_replay(dest, port, logf)
             total = time.monotonic() - t0
             extra = {}
+        if s3cpu0 is not None:
+            extra["s3_server_cpu_s"] = s3.cpu() - s3cpu0
         ids = reached(port)
         ok = list(ids) == [1]
         wf = (extra.get("pgpitr_json") or {}).get("reached", {}).get("wal_fetch")
         spool = (f" spool: {wf['hits']} ready, {wf['waits']} waited ({wf['waited_secs']:.2f} s), {wf['misses']} "
                  f"fetched ({wf['miss_secs']:.2f} s)") if wf else ""
-        log(f"restore rep {rep} {c}: {total:.1f} s {phases} reached markers {ids}{spool}")
+        s3s = f" s3s-fs CPU {extra['s3_server_cpu_s']:.2f} s" if "s3_server_cpu_s" in extra else ""
+        log(f"restore rep {rep} {c}: {total:.1f} s {phases} reached markers {ids}{spool}{s3s}")
         return {"contender": c, "rep": rep, "total_s": total, "phases": phases, "reached": list(ids),
                 "reached_ok": ok, **extra}
     finally:

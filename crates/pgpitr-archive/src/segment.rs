@@ -259,9 +259,15 @@ impl OpenSegment {
     }
 
     /// Everything past the last cut, as a piece to store, with the cell its
-    /// upload fills with the compressed block.
-    pub fn cut_piece(&mut self) -> Option<(WalObjectId, Lsn, Bytes, WalSummary, ChunkCell)> {
-        let c = self.cut_pending()?;
+    /// upload fills with the compressed block. Its bytes are copied into the
+    /// buffer `spare` gives, if any: a fresh allocation of megabytes is a
+    /// fresh mapping whose pages fault in as they are written, every second
+    /// under a steady load.
+    pub fn cut_piece(
+        &mut self,
+        spare: impl FnOnce() -> Option<BytesMut>,
+    ) -> Option<(WalObjectId, Lsn, Bytes, WalSummary, ChunkCell)> {
+        let c = self.cut_pending_into(spare)?;
         let id = WalObjectId::piece(self.tli, self.segno, c.from, c.to);
         let cell = ChunkCell::default();
         self.held.push(Held {
@@ -280,11 +286,22 @@ impl OpenSegment {
     /// Everything past the last cut, for the caller to store and to record
     /// in [`OpenSegment::pieces`].
     pub fn cut_pending(&mut self) -> Option<Cut> {
+        self.cut_pending_into(|| None)
+    }
+
+    fn cut_pending_into(&mut self, spare: impl FnOnce() -> Option<BytesMut>) -> Option<Cut> {
         if self.pending_bytes() == 0 {
             return None;
         }
         let (from, to) = (self.cut, self.buf.len());
-        let raw = Bytes::copy_from_slice(&self.buf[from..to]);
+        let raw = match spare() {
+            Some(mut buf) => {
+                buf.clear();
+                buf.extend_from_slice(&self.buf[from..to]);
+                buf.freeze()
+            }
+            None => Bytes::copy_from_slice(&self.buf[from..to]),
+        };
         let summary = std::mem::take(&mut self.pending_summary);
         self.pieces_summary.merge(&summary);
         self.cut = to;
@@ -426,7 +443,7 @@ mod merge_tests {
         let piece = WalObjectId::piece(TimelineId(1), SegNo(3), first.from, first.to);
         for _ in 0..compact::STAGING {
             s.append(&[8u8; 100], now);
-            let (id, ..) = s.cut_piece().unwrap();
+            let (id, ..) = s.cut_piece(|| None).unwrap();
             assert!(s.mark_stored(&id));
         }
         assert!(s.due_merge().is_none_or(|m| m.id.range(seg()).0 > piece.range(seg()).0), "not across the hole");

@@ -433,4 +433,23 @@ mod tests {
         assert!(reused.capacity() >= 1 << 20);
         assert!(bufs.segments.take().is_none());
     }
+
+    #[tokio::test]
+    async fn a_piece_cut_into_the_spare_buffer_hands_it_back_once_encoded() {
+        let (_dir, storage, seg, cancel, bufs) = setup();
+        let mut open = crate::segment::OpenSegment::new(TimelineId(1), SegNo(2), seg, &[], true);
+        open.append(&[5u8; 200_000], Instant::now());
+        let mut old = BytesMut::with_capacity(1 << 20);
+        old.extend_from_slice(b"bytes of an earlier segment");
+        bufs.segments.give(old.freeze());
+        let (id, start, raw, summary, cell) = open.cut_piece(|| bufs.segments.take()).unwrap();
+        assert!(raw[..] == [5u8; 200_000][..], "the piece holds its own bytes only");
+        assert_eq!(bufs.segments.idle(), 0, "lent to the piece");
+        store(&storage, seg, WalUpload { id, start, raw, summary, blocks: Blocks::Piece(cell) }, bufs.clone(), &cancel)
+            .await
+            .unwrap();
+        assert_eq!(bufs.segments.idle(), 1, "back for the next segment once the piece is encoded");
+        let (_, stored) = read_object(storage.as_ref(), &id.key(seg)).await.unwrap();
+        assert!(stored[..] == [5u8; 200_000][..]);
+    }
 }

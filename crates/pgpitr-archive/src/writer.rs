@@ -379,7 +379,10 @@ impl WalWriter {
         if self.uses_journal() {
             return self.submit_append();
         }
-        if let Some((id, start, raw, summary, cell)) = self.cur.cut_piece() {
+        // The spare segment buffer idles until the segment is full; a piece's
+        // upload hands it back once encoded, long before that.
+        let spare = &self.uploads.bufs.segments;
+        if let Some((id, start, raw, summary, cell)) = self.cur.cut_piece(|| spare.take()) {
             self.stats.open_segment_objects.store(self.cur.cover_len() as u64, Ordering::Relaxed);
             self.pieces.in_flight += 1;
             self.uploads.store(WalUpload { id, start, raw, summary, blocks: Blocks::Piece(cell) }, Vec::new());

@@ -53,9 +53,8 @@ pub enum Codec {
 /// at a speed close to it.
 pub const ZSTD_LEVEL: i32 = 1;
 
-/// Raw bytes per lz4 block. Under 64 KiB lz4 indexes matches with 16-bit
-/// offsets: on bulk-insert WAL that compressed ~18% faster than one block
-/// per segment, for ~1% more output (`benches/results/FINDINGS.md`).
+/// Raw bytes per lz4 block: on bulk-insert WAL ~18% faster to compress than
+/// one block per segment, for ~1% more output (`benches/results/FINDINGS.md`).
 pub const BLOCK_RAW: usize = 64 * 1024;
 
 /// Raw bytes compressed into a run of framed lz4 blocks, ready to be laid
