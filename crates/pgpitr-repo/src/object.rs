@@ -458,33 +458,56 @@ pub fn decode_header(buf: &[u8]) -> Result<ObjectHeader, DecodeError> {
 
 /// Decodes a whole object and returns its header and verified raw bytes.
 pub fn decode(buf: &[u8]) -> Result<(ObjectHeader, Bytes), DecodeError> {
+    decode_pooled(buf, None)
+}
+
+/// [`decode`], a codec-2 payload decompressed into a buffer from `pool`
+/// (a reader of segment after segment would fault in a fresh mapping for
+/// each otherwise).
+pub fn decode_pooled(buf: &[u8], pool: Option<&BufPool>) -> Result<(ObjectHeader, Bytes), DecodeError> {
     let header = decode_header(buf)?;
     let payload = &buf[header.payload_offset..];
     if payload.len() as u64 != header.stored_len {
         return Err(bad(format!("payload is {} bytes, header says {}", payload.len(), header.stored_len)));
     }
     let raw_len = (header.end.0 - header.start.0) as usize;
-    let raw: Bytes = match header.codec {
-        Codec::None => Bytes::copy_from_slice(payload),
-        Codec::Lz4 => lz4_flex::block::decompress(payload, raw_len)
-            .map_err(|e| bad(format!("lz4 payload does not decompress: {e}")))?
-            .into(),
-        Codec::Lz4Chunks => decode_chunks(payload, raw_len)?,
-        Codec::Zstd => zstd::bulk::decompress(payload, raw_len)
-            .map_err(|e| bad(format!("zstd payload does not decompress: {e}")))?
-            .into(),
+    let hashed = |raw: Bytes| {
+        let crc = crc32fast::hash(&raw);
+        (raw, crc)
+    };
+    let (raw, crc) = match header.codec {
+        Codec::None => hashed(Bytes::copy_from_slice(payload)),
+        Codec::Lz4 => hashed(
+            lz4_flex::block::decompress(payload, raw_len)
+                .map_err(|e| bad(format!("lz4 payload does not decompress: {e}")))?
+                .into(),
+        ),
+        Codec::Lz4Chunks => decode_chunks(payload, raw_len, pool)?,
+        Codec::Zstd => hashed(
+            zstd::bulk::decompress(payload, raw_len)
+                .map_err(|e| bad(format!("zstd payload does not decompress: {e}")))?
+                .into(),
+        ),
     };
     if raw.len() != raw_len {
         return Err(bad(format!("payload holds {} bytes, header says {raw_len}", raw.len())));
     }
-    if crc32fast::hash(&raw) != header.raw_crc {
+    if crc != header.raw_crc {
         return Err(bad("payload checksum mismatch"));
     }
     Ok((header, raw))
 }
 
-fn decode_chunks(mut payload: &[u8], raw_len: usize) -> Result<Bytes, DecodeError> {
-    let mut out = vec![0u8; raw_len];
+/// The raw bytes of framed lz4 blocks and their CRC-32, each block hashed
+/// as soon as it is decompressed, while it is in cache.
+fn decode_chunks(mut payload: &[u8], raw_len: usize, pool: Option<&BufPool>) -> Result<(Bytes, u32), DecodeError> {
+    // A recycled buffer holds an earlier object's bytes: every byte up to
+    // `raw_len` is written below, or the payload is refused.
+    let (mut out, pooled) = match pool {
+        Some(p) => p.take_or_alloc(raw_len),
+        None => (vec![0u8; raw_len], false),
+    };
+    let mut crc = crc32fast::Hasher::new();
     let mut at = 0usize;
     while !payload.is_empty() {
         if payload.len() < 8 {
@@ -495,7 +518,7 @@ fn decode_chunks(mut payload: &[u8], raw_len: usize) -> Result<Bytes, DecodeErro
         let Some(block) = payload.get(8..8 + stored) else {
             return Err(bad(format!("lz4 chunk of {stored} bytes runs past the payload")));
         };
-        let Some(dest) = out.get_mut(at..at + n) else {
+        let Some(dest) = out[..raw_len].get_mut(at..at + n) else {
             return Err(bad(format!("lz4 chunks hold more than the {raw_len} bytes the header says")));
         };
         let got = lz4_flex::block::decompress_into(block, dest)
@@ -503,13 +526,18 @@ fn decode_chunks(mut payload: &[u8], raw_len: usize) -> Result<Bytes, DecodeErro
         if got != n {
             return Err(bad(format!("lz4 chunk at raw offset {at} holds {got} bytes, its framing says {n}")));
         }
+        crc.update(dest);
         at += n;
         payload = &payload[8 + stored..];
     }
     if at != raw_len {
         return Err(bad(format!("lz4 chunks hold {at} bytes, the header says {raw_len}")));
     }
-    Ok(out.into())
+    let raw = match pool {
+        Some(p) => p.finish(out, raw_len, pooled),
+        None => out.into(),
+    };
+    Ok((raw, crc.finalize()))
 }
 
 /// The valid frames of a journal: objects appended one after another, each
@@ -821,6 +849,37 @@ mod tests {
         assert_eq!(pool.idle(), 1);
         drop(small);
         assert_eq!(pool.idle(), 1);
+    }
+
+    #[test]
+    fn decoding_into_recycled_buffers_never_shows_an_earlier_objects_bytes() {
+        let s = WalSummary::default();
+        let a: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 / 5) as u8).collect();
+        let b: Vec<u8> = (0..2_000_000u32).map(|i| (i % 13) as u8).collect();
+        let pool = BufPool::new(1, a.len());
+        let obj = |raw: &[u8]| encode(TimelineId(1), Lsn(0), raw, Codec::Lz4Chunks, &s);
+        let (h, first) = decode_pooled(&obj(&a), Some(&pool)).unwrap();
+        assert_eq!((&first[..], h.raw_crc), (&a[..], crc32fast::hash(&a)));
+        drop(first);
+        assert_eq!(pool.idle(), 1, "back once its bytes are dropped");
+        let (_, second) = decode_pooled(&obj(&b), Some(&pool)).unwrap();
+        assert!(second[..] == b[..], "the recycled buffer is overwritten");
+        assert_eq!(pool.idle(), 0, "taken from the pool");
+        drop(second);
+        // A payload that stops short never passes the earlier bytes off as
+        // its own: the buffer still holds `b` past the truncation.
+        let mut cut = obj(&a[..1_000_000]).to_vec();
+        let h = decode_header(&cut).unwrap();
+        cut[20..28].copy_from_slice(&(h.start.0 + 2_000_000).to_be_bytes());
+        let head_crc = {
+            let mut c = crc32fast::Hasher::new();
+            c.update(&cut[..44]);
+            c.update(&cut[HEADER_LEN..h.payload_offset]);
+            c.finalize()
+        };
+        cut[44..HEADER_LEN].copy_from_slice(&head_crc.to_be_bytes());
+        let e = decode_pooled(&cut, Some(&pool)).unwrap_err();
+        assert!(e.0.contains("the header says"), "{}", e.0);
     }
 
     #[test]

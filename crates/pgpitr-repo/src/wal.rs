@@ -390,8 +390,18 @@ pub async fn resolve_journal(
 
 /// Fetches and verifies one WAL object.
 pub async fn read_object(storage: &dyn Storage, key: &str) -> Result<(ObjectHeader, Bytes)> {
+    read_object_pooled(storage, key, None).await
+}
+
+/// [`read_object`], decoding into a buffer from `pool` (see
+/// [`object::decode_pooled`]).
+pub async fn read_object_pooled(
+    storage: &dyn Storage,
+    key: &str,
+    pool: Option<&object::BufPool>,
+) -> Result<(ObjectHeader, Bytes)> {
     let buf = storage.get(key).await?;
-    object::decode(&buf).map_err(|e| RepoError::Corrupt {
+    object::decode_pooled(&buf, pool).map_err(|e| RepoError::Corrupt {
         location: storage.describe(),
         key: key.to_string(),
         reason: e.0,
@@ -436,6 +446,9 @@ pub struct AssembledSegment {
     /// The objects whose bytes were used, in offset order, with their
     /// summaries (journals with their end as read).
     pub used: Vec<(WalObjectId, WalSummary)>,
+    /// CRC-32 of `data`, when one stored segment held it (checked when it
+    /// was decoded).
+    pub raw_crc: Option<u32>,
 }
 
 /// Objects of one segment read at once.
@@ -484,7 +497,7 @@ pub async fn assemble_segment(
         tl.objects.iter().chain(&tl.covered).map(|(id, _)| *id).filter(|id| id.segno == segno).collect();
     if let Some(id) = objs.iter().find(|id| id.kind == WalObjectKind::Segment) {
         // Listed: gone since is an error (the caller may list again).
-        return complete_object(storage, seg, *id).await.map(Some);
+        return complete_object(storage, seg, *id, None).await.map(Some);
     }
     if objs.is_empty() {
         return Ok(None);
@@ -525,7 +538,7 @@ pub async fn assemble_segment(
     if valid == 0 {
         return Ok(None);
     }
-    Ok(Some(AssembledSegment { data: buf.freeze(), valid_len: valid, complete: false, used }))
+    Ok(Some(AssembledSegment { data: buf.freeze(), valid_len: valid, complete: false, used, raw_crc: None }))
 }
 
 /// Segment `segno` of `tli` from its complete object, verified; `None`
@@ -535,17 +548,23 @@ pub async fn read_complete(
     seg: WalSegSize,
     tli: TimelineId,
     segno: SegNo,
+    pool: Option<&object::BufPool>,
 ) -> Result<Option<AssembledSegment>> {
-    match complete_object(storage, seg, WalObjectId::segment(tli, segno)).await {
+    match complete_object(storage, seg, WalObjectId::segment(tli, segno), pool).await {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-async fn complete_object(storage: &dyn Storage, seg: WalSegSize, id: WalObjectId) -> Result<AssembledSegment> {
+async fn complete_object(
+    storage: &dyn Storage,
+    seg: WalSegSize,
+    id: WalObjectId,
+    pool: Option<&object::BufPool>,
+) -> Result<AssembledSegment> {
     let key = id.key(seg);
-    let (header, raw) = read_object(storage, &key).await?;
+    let (header, raw) = read_object_pooled(storage, &key, pool).await?;
     if raw.len() as u64 != seg.bytes() {
         return Err(RepoError::Corrupt {
             location: storage.describe(),
@@ -554,7 +573,7 @@ async fn complete_object(storage: &dyn Storage, seg: WalSegSize, id: WalObjectId
         });
     }
     let used = vec![(id, header.summary)];
-    Ok(AssembledSegment { data: raw, valid_len: seg.bytes(), complete: true, used })
+    Ok(AssembledSegment { data: raw, valid_len: seg.bytes(), complete: true, used, raw_crc: Some(header.raw_crc) })
 }
 
 /// Segment offsets of a piece or journal.

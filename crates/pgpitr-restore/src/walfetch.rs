@@ -453,6 +453,9 @@ pub async fn prefetch_daemon(repo_url: &RepoUrl, spool: &Path, prefetch: usize) 
     }
     let repo = open_repo(repo_url).await?;
     let seg = repo.seg_size();
+    // One decode buffer per download in flight, recycled: a fresh one per
+    // segment faults in 16 MiB on the core replay shares.
+    let pool = pgpitr_repo::object::BufPool::new(PREFETCH_PARALLEL, seg.bytes() as usize);
     let mut listed: Option<(TimelineId, CompleteSegments, std::ops::Range<u64>, Instant)> = None;
     let mut last_want: Option<(TimelineId, SegNo)> = None;
     let mut changed_at = Instant::now();
@@ -507,10 +510,10 @@ pub async fn prefetch_daemon(repo_url: &RepoUrl, spool: &Path, prefetch: usize) 
                     continue;
                 }
                 running.insert(s);
-                let (repo, spool, object) = (repo.clone(), spool.to_path_buf(), object.0);
+                let (repo, spool, object, pool) = (repo.clone(), spool.to_path_buf(), object.0, pool.clone());
                 tasks.spawn(async move {
                     let dest = spool.join(&name);
-                    match download(&repo, seg, object, &tmp, &dest).await {
+                    match download(&repo, seg, object, &tmp, &dest, &pool).await {
                         Ok(true) => {}
                         Ok(false) => {
                             let _ = std::fs::remove_file(&tmp);
@@ -573,11 +576,13 @@ async fn download(
     id: WalObjectId,
     tmp: &Path,
     dest: &Path,
+    pool: &pgpitr_repo::object::BufPool,
 ) -> Result<bool, FetchError> {
-    let Some(s) = wal::read_complete(repo.storage().as_ref(), seg, id.tli, id.segno).await? else {
+    let Some(s) = wal::read_complete(repo.storage().as_ref(), seg, id.tli, id.segno, Some(pool)).await? else {
         return Ok(false);
     };
-    let crc = crc32fast::hash(&s.data);
+    // Checked against the data when it was decoded.
+    let crc = s.raw_crc.unwrap_or_else(|| crc32fast::hash(&s.data));
     let dest = dest.with_file_name(format!("{}.{crc:08x}", dest.file_name().unwrap_or_default().to_string_lossy()));
     let (tmp, shown) = (tmp.to_path_buf(), dest.clone());
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {

@@ -295,7 +295,8 @@ impl Catalog {
             let (mut tls, _) = wal::scan_prefixes(storage, seg, &own).await?;
             Ok::<_, RepoError>(tls.remove(&tli).unwrap_or_default())
         };
-        let (whole, listed) = futures_util::future::join(wal::read_complete(storage, seg, tli, segno), listing()).await;
+        let (whole, listed) =
+            futures_util::future::join(wal::read_complete(storage, seg, tli, segno, None), listing()).await;
         if let Some(s) = whole? {
             return Ok(Some(s));
         }
