@@ -461,10 +461,24 @@ pub fn decode(buf: &[u8]) -> Result<(ObjectHeader, Bytes), DecodeError> {
     decode_pooled(buf, None)
 }
 
-/// [`decode`], a codec-2 payload decompressed into a buffer from `pool`
-/// (a reader of segment after segment would fault in a fresh mapping for
-/// each otherwise).
+/// [`decode`], an lz4 payload decompressed into a buffer from `pool` (a
+/// reader of segment after segment, or part after part, would fault in a
+/// fresh mapping for each otherwise).
 pub fn decode_pooled(buf: &[u8], pool: Option<&BufPool>) -> Result<(ObjectHeader, Bytes), DecodeError> {
+    decode_from(buf, None, pool)
+}
+
+/// [`decode_pooled`] of an object held as `Bytes`: an uncompressed payload
+/// (a server-compressed backup part) is a view of `obj`, not a copy.
+pub fn decode_shared(obj: &Bytes, pool: Option<&BufPool>) -> Result<(ObjectHeader, Bytes), DecodeError> {
+    decode_from(obj, Some(obj), pool)
+}
+
+fn decode_from(
+    buf: &[u8],
+    whole: Option<&Bytes>,
+    pool: Option<&BufPool>,
+) -> Result<(ObjectHeader, Bytes), DecodeError> {
     let header = decode_header(buf)?;
     let payload = &buf[header.payload_offset..];
     if payload.len() as u64 != header.stored_len {
@@ -476,12 +490,28 @@ pub fn decode_pooled(buf: &[u8], pool: Option<&BufPool>) -> Result<(ObjectHeader
         (raw, crc)
     };
     let (raw, crc) = match header.codec {
-        Codec::None => hashed(Bytes::copy_from_slice(payload)),
-        Codec::Lz4 => hashed(
-            lz4_flex::block::decompress(payload, raw_len)
-                .map_err(|e| bad(format!("lz4 payload does not decompress: {e}")))?
-                .into(),
-        ),
+        Codec::None => hashed(match whole {
+            Some(obj) => obj.slice(header.payload_offset..),
+            None => Bytes::copy_from_slice(payload),
+        }),
+        Codec::Lz4 => match pool.and_then(|p| p.take(raw_len).map(|b| (b, p))) {
+            Some((mut out, p)) => {
+                // A recycled buffer holds an earlier object's bytes: all
+                // `raw_len` must be written.
+                let n = lz4_flex::block::decompress_into(payload, &mut out[..raw_len])
+                    .map_err(|e| bad(format!("lz4 payload does not decompress: {e}")))?;
+                if n != raw_len {
+                    return Err(bad(format!("payload holds {n} bytes, header says {raw_len}")));
+                }
+                let crc = crc32fast::hash(&out[..raw_len]);
+                (p.freeze(out, raw_len), crc)
+            }
+            None => hashed(
+                lz4_flex::block::decompress(payload, raw_len)
+                    .map_err(|e| bad(format!("lz4 payload does not decompress: {e}")))?
+                    .into(),
+            ),
+        },
         Codec::Lz4Chunks => decode_chunks(payload, raw_len, pool)?,
         Codec::Zstd => hashed(
             zstd::bulk::decompress(payload, raw_len)
@@ -849,6 +879,28 @@ mod tests {
         assert_eq!(pool.idle(), 1);
         drop(small);
         assert_eq!(pool.idle(), 1);
+    }
+
+    #[test]
+    fn shared_and_pooled_decodes_give_the_bytes_and_catch_damage() {
+        let s = WalSummary::default();
+        let raw: Vec<u8> = (0..2_000_000u32).map(|i| (i * 3 / 7) as u8).collect();
+        let pool = BufPool::new(1, raw.len());
+        for codec in [Codec::None, Codec::Lz4, Codec::Lz4Chunks, Codec::Zstd] {
+            let obj = encode(TimelineId(1), Lsn(0), &raw, codec, &s);
+            for _ in 0..2 {
+                let (_, back) = decode_shared(&obj, Some(&pool)).unwrap();
+                assert!(back[..] == raw[..], "{codec:?}");
+                if codec == Codec::None {
+                    let inside = obj.as_ptr_range().contains(&back.as_ptr());
+                    assert!(inside, "an uncompressed payload is a view of the object");
+                }
+            }
+            let mut bad = obj.to_vec();
+            let last = bad.len() - 1;
+            bad[last] ^= 0x40;
+            assert!(decode_shared(&Bytes::from(bad), Some(&pool)).is_err(), "{codec:?}");
+        }
     }
 
     #[test]

@@ -218,8 +218,12 @@ impl BackupReader {
             stats: ReadStats::default(),
             progress: self.progress.clone(),
         };
+        // Decoded parts in flight (fetched ahead, queued, being read), in
+        // recycled buffers: a fresh one per part faults in every page again.
+        let largest = self.info.archives.iter().flat_map(|a| &a.parts).map(|p| p.raw_len).max().unwrap_or(0);
+        let pool = object::BufPool::new(self.parallelism + 4, usize::try_from(largest).unwrap_or(usize::MAX));
         for archive in order {
-            tr = self.read_archive(archive, tr).await?;
+            tr = self.read_archive(archive, tr, &pool).await?;
         }
         let missing: Vec<String> =
             tr.manifest.files.iter().filter(|f| !tr.seen.contains(&f.path)).map(|f| shown(&f.path)).collect();
@@ -240,6 +244,7 @@ impl BackupReader {
         &self,
         archive: &ArchiveInfo,
         mut tr: TarReader<S>,
+        pool: &object::BufPool,
     ) -> Result<TarReader<S>, ReadError> {
         let id = &self.id;
         let (tx, rx) = tokio::sync::mpsc::channel::<(usize, Bytes)>(2);
@@ -248,7 +253,8 @@ impl BackupReader {
             .parts
             .iter()
             .map(|p| {
-                let job = fetch_part(self.storage.clone(), id.part_key(&archive.name, p.index), p.clone(), offset);
+                let key = id.part_key(&archive.name, p.index);
+                let job = fetch_part(self.storage.clone(), key, p.clone(), offset, Some(pool.clone()));
                 offset += p.raw_len;
                 job
             })
@@ -339,7 +345,7 @@ impl BackupReader {
             let mut offset = 0u64;
             for part in &archive.parts {
                 let key = id.part_key(&archive.name, part.index);
-                jobs.push((key.clone(), fetch_part(storage.clone(), key, part.clone(), offset)));
+                jobs.push((key.clone(), fetch_part(storage.clone(), key, part.clone(), offset, None)));
                 offset += part.raw_len;
             }
         }
@@ -388,14 +394,20 @@ async fn read_manifest(
 }
 
 /// Fetches, decodes and checks one part against `backup.json`.
-async fn fetch_part(storage: Arc<dyn Storage>, key: String, part: PartInfo, offset: u64) -> Result<Bytes, ReadError> {
+async fn fetch_part(
+    storage: Arc<dyn Storage>,
+    key: String,
+    part: PartInfo,
+    offset: u64,
+    pool: Option<object::BufPool>,
+) -> Result<Bytes, ReadError> {
     let obj = storage.get(&key).await?;
     tokio::task::spawn_blocking(move || {
         let bad = |reason: String| ReadError::Corrupt { id: String::new(), what: key.clone(), reason };
         if obj.len() as u64 != part.stored_len {
             return Err(bad(format!("object is {} bytes, backup.json says {}", obj.len(), part.stored_len)));
         }
-        let (h, raw) = object::decode(&obj).map_err(|e| bad(e.0))?;
+        let (h, raw) = object::decode_shared(&obj, pool.as_ref()).map_err(|e| bad(e.0))?;
         if h.start.0 != offset || raw.len() as u64 != part.raw_len || h.raw_crc != part.crc {
             return Err(bad("offset, length or checksum differs from backup.json".into()));
         }
