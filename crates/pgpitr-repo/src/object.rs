@@ -294,18 +294,18 @@ fn encode_spans_crc(
     let mut at = payload_at;
     let mut raw_len = 0u64;
     let mut fresh: Vec<(u32, Range<usize>)> = Vec::new();
-    let (mut hasher, all) = match raw_crc {
-        RawCrc::Known(_) => (None, &[][..]),
-        RawCrc::Of(all) => (Some(crc32fast::Hasher::new()), all),
+    let (known, all) = match raw_crc {
+        RawCrc::Known(c) => (Some(c), &[][..]),
+        RawCrc::Of(all) => (None, all),
     };
+    let mut hasher = known.is_none().then(crc32fast::Hasher::new);
     for p in spans {
         match p {
             Span::Stored(c) => {
                 buf[at..at + c.framed.len()].copy_from_slice(&c.framed);
                 at += c.framed.len();
                 if let Some(h) = hasher.as_mut() {
-                    let from = (raw_len as usize).min(all.len());
-                    h.update(&all[from..(from + c.raw_len as usize).min(all.len())]);
+                    h.update(&all[raw_len as usize..raw_len as usize + c.raw_len as usize]);
                 }
                 raw_len += c.raw_len as u64;
             }
@@ -317,11 +317,11 @@ fn encode_spans_crc(
             }
         }
     }
-    let raw_crc = match (raw_crc, hasher) {
-        (RawCrc::Known(c), _) => c,
-        (RawCrc::Of(all), h) => {
+    let raw_crc = match (known, hasher) {
+        (Some(c), _) => c,
+        (None, h) => {
             debug_assert_eq!(raw_len, all.len() as u64, "the spans are the bytes hashed");
-            h.map_or_else(|| crc32fast::hash(all), |h| h.finalize())
+            h.map_or(0, |h| h.finalize())
         }
     };
     let head = header(tli, start, raw_len, raw_crc, Codec::Lz4Chunks, (at - payload_at) as u64, &summary_json);
@@ -494,24 +494,18 @@ fn decode_from(
             Some(obj) => obj.slice(header.payload_offset..),
             None => Bytes::copy_from_slice(payload),
         }),
-        Codec::Lz4 => match pool.and_then(|p| p.take(raw_len).map(|b| (b, p))) {
-            Some((mut out, p)) => {
-                // A recycled buffer holds an earlier object's bytes: all
-                // `raw_len` must be written.
-                let n = lz4_flex::block::decompress_into(payload, &mut out[..raw_len])
-                    .map_err(|e| bad(format!("lz4 payload does not decompress: {e}")))?;
-                if n != raw_len {
-                    return Err(bad(format!("payload holds {n} bytes, header says {raw_len}")));
-                }
-                let crc = crc32fast::hash(&out[..raw_len]);
-                (p.freeze(out, raw_len), crc)
+        Codec::Lz4 => {
+            let (mut out, pooled) = output(pool, raw_len);
+            // A recycled buffer holds an earlier object's bytes: all
+            // `raw_len` must be written.
+            let n = lz4_flex::block::decompress_into(payload, &mut out[..raw_len])
+                .map_err(|e| bad(format!("lz4 payload does not decompress: {e}")))?;
+            if n != raw_len {
+                return Err(bad(format!("payload holds {n} bytes, header says {raw_len}")));
             }
-            None => hashed(
-                lz4_flex::block::decompress(payload, raw_len)
-                    .map_err(|e| bad(format!("lz4 payload does not decompress: {e}")))?
-                    .into(),
-            ),
-        },
+            let crc = crc32fast::hash(&out[..raw_len]);
+            (finish(pool, out, raw_len, pooled), crc)
+        }
         Codec::Lz4Chunks => decode_chunks(payload, raw_len, pool)?,
         Codec::Zstd => hashed(
             zstd::bulk::decompress(payload, raw_len)
@@ -533,10 +527,7 @@ fn decode_from(
 fn decode_chunks(mut payload: &[u8], raw_len: usize, pool: Option<&BufPool>) -> Result<(Bytes, u32), DecodeError> {
     // A recycled buffer holds an earlier object's bytes: every byte up to
     // `raw_len` is written below, or the payload is refused.
-    let (mut out, pooled) = match pool {
-        Some(p) => p.take_or_alloc(raw_len),
-        None => (vec![0u8; raw_len], false),
-    };
+    let (mut out, pooled) = output(pool, raw_len);
     let mut crc = crc32fast::Hasher::new();
     let mut at = 0usize;
     while !payload.is_empty() {
@@ -563,11 +554,26 @@ fn decode_chunks(mut payload: &[u8], raw_len: usize, pool: Option<&BufPool>) -> 
     if at != raw_len {
         return Err(bad(format!("lz4 chunks hold {at} bytes, the header says {raw_len}")));
     }
-    let raw = match pool {
+    Ok((finish(pool, out, raw_len, pooled), crc.finalize()))
+}
+
+/// A buffer for `raw_len` decoded bytes: from `pool` when it serves the size.
+fn output(pool: Option<&BufPool>, raw_len: usize) -> (Vec<u8>, bool) {
+    match pool {
+        Some(p) => p.take_or_alloc(raw_len),
+        None => (vec![0u8; raw_len], false),
+    }
+}
+
+/// The first `raw_len` bytes of a buffer from [`output`].
+fn finish(pool: Option<&BufPool>, mut out: Vec<u8>, raw_len: usize, pooled: bool) -> Bytes {
+    match pool {
         Some(p) => p.finish(out, raw_len, pooled),
-        None => out.into(),
-    };
-    Ok((raw, crc.finalize()))
+        None => {
+            out.truncate(raw_len);
+            out.into()
+        }
+    }
 }
 
 /// The valid frames of a journal: objects appended one after another, each
