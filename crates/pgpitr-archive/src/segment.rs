@@ -59,6 +59,9 @@ pub struct OpenSegment {
     pending_summary: WalSummary,
     /// When the oldest byte past `cut` arrived.
     pending_since: Option<Instant>,
+    /// CRC-32 of `buf`, hashed as bytes arrive, while they are in cache:
+    /// hashing the complete segment later reads it back from memory.
+    crc: crc32fast::Hasher,
 }
 
 impl OpenSegment {
@@ -83,6 +86,8 @@ impl OpenSegment {
         buf.clear();
         buf.reserve(seg.bytes() as usize);
         buf.extend_from_slice(prefix);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(prefix);
         OpenSegment {
             tli,
             segno,
@@ -94,6 +99,7 @@ impl OpenSegment {
             pieces_summary: WalSummary::default(),
             pending_summary: WalSummary::default(),
             pending_since: (!stored && !prefix.is_empty()).then(Instant::now),
+            crc,
         }
     }
 
@@ -125,6 +131,7 @@ impl OpenSegment {
             self.pending_since = Some(now);
         }
         self.buf.extend_from_slice(data);
+        self.crc.update(data);
     }
 
     pub fn pending_summary_mut(&mut self) -> &mut WalSummary {
@@ -326,6 +333,7 @@ impl OpenSegment {
             summary,
             superseded,
             chunks,
+            crc: self.crc.finalize(),
         }
     }
 
@@ -354,6 +362,8 @@ pub struct Complete {
     /// Pieces made redundant once it is stored.
     pub superseded: Vec<WalObjectId>,
     pub chunks: Vec<PieceChunk>,
+    /// CRC-32 of `raw`.
+    pub crc: u32,
 }
 
 /// What the segment's payload is made of: the pieces' own blocks where their
@@ -452,5 +462,36 @@ mod merge_tests {
         assert_eq!(m.id, WalObjectId::piece(TimelineId(1), SegNo(3), 0, 1000 + 100 * compact::STAGING as u32));
         assert_eq!(m.sources.iter().map(Source::len).sum::<u64>(), u64::from(1000 + 100 * compact::STAGING as u32));
         assert_eq!(m.summary.commits, 1, "the held piece's commits are in the merged summary");
+    }
+}
+
+#[cfg(test)]
+mod crc_tests {
+    use super::*;
+
+    /// The CRC hashed as bytes arrive is the complete segment's, prefix
+    /// included, also in a reused buffer that held another segment.
+    #[test]
+    fn the_running_crc_is_the_segments() {
+        let seg = WalSegSize::new(1 << 20).unwrap();
+        let prefix: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+        let mut old = BytesMut::with_capacity(1 << 20);
+        old.extend_from_slice(&[0xAA; 5000]);
+        let mut s = OpenSegment::new_in(old, TimelineId(2), SegNo(9), seg, &prefix, false);
+        let now = Instant::now();
+        let mut i = 0u32;
+        while !s.is_full() {
+            let n = s.room().min(1 + (i as usize * 977) % 70_000);
+            let chunk: Vec<u8> = (0..n as u32).map(|j| (j ^ i) as u8).collect();
+            s.append(&chunk, now);
+            if i.is_multiple_of(5) {
+                s.cut_pending();
+            }
+            i += 1;
+        }
+        let c = s.into_complete(None);
+        assert_eq!(c.raw.len(), 1 << 20);
+        assert_eq!(&c.raw[..prefix.len()], &prefix[..]);
+        assert_eq!(c.crc, crc32fast::hash(&c.raw));
     }
 }

@@ -59,7 +59,13 @@ pub async fn compact_segment(
     assembled.used.iter().for_each(|(_, s)| summary.merge(s));
     let id = WalObjectId::segment(tli, segno);
     let start = id.range(seg).0;
-    let up = WalUpload { id, start, raw: assembled.data, summary, blocks: Blocks::Segment(Vec::new()) };
+    let up = WalUpload {
+        id,
+        start,
+        raw: assembled.data,
+        summary,
+        blocks: Blocks::Segment { pieces: Vec::new(), crc: None },
+    };
     let bufs = Buffers {
         encode: object::encode_pool(1, seg.bytes() as usize),
         segments: SpareSegments::new(0, seg.bytes() as usize),

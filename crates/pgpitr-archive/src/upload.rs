@@ -30,8 +30,9 @@ pub struct WalUpload {
 pub enum Blocks {
     /// A piece: compress it, and publish the block for its segment.
     Piece(ChunkCell),
-    /// A complete segment: reuse its pieces' blocks where they exist.
-    Segment(Vec<PieceChunk>),
+    /// A complete segment: reuse its pieces' blocks where they exist. The
+    /// CRC-32 of its raw bytes, when already known.
+    Segment { pieces: Vec<PieceChunk>, crc: Option<u32> },
     /// A merged piece, made of these instead of `raw` (which is empty); its
     /// blocks are published in the cell for the next merge.
     Merge { sources: Vec<Source>, cell: ChunkCell },
@@ -137,11 +138,16 @@ pub async fn store(
                 }
                 (encoded, crc)
             }
-            Blocks::Segment(pieces) => {
+            Blocks::Segment { pieces, crc } => {
                 let spans = segment_spans(&raw, &pieces);
-                let (encoded, _, crc) =
-                    object::encode_spans_of(id.tli, start, &raw, &spans, &summary, Some(&bufs.encode));
-                (encoded, crc)
+                let pool = Some(&bufs.encode);
+                match crc {
+                    Some(crc) => (object::encode_spans(id.tli, start, &spans, crc, &summary, pool).0, crc),
+                    None => {
+                        let (encoded, _, crc) = object::encode_spans_of(id.tli, start, &raw, &spans, &summary, pool);
+                        (encoded, crc)
+                    }
+                }
             }
             Blocks::Merge { sources, cell } => encode_merge(id, start, &sources, &summary, cell),
         };
@@ -415,7 +421,7 @@ mod tests {
                 start: Lsn(segno << 20),
                 raw: raw.freeze(),
                 summary: WalSummary::default(),
-                blocks: Blocks::Segment(Vec::new()),
+                blocks: Blocks::Segment { pieces: Vec::new(), crc: None },
             }
         };
         store(&storage, seg, segment(2), bufs.clone(), &cancel).await.unwrap();

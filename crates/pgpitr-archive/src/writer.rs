@@ -351,8 +351,13 @@ impl WalWriter {
         let cut_short = self.pieces.segment_completed();
         let c = full.into_complete(cut_short);
         self.uploads.segments += 1;
-        let up =
-            WalUpload { id: c.id, start: c.start, raw: c.raw, summary: c.summary, blocks: Blocks::Segment(c.chunks) };
+        let up = WalUpload {
+            id: c.id,
+            start: c.start,
+            raw: c.raw,
+            summary: c.summary,
+            blocks: Blocks::Segment { pieces: c.chunks, crc: Some(c.crc) },
+        };
         self.uploads.store(up, c.superseded);
     }
 
