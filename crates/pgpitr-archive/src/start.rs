@@ -62,9 +62,9 @@ pub async fn compact_segment(
     let up = WalUpload {
         id,
         start,
+        blocks: Blocks::Segment { pieces: Vec::new(), crc: crc32fast::hash(&assembled.data) },
         raw: assembled.data,
         summary,
-        blocks: Blocks::Segment { pieces: Vec::new(), crc: None },
     };
     let bufs = Buffers {
         encode: object::encode_pool(1, seg.bytes() as usize),

@@ -30,9 +30,9 @@ pub struct WalUpload {
 pub enum Blocks {
     /// A piece: compress it, and publish the block for its segment.
     Piece(ChunkCell),
-    /// A complete segment: reuse its pieces' blocks where they exist. The
-    /// CRC-32 of its raw bytes, when already known.
-    Segment { pieces: Vec<PieceChunk>, crc: Option<u32> },
+    /// A complete segment: reuse its pieces' blocks where they exist; `crc`
+    /// is the CRC-32 of its raw bytes.
+    Segment { pieces: Vec<PieceChunk>, crc: u32 },
     /// A merged piece, made of these instead of `raw` (which is empty); its
     /// blocks are published in the cell for the next merge.
     Merge { sources: Vec<Source>, cell: ChunkCell },
@@ -140,14 +140,7 @@ pub async fn store(
             }
             Blocks::Segment { pieces, crc } => {
                 let spans = segment_spans(&raw, &pieces);
-                let pool = Some(&bufs.encode);
-                match crc {
-                    Some(crc) => (object::encode_spans(id.tli, start, &spans, crc, &summary, pool).0, crc),
-                    None => {
-                        let (encoded, _, crc) = object::encode_spans_of(id.tli, start, &raw, &spans, &summary, pool);
-                        (encoded, crc)
-                    }
-                }
+                (object::encode_spans(id.tli, start, &spans, crc, &summary, Some(&bufs.encode)).0, crc)
             }
             Blocks::Merge { sources, cell } => encode_merge(id, start, &sources, &summary, cell),
         };
@@ -416,12 +409,13 @@ mod tests {
         let segment = |segno: u64| {
             let mut raw = BytesMut::with_capacity(1 << 20);
             raw.resize(1 << 20, segno as u8);
+            let crc = crc32fast::hash(&raw);
             WalUpload {
                 id: WalObjectId::segment(TimelineId(1), SegNo(segno)),
                 start: Lsn(segno << 20),
                 raw: raw.freeze(),
                 summary: WalSummary::default(),
-                blocks: Blocks::Segment { pieces: Vec::new(), crc: None },
+                blocks: Blocks::Segment { pieces: Vec::new(), crc },
             }
         };
         store(&storage, seg, segment(2), bufs.clone(), &cancel).await.unwrap();

@@ -356,7 +356,7 @@ impl WalWriter {
             start: c.start,
             raw: c.raw,
             summary: c.summary,
-            blocks: Blocks::Segment { pieces: c.chunks, crc: Some(c.crc) },
+            blocks: Blocks::Segment { pieces: c.chunks, crc: c.crc },
         };
         self.uploads.store(up, c.superseded);
     }
