@@ -142,7 +142,7 @@ async fn store(
 ) -> Result<(Chunk, u32), StreamError> {
     let cell = crate::segment::ChunkCell::default();
     let blocks = Blocks::Merge { sources, cell: cell.clone() };
-    let up = WalUpload { id, start, raw: Bytes::new(), summary, blocks };
+    let up = WalUpload { id, start, summary, blocks };
     let crc = upload::store(storage, seg, up, bufs, cancel).await?.crc;
     let chunk = cell.get().cloned().ok_or_else(|| StreamError::Internal("a merge made no blocks".into()))?;
     Ok((chunk, crc))

@@ -134,7 +134,16 @@ impl AppendJob {
         let began = Instant::now();
         let (start, end) = self.range();
         let Some(j) = self.open.as_mut() else { return Err(self) };
-        let frame = object::encode(self.jid.tli, start, &self.cut.raw, Codec::None, &self.cut.summary);
+        let (raw, crc) = (&self.cut.raw, self.cut.crc);
+        let frame = object::encode_compressed(
+            self.jid.tli,
+            start,
+            raw.len() as u64,
+            crc,
+            Codec::None,
+            &[raw],
+            &self.cut.summary,
+        );
         match j.handle.append(frame).await {
             Ok(()) => {
                 let id = self.id();
@@ -153,13 +162,8 @@ impl AppendJob {
         let (id, (start, end)) = (self.id(), self.range());
         let piece = WalObjectId::piece(self.jid.tli, self.jid.segno, self.cut.from, self.cut.to);
         let summary = self.cut.summary.clone();
-        let up = WalUpload {
-            id: piece,
-            start,
-            raw: self.cut.raw,
-            summary: self.cut.summary,
-            blocks: Blocks::Piece(Default::default()),
-        };
+        let blocks = Blocks::Framed { head: self.cut.raw, tail: None, crc: self.cut.crc, cell: Default::default() };
+        let up = WalUpload { id: piece, start, summary: self.cut.summary, blocks };
         let result = upload::store(&self.storage, self.seg, up, self.bufs, &self.cancel).await.map(|s| s.took);
         let journal = Some(AppendEnd { open: None, supported: self.supported, fallback: Some((piece, summary)) });
         Done { id, start, end, superseded: Vec::new(), result, journal }

@@ -1,25 +1,37 @@
-//! The segment being filled: its bytes so far, which of them have been
-//! handed to storage as pieces, and what the scanner found in them.
+//! The segment being filled: its bytes so far, compressed as they arrive,
+//! which of them have been handed to storage as pieces, and what the
+//! scanner found in them.
+//!
+//! Arriving WAL gathers in a staging buffer of one block, which stays in
+//! cache, and is compressed into framed lz4 blocks each time it fills. The
+//! complete segment is those blocks behind a header written in place: its
+//! raw bytes never pass through a segment-sized buffer, whose writes (cold)
+//! and reads (to compress them) cost as much CPU as the compression itself.
+//!
+//! ```text
+//!  framed: [head room][block][block]…[block]   staging: [ < 1 block ]
+//!          0          HEAD_ROOM     framed_end          staged_from..len
+//! ```
 
 use crate::compact::{self, Merge, Source};
-use bytes::{Bytes, BytesMut};
-use pgpitr_repo::object::{Chunk, Span, WalSummary};
+use crate::upload::{Blocks, WalUpload};
+use bytes::Bytes;
+use pgpitr_repo::object::{self, BLOCK_RAW, BufPool, Chunk, HEAD_ROOM, WalSummary};
 use pgpitr_repo::wal::{WalObjectId, WalObjectKind};
 use pgpitr_types::{Lsn, SegNo, TimelineId, WalSegSize};
 use std::sync::{Arc, OnceLock};
 use tokio::time::Instant;
 
-/// Where a piece's compressed block appears once its upload task made it, so
-/// the complete segment can reuse it instead of compressing again.
+/// Where a piece's compressed blocks appear once its upload made them, so a
+/// merge can copy them instead of compressing again.
 pub type ChunkCell = Arc<OnceLock<Chunk>>;
 
-/// A piece of the segment: its offsets and (maybe) its compressed block.
-#[derive(Debug, Clone)]
-pub struct PieceChunk {
-    pub from: u32,
-    pub to: u32,
-    pub cell: ChunkCell,
-}
+/// A piece of at least this many bytes seals the staging block, so that it
+/// is made of the segment's own blocks (at the cost of one short block per
+/// piece). A shorter one, a synchronous stream's group commit, is
+/// compressed on its own: sealing at each would leave the complete segment
+/// in tiny blocks, which compress poorly.
+const SEAL_MIN: usize = 16 * 1024;
 
 /// A piece of the segment's cover (see [`compact`]): stored, or being stored.
 #[derive(Debug, Clone)]
@@ -33,7 +45,7 @@ struct Held {
     stored: bool,
     /// Made by a merge, or found stored at resume.
     anchor: bool,
-    /// CRC-32 of its raw bytes, known for merged pieces.
+    /// CRC-32 of its raw bytes, where known.
     crc: Option<u32>,
 }
 
@@ -42,8 +54,19 @@ pub struct OpenSegment {
     pub tli: TimelineId,
     pub segno: SegNo,
     seg: WalSegSize,
-    /// Bytes `0..buf.len()` of the segment.
-    buf: BytesMut,
+    /// Where `framed` came from and returns to, once the complete segment's
+    /// object is dropped.
+    pool: BufPool,
+    pooled: bool,
+    /// Bytes `0..staged_from` as framed blocks, in `framed[HEAD_ROOM..framed_end]`.
+    framed: Vec<u8>,
+    framed_end: usize,
+    /// Where each block ends: raw offset, framed offset.
+    marks: Vec<(u32, usize)>,
+    /// Bytes `staged_from..len`: less than a block.
+    staging: Vec<u8>,
+    staged_from: usize,
+    len: usize,
     /// Offset up to which pieces have been submitted.
     cut: usize,
     /// Pieces covering `0..cut` in offset order, unless journals hold those
@@ -59,9 +82,10 @@ pub struct OpenSegment {
     pending_summary: WalSummary,
     /// When the oldest byte past `cut` arrived.
     pending_since: Option<Instant>,
-    /// CRC-32 of `buf`, hashed as bytes arrive, while they are in cache:
-    /// hashing the complete segment later reads it back from memory.
-    crc: crc32fast::Hasher,
+    /// CRC-32 of bytes `0..cut`, and of `cut..len`: hashed as they arrive,
+    /// while they are in cache.
+    cut_crc: crc32fast::Hasher,
+    pending_crc: crc32fast::Hasher,
 }
 
 impl OpenSegment {
@@ -70,37 +94,41 @@ impl OpenSegment {
     /// from the parent timeline) they go into this segment's first piece, so
     /// that pieces always start at offset 0.
     pub fn new(tli: TimelineId, segno: SegNo, seg: WalSegSize, prefix: &[u8], stored: bool) -> Self {
-        Self::new_in(BytesMut::with_capacity(seg.bytes() as usize), tli, segno, seg, prefix, stored)
+        Self::new_in(&object::encode_pool(0, seg.bytes() as usize), tli, segno, seg, prefix, stored)
     }
 
-    /// Like [`OpenSegment::new`], reusing `buf` (cleared) so that a busy
-    /// stream does not allocate and fault in a fresh segment buffer each time.
-    pub fn new_in(
-        mut buf: BytesMut,
-        tli: TimelineId,
-        segno: SegNo,
-        seg: WalSegSize,
-        prefix: &[u8],
-        stored: bool,
-    ) -> Self {
-        buf.clear();
-        buf.reserve(seg.bytes() as usize);
-        buf.extend_from_slice(prefix);
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(prefix);
-        OpenSegment {
+    /// Like [`OpenSegment::new`], its blocks in a buffer from `pool`, so that
+    /// a busy stream does not fault in a fresh one for each segment.
+    pub fn new_in(pool: &BufPool, tli: TimelineId, segno: SegNo, seg: WalSegSize, prefix: &[u8], stored: bool) -> Self {
+        let (framed, pooled) = pool.take_or_alloc(HEAD_ROOM + object::framed_bound(seg.bytes() as usize));
+        let mut s = OpenSegment {
             tli,
             segno,
             seg,
-            buf,
-            cut: if stored { prefix.len() } else { 0 },
+            pool: pool.clone(),
+            pooled,
+            framed,
+            framed_end: HEAD_ROOM,
+            marks: Vec::with_capacity(seg.bytes() as usize / BLOCK_RAW + 1),
+            staging: Vec::with_capacity(BLOCK_RAW),
+            staged_from: 0,
+            len: 0,
+            cut: 0,
             held: Vec::new(),
             others: Vec::new(),
             pieces_summary: WalSummary::default(),
             pending_summary: WalSummary::default(),
-            pending_since: (!stored && !prefix.is_empty()).then(Instant::now),
-            crc,
+            pending_since: None,
+            cut_crc: crc32fast::Hasher::new(),
+            pending_crc: crc32fast::Hasher::new(),
+        };
+        s.append(prefix, Instant::now());
+        if stored {
+            s.cut = s.len;
+            s.take_pending_crc();
+            s.pending_since = None;
         }
+        s
     }
 
     pub fn start_lsn(&self) -> Lsn {
@@ -109,29 +137,111 @@ impl OpenSegment {
 
     /// The LSN just past the bytes held.
     pub fn end_lsn(&self) -> Lsn {
-        Lsn(self.start_lsn().0 + self.buf.len() as u64)
+        Lsn(self.start_lsn().0 + self.len as u64)
     }
 
     /// Bytes held, from the segment's start.
     pub fn filled(&self) -> usize {
-        self.buf.len()
+        self.len
     }
 
     pub fn room(&self) -> usize {
-        self.seg.bytes() as usize - self.buf.len()
+        self.seg.bytes() as usize - self.len
     }
 
     pub fn is_full(&self) -> bool {
         self.room() == 0
     }
 
-    pub fn append(&mut self, data: &[u8], now: Instant) {
+    pub fn append(&mut self, mut data: &[u8], now: Instant) {
         debug_assert!(data.len() <= self.room());
-        if !data.is_empty() && self.pending_since.is_none() {
-            self.pending_since = Some(now);
+        if data.is_empty() {
+            return;
         }
-        self.buf.extend_from_slice(data);
-        self.crc.update(data);
+        self.pending_since.get_or_insert(now);
+        self.pending_crc.update(data);
+        self.len += data.len();
+        while !data.is_empty() {
+            // A whole block at hand is compressed where it is.
+            if self.staging.is_empty() && data.len() >= BLOCK_RAW {
+                let (block, rest) = data.split_at(BLOCK_RAW);
+                self.push_block(block);
+                data = rest;
+                continue;
+            }
+            let n = (BLOCK_RAW - self.staging.len()).min(data.len());
+            self.staging.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.staging.len() == BLOCK_RAW {
+                self.seal();
+            }
+        }
+    }
+
+    /// Compresses what is staged as a block of its own.
+    fn seal(&mut self) {
+        if self.staging.is_empty() {
+            return;
+        }
+        let staged = std::mem::take(&mut self.staging);
+        self.push_block(&staged);
+        self.staging = staged;
+        self.staging.clear();
+    }
+
+    fn push_block(&mut self, block: &[u8]) {
+        // Short blocks (one per sealed piece) can outgrow the bound reserved.
+        let need = self.framed_end + object::block_bound(block.len());
+        if self.framed.len() < need {
+            self.framed.resize(need, 0);
+        }
+        self.framed_end += object::compress_block(block, &mut self.framed[self.framed_end..]);
+        self.staged_from += block.len();
+        self.marks.push((self.staged_from as u32, self.framed_end));
+    }
+
+    /// The block boundary at or before raw offset `at`: the index of the
+    /// block holding `at`, its raw start and framed start.
+    fn block_at(&self, at: usize) -> (usize, usize, usize) {
+        let i = self.marks.partition_point(|&(end, _)| end as usize <= at);
+        match i.checked_sub(1) {
+            Some(prev) => (i, self.marks[prev].0 as usize, self.marks[prev].1),
+            None => (0, 0, HEAD_ROOM),
+        }
+    }
+
+    /// Bytes `from..to` of the segment, decompressed from its blocks where
+    /// they are no longer staged (journal appends, merges, short pieces, a
+    /// timeline's prefix).
+    fn raw_range(&self, from: usize, to: usize) -> Bytes {
+        debug_assert!(from <= to && to <= self.len);
+        if from == to {
+            return Bytes::new();
+        }
+        let staged = |a: usize, b: usize| &self.staging[a - self.staged_from..b - self.staged_from];
+        if from >= self.staged_from {
+            return Bytes::copy_from_slice(staged(from, to));
+        }
+        let (_, raw_start, framed_start) = self.block_at(from);
+        let upto = to.min(self.staged_from);
+        let last = self.marks.partition_point(|&(end, _)| (end as usize) < upto);
+        let (raw_end, framed_end) = self.marks[last];
+        let (blocks, _) = object::decode_framed(&self.framed[framed_start..framed_end], raw_end as usize - raw_start)
+            .expect("the segment's own blocks decode");
+        if to <= self.staged_from {
+            return blocks.slice(from - raw_start..to - raw_start);
+        }
+        let mut out = Vec::with_capacity(to - from);
+        out.extend_from_slice(&blocks[from - raw_start..]);
+        out.extend_from_slice(staged(self.staged_from, to));
+        out.into()
+    }
+
+    /// The CRC-32 of the pending bytes, which become part of `0..cut`.
+    fn take_pending_crc(&mut self) -> u32 {
+        let pending = std::mem::replace(&mut self.pending_crc, crc32fast::Hasher::new());
+        self.cut_crc.combine(&pending);
+        pending.finalize()
     }
 
     pub fn pending_summary_mut(&mut self) -> &mut WalSummary {
@@ -201,8 +311,11 @@ impl OpenSegment {
         let run = compact::plan(&entries)?;
         let held = &self.held[run];
         let (from, to) = (held[0].from, held[held.len() - 1].to);
-        let raw =
-            |r: std::ops::Range<u32>| Source::Raw(Bytes::copy_from_slice(&self.buf[r.start as usize..r.end as usize]));
+        if to as usize > self.len {
+            tracing::error!(%from, %to, "a merge's pieces reach past the segment's bytes; not merging");
+            return None;
+        }
+        let raw = |r: std::ops::Range<u32>| Source::Raw(self.raw_range(r.start as usize, r.end as usize));
         let mut sources: Vec<Source> = Vec::new();
         let mut summary = WalSummary::default();
         // Neighbouring pieces without reusable blocks compress as one run.
@@ -258,23 +371,38 @@ impl OpenSegment {
     }
 
     pub fn pending_bytes(&self) -> usize {
-        self.buf.len() - self.cut
+        self.len - self.cut
     }
 
     pub fn pending_since(&self) -> Option<Instant> {
         self.pending_since
     }
 
-    /// Everything past the last cut, as a piece to store, with the cell its
-    /// upload fills with the compressed block. Its bytes are copied into the
-    /// buffer `spare` gives, if any: a fresh allocation of megabytes is a
-    /// fresh mapping whose pages fault in as they are written, every second
-    /// under a steady load.
-    pub fn cut_piece(
-        &mut self,
-        spare: impl FnOnce() -> Option<BytesMut>,
-    ) -> Option<(WalObjectId, Lsn, Bytes, WalSummary, ChunkCell)> {
-        let c = self.cut_pending_into(spare)?;
+    /// Everything past the last cut, as a piece to store. A long one is
+    /// made of the segment's blocks (bytes before the first whole one, left
+    /// by a short piece, are compressed anew); a short one of its raw bytes.
+    pub fn cut_piece(&mut self) -> Option<WalUpload> {
+        let (from, to) = (self.cut, self.len);
+        if from == to {
+            return None;
+        }
+        let (head, tail) = if to - from >= SEAL_MIN {
+            self.seal();
+            let (i, raw_start, framed_start) = self.block_at(from);
+            let (blocks_from, framed_from) = match raw_start == from {
+                true => (from, framed_start),
+                false => (self.marks[i].0 as usize, self.marks[i].1),
+            };
+            let head = self.raw_range(from, blocks_from);
+            let tail = (blocks_from < to).then(|| Chunk {
+                raw_len: (to - blocks_from) as u32,
+                framed: Bytes::copy_from_slice(&self.framed[framed_from..self.framed_end]),
+            });
+            (head, tail)
+        } else {
+            (self.raw_range(from, to), None)
+        };
+        let c = self.take_cut(from, to);
         let id = WalObjectId::piece(self.tli, self.segno, c.from, c.to);
         let cell = ChunkCell::default();
         self.held.push(Held {
@@ -285,62 +413,75 @@ impl OpenSegment {
             cell: cell.clone(),
             stored: false,
             anchor: false,
-            crc: None,
+            crc: Some(c.crc),
         });
-        Some((id, c.start, c.raw, c.summary, cell))
+        Some(WalUpload {
+            id,
+            start: c.start,
+            summary: c.summary,
+            blocks: Blocks::Framed { head, tail, crc: c.crc, cell },
+        })
     }
 
-    /// Everything past the last cut, for the caller to store and to record
-    /// in [`OpenSegment::pieces`].
+    /// Everything past the last cut, raw, for the caller to store (a journal
+    /// append) and to record with [`OpenSegment::note_object`] or
+    /// [`OpenSegment::hold_stored_piece`].
     pub fn cut_pending(&mut self) -> Option<Cut> {
-        self.cut_pending_into(|| None)
-    }
-
-    fn cut_pending_into(&mut self, spare: impl FnOnce() -> Option<BytesMut>) -> Option<Cut> {
-        if self.pending_bytes() == 0 {
+        let (from, to) = (self.cut, self.len);
+        if from == to {
             return None;
         }
-        let (from, to) = (self.cut, self.buf.len());
-        let raw = match spare() {
-            Some(mut buf) => {
-                buf.clear();
-                buf.extend_from_slice(&self.buf[from..to]);
-                buf.freeze()
-            }
-            None => Bytes::copy_from_slice(&self.buf[from..to]),
-        };
+        let raw = self.raw_range(from, to);
+        let mut c = self.take_cut(from, to);
+        c.raw = raw;
+        Some(c)
+    }
+
+    /// Moves the cut to `to`, taking what the pending bytes contain.
+    fn take_cut(&mut self, from: usize, to: usize) -> Cut {
+        let crc = self.take_pending_crc();
         let summary = std::mem::take(&mut self.pending_summary);
         self.pieces_summary.merge(&summary);
         self.cut = to;
         self.pending_since = None;
-        Some(Cut { from: from as u32, to: to as u32, start: Lsn(self.start_lsn().0 + from as u64), raw, summary })
+        let start = Lsn(self.start_lsn().0 + from as u64);
+        Cut { from: from as u32, to: to as u32, start, raw: Bytes::new(), crc, summary }
     }
 
-    /// The whole segment, once full, as one object; consumes the buffer.
-    /// `merging` is the output of a merge cut short, deleted with the rest.
-    pub fn into_complete(mut self, merging: Option<WalObjectId>) -> Complete {
+    /// The whole segment, once full, as one object to store, and the objects
+    /// it makes redundant. `merging` is the output of a merge cut short,
+    /// deleted with the rest.
+    pub fn into_complete(mut self, merging: Option<WalObjectId>) -> (WalUpload, Vec<WalObjectId>) {
         debug_assert!(self.is_full());
+        self.seal();
         let mut summary = std::mem::take(&mut self.pieces_summary);
         summary.merge(&self.pending_summary);
-        let chunks = self.held.iter().map(|h| PieceChunk { from: h.from, to: h.to, cell: h.cell.clone() }).collect();
+        let mut crc = self.cut_crc.clone();
+        crc.combine(&self.pending_crc);
+        let crc = crc.finalize();
+        let id = WalObjectId::segment(self.tli, self.segno);
+        let (start, raw_len) = (self.start_lsn(), self.len as u64);
+        let object = object::encode_framed_in_place(
+            self.framed,
+            &self.pool,
+            self.pooled,
+            HEAD_ROOM..self.framed_end,
+            self.tli,
+            start,
+            raw_len,
+            crc,
+            &summary,
+        );
         let mut superseded: Vec<WalObjectId> = self.held.iter().map(|h| h.id).collect();
-        superseded.extend(std::mem::take(&mut self.others));
+        superseded.extend(self.others);
         superseded.extend(merging);
-        Complete {
-            id: WalObjectId::segment(self.tli, self.segno),
-            start: self.start_lsn(),
-            raw: self.buf.freeze(),
-            summary,
-            superseded,
-            chunks,
-            crc: self.crc.finalize(),
-        }
+        (WalUpload { id, start, summary, blocks: Blocks::Encoded { object, raw_len, crc } }, superseded)
     }
 
     /// The bytes `0..offset` of this segment (the prefix a new timeline
     /// inherits at a switch point inside it).
-    pub fn prefix(&self, offset: usize) -> &[u8] {
-        &self.buf[..offset.min(self.buf.len())]
+    pub fn prefix(&self, offset: usize) -> Bytes {
+        self.raw_range(0, offset.min(self.len))
     }
 }
 
@@ -350,95 +491,27 @@ pub struct Cut {
     pub to: u32,
     pub start: Lsn,
     pub raw: Bytes,
-    pub summary: WalSummary,
-}
-
-/// A full segment ready to store.
-pub struct Complete {
-    pub id: WalObjectId,
-    pub start: Lsn,
-    pub raw: Bytes,
-    pub summary: WalSummary,
-    /// Pieces made redundant once it is stored.
-    pub superseded: Vec<WalObjectId>,
-    pub chunks: Vec<PieceChunk>,
     /// CRC-32 of `raw`.
     pub crc: u32,
-}
-
-/// What the segment's payload is made of: the pieces' own blocks where their
-/// uploads made them, raw bytes to compress for the rest (resumed pieces,
-/// races, the tail).
-pub fn segment_spans<'a>(raw: &'a [u8], pieces: &'a [PieceChunk]) -> Vec<Span<'a>> {
-    let mut out = Vec::with_capacity(pieces.len() + 1);
-    let mut at = 0usize;
-    for p in pieces {
-        let (from, to) = (p.from as usize, p.to as usize);
-        if from != at || to > raw.len() {
-            continue; // not contiguous with what came before: recompress below
-        }
-        match (p.cell.get(), out.last_mut()) {
-            (Some(c), _) if c.raw_len as usize == to - from => out.push(Span::Stored(c)),
-            // Neighbouring raw ranges compress as one run of blocks.
-            (_, Some(Span::Raw(prev))) => *prev = &raw[at - prev.len()..to],
-            _ => out.push(Span::Raw(&raw[from..to])),
-        }
-        at = to;
-    }
-    if at < raw.len() {
-        match out.last_mut() {
-            Some(Span::Raw(prev)) => *prev = &raw[at - prev.len()..],
-            _ => out.push(Span::Raw(&raw[at..])),
-        }
-    }
-    out
+    pub summary: WalSummary,
 }
 
 #[cfg(test)]
-mod chunk_tests {
+mod tests {
     use super::*;
-
-    #[test]
-    fn segment_reuses_piece_blocks_and_compresses_the_rest() {
-        let raw: Vec<u8> = (0..10_000u32).map(|i| (i % 97) as u8).collect();
-        let made = pgpitr_repo::object::encode_spans(
-            TimelineId(1),
-            Lsn(0),
-            &[Span::Raw(&raw[0..3000])],
-            0,
-            &WalSummary::default(),
-            None,
-        )
-        .1
-        .remove(0);
-        let filled = ChunkCell::default();
-        filled.set(made.clone()).unwrap();
-        let pieces = vec![
-            PieceChunk { from: 0, to: 3000, cell: filled },
-            PieceChunk { from: 3000, to: 5000, cell: ChunkCell::default() },
-        ];
-        let spans = segment_spans(&raw, &pieces);
-        assert_eq!(spans.len(), 2, "the unfilled piece and the tail compress as one run");
-        assert!(matches!(spans[0], Span::Stored(c) if *c == made), "the piece's own block is reused");
-        assert!(matches!(spans[1], Span::Raw(r) if r == &raw[3000..]));
-        let (obj, _) = pgpitr_repo::object::encode_spans(
-            TimelineId(1),
-            Lsn(0),
-            &spans,
-            crc32fast::hash(&raw),
-            &WalSummary::default(),
-            None,
-        );
-        assert_eq!(&pgpitr_repo::object::decode(&obj).unwrap().1[..], &raw[..]);
-    }
-}
-
-#[cfg(test)]
-mod merge_tests {
-    use super::*;
+    use crate::upload::encode;
 
     fn seg() -> WalSegSize {
         WalSegSize::new(1 << 20).unwrap()
+    }
+
+    /// Bytes that compress somewhat, different for each `seed`.
+    fn bytes(n: usize, seed: u32) -> Vec<u8> {
+        (0..n as u32).map(|j| ((j / 7) ^ seed.wrapping_mul(2_654_435_761) ^ (j % 13)) as u8).collect()
+    }
+
+    fn decoded(object: &Bytes) -> (object::ObjectHeader, Bytes) {
+        object::decode(object).expect("the object decodes")
     }
 
     /// The first piece of a synchronous session on S3 is stored in place of
@@ -453,45 +526,107 @@ mod merge_tests {
         let piece = WalObjectId::piece(TimelineId(1), SegNo(3), first.from, first.to);
         for _ in 0..compact::STAGING {
             s.append(&[8u8; 100], now);
-            let (id, ..) = s.cut_piece(|| None).unwrap();
-            assert!(s.mark_stored(&id));
+            let up = s.cut_piece().unwrap();
+            assert!(s.mark_stored(&up.id));
         }
         assert!(s.due_merge().is_none_or(|m| m.id.range(seg()).0 > piece.range(seg()).0), "not across the hole");
         s.hold_stored_piece(piece, WalSummary { commits: 1, ..Default::default() });
         let m = s.due_merge().expect("a merge is due");
         assert_eq!(m.id, WalObjectId::piece(TimelineId(1), SegNo(3), 0, 1000 + 100 * compact::STAGING as u32));
-        assert_eq!(m.sources.iter().map(Source::len).sum::<u64>(), u64::from(1000 + 100 * compact::STAGING as u32));
+        let mut merged = Vec::new();
+        for src in &m.sources {
+            match src {
+                Source::Raw(raw) => merged.extend_from_slice(raw),
+                Source::Blocks { .. } => panic!("short pieces are compressed again"),
+            }
+        }
+        let mut want = vec![7u8; 1000];
+        want.extend(std::iter::repeat_n(8u8, 100 * compact::STAGING));
+        assert_eq!(merged, want, "the merge's sources are the pieces' bytes");
         assert_eq!(m.summary.commits, 1, "the held piece's commits are in the merged summary");
     }
-}
 
-#[cfg(test)]
-mod crc_tests {
-    use super::*;
-
-    /// The CRC hashed as bytes arrive is the complete segment's, prefix
-    /// included, also in a reused buffer that held another segment.
+    /// Whatever the mix of journal cuts, short pieces and long ones, each
+    /// piece stores exactly its bytes, the complete segment (its header
+    /// written in place) all of them with the CRC hashed on arrival, and a
+    /// prefix reads back across blocks and the staging buffer.
     #[test]
-    fn the_running_crc_is_the_segments() {
-        let seg = WalSegSize::new(1 << 20).unwrap();
-        let prefix: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
-        let mut old = BytesMut::with_capacity(1 << 20);
-        old.extend_from_slice(&[0xAA; 5000]);
-        let mut s = OpenSegment::new_in(old, TimelineId(2), SegNo(9), seg, &prefix, false);
+    fn pieces_and_the_complete_segment_hold_exactly_the_bytes_appended() {
+        let pool = object::encode_pool(1, seg().bytes() as usize);
+        let prefix = bytes(100_000, 99);
+        let mut s = OpenSegment::new_in(&pool, TimelineId(2), SegNo(9), seg(), &prefix, true);
+        let mut all = prefix.clone();
         let now = Instant::now();
+        let (mut long, mut short, mut whole_blocks_reused) = (0, 0, 0);
         let mut i = 0u32;
         while !s.is_full() {
-            let n = s.room().min(1 + (i as usize * 977) % 70_000);
-            let chunk: Vec<u8> = (0..n as u32).map(|j| (j ^ i) as u8).collect();
+            // Every fifth append is short, and so is the piece cut after it.
+            let most = if i % 5 == 3 { 15_000 } else { 150_000 };
+            let n = s.room().min(1 + (i as usize * 7_919) % most);
+            let chunk = bytes(n, i);
             s.append(&chunk, now);
-            if i.is_multiple_of(5) {
-                s.cut_pending();
+            all.extend_from_slice(&chunk);
+            let at = s.filled();
+            assert_eq!(&s.prefix(at)[..], &all[..], "a prefix reads back ({at} bytes)");
+            match i % 5 {
+                0 => {
+                    let c = s.cut_pending().unwrap();
+                    assert_eq!(&c.raw[..], &all[c.from as usize..c.to as usize]);
+                    assert_eq!(c.crc, crc32fast::hash(&c.raw));
+                }
+                1..=3 => {
+                    let up = s.cut_piece().unwrap();
+                    let Blocks::Framed { head, tail, crc, cell } = &up.blocks else { panic!("a piece is framed") };
+                    if tail.is_some() {
+                        long += 1;
+                        whole_blocks_reused += usize::from(head.is_empty());
+                    } else {
+                        short += 1;
+                    }
+                    let WalObjectKind::Piece { from, to } = up.id.kind else { panic!("a piece") };
+                    let (start, end) = (up.start, up.end());
+                    let (object, want_crc) = encode(&up, Some(&pool));
+                    assert_eq!(want_crc, *crc);
+                    let (h, raw) = decoded(&object);
+                    assert_eq!((h.start, h.end), (start, end));
+                    assert_eq!(&raw[..], &all[from as usize..to as usize], "piece {from}..{to}");
+                    assert_eq!(cell.get().map(|c| c.raw_len), Some(to - from), "its blocks are published");
+                }
+                _ => {}
             }
             i += 1;
         }
-        let c = s.into_complete(None);
-        assert_eq!(c.raw.len(), 1 << 20);
-        assert_eq!(&c.raw[..prefix.len()], &prefix[..]);
-        assert_eq!(c.crc, crc32fast::hash(&c.raw));
+        assert!(long > 2 && short > 2 && whole_blocks_reused > 0, "{long} long, {short} short, {whole_blocks_reused}");
+        let (up, superseded) = s.into_complete(None);
+        assert!(!superseded.is_empty(), "its pieces are replaced");
+        let (object, crc) = encode(&up, Some(&pool));
+        assert_eq!(crc, crc32fast::hash(&all));
+        let (h, raw) = decoded(&object);
+        assert_eq!(h.end.0 - h.start.0, seg().bytes());
+        assert!(raw[..] == all[..], "the complete segment holds every byte");
+        assert_eq!(pool.idle(), 0);
+        drop((up, object));
+        assert_eq!(pool.idle(), 1, "its buffer goes back to the pool with the last view of the object");
+    }
+
+    /// A summary too large for the room before the blocks costs a copy, not
+    /// a wrong object.
+    #[test]
+    fn a_summary_larger_than_the_head_room_still_makes_a_whole_object() {
+        let mut s = OpenSegment::new(TimelineId(1), SegNo(1), seg(), &[], true);
+        let all = bytes(seg().bytes() as usize, 5);
+        s.append(&all, Instant::now());
+        let point = |k: usize| object::RestorePoint {
+            name: format!("point-{k:0>40}"),
+            lsn: Lsn(1),
+            end_lsn: Lsn(2),
+            time_us: 3,
+        };
+        s.pending_summary_mut().restore_points = (0..200).map(point).collect();
+        let (up, _) = s.into_complete(None);
+        let (object, _) = encode(&up, None);
+        let (h, raw) = decoded(&object);
+        assert_eq!(h.summary.restore_points.len(), 200);
+        assert!(raw[..] == all[..]);
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::StreamError;
 use crate::segment::OpenSegment;
-use crate::upload::{self, Blocks, Buffers, SpareSegments, WalUpload};
+use crate::upload::{self, Blocks, Buffers, WalUpload};
 use bytes::Bytes;
 use pgpitr_repo::Repository;
 use pgpitr_repo::catalog::Catalog;
@@ -59,17 +59,10 @@ pub async fn compact_segment(
     assembled.used.iter().for_each(|(_, s)| summary.merge(s));
     let id = WalObjectId::segment(tli, segno);
     let start = id.range(seg).0;
-    let up = WalUpload {
-        id,
-        start,
-        blocks: Blocks::Segment { pieces: Vec::new(), crc: crc32fast::hash(&assembled.data) },
-        raw: assembled.data,
-        summary,
-    };
-    let bufs = Buffers {
-        encode: object::encode_pool(1, seg.bytes() as usize),
-        segments: SpareSegments::new(0, seg.bytes() as usize),
-    };
+    let crc = crc32fast::hash(&assembled.data);
+    let blocks = Blocks::Framed { head: assembled.data, tail: None, crc, cell: Default::default() };
+    let up = WalUpload { id, start, summary, blocks };
+    let bufs = Buffers { encode: object::encode_pool(1, seg.bytes() as usize) };
     upload::store(storage, seg, up, bufs, &CancellationToken::new()).await?;
     let keys: Vec<String> = pieces.iter().map(|p| p.key(seg)).collect();
     storage.delete_many(&keys).await?;

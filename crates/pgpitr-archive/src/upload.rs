@@ -4,47 +4,62 @@
 use crate::StreamError;
 use crate::compact::Source;
 use crate::journal::AppendEnd;
-use crate::segment::{ChunkCell, PieceChunk, segment_spans};
-use bytes::{Bytes, BytesMut};
+use crate::segment::ChunkCell;
+use bytes::Bytes;
 use pgpitr_repo::object::{self, BufPool, Chunk, Span, WalSummary};
 use pgpitr_repo::wal::{WalObjectId, read_object};
 use pgpitr_storage::{PutOutcome, Storage};
 use pgpitr_types::{Lsn, WalSegSize};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// One object to store: `raw` is the WAL from `start`.
+/// One object to store: the WAL from `start`, as `blocks` hold it.
 #[derive(Debug, Clone)]
 pub struct WalUpload {
     pub id: WalObjectId,
     pub start: Lsn,
-    pub raw: Bytes,
     pub summary: WalSummary,
     pub blocks: Blocks,
 }
 
-/// How the payload's lz4 blocks come about.
+/// What the payload is made of, and what is left to compress.
 #[derive(Debug, Clone)]
 pub enum Blocks {
-    /// A piece: compress it, and publish the block for its segment.
-    Piece(ChunkCell),
-    /// A complete segment: reuse its pieces' blocks where they exist; `crc`
-    /// is the CRC-32 of its raw bytes.
-    Segment { pieces: Vec<PieceChunk>, crc: u32 },
-    /// A merged piece, made of these instead of `raw` (which is empty); its
-    /// blocks are published in the cell for the next merge.
+    /// `head`, compressed by the upload, then `tail`'s blocks as they are;
+    /// `crc` is the CRC-32 of all their raw bytes. The payload's blocks are
+    /// published in `cell`, for merges.
+    Framed { head: Bytes, tail: Option<Chunk>, crc: u32, cell: ChunkCell },
+    /// Encoded already (a complete segment, compressed as it arrived).
+    Encoded { object: Bytes, raw_len: u64, crc: u32 },
+    /// A merged piece; its blocks are published in the cell for the next
+    /// merge.
     Merge { sources: Vec<Source>, cell: ChunkCell },
+}
+
+impl Blocks {
+    fn raw_len(&self) -> u64 {
+        match self {
+            Blocks::Framed { head, tail, .. } => head.len() as u64 + tail.as_ref().map_or(0, |t| u64::from(t.raw_len)),
+            Blocks::Encoded { raw_len, .. } => *raw_len,
+            Blocks::Merge { sources, .. } => sources.iter().map(Source::len).sum(),
+        }
+    }
+
+    /// Bytes the encoder compresses or copies.
+    fn encode_work(&self) -> u64 {
+        match self {
+            Blocks::Framed { head, tail, .. } => head.len() as u64 + tail.as_ref().map_or(0, |t| t.framed.len() as u64),
+            Blocks::Encoded { .. } => 0,
+            Blocks::Merge { .. } => self.raw_len(),
+        }
+    }
 }
 
 impl WalUpload {
     pub fn end(&self) -> Lsn {
-        let len = match &self.blocks {
-            Blocks::Merge { sources, .. } => sources.iter().map(Source::len).sum(),
-            _ => self.raw.len() as u64,
-        };
-        Lsn(self.start.0 + len)
+        Lsn(self.start.0 + self.blocks.raw_len())
     }
 }
 
@@ -56,65 +71,46 @@ pub struct Stored {
     pub crc: u32,
 }
 
-/// Buffers the uploads share with the stream: pooled encode buffers, and
-/// segment buffers handed back for reuse.
+/// Buffers the uploads share with the stream: the open segment's blocks and
+/// encoded objects go into these, recycled.
 #[derive(Debug, Clone)]
 pub struct Buffers {
     pub encode: BufPool,
-    pub segments: SpareSegments,
 }
 
-/// Segment buffers returned as soon as their bytes are encoded, not when
-/// the object is stored: a busy stream then finds one ready for its next
-/// segment instead of faulting in a fresh 16 MiB (6% of its CPU on a bulk
-/// load, measured with `perf`).
-#[derive(Debug, Clone)]
-pub struct SpareSegments {
-    free: Arc<Mutex<Vec<BytesMut>>>,
-    max: usize,
-    min_capacity: usize,
-}
-
-impl SpareSegments {
-    /// Keeps up to `max` buffers that can hold `min_capacity` bytes.
-    pub fn new(max: usize, min_capacity: usize) -> Self {
-        SpareSegments { free: Arc::new(Mutex::new(Vec::new())), max, min_capacity }
-    }
-
-    pub fn take(&self) -> Option<BytesMut> {
-        self.free.lock().ok()?.pop()
-    }
-
-    /// Keeps `raw`'s buffer if nothing else holds it and there is room.
-    fn give(&self, raw: Bytes) {
-        let Ok(buf) = raw.try_into_mut() else { return };
-        if buf.capacity() < self.min_capacity {
-            return;
-        }
-        if let Ok(mut free) = self.free.lock()
-            && free.len() < self.max
-        {
-            free.push(buf);
-        }
-    }
-
-    #[cfg(test)]
-    fn idle(&self) -> usize {
-        self.free.lock().map_or(0, |f| f.len())
-    }
-}
-
-/// Objects up to this size are encoded on the async task itself.
+/// Objects whose encoding touches up to this many bytes are encoded on the
+/// async task itself.
 const INLINE_ENCODE_MAX: u64 = 64 * 1024;
 
 /// The longest pause between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// The object `up` is stored as, and the CRC-32 of its raw bytes.
+pub(crate) fn encode(up: &WalUpload, pool: Option<&BufPool>) -> (Bytes, u32) {
+    let (id, start, summary) = (up.id, up.start, &up.summary);
+    match &up.blocks {
+        Blocks::Framed { head, tail, crc, cell } => {
+            let mut spans = Vec::with_capacity(2);
+            if !head.is_empty() {
+                spans.push(Span::Raw(head));
+            }
+            spans.extend(tail.as_ref().map(Span::Stored));
+            let (encoded, _) = object::encode_spans(id.tli, start, &spans, *crc, summary, pool);
+            if let Some(chunk) = object::payload_chunk(&encoded) {
+                let _ = cell.set(chunk);
+            }
+            (encoded, *crc)
+        }
+        Blocks::Encoded { object, crc, .. } => (object.clone(), *crc),
+        Blocks::Merge { sources, cell } => encode_merge(id, start, sources, summary, cell),
+    }
+}
+
 /// Stores `up`, retrying storage failures with capped backoff for as long as
 /// it takes (the caller withholds feedback meanwhile, so nothing is lost), or
 /// until `cancel` fires. An existing object with the same key is accepted
 /// only if it holds the same bytes: the same WAL is never stored twice with
-/// different contents. The raw buffer goes to `bufs.segments` once encoded.
+/// different contents.
 ///
 /// Takes `up` by value so the raw bytes are freed as soon as they are
 /// encoded: an upload in flight holds only its compressed form.
@@ -127,32 +123,12 @@ pub async fn store(
 ) -> Result<Stored, StreamError> {
     let key = up.id.key(seg);
     let (start, end) = (up.start, up.end());
-    let WalUpload { id, raw, summary, blocks, .. } = up;
-    let encode = move || {
-        let (encoded, crc) = match blocks {
-            Blocks::Piece(cell) => {
-                let (encoded, mut fresh, crc) =
-                    object::encode_spans_of(id.tli, start, &raw, &[Span::Raw(&raw)], &summary, Some(&bufs.encode));
-                if let Some(chunk) = fresh.pop() {
-                    let _ = cell.set(chunk);
-                }
-                (encoded, crc)
-            }
-            Blocks::Segment { pieces, crc } => {
-                let spans = segment_spans(&raw, &pieces);
-                (object::encode_spans(id.tli, start, &spans, crc, &summary, Some(&bufs.encode)).0, crc)
-            }
-            Blocks::Merge { sources, cell } => encode_merge(id, start, &sources, &summary, cell),
-        };
-        bufs.segments.give(raw);
-        (encoded, crc)
-    };
     // Small pieces (synchronous mode, quiet servers) take microseconds to
     // encode: a hop to the blocking pool would cost more than it saves.
-    let (encoded, want_crc) = if (end.0 - start.0) <= INLINE_ENCODE_MAX {
-        encode()
+    let (encoded, want_crc) = if up.blocks.encode_work() <= INLINE_ENCODE_MAX {
+        encode(&up, Some(&bufs.encode))
     } else {
-        tokio::task::spawn_blocking(encode)
+        tokio::task::spawn_blocking(move || encode(&up, Some(&bufs.encode)))
             .await
             .map_err(|e| StreamError::Internal(format!("encoder task failed: {e}")))?
     };
@@ -232,7 +208,7 @@ fn encode_merge(
     start: Lsn,
     sources: &[Source],
     summary: &WalSummary,
-    cell: ChunkCell,
+    cell: &ChunkCell,
 ) -> (Bytes, u32) {
     let mut crc = crc32fast::Hasher::new();
     let spans: Vec<Span> = sources
@@ -251,9 +227,8 @@ fn encode_merge(
     let crc = crc.finalize();
     let (encoded, _) = object::encode_spans(id.tli, start, &spans, crc, summary, None);
     // The whole payload is one run of framed blocks: the next merge copies it.
-    if let Ok(header) = object::decode_header(&encoded) {
-        let raw_len = header.start.distance_to(header.end) as u32;
-        let _ = cell.set(Chunk { raw_len, framed: encoded.slice(header.payload_offset..) });
+    if let Some(chunk) = object::payload_chunk(&encoded) {
+        let _ = cell.set(chunk);
     }
     (encoded, crc)
 }
@@ -271,12 +246,8 @@ pub(crate) struct Done {
     pub journal: Option<AppendEnd>,
 }
 
-/// Spare segment buffers kept for reuse (reusing one avoids faulting in a
-/// fresh 16 MiB per segment). Two made a bulk load ~10% cheaper in CPU but
-/// put steady RSS over its 64 MiB bound, so one it is.
-const SPARE_BUFFERS: usize = 1;
-/// Encode buffers kept for reuse: one object being written while the next
-/// is encoded. Each pins up to one compressed segment of memory.
+/// Buffers kept for reuse: the open segment's blocks, and objects being
+/// written. Each pins up to one compressed segment of memory.
 const ENCODE_BUFFERS: usize = 2;
 
 /// The uploads of one session in flight, and the deletions of what stored
@@ -299,10 +270,7 @@ pub(crate) struct Uploads {
 
 impl Uploads {
     pub(crate) fn new(storage: Arc<dyn Storage>, seg: WalSegSize, cancel: CancellationToken) -> Uploads {
-        let bufs = Buffers {
-            encode: object::encode_pool(ENCODE_BUFFERS, seg.bytes() as usize),
-            segments: SpareSegments::new(SPARE_BUFFERS, seg.bytes() as usize),
-        };
+        let bufs = Buffers { encode: object::encode_pool(ENCODE_BUFFERS, seg.bytes() as usize) };
         Uploads {
             storage,
             seg,
@@ -374,20 +342,21 @@ mod tests {
     use pgpitr_types::{SegNo, TimelineId};
 
     fn up(fill: u8) -> WalUpload {
+        let head = Bytes::from(vec![fill; 4096]);
+        let crc = crc32fast::hash(&head);
         WalUpload {
             id: WalObjectId::piece(TimelineId(1), SegNo(2), 0, 4096),
             start: Lsn(2 << 20),
-            raw: Bytes::from(vec![fill; 4096]),
             summary: WalSummary::default(),
-            blocks: Blocks::Piece(ChunkCell::default()),
+            blocks: Blocks::Framed { head, tail: None, crc, cell: ChunkCell::default() },
         }
     }
 
-    /// A local repository of 1 MiB segments, with one buffer of each kind.
+    /// A local repository of 1 MiB segments, with one buffer to recycle.
     fn setup() -> (tempfile::TempDir, Arc<dyn Storage>, WalSegSize, CancellationToken, Buffers) {
         let dir = tempfile::tempdir().unwrap();
         let storage: Arc<dyn Storage> = Arc::new(LocalStorage::new(dir.path()));
-        let bufs = Buffers { encode: object::encode_pool(1, 1 << 20), segments: SpareSegments::new(1, 1 << 20) };
+        let bufs = Buffers { encode: object::encode_pool(1, 1 << 20) };
         (dir, storage, WalSegSize::new(1 << 20).unwrap(), CancellationToken::new(), bufs)
     }
 
@@ -403,53 +372,31 @@ mod tests {
         assert_eq!(&raw[..], &[1u8; 4096][..], "the stored object is untouched");
     }
 
+    /// A complete segment's buffer serves the next one once its object is
+    /// stored: a busy stream does not fault in a fresh one per segment.
     #[tokio::test]
-    async fn a_segment_buffer_is_handed_back_once_encoded() {
+    async fn a_segment_buffer_is_reused_once_its_object_is_stored() {
         let (_dir, storage, seg, cancel, bufs) = setup();
-        let segment = |segno: u64| {
-            let mut raw = BytesMut::with_capacity(1 << 20);
-            raw.resize(1 << 20, segno as u8);
-            let crc = crc32fast::hash(&raw);
-            WalUpload {
-                id: WalObjectId::segment(TimelineId(1), SegNo(segno)),
-                start: Lsn(segno << 20),
-                raw: raw.freeze(),
-                summary: WalSummary::default(),
-                blocks: Blocks::Segment { pieces: Vec::new(), crc },
-            }
+        let full = |segno: u64| {
+            let mut open =
+                crate::segment::OpenSegment::new_in(&bufs.encode, TimelineId(1), SegNo(segno), seg, &[], true);
+            let raw: Vec<u8> = (0..seg.bytes() as u32).map(|i| (i / 3 + segno as u32) as u8).collect();
+            open.append(&raw, Instant::now());
+            (open.into_complete(None).0, raw)
         };
-        store(&storage, seg, segment(2), bufs.clone(), &cancel).await.unwrap();
-        assert_eq!(bufs.segments.idle(), 1, "the raw buffer is kept for the next segment");
-        assert!(bufs.segments.take().is_some());
-        let held = segment(3);
-        let view = held.raw.clone();
-        store(&storage, seg, held, bufs.clone(), &cancel).await.unwrap();
-        assert_eq!(bufs.segments.idle(), 0, "a buffer still viewed elsewhere is not reused");
-        store(&storage, seg, segment(4), bufs.clone(), &cancel).await.unwrap();
-        store(&storage, seg, segment(5), bufs.clone(), &cancel).await.unwrap();
-        assert_eq!(bufs.segments.idle(), 1, "the pool is bounded");
-        drop(view);
-        let reused = bufs.segments.take().unwrap();
-        assert!(reused.capacity() >= 1 << 20);
-        assert!(bufs.segments.take().is_none());
-    }
-
-    #[tokio::test]
-    async fn a_piece_cut_into_the_spare_buffer_hands_it_back_once_encoded() {
-        let (_dir, storage, seg, cancel, bufs) = setup();
-        let mut open = crate::segment::OpenSegment::new(TimelineId(1), SegNo(2), seg, &[], true);
-        open.append(&[5u8; 200_000], Instant::now());
-        let mut old = BytesMut::with_capacity(1 << 20);
-        old.extend_from_slice(b"bytes of an earlier segment");
-        bufs.segments.give(old.freeze());
-        let (id, start, raw, summary, cell) = open.cut_piece(|| bufs.segments.take()).unwrap();
-        assert!(raw[..] == [5u8; 200_000][..], "the piece holds its own bytes only");
-        assert_eq!(bufs.segments.idle(), 0, "lent to the piece");
-        store(&storage, seg, WalUpload { id, start, raw, summary, blocks: Blocks::Piece(cell) }, bufs.clone(), &cancel)
-            .await
-            .unwrap();
-        assert_eq!(bufs.segments.idle(), 1, "back for the next segment once the piece is encoded");
+        let (first, raw) = full(2);
+        assert_eq!(bufs.encode.idle(), 0);
+        let id = first.id;
+        store(&storage, seg, first, bufs.clone(), &cancel).await.unwrap();
+        assert_eq!(bufs.encode.idle(), 1, "back once stored");
         let (_, stored) = read_object(storage.as_ref(), &id.key(seg)).await.unwrap();
-        assert!(stored[..] == [5u8; 200_000][..]);
+        assert!(stored[..] == raw[..]);
+        let (second, _) = full(3);
+        assert_eq!(bufs.encode.idle(), 0, "the next segment took it");
+        let view = second.clone();
+        store(&storage, seg, second, bufs.clone(), &cancel).await.unwrap();
+        assert_eq!(bufs.encode.idle(), 0, "a buffer still viewed elsewhere is not reused");
+        drop(view);
+        assert_eq!(bufs.encode.idle(), 1);
     }
 }

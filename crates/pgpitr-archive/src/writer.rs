@@ -18,7 +18,7 @@ use crate::segment::OpenSegment;
 use crate::source::WalSource;
 use crate::start::{self, ResumePlan};
 use crate::tail::Tail;
-use crate::upload::{Blocks, Done, Uploads, WalUpload};
+use crate::upload::{Done, Uploads};
 use crate::{StreamConfig, StreamError, StreamStats};
 use bytes::Bytes;
 use pgpitr_pgwire::{ReplicationConnection, StreamMessage};
@@ -331,14 +331,12 @@ impl WalWriter {
     }
 
     fn submit_segment(&mut self) {
-        let next = match self.uploads.bufs.segments.take() {
-            Some(buf) => OpenSegment::new_in(buf, self.tli, self.cur.segno.next(), self.seg, &[], true),
-            None => OpenSegment::new(self.tli, self.cur.segno.next(), self.seg, &[], true),
-        };
+        let pool = &self.uploads.bufs.encode;
+        let next = OpenSegment::new_in(pool, self.tli, self.cur.segno.next(), self.seg, &[], true);
         self.index.next_segment(next.start_lsn());
         // The segment's last commits go to its journal at once: waiting for
-        // the complete segment to be compressed and stored would hold up
-        // every commit until then (tens of ms per segment).
+        // the complete segment to be stored would hold up every commit until
+        // then.
         if self.uses_journal()
             && self.last_append.is_none()
             && self.journal.open.as_ref().is_some_and(|j| j.id.tli == self.cur.tli && j.id.segno == self.cur.segno)
@@ -349,16 +347,9 @@ impl WalWriter {
         self.journal.open = None;
         // The complete segment replaces whatever a merge would have made.
         let cut_short = self.pieces.segment_completed();
-        let c = full.into_complete(cut_short);
+        let (up, superseded) = full.into_complete(cut_short);
         self.uploads.segments += 1;
-        let up = WalUpload {
-            id: c.id,
-            start: c.start,
-            raw: c.raw,
-            summary: c.summary,
-            blocks: Blocks::Segment { pieces: c.chunks, crc: c.crc },
-        };
-        self.uploads.store(up, c.superseded);
+        self.uploads.store(up, superseded);
     }
 
     /// Synchronous mode and a bounded range store what arrives as soon as
@@ -384,13 +375,10 @@ impl WalWriter {
         if self.uses_journal() {
             return self.submit_append();
         }
-        // The spare segment buffer idles until the segment is full; a piece's
-        // upload hands it back once encoded, long before that.
-        let spare = &self.uploads.bufs.segments;
-        if let Some((id, start, raw, summary, cell)) = self.cur.cut_piece(|| spare.take()) {
+        if let Some(up) = self.cur.cut_piece() {
             self.stats.open_segment_objects.store(self.cur.cover_len() as u64, Ordering::Relaxed);
             self.pieces.in_flight += 1;
-            self.uploads.store(WalUpload { id, start, raw, summary, blocks: Blocks::Piece(cell) }, Vec::new());
+            self.uploads.store(up, Vec::new());
         }
     }
 
@@ -630,7 +618,7 @@ impl WalWriter {
             .map_err(|e| StreamError::Definite(format!("server sent an unreadable {name}: {e}")))?;
         start::store_history(&self.repo, next_tli, &content).await?;
         let offset = next_start.segment_offset(self.seg) as usize;
-        let prefix = Bytes::copy_from_slice(self.cur.prefix(offset));
+        let prefix = self.cur.prefix(offset);
         self.cur = OpenSegment::new(next_tli, next_start.segment_number(self.seg), self.seg, &prefix, false);
         self.index = CommitIndex::resume(self.cur.start_lsn(), self.seg, self.repo.major().wal_format(), &prefix);
         tracing::info!(from = %self.tli, to = %next_tli, at = %next_start, "following timeline switch");

@@ -92,6 +92,70 @@ fn compress_framed(raw: &[u8], out: &mut [u8], mut crc: Option<&mut crc32fast::H
     at
 }
 
+/// Most bytes one framed block of `raw_len` bytes takes.
+pub fn block_bound(raw_len: usize) -> usize {
+    8 + lz4_flex::block::get_maximum_output_size(raw_len)
+}
+
+/// Compresses `raw` (at most [`BLOCK_RAW`] bytes) as one framed block into
+/// the front of `out`, which must hold [`block_bound`] bytes; returns the
+/// bytes written. For writers that gather blocks as WAL arrives.
+pub fn compress_block(raw: &[u8], out: &mut [u8]) -> usize {
+    debug_assert!(raw.len() <= BLOCK_RAW);
+    compress_framed(raw, out, None)
+}
+
+/// The raw bytes of framed blocks written by [`compress_block`] and their
+/// CRC-32; an error (never a panic) when they do not hold `raw_len` bytes.
+pub fn decode_framed(payload: &[u8], raw_len: usize) -> Result<(Bytes, u32), DecodeError> {
+    decode_chunks(payload, raw_len, None)
+}
+
+/// Room before the payload that [`encode_framed_in_place`] fills with the
+/// header and summary: enough for any summary but one naming many restore
+/// points.
+pub const HEAD_ROOM: usize = 4096;
+
+/// A codec-2 object whose framed blocks are already in `buf[payload]`,
+/// which starts [`HEAD_ROOM`] bytes in: the header and summary are written
+/// just before them, so the payload is not copied (it is a whole segment,
+/// written as it arrived). A summary too large for the room costs a copy.
+/// `pooled` says whether `buf` came from `pool`, which gets it back once the
+/// object is dropped.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_framed_in_place(
+    mut buf: Vec<u8>,
+    pool: &BufPool,
+    pooled: bool,
+    payload: Range<usize>,
+    tli: TimelineId,
+    start: Lsn,
+    raw_len: u64,
+    raw_crc: u32,
+    summary: &WalSummary,
+) -> Bytes {
+    let summary_json = serde_json::to_vec(summary).expect("summary serialises");
+    let lead = HEADER_LEN + summary_json.len();
+    let payload_len = (payload.end - payload.start) as u64;
+    let head = header(tli, start, raw_len, raw_crc, Codec::Lz4Chunks, payload_len, &summary_json);
+    let Some(at) = payload.start.checked_sub(lead) else {
+        return encode_compressed(tli, start, raw_len, raw_crc, Codec::Lz4Chunks, &[&buf[payload]], summary);
+    };
+    buf[at..at + HEADER_LEN].copy_from_slice(&head);
+    buf[at + HEADER_LEN..payload.start].copy_from_slice(&summary_json);
+    pool.finish(buf, payload.end, pooled).slice(at..)
+}
+
+/// The payload of a codec-2 object as one chunk of framed blocks (for a
+/// later object to copy).
+pub fn payload_chunk(object: &Bytes) -> Option<Chunk> {
+    let header = decode_header(object).ok()?;
+    (header.codec == Codec::Lz4Chunks).then(|| Chunk {
+        raw_len: header.start.distance_to(header.end) as u32,
+        framed: object.slice(header.payload_offset..),
+    })
+}
+
 /// The large buffers objects are encoded into, recycled: a fresh buffer of
 /// megabytes faulted in as it was written cost ~14% of the stream's CPU in
 /// the bulk-load profile.
