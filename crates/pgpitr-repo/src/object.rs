@@ -139,7 +139,9 @@ pub fn encode_framed_in_place(
     let payload_len = (payload.end - payload.start) as u64;
     let head = header(tli, start, raw_len, raw_crc, Codec::Lz4Chunks, payload_len, &summary_json);
     let Some(at) = payload.start.checked_sub(lead) else {
-        return encode_compressed(tli, start, raw_len, raw_crc, Codec::Lz4Chunks, &[&buf[payload]], summary);
+        let object = encode_compressed(tli, start, raw_len, raw_crc, Codec::Lz4Chunks, &[&buf[payload]], summary);
+        drop(pool.finish(buf, 0, pooled));
+        return object;
     };
     buf[at..at + HEADER_LEN].copy_from_slice(&head);
     buf[at + HEADER_LEN..payload.start].copy_from_slice(&summary_json);
