@@ -65,6 +65,9 @@ pub struct OpenSegment {
     marks: Vec<(u32, usize)>,
     /// Bytes `staged_from..len`: less than a block.
     staging: Vec<u8>,
+    /// The block just before `staged_from`, raw, when it was staged: a
+    /// journal append that began in it copies it instead of decompressing.
+    prev: Vec<u8>,
     staged_from: usize,
     len: usize,
     /// Offset up to which pieces have been submitted.
@@ -111,6 +114,7 @@ impl OpenSegment {
             framed_end: HEAD_ROOM,
             marks: Vec::with_capacity(seg.bytes() as usize / BLOCK_RAW + 1),
             staging: Vec::with_capacity(BLOCK_RAW),
+            prev: Vec::with_capacity(BLOCK_RAW),
             staged_from: 0,
             len: 0,
             cut: 0,
@@ -185,7 +189,7 @@ impl OpenSegment {
         }
         let staged = std::mem::take(&mut self.staging);
         self.push_block(&staged);
-        self.staging = staged;
+        self.staging = std::mem::replace(&mut self.prev, staged);
         self.staging.clear();
     }
 
@@ -198,6 +202,7 @@ impl OpenSegment {
         self.framed_end += object::compress_block(block, &mut self.framed[self.framed_end..]);
         self.staged_from += block.len();
         self.marks.push((self.staged_from as u32, self.framed_end));
+        self.prev.clear();
     }
 
     /// The block boundary at or before raw offset `at`: the index of the
@@ -221,6 +226,15 @@ impl OpenSegment {
         let staged = |a: usize, b: usize| &self.staging[a - self.staged_from..b - self.staged_from];
         if from >= self.staged_from {
             return Bytes::copy_from_slice(staged(from, to));
+        }
+        let prev_from = self.staged_from - self.prev.len();
+        if from >= prev_from {
+            let mut out = Vec::with_capacity(to - from);
+            out.extend_from_slice(&self.prev[from - prev_from..to.min(self.staged_from) - prev_from]);
+            if to > self.staged_from {
+                out.extend_from_slice(staged(self.staged_from, to));
+            }
+            return out.into();
         }
         let (_, raw_start, framed_start) = self.block_at(from);
         let upto = to.min(self.staged_from);
@@ -607,6 +621,32 @@ mod tests {
         assert_eq!(pool.idle(), 0);
         drop((up, object));
         assert_eq!(pool.idle(), 1, "its buffer goes back to the pool with the last view of the object");
+    }
+
+    /// Journal appends of a synchronous stream: small cuts that often begin
+    /// in the block just compressed, and sometimes in one before it.
+    #[test]
+    fn journal_cuts_read_back_across_compressed_and_staged_bytes() {
+        let mut s = OpenSegment::new(TimelineId(1), SegNo(4), seg(), &[], true);
+        let mut all = Vec::new();
+        let now = Instant::now();
+        let mut i = 0u32;
+        while !s.is_full() {
+            let n = s.room().min(1 + (i as usize * 4_241) % 30_000);
+            let chunk = bytes(n, i);
+            s.append(&chunk, now);
+            all.extend_from_slice(&chunk);
+            if i.is_multiple_of(3) || i.is_multiple_of(11) {
+                let c = s.cut_pending().unwrap();
+                assert_eq!(&c.raw[..], &all[c.from as usize..c.to as usize], "cut {}..{}", c.from, c.to);
+                assert_eq!(c.crc, crc32fast::hash(&c.raw));
+            }
+            i += 1;
+        }
+        let (up, _) = s.into_complete(None);
+        let (object, crc) = encode(&up, None);
+        assert_eq!(crc, crc32fast::hash(&all));
+        assert!(decoded(&object).1[..] == all[..]);
     }
 
     /// A summary too large for the room before the blocks costs a copy, not
