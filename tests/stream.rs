@@ -44,6 +44,9 @@ async fn byte_identical_with_pg_receivewal(backend: Backend) {
     let s = StreamProc::start(&pg, &backend, &[]);
     wait_streaming(&pg, "pgpitr");
     pg.pgbench(&["-c", "4", "-T", "8", "-n"]);
+    // At least three whole segments whatever the machine's speed (~50 MiB
+    // of WAL; records that span pages and segments).
+    pg.sql("CREATE TABLE wide AS SELECT g, repeat(md5(g::text), 16) AS t FROM generate_series(1, 80000) g");
     pg.sql("SELECT pg_switch_wal()");
     pg.pgbench(&["-c", "2", "-t", "200", "-n"]);
     pg.sql("SELECT pg_switch_wal(); CHECKPOINT;");
