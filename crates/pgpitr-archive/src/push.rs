@@ -74,7 +74,7 @@ pub async fn push_segment(
     if index.record_open_at(end) {
         summary.unindexed_before = summary.unindexed_before.max(Some(end));
     }
-    let (encoded, _, crc) = object::encode_spans_of(tli, start, &raw, &[Span::Raw(&raw)], &summary, None);
+    let (encoded, crc) = object::encode_spans_of(tli, start, &raw, &[Span::Raw(&raw)], &summary, None);
     let key = WalObjectId::segment(tli, segno).key(seg);
     // A retry of a stored segment (or one the stream stored): looked at
     // before sending megabytes that would be refused.

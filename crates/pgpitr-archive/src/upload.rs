@@ -95,7 +95,7 @@ pub(crate) fn encode(up: &WalUpload, pool: Option<&BufPool>) -> (Bytes, u32) {
                 spans.push(Span::Raw(head));
             }
             spans.extend(tail.as_ref().map(Span::Stored));
-            let (encoded, _) = object::encode_spans(id.tli, start, &spans, *crc, summary, pool);
+            let encoded = object::encode_spans(id.tli, start, &spans, *crc, summary, pool);
             if let Some(chunk) = object::payload_chunk(&encoded) {
                 let _ = cell.set(chunk);
             }
@@ -225,7 +225,7 @@ fn encode_merge(
         })
         .collect();
     let crc = crc.finalize();
-    let (encoded, _) = object::encode_spans(id.tli, start, &spans, crc, summary, None);
+    let encoded = object::encode_spans(id.tli, start, &spans, crc, summary, None);
     // The whole payload is one run of framed blocks: the next merge copies it.
     if let Some(chunk) = object::payload_chunk(&encoded) {
         let _ = cell.set(chunk);

@@ -300,8 +300,7 @@ pub fn encode_at_level(
 
 /// Encodes a codec-2 object from `spans` (whose raw bytes, concatenated,
 /// have CRC-32 `raw_crc`) into one buffer, from `pool` when it has one of
-/// the size. Returns the object and, for each [`Span::Raw`], the chunk it
-/// was compressed into: a view of the object, not a copy.
+/// the size; [`payload_chunk`] gives its blocks to a later object.
 pub fn encode_spans(
     tli: TimelineId,
     start: Lsn,
@@ -309,9 +308,8 @@ pub fn encode_spans(
     raw_crc: u32,
     summary: &WalSummary,
     pool: Option<&BufPool>,
-) -> (Bytes, Vec<Chunk>) {
-    let (object, chunks, _) = encode_spans_crc(tli, start, spans, RawCrc::Known(raw_crc), summary, pool);
-    (object, chunks)
+) -> Bytes {
+    encode_spans_crc(tli, start, spans, RawCrc::Known(raw_crc), summary, pool).0
 }
 
 /// [`encode_spans`] for spans that are `raw` in order (stored blocks
@@ -324,7 +322,7 @@ pub fn encode_spans_of(
     spans: &[Span],
     summary: &WalSummary,
     pool: Option<&BufPool>,
-) -> (Bytes, Vec<Chunk>, u32) {
+) -> (Bytes, u32) {
     encode_spans_crc(tli, start, spans, RawCrc::Of(raw), summary, pool)
 }
 
@@ -341,7 +339,7 @@ fn encode_spans_crc(
     raw_crc: RawCrc,
     summary: &WalSummary,
     pool: Option<&BufPool>,
-) -> (Bytes, Vec<Chunk>, u32) {
+) -> (Bytes, u32) {
     let summary_json = serde_json::to_vec(summary).expect("summary serialises");
     let payload_at = HEADER_LEN + summary_json.len();
     let need = payload_at
@@ -359,7 +357,6 @@ fn encode_spans_crc(
     };
     let mut at = payload_at;
     let mut raw_len = 0u64;
-    let mut fresh: Vec<(u32, Range<usize>)> = Vec::new();
     let (known, all) = match raw_crc {
         RawCrc::Known(c) => (Some(c), &[][..]),
         RawCrc::Of(all) => (None, all),
@@ -377,7 +374,6 @@ fn encode_spans_crc(
             }
             Span::Raw(r) => {
                 let n = compress_framed(r, &mut buf[at..], hasher.as_mut());
-                fresh.push((r.len() as u32, at..at + n));
                 at += n;
                 raw_len += r.len() as u64;
             }
@@ -400,8 +396,7 @@ fn encode_spans_crc(
             Bytes::from(buf)
         }
     };
-    let chunks = fresh.into_iter().map(|(raw_len, r)| Chunk { raw_len, framed: object.slice(r) }).collect();
-    (object, chunks, raw_crc)
+    (object, raw_crc)
 }
 
 /// The fixed header, its checksum covering the summary too.
@@ -713,12 +708,13 @@ mod tests {
     use super::*;
 
     fn chunk(raw: &[u8]) -> Chunk {
-        encode_spans(TimelineId(1), Lsn(0), &[Span::Raw(raw)], 0, &WalSummary::default(), None).1.remove(0)
+        payload_chunk(&encode_spans(TimelineId(1), Lsn(0), &[Span::Raw(raw)], 0, &WalSummary::default(), None))
+            .expect("a codec-2 object")
     }
 
     fn encode_chunks(tli: TimelineId, start: Lsn, chunks: &[Chunk], raw_crc: u32, s: &WalSummary) -> Bytes {
         let spans: Vec<Span> = chunks.iter().map(Span::Stored).collect();
-        encode_spans(tli, start, &spans, raw_crc, s, None).0
+        encode_spans(tli, start, &spans, raw_crc, s, None)
     }
 
     #[test]
@@ -853,7 +849,7 @@ mod tests {
             vec![Span::Raw(&raw[..a]), Span::Stored(&mid), Span::Raw(&raw[b..])],
             vec![Span::Stored(&chunk(&raw[..a])), Span::Raw(&raw[a..])],
         ] {
-            let (obj, _, crc) = encode_spans_of(TimelineId(1), Lsn(0x4000), &raw, &spans, &s, None);
+            let (obj, crc) = encode_spans_of(TimelineId(1), Lsn(0x4000), &raw, &spans, &s, None);
             assert_eq!(crc, want);
             let (h, back) = decode(&obj).unwrap();
             assert_eq!((h.raw_crc, &back[..]), (want, &raw[..]));
@@ -899,7 +895,7 @@ mod tests {
         let (raw, s) = sample();
         let head = chunk(&raw[..1000]);
         let tail = &raw[1000..];
-        let (obj, fresh) = encode_spans(
+        let obj = encode_spans(
             TimelineId(1),
             Lsn(0),
             &[Span::Stored(&head), Span::Raw(tail)],
@@ -908,8 +904,11 @@ mod tests {
             None,
         );
         assert_eq!(&decode(&obj).unwrap().1[..], &raw[..]);
-        assert_eq!(fresh.len(), 1);
-        assert_eq!(fresh[0].raw_len as usize, tail.len());
+        let whole = payload_chunk(&obj).unwrap();
+        assert_eq!(whole.raw_len as usize, raw.len());
+        // The stored head's blocks, copied as they are, then the tail's.
+        assert!(whole.framed.starts_with(&head.framed));
+        let fresh = vec![Chunk { raw_len: tail.len() as u32, framed: whole.framed.slice(head.framed.len()..) }];
         let sizes = blocks(&fresh[0].framed);
         assert_eq!(sizes.len(), tail.len().div_ceil(BLOCK_RAW));
         assert!(sizes.iter().all(|&(n, _)| n <= BLOCK_RAW && n > 0), "{sizes:?}");
@@ -930,7 +929,8 @@ mod tests {
         let s = WalSummary::default();
         let pool = encode_pool(1, raw.len());
         let crc = crc32fast::hash(&raw);
-        let (obj, fresh) = encode_spans(TimelineId(1), Lsn(0), &[Span::Raw(&raw)], crc, &s, Some(&pool));
+        let obj = encode_spans(TimelineId(1), Lsn(0), &[Span::Raw(&raw)], crc, &s, Some(&pool));
+        let fresh = payload_chunk(&obj).unwrap();
         assert_eq!(&decode(&obj).unwrap().1[..], &raw[..]);
         drop(obj);
         assert_eq!(pool.idle(), 0, "the chunk still views the buffer");
@@ -939,15 +939,14 @@ mod tests {
         // The reused buffer holds the old bytes past the new object: they
         // must not leak into it.
         let short = &raw[..2_000_000];
-        let (obj2, _) =
-            encode_spans(TimelineId(1), Lsn(0), &[Span::Raw(short)], crc32fast::hash(short), &s, Some(&pool));
+        let obj2 = encode_spans(TimelineId(1), Lsn(0), &[Span::Raw(short)], crc32fast::hash(short), &s, Some(&pool));
         assert_eq!(pool.idle(), 0, "taken from the pool");
         assert_eq!(&decode(&obj2).unwrap().1[..], short);
         // At most `max` are kept; small objects never touch the pool.
-        let (obj3, _) = encode_spans(TimelineId(1), Lsn(0), &[Span::Raw(&raw)], crc, &s, Some(&pool));
+        let obj3 = encode_spans(TimelineId(1), Lsn(0), &[Span::Raw(&raw)], crc, &s, Some(&pool));
         drop((obj2, obj3));
         assert_eq!(pool.idle(), 1);
-        let (small, _) = encode_spans(TimelineId(1), Lsn(0), &[Span::Raw(&raw[..100])], 0, &s, Some(&pool));
+        let small = encode_spans(TimelineId(1), Lsn(0), &[Span::Raw(&raw[..100])], 0, &s, Some(&pool));
         assert_eq!(pool.idle(), 1);
         drop(small);
         assert_eq!(pool.idle(), 1);
